@@ -1,0 +1,111 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "emberprof",
+    version,
+    about = "Continuous profiling for Linux, built on eBPF"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Sample CPU stacks of every process (or of --pid) and write one profile.
+    Record(RecordArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RecordArgs {
+    /// Profile only this process (repeat for several); applied in the kernel.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// How long to record: seconds, or a number with ms/s/m; Ctrl-C ends early.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Samples per second on each CPU.
+    #[arg(long, value_name = "HZ", default_value_t = 99,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+    /// Output format [default: from the --output extension, else pprof].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Output file, or - for standard output [default: emberprof-<UTC time>.<ext>].
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// How often the kernel maps are drained and symbolized while recording.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
+    pub drain_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Gzipped pprof protobuf (go tool pprof, Pyroscope, Parca).
+    Pprof,
+    /// Folded stacks (flamegraph.pl, inferno, speedscope).
+    Folded,
+    /// SVG flame graph.
+    Svg,
+}
+
+/// Parses `10`, `2.5`, `500ms`, `10s` or `1m`; bare numbers are seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 10, 2.5s, 500ms, 1m)"))?;
+    let secs = value * scale;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 365.0 * 86400.0) {
+        return Err(format!(
+            "{s:?} must be a positive duration of at most a year"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("soon")
+            .unwrap_err()
+            .contains("not a duration"));
+        assert!(parse_duration("NaN").is_err());
+    }
+
+    #[test]
+    fn cli_rejects_bad_frequency() {
+        assert!(Cli::try_parse_from(["emberprof", "record", "--frequency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["emberprof", "record", "--frequency", "20000"]).is_err());
+        let ok = Cli::try_parse_from(["emberprof", "record", "--pid", "1", "--pid", "2"]).unwrap();
+        let Command::Record(args) = ok.command;
+        assert_eq!(args.pids, [1, 2]);
+        assert_eq!(args.frequency, 99);
+        assert_eq!(args.duration, Duration::from_secs(10));
+    }
+}

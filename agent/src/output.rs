@@ -1,0 +1,124 @@
+//! Where a profile is written: a file (default name from the time) or standard output.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use emberprof_exporters::{Format, Profile};
+
+use crate::cli::FormatArg;
+
+/// The format asked for, else the one the output file's extension names, else pprof.
+pub fn choose_format(arg: Option<FormatArg>, output: Option<&Path>) -> Format {
+    match arg {
+        Some(FormatArg::Pprof) => Format::Pprof,
+        Some(FormatArg::Folded) => Format::Folded,
+        Some(FormatArg::Svg) => Format::Svg,
+        None => {
+            let name = output
+                .map(|p| p.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
+            if name.ends_with(".svg") {
+                Format::Svg
+            } else if name.ends_with(".folded") || name.ends_with(".txt") {
+                Format::Folded
+            } else {
+                Format::Pprof
+            }
+        }
+    }
+}
+
+/// `emberprof-20261124T231500Z.pb.gz` for the given time.
+pub fn default_path(format: Format, now: SystemTime) -> PathBuf {
+    PathBuf::from(format!(
+        "emberprof-{}.{}",
+        utc_stamp(now),
+        format.extension()
+    ))
+}
+
+/// Writes the profile to `path`, `-` meaning standard output.
+pub fn write(profile: &Profile, format: Format, path: &Path) -> anyhow::Result<()> {
+    if path == Path::new("-") {
+        let stdout = std::io::stdout();
+        let mut out = BufWriter::new(stdout.lock());
+        format
+            .write(profile, &mut out)
+            .context("writing the profile to standard output")?;
+        out.flush()
+            .context("writing the profile to standard output")?;
+        return Ok(());
+    }
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    format
+        .write(profile, &mut out)
+        .with_context(|| format!("writing {}", path.display()))?;
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// `YYYYMMDDTHHMMSSZ` in UTC.
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Days since the epoch to a civil date (proleptic Gregorian calendar).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stamps() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
+        // 2026-11-24 23:15:07 UTC
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH + Duration::from_secs(1_795_562_107)),
+            "20261124T231507Z"
+        );
+        // a leap day
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "20000229T000000Z"
+        );
+    }
+
+    #[test]
+    fn format_from_extension() {
+        assert_eq!(choose_format(None, Some(Path::new("x.svg"))), Format::Svg);
+        assert_eq!(
+            choose_format(None, Some(Path::new("x.folded"))),
+            Format::Folded
+        );
+        assert_eq!(
+            choose_format(None, Some(Path::new("x.pb.gz"))),
+            Format::Pprof
+        );
+        assert_eq!(choose_format(None, None), Format::Pprof);
+        assert_eq!(
+            choose_format(Some(FormatArg::Folded), Some(Path::new("x.svg"))),
+            Format::Folded
+        );
+    }
+}

@@ -1,0 +1,14 @@
+use thiserror::Error;
+
+/// Errors from writing a profile.
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("writing the profile: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("encoding pprof: {0}")]
+    Encode(String),
+    #[error("drawing the flame graph: {0}")]
+    FlameGraph(String),
+    #[error("profile has no sample type {0}")]
+    NoSuchValue(usize),
+}

@@ -1,0 +1,43 @@
+//! The in-memory profile model and the formats it is written in.
+
+mod error;
+pub mod folded;
+mod model;
+pub mod pprof;
+pub mod svg;
+#[cfg(test)]
+mod testdata;
+
+pub use error::ExportError;
+pub use model::{Profile, ProfileBuilder, Sample, ValueType};
+
+/// Output formats for a recorded profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Gzipped pprof protobuf.
+    Pprof,
+    /// Folded stacks, one line per unique stack.
+    Folded,
+    /// SVG flame graph.
+    Svg,
+}
+
+impl Format {
+    /// File name extension, without the leading dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Pprof => "pb.gz",
+            Format::Folded => "folded",
+            Format::Svg => "svg",
+        }
+    }
+
+    /// Writes `profile` in this format. Folded stacks and SVG use the first sample type.
+    pub fn write(self, profile: &Profile, out: impl std::io::Write) -> Result<(), ExportError> {
+        match self {
+            Format::Pprof => pprof::write(profile, out),
+            Format::Folded => folded::write(profile, 0, out),
+            Format::Svg => svg::write(profile, 0, out),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! A small profile model: symbolized stacks with values and labels, aggregated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use emberprof_symbolizer::Stack;
+
+/// What a value measures, in pprof's (type, unit) terms, e.g. ("cpu", "nanoseconds").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueType {
+    pub kind: String,
+    pub unit: String,
+}
+
+impl ValueType {
+    /// A value type from its kind and unit.
+    pub fn new(kind: &str, unit: &str) -> Self {
+        ValueType {
+            kind: kind.to_string(),
+            unit: unit.to_string(),
+        }
+    }
+}
+
+/// One unique {process, thread, stack} and its values, one per sample type.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub pid: u32,
+    pub process_name: Arc<str>,
+    pub tid: u32,
+    pub thread_name: Arc<str>,
+    /// Leaf first.
+    pub stack: Stack,
+    pub values: Vec<i64>,
+}
+
+/// A profile over one time range.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Human name of what was profiled, e.g. "CPU"; used in titles.
+    pub name: String,
+    pub sample_types: Vec<ValueType>,
+    pub period_type: ValueType,
+    /// Value of one sample in `period_type` units.
+    pub period: i64,
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub samples: Vec<Sample>,
+}
+
+impl Profile {
+    /// Start time in nanoseconds since the Unix epoch.
+    pub fn start_unix_nanos(&self) -> i64 {
+        self.start
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    }
+
+    /// Sum of one value over all samples.
+    pub fn total(&self, value_index: usize) -> i64 {
+        self.samples
+            .iter()
+            .filter_map(|s| s.values.get(value_index))
+            .sum()
+    }
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct Key {
+    pid: u32,
+    tid: u32,
+    thread_name: Arc<str>,
+    stack: Stack,
+}
+
+/// Accumulates samples, merging identical {process, thread, stack}.
+pub struct ProfileBuilder {
+    profile: Profile,
+    index: HashMap<Key, usize>,
+}
+
+impl ProfileBuilder {
+    /// A CPU profile sampled at `frequency_hz`: values `samples/count` and `cpu/nanoseconds`.
+    pub fn cpu(frequency_hz: u64, start: SystemTime) -> Self {
+        let period = 1_000_000_000 / frequency_hz.max(1) as i64;
+        ProfileBuilder::new(Profile {
+            name: "CPU".into(),
+            sample_types: vec![
+                ValueType::new("samples", "count"),
+                ValueType::new("cpu", "nanoseconds"),
+            ],
+            period_type: ValueType::new("cpu", "nanoseconds"),
+            period,
+            start,
+            duration: Duration::ZERO,
+            samples: Vec::new(),
+        })
+    }
+
+    /// A builder around an empty profile with the given metadata.
+    pub fn new(profile: Profile) -> Self {
+        ProfileBuilder {
+            profile,
+            index: HashMap::new(),
+        }
+    }
+
+    /// The period of one sample, in the period type's unit.
+    pub fn period(&self) -> i64 {
+        self.profile.period
+    }
+
+    /// Adds values (one per sample type) for a thread's stack.
+    pub fn add(
+        &mut self,
+        pid: u32,
+        process_name: &Arc<str>,
+        tid: u32,
+        thread_name: &Arc<str>,
+        stack: &Stack,
+        values: &[i64],
+    ) {
+        let key = Key {
+            pid,
+            tid,
+            thread_name: thread_name.clone(),
+            stack: stack.clone(),
+        };
+        let samples = &mut self.profile.samples;
+        let i = *self.index.entry(key).or_insert_with(|| {
+            samples.push(Sample {
+                pid,
+                process_name: process_name.clone(),
+                tid,
+                thread_name: thread_name.clone(),
+                stack: stack.clone(),
+                values: vec![0; values.len()],
+            });
+            samples.len() - 1
+        });
+        for (total, v) in samples[i].values.iter_mut().zip(values) {
+            *total += v;
+        }
+    }
+
+    /// Number of unique {process, thread, stack} so far.
+    pub fn len(&self) -> usize {
+        self.profile.samples.len()
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.profile.samples.is_empty()
+    }
+
+    /// The profile, covering `start` until `end`.
+    pub fn finish(mut self, end: SystemTime) -> Profile {
+        self.profile.duration = end.duration_since(self.profile.start).unwrap_or_default();
+        self.profile
+    }
+}

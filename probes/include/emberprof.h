@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Types shared between the eBPF programs and user space. The Rust twins live in
+ * probes/src/abi.rs; a test there compares their layout with this header
+ * (offsets are measured by build.rs compiling this file for the host).
+ */
+#ifndef EMBERPROF_H
+#define EMBERPROF_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define EP_COMM_LEN 16
+/* Matches the kernel's default kernel.perf_event_max_stack. */
+#define EP_MAX_STACK_DEPTH 127
+
+/* Key of the in-kernel sample counts: one entry per distinct thread + stack pair. */
+struct ep_sample_key {
+	__u32 tgid;
+	__u32 tid;
+	/* >= 0: id in the stack map of the same buffer; < 0: -errno from bpf_get_stackid. */
+	__s32 user_stack_id;
+	__s32 kernel_stack_id;
+	char comm[EP_COMM_LEN];
+};
+
+/* Indexes of the per-CPU counter array `ep_counters`. */
+enum ep_counter {
+	/* Samples of a tracked process (after the PID filter), counted once each. */
+	EP_CNT_SAMPLES = 0,
+	/* Samples that hit the idle task; not profiled. */
+	EP_CNT_IDLE = 1,
+	/* Samples whose user stack bucket was taken by another stack (stack map full). */
+	EP_CNT_USER_STACK_MAP_FULL = 2,
+	/* Samples whose kernel stack bucket was taken by another stack (stack map full). */
+	EP_CNT_KERNEL_STACK_MAP_FULL = 3,
+	/* Other errors from bpf_get_stackid (not -EFAULT, which means "no such stack"). */
+	EP_CNT_STACK_ERROR = 4,
+	/* Samples lost because the count map had no room for a new key. */
+	EP_CNT_COUNT_MAP_FULL = 5,
+	EP_CNT_MAX = 6,
+};
+
+#endif

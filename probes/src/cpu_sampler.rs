@@ -1,0 +1,381 @@
+//! Loads the perf-event CPU sampler on every online CPU and drains its in-kernel
+//! aggregates without losing or double-counting samples.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{Array, Map, MapData, PerCpuArray, StackTraceMap};
+use aya::programs::perf_event::{
+    perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, PerfEventLinkId, PerfEventScope, PerfTypeId, SamplePolicy,
+};
+use aya::programs::PerfEvent;
+use aya::{Ebpf, EbpfLoader};
+
+use crate::abi::{Counter, SampleKey};
+use crate::{bpf_map, preflight, ProbeError};
+
+static CPU_SAMPLER_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
+
+const PROGRAM: &str = "ep_cpu_sample";
+const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
+const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
+/// Size of `ep_pid_filter` in the C program.
+pub const MAX_FILTER_PIDS: usize = 4096;
+/// Highest frequency accepted; the kernel clamps higher values to perf_event_max_sample_rate.
+pub const MAX_FREQUENCY_HZ: u64 = 10_000;
+/// How long a perf-event program that read the old buffer index can still be running
+/// after the switch. Programs run in interrupt context for microseconds; this is generous.
+const SWITCH_GRACE: Duration = Duration::from_millis(2);
+
+/// What to sample.
+#[derive(Clone, Debug)]
+pub struct CpuSamplerConfig {
+    /// Samples per second on each CPU.
+    pub frequency_hz: u64,
+    /// Only these processes (thread-group ids) when non-empty.
+    pub pids: Vec<u32>,
+}
+
+/// Why a stack could not be captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StackLoss {
+    /// Its stack-map bucket held another stack.
+    MapFull,
+    /// bpf_get_stackid failed, or the id was gone when read (errno).
+    Error(i32),
+}
+
+/// One stack as captured by the kernel, leaf first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Stack {
+    /// No stack of this kind (a kernel thread's user stack, or a sample taken in user mode).
+    None,
+    /// Instruction pointers, leaf first.
+    Addrs(Arc<[u64]>),
+    /// The sample was counted but its stack was lost.
+    Lost(StackLoss),
+}
+
+/// Sample count for one {process, thread, user stack, kernel stack}.
+#[derive(Clone, Debug)]
+pub struct StackCount {
+    pub tgid: u32,
+    pub tid: u32,
+    pub thread_name: String,
+    pub user: Stack,
+    pub kernel: Stack,
+    pub count: u64,
+}
+
+/// Totals of what the kernel side saw, summed over CPUs, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Samples of profiled processes (idle and filtered-out excluded).
+    pub samples: u64,
+    pub idle: u64,
+    pub user_stack_map_full: u64,
+    pub kernel_stack_map_full: u64,
+    pub stack_errors: u64,
+    /// Samples dropped entirely: no room in the count map.
+    pub count_map_full: u64,
+}
+
+impl KernelCounters {
+    /// Samples the kernel could not record at all.
+    pub fn dropped(&self) -> u64 {
+        self.count_map_full
+    }
+
+    /// Samples recorded without one of their stacks.
+    pub fn stacks_lost(&self) -> u64 {
+        self.user_stack_map_full + self.kernel_stack_map_full + self.stack_errors
+    }
+}
+
+/// The loaded and attached CPU sampler. Dropping it detaches and unloads everything.
+pub struct CpuSampler {
+    ebpf: Ebpf,
+    counts: [MapData; 2],
+    stacks: [StackTraceMap<MapData>; 2],
+    control: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    links: Vec<PerfEventLinkId>,
+    cpus: usize,
+    /// Buffer the kernel is writing to.
+    active: u32,
+}
+
+impl CpuSampler {
+    /// Checks privileges, loads the program and attaches it to every online CPU.
+    pub fn start(config: &CpuSamplerConfig) -> Result<Self, ProbeError> {
+        if config.frequency_hz == 0 || config.frequency_hz > MAX_FREQUENCY_HZ {
+            return Err(ProbeError::Frequency {
+                got: config.frequency_hz,
+                max: MAX_FREQUENCY_HZ,
+            });
+        }
+        if config.pids.len() > MAX_FILTER_PIDS {
+            return Err(ProbeError::TooManyPids {
+                got: config.pids.len(),
+                max: MAX_FILTER_PIDS,
+            });
+        }
+        preflight::check()?;
+
+        let filter: u8 = u8::from(!config.pids.is_empty());
+        let mut ebpf = EbpfLoader::new()
+            .set_global("ep_filter_pids", &filter, true)
+            .load(CPU_SAMPLER_OBJ)?;
+
+        if !config.pids.is_empty() {
+            let mut pid_filter: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(
+                ebpf.map_mut("ep_pid_filter")
+                    .ok_or(ProbeError::MissingMap("ep_pid_filter"))?,
+            )
+            .map_err(|source| ProbeError::Map {
+                name: "ep_pid_filter",
+                source,
+            })?;
+            for pid in &config.pids {
+                pid_filter
+                    .insert(pid, 1, 0)
+                    .map_err(|source| ProbeError::Map {
+                        name: "ep_pid_filter",
+                        source,
+                    })?;
+            }
+        }
+
+        let counts = [
+            take_hash(&mut ebpf, COUNT_MAPS[0])?,
+            take_hash(&mut ebpf, COUNT_MAPS[1])?,
+        ];
+        let stacks = [
+            take_stacks(&mut ebpf, STACK_MAPS[0])?,
+            take_stacks(&mut ebpf, STACK_MAPS[1])?,
+        ];
+        let control =
+            Array::try_from(take(&mut ebpf, "ep_control")?).map_err(|source| ProbeError::Map {
+                name: "ep_control",
+                source,
+            })?;
+        let counters =
+            PerCpuArray::try_from(take(&mut ebpf, "ep_counters")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "ep_counters",
+                    source,
+                }
+            })?;
+
+        let mut sampler = CpuSampler {
+            ebpf,
+            counts,
+            stacks,
+            control,
+            counters,
+            links: Vec::new(),
+            cpus: 0,
+            active: 0,
+        };
+        sampler.attach(config.frequency_hz)?;
+        Ok(sampler)
+    }
+
+    fn attach(&mut self, frequency_hz: u64) -> Result<(), ProbeError> {
+        let program_err = |source| ProbeError::Program {
+            name: PROGRAM,
+            source,
+        };
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(ProbeError::MissingMap(PROGRAM))?
+            .try_into()
+            .map_err(program_err)?;
+        program.load().map_err(program_err)?;
+        for cpu in cpus {
+            let link = program
+                .attach(
+                    PerfTypeId::Software,
+                    PERF_COUNT_SW_CPU_CLOCK as u64,
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(frequency_hz),
+                    false,
+                )
+                .map_err(program_err)?;
+            self.links.push(link);
+        }
+        self.cpus = self.links.len();
+        tracing::debug!(cpus = self.cpus, frequency_hz, "CPU sampler attached");
+        Ok(())
+    }
+
+    /// Number of CPUs sampled.
+    pub fn cpus(&self) -> usize {
+        self.cpus
+    }
+
+    /// Switches the kernel to the other buffer and returns what the previous one holds.
+    pub fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        let old = self.active;
+        let new = 1 - old;
+        self.control
+            .set(0, new, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "ep_control",
+                source,
+            })?;
+        self.active = new;
+        std::thread::sleep(SWITCH_GRACE);
+        self.read_buffer(old as usize)
+    }
+
+    /// Detaches from every CPU and returns everything still in the kernel.
+    pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        if let Some(program) = self.ebpf.program_mut(PROGRAM) {
+            let program: &mut PerfEvent =
+                program.try_into().map_err(|source| ProbeError::Program {
+                    name: PROGRAM,
+                    source,
+                })?;
+            for link in self.links.drain(..) {
+                program.detach(link).map_err(|source| ProbeError::Program {
+                    name: PROGRAM,
+                    source,
+                })?;
+            }
+        }
+        let mut all = self.read_buffer(0)?;
+        all.extend(self.read_buffer(1)?);
+        Ok(all)
+    }
+
+    /// Kernel-side totals since load.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let mut totals = [0u64; Counter::ALL.len()];
+        for (i, total) in totals.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "ep_counters",
+                    source,
+                })?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(KernelCounters {
+            samples: totals[Counter::Samples as usize],
+            idle: totals[Counter::Idle as usize],
+            user_stack_map_full: totals[Counter::UserStackMapFull as usize],
+            kernel_stack_map_full: totals[Counter::KernelStackMapFull as usize],
+            stack_errors: totals[Counter::StackError as usize],
+            count_map_full: totals[Counter::CountMapFull as usize],
+        })
+    }
+
+    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<StackCount>, ProbeError> {
+        let name = COUNT_MAPS[buffer];
+        let fd = self.counts[buffer].fd().as_fd();
+        let keys: Vec<SampleKey> = bpf_map::keys(fd).map_err(|source| ProbeError::MapSyscall {
+            name,
+            op: "get_next_key",
+            source,
+        })?;
+
+        let mut resolved: HashMap<i32, Stack> = HashMap::new();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let count: Option<u64> =
+                bpf_map::lookup_and_delete(fd, &key).map_err(|source| ProbeError::MapSyscall {
+                    name,
+                    op: "lookup_and_delete",
+                    source,
+                })?;
+            let Some(count) = count else { continue };
+            let stacks = &self.stacks[buffer];
+            let mut stack = |id: i32| {
+                resolved
+                    .entry(id)
+                    .or_insert_with(|| read_stack(stacks, id))
+                    .clone()
+            };
+            out.push(StackCount {
+                tgid: key.tgid,
+                tid: key.tid,
+                thread_name: key.comm_str(),
+                user: stack(key.user_stack_id),
+                kernel: stack(key.kernel_stack_id),
+                count,
+            });
+        }
+        self.clear_stacks(buffer)?;
+        Ok(out)
+    }
+
+    /// Empties a stack map once the counts that reference it have been read, so that
+    /// stack ids stay free for the next round of this buffer.
+    fn clear_stacks(&mut self, buffer: usize) -> Result<(), ProbeError> {
+        let name = STACK_MAPS[buffer];
+        let map = &mut self.stacks[buffer];
+        let ids: Vec<u32> = map
+            .stack_ids()
+            .collect::<Result<_, _>>()
+            .map_err(|source| ProbeError::Map { name, source })?;
+        for id in ids {
+            match map.remove(&id) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(ProbeError::Map { name, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_stack(stacks: &StackTraceMap<MapData>, id: i32) -> Stack {
+    const EFAULT: i32 = 14;
+    const EEXIST: i32 = 17;
+    match id {
+        id if id >= 0 => match stacks.get(&(id as u32), 0) {
+            Ok(trace) => {
+                let addrs: Arc<[u64]> = trace
+                    .frames()
+                    .iter()
+                    .map(|f| f.ip)
+                    .take_while(|&ip| ip != 0)
+                    .collect();
+                if addrs.is_empty() {
+                    Stack::None
+                } else {
+                    Stack::Addrs(addrs)
+                }
+            }
+            Err(e) => {
+                tracing::debug!(id, error = %e, "stack id vanished before it was read");
+                Stack::Lost(StackLoss::Error(libc::ENOENT))
+            }
+        },
+        id if id == -EFAULT => Stack::None,
+        id if id == -EEXIST => Stack::Lost(StackLoss::MapFull),
+        id => Stack::Lost(StackLoss::Error(-id)),
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+fn take_hash(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, ProbeError> {
+    match take(ebpf, name)? {
+        Map::HashMap(data) => Ok(data),
+        _ => Err(ProbeError::MissingMap(name)),
+    }
+}
+
+fn take_stacks(ebpf: &mut Ebpf, name: &'static str) -> Result<StackTraceMap<MapData>, ProbeError> {
+    StackTraceMap::try_from(take(ebpf, name)?).map_err(|source| ProbeError::Map { name, source })
+}

@@ -1,0 +1,41 @@
+use thiserror::Error;
+
+/// Errors from loading, attaching or reading the probes.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
+    #[error("loading the eBPF object failed: {0} (needs root, or CAP_BPF and CAP_PERFMON)")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF map {0} is missing from the object or has an unexpected type")]
+    MissingMap(&'static str),
+    #[error("eBPF map {name}: {op} failed: {source}")]
+    MapSyscall {
+        name: &'static str,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listing online CPUs ({path}): {source}")]
+    OnlineCpus {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sampling frequency must be between 1 and {max} Hz, got {got}")]
+    Frequency { got: u64, max: u64 },
+    #[error("at most {max} PIDs can be filtered in the kernel, got {got}")]
+    TooManyPids { got: usize, max: usize },
+}

@@ -1,0 +1,11 @@
+//! emberprof's eBPF probes: the C programs compiled by `build.rs`, the Rust twins of their
+//! shared types, and the loaders that attach them and drain what they aggregate.
+
+pub mod abi;
+mod bpf_map;
+pub mod cpu_sampler;
+mod error;
+pub mod preflight;
+
+pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters, Stack, StackCount, StackLoss};
+pub use error::ProbeError;

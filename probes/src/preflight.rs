@@ -1,0 +1,117 @@
+//! Checks that loading the probes can work, so that a missing privilege is reported as
+//! such instead of as an opaque EPERM from the verifier.
+
+use std::path::Path;
+
+use thiserror::Error;
+
+/// Where the kernel exposes its BTF; CO-RE relocations need it.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Why the probes cannot be loaded on this host, with what to do about it.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PreflightError {
+    #[error(
+        "emberprof needs root, or the capabilities CAP_BPF and CAP_PERFMON (missing: {})",
+        missing.join(", ")
+    )]
+    MissingCapabilities { missing: Vec<&'static str> },
+    #[error("kernel BTF not found at {KERNEL_BTF}: emberprof needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf,
+    #[error("cannot read this process's capabilities from /proc/self/status: {0}")]
+    Status(String),
+}
+
+/// Fails with a clear error when the kernel or our privileges cannot run the probes.
+pub fn check() -> Result<(), PreflightError> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| PreflightError::Status(e.to_string()))?;
+    check_capabilities(&status)?;
+    if !Path::new(KERNEL_BTF).exists() {
+        return Err(PreflightError::NoBtf);
+    }
+    Ok(())
+}
+
+/// Checks the effective capability set in the text of /proc/PID/status.
+pub fn check_capabilities(status: &str) -> Result<(), PreflightError> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .ok_or_else(|| PreflightError::Status("no CapEff line".into()))?;
+    let eff = u64::from_str_radix(hex, 16)
+        .map_err(|e| PreflightError::Status(format!("bad CapEff {hex:?}: {e}")))?;
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    // CAP_SYS_ADMIN implies both on kernels that predate CAP_BPF/CAP_PERFMON.
+    if has(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<&'static str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::MissingCapabilities { missing })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_passes() {
+        assert_eq!(
+            check_capabilities("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn bpf_and_perfmon_pass_without_sys_admin() {
+        let eff = (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON);
+        assert_eq!(
+            check_capabilities(&format!("CapEff:\t{eff:016x}\n")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn missing_caps_are_named() {
+        let eff = 1u64 << CAP_BPF;
+        let err = check_capabilities(&format!("CapEff:\t{eff:016x}\n")).unwrap_err();
+        assert_eq!(
+            err,
+            PreflightError::MissingCapabilities {
+                missing: vec!["CAP_PERFMON"]
+            }
+        );
+        let msg = check_capabilities("CapEff:\t0000000000000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("needs root") && msg.contains("CAP_BPF, CAP_PERFMON"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn garbage_status_is_an_error_not_a_panic() {
+        assert!(matches!(
+            check_capabilities("nothing"),
+            Err(PreflightError::Status(_))
+        ));
+        assert!(matches!(
+            check_capabilities("CapEff: zz"),
+            Err(PreflightError::Status(_))
+        ));
+    }
+}

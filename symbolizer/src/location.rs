@@ -1,0 +1,84 @@
+//! The symbolized form of a stack, as handed to the exporters.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Whether an address is in the kernel or in a user process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrameKind {
+    User,
+    Kernel,
+}
+
+/// A mapped file (or the kernel image) that code was executed from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Module {
+    /// Path as the process saw it (`/usr/lib/libc.so.6`), or `[kernel.kallsyms]`, `[vdso]`.
+    pub path: Arc<str>,
+    /// GNU build ID, lower-case hex, when the file has one.
+    pub build_id: Option<Arc<str>>,
+}
+
+impl Module {
+    /// Last path component, as profilers show modules.
+    pub fn base_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// One function at one address: a real function, or a function inlined into it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    pub function: Arc<str>,
+    pub file: Option<Arc<str>>,
+    /// 0 when unknown.
+    pub line: u32,
+}
+
+/// One address of a stack and what it resolved to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    pub kind: FrameKind,
+    pub module: Option<Arc<Module>>,
+    /// File offset in `module` for user code (stable across processes and ASLR); the
+    /// absolute address for kernel code or when no module is known.
+    pub address: u64,
+    /// Innermost first: inlined callees before the function they were inlined into.
+    /// Empty when the address could not be named.
+    pub frames: Vec<Frame>,
+}
+
+impl Location {
+    /// A location that stands for something that is not code, such as a lost stack.
+    pub fn marker(kind: FrameKind, text: &str) -> Self {
+        Location {
+            kind,
+            module: None,
+            address: 0,
+            frames: vec![Frame {
+                function: Arc::from(text),
+                file: None,
+                line: 0,
+            }],
+        }
+    }
+
+    /// Whether no function name is known.
+    pub fn is_unknown(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// Frame names of an unnamed location: `module+0xoffset`, or `[unknown]`.
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.frames.first(), &self.module) {
+            (Some(frame), _) => f.write_str(&frame.function),
+            (None, Some(m)) => write!(f, "{}+{:#x}", m.base_name(), self.address),
+            (None, None) => f.write_str("[unknown]"),
+        }
+    }
+}
+
+/// A symbolized stack, leaf first: kernel locations, then user locations.
+pub type Stack = Arc<[Arc<Location>]>;

@@ -1,0 +1,301 @@
+//! The symbolizer: stacks of addresses in, stacks of named locations out.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{Input, Sym, Symbolized};
+use blazesym::MaybeDefault;
+
+use crate::files::{FileId, FileTable};
+use crate::location::{Frame, FrameKind, Location, Module, Stack};
+use crate::process::Process;
+
+/// Counters of the symbolizer's work since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SymbolizerStats {
+    /// Addresses answered from the location cache.
+    pub cache_hits: u64,
+    /// Addresses that had to be symbolized.
+    pub cache_misses: u64,
+    /// Distinct files opened (one per build ID, else per inode).
+    pub files: u64,
+    /// Processes whose mappings were captured.
+    pub processes: u64,
+    /// Processes that were gone before we could read their mappings.
+    pub processes_gone: u64,
+    /// Files whose symbols could not be read at all (corrupt or unsupported).
+    pub file_errors: u64,
+}
+
+/// One stack to symbolize: the addresses of one sample, leaf first.
+#[derive(Clone, Copy, Debug)]
+pub struct StackRequest<'a> {
+    pub pid: u32,
+    pub user: &'a [u64],
+    pub kernel: &'a [u64],
+}
+
+/// Where one address resolves: a cache key or a fixed location.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    User(FileId, u64),
+    Kernel(u64),
+}
+
+/// Symbolizes stacks of many processes with shared, run-long caches.
+pub struct Symbolizer {
+    blaze: blazesym::symbolize::Symbolizer,
+    files: FileTable,
+    processes: HashMap<u32, Process>,
+    cache: HashMap<Key, Arc<Location>>,
+    kernel_module: Arc<Module>,
+    unknown: Arc<Location>,
+    stats: SymbolizerStats,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    /// A symbolizer with demangling, source lines and inlined functions enabled.
+    pub fn new() -> Self {
+        let blaze = blazesym::symbolize::Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            // Files are addressed by /proc/self/fd paths we keep open: they cannot change.
+            .enable_auto_reload(false)
+            .build();
+        Symbolizer {
+            blaze,
+            files: FileTable::default(),
+            processes: HashMap::new(),
+            cache: HashMap::new(),
+            kernel_module: Arc::new(Module {
+                path: Arc::from("[kernel.kallsyms]"),
+                build_id: None,
+            }),
+            unknown: Arc::new(Location {
+                kind: FrameKind::User,
+                module: None,
+                address: 0,
+                frames: Vec::new(),
+            }),
+            stats: SymbolizerStats::default(),
+        }
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> SymbolizerStats {
+        SymbolizerStats {
+            files: self.files.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Captures a process's mappings now, while it is alive. Symbolizing its stacks later
+    /// works even after it exits.
+    pub fn observe(&mut self, pid: u32) {
+        if !self.processes.contains_key(&pid) {
+            let process = Process::snapshot(pid, &mut self.files);
+            self.stats.processes += 1;
+            if !process.seen_alive {
+                self.stats.processes_gone += 1;
+            }
+            self.processes.insert(pid, process);
+        }
+    }
+
+    /// The process's name (its /proc/PID/comm when first observed), if known.
+    pub fn process_name(&self, pid: u32) -> Option<Arc<str>> {
+        self.processes.get(&pid)?.name.clone()
+    }
+
+    /// Symbolizes stacks, one output per request, each leaf first (kernel then user).
+    /// Never fails: what cannot be named becomes `module+offset` or `[unknown]`.
+    pub fn symbolize(&mut self, requests: &[StackRequest<'_>]) -> Vec<Stack> {
+        for r in requests {
+            self.observe(r.pid);
+        }
+        let keyed: Vec<Vec<Result<Key, Arc<Location>>>> =
+            requests.iter().map(|r| self.keys(r)).collect();
+        self.fill_cache(keyed.iter().flatten().filter_map(|k| k.as_ref().ok()));
+        keyed
+            .into_iter()
+            .map(|keys| {
+                keys.into_iter()
+                    .map(|k| match k {
+                        Ok(key) => self
+                            .cache
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| self.unknown.clone()),
+                        Err(fixed) => fixed,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Cache keys for a stack, or a fixed location for addresses outside any known file.
+    fn keys(&self, r: &StackRequest<'_>) -> Vec<Result<Key, Arc<Location>>> {
+        // Callers' addresses are return addresses: the call is the instruction before.
+        let adjust = |i: usize, addr: u64| if i == 0 { addr } else { addr.saturating_sub(1) };
+        let mut out = Vec::with_capacity(r.kernel.len() + r.user.len());
+        out.extend(
+            r.kernel
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| Ok(Key::Kernel(adjust(i, a)))),
+        );
+        let process = self.processes.get(&r.pid);
+        for (i, &addr) in r.user.iter().enumerate() {
+            let addr = adjust(i, addr);
+            let mapping = process.and_then(|p| p.find(addr));
+            out.push(match mapping {
+                Some(m) => {
+                    let offset = addr - m.start + m.offset;
+                    match (m.file, &m.module) {
+                        (Some(file), _) => Ok(Key::User(file, offset)),
+                        (None, module) => Err(Arc::new(Location {
+                            kind: FrameKind::User,
+                            module: module.clone(),
+                            address: if module.is_some() { offset } else { addr },
+                            frames: Vec::new(),
+                        })),
+                    }
+                }
+                None => Err(Arc::new(Location {
+                    kind: FrameKind::User,
+                    module: None,
+                    address: addr,
+                    frames: Vec::new(),
+                })),
+            });
+        }
+        out
+    }
+
+    /// Symbolizes every key not yet cached, one blazesym call per file and one for the kernel.
+    fn fill_cache<'k>(&mut self, keys: impl Iterator<Item = &'k Key>) {
+        let mut per_file: HashMap<FileId, HashSet<u64>> = HashMap::new();
+        let mut kernel: HashSet<u64> = HashSet::new();
+        for key in keys {
+            if self.cache.contains_key(key) {
+                self.stats.cache_hits += 1;
+                continue;
+            }
+            match *key {
+                Key::User(file, offset) => per_file.entry(file).or_default().insert(offset),
+                Key::Kernel(addr) => kernel.insert(addr),
+            };
+        }
+        for (file, offsets) in per_file {
+            let offsets: Vec<u64> = offsets.into_iter().collect();
+            self.stats.cache_misses += offsets.len() as u64;
+            let open = self.files.get(file);
+            let module = open.module.clone();
+            let mut elf = Elf::new(open.path.clone());
+            elf.debug_syms = true;
+            let results = self
+                .blaze
+                .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets));
+            let named = named(
+                &mut self.stats,
+                results,
+                &offsets,
+                FrameKind::User,
+                &module,
+                "ELF",
+            );
+            for (offset, location) in offsets.iter().zip(named) {
+                self.cache.insert(Key::User(file, *offset), location);
+            }
+        }
+        if !kernel.is_empty() {
+            let addrs: Vec<u64> = kernel.into_iter().collect();
+            self.stats.cache_misses += addrs.len() as u64;
+            let source = Source::Kernel(Kernel {
+                vmlinux: MaybeDefault::None,
+                debug_syms: false,
+                ..Kernel::default()
+            });
+            let results = self.blaze.symbolize(&source, Input::AbsAddr(&addrs));
+            let module = self.kernel_module.clone();
+            let named = named(
+                &mut self.stats,
+                results,
+                &addrs,
+                FrameKind::Kernel,
+                &module,
+                "kernel",
+            );
+            for (addr, location) in addrs.iter().zip(named) {
+                self.cache.insert(Key::Kernel(*addr), location);
+            }
+        }
+    }
+}
+
+/// Locations for a batch of addresses of one module from blazesym's answer; a failed batch
+/// leaves every address unnamed but keeps its module and offset.
+fn named(
+    stats: &mut SymbolizerStats,
+    results: blazesym::Result<Vec<Symbolized<'_>>>,
+    addrs: &[u64],
+    kind: FrameKind,
+    module: &Arc<Module>,
+    what: &str,
+) -> Vec<Arc<Location>> {
+    let results = match results {
+        Ok(r) if r.len() == addrs.len() => r,
+        Ok(r) => {
+            tracing::warn!(what, module = %module.path, expected = addrs.len(), got = r.len(),
+                    "symbolizer returned a short batch");
+            stats.file_errors += 1;
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::debug!(what, module = %module.path, error = %e, "cannot symbolize");
+            stats.file_errors += 1;
+            Vec::new()
+        }
+    };
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| {
+            let frames = match results.get(i) {
+                Some(Symbolized::Sym(sym)) => frames_of(sym),
+                _ => Vec::new(),
+            };
+            Arc::new(Location {
+                kind,
+                module: Some(module.clone()),
+                address: addr,
+                frames,
+            })
+        })
+        .collect()
+}
+
+/// The frames of one symbol, innermost inlined function first.
+fn frames_of(sym: &Sym<'_>) -> Vec<Frame> {
+    let frame = |name: &str, info: Option<&blazesym::symbolize::CodeInfo<'_>>| Frame {
+        function: Arc::from(name),
+        file: info.map(|c| Arc::from(c.to_path().to_string_lossy().as_ref())),
+        line: info.and_then(|c| c.line).unwrap_or(0),
+    };
+    let mut frames: Vec<Frame> = sym
+        .inlined
+        .iter()
+        .rev()
+        .map(|f| frame(&f.name, f.code_info.as_ref()))
+        .collect();
+    frames.push(frame(&sym.name, sym.code_info.as_deref()));
+    frames
+}

@@ -1,0 +1,322 @@
+//! CPU profiling from the kernel to the output files, on workloads with known shapes.
+
+use std::io::Read;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use emberprof_exporters::pprof::validate;
+use pprof::protos::{self, Message};
+
+use crate::support::{bpf_test, read_folded, record, self_counts, Workload, EMBERPROF};
+
+const HZ: u64 = 99;
+
+fn assert_within(what: &str, got: u64, expected: f64, tolerance: f64) {
+    let err = (got as f64 - expected).abs() / expected;
+    assert!(
+        err <= tolerance,
+        "{what}: got {got}, expected {expected:.0} ± {:.0}%",
+        tolerance * 100.0
+    );
+}
+
+#[test]
+fn cpu_split_matches_known_ratio_and_sample_rate() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["cpu-split"]);
+    let pid = w.pid().to_string();
+    let secs = 4.0;
+    let rec = record(
+        "split.folded",
+        &["--pid", &pid, "--duration", "4", "--format", "folded"],
+    );
+    let lines = read_folded(&rec.file);
+
+    let total: u64 = lines.iter().map(|l| l.count).sum();
+    assert_within("samples of one busy thread", total, HZ as f64 * secs, 0.15);
+
+    let counts = self_counts(&lines, &["burn_heavy", "burn_medium", "burn_light"]);
+    let attributed: u64 = counts.values().sum();
+    assert!(
+        attributed as f64 >= 0.95 * total as f64,
+        "only {attributed}/{total} samples in the burn functions"
+    );
+    for (name, expected) in [
+        ("burn_heavy", 0.6),
+        ("burn_medium", 0.3),
+        ("burn_light", 0.1),
+    ] {
+        let share = counts.get(name).copied().unwrap_or(0) as f64 / attributed as f64;
+        assert!(
+            (share - expected).abs() <= 0.05,
+            "{name}: {:.1}% of samples, expected {:.0}% ± 5 points ({counts:?})",
+            share * 100.0,
+            expected * 100.0
+        );
+    }
+    // The always-inlined loop shows as its own frame below the function it was inlined into.
+    assert!(
+        lines.iter().any(|l| l
+            .frames
+            .windows(2)
+            .any(|w| w[0] == "burn_light" && w[1] == "light_inner")),
+        "inlined light_inner missing under burn_light"
+    );
+    // Process name and pid lead every line, user frames root first.
+    let prefix = format!("epworkload-{pid}");
+    assert!(lines.iter().all(|l| l.frames[0] == prefix));
+    assert!(lines.iter().any(|l| l.frames[1..].starts_with(&[
+        "__libc_start_call_main".into(),
+        "main".into(),
+        "cpu_split".into()
+    ])));
+}
+
+#[test]
+fn deep_recursion_appears_at_full_depth() {
+    let Some(_serial) = bpf_test() else { return };
+    let depth = 30;
+    let w = Workload::start(&["recurse", &depth.to_string()]);
+    let rec = record(
+        "recurse.folded",
+        &[
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "2",
+            "--format",
+            "folded",
+        ],
+    );
+    let lines = read_folded(&rec.file);
+    let total: u64 = lines.iter().map(|l| l.count).sum();
+    let full: u64 = lines
+        .iter()
+        .filter(|l| {
+            let n = l.frames.iter().filter(|f| *f == "recurse").count();
+            n == depth + 1 && l.frames.last().map(String::as_str) == Some("recursion_leaf")
+        })
+        .map(|l| l.count)
+        .sum();
+    assert!(
+        full as f64 >= 0.9 * total as f64,
+        "{full}/{total} samples have all {} recurse frames above recursion_leaf",
+        depth + 1
+    );
+}
+
+#[test]
+fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["syscalls"]);
+    let rec = record(
+        "syscalls.folded",
+        &[
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "2",
+            "--format",
+            "folded",
+        ],
+    );
+    let lines = read_folded(&rec.file);
+    let total: u64 = lines.iter().map(|l| l.count).sum();
+    let is_kernel = |f: &String| f.ends_with("_[k]");
+    for l in &lines {
+        // Kernel frames are the leaf end of a stack: no user frame below a kernel frame.
+        if let Some(first_k) = l.frames.iter().position(is_kernel) {
+            assert!(
+                l.frames[first_k..].iter().all(is_kernel),
+                "user frame under kernel frames: {:?}",
+                l.frames
+            );
+        }
+    }
+    let in_kernel: u64 = lines
+        .iter()
+        .filter(|l| {
+            let user = l.frames.iter().position(|f| f == "do_writes");
+            let kernel = l.frames.iter().position(is_kernel);
+            matches!((user, kernel), (Some(u), Some(k)) if u < k)
+        })
+        .map(|l| l.count)
+        .sum();
+    assert!(
+        in_kernel as f64 >= 0.3 * total as f64,
+        "only {in_kernel}/{total} samples in the kernel under do_writes"
+    );
+    let write_path = lines.iter().any(|l| {
+        l.frames.iter().any(|f| f == "do_writes")
+            && l.frames
+                .iter()
+                .any(|f| f == "ksys_write_[k]" || f == "vfs_write_[k]")
+    });
+    assert!(
+        write_path,
+        "no ksys_write/vfs_write kernel frame under do_writes"
+    );
+}
+
+#[test]
+fn pid_filter_excludes_every_other_process() {
+    let Some(_serial) = bpf_test() else { return };
+    let target = Workload::start(&["cpu-split"]);
+    let other = Workload::start(&["recurse", "5"]);
+    let filtered = record(
+        "filtered.folded",
+        &[
+            "--pid",
+            &target.pid().to_string(),
+            "--duration",
+            "2",
+            "--format",
+            "folded",
+        ],
+    );
+    let lines = read_folded(&filtered.file);
+    let target_prefix = format!("epworkload-{}", target.pid());
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert_eq!(
+            l.frames[0], target_prefix,
+            "a sample of another process got through the filter"
+        );
+    }
+    // Without the filter the other process is sampled: the filter is what kept it out.
+    let all = record(
+        "unfiltered.folded",
+        &["--duration", "1", "--format", "folded"],
+    );
+    let other_prefix = format!("epworkload-{}", other.pid());
+    assert!(read_folded(&all.file)
+        .iter()
+        .any(|l| l.frames[0] == other_prefix));
+}
+
+#[test]
+fn pprof_output_decodes_with_consistent_tables() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["cpu-split"]);
+    let rec = record(
+        "cpu.pb.gz",
+        &["--pid", &w.pid().to_string(), "--duration", "2"],
+    );
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&rec.file).unwrap())
+        .read_to_end(&mut raw)
+        .expect("output is gzip");
+    let p = protos::Profile::decode(raw.as_slice()).expect("output is a pprof Profile");
+    validate(&p).expect("consistent tables");
+
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let types: Vec<_> = p.sample_type.iter().map(|v| (s(v.ty), s(v.unit))).collect();
+    assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+    let pt = p.period_type.as_ref().unwrap();
+    assert_eq!((s(pt.ty), s(pt.unit)), ("cpu", "nanoseconds"));
+    assert_eq!(p.period, 1_000_000_000 / HZ as i64);
+    assert!(p.duration_nanos >= 1_900_000_000 && p.time_nanos > 0);
+
+    let (samples, _) = rec.summary_counts();
+    assert_eq!(
+        p.sample.iter().map(|x| x.value[0] as u64).sum::<u64>(),
+        samples
+    );
+    for x in &p.sample {
+        assert_eq!(x.value[1], x.value[0] * p.period);
+        let pid = x
+            .label
+            .iter()
+            .find(|l| s(l.key) == "pid")
+            .expect("pid label");
+        assert_eq!(pid.num, i64::from(w.pid()));
+        assert!(x.label.iter().any(|l| s(l.key) == "tid" && l.num > 0));
+        assert!(x
+            .label
+            .iter()
+            .any(|l| s(l.key) == "thread_name" && s(l.str) == "epworkload"));
+    }
+    let heavy = p
+        .function
+        .iter()
+        .find(|f| s(f.name) == "burn_heavy")
+        .expect("burn_heavy function");
+    assert!(s(heavy.filename).ends_with("workload.c"));
+    assert!(p
+        .location
+        .iter()
+        .flat_map(|l| &l.line)
+        .any(|l| l.function_id == heavy.id && l.line > 0));
+    let exe = p
+        .mapping
+        .iter()
+        .find(|m| s(m.filename).ends_with("/epworkload"))
+        .expect("workload mapping");
+    assert!(
+        !s(exe.build_id).is_empty(),
+        "the workload mapping carries its build ID"
+    );
+}
+
+#[test]
+fn no_sample_is_lost_across_fast_drains() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["cpu-split"]);
+    let args = [
+        "--pid",
+        &w.pid().to_string(),
+        "--duration",
+        "3",
+        "--drain-interval",
+        "100ms",
+        "--format",
+        "folded",
+    ];
+    let rec = record("drains.folded", &args);
+    let (samples, kernel) = rec.summary_counts();
+    assert_eq!(
+        samples, kernel,
+        "samples read differ from samples the kernel counted"
+    );
+    let folded_total: u64 = read_folded(&rec.file).iter().map(|l| l.count).sum();
+    assert_eq!(folded_total, samples);
+    assert_within("samples with 100 ms drains", samples, HZ as f64 * 3.0, 0.15);
+    assert!(rec.stderr.contains(" 0 dropped"), "{}", rec.stderr);
+}
+
+#[test]
+fn ctrl_c_ends_the_recording_and_still_writes_it() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["cpu-split"]);
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("interrupted.folded");
+    let _ = std::fs::remove_file(&file);
+    let started = Instant::now();
+    let child = Command::new(EMBERPROF)
+        .args([
+            "record",
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "60",
+            "--output",
+        ])
+        .arg(&file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "Ctrl-C did not end the recording"
+    );
+    let total: u64 = read_folded(&file).iter().map(|l| l.count).sum();
+    assert!(total >= 50, "only {total} samples written after Ctrl-C");
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: real probes, real workloads, the real `emberprof` binary.
+//! They need root (or CAP_BPF + CAP_PERFMON); with `CI` set they fail without it.
+
+mod cpu_profile;
+mod privileges;
+mod support;

@@ -1,0 +1,166 @@
+//! Shared helpers: the workload binary (built once), running emberprof, parsing output.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+pub const EMBERPROF: &str = env!("CARGO_BIN_EXE_emberprof");
+
+/// Profiling tests run one at a time: they measure CPU shares on a 2-CPU machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the serial lock, or returns `None` (skip) when BPF cannot be used here.
+/// Under CI a missing privilege is a failure, never a skip.
+pub fn bpf_test() -> Option<MutexGuard<'static, ()>> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var_os("CI").is_some() {
+            panic!("end-to-end BPF tests need root in CI");
+        }
+        eprintln!("skipping: end-to-end BPF tests need root");
+        return None;
+    }
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The test workload, compiled once per test run with frame pointers.
+pub fn workload_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/workload.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("epworkload");
+        let status = Command::new("cc")
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-mno-omit-leaf-frame-pointer",
+            ])
+            .args(["-fno-optimize-sibling-calls", "-Wall", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("running cc");
+        assert!(status.success(), "building {}", src.display());
+        out
+    })
+}
+
+/// A running workload, killed when dropped.
+pub struct Workload {
+    child: Child,
+}
+
+impl Workload {
+    pub fn start(args: &[&str]) -> Workload {
+        let child = Command::new(workload_binary())
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the workload");
+        // Let it reach its steady state before sampling starts.
+        std::thread::sleep(Duration::from_millis(200));
+        Workload { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A finished `emberprof record` run.
+pub struct Recording {
+    pub stderr: String,
+    pub file: PathBuf,
+}
+
+impl Recording {
+    /// The summary line's "N samples" and "kernel counted M".
+    pub fn summary_counts(&self) -> (u64, u64) {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("emberprof: ") && l.contains(" samples ("))
+            .unwrap_or_else(|| panic!("no summary line in stderr:\n{}", self.stderr));
+        let number_before = |marker: &str| -> u64 {
+            let head = &line[..line.find(marker).expect(marker)];
+            head.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let samples = number_before(" samples (");
+        let kernel = line
+            .split("kernel counted ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .expect("kernel counted N");
+        (samples, kernel)
+    }
+}
+
+/// Runs `emberprof record ARGS -o <tmp>/NAME` and checks it succeeded.
+pub fn record(name: &str, args: &[&str]) -> Recording {
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_file(&file);
+    let output = Command::new(EMBERPROF)
+        .arg("record")
+        .args(args)
+        .arg("--output")
+        .arg(&file)
+        .output()
+        .expect("running emberprof");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "emberprof record {args:?} failed:\n{stderr}"
+    );
+    Recording {
+        output,
+        stderr,
+        file,
+    }
+}
+
+/// One line of folded output: frames root first, and the count.
+pub struct FoldedLine {
+    pub frames: Vec<String>,
+    pub count: u64,
+}
+
+pub fn read_folded(path: &Path) -> Vec<FoldedLine> {
+    let text = std::fs::read_to_string(path).expect("reading folded output");
+    text.lines()
+        .map(|line| {
+            let (stack, count) = line.rsplit_once(' ').expect("folded line has a count");
+            FoldedLine {
+                frames: stack.split(';').map(str::to_string).collect(),
+                count: count.parse().expect("folded count is a number"),
+            }
+        })
+        .collect()
+}
+
+/// Samples whose leaf-most frame among `names` is each name (the first match from the leaf).
+pub fn self_counts(lines: &[FoldedLine], names: &[&str]) -> HashMap<String, u64> {
+    let mut counts = HashMap::new();
+    for line in lines {
+        if let Some(name) = line
+            .frames
+            .iter()
+            .rev()
+            .find(|f| names.contains(&f.as_str()))
+        {
+            *counts.entry(name.clone()).or_default() += line.count;
+        }
+    }
+    counts
+}

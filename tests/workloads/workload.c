@@ -1,0 +1,118 @@
+/*
+ * Test workloads with known function names, built by the e2e tests with frame pointers:
+ *   workload cpu-split        one thread: 60% burn_heavy, 30% burn_medium, 10% burn_light
+ *   workload recurse DEPTH    burns CPU at the bottom of a DEPTH-deep recursion
+ *   workload syscalls         write(2) to /dev/null in a tight loop, from do_writes
+ * Every call is followed by more work so that no frame is erased by a tail call.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define UNIT 400000L /* loop iterations in one unit of work, about a millisecond */
+
+static volatile long sink;
+/* Never cleared: loops test it so that GCC does not treat them as noreturn and drop
+ * their frame-pointer prologue. */
+static volatile int running = 1;
+
+static inline __attribute__((always_inline)) void light_inner(long units)
+{
+	for (volatile long i = 0; i < units * UNIT; i++)
+		sink += i;
+}
+
+__attribute__((noinline)) void burn_heavy(long units)
+{
+	for (volatile long i = 0; i < units * UNIT; i++)
+		sink += i;
+	sink++;
+}
+
+__attribute__((noinline)) void burn_medium(long units)
+{
+	for (volatile long i = 0; i < units * UNIT; i++)
+		sink += i;
+	sink++;
+}
+
+__attribute__((noinline)) void burn_light(long units)
+{
+	light_inner(units);
+	sink++;
+}
+
+__attribute__((noinline)) void cpu_split(void)
+{
+	while (running) {
+		burn_heavy(6);
+		burn_medium(3);
+		burn_light(1);
+	}
+}
+
+__attribute__((noinline)) void recursion_leaf(void)
+{
+	for (volatile long i = 0; i < UNIT; i++)
+		sink += i;
+}
+
+__attribute__((noinline)) int recurse(int depth)
+{
+	volatile char frame[16];
+	frame[0] = (char)depth;
+	if (depth == 0)
+		recursion_leaf();
+	else
+		recurse(depth - 1);
+	return frame[0] + 1;
+}
+
+__attribute__((noinline)) void account(long ret)
+{
+	sink += ret;
+}
+
+/* Calls account() so that it is not a leaf: GCC gives a leaf that never touches the stack
+ * no frame at all, and the frame-pointer walk would then skip its caller. */
+__attribute__((noinline)) void do_writes(int fd)
+{
+	static const char byte = 'x';
+	while (running) {
+		long ret;
+		/* A raw syscall keeps do_writes itself on the user stack: libc's wrapper has no
+		 * frame pointer and would hide its caller. */
+		__asm__ volatile("syscall"
+				 : "=a"(ret)
+				 : "0"((long)SYS_write), "D"((long)fd), "S"(&byte), "d"(1L)
+				 : "rcx", "r11", "memory");
+		account(ret);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls\n", argv[0]);
+		return 2;
+	}
+	if (strcmp(argv[1], "cpu-split") == 0) {
+		cpu_split();
+	} else if (strcmp(argv[1], "recurse") == 0 && argc > 2) {
+		int depth = atoi(argv[2]);
+		while (running)
+			recurse(depth);
+	} else if (strcmp(argv[1], "syscalls") == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+		if (fd < 0) {
+			perror("/dev/null");
+			return 1;
+		}
+		do_writes(fd);
+	}
+	fprintf(stderr, "unknown mode %s\n", argv[1]);
+	return 2;
+}
