@@ -22,22 +22,12 @@ pub fn add(
     builder: &mut ProfileBuilder,
     collected: &mut Collected,
 ) {
-    let empty: &[u64] = &[];
-    let addrs = |s: &RawStack| match s {
-        RawStack::Addrs(a) => a.clone(),
-        _ => Arc::from(empty),
-    };
-    let raw: Vec<(Arc<[u64]>, Arc<[u64]>)> = counts
-        .iter()
-        .map(|c| (addrs(&c.user), addrs(&c.kernel)))
-        .collect();
     let requests: Vec<StackRequest<'_>> = counts
         .iter()
-        .zip(&raw)
-        .map(|(c, (user, kernel))| StackRequest {
+        .map(|c| StackRequest {
             pid: c.tgid,
-            user,
-            kernel,
+            user: addrs(&c.user),
+            kernel: addrs(&c.kernel),
         })
         .collect();
     let stacks = symbolizer.symbolize(&requests);
@@ -61,6 +51,13 @@ pub fn add(
         collected.samples += c.count;
         collected.pids.insert(c.tgid);
         collected.stacks.insert(stack);
+    }
+}
+
+fn addrs(stack: &RawStack) -> &[u64] {
+    match stack {
+        RawStack::Addrs(a) => a,
+        _ => &[],
     }
 }
 

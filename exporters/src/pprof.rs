@@ -211,6 +211,80 @@ impl<'p> Tables<'p> {
     }
 }
 
+/// Checks that every id a pprof profile references exists and every string index is in
+/// range; the first problem found is returned.
+pub fn validate(p: &protos::Profile) -> Result<(), String> {
+    let strings = p.string_table.len() as i64;
+    if p.string_table.first().map(String::as_str) != Some("") {
+        return Err("string_table[0] must be the empty string".into());
+    }
+    let str_ok = |i: i64, what: &str| {
+        if (0..strings).contains(&i) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}: string index {i} out of range (table has {strings})"
+            ))
+        }
+    };
+    let ids = |ids: Vec<u64>, what: &str| -> Result<std::collections::HashSet<u64>, String> {
+        let mut set = std::collections::HashSet::new();
+        for id in ids {
+            if id == 0 || !set.insert(id) {
+                return Err(format!("{what} id {id} is zero or repeated"));
+            }
+        }
+        Ok(set)
+    };
+    let mappings = ids(p.mapping.iter().map(|m| m.id).collect(), "mapping")?;
+    let functions = ids(p.function.iter().map(|f| f.id).collect(), "function")?;
+    let locations = ids(p.location.iter().map(|l| l.id).collect(), "location")?;
+    for v in p.sample_type.iter().chain(p.period_type.as_ref()) {
+        str_ok(v.ty, "value type")?;
+        str_ok(v.unit, "value unit")?;
+    }
+    for m in &p.mapping {
+        str_ok(m.filename, "mapping filename")?;
+        str_ok(m.build_id, "mapping build_id")?;
+    }
+    for f in &p.function {
+        str_ok(f.name, "function name")?;
+        str_ok(f.system_name, "function system_name")?;
+        str_ok(f.filename, "function filename")?;
+    }
+    for l in &p.location {
+        if l.mapping_id != 0 && !mappings.contains(&l.mapping_id) {
+            return Err(format!(
+                "location {} names missing mapping {}",
+                l.id, l.mapping_id
+            ));
+        }
+        if let Some(line) = l.line.iter().find(|x| !functions.contains(&x.function_id)) {
+            return Err(format!(
+                "location {} names missing function {}",
+                l.id, line.function_id
+            ));
+        }
+    }
+    for (i, s) in p.sample.iter().enumerate() {
+        if s.value.len() != p.sample_type.len() {
+            return Err(format!(
+                "sample {i} has {} values for {} types",
+                s.value.len(),
+                p.sample_type.len()
+            ));
+        }
+        if let Some(id) = s.location_id.iter().find(|id| !locations.contains(id)) {
+            return Err(format!("sample {i} names missing location {id}"));
+        }
+        for label in &s.label {
+            str_ok(label.key, "label key")?;
+            str_ok(label.str, "label value")?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,78 +364,4 @@ mod tests {
         assert_eq!(unnamed.address, 0x4242);
         assert_ne!(unnamed.mapping_id, 0);
     }
-}
-
-/// Checks that every id a pprof profile references exists and every string index is in
-/// range; the first problem found is returned.
-pub fn validate(p: &protos::Profile) -> Result<(), String> {
-    let strings = p.string_table.len() as i64;
-    if p.string_table.first().map(String::as_str) != Some("") {
-        return Err("string_table[0] must be the empty string".into());
-    }
-    let str_ok = |i: i64, what: &str| {
-        if (0..strings).contains(&i) {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what}: string index {i} out of range (table has {strings})"
-            ))
-        }
-    };
-    let ids = |ids: Vec<u64>, what: &str| -> Result<std::collections::HashSet<u64>, String> {
-        let mut set = std::collections::HashSet::new();
-        for id in ids {
-            if id == 0 || !set.insert(id) {
-                return Err(format!("{what} id {id} is zero or repeated"));
-            }
-        }
-        Ok(set)
-    };
-    let mappings = ids(p.mapping.iter().map(|m| m.id).collect(), "mapping")?;
-    let functions = ids(p.function.iter().map(|f| f.id).collect(), "function")?;
-    let locations = ids(p.location.iter().map(|l| l.id).collect(), "location")?;
-    for v in p.sample_type.iter().chain(p.period_type.as_ref()) {
-        str_ok(v.ty, "value type")?;
-        str_ok(v.unit, "value unit")?;
-    }
-    for m in &p.mapping {
-        str_ok(m.filename, "mapping filename")?;
-        str_ok(m.build_id, "mapping build_id")?;
-    }
-    for f in &p.function {
-        str_ok(f.name, "function name")?;
-        str_ok(f.system_name, "function system_name")?;
-        str_ok(f.filename, "function filename")?;
-    }
-    for l in &p.location {
-        if l.mapping_id != 0 && !mappings.contains(&l.mapping_id) {
-            return Err(format!(
-                "location {} names missing mapping {}",
-                l.id, l.mapping_id
-            ));
-        }
-        if let Some(line) = l.line.iter().find(|x| !functions.contains(&x.function_id)) {
-            return Err(format!(
-                "location {} names missing function {}",
-                l.id, line.function_id
-            ));
-        }
-    }
-    for (i, s) in p.sample.iter().enumerate() {
-        if s.value.len() != p.sample_type.len() {
-            return Err(format!(
-                "sample {i} has {} values for {} types",
-                s.value.len(),
-                p.sample_type.len()
-            ));
-        }
-        if let Some(id) = s.location_id.iter().find(|id| !locations.contains(id)) {
-            return Err(format!("sample {i} names missing location {id}"));
-        }
-        for label in &s.label {
-            str_ok(label.key, "label key")?;
-            str_ok(label.str, "label value")?;
-        }
-    }
-    Ok(())
 }

@@ -299,3 +299,186 @@ fn frames_of(sym: &Sym<'_>) -> Vec<Frame> {
     frames.push(frame(&sym.name, sym.code_info.as_deref()));
     frames
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[inline(never)]
+    fn marker_function_for_symbolizer_test() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    fn symbolize_one(s: &mut Symbolizer, pid: u32, user: &[u64], kernel: &[u64]) -> Stack {
+        s.symbolize(&[StackRequest { pid, user, kernel }]).remove(0)
+    }
+
+    #[test]
+    fn names_own_rust_function_with_file_and_line() {
+        let mut s = Symbolizer::new();
+        let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
+        let stack = symbolize_one(&mut s, std::process::id(), &[addr], &[]);
+        let loc = &stack[0];
+        assert_eq!(loc.kind, FrameKind::User);
+        let frame = loc.frames.last().expect("named");
+        assert!(
+            frame
+                .function
+                .ends_with("marker_function_for_symbolizer_test"),
+            "demangled Rust path expected, got {}",
+            frame.function
+        );
+        assert!(
+            frame
+                .file
+                .as_deref()
+                .unwrap_or("")
+                .ends_with("symbolizer.rs"),
+            "{frame:?}"
+        );
+        assert!(frame.line > 0);
+        assert!(
+            loc.module.as_ref().unwrap().build_id.is_some(),
+            "Rust test binaries carry a build ID"
+        );
+    }
+
+    #[test]
+    fn second_lookup_is_a_cache_hit() {
+        let mut s = Symbolizer::new();
+        let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
+        let pid = std::process::id();
+        let a = symbolize_one(&mut s, pid, &[addr], &[]);
+        let misses = s.stats().cache_misses;
+        let b = symbolize_one(&mut s, pid, &[addr], &[]);
+        assert!(Arc::ptr_eq(&a[0], &b[0]));
+        assert_eq!(s.stats().cache_misses, misses);
+        assert_eq!(s.stats().cache_hits, 1);
+    }
+
+    #[test]
+    fn process_that_never_existed_gives_unknown_frames() {
+        let mut s = Symbolizer::new();
+        let stack = symbolize_one(&mut s, u32::MAX - 7, &[0x401000, 0x401234], &[]);
+        assert_eq!(stack.len(), 2);
+        assert!(stack
+            .iter()
+            .all(|l| l.is_unknown() && l.to_string() == "[unknown]"));
+        assert_eq!(s.stats().processes_gone, 1);
+    }
+
+    #[test]
+    fn process_observed_then_exited_keeps_its_modules() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Wait for exec to replace our image with sleep's.
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let maps = loop {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+            if !text.contains(exe.to_str().unwrap()) && text.contains("sleep") {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        let text_map = crate::parse_maps(&maps)
+            .into_iter()
+            .find(|m| m.executable && m.path.ends_with("/sleep"))
+            .unwrap();
+        let mut s = Symbolizer::new();
+        s.observe(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+        let addr = text_map.start + 0x10;
+        let stack = symbolize_one(&mut s, pid, &[addr], &[]);
+        let module = stack[0].module.as_ref().expect("module known after exit");
+        assert!(module.path.ends_with("/sleep"));
+        assert_eq!(stack[0].address, addr - text_map.start + text_map.offset);
+        assert_ne!(stack[0].to_string(), "[unknown]");
+        assert_eq!(s.process_name(pid).as_deref(), Some("sleep"));
+    }
+
+    #[test]
+    fn demangles_cpp_names() {
+        let dir = std::env::temp_dir().join(format!("ep-sym-cpp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("spin.cpp");
+        std::fs::write(
+            &src,
+            r#"#include <cstdio>
+#include <unistd.h>
+namespace shop { struct Cart { __attribute__((noinline)) int total(int n); }; }
+int shop::Cart::total(int n) { return n * 3; }
+int main() {
+    shop::Cart c;
+    std::printf("%p\n", (void*)&shop::Cart::total);
+    std::fflush(stdout);
+    sleep(30);
+    return c.total(1);
+}
+"#,
+        )
+        .unwrap();
+        let exe = dir.join("spin");
+        let built = Command::new("c++")
+            .args(["-O1", "-g", "-Wno-pmf-conversions", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status();
+        assert!(
+            built.is_ok_and(|s| s.success()),
+            "building the C++ test program needs g++"
+        );
+        let mut child = Command::new(&exe).stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let addr = u64::from_str_radix(line.trim().trim_start_matches("0x"), 16).unwrap();
+
+        let mut s = Symbolizer::new();
+        let stack = symbolize_one(&mut s, child.id(), &[addr], &[]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let name = &stack[0].frames.last().expect("named").function;
+        assert_eq!(&**name, "shop::Cart::total(int)");
+    }
+
+    #[test]
+    fn names_kernel_functions_from_kallsyms() {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+        let addr = kallsyms
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+                (name == "vfs_write").then(|| u64::from_str_radix(addr, 16).ok())?
+            })
+            .unwrap();
+        if addr == 0 {
+            // kallsyms hides addresses from unprivileged readers.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "kernel symbolization test needs root in CI"
+            );
+            return;
+        }
+        let mut s = Symbolizer::new();
+        let stack = symbolize_one(&mut s, std::process::id(), &[], &[addr + 4, addr + 8]);
+        assert_eq!(stack.len(), 2);
+        for loc in stack.iter() {
+            assert_eq!(loc.kind, FrameKind::Kernel);
+            assert_eq!(&*loc.frames[0].function, "vfs_write");
+            assert_eq!(&*loc.module.as_ref().unwrap().path, "[kernel.kallsyms]");
+        }
+    }
+}

@@ -39,7 +39,7 @@ pub fn workload_binary() -> &'static Path {
                 "-fno-omit-frame-pointer",
                 "-mno-omit-leaf-frame-pointer",
             ])
-            .args(["-fno-optimize-sibling-calls", "-Wall", "-o"])
+            .args(["-fno-optimize-sibling-calls", "-pthread", "-Wall", "-o"])
             .arg(&out)
             .arg(&src)
             .status()
@@ -123,11 +123,7 @@ pub fn record(name: &str, args: &[&str]) -> Recording {
         output.status.success(),
         "emberprof record {args:?} failed:\n{stderr}"
     );
-    Recording {
-        output,
-        stderr,
-        file,
-    }
+    Recording { stderr, file }
 }
 
 /// One line of folded output: frames root first, and the count.

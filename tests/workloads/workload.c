@@ -3,9 +3,11 @@
  *   workload cpu-split        one thread: 60% burn_heavy, 30% burn_medium, 10% burn_light
  *   workload recurse DEPTH    burns CPU at the bottom of a DEPTH-deep recursion
  *   workload syscalls         write(2) to /dev/null in a tight loop, from do_writes
+ *   workload fixed ROUNDS N   N threads each run ROUNDS rounds of cpu-split's work, then exit
  * Every call is followed by more work so that no frame is erased by a tail call.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,21 +23,27 @@ static volatile int running = 1;
 
 static inline __attribute__((always_inline)) void light_inner(long units)
 {
+	volatile long acc = 0; /* per call: threads must not contend on a shared line */
 	for (volatile long i = 0; i < units * UNIT; i++)
-		sink += i;
+		acc += i;
+	sink += acc;
 }
 
 __attribute__((noinline)) void burn_heavy(long units)
 {
+	volatile long acc = 0; /* per call: threads must not contend on a shared line */
 	for (volatile long i = 0; i < units * UNIT; i++)
-		sink += i;
+		acc += i;
+	sink += acc;
 	sink++;
 }
 
 __attribute__((noinline)) void burn_medium(long units)
 {
+	volatile long acc = 0; /* per call: threads must not contend on a shared line */
 	for (volatile long i = 0; i < units * UNIT; i++)
-		sink += i;
+		acc += i;
+	sink += acc;
 	sink++;
 }
 
@@ -54,10 +62,37 @@ __attribute__((noinline)) void cpu_split(void)
 	}
 }
 
+static void *fixed_rounds(void *arg)
+{
+	long rounds = (long)arg;
+	for (long r = 0; r < rounds; r++) {
+		burn_heavy(6);
+		burn_medium(3);
+		burn_light(1);
+	}
+	return NULL;
+}
+
+/* A fixed amount of CPU work on N threads, for timing with and without a profiler. */
+static int fixed_work(long rounds, int threads)
+{
+	pthread_t tids[256];
+	if (threads < 1 || threads > 256)
+		return 2;
+	for (int i = 0; i < threads; i++)
+		if (pthread_create(&tids[i], NULL, fixed_rounds, (void *)rounds) != 0)
+			return 1;
+	for (int i = 0; i < threads; i++)
+		pthread_join(tids[i], NULL);
+	return 0;
+}
+
 __attribute__((noinline)) void recursion_leaf(void)
 {
+	volatile long acc = 0;
 	for (volatile long i = 0; i < UNIT; i++)
-		sink += i;
+		acc += i;
+	sink += acc;
 }
 
 __attribute__((noinline)) int recurse(int depth)
@@ -96,7 +131,7 @@ __attribute__((noinline)) void do_writes(int fd)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -105,6 +140,8 @@ int main(int argc, char **argv)
 		int depth = atoi(argv[2]);
 		while (running)
 			recurse(depth);
+	} else if (strcmp(argv[1], "fixed") == 0 && argc > 3) {
+		return fixed_work(atol(argv[2]), atoi(argv[3]));
 	} else if (strcmp(argv[1], "syscalls") == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		if (fd < 0) {

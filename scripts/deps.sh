@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs, through apt, the system packages emberprof's build and tests need when any is
+# missing: clang (BPF compiler), libbpf headers, a C/C++ compiler for the test workloads.
+set -euo pipefail
+
+have_clang() {
+  for c in clang-22 clang-21 clang-20 clang-19 clang-18 clang; do
+    command -v "$c" >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+
+missing=()
+have_clang || missing+=(clang-19)
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing ${missing[*]} (apt)" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
