@@ -26,6 +26,8 @@ pub struct SymbolizerStats {
     pub processes_gone: u64,
     /// Files whose symbols could not be read at all (corrupt or unsupported).
     pub file_errors: u64,
+    /// Addresses left unnamed because their file's symbols could not be read.
+    pub addresses_unreadable: u64,
 }
 
 /// One stack to symbolize: the addresses of one sample, leaf first.
@@ -49,6 +51,8 @@ pub struct Symbolizer {
     files: FileTable,
     processes: HashMap<u32, Process>,
     cache: HashMap<Key, Arc<Location>>,
+    /// Files whose symbols could not be read: named `module+offset` from then on.
+    broken: HashSet<FileId>,
     kernel_module: Arc<Module>,
     unknown: Arc<Location>,
     stats: SymbolizerStats,
@@ -75,6 +79,7 @@ impl Symbolizer {
             files: FileTable::default(),
             processes: HashMap::new(),
             cache: HashMap::new(),
+            broken: HashSet::new(),
             kernel_module: Arc::new(Module {
                 path: Arc::from("[kernel.kallsyms]"),
                 build_id: None,
@@ -118,8 +123,21 @@ impl Symbolizer {
     /// Symbolizes stacks, one output per request, each leaf first (kernel then user).
     /// Never fails: what cannot be named becomes `module+offset` or `[unknown]`.
     pub fn symbolize(&mut self, requests: &[StackRequest<'_>]) -> Vec<Stack> {
+        let mut refreshed = HashSet::new();
         for r in requests {
             self.observe(r.pid);
+            // An address outside every known mapping means the process mapped code since we
+            // looked (dlopen, exec): look again, once per batch.
+            let stale = self
+                .processes
+                .get(&r.pid)
+                .is_some_and(|p| p.seen_alive && r.user.iter().any(|&a| p.find(a).is_none()));
+            if stale && refreshed.insert(r.pid) {
+                let process = Process::snapshot(r.pid, &mut self.files);
+                if process.seen_alive {
+                    self.processes.insert(r.pid, process);
+                }
+            }
         }
         let keyed: Vec<Vec<Result<Key, Arc<Location>>>> =
             requests.iter().map(|r| self.keys(r)).collect();
@@ -199,19 +217,27 @@ impl Symbolizer {
             self.stats.cache_misses += offsets.len() as u64;
             let open = self.files.get(file);
             let module = open.module.clone();
-            let mut elf = Elf::new(open.path.clone());
-            elf.debug_syms = true;
-            let results = self
-                .blaze
-                .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets));
-            let named = named(
-                &mut self.stats,
-                results,
-                &offsets,
-                FrameKind::User,
-                &module,
-                "ELF",
-            );
+            let results = if self.broken.contains(&file) {
+                Err(None)
+            } else {
+                let mut elf = Elf::new(open.path.clone());
+                elf.debug_syms = true;
+                let results = self
+                    .blaze
+                    .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets));
+                checked(results, offsets.len()).map_err(Some)
+            };
+            let results = results.unwrap_or_else(|error| {
+                if let Some(error) = error {
+                    tracing::warn!(module = %module.path, %error,
+                        "cannot read symbols; frames in it are named module+offset");
+                    self.broken.insert(file);
+                    self.stats.file_errors += 1;
+                }
+                self.stats.addresses_unreadable += offsets.len() as u64;
+                Vec::new()
+            });
+            let named = named(&results, &offsets, FrameKind::User, &module);
             for (offset, location) in offsets.iter().zip(named) {
                 self.cache.insert(Key::User(file, *offset), location);
             }
@@ -224,16 +250,17 @@ impl Symbolizer {
                 debug_syms: false,
                 ..Kernel::default()
             });
-            let results = self.blaze.symbolize(&source, Input::AbsAddr(&addrs));
-            let module = self.kernel_module.clone();
-            let named = named(
-                &mut self.stats,
-                results,
-                &addrs,
-                FrameKind::Kernel,
-                &module,
-                "kernel",
-            );
+            let results = checked(
+                self.blaze.symbolize(&source, Input::AbsAddr(&addrs)),
+                addrs.len(),
+            )
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot symbolize kernel addresses");
+                self.stats.file_errors += 1;
+                self.stats.addresses_unreadable += addrs.len() as u64;
+                Vec::new()
+            });
+            let named = named(&results, &addrs, FrameKind::Kernel, &self.kernel_module);
             for (addr, location) in addrs.iter().zip(named) {
                 self.cache.insert(Key::Kernel(*addr), location);
             }
@@ -241,30 +268,26 @@ impl Symbolizer {
     }
 }
 
-/// Locations for a batch of addresses of one module from blazesym's answer; a failed batch
-/// leaves every address unnamed but keeps its module and offset.
+/// blazesym's answer for a batch, or why the whole batch failed.
+fn checked<'a>(
+    results: blazesym::Result<Vec<Symbolized<'a>>>,
+    expected: usize,
+) -> Result<Vec<Symbolized<'a>>, String> {
+    match results {
+        Ok(r) if r.len() == expected => Ok(r),
+        Ok(r) => Err(format!("{} results for {expected} addresses", r.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Locations for a batch of addresses of one module; addresses without a result stay
+/// unnamed but keep their module and offset.
 fn named(
-    stats: &mut SymbolizerStats,
-    results: blazesym::Result<Vec<Symbolized<'_>>>,
+    results: &[Symbolized<'_>],
     addrs: &[u64],
     kind: FrameKind,
     module: &Arc<Module>,
-    what: &str,
 ) -> Vec<Arc<Location>> {
-    let results = match results {
-        Ok(r) if r.len() == addrs.len() => r,
-        Ok(r) => {
-            tracing::warn!(what, module = %module.path, expected = addrs.len(), got = r.len(),
-                    "symbolizer returned a short batch");
-            stats.file_errors += 1;
-            Vec::new()
-        }
-        Err(e) => {
-            tracing::debug!(what, module = %module.path, error = %e, "cannot symbolize");
-            stats.file_errors += 1;
-            Vec::new()
-        }
-    };
     addrs
         .iter()
         .enumerate()
@@ -402,6 +425,61 @@ mod tests {
         assert_eq!(stack[0].address, addr - text_map.start + text_map.offset);
         assert_ne!(stack[0].to_string(), "[unknown]");
         assert_eq!(s.process_name(pid).as_deref(), Some("sleep"));
+    }
+
+    #[test]
+    fn corrupt_elf_gives_module_offset_frames_and_is_counted() {
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("ep-corrupt-{}.so", std::process::id()));
+        let mut junk = b"\x7fELF\x02\x01\x01".to_vec();
+        junk.resize(8192, 0xa5);
+        std::fs::write(&path, &junk).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a fresh private read+exec mapping of a file we own, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let addr = base as u64 + 0x1234;
+
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        let first = symbolize_one(&mut s, pid, &[addr], &[]);
+        let again = symbolize_one(&mut s, pid, &[addr + 8], &[]);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base, 8192) };
+        let _ = std::fs::remove_file(&path);
+
+        for (stack, offset) in [(first, 0x1234), (again, 0x1234 + 8)] {
+            assert!(stack[0].is_unknown());
+            assert_eq!(stack[0].address, offset);
+            assert!(
+                stack[0].to_string().starts_with("ep-corrupt-"),
+                "{}",
+                stack[0]
+            );
+        }
+        assert_eq!(s.stats().file_errors, 1, "a broken file is tried once");
+        assert_eq!(s.stats().addresses_unreadable, 2);
+    }
+
+    #[test]
+    fn code_mapped_after_first_sight_is_found() {
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        s.observe(pid);
+        // Forget what was captured, as if the code had been mapped afterwards.
+        s.processes.get_mut(&pid).unwrap().mappings.clear();
+        let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
+        let stack = symbolize_one(&mut s, pid, &[addr], &[]);
+        assert!(!stack[0].is_unknown(), "maps were not re-read");
     }
 
     #[test]
