@@ -43,6 +43,12 @@ pub struct RecordArgs {
     /// How often the kernel maps are drained and symbolized while recording.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
     pub drain_interval: Duration,
+    /// Entries in each of the kernel's two stack maps.
+    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    pub stack_map_entries: u32,
+    /// Entries in each of the kernel's two count maps.
+    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    pub count_map_entries: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

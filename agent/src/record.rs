@@ -35,11 +35,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
-    let mut sampler = CpuSampler::start(&CpuSamplerConfig {
-        frequency_hz: args.frequency,
-        pids: args.pids.clone(),
-    })
-    .context("starting the CPU sampler")?;
+    let config = CpuSamplerConfig {
+        stack_map_entries: args.stack_map_entries,
+        count_map_entries: args.count_map_entries,
+        ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
+    };
+    let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
     let start = SystemTime::now();
     let started = Instant::now();
     tracing::info!(

@@ -24,6 +24,8 @@ const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
 const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
 /// Size of `ep_pid_filter` in the C program.
 pub const MAX_FILTER_PIDS: usize = 4096;
+/// Largest stack or count map accepted (per buffer).
+pub const MAX_MAP_ENTRIES: u32 = 1 << 20;
 /// Highest frequency accepted; the kernel clamps higher values to perf_event_max_sample_rate.
 pub const MAX_FREQUENCY_HZ: u64 = 10_000;
 /// How long a perf-event program that read the old buffer index can still be running
@@ -37,6 +39,23 @@ pub struct CpuSamplerConfig {
     pub frequency_hz: u64,
     /// Only these processes (thread-group ids) when non-empty.
     pub pids: Vec<u32>,
+    /// Entries of each of the two stack maps (distinct stacks between drains).
+    pub stack_map_entries: u32,
+    /// Entries of each of the two count maps (distinct thread + stack keys between drains).
+    pub count_map_entries: u32,
+}
+
+impl CpuSamplerConfig {
+    /// Default map sizes: 16384 stacks and 16384 keys per buffer (about 17 MiB of kernel
+    /// memory per stack map).
+    pub fn new(frequency_hz: u64, pids: Vec<u32>) -> Self {
+        CpuSamplerConfig {
+            frequency_hz,
+            pids,
+            stack_map_entries: 16384,
+            count_map_entries: 16384,
+        }
+    }
 }
 
 /// Why a stack could not be captured.
@@ -123,12 +142,30 @@ impl CpuSampler {
                 max: MAX_FILTER_PIDS,
             });
         }
+        for (what, n) in [
+            ("stack", config.stack_map_entries),
+            ("count", config.count_map_entries),
+        ] {
+            if !(1..=MAX_MAP_ENTRIES).contains(&n) {
+                return Err(ProbeError::MapSize {
+                    what,
+                    got: n,
+                    max: MAX_MAP_ENTRIES,
+                });
+            }
+        }
         preflight::check()?;
 
         let filter: u8 = u8::from(!config.pids.is_empty());
-        let mut ebpf = EbpfLoader::new()
-            .set_global("ep_filter_pids", &filter, true)
-            .load(CPU_SAMPLER_OBJ)?;
+        let mut loader = EbpfLoader::new();
+        loader.set_global("ep_filter_pids", &filter, true);
+        for name in STACK_MAPS {
+            loader.set_max_entries(name, config.stack_map_entries);
+        }
+        for name in COUNT_MAPS {
+            loader.set_max_entries(name, config.count_map_entries);
+        }
+        let mut ebpf = loader.load(CPU_SAMPLER_OBJ)?;
 
         if !config.pids.is_empty() {
             let mut pid_filter: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(

@@ -36,6 +36,12 @@ pub enum ProbeError {
     },
     #[error("sampling frequency must be between 1 and {max} Hz, got {got}")]
     Frequency { got: u64, max: u64 },
+    #[error("{what} map size must be between 1 and {max} entries, got {got}")]
+    MapSize {
+        what: &'static str,
+        got: u32,
+        max: u32,
+    },
     #[error("at most {max} PIDs can be filtered in the kernel, got {got}")]
     TooManyPids { got: usize, max: usize },
 }

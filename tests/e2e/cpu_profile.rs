@@ -281,7 +281,7 @@ fn no_sample_is_lost_across_fast_drains() {
     let folded_total: u64 = read_folded(&rec.file).iter().map(|l| l.count).sum();
     assert_eq!(folded_total, samples);
     assert_within("samples with 100 ms drains", samples, HZ as f64 * 3.0, 0.15);
-    assert!(rec.stderr.contains(" 0 dropped"), "{}", rec.stderr);
+    assert_eq!(rec.summary_number(" dropped"), 0, "{}", rec.stderr);
 }
 
 #[test]
@@ -319,4 +319,71 @@ fn ctrl_c_ends_the_recording_and_still_writes_it() {
     );
     let total: u64 = read_folded(&file).iter().map(|l| l.count).sum();
     assert!(total >= 50, "only {total} samples written after Ctrl-C");
+}
+
+#[test]
+fn a_full_count_map_is_counted_as_dropped_and_reported() {
+    let Some(_serial) = bpf_test() else { return };
+    let _busy = Workload::start(&["cpu-split"]);
+    let _other = Workload::start(&["syscalls"]);
+    // Two keys per buffer cannot hold the distinct thread + stack keys of two busy processes.
+    let rec = record(
+        "tiny-counts.folded",
+        &[
+            "--duration",
+            "1",
+            "--count-map-entries",
+            "2",
+            "--format",
+            "folded",
+        ],
+    );
+    let (samples, kernel) = rec.summary_counts();
+    let dropped = rec.summary_number(" dropped");
+    assert!(dropped > 0, "no drop reported: {}", rec.stderr);
+    assert_eq!(
+        samples + dropped,
+        kernel,
+        "every sample is either read or counted as dropped"
+    );
+    assert!(
+        rec.stderr.contains("count map was full"),
+        "no warning: {}",
+        rec.stderr
+    );
+}
+
+#[test]
+fn a_full_stack_map_keeps_the_sample_and_marks_the_lost_stack() {
+    let Some(_serial) = bpf_test() else { return };
+    let _busy = Workload::start(&["syscalls"]);
+    let rec = record(
+        "tiny-stacks.folded",
+        &[
+            "--duration",
+            "1",
+            "--stack-map-entries",
+            "2",
+            "--format",
+            "folded",
+        ],
+    );
+    let (samples, kernel) = rec.summary_counts();
+    assert_eq!(samples, kernel, "a lost stack must not lose the sample");
+    let lost = rec.summary_number(" with a lost stack");
+    assert!(lost > 0, "{}", rec.stderr);
+    let lines = read_folded(&rec.file);
+    let marked: u64 = lines
+        .iter()
+        .filter(|l| {
+            l.frames
+                .iter()
+                .any(|f| f.contains("stack lost: stack map full]"))
+        })
+        .map(|l| l.count)
+        .sum();
+    assert!(
+        marked > 0,
+        "no [… stack lost: stack map full] frame in the output"
+    );
 }

@@ -85,18 +85,26 @@ pub struct Recording {
 }
 
 impl Recording {
-    /// The summary line's "N samples" and "kernel counted M".
-    pub fn summary_counts(&self) -> (u64, u64) {
-        let line = self
-            .stderr
+    fn summary_line(&self) -> &str {
+        self.stderr
             .lines()
             .find(|l| l.starts_with("emberprof: ") && l.contains(" samples ("))
-            .unwrap_or_else(|| panic!("no summary line in stderr:\n{}", self.stderr));
-        let number_before = |marker: &str| -> u64 {
-            let head = &line[..line.find(marker).expect(marker)];
-            head.rsplit(' ').next().unwrap().parse().unwrap()
-        };
-        let samples = number_before(" samples (");
+            .unwrap_or_else(|| panic!("no summary line in stderr:\n{}", self.stderr))
+    }
+
+    /// The number just before `marker` in the summary line, e.g. `" dropped"`.
+    pub fn summary_number(&self, marker: &str) -> u64 {
+        let line = self.summary_line();
+        let head = &line[..line
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker:?} not in {line}"))];
+        head.rsplit([' ', '(']).next().unwrap().parse().unwrap()
+    }
+
+    /// The summary line's "N samples" and "kernel counted M".
+    pub fn summary_counts(&self) -> (u64, u64) {
+        let line = self.summary_line();
+        let samples = self.summary_number(" samples (");
         let kernel = line
             .split("kernel counted ")
             .nth(1)
