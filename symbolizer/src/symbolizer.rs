@@ -126,12 +126,12 @@ impl Symbolizer {
         let mut refreshed = HashSet::new();
         for r in requests {
             self.observe(r.pid);
-            // An address outside every known mapping means the process mapped code since we
-            // looked (dlopen, exec): look again, once per batch.
-            let stale = self
-                .processes
-                .get(&r.pid)
-                .is_some_and(|p| p.seen_alive && r.user.iter().any(|&a| p.find(a).is_none()));
+            // A leaf outside every known mapping means the process mapped code since we
+            // looked (dlopen, exec): look again, once per batch. Callers are not checked:
+            // frame-pointer walks through code built without them yield garbage there.
+            let stale = self.processes.get(&r.pid).is_some_and(|p| {
+                p.seen_alive && r.user.first().is_some_and(|&a| p.find(a).is_none())
+            });
             if stale && refreshed.insert(r.pid) {
                 let process = Process::snapshot(r.pid, &mut self.files);
                 if process.seen_alive {
@@ -187,12 +187,13 @@ impl Symbolizer {
                         })),
                     }
                 }
-                None => Err(Arc::new(Location {
-                    kind: FrameKind::User,
-                    module: None,
-                    address: addr,
-                    frames: Vec::new(),
-                })),
+                None => {
+                    // Nothing is executable there: the walk has left the real stack (a frame
+                    // without a frame pointer). One [unknown] ends it, so that garbage tails
+                    // do not split one stack into many.
+                    out.push(Err(self.unknown.clone()));
+                    break;
+                }
             });
         }
         out
@@ -381,14 +382,26 @@ mod tests {
     }
 
     #[test]
-    fn process_that_never_existed_gives_unknown_frames() {
+    fn process_that_never_existed_gives_an_unknown_frame() {
         let mut s = Symbolizer::new();
         let stack = symbolize_one(&mut s, u32::MAX - 7, &[0x401000, 0x401234], &[]);
-        assert_eq!(stack.len(), 2);
-        assert!(stack
-            .iter()
-            .all(|l| l.is_unknown() && l.to_string() == "[unknown]"));
+        assert_eq!(
+            stack.len(),
+            1,
+            "the walk ends at the first unmapped address"
+        );
+        assert!(stack[0].is_unknown() && stack[0].to_string() == "[unknown]");
         assert_eq!(s.stats().processes_gone, 1);
+    }
+
+    #[test]
+    fn garbage_callers_end_the_stack_in_one_unknown_frame() {
+        let mut s = Symbolizer::new();
+        let real = marker_function_for_symbolizer_test as *const () as usize as u64;
+        let stack = symbolize_one(&mut s, std::process::id(), &[real, 0x10, real, 0x20], &[]);
+        assert_eq!(stack.len(), 2);
+        assert!(!stack[0].is_unknown());
+        assert_eq!(stack[1].to_string(), "[unknown]");
     }
 
     #[test]
