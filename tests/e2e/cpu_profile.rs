@@ -387,3 +387,31 @@ fn a_full_stack_map_keeps_the_sample_and_marks_the_lost_stack() {
         "no [… stack lost: stack map full] frame in the output"
     );
 }
+
+#[test]
+fn shows_progress_on_a_terminal_only() {
+    let Some(_serial) = bpf_test() else { return };
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tty.folded");
+    // script(1) gives emberprof a pseudo-terminal and copies what it shows to stdout.
+    let cmd = format!(
+        "{EMBERPROF} record --duration 1 --format folded --output {}",
+        file.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("recording ") && shown.contains("Ctrl-C to stop early"),
+        "no progress shown: {shown}"
+    );
+    // Without a terminal (every other test), stderr holds only the summary line.
+    let quiet = record("notty.folded", &["--duration", "1", "--format", "folded"]);
+    assert!(!quiet.stderr.contains("Ctrl-C"), "{}", quiet.stderr);
+}
