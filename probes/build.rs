@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// BPF programs built from `bpf/<name>.bpf.c` into `$OUT_DIR/<name>.bpf.o`.
-const PROGRAMS: &[&str] = &["cpu_sampler"];
+const PROGRAMS: &[&str] = &["cpu_sampler", "off_cpu"];
 
 /// Fields whose offsets the layout test checks: (struct, field).
 const LAYOUT_FIELDS: &[(&str, &str)] = &[
@@ -15,6 +15,15 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_sample_key", "user_stack_id"),
     ("ep_sample_key", "kernel_stack_id"),
     ("ep_sample_key", "comm"),
+    ("ep_offcpu_key", "tgid"),
+    ("ep_offcpu_key", "tid"),
+    ("ep_offcpu_key", "comm"),
+    ("ep_offcpu_key", "user_len"),
+    ("ep_offcpu_key", "kernel_len"),
+    ("ep_offcpu_key", "user"),
+    ("ep_offcpu_key", "kernel"),
+    ("ep_offcpu_value", "total_ns"),
+    ("ep_offcpu_value", "blocks"),
 ];
 
 fn main() {
@@ -108,7 +117,8 @@ fn write_c_layout(clang: &str, include: &Path, out: &Path) {
         ));
     }
     c.push_str(
-        "printf(\"pub const EP_CNT_MAX: usize = %d;\\n\", (int)EP_CNT_MAX);\nreturn 0;\n}\n",
+        "printf(\"pub const EP_CNT_MAX: usize = %d;\\n\", (int)EP_CNT_MAX);\n\
+printf(\"pub const EP_OFF_MAX: usize = %d;\\n\", (int)EP_OFF_MAX);\nreturn 0;\n}\n",
     );
     let src = out.join("c_layout.c");
     let exe = out.join("c_layout");

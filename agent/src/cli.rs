@@ -18,12 +18,24 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Sample CPU stacks of every process (or of --pid) and write one profile.
+    /// Record CPU stacks (and/or off-CPU waits) of every process, or of --pid, and write profiles.
     Record(RecordArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct RecordArgs {
+    /// Record a CPU profile (the default unless --off-cpu is given).
+    #[arg(long)]
+    pub cpu: bool,
+    /// Record an off-CPU profile: where threads block, and for how long.
+    #[arg(long)]
+    pub off_cpu: bool,
+    /// Off-CPU: also count time runnable threads waited after preemption.
+    #[arg(long, requires = "off_cpu")]
+    pub include_preempted: bool,
+    /// Off-CPU: ignore blocks shorter than this (e.g. 1us, 50us, 1ms).
+    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
+    pub min_block: Duration,
     /// Profile only this process (repeat for several); applied in the kernel.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -61,10 +73,14 @@ pub enum FormatArg {
     Svg,
 }
 
-/// Parses `10`, `2.5`, `500ms`, `10s` or `1m`; bare numbers are seconds.
+/// Parses `10`, `2.5`, `500ms`, `10s`, `1m`, `50us`; bare numbers are seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+    let (number, scale) = if let Some(n) = s.strip_suffix("ns") {
+        (n, 1e-9)
+    } else if let Some(n) = s.strip_suffix("us").or_else(|| s.strip_suffix("µs")) {
+        (n, 1e-6)
+    } else if let Some(n) = s.strip_suffix("ms") {
         (n, 1e-3)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1.0)
@@ -96,6 +112,8 @@ mod tests {
         assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_duration("10ns"), Ok(Duration::from_nanos(10)));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("-3").is_err());
         assert!(parse_duration("soon")
@@ -113,5 +131,7 @@ mod tests {
         assert_eq!(args.pids, [1, 2]);
         assert_eq!(args.frequency, 99);
         assert_eq!(args.duration, Duration::from_secs(10));
+        assert!(!args.off_cpu && !args.cpu);
+        assert!(Cli::try_parse_from(["emberprof", "record", "--include-preempted"]).is_err());
     }
 }

@@ -10,7 +10,8 @@ use emberprof_symbolizer::{FrameKind, Location, Stack, StackRequest, Symbolizer}
 /// Running totals of what was collected, for the summary line.
 #[derive(Default)]
 pub struct Collected {
-    pub samples: u64,
+    /// Sum of the drained values: samples (CPU) or nanoseconds (off-CPU).
+    pub total: u64,
     pub pids: HashSet<u32>,
     pub stacks: HashSet<Stack>,
 }
@@ -32,25 +33,35 @@ pub fn add(
         .collect();
     let stacks = symbolizer.symbolize(&requests);
 
-    let period = builder.period();
     for (c, stack) in counts.iter().zip(stacks) {
-        let stack = with_loss_markers(stack, &c.user, &c.kernel);
+        let stack = with_loss_markers(without_probe_frames(stack), &c.user, &c.kernel);
         let thread_name: Arc<str> = Arc::from(c.thread_name.as_str());
         let process_name = symbolizer
             .process_name(c.tgid)
             .unwrap_or_else(|| thread_name.clone());
-        let count = i64::try_from(c.count).unwrap_or(i64::MAX);
-        builder.add(
-            c.tgid,
-            &process_name,
-            c.tid,
-            &thread_name,
-            &stack,
-            &[count, count.saturating_mul(period)],
-        );
-        collected.samples += c.count;
+        builder.add_periods(c.tgid, &process_name, c.tid, &thread_name, &stack, c.value);
+        collected.total += c.value;
         collected.pids.insert(c.tgid);
         collected.stacks.insert(stack);
+    }
+}
+
+/// Drops the leaf kernel frames that belong to emberprof's own probe (a tracepoint program
+/// captures its stack from inside the BPF trampoline).
+fn without_probe_frames(stack: Stack) -> Stack {
+    let is_probe = |l: &Arc<Location>| {
+        l.kind == FrameKind::Kernel
+            && l.frames.first().is_some_and(|f| {
+                f.function.starts_with("bpf_prog_")
+                    || f.function.starts_with("bpf_trace_run")
+                    || f.function.starts_with("__bpf_trace_")
+            })
+    };
+    let skip = stack.iter().take_while(|l| is_probe(l)).count();
+    if skip == 0 {
+        stack
+    } else {
+        Arc::from(&stack[skip..])
     }
 }
 

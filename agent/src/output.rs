@@ -31,13 +31,29 @@ pub fn choose_format(arg: Option<FormatArg>, output: Option<&Path>) -> Format {
     }
 }
 
-/// `emberprof-20261124T231500Z.pb.gz` for the given time.
-pub fn default_path(format: Format, now: SystemTime) -> PathBuf {
+/// `emberprof-20261124T231500Z.pb.gz` for the given time, with `.INFIX` before the
+/// extension when one is given.
+pub fn default_path(format: Format, now: SystemTime, infix: &str) -> PathBuf {
+    let infix = if infix.is_empty() {
+        String::new()
+    } else {
+        format!(".{infix}")
+    };
     PathBuf::from(format!(
-        "emberprof-{}.{}",
+        "emberprof-{}{infix}.{}",
         utc_stamp(now),
         format.extension()
     ))
+}
+
+/// `out.pb.gz` -> `out.INFIX.pb.gz`: the format's extension stays last.
+pub fn with_infix(path: &Path, infix: &str, format: Format) -> PathBuf {
+    let text = path.to_string_lossy();
+    let ext = format!(".{}", format.extension());
+    match text.strip_suffix(&ext) {
+        Some(stem) => PathBuf::from(format!("{stem}.{infix}{ext}")),
+        None => PathBuf::from(format!("{text}.{infix}")),
+    }
 }
 
 /// Writes the profile to `path`, `-` meaning standard output.
@@ -101,6 +117,31 @@ mod tests {
         assert_eq!(
             utc_stamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "20000229T000000Z"
+        );
+    }
+
+    #[test]
+    fn infix_goes_before_the_extension() {
+        assert_eq!(
+            with_infix(Path::new("a/x.pb.gz"), "offcpu", Format::Pprof),
+            PathBuf::from("a/x.offcpu.pb.gz")
+        );
+        assert_eq!(
+            with_infix(Path::new("x.svg"), "offcpu", Format::Svg),
+            PathBuf::from("x.offcpu.svg")
+        );
+        assert_eq!(
+            with_infix(Path::new("x"), "offcpu", Format::Folded),
+            PathBuf::from("x.offcpu")
+        );
+        let t = UNIX_EPOCH;
+        assert_eq!(
+            default_path(Format::Svg, t, "offcpu"),
+            PathBuf::from("emberprof-19700101T000000Z.offcpu.svg")
+        );
+        assert_eq!(
+            default_path(Format::Pprof, t, ""),
+            PathBuf::from("emberprof-19700101T000000Z.pb.gz")
         );
     }
 

@@ -15,10 +15,10 @@ impl Progress {
         }
     }
 
-    pub fn update(&self, elapsed: Duration, total: Duration, samples: u64) {
+    pub fn update(&self, elapsed: Duration, total: Duration, counts: &str) {
         if self.enabled {
             eprint!(
-                "\r\x1b[2Krecording {:.1}/{:.1} s, {samples} samples (Ctrl-C to stop early)",
+                "\r\x1b[2Krecording {:.1}/{:.1} s, {counts} (Ctrl-C to stop early)",
                 elapsed.as_secs_f64(),
                 total.as_secs_f64()
             );

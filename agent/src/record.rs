@@ -1,13 +1,15 @@
-//! `emberprof record`: sample for a while, then write one profile.
+//! `emberprof record`: sample for a while, then write one profile per kind recorded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_exporters::ProfileBuilder;
-use emberprof_probes::{CpuSampler, CpuSamplerConfig};
+use emberprof_exporters::{Format, ProfileBuilder};
+use emberprof_probes::{
+    CpuSampler, CpuSamplerConfig, OffCpuConfig, OffCpuProfiler, ProbeError, StackCount,
+};
 use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::RecordArgs;
@@ -18,39 +20,96 @@ use crate::progress::Progress;
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
 
+/// One loaded profiler.
+enum Profiler {
+    Cpu(CpuSampler),
+    OffCpu(OffCpuProfiler),
+}
+
+impl Profiler {
+    fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        match self {
+            Profiler::Cpu(p) => p.drain(),
+            Profiler::OffCpu(p) => p.drain(),
+        }
+    }
+
+    fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        match self {
+            Profiler::Cpu(p) => p.stop(),
+            Profiler::OffCpu(p) => p.stop(),
+        }
+    }
+}
+
+/// A profiler with the profile it fills and where that profile goes.
+struct Run {
+    profiler: Profiler,
+    builder: ProfileBuilder,
+    collected: Collected,
+    path: PathBuf,
+}
+
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     for pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with PID {pid} (--pid)");
         }
     }
+    let want_off_cpu = args.off_cpu;
+    let want_cpu = args.cpu || !args.off_cpu;
     let format = output::choose_format(args.format, args.output.as_deref());
+    let start = SystemTime::now();
+    let (cpu_path, off_cpu_path) = output_paths(&args, format, start, want_cpu, want_off_cpu)?;
+
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the Ctrl-C handler")?;
     }
-
     let mut symbolizer = Symbolizer::new();
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
-    let config = CpuSamplerConfig {
-        stack_map_entries: args.stack_map_entries,
-        count_map_entries: args.count_map_entries,
-        ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
-    };
-    let mut sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
-    let start = SystemTime::now();
+
+    let mut runs = Vec::new();
+    if want_cpu {
+        let config = CpuSamplerConfig {
+            stack_map_entries: args.stack_map_entries,
+            count_map_entries: args.count_map_entries,
+            ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
+        };
+        let sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
+        runs.push(Run {
+            profiler: Profiler::Cpu(sampler),
+            builder: ProfileBuilder::cpu(args.frequency, start),
+            collected: Collected::default(),
+            path: cpu_path,
+        });
+    }
+    if want_off_cpu {
+        let config = OffCpuConfig {
+            include_preempted: args.include_preempted,
+            min_block: args.min_block,
+            count_map_entries: args.count_map_entries,
+            ..OffCpuConfig::new(args.pids.clone())
+        };
+        let profiler = OffCpuProfiler::start(&config).context("starting the off-CPU profiler")?;
+        runs.push(Run {
+            profiler: Profiler::OffCpu(profiler),
+            builder: ProfileBuilder::off_cpu(start),
+            collected: Collected::default(),
+            path: off_cpu_path,
+        });
+    }
     let started = Instant::now();
     tracing::info!(
-        cpus = sampler.cpus(),
+        cpu = want_cpu,
+        off_cpu = want_off_cpu,
         frequency = args.frequency,
         "recording"
     );
 
-    let mut builder = ProfileBuilder::cpu(args.frequency, start);
-    let mut collected = Collected::default();
     let progress = Progress::new();
     let mut next_drain = args.drain_interval;
     loop {
@@ -59,54 +118,144 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             break;
         }
         if elapsed >= next_drain {
-            let counts = sampler.drain().context("draining the sample maps")?;
-            collect::add(&counts, &mut symbolizer, &mut builder, &mut collected);
+            for run in &mut runs {
+                let counts = run.profiler.drain().context("draining the kernel maps")?;
+                collect::add(
+                    &counts,
+                    &mut symbolizer,
+                    &mut run.builder,
+                    &mut run.collected,
+                );
+            }
             next_drain = elapsed + args.drain_interval;
         }
-        let kernel_samples = sampler
-            .counters()
-            .map(|c| c.samples)
-            .unwrap_or(collected.samples);
-        progress.update(elapsed, args.duration, kernel_samples);
+        progress.update(elapsed, args.duration, &live_counts(&runs));
+        let until_next = next_drain
+            .saturating_sub(elapsed)
+            .max(Duration::from_millis(1));
         std::thread::sleep(
-            TICK.min(args.duration.saturating_sub(elapsed)).min(
-                next_drain
-                    .saturating_sub(elapsed)
-                    .max(Duration::from_millis(1)),
-            ),
+            TICK.min(args.duration.saturating_sub(elapsed))
+                .min(until_next),
         );
     }
-    let counts = sampler.stop().context("stopping the CPU sampler")?;
+    for run in &mut runs {
+        let counts = run.profiler.stop().context("stopping the probes")?;
+        collect::add(
+            &counts,
+            &mut symbolizer,
+            &mut run.builder,
+            &mut run.collected,
+        );
+    }
     let end = SystemTime::now();
-    collect::add(&counts, &mut symbolizer, &mut builder, &mut collected);
-    let counters = sampler.counters().context("reading the kernel counters")?;
-    drop(sampler);
     progress.finish();
 
-    let profile = builder.finish(end);
-    let path = args
-        .output
-        .unwrap_or_else(|| output::default_path(format, start));
-    output::write(&profile, format, &path)?;
-
-    let stats = symbolizer.stats();
-    tracing::debug!(?stats, ?counters, "symbolizer and kernel counters");
-    eprintln!(
-        "emberprof: {} samples (kernel counted {}, {} dropped, {} with a lost stack) from {} processes, {} unique stacks in {:.1} s -> {}",
-        collected.samples,
-        counters.samples,
-        counters.dropped(),
-        counters.stacks_lost(),
-        collected.pids.len(),
-        collected.stacks.len(),
-        profile.duration.as_secs_f64(),
-        if path == Path::new("-") { "standard output".to_string() } else { path.display().to_string() },
-    );
-    if counters.dropped() > 0 {
-        tracing::warn!(
-            dropped = counters.dropped(),
-            "the kernel's count map was full; those samples are missing from the profile"
+    for run in runs {
+        let summary = summary(&run)?;
+        let Run {
+            profiler,
+            builder,
+            path,
+            ..
+        } = run;
+        drop(profiler);
+        let profile = builder.finish(end);
+        output::write(&profile, format, &path)?;
+        eprintln!(
+            "{summary} in {:.1} s -> {}",
+            profile.duration.as_secs_f64(),
+            shown(&path)
         );
     }
+    tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
     Ok(())
+}
+
+/// Where each profile goes: with both kinds, the off-CPU file gets `.offcpu` before its
+/// extension; with one kind, `--output` is used as given.
+fn output_paths(
+    args: &RecordArgs,
+    format: Format,
+    start: SystemTime,
+    cpu: bool,
+    off_cpu: bool,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let both = cpu && off_cpu;
+    if both && args.output.as_deref() == Some(Path::new("-")) {
+        bail!("--cpu with --off-cpu writes two profiles: give --output a file name, not -");
+    }
+    let cpu_path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| output::default_path(format, start, ""));
+    let off_cpu_path = match (&args.output, both) {
+        (Some(path), true) => output::with_infix(path, "offcpu", format),
+        (Some(path), false) => path.clone(),
+        (None, _) => output::default_path(format, start, "offcpu"),
+    };
+    Ok((cpu_path, off_cpu_path))
+}
+
+fn live_counts(runs: &[Run]) -> String {
+    let parts: Vec<String> = runs
+        .iter()
+        .filter_map(|run| match &run.profiler {
+            Profiler::Cpu(p) => p.counters().ok().map(|c| format!("{} samples", c.samples)),
+            Profiler::OffCpu(p) => p.counters().ok().map(|c| format!("{} blocks", c.blocks)),
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// The summary line of one run, without its duration and destination.
+fn summary(run: &Run) -> anyhow::Result<String> {
+    let c = &run.collected;
+    Ok(match &run.profiler {
+        Profiler::Cpu(p) => {
+            let k = p.counters().context("reading the CPU sampler's counters")?;
+            if k.dropped() > 0 {
+                tracing::warn!(
+                    dropped = k.dropped(),
+                    "the kernel's count map was full; those samples are missing from the profile"
+                );
+            }
+            format!(
+                "emberprof: {} samples (kernel counted {}, {} dropped, {} with a lost stack) from {} processes, {} unique stacks",
+                c.total,
+                k.samples,
+                k.dropped(),
+                k.stacks_lost(),
+                c.pids.len(),
+                c.stacks.len()
+            )
+        }
+        Profiler::OffCpu(p) => {
+            let k = p
+                .counters()
+                .context("reading the off-CPU profiler's counters")?;
+            if k.dropped() > 0 {
+                tracing::warn!(
+                    dropped = k.dropped(),
+                    "the kernel's off-CPU maps were full; those blocks are missing from the profile"
+                );
+            }
+            format!(
+                "emberprof: off-CPU {:.3} s blocked ({} blocks, {} dropped, {} shorter than the minimum) from {} processes, {} unique stacks",
+                c.total as f64 / 1e9,
+                k.blocks,
+                k.dropped(),
+                k.short,
+                c.pids.len(),
+                c.stacks.len()
+            )
+        }
+    })
+}
+
+fn shown(path: &Path) -> String {
+    if path == Path::new("-") {
+        "standard output".to_string()
+    } else {
+        path.display().to_string()
+    }
 }

@@ -98,6 +98,19 @@ impl ProfileBuilder {
         })
     }
 
+    /// An off-CPU profile: value `off_cpu/nanoseconds`, the time threads spent blocked.
+    pub fn off_cpu(start: SystemTime) -> Self {
+        ProfileBuilder::new(Profile {
+            name: "Off-CPU".into(),
+            sample_types: vec![ValueType::new("off_cpu", "nanoseconds")],
+            period_type: ValueType::new("off_cpu", "nanoseconds"),
+            period: 1,
+            start,
+            duration: Duration::ZERO,
+            samples: Vec::new(),
+        })
+    }
+
     /// A builder around an empty profile with the given metadata.
     pub fn new(profile: Profile) -> Self {
         ProfileBuilder {
@@ -144,6 +157,33 @@ impl ProfileBuilder {
         }
     }
 
+    /// Adds `n` periods for a thread's stack: each `count` sample type gets `n`, every
+    /// other type `n × period` (CPU: samples and nanoseconds; off-CPU: nanoseconds).
+    pub fn add_periods(
+        &mut self,
+        pid: u32,
+        process_name: &Arc<str>,
+        tid: u32,
+        thread_name: &Arc<str>,
+        stack: &Stack,
+        n: u64,
+    ) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let values: Vec<i64> = self
+            .profile
+            .sample_types
+            .iter()
+            .map(|t| {
+                if t.unit == "count" {
+                    n
+                } else {
+                    n.saturating_mul(self.profile.period)
+                }
+            })
+            .collect();
+        self.add(pid, process_name, tid, thread_name, stack, &values);
+    }
+
     /// Number of unique {process, thread, stack} so far.
     pub fn len(&self) -> usize {
         self.profile.samples.len()
@@ -158,5 +198,29 @@ impl ProfileBuilder {
     pub fn finish(mut self, end: SystemTime) -> Profile {
         self.profile.duration = end.duration_since(self.profile.start).unwrap_or_default();
         self.profile
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_become_values_per_sample_type() {
+        let stack: Stack = Arc::from(Vec::new());
+        let name: Arc<str> = Arc::from("p");
+        let mut cpu = ProfileBuilder::cpu(100, UNIX_EPOCH);
+        cpu.add_periods(1, &name, 1, &name, &stack, 3);
+        cpu.add_periods(1, &name, 1, &name, &stack, 2);
+        let p = cpu.finish(UNIX_EPOCH);
+        assert_eq!(p.samples.len(), 1);
+        assert_eq!(p.samples[0].values, [5, 5 * 10_000_000]);
+
+        let mut off = ProfileBuilder::off_cpu(UNIX_EPOCH);
+        off.add_periods(1, &name, 1, &name, &stack, 1_500);
+        let p = off.finish(UNIX_EPOCH + Duration::from_secs(2));
+        assert_eq!(p.samples[0].values, [1_500]);
+        assert_eq!((p.sample_types[0].kind.as_str(), p.period), ("off_cpu", 1));
+        assert_eq!(p.duration, Duration::from_secs(2));
     }
 }

@@ -42,4 +42,46 @@ enum ep_counter {
 	EP_CNT_MAX = 6,
 };
 
+/*
+ * Off-CPU: the count key holds both stacks inline (bpf_get_stack), not stack-map ids, so
+ * that a thread blocked across any number of drains is still credited to the right stack.
+ */
+struct ep_offcpu_key {
+	__u32 tgid;
+	__u32 tid;
+	char comm[EP_COMM_LEN];
+	/* Number of valid entries in user[] and kernel[]; the rest are zero. */
+	__u32 user_len;
+	__u32 kernel_len;
+	__u64 user[EP_MAX_STACK_DEPTH];
+	__u64 kernel[EP_MAX_STACK_DEPTH];
+};
+
+/* A thread that left the CPU: when, and what it was doing. */
+struct ep_offcpu_start {
+	__u64 ts;
+	struct ep_offcpu_key key;
+};
+
+/* Value of the off-CPU count map. */
+struct ep_offcpu_value {
+	__u64 total_ns;
+	__u64 blocks;
+};
+
+/* Indexes of the off-CPU per-CPU counters `ep_off_counters`. */
+enum ep_offcpu_counter {
+	/* Blocks credited to a stack. */
+	EP_OFF_BLOCKS = 0,
+	/* Blocks shorter than the minimum, not recorded. */
+	EP_OFF_SHORT = 1,
+	/* Switch-outs not recorded: the map of blocked threads was full. */
+	EP_OFF_START_FULL = 2,
+	/* Blocks lost: no room in the count map for a new key. */
+	EP_OFF_COUNT_FULL = 3,
+	/* bpf_get_stack failed with something other than "no stack". */
+	EP_OFF_STACK_ERROR = 4,
+	EP_OFF_MAX = 5,
+};
+
 #endif

@@ -20,8 +20,7 @@ unsafe impl aya::Pod for SampleKey {}
 impl SampleKey {
     /// The thread name up to its NUL, lossily decoded.
     pub fn comm_str(&self) -> String {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+        comm_str(&self.comm)
     }
 }
 
@@ -49,6 +48,94 @@ impl Counter {
     ];
 }
 
+/// Frames per stack the kernel records (`EP_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Key of the off-CPU counts (`struct ep_offcpu_key`): the stacks are inline.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OffCpuKey {
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub user_len: u32,
+    pub kernel_len: u32,
+    pub user: [u64; MAX_STACK_DEPTH],
+    pub kernel: [u64; MAX_STACK_DEPTH],
+}
+
+impl Default for OffCpuKey {
+    fn default() -> Self {
+        OffCpuKey {
+            tgid: 0,
+            tid: 0,
+            comm: [0; COMM_LEN],
+            user_len: 0,
+            kernel_len: 0,
+            user: [0; MAX_STACK_DEPTH],
+            kernel: [0; MAX_STACK_DEPTH],
+        }
+    }
+}
+
+// SAFETY: plain old data with no padding (checked by the layout test).
+unsafe impl aya::Pod for OffCpuKey {}
+
+impl OffCpuKey {
+    /// The thread name up to its NUL, lossily decoded.
+    pub fn comm_str(&self) -> String {
+        comm_str(&self.comm)
+    }
+
+    /// The valid user frames, leaf first; a length the kernel cannot have written is clamped.
+    pub fn user_frames(&self) -> &[u64] {
+        &self.user[..(self.user_len as usize).min(MAX_STACK_DEPTH)]
+    }
+
+    /// The valid kernel frames, leaf first.
+    pub fn kernel_frames(&self) -> &[u64] {
+        &self.kernel[..(self.kernel_len as usize).min(MAX_STACK_DEPTH)]
+    }
+}
+
+/// Value of the off-CPU counts (`struct ep_offcpu_value`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuValue {
+    pub total_ns: u64,
+    pub blocks: u64,
+}
+
+// SAFETY: plain old data with no padding (checked by the layout test).
+unsafe impl aya::Pod for OffCpuValue {}
+
+/// Indexes of the off-CPU per-CPU counters (`enum ep_offcpu_counter`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffCpuCounter {
+    Blocks = 0,
+    Short = 1,
+    StartFull = 2,
+    CountFull = 3,
+    StackError = 4,
+}
+
+impl OffCpuCounter {
+    /// Every counter, in index order.
+    pub const ALL: [OffCpuCounter; 5] = [
+        OffCpuCounter::Blocks,
+        OffCpuCounter::Short,
+        OffCpuCounter::StartFull,
+        OffCpuCounter::CountFull,
+        OffCpuCounter::StackError,
+    ];
+}
+
+fn comm_str(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +159,49 @@ mod tests {
             c::EP_SAMPLE_KEY_KERNEL_STACK_ID_OFFSET
         );
         assert_eq!(offset_of!(SampleKey, comm), c::EP_SAMPLE_KEY_COMM_OFFSET);
+    }
+
+    #[test]
+    fn offcpu_types_match_c_layout() {
+        assert_eq!(size_of::<OffCpuKey>(), c::EP_OFFCPU_KEY_SIZE);
+        assert_eq!(offset_of!(OffCpuKey, tgid), c::EP_OFFCPU_KEY_TGID_OFFSET);
+        assert_eq!(offset_of!(OffCpuKey, tid), c::EP_OFFCPU_KEY_TID_OFFSET);
+        assert_eq!(offset_of!(OffCpuKey, comm), c::EP_OFFCPU_KEY_COMM_OFFSET);
+        assert_eq!(
+            offset_of!(OffCpuKey, user_len),
+            c::EP_OFFCPU_KEY_USER_LEN_OFFSET
+        );
+        assert_eq!(
+            offset_of!(OffCpuKey, kernel_len),
+            c::EP_OFFCPU_KEY_KERNEL_LEN_OFFSET
+        );
+        assert_eq!(offset_of!(OffCpuKey, user), c::EP_OFFCPU_KEY_USER_OFFSET);
+        assert_eq!(
+            offset_of!(OffCpuKey, kernel),
+            c::EP_OFFCPU_KEY_KERNEL_OFFSET
+        );
+        assert_eq!(size_of::<OffCpuValue>(), c::EP_OFFCPU_VALUE_SIZE);
+        assert_eq!(
+            offset_of!(OffCpuValue, total_ns),
+            c::EP_OFFCPU_VALUE_TOTAL_NS_OFFSET
+        );
+        assert_eq!(
+            offset_of!(OffCpuValue, blocks),
+            c::EP_OFFCPU_VALUE_BLOCKS_OFFSET
+        );
+        assert_eq!(OffCpuCounter::ALL.len(), c::EP_OFF_MAX);
+        for (i, c) in OffCpuCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn offcpu_frames_are_clamped() {
+        let mut key = OffCpuKey::default();
+        key.user_len = 3;
+        key.kernel_len = 1000;
+        assert_eq!(key.user_frames().len(), 3);
+        assert_eq!(key.kernel_frames().len(), MAX_STACK_DEPTH);
     }
 
     #[test]

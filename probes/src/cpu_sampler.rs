@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::Duration;
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, StackTraceMap};
+use aya::maps::{Array, MapData, PerCpuArray, StackTraceMap};
+
 use aya::programs::perf_event::{
     perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, PerfEventLinkId, PerfEventScope, PerfTypeId, SamplePolicy,
 };
@@ -14,7 +14,8 @@ use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{Counter, SampleKey};
-use crate::{bpf_map, preflight, ProbeError};
+use crate::kernel_maps::{drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::{preflight, ProbeError};
 
 static CPU_SAMPLER_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
@@ -28,9 +29,6 @@ pub const MAX_FILTER_PIDS: usize = 4096;
 pub const MAX_MAP_ENTRIES: u32 = 1 << 20;
 /// Highest frequency accepted; the kernel clamps higher values to perf_event_max_sample_rate.
 pub const MAX_FREQUENCY_HZ: u64 = 10_000;
-/// How long a perf-event program that read the old buffer index can still be running
-/// after the switch. Programs run in interrupt context for microseconds; this is generous.
-const SWITCH_GRACE: Duration = Duration::from_millis(2);
 
 /// What to sample.
 #[derive(Clone, Debug)]
@@ -78,7 +76,7 @@ pub enum Stack {
     Lost(StackLoss),
 }
 
-/// Sample count for one {process, thread, user stack, kernel stack}.
+/// What the kernel aggregated for one {process, thread, user stack, kernel stack}.
 #[derive(Clone, Debug)]
 pub struct StackCount {
     pub tgid: u32,
@@ -86,7 +84,8 @@ pub struct StackCount {
     pub thread_name: String,
     pub user: Stack,
     pub kernel: Stack,
-    pub count: u64,
+    /// Samples (CPU profile) or blocked nanoseconds (off-CPU profile).
+    pub value: u64,
 }
 
 /// Totals of what the kernel side saw, summed over CPUs, since load.
@@ -119,12 +118,10 @@ pub struct CpuSampler {
     ebpf: Ebpf,
     counts: [MapData; 2],
     stacks: [StackTraceMap<MapData>; 2],
-    control: Array<MapData, u32>,
+    buffers: DoubleBuffer,
     counters: PerCpuArray<MapData, u64>,
     links: Vec<PerfEventLinkId>,
     cpus: usize,
-    /// Buffer the kernel is writing to.
-    active: u32,
 }
 
 impl CpuSampler {
@@ -167,24 +164,7 @@ impl CpuSampler {
         }
         let mut ebpf = loader.load(CPU_SAMPLER_OBJ)?;
 
-        if !config.pids.is_empty() {
-            let mut pid_filter: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(
-                ebpf.map_mut("ep_pid_filter")
-                    .ok_or(ProbeError::MissingMap("ep_pid_filter"))?,
-            )
-            .map_err(|source| ProbeError::Map {
-                name: "ep_pid_filter",
-                source,
-            })?;
-            for pid in &config.pids {
-                pid_filter
-                    .insert(pid, 1, 0)
-                    .map_err(|source| ProbeError::Map {
-                        name: "ep_pid_filter",
-                        source,
-                    })?;
-            }
-        }
+        fill_pid_filter(&mut ebpf, &config.pids)?;
 
         let counts = [
             take_hash(&mut ebpf, COUNT_MAPS[0])?,
@@ -211,11 +191,10 @@ impl CpuSampler {
             ebpf,
             counts,
             stacks,
-            control,
+            buffers: DoubleBuffer::new(control, "ep_control"),
             counters,
             links: Vec::new(),
             cpus: 0,
-            active: 0,
         };
         sampler.attach(config.frequency_hz)?;
         Ok(sampler)
@@ -259,17 +238,8 @@ impl CpuSampler {
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
     pub fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
-        let old = self.active;
-        let new = 1 - old;
-        self.control
-            .set(0, new, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "ep_control",
-                source,
-            })?;
-        self.active = new;
-        std::thread::sleep(SWITCH_GRACE);
-        self.read_buffer(old as usize)
+        let old = self.buffers.switch()?;
+        self.read_buffer(old)
     }
 
     /// Detaches from every CPU and returns everything still in the kernel.
@@ -316,40 +286,27 @@ impl CpuSampler {
     }
 
     fn read_buffer(&mut self, buffer: usize) -> Result<Vec<StackCount>, ProbeError> {
-        let name = COUNT_MAPS[buffer];
-        let fd = self.counts[buffer].fd().as_fd();
-        let keys: Vec<SampleKey> = bpf_map::keys(fd).map_err(|source| ProbeError::MapSyscall {
-            name,
-            op: "get_next_key",
-            source,
-        })?;
-
+        let entries: Vec<(SampleKey, u64)> =
+            drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
+        let stacks = &self.stacks[buffer];
         let mut resolved: HashMap<i32, Stack> = HashMap::new();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let count: Option<u64> =
-                bpf_map::lookup_and_delete(fd, &key).map_err(|source| ProbeError::MapSyscall {
-                    name,
-                    op: "lookup_and_delete",
-                    source,
-                })?;
-            let Some(count) = count else { continue };
-            let stacks = &self.stacks[buffer];
-            let mut stack = |id: i32| {
-                resolved
-                    .entry(id)
-                    .or_insert_with(|| read_stack(stacks, id))
-                    .clone()
-            };
-            out.push(StackCount {
+        let mut stack = |id: i32| {
+            resolved
+                .entry(id)
+                .or_insert_with(|| read_stack(stacks, id))
+                .clone()
+        };
+        let out = entries
+            .into_iter()
+            .map(|(key, count)| StackCount {
                 tgid: key.tgid,
                 tid: key.tid,
                 thread_name: key.comm_str(),
                 user: stack(key.user_stack_id),
                 kernel: stack(key.kernel_stack_id),
-                count,
-            });
-        }
+                value: count,
+            })
+            .collect();
         self.clear_stacks(buffer)?;
         Ok(out)
     }
@@ -399,17 +356,6 @@ fn read_stack(stacks: &StackTraceMap<MapData>, id: i32) -> Stack {
         id if id == -EFAULT => Stack::None,
         id if id == -EEXIST => Stack::Lost(StackLoss::MapFull),
         id => Stack::Lost(StackLoss::Error(-id)),
-    }
-}
-
-fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
-    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
-}
-
-fn take_hash(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, ProbeError> {
-    match take(ebpf, name)? {
-        Map::HashMap(data) => Ok(data),
-        _ => Err(ProbeError::MissingMap(name)),
     }
 }
 

@@ -19,6 +19,8 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("reading kernel BTF: {0}")]
+    Btf(String),
     #[error("eBPF map {0} is missing from the object or has an unexpected type")]
     MissingMap(&'static str),
     #[error("eBPF map {name}: {op} failed: {source}")]

@@ -5,7 +5,10 @@ pub mod abi;
 mod bpf_map;
 pub mod cpu_sampler;
 mod error;
+mod kernel_maps;
+pub mod off_cpu;
 pub mod preflight;
 
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters, Stack, StackCount, StackLoss};
 pub use error::ProbeError;
+pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};

@@ -1,6 +1,7 @@
 //! Shared helpers: the workload binary (built once), running emberprof, parsing output.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -55,6 +56,27 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Starts a workload that waits for a line on its stdin before working (see `go`).
+    pub fn start_paused(args: &[&str]) -> Workload {
+        let child = Command::new(workload_binary())
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("starting the workload");
+        Workload { child }
+    }
+
+    /// Lets a paused workload start, and waits until it has finished.
+    pub fn go_and_wait(&mut self) {
+        let mut stdin = self.child.stdin.take().expect("a paused workload");
+        stdin
+            .write_all(b"go\n")
+            .expect("telling the workload to go");
+        drop(stdin);
+        let status = self.child.wait().expect("waiting for the workload");
+        assert!(status.success(), "workload failed: {status}");
+    }
+
     pub fn start(args: &[&str]) -> Workload {
         let child = Command::new(workload_binary())
             .args(args)
@@ -167,4 +189,51 @@ pub fn self_counts(lines: &[FoldedLine], names: &[&str]) -> HashMap<String, u64>
         }
     }
     counts
+}
+
+/// Runs `emberprof record ARGS -o <tmp>/NAME`, waits until its probes are attached, runs
+/// `during`, then ends the recording with Ctrl-C.
+pub fn record_around(name: &str, args: &[&str], during: impl FnOnce()) -> Recording {
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_file(&file);
+    let mut child = Command::new(EMBERPROF)
+        .env("EMBERPROF_LOG", "info")
+        .arg("record")
+        .args(args)
+        .args(["--duration", "60", "--output"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running emberprof");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr
+            .read_line(&mut line)
+            .expect("reading emberprof's log");
+        log.push_str(&line);
+        assert!(n > 0, "emberprof exited before recording:\n{log}");
+        if line.contains("recording") {
+            break;
+        }
+    }
+    during();
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("reading emberprof's log");
+    log.push_str(&rest);
+    let status = child.wait().expect("waiting for emberprof");
+    assert!(status.success(), "emberprof {args:?} failed:\n{log}");
+    Recording { stderr: log, file }
+}
+
+/// Sum of values of the folded lines that contain `frame`.
+pub fn total_under(lines: &[FoldedLine], frame: &str) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l.frames.iter().any(|f| f == frame))
+        .map(|l| l.count)
+        .sum()
 }

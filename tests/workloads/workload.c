@@ -4,9 +4,16 @@
  *   workload recurse DEPTH    burns CPU at the bottom of a DEPTH-deep recursion
  *   workload syscalls         write(2) to /dev/null in a tight loop, from do_writes
  *   workload fixed ROUNDS N   N threads each run ROUNDS rounds of cpu-split's work, then exit
+ *   workload busy N           N threads run cpu-split's loop (more threads than CPUs: preemption)
+ *   workload sleep N MS       after a line on stdin: N nanosleeps of MS ms in sleep_in_nanosleep
+ *   workload pipe-wait N MS   after a line on stdin: N reads in wait_on_pipe, each answered by a
+ *                             helper thread MS ms later
+ * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
+ * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
  */
 #include <fcntl.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,10 +135,66 @@ __attribute__((noinline)) void do_writes(int fd)
 	}
 }
 
+static long raw_syscall3(long nr, long a, long b, long c)
+{
+	long ret;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "0"(nr), "D"(a), "S"(b), "d"(c)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+__attribute__((noinline)) void sleep_in_nanosleep(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	sink += raw_syscall3(SYS_nanosleep, (long)&ts, 0, 0);
+}
+
+__attribute__((noinline)) void wait_on_pipe(int fd)
+{
+	char byte;
+	sink += raw_syscall3(SYS_read, fd, (long)&byte, 1);
+}
+
+struct answerer {
+	int fd;
+	long n, ms;
+};
+
+__attribute__((noinline)) void answer_after_delay(struct answerer *a)
+{
+	struct timespec ts = { a->ms / 1000, (a->ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+	sink += write(a->fd, "x", 1);
+}
+
+static void *answerer_main(void *arg)
+{
+	struct answerer *a = arg;
+	for (long i = 0; i < a->n; i++)
+		answer_after_delay(a);
+	return NULL;
+}
+
+static void wait_for_go(void)
+{
+	char line[16];
+	if (!fgets(line, sizeof(line), stdin))
+		exit(3);
+}
+
+static void *busy_main(void *arg)
+{
+	(void)arg;
+	cpu_split();
+	return NULL;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -142,6 +205,31 @@ int main(int argc, char **argv)
 			recurse(depth);
 	} else if (strcmp(argv[1], "fixed") == 0 && argc > 3) {
 		return fixed_work(atol(argv[2]), atoi(argv[3]));
+	} else if (strcmp(argv[1], "busy") == 0 && argc > 2) {
+		int n = atoi(argv[2]);
+		pthread_t t;
+		for (int i = 1; i < n; i++)
+			pthread_create(&t, NULL, busy_main, NULL);
+		cpu_split();
+	} else if (strcmp(argv[1], "sleep") == 0 && argc > 3) {
+		long n = atol(argv[2]), ms = atol(argv[3]);
+		wait_for_go();
+		for (long i = 0; i < n; i++)
+			sleep_in_nanosleep(ms);
+		return 0;
+	} else if (strcmp(argv[1], "pipe-wait") == 0 && argc > 3) {
+		int fds[2];
+		pthread_t helper;
+		struct answerer a = { 0, atol(argv[2]), atol(argv[3]) };
+		if (pipe(fds) != 0)
+			return 1;
+		a.fd = fds[1];
+		wait_for_go();
+		pthread_create(&helper, NULL, answerer_main, &a);
+		for (long i = 0; i < a.n; i++)
+			wait_on_pipe(fds[0]);
+		pthread_join(helper, NULL);
+		return 0;
 	} else if (strcmp(argv[1], "syscalls") == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		if (fd < 0) {

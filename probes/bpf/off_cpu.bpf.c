@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Off-CPU profiler on the sched_switch BTF tracepoint (no kprobes needed). It runs in the
+ * context of the thread leaving the CPU: that thread's stacks are captured then, and the
+ * time it spent away is credited when it is switched back in. Counts are double-buffered
+ * like the CPU sampler's; `ep_off_control[0]` names the buffer being filled.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "emberprof.h"
+
+#define EFAULT 14
+#define EEXIST 17
+#define BPF_ANY 0
+#define BPF_NOEXIST 1
+#define TASK_RUNNING 0
+#define TASK_DEAD 0x80
+
+#ifndef EP_OFF_COUNT_ENTRIES
+#define EP_OFF_COUNT_ENTRIES 16384
+#endif
+
+/* Set by the loader before verification. */
+const volatile __u8 ep_filter_pids = 0;
+const volatile __u8 ep_include_preempted = 0;
+const volatile __u64 ep_min_block_ns = 1000;
+
+/* Blocked tracked threads, by thread id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct ep_offcpu_start);
+	__uint(max_entries, 32768);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ep_off_start SEC(".maps");
+
+#define EP_OFF_COUNT_MAP(name)                               \
+	struct {                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);             \
+		__type(key, struct ep_offcpu_key);           \
+		__type(value, struct ep_offcpu_value);       \
+		__uint(max_entries, EP_OFF_COUNT_ENTRIES);   \
+		__uint(map_flags, BPF_F_NO_PREALLOC);        \
+	} name SEC(".maps")
+
+EP_OFF_COUNT_MAP(ep_off_counts_0);
+EP_OFF_COUNT_MAP(ep_off_counts_1);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} ep_off_control SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, EP_OFF_MAX);
+} ep_off_counters SEC(".maps");
+
+/* One zeroed start record: copying it in clears the unused tail of both stacks. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ep_offcpu_start);
+	__uint(max_entries, 1);
+} ep_off_zero SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 4096);
+} ep_pid_filter SEC(".maps");
+
+static __always_inline void ep_off_count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&ep_off_counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u32 ep_frames(long bytes)
+{
+	if (bytes < 0) {
+		if (bytes != -EFAULT)
+			ep_off_count(EP_OFF_STACK_ERROR);
+		return 0;
+	}
+	return (__u32)(bytes / sizeof(__u64));
+}
+
+static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev)
+{
+	__u32 tid = prev->pid;
+	__u32 tgid = prev->tgid;
+	__u32 zero = 0;
+
+	if (ep_filter_pids && !bpf_map_lookup_elem(&ep_pid_filter, &tgid))
+		return;
+	struct ep_offcpu_start *tmpl = bpf_map_lookup_elem(&ep_off_zero, &zero);
+	if (!tmpl)
+		return;
+	if (bpf_map_update_elem(&ep_off_start, &tid, tmpl, BPF_ANY)) {
+		ep_off_count(EP_OFF_START_FULL);
+		return;
+	}
+	struct ep_offcpu_start *start = bpf_map_lookup_elem(&ep_off_start, &tid);
+	if (!start)
+		return;
+	start->key.tgid = tgid;
+	start->key.tid = tid;
+	bpf_get_current_comm(start->key.comm, sizeof(start->key.comm));
+	/* We run as `prev`, so the current stacks are the blocked thread's. */
+	start->key.user_len = ep_frames(
+		bpf_get_stack(ctx, start->key.user, sizeof(start->key.user), BPF_F_USER_STACK));
+	start->key.kernel_len = ep_frames(
+		bpf_get_stack(ctx, start->key.kernel, sizeof(start->key.kernel), 0));
+	/* Last, so that a half-filled record is never credited. */
+	start->ts = bpf_ktime_get_ns();
+}
+
+static __always_inline void ep_credit(struct ep_offcpu_key *key, __u64 delta, void *counts)
+{
+	struct ep_offcpu_value *v = bpf_map_lookup_elem(counts, key);
+	if (!v) {
+		struct ep_offcpu_value init = {};
+		long err = bpf_map_update_elem(counts, key, &init, BPF_NOEXIST);
+		if (err && err != -EEXIST) {
+			ep_off_count(EP_OFF_COUNT_FULL);
+			return;
+		}
+		v = bpf_map_lookup_elem(counts, key);
+		if (!v)
+			return;
+	}
+	__sync_fetch_and_add(&v->total_ns, delta);
+	__sync_fetch_and_add(&v->blocks, 1);
+	ep_off_count(EP_OFF_BLOCKS);
+}
+
+static __always_inline void ep_switch_in(struct task_struct *next)
+{
+	__u32 tid = next->pid;
+	struct ep_offcpu_start *start = bpf_map_lookup_elem(&ep_off_start, &tid);
+	if (!start)
+		return;
+	__u64 ts = start->ts;
+	__u64 now = bpf_ktime_get_ns();
+	if (ts == 0 || now < ts)
+		goto done;
+	__u64 delta = now - ts;
+	if (delta < ep_min_block_ns) {
+		ep_off_count(EP_OFF_SHORT);
+		goto done;
+	}
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&ep_off_control, &zero);
+	if (!active)
+		goto done;
+	if (*active)
+		ep_credit(&start->key, delta, &ep_off_counts_1);
+	else
+		ep_credit(&start->key, delta, &ep_off_counts_0);
+done:
+	bpf_map_delete_elem(&ep_off_start, &tid);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(ep_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	/* pid 0 is the idle task: its "off-CPU" time is the CPU being busy. */
+	if (prev_state & TASK_DEAD) {
+		/* Exiting: it never comes back, so nothing may wait for it in the start map. */
+		__u32 tid = prev->pid;
+		bpf_map_delete_elem(&ep_off_start, &tid);
+	} else if (prev->pid != 0 &&
+		   (ep_include_preempted || (!preempt && prev_state != TASK_RUNNING))) {
+		ep_switch_out(ctx, prev);
+	}
+	if (next->pid != 0)
+		ep_switch_in(next);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

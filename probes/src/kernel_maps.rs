@@ -1,0 +1,100 @@
+//! Map plumbing shared by the loaders. The buffer switch: the kernel writes to the buffer a control map
+//! names; user space names the other one, waits for programs still writing to the old one,
+//! then drains it.
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use aya::maps::{Array, Map, MapData};
+use aya::{Ebpf, Pod};
+
+use crate::{bpf_map, ProbeError};
+
+/// How long a program that read the old buffer index can still be running after the
+/// switch. BPF programs run for microseconds without sleeping; this is generous.
+const SWITCH_GRACE: Duration = Duration::from_millis(2);
+
+pub(crate) struct DoubleBuffer {
+    control: Array<MapData, u32>,
+    name: &'static str,
+    /// Buffer the kernel is writing to.
+    active: u32,
+}
+
+impl DoubleBuffer {
+    pub(crate) fn new(control: Array<MapData, u32>, name: &'static str) -> Self {
+        DoubleBuffer {
+            control,
+            name,
+            active: 0,
+        }
+    }
+
+    /// Points the kernel at the other buffer; returns the one it was writing to, now quiet.
+    pub(crate) fn switch(&mut self) -> Result<usize, ProbeError> {
+        let old = self.active;
+        let new = 1 - old;
+        self.control
+            .set(0, new, 0)
+            .map_err(|source| ProbeError::Map {
+                name: self.name,
+                source,
+            })?;
+        self.active = new;
+        std::thread::sleep(SWITCH_GRACE);
+        Ok(old as usize)
+    }
+}
+
+/// Reads and removes every entry of a hash map. An update racing with this either lands
+/// before an entry's delete (and is read) or re-creates it (and is read next time).
+pub(crate) fn drain_hash<K: Pod + Default, V: Pod + Default>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, ProbeError> {
+    let keys: Vec<K> = bpf_map::keys(fd).map_err(|source| ProbeError::MapSyscall {
+        name,
+        op: "get_next_key",
+        source,
+    })?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let value =
+            bpf_map::lookup_and_delete(fd, &key).map_err(|source| ProbeError::MapSyscall {
+                name,
+                op: "lookup_and_delete",
+                source,
+            })?;
+        if let Some(value) = value {
+            out.push((key, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Takes a map out of the loaded object, for a typed wrapper to own.
+pub(crate) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+/// Takes a hash map out of the loaded object, for raw draining.
+pub(crate) fn take_hash(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, ProbeError> {
+    match take(ebpf, name)? {
+        Map::HashMap(data) => Ok(data),
+        _ => Err(ProbeError::MissingMap(name)),
+    }
+}
+
+/// Fills the object's `ep_pid_filter` map with the processes to profile.
+pub(crate) fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), ProbeError> {
+    const NAME: &str = "ep_pid_filter";
+    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
+    let mut filter: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(map)
+        .map_err(|source| ProbeError::Map { name: NAME, source })?;
+    for pid in pids {
+        filter
+            .insert(pid, 1, 0)
+            .map_err(|source| ProbeError::Map { name: NAME, source })?;
+    }
+    Ok(())
+}

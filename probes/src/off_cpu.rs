@@ -1,0 +1,226 @@
+//! Loads the off-CPU profiler on the sched_switch BTF tracepoint and drains the blocked
+//! time it aggregates per thread and stack.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{Array, MapData, PerCpuArray};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::abi::{OffCpuCounter, OffCpuKey, OffCpuValue};
+use crate::cpu_sampler::{Stack, StackCount, MAX_FILTER_PIDS, MAX_MAP_ENTRIES};
+use crate::kernel_maps::{drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::{preflight, ProbeError};
+
+static OFF_CPU_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/off_cpu.bpf.o"));
+
+const PROGRAM: &str = "ep_sched_switch";
+const COUNT_MAPS: [&str; 2] = ["ep_off_counts_0", "ep_off_counts_1"];
+
+/// What to record.
+#[derive(Clone, Debug)]
+pub struct OffCpuConfig {
+    /// Only these processes (thread-group ids) when non-empty.
+    pub pids: Vec<u32>,
+    /// Also count time a runnable thread waited after being preempted.
+    pub include_preempted: bool,
+    /// Blocks shorter than this are not recorded (bounds the cost on busy hosts).
+    pub min_block: Duration,
+    /// Entries of each of the two count maps (distinct thread + stack keys between drains).
+    pub count_map_entries: u32,
+}
+
+impl OffCpuConfig {
+    /// Voluntary waits of at least 1 µs, 16384 keys per buffer.
+    pub fn new(pids: Vec<u32>) -> Self {
+        OffCpuConfig {
+            pids,
+            include_preempted: false,
+            min_block: Duration::from_micros(1),
+            count_map_entries: 16384,
+        }
+    }
+}
+
+/// Totals of what the kernel side saw, summed over CPUs, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuCounters {
+    /// Blocks credited to a stack.
+    pub blocks: u64,
+    /// Blocks shorter than the minimum, not recorded.
+    pub short: u64,
+    /// Blocks not recorded: too many threads blocked at once.
+    pub start_full: u64,
+    /// Blocks lost: no room in the count map.
+    pub count_full: u64,
+    /// Stacks that could not be read.
+    pub stack_errors: u64,
+}
+
+impl OffCpuCounters {
+    /// Blocks the kernel could not record.
+    pub fn dropped(&self) -> u64 {
+        self.start_full + self.count_full
+    }
+}
+
+/// The loaded and attached off-CPU profiler. Dropping it detaches and unloads everything.
+pub struct OffCpuProfiler {
+    ebpf: Ebpf,
+    counts: [MapData; 2],
+    buffers: DoubleBuffer,
+    counters: PerCpuArray<MapData, u64>,
+    attached: bool,
+}
+
+impl OffCpuProfiler {
+    /// Checks privileges, loads the program and attaches it to sched_switch.
+    pub fn start(config: &OffCpuConfig) -> Result<Self, ProbeError> {
+        if !(1..=MAX_MAP_ENTRIES).contains(&config.count_map_entries) {
+            return Err(ProbeError::MapSize {
+                what: "off-CPU count",
+                got: config.count_map_entries,
+                max: MAX_MAP_ENTRIES,
+            });
+        }
+        if config.pids.len() > MAX_FILTER_PIDS {
+            return Err(ProbeError::TooManyPids {
+                got: config.pids.len(),
+                max: MAX_FILTER_PIDS,
+            });
+        }
+        preflight::check()?;
+
+        let filter = u8::from(!config.pids.is_empty());
+        let preempted = u8::from(config.include_preempted);
+        let min_block_ns = u64::try_from(config.min_block.as_nanos()).unwrap_or(u64::MAX);
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&btf))
+            .set_global("ep_filter_pids", &filter, true)
+            .set_global("ep_include_preempted", &preempted, true)
+            .set_global("ep_min_block_ns", &min_block_ns, true);
+        for name in COUNT_MAPS {
+            loader.set_max_entries(name, config.count_map_entries);
+        }
+        let mut ebpf = loader.load(OFF_CPU_OBJ)?;
+
+        fill_pid_filter(&mut ebpf, &config.pids)?;
+
+        let counts = [
+            take_hash(&mut ebpf, COUNT_MAPS[0])?,
+            take_hash(&mut ebpf, COUNT_MAPS[1])?,
+        ];
+        let control = Array::try_from(take(&mut ebpf, "ep_off_control")?).map_err(|source| {
+            ProbeError::Map {
+                name: "ep_off_control",
+                source,
+            }
+        })?;
+        let counters =
+            PerCpuArray::try_from(take(&mut ebpf, "ep_off_counters")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "ep_off_counters",
+                    source,
+                }
+            })?;
+
+        let program_err = |source| ProbeError::Program {
+            name: PROGRAM,
+            source,
+        };
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(ProbeError::MissingMap(PROGRAM))?
+            .try_into()
+            .map_err(program_err)?;
+        program.load("sched_switch", &btf).map_err(program_err)?;
+        program.attach().map_err(program_err)?;
+        tracing::debug!(?config, "off-CPU profiler attached");
+
+        Ok(OffCpuProfiler {
+            ebpf,
+            counts,
+            buffers: DoubleBuffer::new(control, "ep_off_control"),
+            counters,
+            attached: true,
+        })
+    }
+
+    /// Switches the kernel to the other buffer and returns what the previous one holds;
+    /// values are blocked nanoseconds.
+    pub fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        let old = self.buffers.switch()?;
+        self.read_buffer(old)
+    }
+
+    /// Detaches from the scheduler and returns everything still in the kernel. Threads
+    /// still blocked at that moment are not counted: their block has not ended.
+    pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        if self.attached {
+            if let Some(program) = self.ebpf.program_mut(PROGRAM) {
+                let program: &mut BtfTracePoint =
+                    program.try_into().map_err(|source| ProbeError::Program {
+                        name: PROGRAM,
+                        source,
+                    })?;
+                program.unload().map_err(|source| ProbeError::Program {
+                    name: PROGRAM,
+                    source,
+                })?;
+            }
+            self.attached = false;
+        }
+        let mut all = self.read_buffer(0)?;
+        all.extend(self.read_buffer(1)?);
+        Ok(all)
+    }
+
+    /// Kernel-side totals since load.
+    pub fn counters(&self) -> Result<OffCpuCounters, ProbeError> {
+        let mut totals = [0u64; OffCpuCounter::ALL.len()];
+        for (i, total) in totals.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "ep_off_counters",
+                    source,
+                })?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(OffCpuCounters {
+            blocks: totals[OffCpuCounter::Blocks as usize],
+            short: totals[OffCpuCounter::Short as usize],
+            start_full: totals[OffCpuCounter::StartFull as usize],
+            count_full: totals[OffCpuCounter::CountFull as usize],
+            stack_errors: totals[OffCpuCounter::StackError as usize],
+        })
+    }
+
+    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<StackCount>, ProbeError> {
+        let entries: Vec<(OffCpuKey, OffCpuValue)> =
+            drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
+        let stack = |frames: &[u64]| {
+            if frames.is_empty() {
+                Stack::None
+            } else {
+                Stack::Addrs(Arc::from(frames))
+            }
+        };
+        Ok(entries
+            .into_iter()
+            .map(|(key, value)| StackCount {
+                tgid: key.tgid,
+                tid: key.tid,
+                thread_name: key.comm_str(),
+                user: stack(key.user_frames()),
+                kernel: stack(key.kernel_frames()),
+                value: value.total_ns,
+            })
+            .collect())
+    }
+}

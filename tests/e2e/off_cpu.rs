@@ -1,0 +1,185 @@
+//! Off-CPU profiles: where threads wait, and for how long.
+
+use std::io::Read;
+
+use emberprof_exporters::pprof::validate;
+use pprof::protos::{self, Message};
+
+use crate::support::{bpf_test, read_folded, record, record_around, total_under, Workload};
+
+const MS: u64 = 1_000_000;
+
+fn assert_ns_within(what: &str, got: u64, expected: u64, tolerance: f64) {
+    let err = (got as f64 - expected as f64).abs() / expected as f64;
+    assert!(
+        err <= tolerance,
+        "{what}: {:.1} ms, expected {:.1} ms ± {:.0}%",
+        got as f64 / 1e6,
+        expected as f64 / 1e6,
+        tolerance * 100.0
+    );
+}
+
+#[test]
+fn nanosleep_time_is_attributed_to_the_sleeping_function() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["sleep", "50", "20"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "sleep.folded",
+        &["--off-cpu", "--pid", &pid, "--format", "folded"],
+        || w.go_and_wait(),
+    );
+    let lines = read_folded(&rec.file);
+    assert_ns_within(
+        "off-CPU in sleep_in_nanosleep",
+        total_under(&lines, "sleep_in_nanosleep"),
+        50 * 20 * MS,
+        0.10,
+    );
+    // The wait sits under the function in the kernel's nanosleep path, and the probe's own
+    // frames are not part of it.
+    let line = lines
+        .iter()
+        .find(|l| l.frames.iter().any(|f| f == "sleep_in_nanosleep"))
+        .unwrap();
+    assert!(
+        line.frames.iter().any(|f| f.contains("nanosleep_[k]")),
+        "{:?}",
+        line.frames
+    );
+    assert!(
+        !line.frames.iter().any(|f| f.starts_with("bpf_")),
+        "{:?}",
+        line.frames
+    );
+}
+
+#[test]
+fn pipe_wait_is_attributed_to_the_reading_function() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["pipe-wait", "50", "20"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "pipe.folded",
+        &["--off-cpu", "--pid", &pid, "--format", "folded"],
+        || w.go_and_wait(),
+    );
+    let lines = read_folded(&rec.file);
+    assert_ns_within(
+        "off-CPU in wait_on_pipe",
+        total_under(&lines, "wait_on_pipe"),
+        50 * 20 * MS,
+        0.10,
+    );
+    assert_ns_within(
+        "off-CPU in answer_after_delay",
+        total_under(&lines, "answer_after_delay"),
+        50 * 20 * MS,
+        0.15,
+    );
+}
+
+#[test]
+fn preempted_time_counts_only_with_the_flag() {
+    let Some(_serial) = bpf_test() else { return };
+    // Four busy threads on two CPUs wait runnable about half the time, never blocked.
+    let w = Workload::start(&["busy", "4"]);
+    let pid = w.pid().to_string();
+    let threads_time = 4.0 * 2.0 * 1e9;
+    let default = record(
+        "busy.folded",
+        &[
+            "--off-cpu",
+            "--pid",
+            &pid,
+            "--duration",
+            "2",
+            "--format",
+            "folded",
+        ],
+    );
+    let waiting = total_under(&read_folded(&default.file), "cpu_split");
+    assert!(
+        (waiting as f64) < 0.02 * threads_time,
+        "{:.0} ms of preemption counted by default",
+        waiting as f64 / 1e6
+    );
+
+    let args = [
+        "--off-cpu",
+        "--include-preempted",
+        "--pid",
+        &pid,
+        "--duration",
+        "2",
+        "--format",
+        "folded",
+    ];
+    let preempted = record("busy-preempted.folded", &args);
+    let waiting = total_under(&read_folded(&preempted.file), "cpu_split");
+    assert!(
+        (waiting as f64) > 0.25 * threads_time,
+        "only {:.0} ms of preemption counted with --include-preempted",
+        waiting as f64 / 1e6
+    );
+}
+
+#[test]
+fn cpu_and_off_cpu_together_write_two_profiles() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["sleep", "20", "20"]);
+    let pid = w.pid().to_string();
+    let rec = record_around("both.pb.gz", &["--cpu", "--off-cpu", "--pid", &pid], || {
+        w.go_and_wait()
+    });
+    let off_path = rec.file.with_file_name("both.offcpu.pb.gz");
+    let decode = |path: &std::path::Path| {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+            .read_to_end(&mut raw)
+            .unwrap();
+        let p = protos::Profile::decode(raw.as_slice()).unwrap();
+        validate(&p).unwrap();
+        p
+    };
+    let kinds = |p: &protos::Profile| -> Vec<String> {
+        p.sample_type
+            .iter()
+            .map(|v| p.string_table[v.ty as usize].clone())
+            .collect()
+    };
+    let cpu = decode(&rec.file);
+    assert_eq!(kinds(&cpu), ["samples", "cpu"]);
+    let off = decode(&off_path);
+    assert_eq!(kinds(&off), ["off_cpu"]);
+    let pt = off.period_type.as_ref().unwrap();
+    assert_eq!(
+        (
+            off.string_table[pt.ty as usize].as_str(),
+            off.string_table[pt.unit as usize].as_str()
+        ),
+        ("off_cpu", "nanoseconds")
+    );
+    let total: i64 = off.sample.iter().map(|s| s.value[0]).sum();
+    assert!(
+        total as u64 >= 20 * 20 * MS * 9 / 10,
+        "off-CPU total {total} ns"
+    );
+    assert!(
+        rec.stderr.contains("samples (kernel counted") && rec.stderr.contains("off-CPU"),
+        "{}",
+        rec.stderr
+    );
+}
+
+#[test]
+fn off_cpu_flame_graph_is_titled_as_off_cpu() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["sleep", "10", "10"]);
+    let pid = w.pid().to_string();
+    let rec = record_around("off.svg", &["--off-cpu", "--pid", &pid], || w.go_and_wait());
+    let svg = std::fs::read_to_string(&rec.file).unwrap();
+    assert!(svg.contains("Off-CPU profile (emberprof)"));
+    assert!(svg.contains("sleep_in_nanosleep"));
+}
