@@ -20,10 +20,10 @@ use crate::progress::Progress;
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
 
-/// One loaded profiler.
+/// One loaded profiler (boxed: they are large and moved around).
 enum Profiler {
-    Cpu(CpuSampler),
-    OffCpu(OffCpuProfiler),
+    Cpu(Box<CpuSampler>),
+    OffCpu(Box<OffCpuProfiler>),
 }
 
 impl Profiler {
@@ -81,7 +81,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         };
         let sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
         runs.push(Run {
-            profiler: Profiler::Cpu(sampler),
+            profiler: Profiler::Cpu(Box::new(sampler)),
             builder: ProfileBuilder::cpu(args.frequency, start),
             collected: Collected::default(),
             path: cpu_path,
@@ -96,7 +96,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         };
         let profiler = OffCpuProfiler::start(&config).context("starting the off-CPU profiler")?;
         runs.push(Run {
-            profiler: Profiler::OffCpu(profiler),
+            profiler: Profiler::OffCpu(Box::new(profiler)),
             builder: ProfileBuilder::off_cpu(start),
             collected: Collected::default(),
             path: off_cpu_path,

@@ -197,9 +197,11 @@ mod tests {
 
     #[test]
     fn offcpu_frames_are_clamped() {
-        let mut key = OffCpuKey::default();
-        key.user_len = 3;
-        key.kernel_len = 1000;
+        let key = OffCpuKey {
+            user_len: 3,
+            kernel_len: 1000,
+            ..Default::default()
+        };
         assert_eq!(key.user_frames().len(), 3);
         assert_eq!(key.kernel_frames().len(), MAX_STACK_DEPTH);
     }
