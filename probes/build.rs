@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// BPF programs built from `bpf/<name>.bpf.c` into `$OUT_DIR/<name>.bpf.o`.
-const PROGRAMS: &[&str] = &["cpu_sampler", "off_cpu"];
+const PROGRAMS: &[&str] = &["cpu_sampler", "off_cpu", "latency"];
 
 /// Fields whose offsets the layout test checks: (struct, field).
 const LAYOUT_FIELDS: &[(&str, &str)] = &[
@@ -24,6 +24,39 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_offcpu_key", "kernel"),
     ("ep_offcpu_value", "total_ns"),
     ("ep_offcpu_value", "blocks"),
+    ("ep_hist_key", "cgroup"),
+    ("ep_hist_key", "kind"),
+    ("ep_hist_key", "detail"),
+    ("ep_hist_key", "major"),
+    ("ep_hist_key", "minor"),
+    ("ep_hist", "slots"),
+    ("ep_hist", "zero"),
+    ("ep_hist", "sum_ns"),
+];
+
+/// Durations whose C histogram slot the layout program prints, for the bucket-mapping test.
+const SLOT_SAMPLES: &[&str] = &[
+    "0ULL",
+    "1ULL",
+    "2ULL",
+    "3ULL",
+    "4ULL",
+    "5ULL",
+    "7ULL",
+    "8ULL",
+    "9ULL",
+    "1000ULL",
+    "1023ULL",
+    "1024ULL",
+    "1025ULL",
+    "10000000ULL",
+    "20000000ULL",
+    "(1ULL << 32)",
+    "(1ULL << 32) + 1",
+    "(1ULL << 62) + 1",
+    "(1ULL << 63)",
+    "(1ULL << 63) + 1",
+    "~0ULL",
 ];
 
 fn main() {
@@ -60,6 +93,38 @@ fn main() {
     }
 
     write_c_layout(&clang, &include, &out);
+    write_syscall_names(arch, &out);
+}
+
+/// Writes `syscall_names.rs`: the target's syscall numbers and names, read from the kernel
+/// UAPI header (linux-libc-dev). Without the header the table is empty and syscalls are
+/// shown by number.
+fn write_syscall_names(arch: &str, out: &Path) {
+    let header = match arch {
+        "x86" => "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
+        _ => "/usr/include/asm-generic/unistd.h",
+    };
+    println!("cargo:rerun-if-changed={header}");
+    let mut names: Vec<(u32, String)> = std::fs::read_to_string(header)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("#define __NR_")?;
+            let mut parts = rest.split_whitespace();
+            let name = parts.next()?;
+            let nr = parts.next()?.parse().ok()?;
+            Some((nr, name.to_string()))
+        })
+        .collect();
+    names.sort();
+    names.dedup_by_key(|(nr, _)| *nr);
+    let mut rs = String::from("pub(crate) const SYSCALL_NAMES: &[(u32, &str)] = &[\n");
+    for (nr, name) in names {
+        rs.push_str(&format!("    ({nr}, \"{name}\"),\n"));
+    }
+    rs.push_str("];\n");
+    std::fs::write(out.join("syscall_names.rs"), rs)
+        .unwrap_or_else(|e| panic!("writing syscall_names.rs: {e}"));
 }
 
 /// Clang from $CLANG, else the newest versioned clang on PATH, else plain `clang`.
@@ -118,8 +183,19 @@ fn write_c_layout(clang: &str, include: &Path, out: &Path) {
     }
     c.push_str(
         "printf(\"pub const EP_CNT_MAX: usize = %d;\\n\", (int)EP_CNT_MAX);\n\
-printf(\"pub const EP_OFF_MAX: usize = %d;\\n\", (int)EP_OFF_MAX);\nreturn 0;\n}\n",
+printf(\"pub const EP_OFF_MAX: usize = %d;\\n\", (int)EP_OFF_MAX);\n\
+printf(\"pub const EP_HIST_COUNTER_MAX: usize = %d;\\n\", (int)EP_HIST_COUNTER_MAX);\n\
+printf(\"pub const EP_HIST_KINDS: usize = %d;\\n\", (int)EP_HIST_KINDS);\n\
+printf(\"pub const EP_HIST_SLOTS: usize = %d;\\n\", (int)EP_HIST_SLOTS);\n\
+printf(\"pub const EP_BLOCK_OTHER: u32 = %d;\\n\", (int)EP_BLOCK_OTHER);\n",
     );
+    c.push_str("printf(\"pub const SLOT_SAMPLES: &[(u64, usize)] = &[\\n\");\n");
+    for v in SLOT_SAMPLES {
+        c.push_str(&format!(
+            "printf(\"    (%lluu64, %u),\\n\", (unsigned long long)({v}), ep_hist_slot({v}));\n"
+        ));
+    }
+    c.push_str("printf(\"];\\n\");\nreturn 0;\n}\n");
     let src = out.join("c_layout.c");
     let exe = out.join("c_layout");
     std::fs::write(&src, c).unwrap_or_else(|e| panic!("writing {}: {e}", src.display()));

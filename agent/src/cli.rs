@@ -18,13 +18,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Record CPU stacks (and/or off-CPU waits) of every process, or of --pid, and write profiles.
+    /// Record CPU stacks, off-CPU waits and/or latency histograms of every process, or of --pid.
     Record(RecordArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct RecordArgs {
-    /// Record a CPU profile (the default unless --off-cpu is given).
+    /// Record a CPU profile (the default unless --off-cpu or --histograms is given).
     #[arg(long)]
     pub cpu: bool,
     /// Record an off-CPU profile: where threads block, and for how long.
@@ -36,6 +36,19 @@ pub struct RecordArgs {
     /// Off-CPU: ignore blocks shorter than this (e.g. 1us, 50us, 1ms).
     #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
     pub min_block: Duration,
+    /// Record latency histograms (run queue and off-CPU duration per cgroup, block I/O per
+    /// disk) and print them at the end; with no profile requested they go to --output.
+    #[arg(long)]
+    pub histograms: bool,
+    /// Also histogram every syscall's latency per syscall and cgroup (adds work to every
+    /// syscall on the host; implies --histograms).
+    #[arg(long)]
+    pub syscall_latency: bool,
+    /// Histograms kept between drains (cgroups x syscalls, disks); more are summed into an
+    /// "other" histogram per kind and counted.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub histogram_keys: u32,
     /// Profile only this process (repeat for several); applied in the kernel.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -133,5 +146,6 @@ mod tests {
         assert_eq!(args.duration, Duration::from_secs(10));
         assert!(!args.off_cpu && !args.cpu);
         assert!(Cli::try_parse_from(["emberprof", "record", "--include-preempted"]).is_err());
+        assert!(Cli::try_parse_from(["emberprof", "record", "--histogram-keys", "0"]).is_err());
     }
 }

@@ -2,6 +2,8 @@
 
 mod cli;
 mod collect;
+mod histograms;
+mod metadata;
 mod output;
 mod progress;
 mod record;

@@ -1,4 +1,5 @@
-//! `emberprof record`: sample for a while, then write one profile per kind recorded.
+//! `emberprof record`: sample for a while, then write one profile per kind recorded and
+//! print the latency histograms.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,12 +9,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use emberprof_exporters::{Format, ProfileBuilder};
 use emberprof_probes::{
-    CpuSampler, CpuSamplerConfig, OffCpuConfig, OffCpuProfiler, ProbeError, StackCount,
+    CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler, ProbeError,
+    StackCount,
 };
 use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::RecordArgs;
 use crate::collect::{self, Collected};
+use crate::histograms::Histograms;
 use crate::output;
 use crate::progress::Progress;
 
@@ -57,7 +60,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
     }
     let want_off_cpu = args.off_cpu;
-    let want_cpu = args.cpu || !args.off_cpu;
+    let want_histograms = args.histograms || args.syscall_latency;
+    let want_cpu = args.cpu || !(args.off_cpu || want_histograms);
     let format = output::choose_format(args.format, args.output.as_deref());
     let start = SystemTime::now();
     let (cpu_path, off_cpu_path) = output_paths(&args, format, start, want_cpu, want_off_cpu)?;
@@ -102,10 +106,21 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             path: off_cpu_path,
         });
     }
+    let mut histograms = if want_histograms {
+        let config = LatencyConfig {
+            syscalls: args.syscall_latency,
+            max_keys: args.histogram_keys,
+            ..LatencyConfig::new(args.pids.clone())
+        };
+        Some(Histograms::start(&config)?)
+    } else {
+        None
+    };
     let started = Instant::now();
     tracing::info!(
         cpu = want_cpu,
         off_cpu = want_off_cpu,
+        histograms = want_histograms,
         frequency = args.frequency,
         "recording"
     );
@@ -127,9 +142,16 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                     &mut run.collected,
                 );
             }
+            if let Some(h) = &mut histograms {
+                h.drain()?;
+            }
             next_drain = elapsed + args.drain_interval;
         }
-        progress.update(elapsed, args.duration, &live_counts(&runs));
+        progress.update(
+            elapsed,
+            args.duration,
+            &live_counts(&runs, histograms.as_ref()),
+        );
         let until_next = next_drain
             .saturating_sub(elapsed)
             .max(Duration::from_millis(1));
@@ -147,9 +169,13 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             &mut run.collected,
         );
     }
+    if let Some(h) = &mut histograms {
+        h.stop()?;
+    }
     let end = SystemTime::now();
     progress.finish();
 
+    let runs_written = runs.len();
     for run in runs {
         let summary = summary(&run)?;
         let Run {
@@ -167,7 +193,33 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             shown(&path)
         );
     }
+    if let Some(h) = &mut histograms {
+        let report = h.report()?;
+        print_report(&report, &args, runs_written)?;
+    }
     tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
+    Ok(())
+}
+
+/// Histograms go to --output when no profile took it, else to standard output (standard
+/// error when a profile is being written to standard output).
+fn print_report(report: &str, args: &RecordArgs, profiles: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    match (&args.output, profiles) {
+        (Some(path), 0) if path != Path::new("-") => {
+            std::fs::write(path, report)
+                .with_context(|| format!("writing the histograms to {}", path.display()))?;
+            eprintln!("emberprof: histograms -> {}", path.display());
+        }
+        (Some(path), n) if n > 0 && path == Path::new("-") => {
+            std::io::stderr()
+                .write_all(report.as_bytes())
+                .context("printing the histograms")?;
+        }
+        _ => std::io::stdout()
+            .write_all(report.as_bytes())
+            .context("printing the histograms")?,
+    }
     Ok(())
 }
 
@@ -196,14 +248,17 @@ fn output_paths(
     Ok((cpu_path, off_cpu_path))
 }
 
-fn live_counts(runs: &[Run]) -> String {
-    let parts: Vec<String> = runs
+fn live_counts(runs: &[Run], histograms: Option<&Histograms>) -> String {
+    let mut parts: Vec<String> = runs
         .iter()
         .filter_map(|run| match &run.profiler {
             Profiler::Cpu(p) => p.counters().ok().map(|c| format!("{} samples", c.samples)),
             Profiler::OffCpu(p) => p.counters().ok().map(|c| format!("{} blocks", c.blocks)),
         })
         .collect();
+    if let Some(c) = histograms.and_then(|h| h.counters().ok()) {
+        parts.push(format!("{} latencies", c.recorded + c.overflowed));
+    }
     parts.join(", ")
 }
 

@@ -1,7 +1,8 @@
-//! The in-memory profile model and the formats it is written in.
+//! The in-memory profile model and the formats it is written in; latency histograms as text.
 
 mod error;
 pub mod folded;
+pub mod histogram_text;
 mod model;
 pub mod pprof;
 pub mod svg;

@@ -84,4 +84,88 @@ enum ep_offcpu_counter {
 	EP_OFF_MAX = 5,
 };
 
+/*
+ * Latency histograms. Durations are nanoseconds. Slot s counts values v with
+ * 2^(s-1) < v <= 2^s, which is bucket index s-1 of an OpenTelemetry exponential histogram
+ * at scale 0 (its buckets are (2^i, 2^(i+1)], upper bound inclusive); v == 0 goes to
+ * `zero`. Slot 0 is therefore (0.5, 1], and the last slot also takes anything larger.
+ */
+#define EP_HIST_SLOTS 64
+
+/* What a histogram measures. */
+enum ep_hist_kind {
+	/* Wakeup (or preemption) to running again, per cgroup. */
+	EP_HIST_RUNQ = 0,
+	/* Voluntary switch-out to switch-in, per cgroup. */
+	EP_HIST_OFFCPU = 1,
+	/* Block request issue to completion, per disk and direction. */
+	EP_HIST_BLOCK = 2,
+	/* Syscall entry to exit, per syscall and cgroup. */
+	EP_HIST_SYSCALL = 3,
+	EP_HIST_KINDS = 4,
+};
+
+/* Block I/O directions in `ep_hist_key.detail`'s low byte for EP_HIST_BLOCK. */
+enum ep_block_op {
+	EP_BLOCK_READ = 0,
+	EP_BLOCK_WRITE = 1,
+	EP_BLOCK_OTHER = 2,
+};
+
+/* One histogram's identity. Fields a kind does not use are zero. */
+struct ep_hist_key {
+	/* cgroup v2 id (the cgroupfs inode number); 0 for block I/O. */
+	__u64 cgroup;
+	/* enum ep_hist_kind */
+	__u32 kind;
+	/* Syscall number, or for block I/O the direction (enum ep_block_op). */
+	__u32 detail;
+	/* Block I/O: the disk's major and first minor. */
+	__u32 major;
+	__u32 minor;
+};
+
+/* One log2 histogram; the overflow histograms are per CPU and summed by user space. */
+struct ep_hist {
+	__u64 slots[EP_HIST_SLOTS];
+	/* Values of exactly 0 ns. */
+	__u64 zero;
+	/* Sum of all recorded values, ns. */
+	__u64 sum_ns;
+};
+
+/* Indexes of the histogram per-CPU counters `ep_hist_counters`. */
+enum ep_hist_counter {
+	/* Values recorded into a keyed histogram. */
+	EP_HIST_RECORDED = 0,
+	/* Values recorded into the per-kind overflow histogram: the key map was full. */
+	EP_HIST_OVERFLOWED = 1,
+	/* Start events not tracked: the in-flight map was full; their latency is lost. */
+	EP_HIST_START_FULL = 2,
+	EP_HIST_COUNTER_MAX = 3,
+};
+
+/*
+ * Slot of a duration (see EP_HIST_SLOTS): ceil(log2(v)), clamped to the last slot. Shared
+ * by the probes and the host-side test that checks it against the OTLP bucket definition.
+ */
+static inline __u32 ep_hist_slot(__u64 v)
+{
+	__u64 x;
+	__u32 r = 0;
+
+	if (v <= 1)
+		return 0;
+	/* floor(log2(v - 1)) + 1 == ceil(log2(v)) for v >= 2 */
+	x = v - 1;
+	if (x >> 32) { x >>= 32; r += 32; }
+	if (x >> 16) { x >>= 16; r += 16; }
+	if (x >> 8) { x >>= 8; r += 8; }
+	if (x >> 4) { x >>= 4; r += 4; }
+	if (x >> 2) { x >>= 2; r += 2; }
+	if (x >> 1) { r += 1; }
+	r += 1;
+	return r < EP_HIST_SLOTS ? r : EP_HIST_SLOTS - 1;
+}
+
 #endif

@@ -131,6 +131,108 @@ impl OffCpuCounter {
     ];
 }
 
+/// Slots of a kernel histogram (`EP_HIST_SLOTS`).
+pub const HIST_SLOTS: usize = 64;
+
+/// What a histogram measures (`enum ep_hist_kind`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HistKind {
+    RunQueue = 0,
+    OffCpu = 1,
+    BlockIo = 2,
+    Syscall = 3,
+}
+
+impl HistKind {
+    /// Every kind, in index order.
+    pub const ALL: [HistKind; 4] = [
+        HistKind::RunQueue,
+        HistKind::OffCpu,
+        HistKind::BlockIo,
+        HistKind::Syscall,
+    ];
+
+    /// The kind with this index, if any.
+    pub fn from_index(i: u32) -> Option<HistKind> {
+        HistKind::ALL.get(i as usize).copied()
+    }
+}
+
+/// Block I/O direction in `HistKey::detail` (`enum ep_block_op`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BlockOp {
+    Read = 0,
+    Write = 1,
+    Other = 2,
+}
+
+impl BlockOp {
+    /// The direction with this index; anything unknown is `Other`.
+    pub fn from_index(i: u32) -> BlockOp {
+        match i {
+            0 => BlockOp::Read,
+            1 => BlockOp::Write,
+            _ => BlockOp::Other,
+        }
+    }
+}
+
+/// A histogram's identity (`struct ep_hist_key`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HistKey {
+    pub cgroup: u64,
+    pub kind: u32,
+    pub detail: u32,
+    pub major: u32,
+    pub minor: u32,
+}
+
+// SAFETY: plain old data with no padding (checked by the layout test).
+unsafe impl aya::Pod for HistKey {}
+
+/// One CPU's log2 histogram (`struct ep_hist`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hist {
+    pub slots: [u64; HIST_SLOTS],
+    pub zero: u64,
+    pub sum_ns: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist {
+            slots: [0; HIST_SLOTS],
+            zero: 0,
+            sum_ns: 0,
+        }
+    }
+}
+
+// SAFETY: plain old data with no padding (checked by the layout test).
+unsafe impl aya::Pod for Hist {}
+
+/// Indexes of the histogram per-CPU counters (`enum ep_hist_counter`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistCounter {
+    Recorded = 0,
+    Overflowed = 1,
+    StartFull = 2,
+}
+
+impl HistCounter {
+    /// Every counter, in index order.
+    pub const ALL: [HistCounter; 3] = [
+        HistCounter::Recorded,
+        HistCounter::Overflowed,
+        HistCounter::StartFull,
+    ];
+}
+
 fn comm_str(comm: &[u8; COMM_LEN]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
     String::from_utf8_lossy(&comm[..end]).into_owned()
@@ -222,5 +324,60 @@ mod tests {
         assert_eq!(key.comm_str(), "abc");
         key.comm = [b'a'; COMM_LEN];
         assert_eq!(key.comm_str().len(), COMM_LEN);
+    }
+
+    #[test]
+    fn histogram_types_match_c_layout() {
+        assert_eq!(size_of::<HistKey>(), c::EP_HIST_KEY_SIZE);
+        assert_eq!(offset_of!(HistKey, cgroup), c::EP_HIST_KEY_CGROUP_OFFSET);
+        assert_eq!(offset_of!(HistKey, kind), c::EP_HIST_KEY_KIND_OFFSET);
+        assert_eq!(offset_of!(HistKey, detail), c::EP_HIST_KEY_DETAIL_OFFSET);
+        assert_eq!(offset_of!(HistKey, major), c::EP_HIST_KEY_MAJOR_OFFSET);
+        assert_eq!(offset_of!(HistKey, minor), c::EP_HIST_KEY_MINOR_OFFSET);
+        assert_eq!(size_of::<Hist>(), c::EP_HIST_SIZE);
+        assert_eq!(offset_of!(Hist, slots), c::EP_HIST_SLOTS_OFFSET);
+        assert_eq!(offset_of!(Hist, zero), c::EP_HIST_ZERO_OFFSET);
+        assert_eq!(offset_of!(Hist, sum_ns), c::EP_HIST_SUM_NS_OFFSET);
+        assert_eq!(HIST_SLOTS, c::EP_HIST_SLOTS);
+        assert_eq!(HistKind::ALL.len(), c::EP_HIST_KINDS);
+        assert_eq!(HistCounter::ALL.len(), c::EP_HIST_COUNTER_MAX);
+        for (i, k) in HistKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        for (i, k) in HistCounter::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        assert_eq!(BlockOp::Other as u32, c::EP_BLOCK_OTHER);
+    }
+
+    /// The kernel's slot for a value must be the OTLP scale-0 bucket (2^i, 2^(i+1)] that
+    /// holds it, shifted by one (slot = index + 1).
+    #[test]
+    fn c_slot_function_is_the_otlp_scale_zero_bucket() {
+        for &(v, slot) in c::SLOT_SAMPLES {
+            if v == 0 {
+                continue; // zero has its own counter; the slot function is not used for it
+            }
+            if slot == 0 {
+                assert_eq!(v, 1, "only 1 ns is in (0.5, 1]");
+                continue;
+            }
+            // Bucket index slot - 1 is (2^(slot-1), 2^slot]; exact in u128.
+            let (lower, upper) = (1u128 << (slot - 1), 1u128 << slot);
+            let v = u128::from(v);
+            assert!(v > lower, "{v} in slot {slot}: above ({lower}, {upper}]");
+            if slot < HIST_SLOTS - 1 {
+                assert!(v <= upper, "{v} in slot {slot}: below ({lower}, {upper}]");
+            }
+        }
+        let slot_of = |v: u64| c::SLOT_SAMPLES.iter().find(|s| s.0 == v).map(|s| s.1);
+        assert_eq!(slot_of(1), Some(0));
+        assert_eq!(slot_of(2), Some(1));
+        assert_eq!(slot_of(1024), Some(10));
+        assert_eq!(slot_of(1025), Some(11));
+        // 10 ms sits in (2^23, 2^24] ns, 20 ms in (2^24, 2^25].
+        assert_eq!(slot_of(10_000_000), Some(24));
+        assert_eq!(slot_of(20_000_000), Some(25));
+        assert_eq!(slot_of(u64::MAX), Some(HIST_SLOTS - 1));
     }
 }

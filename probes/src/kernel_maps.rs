@@ -77,10 +77,10 @@ pub(crate) fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeErro
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
-/// Takes a hash map out of the loaded object, for raw draining.
+/// Takes a hash map (plain or per-CPU) out of the loaded object, for raw draining.
 pub(crate) fn take_hash(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, ProbeError> {
     match take(ebpf, name)? {
-        Map::HashMap(data) => Ok(data),
+        Map::HashMap(data) | Map::PerCpuHashMap(data) => Ok(data),
         _ => Err(ProbeError::MissingMap(name)),
     }
 }

@@ -5,10 +5,15 @@ pub mod abi;
 mod bpf_map;
 pub mod cpu_sampler;
 mod error;
+pub mod histogram;
 mod kernel_maps;
+pub mod latency;
 pub mod off_cpu;
 pub mod preflight;
+pub mod syscalls;
 
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters, Stack, StackCount, StackLoss};
 pub use error::ProbeError;
+pub use histogram::{Log2Histogram, OtlpExponentialBuckets};
+pub use latency::{HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};

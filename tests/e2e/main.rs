@@ -2,6 +2,7 @@
 //! They need root (or CAP_BPF + CAP_PERFMON); with `CI` set they fail without it.
 
 mod cpu_profile;
+mod histograms;
 mod off_cpu;
 mod privileges;
 mod support;

@@ -237,3 +237,85 @@ pub fn total_under(lines: &[FoldedLine], frame: &str) -> u64 {
         .map(|l| l.count)
         .sum()
 }
+
+/// One histogram of `emberprof record --histograms` output.
+#[derive(Debug)]
+pub struct HistSection {
+    /// The title line, e.g. `syscall latency, nanosleep, cgroup /`.
+    pub title: String,
+    /// Rows: (lower bound, upper bound, count), bounds as printed (`8.39 ms`).
+    pub rows: Vec<(String, String, u64)>,
+    pub count: u64,
+    pub sum_ns: f64,
+}
+
+impl HistSection {
+    /// The count of the row whose range is `lo -> hi`, 0 when absent.
+    pub fn row(&self, lo: &str, hi: &str) -> u64 {
+        self.rows
+            .iter()
+            .find(|(l, h, _)| l == lo && h == hi)
+            .map_or(0, |r| r.2)
+    }
+
+    /// Count in rows whose lower bound is at least `ns`.
+    pub fn count_above(&self, ns: f64) -> u64 {
+        self.rows
+            .iter()
+            .filter(|(lo, _, _)| lo != "0" && parse_ns(lo) >= ns)
+            .map(|r| r.2)
+            .sum()
+    }
+}
+
+/// Parses a printed duration: `512 ns`, `1.02 us`, `8.39 ms`, `2 s`.
+pub fn parse_ns(text: &str) -> f64 {
+    let (value, unit) = text.trim().split_once(' ').expect("duration with a unit");
+    let scale = match unit {
+        "ns" => 1.0,
+        "us" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        other => panic!("unknown unit {other:?}"),
+    };
+    value.parse::<f64>().expect("duration value") * scale
+}
+
+/// Parses a histogram report.
+pub fn read_histograms(path: &Path) -> Vec<HistSection> {
+    let text = std::fs::read_to_string(path).expect("reading the histogram report");
+    let mut sections: Vec<HistSection> = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with("histograms: ") {
+            continue;
+        }
+        if !line.starts_with(' ') {
+            sections.push(HistSection {
+                title: line.to_string(),
+                rows: Vec::new(),
+                count: 0,
+                sum_ns: 0.0,
+            });
+            continue;
+        }
+        let section = sections.last_mut().expect("a title before rows");
+        if let Some(rest) = line.trim_start().strip_prefix("count ") {
+            let mut parts = rest.split(", ");
+            section.count = parts.next().unwrap().parse().unwrap();
+            section.sum_ns = parse_ns(parts.next().unwrap().strip_prefix("sum ").unwrap());
+        } else if let Some((range, tail)) = line.split_once(" : ") {
+            if let Some((lo, hi)) = range.split_once(" -> ") {
+                let count = tail.split('|').next().unwrap().trim().parse().unwrap();
+                section
+                    .rows
+                    .push((lo.trim().to_string(), hi.trim().to_string(), count));
+            }
+        }
+    }
+    sections
+}
+
+/// The sections whose title starts with `prefix`.
+pub fn sections<'a>(all: &'a [HistSection], prefix: &str) -> Vec<&'a HistSection> {
+    all.iter().filter(|s| s.title.starts_with(prefix)).collect()
+}

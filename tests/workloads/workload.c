@@ -8,10 +8,13 @@
  *   workload sleep N MS       after a line on stdin: N nanosleeps of MS ms in sleep_in_nanosleep
  *   workload pipe-wait N MS   after a line on stdin: N reads in wait_on_pipe, each answered by a
  *                             helper thread MS ms later
+ *   workload direct-io PATH N after a line on stdin: N O_DIRECT 4 KiB writes to PATH, fsync,
+ *                             then N O_DIRECT 4 KiB reads of the same blocks
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
  * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
  */
+#define _GNU_SOURCE /* O_DIRECT */
 #include <fcntl.h>
 #include <time.h>
 #include <pthread.h>
@@ -184,6 +187,38 @@ static void wait_for_go(void)
 		exit(3);
 }
 
+/* Each O_DIRECT request of one aligned block is one block-layer request at least. */
+static int direct_io(const char *path, long n)
+{
+	enum { BLOCK = 4096 };
+	void *buf;
+	int fd = open(path, O_RDWR | O_CREAT | O_DIRECT, 0600);
+	if (fd < 0) {
+		perror(path);
+		return 1;
+	}
+	if (posix_memalign(&buf, BLOCK, BLOCK) != 0)
+		return 1;
+	memset(buf, 'x', BLOCK);
+	wait_for_go();
+	for (long i = 0; i < n; i++) {
+		if (pwrite(fd, buf, BLOCK, i * BLOCK) != BLOCK) {
+			perror("O_DIRECT write");
+			return 1;
+		}
+	}
+	if (fsync(fd) != 0)
+		return 1;
+	for (long i = 0; i < n; i++) {
+		if (pread(fd, buf, BLOCK, i * BLOCK) != BLOCK) {
+			perror("O_DIRECT read");
+			return 1;
+		}
+	}
+	free(buf);
+	return close(fd);
+}
+
 static void *busy_main(void *arg)
 {
 	(void)arg;
@@ -194,7 +229,7 @@ static void *busy_main(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | direct-io PATH N\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -230,6 +265,8 @@ int main(int argc, char **argv)
 			wait_on_pipe(fds[0]);
 		pthread_join(helper, NULL);
 		return 0;
+	} else if (strcmp(argv[1], "direct-io") == 0 && argc > 3) {
+		return direct_io(argv[2], atol(argv[3]));
 	} else if (strcmp(argv[1], "syscalls") == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		if (fd < 0) {

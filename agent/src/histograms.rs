@@ -1,0 +1,245 @@
+//! `record --histograms`: the latency histograms, accumulated across drains by series
+//! (kind + cgroup, disk or syscall), named while their cgroups still exist, printed at the end.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use emberprof_exporters::histogram_text;
+use emberprof_probes::abi::{BlockOp, HistKey, HistKind};
+use emberprof_probes::{
+    syscalls, HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms, Log2Histogram,
+};
+
+use crate::metadata::cgroups::CgroupNames;
+use crate::metadata::disks::DiskNames;
+
+/// Series printed per kind, busiest first; the rest are summarised in one line.
+const MAX_SHOWN: usize = 20;
+
+/// Whom a histogram is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Target {
+    Cgroup(u64),
+    Disk {
+        major: u32,
+        minor: u32,
+        op: BlockOp,
+    },
+    Syscall {
+        nr: u32,
+        cgroup: u64,
+    },
+    /// Everything of a kind that found no room under the key cap.
+    Overflow,
+}
+
+/// The histogram probes and everything drained from them so far.
+pub struct Histograms {
+    probe: LatencyHistograms,
+    syscalls: bool,
+    series: BTreeMap<(HistKind, Target), Log2Histogram>,
+    /// Keys with a kind this build does not know (a kernel/user-space mismatch).
+    unknown_kinds: u64,
+    cgroups: CgroupNames,
+    disks: DiskNames,
+}
+
+impl Histograms {
+    /// Loads and attaches the histogram probes.
+    pub fn start(config: &LatencyConfig) -> anyhow::Result<Self> {
+        let probe = LatencyHistograms::start(config).context("starting the latency histograms")?;
+        Ok(Histograms {
+            probe,
+            syscalls: config.syscalls,
+            series: BTreeMap::new(),
+            unknown_kinds: 0,
+            cgroups: CgroupNames::new(),
+            disks: DiskNames::default(),
+        })
+    }
+
+    /// Moves what the kernel holds into the series.
+    pub fn drain(&mut self) -> anyhow::Result<()> {
+        let drain = self
+            .probe
+            .drain()
+            .context("draining the latency histograms")?;
+        self.add(drain);
+        Ok(())
+    }
+
+    /// Detaches the probes and keeps what they still held.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let drain = self
+            .probe
+            .stop()
+            .context("stopping the latency histograms")?;
+        self.add(drain);
+        Ok(())
+    }
+
+    /// Kernel-side counters.
+    pub fn counters(&self) -> anyhow::Result<LatencyCounters> {
+        self.probe
+            .counters()
+            .context("reading the latency histograms' counters")
+    }
+
+    fn add(&mut self, drain: HistogramDrain) {
+        // Name cgroups now: a container's cgroup may be gone by the end of the recording.
+        self.cgroups.learn(
+            drain
+                .keyed
+                .iter()
+                .filter_map(|(k, _)| (k.kind != HistKind::BlockIo as u32).then_some(k.cgroup)),
+        );
+        for (key, h) in drain.keyed {
+            match series_of(&key) {
+                Some(series) => self.series.entry(series).or_default().merge(&h),
+                None => self.unknown_kinds += h.count(),
+            }
+        }
+        for (kind, h) in drain.overflow {
+            self.series
+                .entry((kind, Target::Overflow))
+                .or_default()
+                .merge(&h);
+        }
+    }
+
+    /// The text report: every kind recorded, its busiest series, and the loss counters.
+    pub fn report(&mut self) -> anyhow::Result<String> {
+        let mut out = String::new();
+        for kind in HistKind::ALL {
+            if kind == HistKind::Syscall && !self.syscalls {
+                continue;
+            }
+            let mut series: Vec<(Target, &Log2Histogram)> = self
+                .series
+                .iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|((_, t), h)| (*t, h))
+                .collect();
+            series.sort_by(|a, b| b.1.count().cmp(&a.1.count()).then(a.0.cmp(&b.0)));
+            if series.is_empty() {
+                out.push_str(&histogram_text::render(title(kind), &Log2Histogram::new()));
+                out.push('\n');
+                continue;
+            }
+            for (target, h) in series.iter().take(MAX_SHOWN) {
+                let heading = format!(
+                    "{}, {}",
+                    title(kind),
+                    label(*target, &self.cgroups, &mut self.disks)
+                );
+                out.push_str(&histogram_text::render(&heading, h));
+                out.push('\n');
+            }
+            if series.len() > MAX_SHOWN {
+                let rest = &series[MAX_SHOWN..];
+                let events: u64 = rest.iter().map(|(_, h)| h.count()).sum();
+                out.push_str(&format!(
+                    "{}: {} more histograms not shown ({events} events)\n\n",
+                    title(kind),
+                    rest.len()
+                ));
+            }
+        }
+        let c = self.counters()?;
+        out.push_str(&format!(
+            "histograms: {} durations recorded, {} beyond the key cap (in the \"other\" histograms), {} lost (too many waits in flight), {} of unknown kind\n",
+            c.recorded + c.overflowed,
+            c.overflowed,
+            c.start_full,
+            self.unknown_kinds
+        ));
+        Ok(out)
+    }
+}
+
+fn label(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> String {
+    match target {
+        Target::Cgroup(id) => format!("cgroup {}", cgroups.name(id)),
+        Target::Disk { major, minor, op } => {
+            let op = match op {
+                BlockOp::Read => "read",
+                BlockOp::Write => "write",
+                BlockOp::Other => "other",
+            };
+            format!("disk {} {op}", disks.name(major, minor))
+        }
+        Target::Syscall { nr, cgroup } => {
+            let name = syscalls::name(nr).map_or_else(|| format!("syscall {nr}"), str::to_string);
+            format!("{name}, cgroup {}", cgroups.name(cgroup))
+        }
+        Target::Overflow => "other (beyond the key cap)".to_string(),
+    }
+}
+
+fn title(kind: HistKind) -> &'static str {
+    match kind {
+        HistKind::RunQueue => "run-queue latency",
+        HistKind::OffCpu => "off-CPU duration",
+        HistKind::BlockIo => "block I/O latency",
+        HistKind::Syscall => "syscall latency",
+    }
+}
+
+fn series_of(key: &HistKey) -> Option<(HistKind, Target)> {
+    let kind = HistKind::from_index(key.kind)?;
+    let target = match kind {
+        HistKind::RunQueue | HistKind::OffCpu => Target::Cgroup(key.cgroup),
+        HistKind::BlockIo => Target::Disk {
+            major: key.major,
+            minor: key.minor,
+            op: BlockOp::from_index(key.detail),
+        },
+        HistKind::Syscall => Target::Syscall {
+            nr: key.detail,
+            cgroup: key.cgroup,
+        },
+    };
+    Some((kind, target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_series() {
+        let key = HistKey {
+            kind: HistKind::BlockIo as u32,
+            detail: 1,
+            major: 254,
+            minor: 0,
+            cgroup: 0,
+        };
+        assert_eq!(
+            series_of(&key),
+            Some((
+                HistKind::BlockIo,
+                Target::Disk {
+                    major: 254,
+                    minor: 0,
+                    op: BlockOp::Write
+                }
+            ))
+        );
+        let key = HistKey {
+            kind: HistKind::Syscall as u32,
+            detail: 35,
+            cgroup: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            series_of(&key),
+            Some((HistKind::Syscall, Target::Syscall { nr: 35, cgroup: 7 }))
+        );
+        let key = HistKey {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(series_of(&key), None);
+    }
+}

@@ -1,0 +1,4 @@
+//! Names for the ids the kernel reports: cgroup paths, disk names.
+
+pub mod cgroups;
+pub mod disks;

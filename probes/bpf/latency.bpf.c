@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Latency histograms aggregated in the kernel: run-queue latency and off-CPU duration per
+ * cgroup (scheduler BTF tracepoints), block I/O latency per disk and direction (block
+ * tracepoints), and, when user space attaches those two programs, syscall latency per
+ * syscall and cgroup. Each event updates one log2 histogram in place; nothing is streamed.
+ *
+ * Histograms are double-buffered like the profilers' counts (`ep_hist_control[0]` names the
+ * buffer being filled) so that user space can drain one while the other fills. The number
+ * of keys is capped by the map size; a value that finds no room goes to its kind's overflow
+ * histogram and is counted.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "emberprof.h"
+
+#define EEXIST 17
+#define BPF_ANY 0
+#define BPF_NOEXIST 1
+#define TASK_RUNNING 0
+#define TASK_DEAD 0x80
+#define REQ_OP_MASK 0xff
+#define REQ_OP_READ 0
+#define REQ_OP_WRITE 1
+
+#ifndef EP_HIST_KEYS
+#define EP_HIST_KEYS 1024
+#endif
+
+/* Set by the loader before verification. */
+const volatile __u8 ep_filter_pids = 0;
+
+/* When a tracked thread became runnable (woken or preempted), by thread id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 32768);
+} ep_runq_start SEC(".maps");
+
+/* When a tracked thread blocked, by thread id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 32768);
+} ep_block_wait_start SEC(".maps");
+
+/* Block requests in flight: issue time by request address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(max_entries, 16384);
+} ep_bio_start SEC(".maps");
+
+struct ep_syscall_start {
+	__u64 ts;
+	__u64 nr;
+};
+
+/* Syscalls in progress: entry time and number, by thread id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct ep_syscall_start);
+	__uint(max_entries, 32768);
+} ep_sys_start SEC(".maps");
+
+/*
+ * Shared across CPUs and preallocated: a per-CPU or lazily allocated hash costs
+ * keys x CPUs x 528 bytes, and lazy allocation fails under bursts of new keys in scheduler
+ * context. Updates are atomic instead.
+ */
+#define EP_HIST_MAP(name)                                \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_HASH);         \
+		__type(key, struct ep_hist_key);         \
+		__type(value, struct ep_hist);           \
+		__uint(max_entries, EP_HIST_KEYS);       \
+	} name SEC(".maps")
+
+EP_HIST_MAP(ep_hists_0);
+EP_HIST_MAP(ep_hists_1);
+
+/* Per kind: what did not fit in the keyed histograms. */
+#define EP_OVERFLOW_MAP(name)                            \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); \
+		__type(key, __u32);                      \
+		__type(value, struct ep_hist);           \
+		__uint(max_entries, EP_HIST_KINDS);      \
+	} name SEC(".maps")
+
+EP_OVERFLOW_MAP(ep_hist_overflow_0);
+EP_OVERFLOW_MAP(ep_hist_overflow_1);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} ep_hist_control SEC(".maps");
+
+/* A zeroed histogram to create keys from (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ep_hist);
+	__uint(max_entries, 1);
+} ep_hist_zero SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, EP_HIST_COUNTER_MAX);
+} ep_hist_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 4096);
+} ep_pid_filter SEC(".maps");
+
+static __always_inline void ep_hist_count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&ep_hist_counters, &idx);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline bool ep_tracked(__u32 tgid)
+{
+	return !ep_filter_pids || bpf_map_lookup_elem(&ep_pid_filter, &tgid);
+}
+
+/* The task's cgroup v2 id, what bpf_get_current_cgroup_id() gives for the current task. */
+static __always_inline __u64 ep_task_cgroup(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+}
+
+static __always_inline struct ep_hist *ep_hist_for(struct ep_hist_key *key)
+{
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&ep_hist_control, &zero);
+	if (!active)
+		return 0;
+	void *hists = *active ? (void *)&ep_hists_1 : (void *)&ep_hists_0;
+	void *overflow = *active ? (void *)&ep_hist_overflow_1 : (void *)&ep_hist_overflow_0;
+
+	struct ep_hist *h = bpf_map_lookup_elem(hists, key);
+	if (h)
+		goto recorded;
+	struct ep_hist *tmpl = bpf_map_lookup_elem(&ep_hist_zero, &zero);
+	if (!tmpl)
+		return 0;
+	long err = bpf_map_update_elem(hists, key, tmpl, BPF_NOEXIST);
+	if (!err || err == -EEXIST) {
+		h = bpf_map_lookup_elem(hists, key);
+		if (h)
+			goto recorded;
+	}
+	__u32 kind = key->kind;
+	ep_hist_count(EP_HIST_OVERFLOWED);
+	return bpf_map_lookup_elem(overflow, &kind);
+recorded:
+	ep_hist_count(EP_HIST_RECORDED);
+	return h;
+}
+
+static __always_inline void ep_record(struct ep_hist_key *key, __u64 delta)
+{
+	struct ep_hist *h = ep_hist_for(key);
+	if (!h)
+		return;
+	/* Atomic: other CPUs, and block completions in interrupts, update the same key. */
+	if (delta == 0)
+		__sync_fetch_and_add(&h->zero, 1);
+	else
+		__sync_fetch_and_add(&h->slots[ep_hist_slot(delta) & (EP_HIST_SLOTS - 1)], 1);
+	__sync_fetch_and_add(&h->sum_ns, delta);
+}
+
+static __always_inline void ep_mark(void *starts, __u32 tid)
+{
+	__u64 now = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(starts, &tid, &now, BPF_ANY))
+		ep_hist_count(EP_HIST_START_FULL);
+}
+
+/* Records the time since the thread's mark in `starts`, if it has one, and clears it. */
+static __always_inline void ep_finish(void *starts, __u32 tid, __u32 kind, __u64 cgroup)
+{
+	__u64 *ts = bpf_map_lookup_elem(starts, &tid);
+	if (!ts)
+		return;
+	__u64 then = *ts;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_delete_elem(starts, &tid);
+	if (now < then)
+		return;
+	struct ep_hist_key key = { .cgroup = cgroup, .kind = kind };
+	ep_record(&key, now - then);
+}
+
+static __always_inline void ep_woken(struct task_struct *p)
+{
+	if (p->pid != 0 && ep_tracked(p->tgid))
+		ep_mark(&ep_runq_start, p->pid);
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(ep_hist_wakeup, struct task_struct *p)
+{
+	ep_woken(p);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(ep_hist_wakeup_new, struct task_struct *p)
+{
+	ep_woken(p);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(ep_hist_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u32 prev_tid = prev->pid;
+
+	if (prev_state & TASK_DEAD) {
+		/* It never runs again: nothing may wait for it in the in-flight maps. */
+		bpf_map_delete_elem(&ep_runq_start, &prev_tid);
+		bpf_map_delete_elem(&ep_block_wait_start, &prev_tid);
+		bpf_map_delete_elem(&ep_sys_start, &prev_tid);
+	} else if (prev_tid != 0 && ep_tracked(prev->tgid)) {
+		/* Still runnable (preempted): it waits in the run queue from now on. */
+		if (prev_state == TASK_RUNNING)
+			ep_mark(&ep_runq_start, prev_tid);
+		else
+			ep_mark(&ep_block_wait_start, prev_tid);
+	}
+
+	__u32 next_tid = next->pid;
+	if (next_tid != 0) {
+		__u64 cgroup = ep_task_cgroup(next);
+		ep_finish(&ep_runq_start, next_tid, EP_HIST_RUNQ, cgroup);
+		ep_finish(&ep_block_wait_start, next_tid, EP_HIST_OFFCPU, cgroup);
+	}
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(ep_hist_rq_issue, struct request *rq)
+{
+	__u64 id = (__u64)rq;
+	__u64 now = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&ep_bio_start, &id, &now, BPF_ANY))
+		ep_hist_count(EP_HIST_START_FULL);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(ep_hist_rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+	__u64 id = (__u64)rq;
+	__u64 *ts = bpf_map_lookup_elem(&ep_bio_start, &id);
+	if (!ts)
+		return 0;
+	__u64 then = *ts;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_delete_elem(&ep_bio_start, &id);
+	if (now < then)
+		return 0;
+
+	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+	__u32 op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
+	struct ep_hist_key key = {
+		.kind = EP_HIST_BLOCK,
+		.detail = op == REQ_OP_READ ? EP_BLOCK_READ
+			  : op == REQ_OP_WRITE ? EP_BLOCK_WRITE
+					       : EP_BLOCK_OTHER,
+	};
+	if (disk) {
+		key.major = BPF_CORE_READ(disk, major);
+		key.minor = BPF_CORE_READ(disk, first_minor);
+	}
+	ep_record(&key, now - then);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(ep_hist_sys_enter, struct pt_regs *regs, long id)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	if (!ep_tracked(pid_tgid >> 32))
+		return 0;
+	struct ep_syscall_start start = { .ts = bpf_ktime_get_ns(), .nr = (__u64)id };
+	if (bpf_map_update_elem(&ep_sys_start, &tid, &start, BPF_ANY))
+		ep_hist_count(EP_HIST_START_FULL);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(ep_hist_sys_exit, struct pt_regs *regs, long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct ep_syscall_start *start = bpf_map_lookup_elem(&ep_sys_start, &tid);
+	if (!start)
+		return 0;
+	__u64 then = start->ts;
+	__u32 nr = (__u32)start->nr;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_delete_elem(&ep_sys_start, &tid);
+	if (now < then)
+		return 0;
+	struct ep_hist_key key = {
+		.cgroup = bpf_get_current_cgroup_id(),
+		.kind = EP_HIST_SYSCALL,
+		.detail = nr,
+	};
+	ep_record(&key, now - then);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

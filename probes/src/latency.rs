@@ -1,0 +1,265 @@
+//! Loads the latency-histogram programs (scheduler, block I/O and, opt-in, syscall
+//! tracepoints) and drains the log2 histograms they keep in the kernel.
+
+use std::os::fd::AsFd;
+
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+
+use crate::abi::{Hist, HistCounter, HistKey, HistKind};
+use crate::cpu_sampler::{MAX_FILTER_PIDS, MAX_MAP_ENTRIES};
+use crate::histogram::Log2Histogram;
+use crate::kernel_maps::{fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::{bpf_map, preflight, ProbeError};
+
+static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
+
+const HIST_MAPS: [&str; 2] = ["ep_hists_0", "ep_hists_1"];
+const OVERFLOW_MAPS: [&str; 2] = ["ep_hist_overflow_0", "ep_hist_overflow_1"];
+
+/// (program, BTF tracepoint) always attached.
+const CORE_PROGRAMS: &[(&str, &str)] = &[
+    ("ep_hist_wakeup", "sched_wakeup"),
+    ("ep_hist_wakeup_new", "sched_wakeup_new"),
+    ("ep_hist_switch", "sched_switch"),
+    ("ep_hist_rq_issue", "block_rq_issue"),
+    ("ep_hist_rq_complete", "block_rq_complete"),
+];
+
+/// (program, BTF tracepoint) attached only for syscall latency: they run on every syscall.
+const SYSCALL_PROGRAMS: &[(&str, &str)] = &[
+    ("ep_hist_sys_enter", "sys_enter"),
+    ("ep_hist_sys_exit", "sys_exit"),
+];
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct LatencyConfig {
+    /// Only these processes' threads (run queue, off-CPU, syscalls) when non-empty. Block
+    /// I/O completes in interrupt context and is always per disk, never filtered.
+    pub pids: Vec<u32>,
+    /// Also measure every syscall's latency (costs a few hundred ns per syscall).
+    pub syscalls: bool,
+    /// Distinct histograms (cgroup, disk, syscall keys) kept between drains; more go to the
+    /// overflow histogram of their kind.
+    pub max_keys: u32,
+}
+
+impl LatencyConfig {
+    /// Scheduler and block I/O histograms, up to 1024 keys.
+    pub fn new(pids: Vec<u32>) -> Self {
+        LatencyConfig {
+            pids,
+            syscalls: false,
+            max_keys: 1024,
+        }
+    }
+}
+
+/// Totals of what the kernel side saw, summed over CPUs, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyCounters {
+    /// Durations recorded into a keyed histogram.
+    pub recorded: u64,
+    /// Durations recorded into an overflow histogram: too many keys.
+    pub overflowed: u64,
+    /// Start events not tracked (in-flight map full): those durations are lost.
+    pub start_full: u64,
+}
+
+/// What one drain read: histograms by key, and per kind what did not fit the key cap.
+#[derive(Clone, Debug, Default)]
+pub struct HistogramDrain {
+    /// Keyed histograms, one entry per key present in the drained buffer.
+    pub keyed: Vec<(HistKey, Log2Histogram)>,
+    /// Non-empty overflow histograms.
+    pub overflow: Vec<(HistKind, Log2Histogram)>,
+}
+
+/// The loaded and attached histogram programs. Dropping it detaches and unloads them.
+pub struct LatencyHistograms {
+    ebpf: Ebpf,
+    hists: [MapData; 2],
+    overflow: [PerCpuArray<MapData, Hist>; 2],
+    buffers: DoubleBuffer,
+    counters: PerCpuArray<MapData, u64>,
+    attached: Vec<&'static str>,
+    cpus: usize,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+impl LatencyHistograms {
+    /// Checks privileges, loads the programs and attaches them.
+    pub fn start(config: &LatencyConfig) -> Result<Self, ProbeError> {
+        if !(1..=MAX_MAP_ENTRIES).contains(&config.max_keys) {
+            return Err(ProbeError::MapSize {
+                what: "histogram key",
+                got: config.max_keys,
+                max: MAX_MAP_ENTRIES,
+            });
+        }
+        if config.pids.len() > MAX_FILTER_PIDS {
+            return Err(ProbeError::TooManyPids {
+                got: config.pids.len(),
+                max: MAX_FILTER_PIDS,
+            });
+        }
+        preflight::check()?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
+
+        let filter = u8::from(!config.pids.is_empty());
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&btf))
+            .set_global("ep_filter_pids", &filter, true);
+        for name in HIST_MAPS {
+            loader.set_max_entries(name, config.max_keys);
+        }
+        let mut ebpf = loader.load(LATENCY_OBJ)?;
+        fill_pid_filter(&mut ebpf, &config.pids)?;
+
+        let hists = [
+            take_hash(&mut ebpf, HIST_MAPS[0])?,
+            take_hash(&mut ebpf, HIST_MAPS[1])?,
+        ];
+        let overflow = [
+            PerCpuArray::try_from(take(&mut ebpf, OVERFLOW_MAPS[0])?)
+                .map_err(map_err(OVERFLOW_MAPS[0]))?,
+            PerCpuArray::try_from(take(&mut ebpf, OVERFLOW_MAPS[1])?)
+                .map_err(map_err(OVERFLOW_MAPS[1]))?,
+        ];
+        let control = Array::try_from(take(&mut ebpf, "ep_hist_control")?)
+            .map_err(map_err("ep_hist_control"))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "ep_hist_counters")?)
+            .map_err(map_err("ep_hist_counters"))?;
+
+        let mut programs: Vec<(&'static str, &'static str)> = CORE_PROGRAMS.to_vec();
+        if config.syscalls {
+            programs.extend_from_slice(SYSCALL_PROGRAMS);
+        }
+        let mut histograms = LatencyHistograms {
+            ebpf,
+            hists,
+            overflow,
+            buffers: DoubleBuffer::new(control, "ep_hist_control"),
+            counters,
+            attached: Vec::new(),
+            cpus,
+        };
+        for (name, tracepoint) in programs {
+            let program_err = |source| ProbeError::Program { name, source };
+            let program: &mut BtfTracePoint = histograms
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingMap(name))?
+                .try_into()
+                .map_err(program_err)?;
+            program.load(tracepoint, &btf).map_err(program_err)?;
+            program.attach().map_err(program_err)?;
+            histograms.attached.push(name);
+        }
+        tracing::debug!(?config, "latency histograms attached");
+        Ok(histograms)
+    }
+
+    /// Switches the kernel to the other buffer and returns what the previous one holds.
+    pub fn drain(&mut self) -> Result<HistogramDrain, ProbeError> {
+        let old = self.buffers.switch()?;
+        self.read_buffer(old)
+    }
+
+    /// Detaches every program and returns everything still in the kernel. Waits still in
+    /// progress at that moment are not counted: they have not ended.
+    pub fn stop(&mut self) -> Result<HistogramDrain, ProbeError> {
+        for name in std::mem::take(&mut self.attached) {
+            if let Some(program) = self.ebpf.program_mut(name) {
+                let program: &mut BtfTracePoint = program
+                    .try_into()
+                    .map_err(|source| ProbeError::Program { name, source })?;
+                program
+                    .unload()
+                    .map_err(|source| ProbeError::Program { name, source })?;
+            }
+        }
+        let mut all = self.read_buffer(0)?;
+        let rest = self.read_buffer(1)?;
+        all.keyed.extend(rest.keyed);
+        all.overflow.extend(rest.overflow);
+        Ok(all)
+    }
+
+    /// Kernel-side totals since load.
+    pub fn counters(&self) -> Result<LatencyCounters, ProbeError> {
+        let mut totals = [0u64; HistCounter::ALL.len()];
+        for (i, total) in totals.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err("ep_hist_counters"))?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(LatencyCounters {
+            recorded: totals[HistCounter::Recorded as usize],
+            overflowed: totals[HistCounter::Overflowed as usize],
+            start_full: totals[HistCounter::StartFull as usize],
+        })
+    }
+
+    fn read_buffer(&mut self, buffer: usize) -> Result<HistogramDrain, ProbeError> {
+        let name = HIST_MAPS[buffer];
+        let fd = self.hists[buffer].fd().as_fd();
+        let keys: Vec<HistKey> = bpf_map::keys(fd).map_err(|source| ProbeError::MapSyscall {
+            name,
+            op: "get_next_key",
+            source,
+        })?;
+        let mut drain = HistogramDrain::default();
+        for key in keys {
+            let value: Option<Hist> =
+                bpf_map::lookup_and_delete(fd, &key).map_err(|source| ProbeError::MapSyscall {
+                    name,
+                    op: "lookup_and_delete",
+                    source,
+                })?;
+            if let Some(value) = value {
+                let mut h = Log2Histogram::new();
+                h.add_kernel(&value);
+                drain.keyed.push((key, h));
+            }
+        }
+
+        // The buffer is quiet (switched away from, or detached), so reading then zeroing
+        // each overflow entry loses nothing.
+        let overflow_name = OVERFLOW_MAPS[buffer];
+        let overflow = &mut self.overflow[buffer];
+        for kind in HistKind::ALL {
+            let per_cpu = overflow
+                .get(&(kind as u32), 0)
+                .map_err(map_err(overflow_name))?;
+            let mut h = Log2Histogram::new();
+            per_cpu.iter().for_each(|cpu| h.add_kernel(cpu));
+            if h.is_empty() {
+                continue;
+            }
+            let zeros =
+                PerCpuValues::try_from(vec![Hist::default(); self.cpus]).map_err(|source| {
+                    ProbeError::MapSyscall {
+                        name: overflow_name,
+                        op: "update",
+                        source,
+                    }
+                })?;
+            overflow
+                .set(kind as u32, zeros, 0)
+                .map_err(map_err(overflow_name))?;
+            drain.overflow.push((kind, h));
+        }
+        Ok(drain)
+    }
+}

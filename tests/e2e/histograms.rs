@@ -1,0 +1,212 @@
+//! Latency histograms kept in the kernel: run queue, off-CPU duration, block I/O, syscalls.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::support::{bpf_test, read_histograms, record, record_around, sections, Workload};
+
+/// The row of the bucket (2^23, 2^24] ns, which holds 10 ms.
+const ROW_10MS: (&str, &str) = ("8.39 ms", "16.8 ms");
+
+#[test]
+fn nanosleep_syscall_latency_lands_in_the_10ms_bucket() {
+    let Some(_serial) = bpf_test() else { return };
+    let n = 40;
+    let mut w = Workload::start_paused(&["sleep", &n.to_string(), "10"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "syscalls.txt",
+        &["--syscall-latency", "--pid", &pid],
+        || w.go_and_wait(),
+    );
+    let all = read_histograms(&rec.file);
+    let nanosleep = sections(&all, "syscall latency, nanosleep, cgroup ");
+    assert_eq!(nanosleep.len(), 1, "{all:#?}");
+    assert_eq!(
+        nanosleep[0].row(ROW_10MS.0, ROW_10MS.1),
+        n,
+        "{:#?}",
+        nanosleep[0]
+    );
+    assert_eq!(nanosleep[0].count, n);
+    // Each of the sleeps is also one off-CPU wait of the same length; the only other long
+    // wait of the process is for its "go" line.
+    let off_cpu: u64 = sections(&all, "off-CPU duration, cgroup ")
+        .iter()
+        .map(|s| s.row(ROW_10MS.0, ROW_10MS.1))
+        .sum();
+    assert!(
+        (n..=n + 1).contains(&off_cpu),
+        "off-CPU 10 ms waits: {off_cpu}"
+    );
+    // The PID filter keeps every other process's syscalls out.
+    let others: u64 = sections(&all, "syscall latency, ")
+        .iter()
+        .filter(|s| !s.title.contains(", nanosleep,") && !s.title.contains("read,"))
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        others < 50,
+        "syscalls of other processes leaked in: {all:#?}"
+    );
+}
+
+#[test]
+fn histogram_totals_survive_frequent_drains() {
+    let Some(_serial) = bpf_test() else { return };
+    // 100 sleeps of 3 ms, each in (2.1 ms, 4.19 ms], read out by ~15 drains.
+    let n = 100;
+    let mut w = Workload::start_paused(&["sleep", &n.to_string(), "3"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "drains.txt",
+        &[
+            "--syscall-latency",
+            "--pid",
+            &pid,
+            "--drain-interval",
+            "20ms",
+        ],
+        || w.go_and_wait(),
+    );
+    let all = read_histograms(&rec.file);
+    let nanosleep = sections(&all, "syscall latency, nanosleep, cgroup ");
+    assert_eq!(nanosleep.len(), 1, "{all:#?}");
+    assert_eq!(nanosleep[0].count, n, "{:#?}", nanosleep[0]);
+    assert_eq!(
+        nanosleep[0].row("2.1 ms", "4.19 ms"),
+        n,
+        "{:#?}",
+        nanosleep[0]
+    );
+}
+
+/// Run-queue latency of a busy workload's threads over 2 s: (count, total wait ns, count of
+/// waits longer than ~1 ms).
+fn run_queue_of_busy_threads(threads: usize) -> (u64, f64, u64) {
+    let w = Workload::start(&["busy", &threads.to_string()]);
+    let pid = w.pid().to_string();
+    let rec = record(
+        &format!("runq-{threads}.txt"),
+        &["--histograms", "--pid", &pid, "--duration", "2"],
+    );
+    drop(w);
+    let all = read_histograms(&rec.file);
+    let runq = sections(&all, "run-queue latency");
+    let count = runq.iter().map(|s| s.count).sum();
+    let sum = runq.iter().map(|s| s.sum_ns).sum();
+    let slow = runq.iter().map(|s| s.count_above(1_048_576.0)).sum();
+    (count, sum, slow)
+}
+
+#[test]
+fn oversubscribed_cpus_move_run_queue_latency_into_milliseconds() {
+    let Some(_serial) = bpf_test() else { return };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (idle_count, idle_sum, idle_slow) = run_queue_of_busy_threads(1);
+    let threads = cpus * 3;
+    let (count, sum, slow) = run_queue_of_busy_threads(threads);
+    let report = format!(
+        "idle: {idle_count} waits, {:.3} s, {idle_slow} over 1 ms; \
+         {threads} threads: {count} waits, {:.3} s, {slow} over 1 ms",
+        idle_sum / 1e9,
+        sum / 1e9
+    );
+    assert!(count > 100, "{report}");
+    let share = |slow: u64, count: u64| slow as f64 / count.max(1) as f64;
+    assert!(
+        share(slow, count) > share(idle_slow, idle_count) + 0.2,
+        "{report}"
+    );
+    // With T runnable threads on C CPUs, T - C of them wait at any moment: over 2 s that is
+    // (T - C) x 2 s of run-queue time in total (less what other tasks take, plus boundary waits).
+    let expected = (threads - cpus) as f64 * 2e9;
+    assert!(
+        sum > 0.6 * expected && sum < 1.2 * expected,
+        "{report}; expected about {:.1} s",
+        expected / 1e9
+    );
+    assert!(idle_sum < 0.05 * expected, "{report}");
+}
+
+/// The whole disk holding `path`: sysfs names the partition's parent for a partition.
+fn disk_of(path: &Path) -> String {
+    let dev = std::fs::metadata(path).expect("stat").dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = Path::new("/sys/dev/block").join(format!("{major}:{minor}"));
+    let sys = std::fs::canonicalize(&sys).unwrap_or_else(|e| {
+        panic!(
+            "{} is on device {major}:{minor}, which is not a block device ({e}): \
+             the block I/O test needs a disk-backed target directory",
+            path.display()
+        )
+    });
+    let disk = if sys.join("partition").exists() {
+        sys.parent()
+            .expect("a partition has a parent disk")
+            .to_path_buf()
+    } else {
+        sys
+    };
+    disk.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn direct_io_is_counted_per_disk_and_direction() {
+    let Some(_serial) = bpf_test() else { return };
+    let n = 64;
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("direct-io.bin");
+    let _ = std::fs::remove_file(&file);
+    let path = file.to_str().unwrap();
+    let mut w = Workload::start_paused(&["direct-io", path, &n.to_string()]);
+    let disk = disk_of(file.parent().unwrap());
+    let rec = record_around("block.txt", &["--histograms"], || w.go_and_wait());
+    let _ = std::fs::remove_file(&file);
+    let all = read_histograms(&rec.file);
+    for op in ["read", "write"] {
+        let title = format!("block I/O latency, disk {disk} {op}");
+        let found = sections(&all, &title);
+        assert_eq!(found.len(), 1, "no {title:?} in {all:#?}");
+        assert!(found[0].count >= n, "{op}: {:#?}", found[0]);
+        // A 4 KiB request to a virtual disk takes microseconds to milliseconds, not seconds.
+        assert!(found[0].count_above(1e9) == 0, "{:#?}", found[0]);
+    }
+}
+
+#[test]
+fn keys_beyond_the_cap_go_to_an_overflow_histogram_and_are_counted() {
+    let Some(_serial) = bpf_test() else { return };
+    let rec = record(
+        "cap.txt",
+        &[
+            "--syscall-latency",
+            "--histogram-keys",
+            "2",
+            "--duration",
+            "1",
+            "--drain-interval",
+            "10s",
+        ],
+    );
+    let text = std::fs::read_to_string(&rec.file).unwrap();
+    let all = read_histograms(&rec.file);
+    let keyed: Vec<_> = all
+        .iter()
+        .filter(|s| !s.title.ends_with("(beyond the key cap)") && s.count > 0)
+        .collect();
+    assert!(keyed.len() <= 2, "{all:#?}");
+    let overflow: u64 = all
+        .iter()
+        .filter(|s| s.title.ends_with("other (beyond the key cap)"))
+        .map(|s| s.count)
+        .sum();
+    assert!(overflow > 0, "{text}");
+    let footer = text
+        .lines()
+        .find(|l| l.starts_with("histograms: "))
+        .expect("a footer line");
+    assert!(
+        footer.contains(&format!("{overflow} beyond the key cap")),
+        "{footer} / {overflow}"
+    );
+}
