@@ -24,6 +24,7 @@ test: lint
 
 bench: build
 	python3 bench/cpu_overhead.py
+	python3 bench/sched_overhead.py
 
 clean:
 	$(CARGO) clean

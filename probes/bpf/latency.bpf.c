@@ -21,6 +21,7 @@
 #define BPF_NOEXIST 1
 #define TASK_RUNNING 0
 #define TASK_DEAD 0x80
+#define BPF_LOCAL_STORAGE_GET_F_CREATE 1
 #define REQ_OP_MASK 0xff
 #define REQ_OP_READ 0
 #define REQ_OP_WRITE 1
@@ -32,21 +33,26 @@
 /* Set by the loader before verification. */
 const volatile __u8 ep_filter_pids = 0;
 
-/* When a tracked thread became runnable (woken or preempted), by thread id. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, 32768);
-} ep_runq_start SEC(".maps");
+/*
+ * What a tracked thread is waiting for, kept in task-local storage: lookups need no hash or
+ * lock, and the kernel frees it when the thread exits. A zero time means "not waiting".
+ */
+struct ep_task_marks {
+	/* Became runnable (woken, or preempted and still runnable). */
+	__u64 runq_ts;
+	/* Left the CPU voluntarily. */
+	__u64 wait_ts;
+	/* Entered a syscall, and which. */
+	__u64 sys_ts;
+	__u64 sys_nr;
+};
 
-/* When a tracked thread blocked, by thread id. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, 32768);
-} ep_block_wait_start SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ep_task_marks);
+} ep_marks SEC(".maps");
 
 /* Block requests in flight: issue time by request address. */
 struct {
@@ -55,19 +61,6 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, 16384);
 } ep_bio_start SEC(".maps");
-
-struct ep_syscall_start {
-	__u64 ts;
-	__u64 nr;
-};
-
-/* Syscalls in progress: entry time and number, by thread id. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, struct ep_syscall_start);
-	__uint(max_entries, 32768);
-} ep_sys_start SEC(".maps");
 
 /*
  * Shared across CPUs and preallocated: a per-CPU or lazily allocated hash costs
@@ -141,7 +134,8 @@ static __always_inline bool ep_tracked(__u32 tgid)
 /* The task's cgroup v2 id, what bpf_get_current_cgroup_id() gives for the current task. */
 static __always_inline __u64 ep_task_cgroup(struct task_struct *task)
 {
-	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	/* BTF pointers: plain loads, guarded by the JIT, cheaper than probe-read helpers. */
+	return task->cgroups->dfl_cgrp->kn->id;
 }
 
 static __always_inline struct ep_hist *ep_hist_for(struct ep_hist_key *key)
@@ -186,22 +180,24 @@ static __always_inline void ep_record(struct ep_hist_key *key, __u64 delta)
 	__sync_fetch_and_add(&h->sum_ns, delta);
 }
 
-static __always_inline void ep_mark(void *starts, __u32 tid)
+/* The task's marks, created if `create`; NULL (and counted) if they cannot be had. */
+static __always_inline struct ep_task_marks *ep_marks_of(struct task_struct *task, bool create)
 {
-	__u64 now = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(starts, &tid, &now, BPF_ANY))
+	struct ep_task_marks *m =
+		bpf_task_storage_get(&ep_marks, task, 0,
+				     create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	if (!m && create)
 		ep_hist_count(EP_HIST_START_FULL);
+	return m;
 }
 
-/* Records the time since the thread's mark in `starts`, if it has one, and clears it. */
-static __always_inline void ep_finish(void *starts, __u32 tid, __u32 kind, __u64 cgroup)
+/* Records the time since *mark, if set, and clears it. */
+static __always_inline void ep_finish(__u64 *mark, __u64 now, __u64 cgroup, __u32 kind)
 {
-	__u64 *ts = bpf_map_lookup_elem(starts, &tid);
-	if (!ts)
+	__u64 then = *mark;
+	if (then == 0)
 		return;
-	__u64 then = *ts;
-	__u64 now = bpf_ktime_get_ns();
-	bpf_map_delete_elem(starts, &tid);
+	*mark = 0;
 	if (now < then)
 		return;
 	struct ep_hist_key key = { .cgroup = cgroup, .kind = kind };
@@ -210,8 +206,11 @@ static __always_inline void ep_finish(void *starts, __u32 tid, __u32 kind, __u64
 
 static __always_inline void ep_woken(struct task_struct *p)
 {
-	if (p->pid != 0 && ep_tracked(p->tgid))
-		ep_mark(&ep_runq_start, p->pid);
+	if (p->pid == 0 || !ep_tracked(p->tgid))
+		return;
+	struct ep_task_marks *m = ep_marks_of(p, true);
+	if (m)
+		m->runq_ts = bpf_ktime_get_ns();
 }
 
 SEC("tp_btf/sched_wakeup")
@@ -232,26 +231,28 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(ep_hist_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u32 prev_tid = prev->pid;
+	__u64 now = bpf_ktime_get_ns();
 
-	if (prev_state & TASK_DEAD) {
-		/* It never runs again: nothing may wait for it in the in-flight maps. */
-		bpf_map_delete_elem(&ep_runq_start, &prev_tid);
-		bpf_map_delete_elem(&ep_block_wait_start, &prev_tid);
-		bpf_map_delete_elem(&ep_sys_start, &prev_tid);
-	} else if (prev_tid != 0 && ep_tracked(prev->tgid)) {
-		/* Still runnable (preempted): it waits in the run queue from now on. */
-		if (prev_state == TASK_RUNNING)
-			ep_mark(&ep_runq_start, prev_tid);
-		else
-			ep_mark(&ep_block_wait_start, prev_tid);
+	/* An exiting task's storage goes with it; the idle task is never tracked. */
+	if (!(prev_state & TASK_DEAD) && prev->pid != 0 && ep_tracked(prev->tgid)) {
+		struct ep_task_marks *m = ep_marks_of(prev, true);
+		if (m) {
+			/* Still runnable (preempted): it waits in the run queue from now on. */
+			if (prev_state == TASK_RUNNING)
+				m->runq_ts = now;
+			else
+				m->wait_ts = now;
+		}
 	}
 
-	__u32 next_tid = next->pid;
-	if (next_tid != 0) {
-		__u64 cgroup = ep_task_cgroup(next);
-		ep_finish(&ep_runq_start, next_tid, EP_HIST_RUNQ, cgroup);
-		ep_finish(&ep_block_wait_start, next_tid, EP_HIST_OFFCPU, cgroup);
+	if (next->pid != 0) {
+		/* Never creates: a task without marks has nothing to finish. */
+		struct ep_task_marks *m = ep_marks_of(next, false);
+		if (m && (m->runq_ts || m->wait_ts)) {
+			__u64 cgroup = ep_task_cgroup(next);
+			ep_finish(&m->runq_ts, now, cgroup, EP_HIST_RUNQ);
+			ep_finish(&m->wait_ts, now, cgroup, EP_HIST_OFFCPU);
+		}
 	}
 	return 0;
 }
@@ -298,33 +299,31 @@ int BPF_PROG(ep_hist_rq_complete, struct request *rq, blk_status_t error, unsign
 SEC("tp_btf/sys_enter")
 int BPF_PROG(ep_hist_sys_enter, struct pt_regs *regs, long id)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)pid_tgid;
-	if (!ep_tracked(pid_tgid >> 32))
+	if (!ep_tracked(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	struct ep_syscall_start start = { .ts = bpf_ktime_get_ns(), .nr = (__u64)id };
-	if (bpf_map_update_elem(&ep_sys_start, &tid, &start, BPF_ANY))
-		ep_hist_count(EP_HIST_START_FULL);
+	struct ep_task_marks *m = ep_marks_of(bpf_get_current_task_btf(), true);
+	if (m) {
+		m->sys_nr = (__u64)id;
+		m->sys_ts = bpf_ktime_get_ns();
+	}
 	return 0;
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(ep_hist_sys_exit, struct pt_regs *regs, long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct ep_syscall_start *start = bpf_map_lookup_elem(&ep_sys_start, &tid);
-	if (!start)
+	struct ep_task_marks *m = ep_marks_of(bpf_get_current_task_btf(), false);
+	if (!m || m->sys_ts == 0)
 		return 0;
-	__u64 then = start->ts;
-	__u32 nr = (__u32)start->nr;
+	__u64 then = m->sys_ts;
 	__u64 now = bpf_ktime_get_ns();
-	bpf_map_delete_elem(&ep_sys_start, &tid);
+	m->sys_ts = 0;
 	if (now < then)
 		return 0;
 	struct ep_hist_key key = {
 		.cgroup = bpf_get_current_cgroup_id(),
 		.kind = EP_HIST_SYSCALL,
-		.detail = nr,
+		.detail = (__u32)m->sys_nr,
 	};
 	ep_record(&key, now - then);
 	return 0;

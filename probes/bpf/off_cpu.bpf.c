@@ -12,10 +12,10 @@
 
 #define EFAULT 14
 #define EEXIST 17
-#define BPF_ANY 0
 #define BPF_NOEXIST 1
 #define TASK_RUNNING 0
 #define TASK_DEAD 0x80
+#define BPF_LOCAL_STORAGE_GET_F_CREATE 1
 
 #ifndef EP_OFF_COUNT_ENTRIES
 #define EP_OFF_COUNT_ENTRIES 16384
@@ -26,13 +26,16 @@ const volatile __u8 ep_filter_pids = 0;
 const volatile __u8 ep_include_preempted = 0;
 const volatile __u64 ep_min_block_ns = 1000;
 
-/* Blocked tracked threads, by thread id. */
+/*
+ * What each tracked thread was doing when it blocked, in task-local storage: no hash or lock
+ * on the hot path, allocated once per thread and freed by the kernel when it exits. A zero
+ * `ts` means "not blocked".
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, struct ep_offcpu_start);
-	__uint(max_entries, 32768);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ep_offcpu_start);
 } ep_off_start SEC(".maps");
 
 #define EP_OFF_COUNT_MAP(name)                               \
@@ -61,14 +64,6 @@ struct {
 	__uint(max_entries, EP_OFF_MAX);
 } ep_off_counters SEC(".maps");
 
-/* One zeroed start record: copying it in clears the unused tail of both stacks. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct ep_offcpu_start);
-	__uint(max_entries, 1);
-} ep_off_zero SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
@@ -95,24 +90,24 @@ static __always_inline __u32 ep_frames(long bytes)
 
 static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev)
 {
-	__u32 tid = prev->pid;
 	__u32 tgid = prev->tgid;
-	__u32 zero = 0;
 
 	if (ep_filter_pids && !bpf_map_lookup_elem(&ep_pid_filter, &tgid))
 		return;
-	struct ep_offcpu_start *tmpl = bpf_map_lookup_elem(&ep_off_zero, &zero);
-	if (!tmpl)
-		return;
-	if (bpf_map_update_elem(&ep_off_start, &tid, tmpl, BPF_ANY)) {
+	struct ep_offcpu_start *start =
+		bpf_task_storage_get(&ep_off_start, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!start) {
 		ep_off_count(EP_OFF_START_FULL);
 		return;
 	}
-	struct ep_offcpu_start *start = bpf_map_lookup_elem(&ep_off_start, &tid);
-	if (!start)
-		return;
+	/*
+	 * Every byte of the key is rewritten: the ids and lengths here, the comm NUL-padded by
+	 * the helper, and both stack buffers, which bpf_get_stack zero-fills past the frames it
+	 * writes (all of it on error). Equal stacks must give equal keys.
+	 */
+	start->ts = 0;
 	start->key.tgid = tgid;
-	start->key.tid = tid;
+	start->key.tid = prev->pid;
 	bpf_get_current_comm(start->key.comm, sizeof(start->key.comm));
 	/* We run as `prev`, so the current stacks are the blocked thread's. */
 	start->key.user_len = ep_frames(
@@ -144,44 +139,42 @@ static __always_inline void ep_credit(struct ep_offcpu_key *key, __u64 delta, vo
 
 static __always_inline void ep_switch_in(struct task_struct *next)
 {
-	__u32 tid = next->pid;
-	struct ep_offcpu_start *start = bpf_map_lookup_elem(&ep_off_start, &tid);
+	struct ep_offcpu_start *start = bpf_task_storage_get(&ep_off_start, next, 0, 0);
 	if (!start)
 		return;
 	__u64 ts = start->ts;
+	if (ts == 0)
+		return;
+	start->ts = 0;
 	__u64 now = bpf_ktime_get_ns();
-	if (ts == 0 || now < ts)
-		goto done;
+	if (now < ts)
+		return;
 	__u64 delta = now - ts;
 	if (delta < ep_min_block_ns) {
 		ep_off_count(EP_OFF_SHORT);
-		goto done;
+		return;
 	}
 	__u32 zero = 0;
 	__u32 *active = bpf_map_lookup_elem(&ep_off_control, &zero);
 	if (!active)
-		goto done;
+		return;
 	if (*active)
 		ep_credit(&start->key, delta, &ep_off_counts_1);
 	else
 		ep_credit(&start->key, delta, &ep_off_counts_0);
-done:
-	bpf_map_delete_elem(&ep_off_start, &tid);
 }
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(ep_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	/* pid 0 is the idle task: its "off-CPU" time is the CPU being busy. */
-	if (prev_state & TASK_DEAD) {
-		/* Exiting: it never comes back, so nothing may wait for it in the start map. */
-		__u32 tid = prev->pid;
-		bpf_map_delete_elem(&ep_off_start, &tid);
-	} else if (prev->pid != 0 &&
-		   (ep_include_preempted || (!preempt && prev_state != TASK_RUNNING))) {
+	/*
+	 * pid 0 is the idle task: its "off-CPU" time is the CPU being busy. An exiting task
+	 * never comes back (and its storage goes with it).
+	 */
+	if (!(prev_state & TASK_DEAD) && prev->pid != 0 &&
+	    (ep_include_preempted || (!preempt && prev_state != TASK_RUNNING)))
 		ep_switch_out(ctx, prev);
-	}
 	if (next->pid != 0)
 		ep_switch_in(next);
 	return 0;

@@ -117,6 +117,9 @@ impl LatencyHistograms {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
+            // Task-local storage (ep_marks) is a map type aya has no wrapper for; it is
+            // only used by the programs.
+            .allow_unsupported_maps()
             .set_global("ep_filter_pids", &filter, true);
         for name in HIST_MAPS {
             loader.set_max_entries(name, config.max_keys);

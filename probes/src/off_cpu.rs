@@ -100,6 +100,9 @@ impl OffCpuProfiler {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
+            // The blocked-thread records are task-local storage, a map type aya has no
+            // wrapper for; only the program uses it.
+            .allow_unsupported_maps()
             .set_global("ep_filter_pids", &filter, true)
             .set_global("ep_include_preempted", &preempted, true)
             .set_global("ep_min_block_ns", &min_block_ns, true);

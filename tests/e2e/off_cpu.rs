@@ -177,3 +177,22 @@ fn off_cpu_flame_graph_is_titled_as_off_cpu() {
     assert!(svg.contains("Off-CPU profile (emberprof)"));
     assert!(svg.contains("sleep_in_nanosleep"));
 }
+
+/// Keys hold whole stack buffers: unless every byte past the frames is rewritten on each
+/// block, equal stacks would not aggregate and every block would take its own entry.
+#[test]
+fn repeated_blocks_on_one_stack_share_one_kernel_entry() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["sleep", "50", "2"]);
+    let pid = w.pid();
+    let mut profiler =
+        emberprof_probes::OffCpuProfiler::start(&emberprof_probes::OffCpuConfig::new(vec![pid]))
+            .expect("starting the off-CPU profiler");
+    w.go_and_wait();
+    let counts = profiler.stop().expect("stopping");
+    let main_thread: Vec<_> = counts.iter().filter(|c| c.tid == pid).collect();
+    let total: u64 = main_thread.iter().map(|c| c.value).sum();
+    assert!(total >= 50 * 2 * MS, "{total} ns blocked");
+    // The 50 sleeps, plus the wait for "go" and the exit path at most.
+    assert!(main_thread.len() <= 4, "{} entries", main_thread.len());
+}

@@ -8,6 +8,8 @@
  *   workload sleep N MS       after a line on stdin: N nanosleeps of MS ms in sleep_in_nanosleep
  *   workload pipe-wait N MS   after a line on stdin: N reads in wait_on_pipe, each answered by a
  *                             helper thread MS ms later
+ *   workload pingpong PAIRS N  PAIRS pairs of threads pass a byte back and forth over pipes N
+ *                             times each (scheduler-heavy: every pass is a wakeup and a switch)
  *   workload direct-io PATH N after a line on stdin: N O_DIRECT 4 KiB writes to PATH, fsync,
  *                             then N O_DIRECT 4 KiB reads of the same blocks
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
@@ -219,6 +221,48 @@ static int direct_io(const char *path, long n)
 	return close(fd);
 }
 
+struct pingpong {
+	int in, out;
+	long n;
+	int first;
+};
+
+static void *pingpong_main(void *arg)
+{
+	struct pingpong *p = arg;
+	char byte = 'x';
+	for (long i = 0; i < p->n; i++) {
+		if (p->first && write(p->out, &byte, 1) != 1)
+			break;
+		if (read(p->in, &byte, 1) != 1)
+			break;
+		if (!p->first && write(p->out, &byte, 1) != 1)
+			break;
+	}
+	return NULL;
+}
+
+static int pingpong(int pairs, long n)
+{
+	pthread_t tids[2 * 64];
+	struct pingpong ends[2 * 64];
+	if (pairs < 1 || pairs > 64)
+		return 2;
+	for (int i = 0; i < pairs; i++) {
+		int ab[2], ba[2];
+		if (pipe(ab) != 0 || pipe(ba) != 0)
+			return 1;
+		ends[2 * i] = (struct pingpong){ ba[0], ab[1], n, 1 };
+		ends[2 * i + 1] = (struct pingpong){ ab[0], ba[1], n, 0 };
+	}
+	for (int i = 0; i < 2 * pairs; i++)
+		if (pthread_create(&tids[i], NULL, pingpong_main, &ends[i]) != 0)
+			return 1;
+	for (int i = 0; i < 2 * pairs; i++)
+		pthread_join(tids[i], NULL);
+	return 0;
+}
+
 static void *busy_main(void *arg)
 {
 	(void)arg;
@@ -229,7 +273,7 @@ static void *busy_main(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | direct-io PATH N\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -265,6 +309,8 @@ int main(int argc, char **argv)
 			wait_on_pipe(fds[0]);
 		pthread_join(helper, NULL);
 		return 0;
+	} else if (strcmp(argv[1], "pingpong") == 0 && argc > 3) {
+		return pingpong(atoi(argv[2]), atol(argv[3]));
 	} else if (strcmp(argv[1], "direct-io") == 0 && argc > 3) {
 		return direct_io(argv[2], atol(argv[3]));
 	} else if (strcmp(argv[1], "syscalls") == 0) {
