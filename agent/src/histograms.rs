@@ -147,7 +147,7 @@ impl Histograms {
         }
         let c = self.counters()?;
         out.push_str(&format!(
-            "histograms: {} durations recorded, {} beyond the key cap (in the \"other\" histograms), {} lost (too many waits in flight), {} of unknown kind\n",
+            "histograms: {} durations recorded, {} beyond the key cap (in the \"other\" histograms), {} lost (waits that could not be tracked), {} of unknown kind\n",
             c.recorded + c.overflowed,
             c.overflowed,
             c.start_full,

@@ -140,7 +140,7 @@ enum ep_hist_counter {
 	EP_HIST_RECORDED = 0,
 	/* Values recorded into the per-kind overflow histogram: the key map was full. */
 	EP_HIST_OVERFLOWED = 1,
-	/* Start events not tracked: the in-flight map was full; their latency is lost. */
+	/* Waits not tracked (no task storage, or the block in-flight map full); their latency is lost. */
 	EP_HIST_START_FULL = 2,
 	EP_HIST_COUNTER_MAX = 3,
 };

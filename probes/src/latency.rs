@@ -64,7 +64,8 @@ pub struct LatencyCounters {
     pub recorded: u64,
     /// Durations recorded into an overflow histogram: too many keys.
     pub overflowed: u64,
-    /// Start events not tracked (in-flight map full): those durations are lost.
+    /// Waits not tracked (no task storage for the thread, or too many block requests in
+    /// flight): those durations are lost.
     pub start_full: u64,
 }
 
