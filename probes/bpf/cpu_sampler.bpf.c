@@ -8,6 +8,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "emberprof.h"
+#include "common.bpf.h"
 
 #define EFAULT 14
 #define EEXIST 17
@@ -20,8 +21,6 @@
 #define EP_COUNT_ENTRIES 16384
 #endif
 
-/* Set by the loader before the program is verified; read-only afterwards. */
-const volatile __u8 ep_filter_pids = 0;
 
 #define EP_STACK_MAP(name)                                            \
 	struct {                                                      \
@@ -58,20 +57,7 @@ struct {
 	__uint(max_entries, EP_CNT_MAX);
 } ep_counters SEC(".maps");
 
-/* Thread-group ids to profile when ep_filter_pids is set. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, __u8);
-	__uint(max_entries, 4096);
-} ep_pid_filter SEC(".maps");
-
-static __always_inline void ep_count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&ep_counters, &idx);
-	if (v)
-		*v += 1; /* per-CPU slot, and perf_event programs do not nest on a CPU */
-}
+#define ep_count(idx) ep_percpu_inc(&ep_counters, (idx))
 
 static __always_inline __s32 ep_stack_id(void *ctx, void *stacks, __u64 flags, __u32 full_counter)
 {
@@ -120,7 +106,7 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 		ep_count(EP_CNT_IDLE);
 		return 0;
 	}
-	if (ep_filter_pids && !bpf_map_lookup_elem(&ep_pid_filter, &tgid))
+	if (!ep_pid_tracked(tgid))
 		return 0;
 
 	__u32 zero = 0;

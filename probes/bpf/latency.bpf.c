@@ -15,6 +15,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "emberprof.h"
+#include "common.bpf.h"
 
 #define EEXIST 17
 #define BPF_ANY 0
@@ -30,8 +31,6 @@
 #define EP_HIST_KEYS 1024
 #endif
 
-/* Set by the loader before verification. */
-const volatile __u8 ep_filter_pids = 0;
 
 /*
  * What a tracked thread is waiting for, kept in task-local storage: lookups need no hash or
@@ -112,24 +111,7 @@ struct {
 	__uint(max_entries, EP_HIST_COUNTER_MAX);
 } ep_hist_counters SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, __u8);
-	__uint(max_entries, 4096);
-} ep_pid_filter SEC(".maps");
-
-static __always_inline void ep_hist_count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&ep_hist_counters, &idx);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
-static __always_inline bool ep_tracked(__u32 tgid)
-{
-	return !ep_filter_pids || bpf_map_lookup_elem(&ep_pid_filter, &tgid);
-}
+#define ep_hist_count(idx) ep_percpu_inc(&ep_hist_counters, (idx))
 
 /* The task's cgroup v2 id, what bpf_get_current_cgroup_id() gives for the current task. */
 static __always_inline __u64 ep_task_cgroup(struct task_struct *task)
@@ -206,7 +188,7 @@ static __always_inline void ep_finish(__u64 *mark, __u64 now, __u64 cgroup, __u3
 
 static __always_inline void ep_woken(struct task_struct *p)
 {
-	if (p->pid == 0 || !ep_tracked(p->tgid))
+	if (p->pid == 0 || !ep_pid_tracked(p->tgid))
 		return;
 	struct ep_task_marks *m = ep_marks_of(p, true);
 	if (m)
@@ -234,7 +216,7 @@ int BPF_PROG(ep_hist_switch, bool preempt, struct task_struct *prev, struct task
 	__u64 now = bpf_ktime_get_ns();
 
 	/* An exiting task's storage goes with it; the idle task is never tracked. */
-	if (!(prev_state & TASK_DEAD) && prev->pid != 0 && ep_tracked(prev->tgid)) {
+	if (!(prev_state & TASK_DEAD) && prev->pid != 0 && ep_pid_tracked(prev->tgid)) {
 		struct ep_task_marks *m = ep_marks_of(prev, true);
 		if (m) {
 			/* Still runnable (preempted): it waits in the run queue from now on. */
@@ -299,7 +281,7 @@ int BPF_PROG(ep_hist_rq_complete, struct request *rq, blk_status_t error, unsign
 SEC("tp_btf/sys_enter")
 int BPF_PROG(ep_hist_sys_enter, struct pt_regs *regs, long id)
 {
-	if (!ep_tracked(bpf_get_current_pid_tgid() >> 32))
+	if (!ep_pid_tracked(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	struct ep_task_marks *m = ep_marks_of(bpf_get_current_task_btf(), true);
 	if (m) {

@@ -9,6 +9,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "emberprof.h"
+#include "common.bpf.h"
 
 #define EFAULT 14
 #define EEXIST 17
@@ -22,7 +23,6 @@
 #endif
 
 /* Set by the loader before verification. */
-const volatile __u8 ep_filter_pids = 0;
 const volatile __u8 ep_include_preempted = 0;
 const volatile __u64 ep_min_block_ns = 1000;
 
@@ -64,19 +64,7 @@ struct {
 	__uint(max_entries, EP_OFF_MAX);
 } ep_off_counters SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32);
-	__type(value, __u8);
-	__uint(max_entries, 4096);
-} ep_pid_filter SEC(".maps");
-
-static __always_inline void ep_off_count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&ep_off_counters, &idx);
-	if (v)
-		*v += 1;
-}
+#define ep_off_count(idx) ep_percpu_inc(&ep_off_counters, (idx))
 
 static __always_inline __u32 ep_frames(long bytes)
 {
@@ -92,7 +80,7 @@ static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev)
 {
 	__u32 tgid = prev->tgid;
 
-	if (ep_filter_pids && !bpf_map_lookup_elem(&ep_pid_filter, &tgid))
+	if (!ep_pid_tracked(tgid))
 		return;
 	struct ep_offcpu_start *start =
 		bpf_task_storage_get(&ep_off_start, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);

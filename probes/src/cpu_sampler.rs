@@ -14,8 +14,8 @@ use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{Counter, SampleKey};
-use crate::kernel_maps::{drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
-use crate::{preflight, ProbeError};
+use crate::kernel_maps::{check_start, drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::ProbeError;
 
 static CPU_SAMPLER_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
@@ -133,25 +133,13 @@ impl CpuSampler {
                 max: MAX_FREQUENCY_HZ,
             });
         }
-        if config.pids.len() > MAX_FILTER_PIDS {
-            return Err(ProbeError::TooManyPids {
-                got: config.pids.len(),
-                max: MAX_FILTER_PIDS,
-            });
-        }
-        for (what, n) in [
-            ("stack", config.stack_map_entries),
-            ("count", config.count_map_entries),
-        ] {
-            if !(1..=MAX_MAP_ENTRIES).contains(&n) {
-                return Err(ProbeError::MapSize {
-                    what,
-                    got: n,
-                    max: MAX_MAP_ENTRIES,
-                });
-            }
-        }
-        preflight::check()?;
+        check_start(
+            &[
+                ("stack", config.stack_map_entries),
+                ("count", config.count_map_entries),
+            ],
+            &config.pids,
+        )?;
 
         let filter: u8 = u8::from(!config.pids.is_empty());
         let mut loader = EbpfLoader::new();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use aya::maps::{Array, Map, MapData};
 use aya::{Ebpf, Pod};
 
-use crate::{bpf_map, ProbeError};
+use crate::cpu_sampler::{MAX_FILTER_PIDS, MAX_MAP_ENTRIES};
+use crate::{bpf_map, preflight, ProbeError};
 
 /// How long a program that read the old buffer index can still be running after the
 /// switch. BPF programs run for microseconds without sleeping; this is generous.
@@ -83,6 +84,31 @@ pub(crate) fn take_hash(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, 
         Map::HashMap(data) | Map::PerCpuHashMap(data) => Ok(data),
         _ => Err(ProbeError::MissingMap(name)),
     }
+}
+
+/// Checks what every loader checks before touching the kernel: the sizes of its main maps
+/// (named as in the error), the number of PIDs to filter, and privileges.
+pub(crate) fn check_start(
+    map_sizes: &[(&'static str, u32)],
+    pids: &[u32],
+) -> Result<(), ProbeError> {
+    for &(what, n) in map_sizes {
+        if !(1..=MAX_MAP_ENTRIES).contains(&n) {
+            return Err(ProbeError::MapSize {
+                what,
+                got: n,
+                max: MAX_MAP_ENTRIES,
+            });
+        }
+    }
+    if pids.len() > MAX_FILTER_PIDS {
+        return Err(ProbeError::TooManyPids {
+            got: pids.len(),
+            max: MAX_FILTER_PIDS,
+        });
+    }
+    preflight::check()?;
+    Ok(())
 }
 
 /// Fills the object's `ep_pid_filter` map with the processes to profile.

@@ -8,10 +8,9 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{Hist, HistCounter, HistKey, HistKind};
-use crate::cpu_sampler::{MAX_FILTER_PIDS, MAX_MAP_ENTRIES};
 use crate::histogram::Log2Histogram;
-use crate::kernel_maps::{fill_pid_filter, take, take_hash, DoubleBuffer};
-use crate::{bpf_map, preflight, ProbeError};
+use crate::kernel_maps::{check_start, drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::ProbeError;
 
 static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
 
@@ -96,20 +95,7 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
 impl LatencyHistograms {
     /// Checks privileges, loads the programs and attaches them.
     pub fn start(config: &LatencyConfig) -> Result<Self, ProbeError> {
-        if !(1..=MAX_MAP_ENTRIES).contains(&config.max_keys) {
-            return Err(ProbeError::MapSize {
-                what: "histogram key",
-                got: config.max_keys,
-                max: MAX_MAP_ENTRIES,
-            });
-        }
-        if config.pids.len() > MAX_FILTER_PIDS {
-            return Err(ProbeError::TooManyPids {
-                got: config.pids.len(),
-                max: MAX_FILTER_PIDS,
-            });
-        }
-        preflight::check()?;
+        check_start(&[("histogram key", config.max_keys)], &config.pids)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
 
@@ -217,25 +203,12 @@ impl LatencyHistograms {
 
     fn read_buffer(&mut self, buffer: usize) -> Result<HistogramDrain, ProbeError> {
         let name = HIST_MAPS[buffer];
-        let fd = self.hists[buffer].fd().as_fd();
-        let keys: Vec<HistKey> = bpf_map::keys(fd).map_err(|source| ProbeError::MapSyscall {
-            name,
-            op: "get_next_key",
-            source,
-        })?;
+        let entries: Vec<(HistKey, Hist)> = drain_hash(self.hists[buffer].fd().as_fd(), name)?;
         let mut drain = HistogramDrain::default();
-        for key in keys {
-            let value: Option<Hist> =
-                bpf_map::lookup_and_delete(fd, &key).map_err(|source| ProbeError::MapSyscall {
-                    name,
-                    op: "lookup_and_delete",
-                    source,
-                })?;
-            if let Some(value) = value {
-                let mut h = Log2Histogram::new();
-                h.add_kernel(&value);
-                drain.keyed.push((key, h));
-            }
+        for (key, value) in entries {
+            let mut h = Log2Histogram::new();
+            h.add_kernel(&value);
+            drain.keyed.push((key, h));
         }
 
         // The buffer is quiet (switched away from, or detached), so reading then zeroing

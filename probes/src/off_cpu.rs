@@ -10,9 +10,9 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{OffCpuCounter, OffCpuKey, OffCpuValue};
-use crate::cpu_sampler::{Stack, StackCount, MAX_FILTER_PIDS, MAX_MAP_ENTRIES};
-use crate::kernel_maps::{drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
-use crate::{preflight, ProbeError};
+use crate::cpu_sampler::{Stack, StackCount};
+use crate::kernel_maps::{check_start, drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::ProbeError;
 
 static OFF_CPU_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/off_cpu.bpf.o"));
 
@@ -78,20 +78,7 @@ pub struct OffCpuProfiler {
 impl OffCpuProfiler {
     /// Checks privileges, loads the program and attaches it to sched_switch.
     pub fn start(config: &OffCpuConfig) -> Result<Self, ProbeError> {
-        if !(1..=MAX_MAP_ENTRIES).contains(&config.count_map_entries) {
-            return Err(ProbeError::MapSize {
-                what: "off-CPU count",
-                got: config.count_map_entries,
-                max: MAX_MAP_ENTRIES,
-            });
-        }
-        if config.pids.len() > MAX_FILTER_PIDS {
-            return Err(ProbeError::TooManyPids {
-                got: config.pids.len(),
-                max: MAX_FILTER_PIDS,
-            });
-        }
-        preflight::check()?;
+        check_start(&[("off-CPU count", config.count_map_entries)], &config.pids)?;
 
         let filter = u8::from(!config.pids.is_empty());
         let preempted = u8::from(config.include_preempted);

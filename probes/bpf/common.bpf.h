@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * What every emberprof program shares: the PID filter (filled by the loader, see
+ * kernel_maps.rs) and per-CPU counter increments. Include after vmlinux.h and bpf_helpers.h.
+ */
+#ifndef EP_COMMON_BPF_H
+#define EP_COMMON_BPF_H
+
+/* Set by the loader before verification: trace only the tgids in ep_pid_filter. */
+const volatile __u8 ep_filter_pids = 0;
+
+/* Thread-group ids to trace when ep_filter_pids is set (MAX_FILTER_PIDS in Rust). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 4096);
+} ep_pid_filter SEC(".maps");
+
+static __always_inline bool ep_pid_tracked(__u32 tgid)
+{
+	return !ep_filter_pids || bpf_map_lookup_elem(&ep_pid_filter, &tgid);
+}
+
+/* Adds one to entry `idx` of a per-CPU __u64 array. */
+static __always_inline void ep_percpu_inc(void *counters, __u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(counters, &idx);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+#endif
