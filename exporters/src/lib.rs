@@ -1,9 +1,11 @@
 //! The in-memory profile model and the formats it is written in; latency histograms as text.
 
+pub mod delivery;
 mod error;
 pub mod folded;
 pub mod histogram_text;
 mod model;
+pub mod otlp;
 pub mod pprof;
 pub mod svg;
 #[cfg(test)]

@@ -1,0 +1,20 @@
+//! Getting batches to an OTLP collector: configuration from the standard environment
+//! variables, a gRPC client with retries, and a byte-bounded queue drained by a background
+//! worker so that a slow or absent collector never blocks the caller.
+
+mod client;
+mod config;
+mod pipeline;
+mod queue;
+mod retry;
+
+pub use client::{OtlpClient, SendError};
+pub use config::{ConfigError, OtlpConfig};
+pub use pipeline::{Batch, Pipeline, PipelineStats};
+pub use queue::ByteQueue;
+
+#[cfg(test)]
+#[path = "../../../tests/support/collector.rs"]
+mod collector;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! The `ProfilesDictionary` of one export request: every table deduplicated, entry 0 the
+//! zero value, as the format requires.
+
+use std::collections::HashMap;
+
+use emberprof_symbolizer::{FrameKind, Location, Module};
+
+use super::proto::profiles::v1development as pb;
+use super::AttrValue;
+
+/// Builds the dictionary; every `*_index` it returns points into it.
+pub struct DictionaryBuilder {
+    dict: pb::ProfilesDictionary,
+    strings: HashMap<String, i32>,
+    functions: HashMap<(i32, i32), i32>,
+    mappings: HashMap<(String, Option<String>), i32>,
+    locations: HashMap<Location, i32>,
+    stacks: HashMap<Vec<i32>, i32>,
+    attributes: HashMap<(String, AttrValue), i32>,
+}
+
+impl Default for DictionaryBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DictionaryBuilder {
+    /// A dictionary holding only the zero entries.
+    pub fn new() -> Self {
+        let dict = pb::ProfilesDictionary {
+            mapping_table: vec![pb::Mapping::default()],
+            location_table: vec![pb::Location::default()],
+            function_table: vec![pb::Function::default()],
+            link_table: vec![pb::Link::default()],
+            string_table: vec![String::new()],
+            attribute_table: vec![pb::KeyValueAndUnit::default()],
+            stack_table: vec![pb::Stack::default()],
+        };
+        let mut strings = HashMap::new();
+        strings.insert(String::new(), 0);
+        DictionaryBuilder {
+            dict,
+            strings,
+            functions: HashMap::new(),
+            mappings: HashMap::new(),
+            locations: HashMap::new(),
+            stacks: HashMap::new(),
+            attributes: HashMap::new(),
+        }
+    }
+
+    /// Index of a string.
+    pub fn string(&mut self, s: &str) -> i32 {
+        if let Some(&i) = self.strings.get(s) {
+            return i;
+        }
+        let i = self.dict.string_table.len() as i32;
+        self.dict.string_table.push(s.to_string());
+        self.strings.insert(s.to_string(), i);
+        i
+    }
+
+    /// Index of an attribute (key, value) without a unit.
+    pub fn attribute(&mut self, key: &str, value: AttrValue) -> i32 {
+        let id = (key.to_string(), value);
+        if let Some(&i) = self.attributes.get(&id) {
+            return i;
+        }
+        let key_strindex = self.string(key);
+        let i = self.dict.attribute_table.len() as i32;
+        self.dict.attribute_table.push(pb::KeyValueAndUnit {
+            key_strindex,
+            value: Some(id.1.to_any()),
+            unit_strindex: 0,
+        });
+        self.attributes.insert(id, i);
+        i
+    }
+
+    fn function(&mut self, name: &str, file: Option<&str>) -> i32 {
+        let name = self.string(name);
+        let file = file.map_or(0, |f| self.string(f));
+        let next = self.dict.function_table.len() as i32;
+        let i = *self.functions.entry((name, file)).or_insert(next);
+        if i == next {
+            self.dict.function_table.push(pb::Function {
+                name_strindex: name,
+                system_name_strindex: name,
+                filename_strindex: file,
+                start_line: 0,
+            });
+        }
+        i
+    }
+
+    fn mapping(&mut self, module: &Module) -> i32 {
+        let id = (
+            module.path.to_string(),
+            module.build_id.as_deref().map(str::to_string),
+        );
+        if let Some(&i) = self.mappings.get(&id) {
+            return i;
+        }
+        let filename_strindex = self.string(&module.path);
+        let attribute_indices = match &module.build_id {
+            Some(b) => vec![self.attribute(
+                "process.executable.build_id.gnu",
+                AttrValue::Str(b.to_string()),
+            )],
+            None => Vec::new(),
+        };
+        let i = self.dict.mapping_table.len() as i32;
+        // Addresses are file offsets (user) or kernel addresses: the mapping covers the
+        // whole file, so start, limit and offset stay 0.
+        self.dict.mapping_table.push(pb::Mapping {
+            filename_strindex,
+            attribute_indices,
+            ..Default::default()
+        });
+        self.mappings.insert(id, i);
+        i
+    }
+
+    /// Index of a location, its mapping, functions and frame-type attribute.
+    pub fn location(&mut self, loc: &Location) -> i32 {
+        if let Some(&i) = self.locations.get(loc) {
+            return i;
+        }
+        let mapping_index = loc.module.as_deref().map_or(0, |m| self.mapping(m));
+        let lines = loc
+            .frames
+            .iter()
+            .map(|f| pb::Line {
+                function_index: self.function(&f.function, f.file.as_deref()),
+                line: i64::from(f.line),
+                column: 0,
+            })
+            .collect();
+        // The frame type the OpenTelemetry eBPF profiler sets; Pyroscope and the Collector
+        // use it to tell kernel frames apart.
+        let frame_type = match loc.kind {
+            FrameKind::User => "native",
+            FrameKind::Kernel => "kernel",
+        };
+        let attribute_indices =
+            vec![self.attribute("profile.frame.type", AttrValue::Str(frame_type.to_string()))];
+        let i = self.dict.location_table.len() as i32;
+        self.dict.location_table.push(pb::Location {
+            mapping_index,
+            address: loc.address,
+            lines,
+            attribute_indices,
+        });
+        self.locations.insert(loc.clone(), i);
+        i
+    }
+
+    /// Index of a stack of locations, leaf first.
+    pub fn stack(&mut self, locations: &[std::sync::Arc<Location>]) -> i32 {
+        let indices: Vec<i32> = locations.iter().map(|l| self.location(l)).collect();
+        if let Some(&i) = self.stacks.get(&indices) {
+            return i;
+        }
+        let i = self.dict.stack_table.len() as i32;
+        self.dict.stack_table.push(pb::Stack {
+            location_indices: indices.clone(),
+        });
+        self.stacks.insert(indices, i);
+        i
+    }
+
+    /// The finished dictionary.
+    pub fn finish(self) -> pb::ProfilesDictionary {
+        self.dict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emberprof_symbolizer::Frame;
+    use std::sync::Arc;
+
+    fn loc(name: &str, addr: u64) -> Arc<Location> {
+        Arc::new(Location {
+            kind: FrameKind::User,
+            module: Some(Arc::new(Module {
+                path: Arc::from("/bin/app"),
+                build_id: Some(Arc::from("abcd")),
+            })),
+            address: addr,
+            frames: vec![Frame {
+                function: Arc::from(name),
+                file: Some(Arc::from("app.c")),
+                line: 3,
+            }],
+        })
+    }
+
+    #[test]
+    fn tables_start_with_zero_values_and_deduplicate() {
+        let mut d = DictionaryBuilder::new();
+        let a = d.stack(&[loc("f", 1), loc("main", 2)]);
+        let b = d.stack(&[loc("f", 1), loc("main", 2)]);
+        let c = d.stack(&[loc("main", 2)]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let dict = d.finish();
+        assert_eq!(dict.string_table[0], "");
+        assert_eq!(dict.stack_table[0], pb::Stack::default());
+        assert_eq!(dict.location_table[0], pb::Location::default());
+        assert_eq!(dict.function_table[0], pb::Function::default());
+        assert_eq!(dict.mapping_table[0], pb::Mapping::default());
+        assert_eq!(dict.attribute_table[0], pb::KeyValueAndUnit::default());
+        assert_eq!(dict.stack_table.len(), 3);
+        assert_eq!(dict.location_table.len(), 3);
+        assert_eq!(dict.function_table.len(), 3);
+        assert_eq!(dict.mapping_table.len(), 2);
+        let mut strings = dict.string_table.clone();
+        strings.sort();
+        strings.dedup();
+        assert_eq!(
+            strings.len(),
+            dict.string_table.len(),
+            "no duplicate strings"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! Profiles as one OTLP `ExportProfilesServiceRequest`: one `ResourceProfiles` per process,
+//! one `Profile` per kind (CPU, off-CPU) in it, all sharing one dictionary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+
+use super::dictionary::DictionaryBuilder;
+use super::proto::collector::profiles::v1development::ExportProfilesServiceRequest;
+use super::proto::profiles::v1development as pb;
+use super::proto::resource::v1::Resource;
+use super::resource::key_values;
+use super::{scope, AttrValue, Attributes};
+use crate::Profile;
+
+/// Builds the request. `processes` gives each PID's resource attributes (service.name,
+/// process.*, container.id); `common` is added to every resource (host.*, and what
+/// `OTEL_RESOURCE_ATTRIBUTES` says) unless the process already has that key.
+///
+/// The OTLP sample type of each profile is the model's first sample type (`samples/count`
+/// for CPU, `off_cpu/nanoseconds` for off-CPU), with the model's period type and period.
+pub fn request(
+    profiles: &[&Profile],
+    processes: &HashMap<u32, Attributes>,
+    common: &Attributes,
+) -> ExportProfilesServiceRequest {
+    let mut dict = DictionaryBuilder::new();
+    let thread_id = "thread.id";
+    let thread_name = "thread.name";
+
+    // pid -> one profile per kind, in the order given.
+    let mut by_pid: BTreeMap<u32, Vec<pb::Profile>> = BTreeMap::new();
+    for profile in profiles {
+        let mut samples: BTreeMap<u32, Vec<pb::Sample>> = BTreeMap::new();
+        for s in &profile.samples {
+            let Some(&value) = s.values.first() else {
+                continue;
+            };
+            let attribute_indices = vec![
+                dict.attribute(thread_id, AttrValue::Int(i64::from(s.tid))),
+                dict.attribute(thread_name, AttrValue::Str(s.thread_name.to_string())),
+            ];
+            samples.entry(s.pid).or_default().push(pb::Sample {
+                stack_index: dict.stack(&s.stack),
+                attribute_indices,
+                link_index: 0,
+                values: vec![value],
+                timestamps_unix_nano: Vec::new(),
+            });
+        }
+        let Some(sample_type) = profile.sample_types.first() else {
+            continue;
+        };
+        for (pid, samples) in samples {
+            let sample_type = Some(pb::ValueType {
+                type_strindex: dict.string(&sample_type.kind),
+                unit_strindex: dict.string(&sample_type.unit),
+            });
+            let period_type = Some(pb::ValueType {
+                type_strindex: dict.string(&profile.period_type.kind),
+                unit_strindex: dict.string(&profile.period_type.unit),
+            });
+            by_pid.entry(pid).or_default().push(pb::Profile {
+                sample_type,
+                samples,
+                time_unix_nano: u64::try_from(profile.start_unix_nanos()).unwrap_or(0),
+                duration_nano: u64::try_from(profile.duration.as_nanos()).unwrap_or(u64::MAX),
+                period_type,
+                period: profile.period,
+                profile_id: profile_id(),
+                ..Default::default()
+            });
+        }
+    }
+
+    let resource_profiles = by_pid
+        .into_iter()
+        .map(|(pid, profiles)| {
+            let mut attrs = processes.get(&pid).cloned().unwrap_or_else(|| {
+                vec![("process.pid".to_string(), AttrValue::Int(i64::from(pid)))]
+            });
+            for (k, v) in common {
+                if !attrs.iter().any(|(key, _)| key == k) {
+                    attrs.push((k.clone(), v.clone()));
+                }
+            }
+            pb::ResourceProfiles {
+                resource: Some(Resource {
+                    attributes: key_values(&attrs),
+                    ..Default::default()
+                }),
+                scope_profiles: vec![pb::ScopeProfiles {
+                    scope: Some(scope()),
+                    profiles,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }
+        })
+        .collect();
+
+    ExportProfilesServiceRequest {
+        resource_profiles,
+        dictionary: Some(dict.finish()),
+    }
+}
+
+/// 16 random bytes, never all zero (the format's "invalid" id).
+fn profile_id() -> Vec<u8> {
+    let state = std::collections::hash_map::RandomState::new();
+    let mut id = Vec::with_capacity(16);
+    for salt in [1u64, 2] {
+        let mut h = state.build_hasher();
+        h.write_u64(salt);
+        id.extend_from_slice(&h.finish().to_le_bytes());
+    }
+    if id.iter().all(|&b| b == 0) {
+        id[0] = 1;
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::validate::validate_profiles;
+    use crate::testdata;
+
+    #[test]
+    fn one_resource_per_process_with_valid_indices() {
+        let cpu = testdata::profile();
+        let mut processes = HashMap::new();
+        for s in &cpu.samples {
+            processes.insert(
+                s.pid,
+                vec![
+                    ("service.name".to_string(), AttrValue::Str("svc".into())),
+                    ("process.pid".to_string(), AttrValue::Int(i64::from(s.pid))),
+                ],
+            );
+        }
+        let common = vec![
+            ("host.name".to_string(), AttrValue::Str("node-1".into())),
+            ("service.name".to_string(), AttrValue::Str("ignored".into())),
+        ];
+        let req = request(&[&cpu], &processes, &common);
+        validate_profiles(&req).unwrap();
+        let pids: std::collections::HashSet<u32> = cpu.samples.iter().map(|s| s.pid).collect();
+        assert_eq!(req.resource_profiles.len(), pids.len());
+        let dict = req.dictionary.as_ref().unwrap();
+        for rp in &req.resource_profiles {
+            let attrs = &rp.resource.as_ref().unwrap().attributes;
+            let names: Vec<&str> = attrs.iter().map(|kv| kv.key.as_str()).collect();
+            assert_eq!(names, ["service.name", "process.pid", "host.name"]);
+            let p = &rp.scope_profiles[0].profiles[0];
+            let st = p.sample_type.unwrap();
+            assert_eq!(dict.string_table[st.type_strindex as usize], "samples");
+            assert_eq!(dict.string_table[st.unit_strindex as usize], "count");
+            let pt = p.period_type.unwrap();
+            assert_eq!(dict.string_table[pt.type_strindex as usize], "cpu");
+            assert_eq!(p.period, cpu.period);
+            assert_eq!(p.profile_id.len(), 16);
+        }
+        let total: i64 = req
+            .resource_profiles
+            .iter()
+            .flat_map(|rp| &rp.scope_profiles[0].profiles[0].samples)
+            .map(|s| s.values[0])
+            .sum();
+        assert_eq!(total, cpu.total(0));
+    }
+}

@@ -1,0 +1,212 @@
+//! An in-test OTLP collector: a real gRPC server for the profiles and metrics services that
+//! records what it receives and can be told to fail first. Shared by the exporters' tests
+//! and the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::{
+    ProfilesService, ProfilesServiceServer,
+};
+use opentelemetry_proto::tonic::collector::profiles::v1development::{
+    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+/// What the collector saw.
+#[derive(Default)]
+pub struct Received {
+    pub profiles: Vec<ExportProfilesServiceRequest>,
+    pub metrics: Vec<ExportMetricsServiceRequest>,
+    /// Request metadata of every call, as (key, value) text.
+    pub headers: Vec<Vec<(String, String)>>,
+    /// Calls answered with an error.
+    pub failed_calls: usize,
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    received: Arc<Mutex<Received>>,
+    /// Errors to answer with, in order, before answering OK.
+    failures: Arc<Mutex<VecDeque<Status>>>,
+}
+
+impl Collector {
+    fn call<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let headers = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().unwrap_or("").to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut received = self.received.lock().unwrap();
+        received.headers.push(headers);
+        if let Some(status) = self.failures.lock().unwrap().pop_front() {
+            received.failed_calls += 1;
+            return Err(status);
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl ProfilesService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportProfilesServiceRequest>,
+    ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
+        self.call(&request)?;
+        self.received
+            .lock()
+            .unwrap()
+            .profiles
+            .push(request.into_inner());
+        Ok(Response::new(ExportProfilesServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.call(&request)?;
+        self.received
+            .lock()
+            .unwrap()
+            .metrics
+            .push(request.into_inner());
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// A running collector; stops when dropped.
+pub struct TestCollector {
+    pub addr: SocketAddr,
+    collector: Collector,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A loopback port that is free now (for a collector started later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestCollector {
+    /// Starts a collector on a free loopback port.
+    pub fn start() -> TestCollector {
+        TestCollector::start_on(free_port())
+    }
+
+    /// Starts a collector on `port`, answering with `failures` first.
+    pub fn start_on(port: u16) -> TestCollector {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let collector = Collector::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let svc = collector.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                ready_tx.send(()).unwrap();
+                let incoming = tokio_stream_from(listener);
+                let server = tonic::transport::Server::builder()
+                    .add_service(
+                        ProfilesServiceServer::new(svc.clone())
+                            .accept_compressed(CompressionEncoding::Gzip)
+                            .max_decoding_message_size(64 << 20),
+                    )
+                    .add_service(
+                        MetricsServiceServer::new(svc).accept_compressed(CompressionEncoding::Gzip),
+                    )
+                    .serve_with_incoming(incoming);
+                // Not a graceful shutdown: that would wait for clients to hang up.
+                tokio::select! {
+                    _ = server => {}
+                    _ = rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("collector started");
+        TestCollector {
+            addr,
+            collector,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers the next calls with these errors before answering OK again.
+    pub fn fail_next(&self, statuses: Vec<Status>) {
+        self.collector.failures.lock().unwrap().extend(statuses);
+    }
+
+    /// What was received so far.
+    pub fn received(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.collector.received.lock().unwrap()
+    }
+
+    /// Waits until `done` holds for what was received, or `timeout` passes.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&Received) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.received()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done(&self.received())
+    }
+}
+
+impl Drop for TestCollector {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accepted connections as the stream tonic serves from.
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
