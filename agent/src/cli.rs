@@ -65,6 +65,34 @@ pub struct RecordArgs {
     /// Output file, or - for standard output [default: emberprof-<UTC time>.<ext>].
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Send the recording to this OTLP/gRPC collector (http:// plaintext, https:// TLS);
+    /// default from OTEL_EXPORTER_OTLP_ENDPOINT.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Extra OTLP request header KEY=VALUE (repeatable); adds to OTEL_EXPORTER_OTLP_HEADERS.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub otlp_header: Vec<String>,
+    /// OTLP compression: gzip or none [default: OTEL_EXPORTER_OTLP_COMPRESSION, else none].
+    #[arg(long, value_name = "gzip|none")]
+    pub otlp_compression: Option<String>,
+    /// Deadline of one OTLP export attempt [default: OTEL_EXPORTER_OTLP_TIMEOUT, else 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub otlp_timeout: Option<Duration>,
+    /// CA certificate (PEM) to verify an https:// collector [OTEL_EXPORTER_OTLP_CERTIFICATE].
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS [OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE].
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS [OTEL_EXPORTER_OTLP_CLIENT_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<PathBuf>,
+    /// Temporality of the exported histograms.
+    #[arg(long, value_enum, default_value = "cumulative")]
+    pub otlp_temporality: TemporalityArg,
+    /// How long to keep retrying the export after recording ends.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub otlp_flush_timeout: Duration,
     /// How often the kernel maps are drained and symbolized while recording.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
     pub drain_interval: Duration,
@@ -74,6 +102,14 @@ pub struct RecordArgs {
     /// Entries in each of the kernel's two count maps.
     #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
     pub count_map_entries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TemporalityArg {
+    /// Totals since the recording started.
+    Cumulative,
+    /// Changes since the previous export.
+    Delta,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use emberprof_exporters::histogram_text;
+use emberprof_exporters::otlp::metrics::HistogramPoint;
+use emberprof_exporters::otlp::{AttrValue, Attributes};
 use emberprof_probes::abi::{BlockOp, HistKey, HistKind};
 use emberprof_probes::{
     syscalls, HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms, Log2Histogram,
@@ -12,6 +14,7 @@ use emberprof_probes::{
 
 use crate::metadata::cgroups::CgroupNames;
 use crate::metadata::disks::DiskNames;
+use crate::metadata::process::container_id;
 
 /// Series printed per kind, busiest first; the rest are summarised in one line.
 const MAX_SHOWN: usize = 20;
@@ -107,6 +110,21 @@ impl Histograms {
         }
     }
 
+    /// Every series as an OTLP exponential-histogram point, totals since the start.
+    pub fn points(&mut self) -> Vec<HistogramPoint> {
+        let mut points = Vec::new();
+        for ((kind, target), h) in &self.series {
+            let (metric, description) = metric_of(*kind);
+            points.push(HistogramPoint {
+                metric: metric.to_string(),
+                description: description.to_string(),
+                attributes: attributes(*target, &self.cgroups, &mut self.disks),
+                histogram: h.clone(),
+            });
+        }
+        points
+    }
+
     /// The text report: every kind recorded, its busiest series, and the loss counters.
     pub fn report(&mut self) -> anyhow::Result<String> {
         let mut out = String::new();
@@ -174,6 +192,70 @@ fn label(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> String
         }
         Target::Overflow => "other (beyond the key cap)".to_string(),
     }
+}
+
+fn direction(op: BlockOp) -> &'static str {
+    match op {
+        BlockOp::Read => "read",
+        BlockOp::Write => "write",
+        BlockOp::Other => "other",
+    }
+}
+
+fn metric_of(kind: HistKind) -> (&'static str, &'static str) {
+    match kind {
+        HistKind::RunQueue => (
+            "emberprof.sched.runqueue.latency",
+            "Time threads waited runnable before running (wakeup or preemption to switch-in)",
+        ),
+        HistKind::OffCpu => (
+            "emberprof.sched.offcpu.duration",
+            "Time threads spent blocked (voluntary switch-out to switch-in)",
+        ),
+        HistKind::BlockIo => (
+            "emberprof.block.io.latency",
+            "Block request latency, issue to completion",
+        ),
+        HistKind::Syscall => (
+            "emberprof.syscall.latency",
+            "Syscall latency, entry to exit",
+        ),
+    }
+}
+
+fn cgroup_attributes(id: u64, cgroups: &CgroupNames, attrs: &mut Attributes) {
+    let path = cgroups.name(id);
+    // The same 64-hex-digit component rule as for processes, applied to the cgroup path.
+    if let Some(c) = container_id(&format!("0::{path}")) {
+        attrs.push(("container.id".into(), AttrValue::Str(c)));
+    }
+    attrs.push(("cgroup.path".into(), AttrValue::Str(path)));
+}
+
+fn attributes(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> Attributes {
+    let mut attrs = Attributes::new();
+    match target {
+        Target::Cgroup(id) => cgroup_attributes(id, cgroups, &mut attrs),
+        Target::Disk { major, minor, op } => {
+            attrs.push((
+                "disk.device".into(),
+                AttrValue::Str(disks.name(major, minor)),
+            ));
+            attrs.push((
+                "disk.io.direction".into(),
+                AttrValue::Str(direction(op).into()),
+            ));
+        }
+        Target::Syscall { nr, cgroup } => {
+            let name = syscalls::name(nr).map_or_else(|| nr.to_string(), str::to_string);
+            attrs.push(("syscall.name".into(), AttrValue::Str(name)));
+            cgroup_attributes(cgroup, cgroups, &mut attrs);
+        }
+        Target::Overflow => {
+            attrs.push(("emberprof.overflow".into(), AttrValue::Str("true".into())));
+        }
+    }
+    attrs
 }
 
 fn title(kind: HistKind) -> &'static str {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod collect;
+mod export;
 mod histograms;
 mod metadata;
 mod output;

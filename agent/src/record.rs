@@ -16,6 +16,7 @@ use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::RecordArgs;
 use crate::collect::{self, Collected};
+use crate::export::Exporter;
 use crate::histograms::Histograms;
 use crate::output;
 use crate::progress::Progress;
@@ -71,6 +72,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the Ctrl-C handler")?;
     }
+    let mut exporter = Exporter::from_args(&args)?;
     let mut symbolizer = Symbolizer::new();
     for pid in &args.pids {
         symbolizer.observe(*pid);
@@ -145,6 +147,9 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             if let Some(h) = &mut histograms {
                 h.drain()?;
             }
+            if let Some(e) = &mut exporter {
+                observe(e, &runs, &symbolizer);
+            }
             next_drain = elapsed + args.drain_interval;
         }
         progress.update(
@@ -172,10 +177,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     if let Some(h) = &mut histograms {
         h.stop()?;
     }
+    if let Some(e) = &mut exporter {
+        observe(e, &runs, &symbolizer);
+    }
     let end = SystemTime::now();
     progress.finish();
 
     let runs_written = runs.len();
+    let mut profiles = Vec::new();
     for run in runs {
         let summary = summary(&run)?;
         let Run {
@@ -192,13 +201,31 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             profile.duration.as_secs_f64(),
             shown(&path)
         );
+        profiles.push(profile);
     }
     if let Some(h) = &mut histograms {
         let report = h.report()?;
         print_report(&report, &args, runs_written)?;
     }
+    if let Some(mut e) = exporter {
+        let points = histograms.as_mut().map(|h| h.points()).unwrap_or_default();
+        let refs: Vec<&emberprof_exporters::Profile> = profiles.iter().collect();
+        e.export(&refs, &points, start, end);
+        e.finish()?;
+    }
     tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
     Ok(())
+}
+
+/// Gives the exporter the resource attributes of processes seen so far.
+fn observe(exporter: &mut Exporter, runs: &[Run], symbolizer: &Symbolizer) {
+    let pids = runs.iter().flat_map(|r| r.collected.pids.iter().copied());
+    exporter.observe(pids.map(|pid| {
+        let name = symbolizer
+            .process_name(pid)
+            .map_or_else(|| pid.to_string(), |n| n.to_string());
+        (pid, name)
+    }));
 }
 
 /// Histograms go to --output when no profile took it, else to standard output (standard

@@ -1,8 +1,11 @@
 //! End-to-end tests: real probes, real workloads, the real `emberprof` binary.
 //! They need root (or CAP_BPF + CAP_PERFMON); with `CI` set they fail without it.
 
+#[path = "../support/collector.rs"]
+mod collector;
 mod cpu_profile;
 mod histograms;
 mod off_cpu;
+mod otlp;
 mod privileges;
 mod support;

@@ -78,8 +78,14 @@ impl Workload {
     }
 
     pub fn start(args: &[&str]) -> Workload {
+        Workload::start_with_env(args, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Workload {
         let child = Command::new(workload_binary())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("starting the workload");

@@ -2,3 +2,4 @@
 
 pub mod cgroups;
 pub mod disks;
+pub mod process;

@@ -1,0 +1,144 @@
+//! `--otlp-endpoint`: sends what was recorded to an OpenTelemetry collector, profiles and
+//! histograms, through the exporters' retrying, byte-bounded pipeline.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use emberprof_exporters::delivery::{Batch, OtlpConfig, Pipeline};
+use emberprof_exporters::otlp::metrics::{self, HistogramPoint, Temporality};
+use emberprof_exporters::otlp::{profiles, Attributes};
+use emberprof_exporters::Profile;
+
+use crate::cli::{RecordArgs, TemporalityArg};
+use crate::metadata::process::{host_attributes, process_attributes};
+
+/// The configured exporter and the resource attributes gathered for it.
+pub struct Exporter {
+    pipeline: Pipeline,
+    endpoint: String,
+    temporality: Temporality,
+    flush_timeout: Duration,
+    common: Attributes,
+    processes: HashMap<u32, Attributes>,
+}
+
+impl Exporter {
+    /// The exporter the environment (`OTEL_EXPORTER_OTLP_*`) and flags ask for, if any;
+    /// flags win.
+    pub fn from_args(args: &RecordArgs) -> anyhow::Result<Option<Exporter>> {
+        let mut config = OtlpConfig::from_env(|k| std::env::var(k).ok())?;
+        if let Some(e) = &args.otlp_endpoint {
+            config.set_endpoint(e, "--otlp-endpoint")?;
+        }
+        for h in &args.otlp_header {
+            config.add_header(h, "--otlp-header")?;
+        }
+        if let Some(c) = &args.otlp_compression {
+            config.set_compression(c, "--otlp-compression")?;
+        }
+        if let Some(t) = args.otlp_timeout {
+            config.timeout = t;
+        }
+        if let Some(ca) = &args.otlp_ca {
+            config.ca_file = Some(ca.clone());
+        }
+        if let Some(cert) = &args.otlp_client_cert {
+            config.client_cert = Some(cert.clone());
+        }
+        if let Some(key) = &args.otlp_client_key {
+            config.client_key = Some(key.clone());
+        }
+        if !config.enabled() {
+            return Ok(None);
+        }
+        for path in [&config.ca_file, &config.client_cert, &config.client_key]
+            .into_iter()
+            .flatten()
+        {
+            if !path.is_file() {
+                bail!("OTLP TLS file {} does not exist", path.display());
+            }
+        }
+        let endpoint = config
+            .profiles_endpoint
+            .clone()
+            .or_else(|| config.metrics_endpoint.clone())
+            .unwrap_or_default();
+        let mut common = config.resource_attributes.clone();
+        for (k, v) in host_attributes() {
+            if !common.iter().any(|(key, _)| *key == k) {
+                common.push((k, v));
+            }
+        }
+        let pipeline = Pipeline::start(config).context("starting the OTLP exporter")?;
+        Ok(Some(Exporter {
+            pipeline,
+            endpoint,
+            temporality: match args.otlp_temporality {
+                TemporalityArg::Cumulative => Temporality::Cumulative,
+                TemporalityArg::Delta => Temporality::Delta,
+            },
+            flush_timeout: args.otlp_flush_timeout,
+            common,
+            processes: HashMap::new(),
+        }))
+    }
+
+    /// Reads the resource attributes of processes not seen before, while they still run.
+    pub fn observe(&mut self, pids: impl IntoIterator<Item = (u32, String)>) {
+        for (pid, name) in pids {
+            self.processes
+                .entry(pid)
+                .or_insert_with(|| process_attributes(pid, &name));
+        }
+    }
+
+    /// Queues the profiles and histograms for sending.
+    pub fn export(
+        &mut self,
+        recorded: &[&Profile],
+        histograms: &[HistogramPoint],
+        start: SystemTime,
+        end: SystemTime,
+    ) {
+        if !recorded.is_empty() {
+            let req = profiles::request(recorded, &self.processes, &self.common);
+            self.pipeline.submit(Batch::Profiles(req));
+        }
+        if !histograms.is_empty() {
+            let mut resource = self.common.clone();
+            resource.insert(
+                0,
+                (
+                    "service.name".into(),
+                    emberprof_exporters::otlp::AttrValue::Str("emberprof".into()),
+                ),
+            );
+            let req = metrics::request(histograms, &resource, start, end, self.temporality);
+            self.pipeline.submit(Batch::Metrics(req));
+        }
+    }
+
+    /// Waits for delivery (up to the flush timeout) and reports; an error if anything
+    /// could not be delivered.
+    pub fn finish(self) -> anyhow::Result<()> {
+        let done = self.pipeline.flush(self.flush_timeout);
+        let s = self.pipeline.stats();
+        eprintln!(
+            "emberprof: OTLP {}: {} batches sent ({} bytes), {} retries, {} failed, {} dropped, {} items rejected",
+            self.endpoint, s.sent, s.sent_bytes, s.retries, s.failed, s.dropped, s.rejected_items
+        );
+        if !done {
+            bail!(
+                "the OTLP export to {} did not finish within {:?} (is the collector up?)",
+                self.endpoint,
+                self.flush_timeout
+            );
+        }
+        if s.failed > 0 || s.dropped > 0 {
+            bail!("the OTLP export to {} lost data (see above)", self.endpoint);
+        }
+        Ok(())
+    }
+}

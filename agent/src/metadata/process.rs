@@ -1,0 +1,179 @@
+//! OpenTelemetry resource attributes of a process and of this host, read from /proc.
+//! Everything here may be missing (the process exited, or we may not read its environment):
+//! attributes that cannot be read are left out, never an error.
+
+use std::path::Path;
+
+use emberprof_exporters::otlp::{AttrValue, Attributes};
+
+/// `process.command_line` is capped: some command lines are megabytes long.
+const MAX_COMMAND_LINE: usize = 1024;
+
+/// Resource attributes of one process, per the semantic conventions.
+pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
+    let proc_dir = Path::new("/proc").join(pid.to_string());
+    let exe_path = std::fs::read_link(proc_dir.join("exe")).ok().map(|p| {
+        p.to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string()
+    });
+    let exe_name = exe_path
+        .as_deref()
+        .and_then(|p| p.rsplit('/').next())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| fallback_name.to_string());
+    let service = std::fs::read(proc_dir.join("environ"))
+        .ok()
+        .and_then(|env| env_var(&env, "OTEL_SERVICE_NAME"))
+        .unwrap_or_else(|| exe_name.clone());
+
+    let mut attrs: Attributes = vec![
+        ("service.name".into(), AttrValue::Str(service)),
+        ("process.pid".into(), AttrValue::Int(i64::from(pid))),
+        ("process.executable.name".into(), AttrValue::Str(exe_name)),
+    ];
+    if let Some(path) = exe_path {
+        attrs.push(("process.executable.path".into(), AttrValue::Str(path)));
+    }
+    if let Ok(raw) = std::fs::read(proc_dir.join("cmdline")) {
+        let line = command_line(&raw);
+        if !line.is_empty() {
+            attrs.push(("process.command_line".into(), AttrValue::Str(line)));
+        }
+    }
+    if let Some(id) = std::fs::read_to_string(proc_dir.join("cgroup"))
+        .ok()
+        .and_then(|text| container_id(&text))
+    {
+        attrs.push(("container.id".into(), AttrValue::Str(id)));
+    }
+    attrs
+}
+
+/// Attributes every resource shares: host.name, host.id.
+pub fn host_attributes() -> Attributes {
+    let mut attrs = Attributes::new();
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        attrs.push(("host.name".into(), AttrValue::Str(name.trim().to_string())));
+    }
+    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(id) = std::fs::read_to_string(path) {
+            let id = id.trim();
+            if !id.is_empty() {
+                attrs.push(("host.id".into(), AttrValue::Str(id.to_string())));
+                break;
+            }
+        }
+    }
+    attrs
+}
+
+fn env_var(environ: &[u8], name: &str) -> Option<String> {
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let entry = std::str::from_utf8(entry).ok()?;
+        let (k, v) = entry.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// NUL-separated arguments joined by spaces, capped at a character boundary.
+fn command_line(raw: &[u8]) -> String {
+    let joined = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if joined.len() <= MAX_COMMAND_LINE {
+        return joined;
+    }
+    let mut end = MAX_COMMAND_LINE;
+    while !joined.is_char_boundary(end) {
+        end -= 1;
+    }
+    joined[..end].to_string()
+}
+
+/// The container id in a /proc/PID/cgroup text: the last 64-hex-digit path component
+/// (Docker `/docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`,
+/// CRI-O `crio-<id>.scope`).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        path.split('/').rev().find_map(|component| {
+            let component = component.strip_suffix(".scope").unwrap_or(component);
+            let id = component.rsplit(['-', ':']).next()?;
+            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| id.to_ascii_lowercase())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f4e1c2b9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
+
+    #[test]
+    fn finds_container_ids_of_common_runtimes() {
+        for text in [
+            format!("0::/system.slice/docker-{ID}.scope\n"),
+            format!("12:pids:/docker/{ID}\n"),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope\n"),
+            format!("0::/kubepods/burstable/pod123/crio-{ID}.scope\n"),
+        ] {
+            assert_eq!(container_id(&text).as_deref(), Some(ID), "{text}");
+        }
+        assert_eq!(
+            container_id("0::/user.slice/user-0.slice/session-1.scope\n"),
+            None
+        );
+        assert_eq!(container_id("garbage"), None);
+    }
+
+    #[test]
+    fn reads_otel_service_name_from_environ() {
+        let env = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0HOME=/\0";
+        assert_eq!(
+            env_var(env, "OTEL_SERVICE_NAME").as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(env_var(b"OTEL_SERVICE_NAME=\0", "OTEL_SERVICE_NAME"), None);
+    }
+
+    #[test]
+    fn command_line_is_joined_and_capped() {
+        assert_eq!(command_line(b"app\0--flag\0x\0"), "app --flag x");
+        let long = "é".repeat(2000);
+        let capped = command_line(long.as_bytes());
+        assert!(capped.len() <= MAX_COMMAND_LINE);
+    }
+
+    #[test]
+    fn own_process_has_its_attributes() {
+        let attrs = process_attributes(std::process::id(), "fallback");
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("process.pid"),
+            Some(AttrValue::Int(i64::from(std::process::id())))
+        );
+        assert!(get("process.executable.path").is_some());
+        assert!(get("process.command_line").is_some());
+    }
+
+    #[test]
+    fn exited_process_falls_back_to_its_name() {
+        let attrs = process_attributes(u32::MAX - 1, "gone");
+        assert_eq!(
+            attrs[0],
+            ("service.name".into(), AttrValue::Str("gone".into()))
+        );
+    }
+}

@@ -1,0 +1,226 @@
+//! OTLP export of real recordings to an in-test gRPC collector.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use emberprof_exporters::otlp::validate::{sample_functions, validate_profiles};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::metric;
+
+use crate::collector::{free_port, TestCollector};
+use crate::support::{bpf_test, record, Workload};
+
+fn text(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| text(&kv.value))
+}
+
+#[test]
+fn cpu_profile_reaches_the_collector_with_names_proportions_and_attributes() {
+    let Some(_serial) = bpf_test() else { return };
+    let collector = TestCollector::start();
+    let w = Workload::start_with_env(&["cpu-split"], &[("OTEL_SERVICE_NAME", "checkout")]);
+    let pid = w.pid();
+    record(
+        "otlp.pb.gz",
+        &[
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "3",
+            "--otlp-endpoint",
+            &collector.endpoint(),
+            "--otlp-compression",
+            "gzip",
+            "--otlp-header",
+            "x-scope-orgid=team-a",
+        ],
+    );
+    drop(w);
+    let received = collector.received();
+    assert_eq!(received.profiles.len(), 1, "exactly one export request");
+    let headers = &received.headers[0];
+    assert!(
+        headers.contains(&("x-scope-orgid".into(), "team-a".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("grpc-encoding".into(), "gzip".into())),
+        "{headers:?}"
+    );
+
+    let req = &received.profiles[0];
+    validate_profiles(req).unwrap();
+    let dict = req.dictionary.as_ref().unwrap();
+    assert_eq!(req.resource_profiles.len(), 1, "one process recorded");
+    let rp = &req.resource_profiles[0];
+    let res = &rp.resource.as_ref().unwrap().attributes;
+    assert_eq!(attr(res, "service.name").as_deref(), Some("checkout"));
+    assert_eq!(attr(res, "process.pid"), Some(pid.to_string()));
+    assert_eq!(
+        attr(res, "process.executable.name").as_deref(),
+        Some("epworkload")
+    );
+    assert!(attr(res, "process.executable.path")
+        .unwrap()
+        .ends_with("/epworkload"));
+    assert!(attr(res, "process.command_line")
+        .unwrap()
+        .ends_with("epworkload cpu-split"));
+    assert!(attr(res, "host.name").is_some(), "{res:?}");
+
+    let profile = &rp.scope_profiles[0].profiles[0];
+    let string = |i: i32| dict.string_table[i as usize].as_str();
+    let st = profile.sample_type.unwrap();
+    assert_eq!(
+        (string(st.type_strindex), string(st.unit_strindex)),
+        ("samples", "count")
+    );
+    let pt = profile.period_type.unwrap();
+    assert_eq!(
+        (string(pt.type_strindex), string(pt.unit_strindex)),
+        ("cpu", "nanoseconds")
+    );
+    assert_eq!(profile.period, 1_000_000_000 / 99);
+    assert!(
+        profile.duration_nano >= 2_900_000_000,
+        "{}",
+        profile.duration_nano
+    );
+
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    let mut total = 0;
+    for s in &profile.samples {
+        total += s.values[0];
+        let keys: Vec<&str> = s
+            .attribute_indices
+            .iter()
+            .map(|&i| string(dict.attribute_table[i as usize].key_strindex))
+            .collect();
+        assert_eq!(keys, ["thread.id", "thread.name"]);
+        let names = sample_functions(dict, s);
+        if let Some(f) = names
+            .iter()
+            .find(|n| ["burn_heavy", "burn_medium", "burn_light"].contains(&n.as_str()))
+        {
+            let f: &'static str = match f.as_str() {
+                "burn_heavy" => "burn_heavy",
+                "burn_medium" => "burn_medium",
+                _ => "burn_light",
+            };
+            *counts.entry(f).or_default() += s.values[0];
+        }
+    }
+    let attributed: i64 = counts.values().sum();
+    assert!(
+        attributed as f64 >= 0.95 * total as f64,
+        "{counts:?} of {total}"
+    );
+    for (name, expected) in [
+        ("burn_heavy", 0.6),
+        ("burn_medium", 0.3),
+        ("burn_light", 0.1),
+    ] {
+        let share = counts.get(name).copied().unwrap_or(0) as f64 / attributed as f64;
+        assert!(
+            (share - expected).abs() <= 0.05,
+            "{name}: {share:.3} ({counts:?})"
+        );
+    }
+    // The workload's own mapping carries its GNU build ID.
+    let has_build_id = dict.mapping_table.iter().any(|m| {
+        string(m.filename_strindex).ends_with("/epworkload")
+            && m.attribute_indices.iter().any(|&i| {
+                string(dict.attribute_table[i as usize].key_strindex)
+                    == "process.executable.build_id.gnu"
+            })
+    });
+    assert!(has_build_id, "no build ID on the workload's mapping");
+}
+
+#[test]
+fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
+    let Some(_serial) = bpf_test() else { return };
+    let collector = TestCollector::start();
+    let n = 20u64;
+    let mut w = Workload::start_paused(&["sleep", &n.to_string(), "10"]);
+    let pid = w.pid().to_string();
+    crate::support::record_around(
+        "otlp-hist.txt",
+        &[
+            "--syscall-latency",
+            "--pid",
+            &pid,
+            "--otlp-endpoint",
+            &collector.endpoint(),
+        ],
+        || w.go_and_wait(),
+    );
+    let received = collector.received();
+    assert_eq!(received.metrics.len(), 1);
+    let metrics = &received.metrics[0].resource_metrics[0].scope_metrics[0].metrics;
+    let syscalls = metrics
+        .iter()
+        .find(|m| m.name == "emberprof.syscall.latency")
+        .expect("a syscall latency metric");
+    assert_eq!(syscalls.unit, "ns");
+    let Some(metric::Data::ExponentialHistogram(eh)) = &syscalls.data else {
+        panic!("not an exponential histogram");
+    };
+    let point = eh
+        .data_points
+        .iter()
+        .find(|p| attr(&p.attributes, "syscall.name").as_deref() == Some("nanosleep"))
+        .expect("a nanosleep data point");
+    assert_eq!(point.scale, 0);
+    assert_eq!(point.count, n);
+    // 10 ms is in bucket 23, (2^23, 2^24] ns; every sleep landed there.
+    let buckets = point.positive.as_ref().unwrap();
+    assert_eq!(buckets.offset, 23, "{buckets:?}");
+    assert_eq!(buckets.bucket_counts, [n]);
+    assert!(attr(&point.attributes, "cgroup.path").is_some());
+    for name in [
+        "emberprof.sched.runqueue.latency",
+        "emberprof.sched.offcpu.duration",
+    ] {
+        assert!(metrics.iter().any(|m| m.name == name), "no {name}");
+    }
+}
+
+#[test]
+fn a_collector_that_comes_up_late_still_receives_the_recording() {
+    let Some(_serial) = bpf_test() else { return };
+    let port = free_port();
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        TestCollector::start_on(port)
+    });
+    let rec = record(
+        "late.pb.gz",
+        &[
+            "--duration",
+            "1",
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+    );
+    let collector = starter.join().unwrap();
+    assert!(collector.wait_for(Duration::from_secs(5), |r| r.profiles.len() == 1));
+    let summary = rec
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("emberprof: OTLP "))
+        .expect("an OTLP summary line");
+    assert!(summary.contains(": 1 batches sent"), "{summary}");
+    assert!(!summary.contains(" 0 retries"), "{summary}");
+}
