@@ -93,6 +93,24 @@ pub struct RecordArgs {
     /// How long to keep retrying the export after recording ends.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub otlp_flush_timeout: Duration,
+    /// Push the profiles to this Grafana Pyroscope server (e.g. http://pyroscope:4040).
+    #[arg(long, value_name = "URL")]
+    pub pyroscope_url: Option<String>,
+    /// Pyroscope tenant (X-Scope-OrgID header).
+    #[arg(long, value_name = "ID", requires = "pyroscope_url")]
+    pub pyroscope_tenant: Option<String>,
+    /// Pyroscope basic-auth user.
+    #[arg(long, value_name = "USER", requires = "pyroscope_url")]
+    pub pyroscope_user: Option<String>,
+    /// Pyroscope basic-auth password.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "EMBERPROF_PYROSCOPE_PASSWORD",
+        hide_env_values = true,
+        requires = "pyroscope_url"
+    )]
+    pub pyroscope_password: Option<String>,
     /// How often the kernel maps are drained and symbolized while recording.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
     pub drain_interval: Duration,

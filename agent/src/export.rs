@@ -11,7 +11,7 @@ use emberprof_exporters::otlp::{profiles, Attributes};
 use emberprof_exporters::Profile;
 
 use crate::cli::{RecordArgs, TemporalityArg};
-use crate::metadata::process::{host_attributes, process_attributes};
+use crate::metadata::process::host_attributes;
 
 /// The configured exporter and the resource attributes gathered for it.
 pub struct Exporter {
@@ -20,7 +20,6 @@ pub struct Exporter {
     temporality: Temporality,
     flush_timeout: Duration,
     common: Attributes,
-    processes: HashMap<u32, Attributes>,
 }
 
 impl Exporter {
@@ -81,29 +80,20 @@ impl Exporter {
             },
             flush_timeout: args.otlp_flush_timeout,
             common,
-            processes: HashMap::new(),
         }))
-    }
-
-    /// Reads the resource attributes of processes not seen before, while they still run.
-    pub fn observe(&mut self, pids: impl IntoIterator<Item = (u32, String)>) {
-        for (pid, name) in pids {
-            self.processes
-                .entry(pid)
-                .or_insert_with(|| process_attributes(pid, &name));
-        }
     }
 
     /// Queues the profiles and histograms for sending.
     pub fn export(
         &mut self,
         recorded: &[&Profile],
+        processes: &HashMap<u32, Attributes>,
         histograms: &[HistogramPoint],
         start: SystemTime,
         end: SystemTime,
     ) {
         if !recorded.is_empty() {
-            let req = profiles::request(recorded, &self.processes, &self.common);
+            let req = profiles::request(recorded, processes, &self.common);
             self.pipeline.submit(Batch::Profiles(req));
         }
         if !histograms.is_empty() {

@@ -1,13 +1,16 @@
 //! `emberprof record`: sample for a while, then write one profile per kind recorded and
 //! print the latency histograms.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_exporters::{Format, ProfileBuilder};
+use emberprof_exporters::otlp::{AttrValue, Attributes};
+use emberprof_exporters::pyroscope::{self, PyroscopeConfig};
+use emberprof_exporters::{Format, Profile, ProfileBuilder};
 use emberprof_probes::{
     CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler, ProbeError,
     StackCount,
@@ -18,6 +21,7 @@ use crate::cli::RecordArgs;
 use crate::collect::{self, Collected};
 use crate::export::Exporter;
 use crate::histograms::Histograms;
+use crate::metadata::process::process_attributes;
 use crate::output;
 use crate::progress::Progress;
 
@@ -72,7 +76,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the Ctrl-C handler")?;
     }
-    let mut exporter = Exporter::from_args(&args)?;
+    let exporter = Exporter::from_args(&args)?;
+    let pyroscope = pyroscope_config(&args)?;
+    // Resource attributes of the processes profiled, read while they run, for the exports.
+    let mut processes: Option<HashMap<u32, Attributes>> =
+        (exporter.is_some() || pyroscope.is_some()).then(HashMap::new);
     let mut symbolizer = Symbolizer::new();
     for pid in &args.pids {
         symbolizer.observe(*pid);
@@ -147,8 +155,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             if let Some(h) = &mut histograms {
                 h.drain()?;
             }
-            if let Some(e) = &mut exporter {
-                observe(e, &runs, &symbolizer);
+            if let Some(p) = &mut processes {
+                observe(p, &runs, &symbolizer);
             }
             next_drain = elapsed + args.drain_interval;
         }
@@ -177,8 +185,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     if let Some(h) = &mut histograms {
         h.stop()?;
     }
-    if let Some(e) = &mut exporter {
-        observe(e, &runs, &symbolizer);
+    if let Some(p) = &mut processes {
+        observe(p, &runs, &symbolizer);
     }
     let end = SystemTime::now();
     progress.finish();
@@ -207,25 +215,80 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         let report = h.report()?;
         print_report(&report, &args, runs_written)?;
     }
+    let processes = processes.unwrap_or_default();
+    if let Some(config) = &pyroscope {
+        push_to_pyroscope(config, &profiles, &processes)?;
+    }
     if let Some(mut e) = exporter {
         let points = histograms.as_mut().map(|h| h.points()).unwrap_or_default();
-        let refs: Vec<&emberprof_exporters::Profile> = profiles.iter().collect();
-        e.export(&refs, &points, start, end);
+        let refs: Vec<&Profile> = profiles.iter().collect();
+        e.export(&refs, &processes, &points, start, end);
         e.finish()?;
     }
     tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
     Ok(())
 }
 
-/// Gives the exporter the resource attributes of processes seen so far.
-fn observe(exporter: &mut Exporter, runs: &[Run], symbolizer: &Symbolizer) {
-    let pids = runs.iter().flat_map(|r| r.collected.pids.iter().copied());
-    exporter.observe(pids.map(|pid| {
-        let name = symbolizer
-            .process_name(pid)
-            .map_or_else(|| pid.to_string(), |n| n.to_string());
-        (pid, name)
-    }));
+/// Reads the resource attributes of processes not seen before, while they still run.
+fn observe(processes: &mut HashMap<u32, Attributes>, runs: &[Run], symbolizer: &Symbolizer) {
+    for pid in runs.iter().flat_map(|r| r.collected.pids.iter().copied()) {
+        processes.entry(pid).or_insert_with(|| {
+            let name = symbolizer
+                .process_name(pid)
+                .map_or_else(|| pid.to_string(), |n| n.to_string());
+            process_attributes(pid, &name)
+        });
+    }
+}
+
+fn pyroscope_config(args: &RecordArgs) -> anyhow::Result<Option<PyroscopeConfig>> {
+    let Some(url) = &args.pyroscope_url else {
+        return Ok(None);
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--pyroscope-url {url:?} must start with http:// or https://");
+    }
+    let mut config = PyroscopeConfig::new(url);
+    config.tenant = args.pyroscope_tenant.clone();
+    config.basic_auth = match (&args.pyroscope_user, &args.pyroscope_password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        _ => bail!("--pyroscope-user and --pyroscope-password go together"),
+    };
+    Ok(Some(config))
+}
+
+/// One push per profile kind and service; the service is the process's `service.name`.
+fn push_to_pyroscope(
+    config: &PyroscopeConfig,
+    profiles: &[Profile],
+    processes: &HashMap<u32, Attributes>,
+) -> anyhow::Result<()> {
+    let service_of = |s: &emberprof_exporters::Sample| {
+        processes
+            .get(&s.pid)
+            .and_then(|attrs| {
+                attrs.iter().find_map(|(k, v)| match v {
+                    AttrValue::Str(name) if k == "service.name" => Some(name.clone()),
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| s.process_name.to_string())
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let labels = vec![("host_name".to_string(), host)];
+    let mut pushed = 0;
+    for profile in profiles {
+        pushed += pyroscope::push(config, profile, service_of, &labels)
+            .with_context(|| format!("pushing the {} profile to {}", profile.name, config.url))?;
+    }
+    eprintln!(
+        "emberprof: Pyroscope {}: {pushed} profiles pushed",
+        config.url
+    );
+    Ok(())
 }
 
 /// Histograms go to --output when no profile took it, else to standard output (standard

@@ -1,6 +1,6 @@
 use thiserror::Error;
 
-/// Errors from writing a profile.
+/// Errors from writing or pushing a profile.
 #[derive(Debug, Error)]
 pub enum ExportError {
     #[error("writing the profile: {0}")]
@@ -11,4 +11,6 @@ pub enum ExportError {
     FlameGraph(String),
     #[error("profile has no sample type {0}")]
     NoSuchValue(usize),
+    #[error("pushing to Pyroscope: {0}")]
+    Push(String),
 }

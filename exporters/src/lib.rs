@@ -7,6 +7,7 @@ pub mod histogram_text;
 mod model;
 pub mod otlp;
 pub mod pprof;
+pub mod pyroscope;
 pub mod svg;
 #[cfg(test)]
 mod testdata;

@@ -8,4 +8,5 @@ mod histograms;
 mod off_cpu;
 mod otlp;
 mod privileges;
+mod pyroscope;
 mod support;

@@ -1,0 +1,172 @@
+//! Pushing pprof profiles to a Grafana Pyroscope server through its ingest API:
+//! `POST /ingest?name=<service>{labels}&from=&until=&format=pprof` with the gzipped pprof as
+//! the body, one request per service, optional basic auth and `X-Scope-OrgID` tenant.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine;
+
+use crate::{pprof, ExportError, Profile, Sample};
+
+/// Where and how to push.
+#[derive(Clone, Debug)]
+pub struct PyroscopeConfig {
+    /// Server base URL, e.g. `http://pyroscope:4040`.
+    pub url: String,
+    /// Basic-auth user and password.
+    pub basic_auth: Option<(String, String)>,
+    /// `X-Scope-OrgID` header for multi-tenant servers.
+    pub tenant: Option<String>,
+    /// Deadline of one request.
+    pub timeout: Duration,
+    /// Attempts per request on connection errors and 5xx answers.
+    pub attempts: u32,
+}
+
+impl PyroscopeConfig {
+    /// A server URL with 10 s requests and 3 attempts.
+    pub fn new(url: &str) -> Self {
+        PyroscopeConfig {
+            url: url.trim_end_matches('/').to_string(),
+            basic_auth: None,
+            tenant: None,
+            timeout: Duration::from_secs(10),
+            attempts: 3,
+        }
+    }
+}
+
+/// Label values may not hold the characters of the `name{k=v,…}` syntax.
+fn label_value(v: &str) -> String {
+    v.chars()
+        .map(|c| {
+            if matches!(c, '{' | '}' | ',' | '=' | '"') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The ingest `name` parameter: `service{service_name=service,k=v,…}`.
+pub fn ingest_name(service: &str, labels: &[(String, String)]) -> String {
+    let service = label_value(service);
+    let mut name = format!("{service}{{service_name={service}");
+    for (k, v) in labels {
+        if k != "service_name" {
+            name.push_str(&format!(",{k}={}", label_value(v)));
+        }
+    }
+    name.push('}');
+    name
+}
+
+/// Pushes `profile` split by service: `service_of` names each sample's service. Returns
+/// how many requests were accepted.
+pub fn push(
+    config: &PyroscopeConfig,
+    profile: &Profile,
+    service_of: impl Fn(&Sample) -> String,
+    labels: &[(String, String)],
+) -> Result<usize, ExportError> {
+    let mut services: Vec<(String, Vec<Sample>)> = Vec::new();
+    for s in &profile.samples {
+        let name = service_of(s);
+        match services.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(s.clone()),
+            None => services.push((name, vec![s.clone()])),
+        }
+    }
+    let from = profile
+        .start
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let until = from + profile.duration.as_secs().max(1);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut accepted = 0;
+    for (service, samples) in services {
+        let part = Profile {
+            samples,
+            ..profile.clone()
+        };
+        let mut body = Vec::new();
+        pprof::write(&part, &mut body)?;
+        send(
+            &agent,
+            config,
+            &ingest_name(&service, labels),
+            from,
+            until,
+            &body,
+        )?;
+        accepted += 1;
+    }
+    Ok(accepted)
+}
+
+fn send(
+    agent: &ureq::Agent,
+    config: &PyroscopeConfig,
+    name: &str,
+    from: u64,
+    until: u64,
+    body: &[u8],
+) -> Result<(), ExportError> {
+    let url = format!("{}/ingest", config.url);
+    let mut last = String::new();
+    for attempt in 0..config.attempts.max(1) {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(250 << attempt.min(6)));
+        }
+        let mut req = agent
+            .post(&url)
+            .query("name", name)
+            .query("from", from.to_string())
+            .query("until", until.to_string())
+            .query("format", "pprof")
+            .query("spyName", "emberprof")
+            .header("Content-Type", "application/octet-stream");
+        if let Some(t) = &config.tenant {
+            req = req.header("X-Scope-OrgID", t);
+        }
+        if let Some((user, password)) = &config.basic_auth {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            req = req.header("Authorization", format!("Basic {token}"));
+        }
+        match req.send(body) {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) if resp.status().is_server_error() => {
+                last = format!("HTTP {}", resp.status());
+            }
+            Ok(resp) => {
+                return Err(ExportError::Push(format!(
+                    "{url} answered HTTP {} for {name}",
+                    resp.status()
+                )))
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tracing::info!(%url, attempt, error = %last, "Pyroscope push failed; retrying");
+    }
+    Err(ExportError::Push(format!("{url}: {last}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_names_escape_the_label_syntax() {
+        assert_eq!(
+            ingest_name("checkout", &[("host".into(), "node-1".into())]),
+            "checkout{service_name=checkout,host=node-1}"
+        );
+        assert_eq!(ingest_name("a{b}", &[]), "a_b_{service_name=a_b_}");
+    }
+}
