@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use emberprof_exporters::delivery::{Batch, OtlpConfig, Pipeline};
+use emberprof_exporters::health::{self, HealthCounter};
 use emberprof_exporters::otlp::metrics::{self, HistogramPoint, Temporality};
-use emberprof_exporters::otlp::{profiles, Attributes};
+use emberprof_exporters::otlp::{profiles, AttrValue, Attributes};
 use emberprof_exporters::Profile;
 
 use crate::cli::{RecordArgs, TemporalityArg};
@@ -16,6 +17,7 @@ use crate::metadata::process::host_attributes;
 /// The configured exporter and the resource attributes gathered for it.
 pub struct Exporter {
     pipeline: Pipeline,
+    config: OtlpConfig,
     endpoint: String,
     temporality: Temporality,
     flush_timeout: Duration,
@@ -70,9 +72,10 @@ impl Exporter {
                 common.push((k, v));
             }
         }
-        let pipeline = Pipeline::start(config).context("starting the OTLP exporter")?;
+        let pipeline = Pipeline::start(config.clone()).context("starting the OTLP exporter")?;
         Ok(Some(Exporter {
             pipeline,
+            config,
             endpoint,
             temporality: match args.otlp_temporality {
                 TemporalityArg::Cumulative => Temporality::Cumulative,
@@ -81,6 +84,17 @@ impl Exporter {
             flush_timeout: args.otlp_flush_timeout,
             common,
         }))
+    }
+
+    /// The resource of what emberprof reports about itself and the host.
+    fn own_resource(&self) -> Attributes {
+        let mut resource = self.common.clone();
+        resource.retain(|(k, _)| k != "service.name");
+        resource.insert(
+            0,
+            ("service.name".into(), AttrValue::Str("emberprof".into())),
+        );
+        resource
     }
 
     /// Queues the profiles and histograms for sending.
@@ -97,24 +111,37 @@ impl Exporter {
             self.pipeline.submit(Batch::Profiles(req));
         }
         if !histograms.is_empty() {
-            let mut resource = self.common.clone();
-            resource.insert(
-                0,
-                (
-                    "service.name".into(),
-                    emberprof_exporters::otlp::AttrValue::Str("emberprof".into()),
-                ),
-            );
+            let resource = self.own_resource();
             let req = metrics::request(histograms, &resource, start, end, self.temporality);
             self.pipeline.submit(Batch::Metrics(req));
         }
     }
 
-    /// Waits for delivery (up to the flush timeout) and reports; an error if anything
-    /// could not be delivered.
-    pub fn finish(self) -> anyhow::Result<()> {
+    /// Waits for delivery (up to the flush timeout), sends the health metrics (`health` plus
+    /// the export's own results) and reports; an error if anything could not be delivered.
+    pub fn finish(self, mut health: Vec<HealthCounter>) -> anyhow::Result<()> {
         let done = self.pipeline.flush(self.flush_timeout);
         let s = self.pipeline.stats();
+        if self.config.metrics_endpoint.is_some() {
+            for (result, n) in [
+                ("sent", s.sent),
+                ("failed", s.failed),
+                ("dropped", s.dropped),
+                ("retried", s.retries),
+            ] {
+                health.push(HealthCounter {
+                    name: "emberprof.export.batches",
+                    description: "OTLP export batches, by outcome",
+                    unit: "{batch}",
+                    attributes: vec![("result", result.to_string())],
+                    value: n,
+                });
+            }
+            let resource = self.own_resource();
+            if let Err(e) = health::send_once(&self.config, &resource, &health) {
+                tracing::warn!(error = %e, "could not send emberprof's health metrics");
+            }
+        }
         eprintln!(
             "emberprof: OTLP {}: {} batches sent ({} bytes), {} retries, {} failed, {} dropped, {} items rejected",
             self.endpoint, s.sent, s.sent_bytes, s.retries, s.failed, s.dropped, s.rejected_items

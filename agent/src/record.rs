@@ -24,6 +24,7 @@ use crate::histograms::Histograms;
 use crate::metadata::process::process_attributes;
 use crate::output;
 use crate::progress::Progress;
+use emberprof_exporters::health::HealthCounter;
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
@@ -192,6 +193,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     progress.finish();
 
     let runs_written = runs.len();
+    let health = match &exporter {
+        Some(_) => health_counters(&runs, histograms.as_ref(), &symbolizer)?,
+        None => Vec::new(),
+    };
     let mut profiles = Vec::new();
     for run in runs {
         let summary = summary(&run)?;
@@ -223,10 +228,129 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         let points = histograms.as_mut().map(|h| h.points()).unwrap_or_default();
         let refs: Vec<&Profile> = profiles.iter().collect();
         e.export(&refs, &processes, &points, start, end);
-        e.finish()?;
+        e.finish(health)?;
     }
     tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
     Ok(())
+}
+
+/// emberprof's own counters for this recording, for the health metrics.
+fn health_counters(
+    runs: &[Run],
+    histograms: Option<&Histograms>,
+    symbolizer: &Symbolizer,
+) -> anyhow::Result<Vec<HealthCounter>> {
+    let c = |name, description, unit, attributes: Vec<(&'static str, &str)>, value| HealthCounter {
+        name,
+        description,
+        unit,
+        attributes: attributes
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect(),
+        value,
+    };
+    let mut out = Vec::new();
+    for run in runs {
+        match &run.profiler {
+            Profiler::Cpu(p) => {
+                let k = p.counters().context("reading the CPU sampler's counters")?;
+                out.push(c(
+                    "emberprof.cpu.samples",
+                    "CPU samples taken of profiled processes",
+                    "{sample}",
+                    vec![],
+                    k.samples,
+                ));
+                out.push(c(
+                    "emberprof.cpu.samples.dropped",
+                    "CPU samples the kernel could not record",
+                    "{sample}",
+                    vec![("reason", "count_map_full")],
+                    k.count_map_full,
+                ));
+                for (reason, n) in [
+                    ("user_stack_map_full", k.user_stack_map_full),
+                    ("kernel_stack_map_full", k.kernel_stack_map_full),
+                    ("stack_error", k.stack_errors),
+                ] {
+                    out.push(c(
+                        "emberprof.cpu.stacks.lost",
+                        "CPU samples kept without one of their stacks",
+                        "{sample}",
+                        vec![("reason", reason)],
+                        n,
+                    ));
+                }
+            }
+            Profiler::OffCpu(p) => {
+                let k = p
+                    .counters()
+                    .context("reading the off-CPU profiler's counters")?;
+                out.push(c(
+                    "emberprof.offcpu.blocks",
+                    "Blocks credited to a stack",
+                    "{block}",
+                    vec![],
+                    k.blocks,
+                ));
+                for (reason, n) in [
+                    ("start_full", k.start_full),
+                    ("count_map_full", k.count_full),
+                ] {
+                    out.push(c(
+                        "emberprof.offcpu.blocks.dropped",
+                        "Blocks the kernel could not record",
+                        "{block}",
+                        vec![("reason", reason)],
+                        n,
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(h) = histograms {
+        let k = h.counters()?;
+        out.push(c(
+            "emberprof.histogram.durations",
+            "Durations recorded into latency histograms",
+            "{duration}",
+            vec![],
+            k.recorded + k.overflowed,
+        ));
+        out.push(c(
+            "emberprof.histogram.durations.overflowed",
+            "Durations beyond the histogram key cap",
+            "{duration}",
+            vec![],
+            k.overflowed,
+        ));
+        out.push(c(
+            "emberprof.histogram.durations.lost",
+            "Waits that could not be tracked",
+            "{duration}",
+            vec![],
+            k.start_full,
+        ));
+    }
+    let s = symbolizer.stats();
+    for (result, n) in [("hit", s.cache_hits), ("miss", s.cache_misses)] {
+        out.push(c(
+            "emberprof.symbolizer.lookups",
+            "Addresses symbolized, by cache result",
+            "{address}",
+            vec![("result", result)],
+            n,
+        ));
+    }
+    out.push(c(
+        "emberprof.symbolizer.file_errors",
+        "Files whose symbols could not be read",
+        "{file}",
+        vec![],
+        s.file_errors,
+    ));
+    Ok(out)
 }
 
 /// Reads the resource attributes of processes not seen before, while they still run.

@@ -3,6 +3,7 @@
 pub mod delivery;
 mod error;
 pub mod folded;
+pub mod health;
 pub mod histogram_text;
 mod model;
 pub mod otlp;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use emberprof_exporters::otlp::validate::{sample_functions, validate_profiles};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::metrics::v1::metric;
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use crate::collector::{free_port, TestCollector};
 use crate::support::{bpf_test, record, Workload};
@@ -146,6 +146,40 @@ fn cpu_profile_reaches_the_collector_with_names_proportions_and_attributes() {
             })
     });
     assert!(has_build_id, "no build ID on the workload's mapping");
+
+    // emberprof's own health, through the OpenTelemetry SDK, to the same collector.
+    let health = |name: &str, attr_value: Option<&str>| -> Option<i64> {
+        received.metrics.iter().find_map(|r| {
+            r.resource_metrics.iter().find_map(|rm| {
+                rm.scope_metrics
+                    .iter()
+                    .flat_map(|sm| &sm.metrics)
+                    .find_map(|m| {
+                        if m.name != name {
+                            return None;
+                        }
+                        let Some(metric::Data::Sum(sum)) = &m.data else {
+                            return None;
+                        };
+                        sum.data_points
+                            .iter()
+                            .find(|p| {
+                                attr_value.is_none_or(|v| {
+                                    p.attributes.iter().any(|kv| text(&kv.value) == v)
+                                })
+                            })
+                            .and_then(|p| match p.value {
+                                Some(number_data_point::Value::AsInt(i)) => Some(i),
+                                _ => None,
+                            })
+                    })
+            })
+        })
+    };
+    let samples = health("emberprof.cpu.samples", None).expect("a samples counter");
+    assert!(samples >= total, "{samples} < {total}");
+    assert_eq!(health("emberprof.export.batches", Some("sent")), Some(1));
+    assert_eq!(health("emberprof.cpu.samples.dropped", None), Some(0));
 }
 
 #[test]
@@ -167,8 +201,19 @@ fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
         || w.go_and_wait(),
     );
     let received = collector.received();
-    assert_eq!(received.metrics.len(), 1);
-    let metrics = &received.metrics[0].resource_metrics[0].scope_metrics[0].metrics;
+    // One request of histograms; emberprof's health metrics come in another.
+    let with_histograms: Vec<_> = received
+        .metrics
+        .iter()
+        .filter(|r| {
+            r.resource_metrics[0].scope_metrics[0]
+                .metrics
+                .iter()
+                .any(|m| m.name == "emberprof.syscall.latency")
+        })
+        .collect();
+    assert_eq!(with_histograms.len(), 1);
+    let metrics = &with_histograms[0].resource_metrics[0].scope_metrics[0].metrics;
     let syscalls = metrics
         .iter()
         .find(|m| m.name == "emberprof.syscall.latency")

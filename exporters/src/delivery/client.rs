@@ -162,7 +162,7 @@ impl OtlpClient {
     }
 }
 
-fn channel(endpoint: &str, config: &OtlpConfig) -> Result<Channel, SendError> {
+pub(crate) fn channel(endpoint: &str, config: &OtlpConfig) -> Result<Channel, SendError> {
     let mut e = Endpoint::from_shared(endpoint.to_string())
         .map_err(|err| SendError::Setup(format!("endpoint {endpoint:?}: {err}")))?
         .timeout(config.timeout)

@@ -8,6 +8,7 @@ mod pipeline;
 mod queue;
 mod retry;
 
+pub(crate) use client::channel;
 pub use client::{OtlpClient, SendError};
 pub use config::{ConfigError, OtlpConfig};
 pub use pipeline::{Batch, Pipeline, PipelineStats};
