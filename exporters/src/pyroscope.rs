@@ -102,11 +102,18 @@ pub fn push(
             &ingest_name(&service, labels),
             from,
             until,
+            sample_rate(profile),
             &body,
         )?;
         accepted += 1;
     }
     Ok(accepted)
+}
+
+/// Samples per second of a sampled CPU profile (the ingest API's `sampleRate`).
+fn sample_rate(profile: &Profile) -> Option<i64> {
+    (profile.period_type.kind == "cpu" && profile.period > 0)
+        .then(|| 1_000_000_000 / profile.period)
 }
 
 fn send(
@@ -115,6 +122,7 @@ fn send(
     name: &str,
     from: u64,
     until: u64,
+    sample_rate: Option<i64>,
     body: &[u8],
 ) -> Result<(), ExportError> {
     let url = format!("{}/ingest", config.url);
@@ -131,6 +139,9 @@ fn send(
             .query("format", "pprof")
             .query("spyName", "emberprof")
             .header("Content-Type", "application/octet-stream");
+        if let Some(rate) = sample_rate {
+            req = req.query("sampleRate", rate.to_string());
+        }
         if let Some(t) = &config.tenant {
             req = req.header("X-Scope-OrgID", t);
         }

@@ -98,6 +98,7 @@ fn cpu_profile_is_pushed_to_pyroscope_with_service_name() {
         "{query}"
     );
     assert!(query.contains("format=pprof"), "{query}");
+    assert!(query.contains("sampleRate=99"), "{query}");
     assert!(
         query.contains("from=") && query.contains("until="),
         "{query}"
