@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use crate::collector::{free_port, TestCollector};
-use crate::support::{bpf_test, record, Workload};
+use crate::support::{bpf_test, parse_ns, read_histograms, record, Workload};
 
 fn text(v: &Option<AnyValue>) -> String {
     match v.as_ref().and_then(|v| v.value.as_ref()) {
@@ -189,7 +189,7 @@ fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
     let n = 20u64;
     let mut w = Workload::start_paused(&["sleep", &n.to_string(), "10"]);
     let pid = w.pid().to_string();
-    crate::support::record_around(
+    let rec = crate::support::record_around(
         "otlp-hist.txt",
         &[
             "--syscall-latency",
@@ -239,6 +239,43 @@ fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
         "emberprof.sched.offcpu.duration",
     ] {
         assert!(metrics.iter().any(|m| m.name == name), "no {name}");
+    }
+
+    // Every bucket of the off-CPU histogram in OTLP equals the row of the text report of the
+    // same run: row (lo, hi] with hi = 2^(i+1) ns is OTLP bucket i.
+    let report = read_histograms(&rec.file);
+    let offcpu = metrics
+        .iter()
+        .find(|m| m.name == "emberprof.sched.offcpu.duration")
+        .unwrap();
+    let Some(metric::Data::ExponentialHistogram(eh)) = &offcpu.data else {
+        panic!("not an exponential histogram");
+    };
+    for point in &eh.data_points {
+        let path = attr(&point.attributes, "cgroup.path").expect("a cgroup path");
+        let title = format!("off-CPU duration, cgroup {path}");
+        let section = report
+            .iter()
+            .find(|s| s.title == title)
+            .unwrap_or_else(|| panic!("no {title:?} in the report"));
+        assert_eq!(section.count, point.count, "{title}");
+        let buckets = point.positive.as_ref().unwrap();
+        let mut rows = 0;
+        for (lo, hi, count) in &section.rows {
+            if lo == "0" {
+                assert_eq!(*count, point.zero_count);
+                continue;
+            }
+            let index = parse_ns(hi).log2().round() as i32 - 1;
+            let otlp = buckets
+                .bucket_counts
+                .get((index - buckets.offset) as usize)
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(otlp, *count, "{title}: row {lo} -> {hi}");
+            rows += 1;
+        }
+        assert_eq!(rows, buckets.bucket_counts.len(), "{title}");
     }
 }
 

@@ -13,13 +13,13 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::{
     ProfilesService, ProfilesServiceServer,
 };
 use opentelemetry_proto::tonic::collector::profiles::v1development::{
-    ExportProfilesServiceRequest, ExportProfilesServiceResponse,
+    ExportProfilesPartialSuccess, ExportProfilesServiceRequest, ExportProfilesServiceResponse,
 };
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
@@ -40,6 +40,8 @@ struct Collector {
     received: Arc<Mutex<Received>>,
     /// Errors to answer with, in order, before answering OK.
     failures: Arc<Mutex<VecDeque<Status>>>,
+    /// Items to report as rejected (partial success) in every OK answer.
+    rejected: Arc<Mutex<i64>>,
 }
 
 impl Collector {
@@ -76,7 +78,13 @@ impl ProfilesService for Collector {
             .unwrap()
             .profiles
             .push(request.into_inner());
-        Ok(Response::new(ExportProfilesServiceResponse::default()))
+        let rejected = *self.rejected.lock().unwrap();
+        Ok(Response::new(ExportProfilesServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportProfilesPartialSuccess {
+                rejected_profiles: rejected,
+                error_message: "too old".into(),
+            }),
+        }))
     }
 }
 
@@ -92,7 +100,13 @@ impl MetricsService for Collector {
             .unwrap()
             .metrics
             .push(request.into_inner());
-        Ok(Response::new(ExportMetricsServiceResponse::default()))
+        let rejected = *self.rejected.lock().unwrap();
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected,
+                error_message: "too old".into(),
+            }),
+        }))
     }
 }
 
@@ -173,6 +187,11 @@ impl TestCollector {
     /// Answers the next calls with these errors before answering OK again.
     pub fn fail_next(&self, statuses: Vec<Status>) {
         self.collector.failures.lock().unwrap().extend(statuses);
+    }
+
+    /// Reports `n` items as rejected (partial success) in every later OK answer.
+    pub fn reject(&self, n: i64) {
+        *self.collector.rejected.lock().unwrap() = n;
     }
 
     /// What was received so far.

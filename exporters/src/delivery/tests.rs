@@ -134,3 +134,15 @@ fn beyond_the_queue_bound_the_oldest_batch_is_dropped_and_counted() {
     assert_eq!(names(&collector), ["b1", "b3", "b4"]);
     assert_eq!(pipeline.stats().sent, 3);
 }
+
+#[test]
+fn partial_success_is_counted_not_retried() {
+    let collector = TestCollector::start();
+    collector.reject(3);
+    let pipeline = Pipeline::start(config(&collector.endpoint())).unwrap();
+    pipeline.submit(batch("partly"));
+    assert!(pipeline.flush(Duration::from_secs(10)));
+    let stats = pipeline.stats();
+    assert_eq!((stats.sent, stats.rejected_items, stats.retries), (1, 3, 0));
+    assert_eq!(names(&collector), ["partly"]);
+}
