@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, through apt, the system packages emberprof's build and tests need when any is
-# missing: clang (BPF compiler), libbpf headers, a C/C++ compiler for the test workloads.
+# missing: clang (BPF compiler), libbpf headers, a C/C++ compiler for the test workloads,
+# openssl (test certificates).
 set -euo pipefail
 
 have_clang() {
@@ -16,6 +17,7 @@ have_clang || missing+=(clang-19)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing ${missing[*]} (apt)" >&2

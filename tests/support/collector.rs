@@ -133,8 +133,23 @@ impl TestCollector {
         TestCollector::start_on(free_port())
     }
 
-    /// Starts a collector on `port`, answering with `failures` first.
+    /// Starts a plaintext collector on `port`.
     pub fn start_on(port: u16) -> TestCollector {
+        TestCollector::start_with(port, None)
+    }
+
+    /// Starts a TLS collector: server certificate and key, and the CA that client
+    /// certificates must chain to (mutual TLS) if given. All PEM.
+    pub fn start_tls(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> TestCollector {
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        TestCollector::start_with(free_port(), Some(tls))
+    }
+
+    fn start_with(port: u16, tls: Option<tonic::transport::ServerTlsConfig>) -> TestCollector {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let collector = Collector::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -150,7 +165,11 @@ impl TestCollector {
                 let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
                 ready_tx.send(()).unwrap();
                 let incoming = tokio_stream_from(listener);
-                let server = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    builder = builder.tls_config(tls).unwrap();
+                }
+                let server = builder
                     .add_service(
                         ProfilesServiceServer::new(svc.clone())
                             .accept_compressed(CompressionEncoding::Gzip)

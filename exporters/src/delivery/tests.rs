@@ -146,3 +146,123 @@ fn partial_success_is_counted_not_retried() {
     assert_eq!((stats.sent, stats.rejected_items, stats.retries), (1, 3, 0));
     assert_eq!(names(&collector), ["partly"]);
 }
+
+/// A CA, a server certificate for localhost and a client certificate, made with openssl.
+struct Certs {
+    dir: std::path::PathBuf,
+}
+
+impl Certs {
+    fn make() -> Certs {
+        let dir = std::env::temp_dir().join(format!("ep-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        for name in ["server", "client"] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                &format!("{name}.pem"),
+            ]);
+        }
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn mutual_tls_with_a_ca_file_and_client_certificate() {
+    let certs = Certs::make();
+    let collector = TestCollector::start_tls(
+        &certs.read("server.pem"),
+        &certs.read("server.key"),
+        Some(&certs.read("ca.pem")),
+    );
+    let endpoint = format!("https://localhost:{}", collector.addr.port());
+    let mut c = config(&endpoint);
+    c.ca_file = Some(certs.path("ca.pem"));
+    c.client_cert = Some(certs.path("client.pem"));
+    c.client_key = Some(certs.path("client.key"));
+    let pipeline = Pipeline::start(c.clone()).unwrap();
+    pipeline.submit(batch("secret"));
+    assert!(pipeline.flush(Duration::from_secs(10)));
+    assert_eq!(pipeline.stats().sent, 1, "{:?}", pipeline.stats());
+    assert_eq!(names(&collector), ["secret"]);
+
+    // Without our CA the server is not trusted: nothing is sent, and that is counted.
+    c.ca_file = None;
+    c.max_retry_time = Duration::from_millis(300);
+    let untrusting = Pipeline::start(c).unwrap();
+    untrusting.submit(batch("never"));
+    assert!(untrusting.flush(Duration::from_secs(10)));
+    assert_eq!(untrusting.stats().sent, 0);
+    assert_eq!(untrusting.stats().failed, 1);
+    assert_eq!(names(&collector), ["secret"]);
+}
