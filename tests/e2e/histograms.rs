@@ -72,10 +72,12 @@ fn histogram_totals_survive_frequent_drains() {
     let all = read_histograms(&rec.file);
     let nanosleep = sections(&all, "syscall latency, nanosleep, cgroup ");
     assert_eq!(nanosleep.len(), 1, "{all:#?}");
+    // Exactly n: nothing lost or counted twice across the drains.
     assert_eq!(nanosleep[0].count, n, "{:#?}", nanosleep[0]);
-    assert_eq!(
-        nanosleep[0].row("2.1 ms", "4.19 ms"),
-        n,
+    // Where they land depends on wakeup latency too: a busy host can push a few 3 ms sleeps
+    // past 4.19 ms.
+    assert!(
+        nanosleep[0].row("2.1 ms", "4.19 ms") >= n * 9 / 10,
         "{:#?}",
         nanosleep[0]
     );
