@@ -1,6 +1,7 @@
 /*
  * Test workloads with known function names, built by the e2e tests with frame pointers:
  *   workload cpu-split        one thread: 60% burn_heavy, 30% burn_medium, 10% burn_light
+ *                             of its CPU time (measured, not estimated from loop counts)
  *   workload recurse DEPTH    burns CPU at the bottom of a DEPTH-deep recursion
  *   workload syscalls         write(2) to /dev/null in a tight loop, from do_writes
  *   workload fixed ROUNDS N   N threads each run ROUNDS rounds of cpu-split's work, then exit
@@ -33,29 +34,62 @@ static volatile long sink;
  * their frame-pointer prologue. */
 static volatile int running = 1;
 
+/*
+ * cpu-split and busy burn for a given thread CPU time (units of TIME_UNIT_NS), so that the 60/30/10
+ * split holds however fast each loop runs on a noisy host; `fixed` burns a fixed number of
+ * iterations, so that a profiler's overhead shows in its wall time.
+ */
+static int by_time;
+/*
+ * One unit of timed work. Not a divisor of the 99 Hz sampling period: a 10 ms round would
+ * run in lockstep with the sampler and alias the split.
+ */
+#define TIME_UNIT_NS 730000L
+
+static inline __attribute__((always_inline)) long thread_cpu_ns(void)
+{
+	struct timespec ts;
+	long ret;
+	/* A raw syscall: a call into libc (no frame pointer) would hide the burning function. */
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "0"((long)SYS_clock_gettime), "D"((long)CLOCK_THREAD_CPUTIME_ID), "S"(&ts)
+			 : "rcx", "r11", "memory");
+	(void)ret;
+	return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+/* The loop every burn function inlines, so that each is the leaf of its own samples. */
+#define BURN(units)                                                             \
+	do {                                                                    \
+		volatile long acc = 0; /* per call: no shared line between threads */ \
+		if (by_time) {                                                  \
+			long end = thread_cpu_ns() + (units) * TIME_UNIT_NS;    \
+			do {                                                    \
+				for (volatile long i = 0; i < 20000; i++)       \
+					acc += i;                               \
+			} while (thread_cpu_ns() < end);                        \
+		} else {                                                        \
+			for (volatile long i = 0; i < (units) * UNIT; i++)      \
+				acc += i;                                       \
+		}                                                               \
+		sink += acc;                                                    \
+	} while (0)
+
 static inline __attribute__((always_inline)) void light_inner(long units)
 {
-	volatile long acc = 0; /* per call: threads must not contend on a shared line */
-	for (volatile long i = 0; i < units * UNIT; i++)
-		acc += i;
-	sink += acc;
+	BURN(units);
 }
 
 __attribute__((noinline)) void burn_heavy(long units)
 {
-	volatile long acc = 0; /* per call: threads must not contend on a shared line */
-	for (volatile long i = 0; i < units * UNIT; i++)
-		acc += i;
-	sink += acc;
+	BURN(units);
 	sink++;
 }
 
 __attribute__((noinline)) void burn_medium(long units)
 {
-	volatile long acc = 0; /* per call: threads must not contend on a shared line */
-	for (volatile long i = 0; i < units * UNIT; i++)
-		acc += i;
-	sink += acc;
+	BURN(units);
 	sink++;
 }
 
@@ -277,6 +311,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
+		by_time = 1;
 		cpu_split();
 	} else if (strcmp(argv[1], "recurse") == 0 && argc > 2) {
 		int depth = atoi(argv[2]);
@@ -286,6 +321,7 @@ int main(int argc, char **argv)
 		return fixed_work(atol(argv[2]), atoi(argv[3]));
 	} else if (strcmp(argv[1], "busy") == 0 && argc > 2) {
 		int n = atoi(argv[2]);
+		by_time = 1;
 		pthread_t t;
 		for (int i = 1; i < n; i++)
 			pthread_create(&t, NULL, busy_main, NULL);
