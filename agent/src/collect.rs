@@ -14,6 +14,8 @@ pub struct Collected {
     pub total: u64,
     pub pids: HashSet<u32>,
     pub stacks: HashSet<Stack>,
+    /// Most kernel count-map entries one drain returned: how full the map got.
+    pub max_drained: usize,
 }
 
 /// Symbolizes one drain's worth of counts and adds them to the profile.
@@ -32,6 +34,7 @@ pub fn add(
         })
         .collect();
     let stacks = symbolizer.symbolize(&requests);
+    collected.max_drained = collected.max_drained.max(counts.len());
 
     for (c, stack) in counts.iter().zip(stacks) {
         let stack = with_loss_markers(without_probe_frames(stack), &c.user, &c.kernel);

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use emberprof_exporters::delivery::{Batch, OtlpConfig, Pipeline};
-use emberprof_exporters::health::{self, HealthCounter};
+use emberprof_exporters::health::{self, HealthCounter, HealthValue};
 use emberprof_exporters::otlp::metrics::{self, HistogramPoint, Temporality};
 use emberprof_exporters::otlp::{profiles, AttrValue, Attributes};
 use emberprof_exporters::Profile;
@@ -134,7 +134,7 @@ impl Exporter {
                     description: "OTLP export batches, by outcome",
                     unit: "{batch}",
                     attributes: vec![("result", result.to_string())],
-                    value: n,
+                    value: HealthValue::Count(n),
                 });
             }
             let resource = self.own_resource();

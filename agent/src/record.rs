@@ -24,7 +24,7 @@ use crate::histograms::Histograms;
 use crate::metadata::process::process_attributes;
 use crate::output;
 use crate::progress::Progress;
-use emberprof_exporters::health::HealthCounter;
+use emberprof_exporters::health::{HealthCounter, HealthValue};
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
@@ -194,7 +194,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
 
     let runs_written = runs.len();
     let health = match &exporter {
-        Some(_) => health_counters(&runs, histograms.as_ref(), &symbolizer)?,
+        Some(_) => health_counters(
+            &runs,
+            histograms.as_ref(),
+            &symbolizer,
+            args.count_map_entries,
+        )?,
         None => Vec::new(),
     };
     let mut profiles = Vec::new();
@@ -239,6 +244,7 @@ fn health_counters(
     runs: &[Run],
     histograms: Option<&Histograms>,
     symbolizer: &Symbolizer,
+    count_map_entries: u32,
 ) -> anyhow::Result<Vec<HealthCounter>> {
     let c = |name, description, unit, attributes: Vec<(&'static str, &str)>, value| HealthCounter {
         name,
@@ -248,10 +254,23 @@ fn health_counters(
             .into_iter()
             .map(|(k, v)| (k, v.to_string()))
             .collect(),
-        value,
+        value: HealthValue::Count(value),
     };
     let mut out = Vec::new();
     for run in runs {
+        let map = match &run.profiler {
+            Profiler::Cpu(_) => "cpu_counts",
+            Profiler::OffCpu(_) => "offcpu_counts",
+        };
+        out.push(HealthCounter {
+            name: "emberprof.map.fill",
+            description: "Highest share of a kernel count map in use at a drain",
+            unit: "1",
+            attributes: vec![("map", map.to_string())],
+            value: HealthValue::Level(
+                run.collected.max_drained as f64 / f64::from(count_map_entries.max(1)),
+            ),
+        });
         match &run.profiler {
             Profiler::Cpu(p) => {
                 let k = p.counters().context("reading the CPU sampler's counters")?;

@@ -14,14 +14,23 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use crate::delivery::{OtlpConfig, SendError};
 use crate::otlp::{AttrValue, Attributes};
 
-/// One monotonic total to report, e.g. `emberprof.samples.dropped{reason=count_map_full}`.
+/// A health value: a monotonic total, or a level such as how full a map got.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HealthValue {
+    /// Sent as a monotonic counter.
+    Count(u64),
+    /// Sent as a gauge.
+    Level(f64),
+}
+
+/// One value to report, e.g. `emberprof.cpu.samples.dropped{reason=count_map_full}`.
 #[derive(Clone, Debug)]
 pub struct HealthCounter {
     pub name: &'static str,
     pub description: &'static str,
     pub unit: &'static str,
     pub attributes: Vec<(&'static str, String)>,
-    pub value: u64,
+    pub value: HealthValue,
 }
 
 /// Sends the counters once (a one-shot recording's totals) and waits for the SDK to
@@ -83,12 +92,20 @@ pub fn send_once(
             .iter()
             .map(|(k, v)| KeyValue::new(*k, v.clone()))
             .collect();
-        meter
-            .u64_counter(c.name)
-            .with_description(c.description)
-            .with_unit(c.unit)
-            .build()
-            .add(c.value, &attrs);
+        match c.value {
+            HealthValue::Count(n) => meter
+                .u64_counter(c.name)
+                .with_description(c.description)
+                .with_unit(c.unit)
+                .build()
+                .add(n, &attrs),
+            HealthValue::Level(x) => meter
+                .f64_gauge(c.name)
+                .with_description(c.description)
+                .with_unit(c.unit)
+                .build()
+                .record(x, &attrs),
+        }
     }
     let result = provider
         .shutdown_with_timeout(config.timeout + Duration::from_secs(1))

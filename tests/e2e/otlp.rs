@@ -180,6 +180,23 @@ fn cpu_profile_reaches_the_collector_with_names_proportions_and_attributes() {
     assert!(samples >= total, "{samples} < {total}");
     assert_eq!(health("emberprof.export.batches", Some("sent")), Some(1));
     assert_eq!(health("emberprof.cpu.samples.dropped", None), Some(0));
+    let fill = received
+        .metrics
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .find(|m| m.name == "emberprof.map.fill")
+        .and_then(|m| match &m.data {
+            Some(metric::Data::Gauge(g)) => g.data_points.first().and_then(|p| match p.value {
+                Some(number_data_point::Value::AsDouble(x)) => Some(x),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .expect("a map fill gauge");
+    // A handful of stacks in a 16384-entry map.
+    assert!(fill > 0.0 && fill < 0.01, "{fill}");
 }
 
 #[test]
