@@ -65,7 +65,23 @@ pub struct RecordArgs {
     /// Output file, or - for standard output [default: emberprof-<UTC time>.<ext>].
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Send the recording to this OTLP/gRPC collector (http:// plaintext, https:// TLS);
+    #[command(flatten)]
+    pub export: ExportArgs,
+    /// How often the kernel maps are drained and symbolized while recording.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
+    pub drain_interval: Duration,
+    /// Entries in each of the kernel's two stack maps.
+    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    pub stack_map_entries: u32,
+    /// Entries in each of the kernel's two count maps.
+    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    pub count_map_entries: u32,
+}
+
+/// Where to send profiles and histograms: OTLP and Pyroscope.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Send profiles and histograms to this OTLP/gRPC collector (http:// plaintext, https:// TLS);
     /// default from OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
@@ -111,15 +127,6 @@ pub struct RecordArgs {
         requires = "pyroscope_url"
     )]
     pub pyroscope_password: Option<String>,
-    /// How often the kernel maps are drained and symbolized while recording.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
-    pub drain_interval: Duration,
-    /// Entries in each of the kernel's two stack maps.
-    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
-    pub stack_map_entries: u32,
-    /// Entries in each of the kernel's two count maps.
-    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
-    pub count_map_entries: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

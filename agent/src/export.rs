@@ -9,9 +9,10 @@ use emberprof_exporters::delivery::{Batch, OtlpConfig, Pipeline};
 use emberprof_exporters::health::{self, HealthCounter, HealthValue};
 use emberprof_exporters::otlp::metrics::{self, HistogramPoint, Temporality};
 use emberprof_exporters::otlp::{profiles, AttrValue, Attributes};
+use emberprof_exporters::pyroscope::{self, PyroscopeConfig};
 use emberprof_exporters::Profile;
 
-use crate::cli::{RecordArgs, TemporalityArg};
+use crate::cli::{ExportArgs, TemporalityArg};
 use crate::metadata::process::host_attributes;
 
 /// The configured exporter and the resource attributes gathered for it.
@@ -27,7 +28,7 @@ pub struct Exporter {
 impl Exporter {
     /// The exporter the environment (`OTEL_EXPORTER_OTLP_*`) and flags ask for, if any;
     /// flags win.
-    pub fn from_args(args: &RecordArgs) -> anyhow::Result<Option<Exporter>> {
+    pub fn from_args(args: &ExportArgs) -> anyhow::Result<Option<Exporter>> {
         let mut config = OtlpConfig::from_env(|k| std::env::var(k).ok())?;
         if let Some(e) = &args.otlp_endpoint {
             config.set_endpoint(e, "--otlp-endpoint")?;
@@ -158,4 +159,55 @@ impl Exporter {
         }
         Ok(())
     }
+}
+
+/// The Pyroscope server `--pyroscope-url` names, with its tenant and credentials.
+pub fn pyroscope_config(args: &ExportArgs) -> anyhow::Result<Option<PyroscopeConfig>> {
+    let Some(url) = &args.pyroscope_url else {
+        return Ok(None);
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--pyroscope-url {url:?} must start with http:// or https://");
+    }
+    let mut config = PyroscopeConfig::new(url);
+    config.tenant = args.pyroscope_tenant.clone();
+    config.basic_auth = match (&args.pyroscope_user, &args.pyroscope_password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (None, None) => None,
+        _ => bail!("--pyroscope-user and --pyroscope-password go together"),
+    };
+    Ok(Some(config))
+}
+
+/// One push per profile kind and service; the service is the process's `service.name`.
+pub fn push_to_pyroscope(
+    config: &PyroscopeConfig,
+    profiles: &[Profile],
+    processes: &HashMap<u32, Attributes>,
+) -> anyhow::Result<()> {
+    let service_of = |s: &emberprof_exporters::Sample| {
+        processes
+            .get(&s.pid)
+            .and_then(|attrs| {
+                attrs.iter().find_map(|(k, v)| match v {
+                    AttrValue::Str(name) if k == "service.name" => Some(name.clone()),
+                    _ => None,
+                })
+            })
+            .unwrap_or_else(|| s.process_name.to_string())
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let labels = vec![("host_name".to_string(), host)];
+    let mut pushed = 0;
+    for profile in profiles {
+        pushed += pyroscope::push(config, profile, service_of, &labels)
+            .with_context(|| format!("pushing the {} profile to {}", profile.name, config.url))?;
+    }
+    eprintln!(
+        "emberprof: Pyroscope {}: {pushed} profiles pushed",
+        config.url
+    );
+    Ok(())
 }

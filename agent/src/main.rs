@@ -8,6 +8,7 @@ mod metadata;
 mod output;
 mod progress;
 mod record;
+mod session;
 
 use std::process::ExitCode;
 

@@ -8,56 +8,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_exporters::otlp::{AttrValue, Attributes};
-use emberprof_exporters::pyroscope::{self, PyroscopeConfig};
+use emberprof_exporters::otlp::Attributes;
 use emberprof_exporters::{Format, Profile, ProfileBuilder};
-use emberprof_probes::{
-    CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler, ProbeError,
-    StackCount,
-};
+use emberprof_probes::{CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler};
 use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::RecordArgs;
 use crate::collect::{self, Collected};
-use crate::export::Exporter;
+use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
 use crate::histograms::Histograms;
-use crate::metadata::process::process_attributes;
 use crate::output;
 use crate::progress::Progress;
-use emberprof_exporters::health::{HealthCounter, HealthValue};
+use crate::session::{health_counters, observe, Profiler, Run};
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
-
-/// One loaded profiler (boxed: they are large and moved around).
-enum Profiler {
-    Cpu(Box<CpuSampler>),
-    OffCpu(Box<OffCpuProfiler>),
-}
-
-impl Profiler {
-    fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
-        match self {
-            Profiler::Cpu(p) => p.drain(),
-            Profiler::OffCpu(p) => p.drain(),
-        }
-    }
-
-    fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
-        match self {
-            Profiler::Cpu(p) => p.stop(),
-            Profiler::OffCpu(p) => p.stop(),
-        }
-    }
-}
-
-/// A profiler with the profile it fills and where that profile goes.
-struct Run {
-    profiler: Profiler,
-    builder: ProfileBuilder,
-    collected: Collected,
-    path: PathBuf,
-}
 
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     for pid in &args.pids {
@@ -77,8 +42,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the Ctrl-C handler")?;
     }
-    let exporter = Exporter::from_args(&args)?;
-    let pyroscope = pyroscope_config(&args)?;
+    let exporter = Exporter::from_args(&args.export)?;
+    let pyroscope = pyroscope_config(&args.export)?;
     // Resource attributes of the processes profiled, read while they run, for the exports.
     let mut processes: Option<HashMap<u32, Attributes>> =
         (exporter.is_some() || pyroscope.is_some()).then(HashMap::new);
@@ -99,7 +64,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             profiler: Profiler::Cpu(Box::new(sampler)),
             builder: ProfileBuilder::cpu(args.frequency, start),
             collected: Collected::default(),
-            path: cpu_path,
+            path: Some(cpu_path),
         });
     }
     if want_off_cpu {
@@ -114,7 +79,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             profiler: Profiler::OffCpu(Box::new(profiler)),
             builder: ProfileBuilder::off_cpu(start),
             collected: Collected::default(),
-            path: off_cpu_path,
+            path: Some(off_cpu_path),
         });
     }
     let mut histograms = if want_histograms {
@@ -213,6 +178,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         } = run;
         drop(profiler);
         let profile = builder.finish(end);
+        let path = path.context("a recorded profile has a destination")?;
         output::write(&profile, format, &path)?;
         eprintln!(
             "{summary} in {:.1} s -> {}",
@@ -236,201 +202,6 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         e.finish(health)?;
     }
     tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
-    Ok(())
-}
-
-/// emberprof's own counters for this recording, for the health metrics.
-fn health_counters(
-    runs: &[Run],
-    histograms: Option<&Histograms>,
-    symbolizer: &Symbolizer,
-    count_map_entries: u32,
-) -> anyhow::Result<Vec<HealthCounter>> {
-    let c = |name, description, unit, attributes: Vec<(&'static str, &str)>, value| HealthCounter {
-        name,
-        description,
-        unit,
-        attributes: attributes
-            .into_iter()
-            .map(|(k, v)| (k, v.to_string()))
-            .collect(),
-        value: HealthValue::Count(value),
-    };
-    let mut out = Vec::new();
-    for run in runs {
-        let map = match &run.profiler {
-            Profiler::Cpu(_) => "cpu_counts",
-            Profiler::OffCpu(_) => "offcpu_counts",
-        };
-        out.push(HealthCounter {
-            name: "emberprof.map.fill",
-            description: "Highest share of a kernel count map in use at a drain",
-            unit: "1",
-            attributes: vec![("map", map.to_string())],
-            value: HealthValue::Level(
-                run.collected.max_drained as f64 / f64::from(count_map_entries.max(1)),
-            ),
-        });
-        match &run.profiler {
-            Profiler::Cpu(p) => {
-                let k = p.counters().context("reading the CPU sampler's counters")?;
-                out.push(c(
-                    "emberprof.cpu.samples",
-                    "CPU samples taken of profiled processes",
-                    "{sample}",
-                    vec![],
-                    k.samples,
-                ));
-                out.push(c(
-                    "emberprof.cpu.samples.dropped",
-                    "CPU samples the kernel could not record",
-                    "{sample}",
-                    vec![("reason", "count_map_full")],
-                    k.count_map_full,
-                ));
-                for (reason, n) in [
-                    ("user_stack_map_full", k.user_stack_map_full),
-                    ("kernel_stack_map_full", k.kernel_stack_map_full),
-                    ("stack_error", k.stack_errors),
-                ] {
-                    out.push(c(
-                        "emberprof.cpu.stacks.lost",
-                        "CPU samples kept without one of their stacks",
-                        "{sample}",
-                        vec![("reason", reason)],
-                        n,
-                    ));
-                }
-            }
-            Profiler::OffCpu(p) => {
-                let k = p
-                    .counters()
-                    .context("reading the off-CPU profiler's counters")?;
-                out.push(c(
-                    "emberprof.offcpu.blocks",
-                    "Blocks credited to a stack",
-                    "{block}",
-                    vec![],
-                    k.blocks,
-                ));
-                for (reason, n) in [
-                    ("start_full", k.start_full),
-                    ("count_map_full", k.count_full),
-                ] {
-                    out.push(c(
-                        "emberprof.offcpu.blocks.dropped",
-                        "Blocks the kernel could not record",
-                        "{block}",
-                        vec![("reason", reason)],
-                        n,
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(h) = histograms {
-        let k = h.counters()?;
-        out.push(c(
-            "emberprof.histogram.durations",
-            "Durations recorded into latency histograms",
-            "{duration}",
-            vec![],
-            k.recorded + k.overflowed,
-        ));
-        out.push(c(
-            "emberprof.histogram.durations.overflowed",
-            "Durations beyond the histogram key cap",
-            "{duration}",
-            vec![],
-            k.overflowed,
-        ));
-        out.push(c(
-            "emberprof.histogram.durations.lost",
-            "Waits that could not be tracked",
-            "{duration}",
-            vec![],
-            k.start_full,
-        ));
-    }
-    let s = symbolizer.stats();
-    for (result, n) in [("hit", s.cache_hits), ("miss", s.cache_misses)] {
-        out.push(c(
-            "emberprof.symbolizer.lookups",
-            "Addresses symbolized, by cache result",
-            "{address}",
-            vec![("result", result)],
-            n,
-        ));
-    }
-    out.push(c(
-        "emberprof.symbolizer.file_errors",
-        "Files whose symbols could not be read",
-        "{file}",
-        vec![],
-        s.file_errors,
-    ));
-    Ok(out)
-}
-
-/// Reads the resource attributes of processes not seen before, while they still run.
-fn observe(processes: &mut HashMap<u32, Attributes>, runs: &[Run], symbolizer: &Symbolizer) {
-    for pid in runs.iter().flat_map(|r| r.collected.pids.iter().copied()) {
-        processes.entry(pid).or_insert_with(|| {
-            let name = symbolizer
-                .process_name(pid)
-                .map_or_else(|| pid.to_string(), |n| n.to_string());
-            process_attributes(pid, &name)
-        });
-    }
-}
-
-fn pyroscope_config(args: &RecordArgs) -> anyhow::Result<Option<PyroscopeConfig>> {
-    let Some(url) = &args.pyroscope_url else {
-        return Ok(None);
-    };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bail!("--pyroscope-url {url:?} must start with http:// or https://");
-    }
-    let mut config = PyroscopeConfig::new(url);
-    config.tenant = args.pyroscope_tenant.clone();
-    config.basic_auth = match (&args.pyroscope_user, &args.pyroscope_password) {
-        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
-        (None, None) => None,
-        _ => bail!("--pyroscope-user and --pyroscope-password go together"),
-    };
-    Ok(Some(config))
-}
-
-/// One push per profile kind and service; the service is the process's `service.name`.
-fn push_to_pyroscope(
-    config: &PyroscopeConfig,
-    profiles: &[Profile],
-    processes: &HashMap<u32, Attributes>,
-) -> anyhow::Result<()> {
-    let service_of = |s: &emberprof_exporters::Sample| {
-        processes
-            .get(&s.pid)
-            .and_then(|attrs| {
-                attrs.iter().find_map(|(k, v)| match v {
-                    AttrValue::Str(name) if k == "service.name" => Some(name.clone()),
-                    _ => None,
-                })
-            })
-            .unwrap_or_else(|| s.process_name.to_string())
-    };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let labels = vec![("host_name".to_string(), host)];
-    let mut pushed = 0;
-    for profile in profiles {
-        pushed += pyroscope::push(config, profile, service_of, &labels)
-            .with_context(|| format!("pushing the {} profile to {}", profile.name, config.url))?;
-    }
-    eprintln!(
-        "emberprof: Pyroscope {}: {pushed} profiles pushed",
-        config.url
-    );
     Ok(())
 }
 

@@ -1,0 +1,191 @@
+//! What `record` and `agent` share: the loaded profilers, what each has collected, and the
+//! bookkeeping around them (process attributes, health counters).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use emberprof_exporters::health::{HealthCounter, HealthValue};
+use emberprof_exporters::otlp::Attributes;
+use emberprof_exporters::ProfileBuilder;
+use emberprof_probes::{CpuSampler, OffCpuProfiler, ProbeError, StackCount};
+use emberprof_symbolizer::Symbolizer;
+
+use crate::collect::Collected;
+use crate::histograms::Histograms;
+use crate::metadata::process::process_attributes;
+
+/// One loaded profiler (boxed: they are large and moved around).
+pub enum Profiler {
+    Cpu(Box<CpuSampler>),
+    OffCpu(Box<OffCpuProfiler>),
+}
+
+impl Profiler {
+    pub fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        match self {
+            Profiler::Cpu(p) => p.drain(),
+            Profiler::OffCpu(p) => p.drain(),
+        }
+    }
+
+    pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        match self {
+            Profiler::Cpu(p) => p.stop(),
+            Profiler::OffCpu(p) => p.stop(),
+        }
+    }
+}
+
+/// A profiler with the profile it fills, and where that profile goes (`record` only).
+pub struct Run {
+    pub profiler: Profiler,
+    pub builder: ProfileBuilder,
+    pub collected: Collected,
+    pub path: Option<PathBuf>,
+}
+
+/// emberprof's own counters for this recording, for the health metrics.
+pub fn health_counters(
+    runs: &[Run],
+    histograms: Option<&Histograms>,
+    symbolizer: &Symbolizer,
+    count_map_entries: u32,
+) -> anyhow::Result<Vec<HealthCounter>> {
+    let c = |name, description, unit, attributes: Vec<(&'static str, &str)>, value| HealthCounter {
+        name,
+        description,
+        unit,
+        attributes: attributes
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
+            .collect(),
+        value: HealthValue::Count(value),
+    };
+    let mut out = Vec::new();
+    for run in runs {
+        let map = match &run.profiler {
+            Profiler::Cpu(_) => "cpu_counts",
+            Profiler::OffCpu(_) => "offcpu_counts",
+        };
+        out.push(HealthCounter {
+            name: "emberprof.map.fill",
+            description: "Highest share of a kernel count map in use at a drain",
+            unit: "1",
+            attributes: vec![("map", map.to_string())],
+            value: HealthValue::Level(
+                run.collected.max_drained as f64 / f64::from(count_map_entries.max(1)),
+            ),
+        });
+        match &run.profiler {
+            Profiler::Cpu(p) => {
+                let k = p.counters().context("reading the CPU sampler's counters")?;
+                out.push(c(
+                    "emberprof.cpu.samples",
+                    "CPU samples taken of profiled processes",
+                    "{sample}",
+                    vec![],
+                    k.samples,
+                ));
+                out.push(c(
+                    "emberprof.cpu.samples.dropped",
+                    "CPU samples the kernel could not record",
+                    "{sample}",
+                    vec![("reason", "count_map_full")],
+                    k.count_map_full,
+                ));
+                for (reason, n) in [
+                    ("user_stack_map_full", k.user_stack_map_full),
+                    ("kernel_stack_map_full", k.kernel_stack_map_full),
+                    ("stack_error", k.stack_errors),
+                ] {
+                    out.push(c(
+                        "emberprof.cpu.stacks.lost",
+                        "CPU samples kept without one of their stacks",
+                        "{sample}",
+                        vec![("reason", reason)],
+                        n,
+                    ));
+                }
+            }
+            Profiler::OffCpu(p) => {
+                let k = p
+                    .counters()
+                    .context("reading the off-CPU profiler's counters")?;
+                out.push(c(
+                    "emberprof.offcpu.blocks",
+                    "Blocks credited to a stack",
+                    "{block}",
+                    vec![],
+                    k.blocks,
+                ));
+                for (reason, n) in [
+                    ("start_full", k.start_full),
+                    ("count_map_full", k.count_full),
+                ] {
+                    out.push(c(
+                        "emberprof.offcpu.blocks.dropped",
+                        "Blocks the kernel could not record",
+                        "{block}",
+                        vec![("reason", reason)],
+                        n,
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(h) = histograms {
+        let k = h.counters()?;
+        out.push(c(
+            "emberprof.histogram.durations",
+            "Durations recorded into latency histograms",
+            "{duration}",
+            vec![],
+            k.recorded + k.overflowed,
+        ));
+        out.push(c(
+            "emberprof.histogram.durations.overflowed",
+            "Durations beyond the histogram key cap",
+            "{duration}",
+            vec![],
+            k.overflowed,
+        ));
+        out.push(c(
+            "emberprof.histogram.durations.lost",
+            "Waits that could not be tracked",
+            "{duration}",
+            vec![],
+            k.start_full,
+        ));
+    }
+    let s = symbolizer.stats();
+    for (result, n) in [("hit", s.cache_hits), ("miss", s.cache_misses)] {
+        out.push(c(
+            "emberprof.symbolizer.lookups",
+            "Addresses symbolized, by cache result",
+            "{address}",
+            vec![("result", result)],
+            n,
+        ));
+    }
+    out.push(c(
+        "emberprof.symbolizer.file_errors",
+        "Files whose symbols could not be read",
+        "{file}",
+        vec![],
+        s.file_errors,
+    ));
+    Ok(out)
+}
+
+/// Reads the resource attributes of processes not seen before, while they still run.
+pub fn observe(processes: &mut HashMap<u32, Attributes>, runs: &[Run], symbolizer: &Symbolizer) {
+    for pid in runs.iter().flat_map(|r| r.collected.pids.iter().copied()) {
+        processes.entry(pid).or_insert_with(|| {
+            let name = symbolizer
+                .process_name(pid)
+                .map_or_else(|| pid.to_string(), |n| n.to_string());
+            process_attributes(pid, &name)
+        });
+    }
+}
