@@ -20,6 +20,55 @@ pub struct Cli {
 pub enum Command {
     /// Record CPU stacks, off-CPU waits and/or latency histograms of every process, or of --pid.
     Record(RecordArgs),
+    /// Profile continuously and export every interval until stopped (SIGTERM or Ctrl-C).
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// Samples per second on each CPU (a prime, so that sampling does not beat with periodic work).
+    #[arg(long, value_name = "HZ", default_value_t = 19,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub frequency: u64,
+    /// How often a profile is exported.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Also profile off-CPU time (where threads block).
+    #[arg(long)]
+    pub off_cpu: bool,
+    /// Off-CPU: also count time runnable threads waited after preemption.
+    #[arg(long, requires = "off_cpu")]
+    pub include_preempted: bool,
+    /// Off-CPU: ignore blocks shorter than this.
+    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
+    pub min_block: Duration,
+    /// Also keep latency histograms (run queue, off-CPU, block I/O) and export them.
+    #[arg(long)]
+    pub histograms: bool,
+    /// Also histogram every syscall's latency (implies --histograms).
+    #[arg(long)]
+    pub syscall_latency: bool,
+    /// Histograms kept between drains; more go to an "other" histogram per kind.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub histogram_keys: u32,
+    /// Profile only this process (repeatable); applied in the kernel.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub export: ExportArgs,
+    /// On SIGTERM, how long the final export may take before emberprof exits anyway.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// How often the kernel maps are drained and symbolized.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
+    pub drain_interval: Duration,
+    /// Entries in each of the kernel's two stack maps.
+    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    pub stack_map_entries: u32,
+    /// Entries in each of the kernel's two count maps.
+    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    pub count_map_entries: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -197,11 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn agent_defaults_follow_the_peers() {
+        let cli = Cli::try_parse_from(["emberprof", "agent"]).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not an agent command");
+        };
+        assert_eq!(args.frequency, 19);
+        assert_eq!(args.interval, Duration::from_secs(15));
+        assert!(Cli::try_parse_from(["emberprof", "agent", "--interval", "soon"]).is_err());
+    }
+
+    #[test]
     fn cli_rejects_bad_frequency() {
         assert!(Cli::try_parse_from(["emberprof", "record", "--frequency", "0"]).is_err());
         assert!(Cli::try_parse_from(["emberprof", "record", "--frequency", "20000"]).is_err());
         let ok = Cli::try_parse_from(["emberprof", "record", "--pid", "1", "--pid", "2"]).unwrap();
-        let Command::Record(args) = ok.command;
+        let Command::Record(args) = ok.command else {
+            panic!("not a record command");
+        };
         assert_eq!(args.pids, [1, 2]);
         assert_eq!(args.frequency, 99);
         assert_eq!(args.duration, Duration::from_secs(10));

@@ -87,6 +87,16 @@ impl Exporter {
         }))
     }
 
+    /// How long `finish` waits for delivery.
+    pub fn set_flush_timeout(&mut self, timeout: Duration) {
+        self.flush_timeout = timeout;
+    }
+
+    /// Whether histograms are exported as deltas (reset after each export).
+    pub fn delta(&self) -> bool {
+        self.temporality == Temporality::Delta
+    }
+
     /// The resource of what emberprof reports about itself and the host.
     fn own_resource(&self) -> Attributes {
         let mut resource = self.common.clone();

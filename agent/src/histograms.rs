@@ -110,6 +110,11 @@ impl Histograms {
         }
     }
 
+    /// Forgets the accumulated series (delta export: each interval starts from zero).
+    pub fn reset(&mut self) {
+        self.series.clear();
+    }
+
     /// Every series as an OTLP exponential-histogram point, totals since the start.
     pub fn points(&mut self) -> Vec<HistogramPoint> {
         let mut points = Vec::new();

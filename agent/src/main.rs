@@ -2,6 +2,7 @@
 
 mod cli;
 mod collect;
+mod continuous;
 mod export;
 mod histograms;
 mod metadata;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         cli::Command::Record(args) => record::run(args),
+        cli::Command::Agent(args) => continuous::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! End-to-end tests: real probes, real workloads, the real `emberprof` binary.
 //! They need root (or CAP_BPF + CAP_PERFMON); with `CI` set they fail without it.
 
+mod agent;
 #[path = "../support/collector.rs"]
 mod collector;
 mod cpu_profile;

@@ -325,3 +325,42 @@ pub fn read_histograms(path: &Path) -> Vec<HistSection> {
 pub fn sections<'a>(all: &'a [HistSection], prefix: &str) -> Vec<&'a HistSection> {
     all.iter().filter(|s| s.title.starts_with(prefix)).collect()
 }
+
+/// Names of the BPF programs loaded in the kernel now (the kernel keeps 15 characters).
+pub fn loaded_bpf_programs() -> Vec<String> {
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const NAME_OFFSET: usize = 64; // struct bpf_prog_info.name
+    let bpf = |cmd: libc::c_long, attr: &mut [u32; 4]| {
+        // SAFETY: attr is a zero-padded bpf_attr prefix the command reads and writes.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 16) }
+    };
+    let mut names = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut attr = [id, 0, 0, 0];
+        if bpf(BPF_PROG_GET_NEXT_ID, &mut attr) != 0 {
+            return names;
+        }
+        id = attr[1];
+        let mut attr = [id, 0, 0, 0];
+        let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr);
+        if fd < 0 {
+            continue; // unloaded meanwhile
+        }
+        let mut info = [0u8; 256];
+        let mut attr = [fd as u32, info.len() as u32, 0, 0];
+        let ptr = info.as_mut_ptr() as u64;
+        attr[2] = ptr as u32;
+        attr[3] = (ptr >> 32) as u32;
+        let ok = bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0;
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd as i32) };
+        if ok {
+            let name = &info[NAME_OFFSET..NAME_OFFSET + 16];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(16);
+            names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        }
+    }
+}

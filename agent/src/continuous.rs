@@ -1,0 +1,258 @@
+//! `emberprof agent`: profile until stopped, and every interval hand one batch (the
+//! interval's profiles, the histograms) to the exporters. Sampling never waits on export:
+//! OTLP goes through the background pipeline, Pyroscope pushes run on their own thread.
+//! On SIGTERM/SIGINT the final partial interval is exported within --shutdown-timeout and
+//! every probe is detached before exit.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use emberprof_exporters::otlp::Attributes;
+use emberprof_exporters::{Profile, ProfileBuilder};
+use emberprof_probes::{CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler};
+use emberprof_symbolizer::Symbolizer;
+
+use crate::cli::AgentArgs;
+use crate::collect::{self, Collected};
+use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
+use crate::histograms::Histograms;
+use crate::session::{health_counters, observe, Profiler, Run};
+
+/// How often the loop wakes to check for signals.
+const TICK: Duration = Duration::from_millis(100);
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    for pid in &args.pids {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with PID {pid} (--pid)");
+        }
+    }
+    let mut exporter = Exporter::from_args(&args.export)?;
+    let pyroscope = pyroscope_config(&args.export)?;
+    if exporter.is_none() && pyroscope.is_none() {
+        bail!(
+            "nothing to export to: set --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) \
+             or --pyroscope-url"
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("installing the signal handlers")?;
+    }
+
+    let agent_start = SystemTime::now();
+    let mut interval_start = agent_start;
+    let mut runs = start_profilers(&args, interval_start)?;
+    let want_histograms = args.histograms || args.syscall_latency;
+    let mut histograms = if want_histograms {
+        let config = LatencyConfig {
+            syscalls: args.syscall_latency,
+            max_keys: args.histogram_keys,
+            ..LatencyConfig::new(args.pids.clone())
+        };
+        Some(Histograms::start(&config)?)
+    } else {
+        None
+    };
+    let mut symbolizer = Symbolizer::new();
+    for pid in &args.pids {
+        symbolizer.observe(*pid);
+    }
+    let mut processes: HashMap<u32, Attributes> = HashMap::new();
+    tracing::info!(
+        frequency = args.frequency,
+        interval = ?args.interval,
+        off_cpu = args.off_cpu,
+        histograms = want_histograms,
+        "agent running"
+    );
+
+    let started = Instant::now();
+    let mut next_drain = args.drain_interval;
+    let mut next_export = args.interval;
+    let mut intervals = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let elapsed = started.elapsed();
+        if elapsed >= next_drain || elapsed >= next_export {
+            drain(
+                &mut runs,
+                histograms.as_mut(),
+                &mut symbolizer,
+                &mut processes,
+            )?;
+            next_drain = elapsed + args.drain_interval;
+        }
+        if elapsed >= next_export {
+            let now = SystemTime::now();
+            let profiles = finish_interval(&mut runs, &args, now);
+            ship(
+                &profiles,
+                exporter.as_mut(),
+                pyroscope.as_ref(),
+                histograms.as_mut(),
+                &processes,
+                agent_start,
+                interval_start,
+                now,
+            );
+            intervals += 1;
+            interval_start = now;
+            next_export = elapsed + args.interval;
+            // Only processes of the next interval need attributes; exited ones go.
+            processes.clear();
+        }
+        std::thread::sleep(TICK);
+    }
+
+    // Stopping: detach everything, then export what the last partial interval holds.
+    for run in &mut runs {
+        let counts = run.profiler.stop().context("stopping the probes")?;
+        collect::add(
+            &counts,
+            &mut symbolizer,
+            &mut run.builder,
+            &mut run.collected,
+        );
+    }
+    if let Some(h) = &mut histograms {
+        h.stop()?;
+    }
+    observe(&mut processes, &runs, &symbolizer);
+    let now = SystemTime::now();
+    let health = health_counters(
+        &runs,
+        histograms.as_ref(),
+        &symbolizer,
+        args.count_map_entries,
+    )?;
+    let profiles = finish_interval(&mut runs, &args, now);
+    drop(runs);
+    ship(
+        &profiles,
+        exporter.as_mut(),
+        pyroscope.as_ref(),
+        histograms.as_mut(),
+        &processes,
+        agent_start,
+        interval_start,
+        now,
+    );
+    intervals += 1;
+    eprintln!("emberprof: agent stopped after {intervals} intervals");
+    if let Some(mut e) = exporter {
+        e.set_flush_timeout(args.shutdown_timeout);
+        e.finish(health)?;
+    }
+    Ok(())
+}
+
+fn start_profilers(args: &AgentArgs, start: SystemTime) -> anyhow::Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    let config = CpuSamplerConfig {
+        stack_map_entries: args.stack_map_entries,
+        count_map_entries: args.count_map_entries,
+        ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
+    };
+    let sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
+    runs.push(Run {
+        profiler: Profiler::Cpu(Box::new(sampler)),
+        builder: ProfileBuilder::cpu(args.frequency, start),
+        collected: Collected::default(),
+        path: None,
+    });
+    if args.off_cpu {
+        let config = OffCpuConfig {
+            include_preempted: args.include_preempted,
+            min_block: args.min_block,
+            count_map_entries: args.count_map_entries,
+            ..OffCpuConfig::new(args.pids.clone())
+        };
+        let profiler = OffCpuProfiler::start(&config).context("starting the off-CPU profiler")?;
+        runs.push(Run {
+            profiler: Profiler::OffCpu(Box::new(profiler)),
+            builder: ProfileBuilder::off_cpu(start),
+            collected: Collected::default(),
+            path: None,
+        });
+    }
+    Ok(runs)
+}
+
+fn drain(
+    runs: &mut [Run],
+    histograms: Option<&mut Histograms>,
+    symbolizer: &mut Symbolizer,
+    processes: &mut HashMap<u32, Attributes>,
+) -> anyhow::Result<()> {
+    for run in runs.iter_mut() {
+        let counts = run.profiler.drain().context("draining the kernel maps")?;
+        collect::add(&counts, symbolizer, &mut run.builder, &mut run.collected);
+    }
+    if let Some(h) = histograms {
+        h.drain()?;
+    }
+    observe(processes, runs, symbolizer);
+    Ok(())
+}
+
+/// Closes the interval's profiles at `end` and starts the next ones there, so that
+/// consecutive intervals neither overlap nor leave gaps.
+fn finish_interval(runs: &mut [Run], args: &AgentArgs, end: SystemTime) -> Vec<Profile> {
+    runs.iter_mut()
+        .map(|run| {
+            let next = match run.profiler {
+                Profiler::Cpu(_) => ProfileBuilder::cpu(args.frequency, end),
+                Profiler::OffCpu(_) => ProfileBuilder::off_cpu(end),
+            };
+            // Per-interval bookkeeping starts over too, so that a months-long run does not
+            // accumulate every stack and PID it ever saw.
+            run.collected = Collected::default();
+            std::mem::replace(&mut run.builder, next).finish(end)
+        })
+        .collect()
+}
+
+/// Hands one interval to every exporter without waiting for delivery.
+#[allow(clippy::too_many_arguments)]
+fn ship(
+    profiles: &[Profile],
+    exporter: Option<&mut Exporter>,
+    pyroscope: Option<&emberprof_exporters::pyroscope::PyroscopeConfig>,
+    histograms: Option<&mut Histograms>,
+    processes: &HashMap<u32, Attributes>,
+    agent_start: SystemTime,
+    interval_start: SystemTime,
+    end: SystemTime,
+) {
+    let samples: usize = profiles.iter().map(|p| p.samples.len()).sum();
+    tracing::info!(samples, "exporting an interval");
+    if let Some(config) = pyroscope {
+        let (config, profiles, processes) = (config.clone(), profiles.to_vec(), processes.clone());
+        // A slow Pyroscope must not hold up sampling.
+        std::thread::spawn(move || {
+            if let Err(e) = push_to_pyroscope(&config, &profiles, &processes) {
+                tracing::warn!(error = %format!("{e:#}"), "Pyroscope push failed");
+            }
+        });
+    }
+    if let Some(e) = exporter {
+        let delta = e.delta();
+        let (points, start) = match histograms {
+            Some(h) => {
+                let points = h.points();
+                if delta {
+                    h.reset();
+                }
+                (points, if delta { interval_start } else { agent_start })
+            }
+            None => (Vec::new(), agent_start),
+        };
+        let refs: Vec<&Profile> = profiles.iter().collect();
+        e.export(&refs, processes, &points, start, end);
+    }
+}
