@@ -57,6 +57,9 @@ pub struct AgentArgs {
     pub pids: Vec<u32>,
     #[command(flatten)]
     pub export: ExportArgs,
+    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /debug/pprof/...).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    pub http_listen: std::net::SocketAddr,
     /// On SIGTERM, how long the final export may take before emberprof exits anyway.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -20,6 +20,7 @@ use crate::cli::AgentArgs;
 use crate::collect::{self, Collected};
 use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
 use crate::histograms::Histograms;
+use crate::http::SharedStatus;
 use crate::session::{health_counters, observe, Profiler, Run};
 
 /// How often the loop wakes to check for signals.
@@ -39,6 +40,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
              or --pyroscope-url"
         );
     }
+    let status: SharedStatus = Arc::default();
+    crate::http::serve(args.http_listen, status.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -64,6 +67,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         symbolizer.observe(*pid);
     }
     let mut processes: HashMap<u32, Attributes> = HashMap::new();
+    {
+        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+        s.attached = true;
+        s.export_ok = true;
+    }
     tracing::info!(
         frequency = args.frequency,
         interval = ?args.interval,
@@ -84,6 +92,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 histograms.as_mut(),
                 &mut symbolizer,
                 &mut processes,
+            )?;
+            publish(
+                &status,
+                &runs,
+                histograms.as_ref(),
+                &symbolizer,
+                exporter.as_ref(),
+                &args,
             )?;
             next_drain = elapsed + args.drain_interval;
         }
@@ -109,6 +125,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         std::thread::sleep(TICK);
     }
 
+    status.lock().unwrap_or_else(|e| e.into_inner()).attached = false;
     // Stopping: detach everything, then export what the last partial interval holds.
     for run in &mut runs {
         let counts = run.profiler.stop().context("stopping the probes")?;
@@ -148,6 +165,27 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         e.set_flush_timeout(args.shutdown_timeout);
         e.finish(health)?;
     }
+    Ok(())
+}
+
+/// Refreshes what the HTTP endpoints show.
+fn publish(
+    status: &SharedStatus,
+    runs: &[Run],
+    histograms: Option<&Histograms>,
+    symbolizer: &Symbolizer,
+    exporter: Option<&Exporter>,
+    args: &AgentArgs,
+) -> anyhow::Result<()> {
+    let mut counters = health_counters(runs, histograms, symbolizer, args.count_map_entries)?;
+    let mut export_ok = true;
+    if let Some(e) = exporter {
+        counters.extend(e.health());
+        export_ok = !e.stats().last_failed;
+    }
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    s.counters = counters;
+    s.export_ok = export_ok;
     Ok(())
 }
 

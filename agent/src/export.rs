@@ -87,6 +87,39 @@ impl Exporter {
         }))
     }
 
+    /// Delivery counters so far.
+    pub fn stats(&self) -> emberprof_exporters::delivery::PipelineStats {
+        self.pipeline.stats()
+    }
+
+    /// The export's own health: batches by outcome, and bytes waiting in the queue.
+    pub fn health(&self) -> Vec<HealthCounter> {
+        let s = self.pipeline.stats();
+        let mut out: Vec<HealthCounter> = [
+            ("sent", s.sent),
+            ("failed", s.failed),
+            ("dropped", s.dropped),
+            ("retried", s.retries),
+        ]
+        .into_iter()
+        .map(|(result, n)| HealthCounter {
+            name: "emberprof.export.batches",
+            description: "OTLP export batches, by outcome",
+            unit: "{batch}",
+            attributes: vec![("result", result.to_string())],
+            value: HealthValue::Count(n),
+        })
+        .collect();
+        out.push(HealthCounter {
+            name: "emberprof.export.queue.bytes",
+            description: "Encoded bytes waiting in the export queue",
+            unit: "By",
+            attributes: Vec::new(),
+            value: HealthValue::Level(s.queued_bytes as f64),
+        });
+        out
+    }
+
     /// How long `finish` waits for delivery.
     pub fn set_flush_timeout(&mut self, timeout: Duration) {
         self.flush_timeout = timeout;
@@ -134,20 +167,7 @@ impl Exporter {
         let done = self.pipeline.flush(self.flush_timeout);
         let s = self.pipeline.stats();
         if self.config.metrics_endpoint.is_some() {
-            for (result, n) in [
-                ("sent", s.sent),
-                ("failed", s.failed),
-                ("dropped", s.dropped),
-                ("retried", s.retries),
-            ] {
-                health.push(HealthCounter {
-                    name: "emberprof.export.batches",
-                    description: "OTLP export batches, by outcome",
-                    unit: "{batch}",
-                    attributes: vec![("result", result.to_string())],
-                    value: HealthValue::Count(n),
-                });
-            }
+            health.extend(self.health());
             let resource = self.own_resource();
             if let Err(e) = health::send_once(&self.config, &resource, &health) {
                 tracing::warn!(error = %e, "could not send emberprof's health metrics");

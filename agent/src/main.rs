@@ -5,6 +5,7 @@ mod collect;
 mod continuous;
 mod export;
 mod histograms;
+mod http;
 mod metadata;
 mod output;
 mod progress;

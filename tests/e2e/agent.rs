@@ -116,3 +116,146 @@ fn the_agent_needs_somewhere_to_export() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nothing to export to"), "{err}");
 }
+
+/// A plain HTTP/1.1 GET: (status code, body).
+fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, raw[split + 4..].to_vec())
+}
+
+/// The value of an unlabelled sample in Prometheus text, checking every line parses.
+fn prometheus_value(text: &str, name: &str) -> f64 {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with('#') {
+            assert!(
+                line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "{line}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("NAME VALUE");
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let metric = series.split('{').next().unwrap();
+        assert!(
+            metric
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        if series == name {
+            found = Some(v);
+        }
+    }
+    found.unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn http_endpoints_report_health_metrics_and_profiles() {
+    let Some(_serial) = bpf_test() else { return };
+    let collector = TestCollector::start();
+    let port = crate::collector::free_port();
+    let w = Workload::start(&["cpu-split"]);
+    let pid = w.pid().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = Command::new(EMBERPROF)
+        .env("EMBERPROF_LOG", "info")
+        .args([
+            "agent",
+            "--pid",
+            &pid,
+            "--interval",
+            "5s",
+            "--frequency",
+            "99",
+        ])
+        .args([
+            "--otlp-endpoint",
+            &collector.endpoint(),
+            "--http-listen",
+            &listen,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the agent");
+    let mut stderr = BufReader::new(agent.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "agent exited:\n{log}"
+        );
+        log.push_str(&line);
+        if line.contains("agent running") {
+            break;
+        }
+    }
+    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(get(port, "/readyz").0, 200);
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, first) = get(port, "/metrics");
+    assert_eq!(code, 200);
+    let first = String::from_utf8(first).unwrap();
+    let before = prometheus_value(&first, "emberprof_cpu_samples_total");
+    assert!(prometheus_value(&first, "process_resident_memory_bytes") > 0.0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = prometheus_value(
+        &String::from_utf8(get(port, "/metrics").1).unwrap(),
+        "emberprof_cpu_samples_total",
+    );
+    assert!(after > before, "{before} -> {after}");
+
+    // A second agent cannot take the same port, and says why.
+    let second = Command::new(EMBERPROF)
+        .args([
+            "agent",
+            "--otlp-endpoint",
+            &collector.endpoint(),
+            "--http-listen",
+            &listen,
+        ])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already in use"), "{err}");
+
+    let (code, body) = get(port, &format!("/debug/pprof/profile?seconds=2&pid={pid}"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body.as_slice()), &mut raw)
+        .expect("gzipped pprof");
+    use pprof::protos::Message;
+    let profile = pprof::protos::Profile::decode(raw.as_slice()).expect("pprof");
+    let names: Vec<&str> = profile
+        .function
+        .iter()
+        .map(|f| profile.string_table[f.name as usize].as_str())
+        .collect();
+    assert!(names.contains(&"burn_heavy"), "{names:?}");
+    assert!(!profile.sample.is_empty());
+    assert_eq!(get(port, "/debug/pprof/profile?seconds=0").0, 400);
+    assert_eq!(get(port, "/nope").0, 404);
+
+    // SAFETY: plain kill(2) of our child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    assert!(agent.wait().unwrap().success());
+}

@@ -51,6 +51,8 @@ pub struct PipelineStats {
     pub rejected_items: u64,
     /// Bytes waiting in the queue now.
     pub queued_bytes: u64,
+    /// Whether the most recently finished batch was given up (not delivered).
+    pub last_failed: bool,
 }
 
 struct State {
@@ -188,6 +190,7 @@ fn worker(
         state.in_flight = false;
         match outcome {
             Ok(rejected) => {
+                state.stats.last_failed = false;
                 state.stats.sent += 1;
                 state.stats.sent_bytes += size as u64;
                 state.stats.rejected_items += rejected;
@@ -195,6 +198,7 @@ fn worker(
             Err(e) => {
                 tracing::warn!(error = %e, "export failed; the batch is dropped");
                 state.stats.failed += 1;
+                state.stats.last_failed = true;
             }
         }
         drop(state);

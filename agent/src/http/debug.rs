@@ -1,0 +1,103 @@
+//! On-demand profiles for `/debug/pprof/profile` and `/debug/pprof/flamegraph`: a separate
+//! CPU sampler for the requested seconds, so the agent's own intervals are untouched.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use emberprof_exporters::{pprof, svg, ProfileBuilder};
+use emberprof_probes::{CpuSampler, CpuSamplerConfig};
+use emberprof_symbolizer::Symbolizer;
+
+use crate::collect::{self, Collected};
+
+/// Longest profile one request may ask for.
+const MAX_SECONDS: u64 = 300;
+
+/// Query parameters: `seconds` (default 30, as Go's handler), `pid`, `hz` (default 99).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Params {
+    pub seconds: u64,
+    pub pid: Option<u32>,
+    pub hz: u64,
+}
+
+impl Params {
+    /// Parses the query string; bad values are errors naming the parameter.
+    pub fn parse(query: &str) -> anyhow::Result<Params> {
+        let mut p = Params {
+            seconds: 30,
+            pid: None,
+            hz: 99,
+        };
+        for pair in query.split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "seconds" => {
+                    p.seconds = v
+                        .parse()
+                        .ok()
+                        .filter(|s| (1..=MAX_SECONDS).contains(s))
+                        .with_context(|| format!("seconds={v}: use 1 to {MAX_SECONDS}"))?
+                }
+                "pid" => p.pid = Some(v.parse().with_context(|| format!("pid={v}: not a PID"))?),
+                "hz" => {
+                    p.hz = v
+                        .parse()
+                        .ok()
+                        .filter(|h| (1..=1000).contains(h))
+                        .with_context(|| format!("hz={v}: use 1 to 1000"))?
+                }
+                _ => bail!("unknown parameter {k:?} (seconds, pid, hz)"),
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Samples the machine (or one process) and returns a gzipped pprof, or an SVG.
+pub fn profile(params: &Params, svg_output: bool) -> anyhow::Result<Vec<u8>> {
+    let pids: Vec<u32> = params.pid.into_iter().collect();
+    let mut sampler = CpuSampler::start(&CpuSamplerConfig::new(params.hz, pids.clone()))
+        .context("starting a CPU sampler for the request")?;
+    let start = SystemTime::now();
+    std::thread::sleep(Duration::from_secs(params.seconds));
+    let counts = sampler.stop().context("stopping the request's sampler")?;
+    drop(sampler);
+    let mut symbolizer = Symbolizer::new();
+    for pid in &pids {
+        symbolizer.observe(*pid);
+    }
+    let mut builder = ProfileBuilder::cpu(params.hz, start);
+    let mut collected = Collected::default();
+    collect::add(&counts, &mut symbolizer, &mut builder, &mut collected);
+    let profile = builder.finish(SystemTime::now());
+    let mut out = Vec::new();
+    if svg_output {
+        svg::write(&profile, 0, &mut out)?;
+    } else {
+        pprof::write(&profile, &mut out)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_bounds_the_query() {
+        assert_eq!(
+            Params::parse("").unwrap(),
+            Params {
+                seconds: 30,
+                pid: None,
+                hz: 99
+            }
+        );
+        assert_eq!(Params::parse("seconds=2&pid=42").unwrap().pid, Some(42));
+        assert!(Params::parse("seconds=0").is_err());
+        assert!(Params::parse("seconds=100000").is_err());
+        assert!(Params::parse("pid=abc").is_err());
+        assert!(Params::parse("debug=1").is_err());
+    }
+}
