@@ -15,6 +15,9 @@ use emberprof_exporters::Profile;
 use crate::cli::{ExportArgs, TemporalityArg};
 use crate::metadata::process::host_attributes;
 
+/// Largest profiles request sent: collectors refuse gRPC messages over 4 MiB by default.
+const MAX_REQUEST_BYTES: usize = 3 << 20;
+
 /// The configured exporter and the resource attributes gathered for it.
 pub struct Exporter {
     pipeline: Pipeline,
@@ -151,8 +154,9 @@ impl Exporter {
         end: SystemTime,
     ) {
         if !recorded.is_empty() {
-            let req = profiles::request(recorded, processes, &self.common);
-            self.pipeline.submit(Batch::Profiles(req));
+            for req in profiles::requests(recorded, processes, &self.common, MAX_REQUEST_BYTES) {
+                self.pipeline.submit(Batch::Profiles(req));
+            }
         }
         if !histograms.is_empty() {
             let resource = self.own_resource();

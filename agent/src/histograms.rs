@@ -235,6 +235,12 @@ fn cgroup_attributes(id: u64, cgroups: &CgroupNames, attrs: &mut Attributes) {
         attrs.push(("container.id".into(), AttrValue::Str(c)));
     }
     attrs.push(("cgroup.path".into(), AttrValue::Str(path)));
+    // A recreated cgroup (restarted unit, new pod) keeps its path but not its id: the id
+    // keeps the two series apart.
+    attrs.push((
+        "cgroup.id".into(),
+        AttrValue::Int(i64::try_from(id).unwrap_or(i64::MAX)),
+    ));
 }
 
 fn attributes(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> Attributes {

@@ -192,15 +192,18 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         print_report(&report, &args, runs_written)?;
     }
     let processes = processes.unwrap_or_default();
-    if let Some(config) = &pyroscope {
-        push_to_pyroscope(config, &profiles, &processes)?;
-    }
+    // Every sink gets its data even when another fails; the first failure is reported.
+    let pushed = match &pyroscope {
+        Some(config) => push_to_pyroscope(config, &profiles, &processes),
+        None => Ok(()),
+    };
     if let Some(mut e) = exporter {
         let points = histograms.as_mut().map(|h| h.points()).unwrap_or_default();
         let refs: Vec<&Profile> = profiles.iter().collect();
         e.export(&refs, &processes, &points, start, end);
         e.finish(health)?;
     }
+    pushed?;
     tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
     Ok(())
 }

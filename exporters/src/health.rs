@@ -53,12 +53,14 @@ pub fn send_once(
         let channel = crate::delivery::channel(endpoint, config)?;
         let mut metadata = MetadataMap::new();
         for (k, v) in &config.headers {
-            if let (Ok(k), Ok(v)) = (
-                AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                AsciiMetadataValue::try_from(v.as_str()),
-            ) {
-                metadata.insert(k, v);
-            }
+            // The same rule as the pipeline: a header we cannot send is an error, never a
+            // request that silently goes out without (say) its credentials.
+            let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|_| SendError::Setup(format!("header name {k:?} is not valid")))?;
+            let value = AsciiMetadataValue::try_from(v.as_str()).map_err(|_| {
+                SendError::Setup(format!("header {k:?} has a value that is not ASCII"))
+            })?;
+            metadata.insert(key, value);
         }
         let mut builder = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()

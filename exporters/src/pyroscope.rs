@@ -88,7 +88,9 @@ pub fn push(
         .http_status_as_error(false)
         .build()
         .into();
+    // Every service is tried even when one fails; the first error is returned after.
     let mut accepted = 0;
+    let mut first_error = None;
     for (service, samples) in services {
         let part = Profile {
             samples,
@@ -96,7 +98,7 @@ pub fn push(
         };
         let mut body = Vec::new();
         pprof::write(&part, &mut body)?;
-        send(
+        match send(
             &agent,
             config,
             &ingest_name(&service, labels),
@@ -104,10 +106,18 @@ pub fn push(
             until,
             sample_rate(profile),
             &body,
-        )?;
-        accepted += 1;
+        ) {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                tracing::warn!(%service, error = %e, "Pyroscope push failed");
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(accepted)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(accepted),
+    }
 }
 
 /// Samples per second of a sampled CPU profile (the ingest API's `sampleRate`).

@@ -219,11 +219,19 @@ int BPF_PROG(ep_hist_switch, bool preempt, struct task_struct *prev, struct task
 	if (!(prev_state & TASK_DEAD) && prev->pid != 0 && ep_pid_tracked(prev->tgid)) {
 		struct ep_task_marks *m = ep_marks_of(prev, true);
 		if (m) {
-			/* Still runnable (preempted): it waits in the run queue from now on. */
-			if (prev_state == TASK_RUNNING)
+			/*
+			 * Preempted, even with a sleeping state already set, it stays on the run
+			 * queue and waits there from now on. Each branch also clears the other
+			 * mark, so that a stale one (say, a wakeup of a task that was running)
+			 * never spans time the task spent on the CPU.
+			 */
+			if (preempt || prev_state == TASK_RUNNING) {
 				m->runq_ts = now;
-			else
+				m->wait_ts = 0;
+			} else {
 				m->wait_ts = now;
+				m->runq_ts = 0;
+			}
 		}
 	}
 

@@ -1,7 +1,7 @@
 //! cgroup v2 ids to paths. A cgroup's id, as BPF reports it, is the inode number of its
 //! directory in the cgroup2 filesystem, so a walk of that filesystem names every live one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,8 @@ const MAX_WALK: usize = 100_000;
 pub struct CgroupNames {
     root: Option<PathBuf>,
     names: HashMap<u64, String>,
+    /// Ids a walk did not find (deleted, or outside our cgroup namespace): not walked for again.
+    missing: HashSet<u64>,
 }
 
 impl CgroupNames {
@@ -26,15 +28,25 @@ impl CgroupNames {
         CgroupNames {
             root,
             names: HashMap::new(),
+            missing: HashSet::new(),
         }
     }
 
     /// Makes sure every id in `ids` is named if it still exists (one walk at most).
     pub fn learn(&mut self, ids: impl IntoIterator<Item = u64>) {
-        let missing = ids.into_iter().any(|id| !self.names.contains_key(&id));
-        if missing {
-            if let Some(root) = self.root.clone() {
-                walk(&root, &root, &mut self.names);
+        let unknown: Vec<u64> = ids
+            .into_iter()
+            .filter(|id| !self.names.contains_key(id) && !self.missing.contains(id))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        if let Some(root) = self.root.clone() {
+            walk(&root, &root, &mut self.names);
+        }
+        for id in unknown {
+            if !self.names.contains_key(&id) {
+                self.missing.insert(id);
             }
         }
     }
@@ -141,6 +153,7 @@ mod tests {
         let names = CgroupNames {
             root: None,
             names: HashMap::new(),
+            missing: HashSet::new(),
         };
         assert_eq!(names.name(42), "cgroup id 42");
     }

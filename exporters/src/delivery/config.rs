@@ -106,10 +106,11 @@ impl OtlpConfig {
         c.client_cert = non_empty("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE").map(PathBuf::from);
         c.client_key = non_empty("OTEL_EXPORTER_OTLP_CLIENT_KEY").map(PathBuf::from);
         if let Some(v) = non_empty("OTEL_RESOURCE_ATTRIBUTES") {
-            c.resource_attributes = parse_pairs(&v, "OTEL_RESOURCE_ATTRIBUTES")?
-                .into_iter()
-                .map(|(k, v)| (k, AttrValue::Str(v)))
-                .collect();
+            // Keys must be unique in a resource: the last value given wins.
+            for (k, v) in parse_pairs(&v, "OTEL_RESOURCE_ATTRIBUTES")? {
+                c.resource_attributes.retain(|(key, _)| *key != k);
+                c.resource_attributes.push((k, AttrValue::Str(v)));
+            }
         }
         Ok(c)
     }
@@ -225,7 +226,10 @@ mod tests {
             ),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=dev,deployment.environment=prod",
+            ),
         ]))
         .unwrap();
         assert_eq!(

@@ -4,7 +4,7 @@
 
 mod client;
 mod config;
-mod pipeline;
+pub(crate) mod pipeline;
 mod queue;
 mod retry;
 

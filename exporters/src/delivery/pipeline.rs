@@ -55,22 +55,24 @@ pub struct PipelineStats {
     pub last_failed: bool,
 }
 
-struct State {
+pub(super) struct State {
     queue: ByteQueue<Batch>,
     in_flight: bool,
-    stats: PipelineStats,
+    pub(super) stats: PipelineStats,
     closing: bool,
 }
 
-struct Shared {
+pub(super) struct Shared {
     state: Mutex<State>,
     wake: Condvar,
 }
 
-/// Handle to the worker; dropping it stops the worker after the batch in flight.
+/// Handle to the worker. Dropping it interrupts the batch in flight (send or retry wait),
+/// counts what is still queued as dropped, and joins the worker.
 pub struct Pipeline {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Pipeline {
@@ -94,13 +96,15 @@ impl Pipeline {
             wake: Condvar::new(),
         });
         let worker_shared = shared.clone();
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let worker = std::thread::Builder::new()
             .name("emberprof-export".into())
-            .spawn(move || worker(runtime, client, config, worker_shared))
+            .spawn(move || worker(runtime, client, config, worker_shared, closing_rx))
             .map_err(|e| SendError::Setup(format!("starting the export thread: {e}")))?;
         Ok(Pipeline {
             shared,
             worker: Some(worker),
+            closing,
         })
     }
 
@@ -149,7 +153,21 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        lock(&self.shared).closing = true;
+        {
+            let mut state = lock(&self.shared);
+            state.closing = true;
+            let mut lost = (0, 0);
+            while let Some((_, size)) = state.queue.pop() {
+                lost.0 += 1;
+                lost.1 += size as u64;
+            }
+            if lost.0 > 0 {
+                tracing::warn!(batches = lost.0, "exporter closing: queued batches dropped");
+                state.stats.dropped += lost.0;
+                state.stats.dropped_bytes += lost.1;
+            }
+        }
+        let _ = self.closing.send(true);
         self.shared.wake.notify_all();
         if let Some(w) = self.worker.take() {
             let _ = w.join();
@@ -157,7 +175,7 @@ impl Drop for Pipeline {
     }
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
+pub(super) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
     shared.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -166,6 +184,7 @@ fn worker(
     mut client: OtlpClient,
     config: OtlpConfig,
     shared: Arc<Shared>,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let (batch, size) = {
@@ -185,7 +204,13 @@ fn worker(
                 };
             }
         };
-        let outcome = runtime.block_on(deliver(&mut client, &config, &shared, batch));
+        let outcome = runtime.block_on(deliver(
+            &mut client,
+            &config,
+            &shared,
+            closing.clone(),
+            batch,
+        ));
         let mut state = lock(&shared);
         state.in_flight = false;
         match outcome {
@@ -211,14 +236,22 @@ async fn deliver(
     client: &mut OtlpClient,
     config: &OtlpConfig,
     shared: &Shared,
+    mut closing: tokio::sync::watch::Receiver<bool>,
     batch: Batch,
 ) -> Result<u64, SendError> {
     let started = Instant::now();
     let mut attempt = 0u32;
+    let closed = || SendError::Setup("the exporter was closed with the batch in flight".into());
     loop {
-        let result = match &batch {
-            Batch::Profiles(r) => client.send_profiles(r.clone()).await,
-            Batch::Metrics(r) => client.send_metrics(r.clone()).await,
+        let send = async {
+            match &batch {
+                Batch::Profiles(r) => client.send_profiles(r.clone()).await,
+                Batch::Metrics(r) => client.send_metrics(r.clone()).await,
+            }
+        };
+        let result = tokio::select! {
+            r = send => r,
+            _ = closing.wait_for(|c| *c) => return Err(closed()),
         };
         let delay = match &result {
             Err(SendError::Status {
@@ -245,6 +278,9 @@ async fn deliver(
             tracing::info!(error = %e, attempt, ?delay, "export failed; retrying");
         }
         lock(shared).stats.retries += 1;
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = closing.wait_for(|c| *c) => return Err(closed()),
+        }
     }
 }

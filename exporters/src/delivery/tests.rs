@@ -266,3 +266,25 @@ fn mutual_tls_with_a_ca_file_and_client_certificate() {
     assert_eq!(untrusting.stats().failed, 1);
     assert_eq!(names(&collector), ["secret"]);
 }
+
+#[test]
+fn closing_interrupts_a_long_retry_and_counts_what_is_left() {
+    let port = free_port();
+    let mut c = config(&format!("http://127.0.0.1:{port}"));
+    c.initial_backoff = Duration::from_secs(60);
+    c.max_backoff = Duration::from_secs(60);
+    let pipeline = Pipeline::start(c).unwrap();
+    pipeline.submit(batch("in-flight"));
+    std::thread::sleep(Duration::from_millis(300));
+    pipeline.submit(batch("queued"));
+    let shared = pipeline.shared.clone();
+    let started = std::time::Instant::now();
+    drop(pipeline);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = super::pipeline::lock(&shared).stats;
+    assert_eq!((stats.failed, stats.dropped, stats.sent), (1, 1, 0));
+}

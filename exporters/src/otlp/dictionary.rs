@@ -39,13 +39,19 @@ impl DictionaryBuilder {
         };
         let mut strings = HashMap::new();
         strings.insert(String::new(), 0);
+        // The zero entries are real values too: an empty stack or a nameless function must
+        // map to them, not to a duplicate.
+        let mut functions = HashMap::new();
+        functions.insert((0, 0), 0);
+        let mut stacks = HashMap::new();
+        stacks.insert(Vec::new(), 0);
         DictionaryBuilder {
             dict,
             strings,
-            functions: HashMap::new(),
+            functions,
             mappings: HashMap::new(),
             locations: HashMap::new(),
-            stacks: HashMap::new(),
+            stacks,
             attributes: HashMap::new(),
         }
     }
@@ -214,6 +220,8 @@ mod tests {
         assert_eq!(dict.mapping_table[0], pb::Mapping::default());
         assert_eq!(dict.attribute_table[0], pb::KeyValueAndUnit::default());
         assert_eq!(dict.stack_table.len(), 3);
+        let mut d = DictionaryBuilder::new();
+        assert_eq!(d.stack(&[]), 0, "the empty stack is entry 0");
         assert_eq!(dict.location_table.len(), 3);
         assert_eq!(dict.function_table.len(), 3);
         assert_eq!(dict.mapping_table.len(), 2);

@@ -104,6 +104,68 @@ pub fn request(
     }
 }
 
+/// Like [`request`], split into several requests of about `max_bytes` at most (collectors
+/// refuse gRPC messages over 4 MiB by default), by process: each request carries the
+/// dictionary its processes need. A single process larger than the limit goes alone.
+pub fn requests(
+    profiles: &[&Profile],
+    processes: &HashMap<u32, Attributes>,
+    common: &Attributes,
+    max_bytes: usize,
+) -> Vec<ExportProfilesServiceRequest> {
+    use prost::Message;
+    let whole = request(profiles, processes, common);
+    if whole.encoded_len() <= max_bytes || whole.resource_profiles.len() < 2 {
+        return vec![whole];
+    }
+    // Group processes greedily by the size of their samples; half the budget is left for
+    // the dictionary each group needs.
+    let mut groups: Vec<Vec<u32>> = vec![Vec::new()];
+    let mut size = 0;
+    for rp in &whole.resource_profiles {
+        let Some(pid) = rp
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "process.pid"))
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                super::proto::common::v1::any_value::Value::IntValue(i) => u32::try_from(*i).ok(),
+                _ => None,
+            })
+        else {
+            continue;
+        };
+        let len = rp.encoded_len();
+        if size > 0 && size + len > max_bytes / 2 {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(g) = groups.last_mut() {
+            g.push(pid);
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .map(|pids| {
+            let parts: Vec<Profile> = profiles
+                .iter()
+                .map(|p| Profile {
+                    samples: p
+                        .samples
+                        .iter()
+                        .filter(|s| pids.contains(&s.pid))
+                        .cloned()
+                        .collect(),
+                    ..(*p).clone()
+                })
+                .collect();
+            let refs: Vec<&Profile> = parts.iter().collect();
+            request(&refs, processes, common)
+        })
+        .collect()
+}
+
 /// 16 random bytes, never all zero (the format's "invalid" id).
 fn profile_id() -> Vec<u8> {
     let state = std::collections::hash_map::RandomState::new();
@@ -124,6 +186,34 @@ mod tests {
     use super::*;
     use crate::otlp::validate::validate_profiles;
     use crate::testdata;
+
+    #[test]
+    fn large_requests_split_by_process_and_keep_every_sample() {
+        use prost::Message;
+        let profile = testdata::profile();
+        let whole = request(&[&profile], &HashMap::new(), &Vec::new());
+        assert!(whole.resource_profiles.len() >= 2);
+        let parts = requests(&[&profile], &HashMap::new(), &Vec::new(), 10);
+        assert_eq!(parts.len(), whole.resource_profiles.len());
+        let mut total = 0;
+        for part in &parts {
+            validate_profiles(part).unwrap();
+            assert_eq!(part.resource_profiles.len(), 1);
+            total += part.resource_profiles[0].scope_profiles[0].profiles[0]
+                .samples
+                .iter()
+                .map(|s| s.values[0])
+                .sum::<i64>();
+        }
+        assert_eq!(total, profile.total(0));
+        let one = requests(
+            &[&profile],
+            &HashMap::new(),
+            &Vec::new(),
+            whole.encoded_len(),
+        );
+        assert_eq!(one.len(), 1);
+    }
 
     #[test]
     fn one_resource_per_process_with_valid_indices() {
