@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use emberprof_exporters::otlp::Attributes;
 use emberprof_exporters::{Profile, ProfileBuilder};
-use emberprof_probes::{CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler};
+use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::AgentArgs;
@@ -21,7 +21,9 @@ use crate::collect::{self, Collected};
 use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
 use crate::histograms::Histograms;
 use crate::http::SharedStatus;
-use crate::session::{health_counters, observe, Profiler, Run};
+use crate::session::{
+    health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
+};
 
 /// How often the loop wakes to check for signals.
 const TICK: Duration = Duration::from_millis(100);
@@ -52,26 +54,25 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut interval_start = agent_start;
     let mut runs = start_profilers(&args, interval_start)?;
     let want_histograms = args.histograms || args.syscall_latency;
-    let mut histograms = if want_histograms {
-        let config = LatencyConfig {
-            syscalls: args.syscall_latency,
-            max_keys: args.histogram_keys,
-            ..LatencyConfig::new(args.pids.clone())
-        };
-        Some(Histograms::start(&config)?)
-    } else {
-        None
-    };
+    let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
+        syscalls: args.syscall_latency,
+        max_keys: args.histogram_keys,
+        ..LatencyConfig::new(args.pids.clone())
+    }))?;
     let mut symbolizer = Symbolizer::new();
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
     let mut processes: HashMap<u32, Attributes> = HashMap::new();
-    {
-        let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
-        s.attached = true;
-        s.export_ok = true;
-    }
+    publish(
+        &status,
+        &runs,
+        histograms.as_ref(),
+        &symbolizer,
+        exporter.as_ref(),
+        &args,
+    )?;
+    status.lock().unwrap_or_else(|e| e.into_inner()).attached = true;
     tracing::info!(
         frequency = args.frequency,
         interval = ?args.interval,
@@ -127,18 +128,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     status.lock().unwrap_or_else(|e| e.into_inner()).attached = false;
     // Stopping: detach everything, then export what the last partial interval holds.
-    for run in &mut runs {
-        let counts = run.profiler.stop().context("stopping the probes")?;
-        collect::add(
-            &counts,
-            &mut symbolizer,
-            &mut run.builder,
-            &mut run.collected,
-        );
-    }
-    if let Some(h) = &mut histograms {
-        h.stop()?;
-    }
+    stop_all(&mut runs, histograms.as_mut(), &mut symbolizer)?;
     observe(&mut processes, &runs, &symbolizer);
     let now = SystemTime::now();
     let health = health_counters(
@@ -190,19 +180,12 @@ fn publish(
 }
 
 fn start_profilers(args: &AgentArgs, start: SystemTime) -> anyhow::Result<Vec<Run>> {
-    let mut runs = Vec::new();
     let config = CpuSamplerConfig {
         stack_map_entries: args.stack_map_entries,
         count_map_entries: args.count_map_entries,
         ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
     };
-    let sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
-    runs.push(Run {
-        profiler: Profiler::Cpu(Box::new(sampler)),
-        builder: ProfileBuilder::cpu(args.frequency, start),
-        collected: Collected::default(),
-        path: None,
-    });
+    let mut runs = vec![start_cpu(&config, start, None)?];
     if args.off_cpu {
         let config = OffCpuConfig {
             include_preempted: args.include_preempted,
@@ -210,13 +193,7 @@ fn start_profilers(args: &AgentArgs, start: SystemTime) -> anyhow::Result<Vec<Ru
             count_map_entries: args.count_map_entries,
             ..OffCpuConfig::new(args.pids.clone())
         };
-        let profiler = OffCpuProfiler::start(&config).context("starting the off-CPU profiler")?;
-        runs.push(Run {
-            profiler: Profiler::OffCpu(Box::new(profiler)),
-            builder: ProfileBuilder::off_cpu(start),
-            collected: Collected::default(),
-            path: None,
-        });
+        runs.push(start_off_cpu(&config, start, None)?);
     }
     Ok(runs)
 }

@@ -9,17 +9,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use emberprof_exporters::otlp::Attributes;
-use emberprof_exporters::{Format, Profile, ProfileBuilder};
-use emberprof_probes::{CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler};
+use emberprof_exporters::{Format, Profile};
+use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::RecordArgs;
-use crate::collect::{self, Collected};
+use crate::collect;
 use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
 use crate::histograms::Histograms;
 use crate::output;
 use crate::progress::Progress;
-use crate::session::{health_counters, observe, Profiler, Run};
+use crate::session::{
+    health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
+};
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
@@ -59,13 +61,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             count_map_entries: args.count_map_entries,
             ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
         };
-        let sampler = CpuSampler::start(&config).context("starting the CPU sampler")?;
-        runs.push(Run {
-            profiler: Profiler::Cpu(Box::new(sampler)),
-            builder: ProfileBuilder::cpu(args.frequency, start),
-            collected: Collected::default(),
-            path: Some(cpu_path),
-        });
+        runs.push(start_cpu(&config, start, Some(cpu_path))?);
     }
     if want_off_cpu {
         let config = OffCpuConfig {
@@ -74,24 +70,13 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             count_map_entries: args.count_map_entries,
             ..OffCpuConfig::new(args.pids.clone())
         };
-        let profiler = OffCpuProfiler::start(&config).context("starting the off-CPU profiler")?;
-        runs.push(Run {
-            profiler: Profiler::OffCpu(Box::new(profiler)),
-            builder: ProfileBuilder::off_cpu(start),
-            collected: Collected::default(),
-            path: Some(off_cpu_path),
-        });
+        runs.push(start_off_cpu(&config, start, Some(off_cpu_path))?);
     }
-    let mut histograms = if want_histograms {
-        let config = LatencyConfig {
-            syscalls: args.syscall_latency,
-            max_keys: args.histogram_keys,
-            ..LatencyConfig::new(args.pids.clone())
-        };
-        Some(Histograms::start(&config)?)
-    } else {
-        None
-    };
+    let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
+        syscalls: args.syscall_latency,
+        max_keys: args.histogram_keys,
+        ..LatencyConfig::new(args.pids.clone())
+    }))?;
     let started = Instant::now();
     tracing::info!(
         cpu = want_cpu,
@@ -139,18 +124,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 .min(until_next),
         );
     }
-    for run in &mut runs {
-        let counts = run.profiler.stop().context("stopping the probes")?;
-        collect::add(
-            &counts,
-            &mut symbolizer,
-            &mut run.builder,
-            &mut run.collected,
-        );
-    }
-    if let Some(h) = &mut histograms {
-        h.stop()?;
-    }
+    stop_all(&mut runs, histograms.as_mut(), &mut symbolizer)?;
     if let Some(p) = &mut processes {
         observe(p, &runs, &symbolizer);
     }

@@ -8,10 +8,14 @@ use anyhow::Context;
 use emberprof_exporters::health::{HealthCounter, HealthValue};
 use emberprof_exporters::otlp::Attributes;
 use emberprof_exporters::ProfileBuilder;
-use emberprof_probes::{CpuSampler, OffCpuProfiler, ProbeError, StackCount};
+use emberprof_probes::{
+    CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler, ProbeError,
+    StackCount,
+};
 use emberprof_symbolizer::Symbolizer;
+use std::time::SystemTime;
 
-use crate::collect::Collected;
+use crate::collect::{self, Collected};
 use crate::histograms::Histograms;
 use crate::metadata::process::process_attributes;
 
@@ -188,4 +192,55 @@ pub fn observe(processes: &mut HashMap<u32, Attributes>, runs: &[Run], symbolize
             process_attributes(pid, &name)
         });
     }
+}
+
+/// Loads the CPU sampler and the profile it fills from `start`.
+pub fn start_cpu(
+    config: &CpuSamplerConfig,
+    start: SystemTime,
+    path: Option<PathBuf>,
+) -> anyhow::Result<Run> {
+    let sampler = CpuSampler::start(config).context("starting the CPU sampler")?;
+    Ok(Run {
+        profiler: Profiler::Cpu(Box::new(sampler)),
+        builder: ProfileBuilder::cpu(config.frequency_hz, start),
+        collected: Collected::default(),
+        path,
+    })
+}
+
+/// Loads the off-CPU profiler and the profile it fills from `start`.
+pub fn start_off_cpu(
+    config: &OffCpuConfig,
+    start: SystemTime,
+    path: Option<PathBuf>,
+) -> anyhow::Result<Run> {
+    let profiler = OffCpuProfiler::start(config).context("starting the off-CPU profiler")?;
+    Ok(Run {
+        profiler: Profiler::OffCpu(Box::new(profiler)),
+        builder: ProfileBuilder::off_cpu(start),
+        collected: Collected::default(),
+        path,
+    })
+}
+
+/// Loads the histogram probes when asked for.
+pub fn start_histograms(config: Option<LatencyConfig>) -> anyhow::Result<Option<Histograms>> {
+    config.map(|c| Histograms::start(&c)).transpose()
+}
+
+/// Detaches every probe and adds what the kernel still held.
+pub fn stop_all(
+    runs: &mut [Run],
+    histograms: Option<&mut Histograms>,
+    symbolizer: &mut Symbolizer,
+) -> anyhow::Result<()> {
+    for run in runs.iter_mut() {
+        let counts = run.profiler.stop().context("stopping the probes")?;
+        collect::add(&counts, symbolizer, &mut run.builder, &mut run.collected);
+    }
+    if let Some(h) = histograms {
+        h.stop()?;
+    }
+    Ok(())
 }

@@ -1,13 +1,15 @@
 //! `emberprof agent`: continuous profiling, exported every interval.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use emberprof_exporters::otlp::validate::{sample_functions, validate_profiles};
 
 use crate::collector::TestCollector;
-use crate::support::{bpf_test, loaded_bpf_programs, Workload, EMBERPROF};
+use crate::support::{
+    bpf_test, decode_gz_pprof, loaded_bpf_programs, pprof_functions, spawn_until, Workload,
+    EMBERPROF,
+};
 
 #[test]
 fn intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everything() {
@@ -15,9 +17,8 @@ fn intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everyth
     let collector = TestCollector::start();
     let w = Workload::start(&["cpu-split"]);
     let pid = w.pid().to_string();
-    let mut agent = Command::new(EMBERPROF)
-        .env("EMBERPROF_LOG", "info")
-        .args([
+    let (mut agent, mut stderr, mut log) = spawn_until(
+        &[
             "agent",
             "--pid",
             &pid,
@@ -25,24 +26,11 @@ fn intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everyth
             "2s",
             "--frequency",
             "99",
-        ])
-        .args(["--otlp-endpoint", &collector.endpoint()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the agent");
-    let mut stderr = BufReader::new(agent.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "agent exited:\n{log}"
-        );
-        log.push_str(&line);
-        if line.contains("agent running") {
-            break;
-        }
-    }
+            "--otlp-endpoint",
+            &collector.endpoint(),
+        ],
+        "agent running",
+    );
     let running = Instant::now();
     // The program listing sees the agent's probes while it runs (else the check after exit
     // would prove nothing).
@@ -174,9 +162,8 @@ fn http_endpoints_report_health_metrics_and_profiles() {
     let w = Workload::start(&["cpu-split"]);
     let pid = w.pid().to_string();
     let listen = format!("127.0.0.1:{port}");
-    let mut agent = Command::new(EMBERPROF)
-        .env("EMBERPROF_LOG", "info")
-        .args([
+    let (mut agent, _stderr, _log) = spawn_until(
+        &[
             "agent",
             "--pid",
             &pid,
@@ -184,43 +171,31 @@ fn http_endpoints_report_health_metrics_and_profiles() {
             "5s",
             "--frequency",
             "99",
-        ])
-        .args([
             "--otlp-endpoint",
             &collector.endpoint(),
             "--http-listen",
             &listen,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the agent");
-    let mut stderr = BufReader::new(agent.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "agent exited:\n{log}"
-        );
-        log.push_str(&line);
-        if line.contains("agent running") {
-            break;
-        }
-    }
+        ],
+        "agent running",
+    );
     assert_eq!(get(port, "/healthz").0, 200);
     assert_eq!(get(port, "/readyz").0, 200);
 
-    std::thread::sleep(Duration::from_millis(1500));
     let (code, first) = get(port, "/metrics");
     assert_eq!(code, 200);
     let first = String::from_utf8(first).unwrap();
     let before = prometheus_value(&first, "emberprof_cpu_samples_total");
     assert!(prometheus_value(&first, "process_resident_memory_bytes") > 0.0);
-    std::thread::sleep(Duration::from_millis(1500));
-    let after = prometheus_value(
-        &String::from_utf8(get(port, "/metrics").1).unwrap(),
-        "emberprof_cpu_samples_total",
-    );
+    // The counter is refreshed at every drain (1 s); give a slow first symbolization time.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut after = before;
+    while after <= before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        after = prometheus_value(
+            &String::from_utf8(get(port, "/metrics").1).unwrap(),
+            "emberprof_cpu_samples_total",
+        );
+    }
     assert!(after > before, "{before} -> {after}");
 
     // A second agent cannot take the same port, and says why.
@@ -240,17 +215,9 @@ fn http_endpoints_report_health_metrics_and_profiles() {
 
     let (code, body) = get(port, &format!("/debug/pprof/profile?seconds=2&pid={pid}"));
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body.as_slice()), &mut raw)
-        .expect("gzipped pprof");
-    use pprof::protos::Message;
-    let profile = pprof::protos::Profile::decode(raw.as_slice()).expect("pprof");
-    let names: Vec<&str> = profile
-        .function
-        .iter()
-        .map(|f| profile.string_table[f.name as usize].as_str())
-        .collect();
-    assert!(names.contains(&"burn_heavy"), "{names:?}");
+    let profile = decode_gz_pprof(&body);
+    let names = pprof_functions(&profile);
+    assert!(names.iter().any(|n| n == "burn_heavy"), "{names:?}");
     assert!(!profile.sample.is_empty());
     assert_eq!(get(port, "/debug/pprof/profile?seconds=0").0, 400);
     assert_eq!(get(port, "/nope").0, 404);

@@ -4,10 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::mpsc;
 
-use flate2::read::GzDecoder;
-use pprof::protos::{self, Message};
-
-use crate::support::{bpf_test, record, Workload};
+use crate::support::{bpf_test, decode_gz_pprof, pprof_functions, record, Workload};
 
 struct Captured {
     request_line: String,
@@ -112,17 +109,9 @@ fn cpu_profile_is_pushed_to_pyroscope_with_service_name() {
     assert_eq!(header("x-scope-orgid"), Some("team-b"));
     assert_eq!(header("authorization"), Some("Basic dTpw"));
 
-    let mut raw = Vec::new();
-    GzDecoder::new(got.body.as_slice())
-        .read_to_end(&mut raw)
-        .expect("gzipped body");
-    let profile = protos::Profile::decode(raw.as_slice()).expect("a pprof body");
-    let names: Vec<&str> = profile
-        .function
-        .iter()
-        .map(|f| profile.string_table[f.name as usize].as_str())
-        .collect();
-    assert!(names.contains(&"burn_heavy"), "{names:?}");
+    let profile = decode_gz_pprof(&got.body);
+    let names = pprof_functions(&profile);
+    assert!(names.iter().any(|n| n == "burn_heavy"), "{names:?}");
     let st = &profile.sample_type[0];
     assert_eq!(profile.string_table[st.ty as usize], "samples");
     assert!(rec.stderr.contains("1 profiles pushed"), "{}", rec.stderr);

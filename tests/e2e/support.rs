@@ -202,28 +202,11 @@ pub fn self_counts(lines: &[FoldedLine], names: &[&str]) -> HashMap<String, u64>
 pub fn record_around(name: &str, args: &[&str], during: impl FnOnce()) -> Recording {
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_file(&file);
-    let mut child = Command::new(EMBERPROF)
-        .env("EMBERPROF_LOG", "info")
-        .arg("record")
-        .args(args)
-        .args(["--duration", "60", "--output"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running emberprof");
-    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr
-            .read_line(&mut line)
-            .expect("reading emberprof's log");
-        log.push_str(&line);
-        assert!(n > 0, "emberprof exited before recording:\n{log}");
-        if line.contains("recording") {
-            break;
-        }
-    }
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut all = vec!["record"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--duration", "60", "--output", &file_arg]);
+    let (mut child, mut stderr, mut log) = spawn_until(&all, "recording");
     during();
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
@@ -361,6 +344,81 @@ pub fn loaded_bpf_programs() -> Vec<String> {
             let name = &info[NAME_OFFSET..NAME_OFFSET + 16];
             let end = name.iter().position(|&b| b == 0).unwrap_or(16);
             names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        }
+    }
+}
+
+/// The cpu-split workload's functions.
+pub const SPLIT_FUNCTIONS: [&str; 3] = ["burn_heavy", "burn_medium", "burn_light"];
+
+/// Checks samples per burn function against the workload's 60/30/10 split: at least 95% of
+/// `total` in those functions, and each share within 5 points.
+pub fn assert_cpu_split(counts: &HashMap<String, u64>, total: u64) {
+    let attributed: u64 = counts.values().sum();
+    assert!(
+        attributed as f64 >= 0.95 * total as f64,
+        "only {attributed}/{total} samples in the burn functions ({counts:?})"
+    );
+    for (name, expected) in SPLIT_FUNCTIONS.into_iter().zip([0.6, 0.3, 0.1]) {
+        let share = counts.get(name).copied().unwrap_or(0) as f64 / attributed as f64;
+        assert!(
+            (share - expected).abs() <= 0.05,
+            "{name}: {:.1}% of samples, expected {:.0}% ± 5 points ({counts:?})",
+            share * 100.0,
+            expected * 100.0
+        );
+    }
+}
+
+/// Decodes a gzipped pprof body.
+pub fn decode_gz_pprof(body: &[u8]) -> pprof::protos::Profile {
+    use pprof::protos::Message;
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut raw)
+        .expect("a gzipped body");
+    pprof::protos::Profile::decode(raw.as_slice()).expect("a pprof profile")
+}
+
+/// Names of a pprof profile's functions.
+pub fn pprof_functions(profile: &pprof::protos::Profile) -> Vec<String> {
+    profile
+        .function
+        .iter()
+        .map(|f| profile.string_table[f.name as usize].clone())
+        .collect()
+}
+
+/// Starts `emberprof ARGS` with info logging and waits for a log line containing `marker`;
+/// returns the child, its remaining log stream, and the log so far.
+pub fn spawn_until(
+    args: &[&str],
+    marker: &str,
+) -> (Child, BufReader<std::process::ChildStderr>, String) {
+    let mut child = Command::new(EMBERPROF)
+        .env("EMBERPROF_LOG", "info")
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting emberprof");
+    let Some(pipe) = child.stderr.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("emberprof's stderr was not piped");
+    };
+    let mut stderr = BufReader::new(pipe);
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        // A read error ends the wait like an exit does.
+        let n = stderr.read_line(&mut line).unwrap_or(0);
+        log.push_str(&line);
+        if n == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("emberprof exited before {marker:?}:\n{log}");
+        }
+        if line.contains(marker) {
+            return (child, stderr, log);
         }
     }
 }
