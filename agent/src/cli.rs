@@ -33,25 +33,8 @@ pub struct AgentArgs {
     /// How often a profile is exported.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Also profile off-CPU time (where threads block).
-    #[arg(long)]
-    pub off_cpu: bool,
-    /// Off-CPU: also count time runnable threads waited after preemption.
-    #[arg(long, requires = "off_cpu")]
-    pub include_preempted: bool,
-    /// Off-CPU: ignore blocks shorter than this.
-    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
-    pub min_block: Duration,
-    /// Also keep latency histograms (run queue, off-CPU, block I/O) and export them.
-    #[arg(long)]
-    pub histograms: bool,
-    /// Also histogram every syscall's latency (implies --histograms).
-    #[arg(long)]
-    pub syscall_latency: bool,
-    /// Histograms kept between drains; more go to an "other" histogram per kind.
-    #[arg(long, value_name = "N", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub histogram_keys: u32,
+    #[command(flatten)]
+    pub waits: WaitArgs,
     /// Profile only this process (repeatable); applied in the kernel.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -63,15 +46,8 @@ pub struct AgentArgs {
     /// On SIGTERM, how long the final export may take before emberprof exits anyway.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// How often the kernel maps are drained and symbolized.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
-    pub drain_interval: Duration,
-    /// Entries in each of the kernel's two stack maps.
-    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
-    pub stack_map_entries: u32,
-    /// Entries in each of the kernel's two count maps.
-    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
-    pub count_map_entries: u32,
+    #[command(flatten)]
+    pub maps: MapArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,28 +55,8 @@ pub struct RecordArgs {
     /// Record a CPU profile (the default unless --off-cpu or --histograms is given).
     #[arg(long)]
     pub cpu: bool,
-    /// Record an off-CPU profile: where threads block, and for how long.
-    #[arg(long)]
-    pub off_cpu: bool,
-    /// Off-CPU: also count time runnable threads waited after preemption.
-    #[arg(long, requires = "off_cpu")]
-    pub include_preempted: bool,
-    /// Off-CPU: ignore blocks shorter than this (e.g. 1us, 50us, 1ms).
-    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
-    pub min_block: Duration,
-    /// Record latency histograms (run queue and off-CPU duration per cgroup, block I/O per
-    /// disk) and print them at the end; with no profile requested they go to --output.
-    #[arg(long)]
-    pub histograms: bool,
-    /// Also histogram every syscall's latency per syscall and cgroup (adds work to every
-    /// syscall on the host; implies --histograms).
-    #[arg(long)]
-    pub syscall_latency: bool,
-    /// Histograms kept between drains (cgroups x syscalls, disks); more are summed into an
-    /// "other" histogram per kind and counted.
-    #[arg(long, value_name = "N", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub histogram_keys: u32,
+    #[command(flatten)]
+    pub waits: WaitArgs,
     /// Profile only this process (repeat for several); applied in the kernel.
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -119,7 +75,41 @@ pub struct RecordArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub export: ExportArgs,
-    /// How often the kernel maps are drained and symbolized while recording.
+    #[command(flatten)]
+    pub maps: MapArgs,
+}
+
+/// Off-CPU profiling and latency histograms.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Record an off-CPU profile: where threads block, and for how long.
+    #[arg(long)]
+    pub off_cpu: bool,
+    /// Off-CPU: also count time runnable threads waited after preemption.
+    #[arg(long, requires = "off_cpu")]
+    pub include_preempted: bool,
+    /// Off-CPU: ignore blocks shorter than this (e.g. 1us, 50us, 1ms).
+    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
+    pub min_block: Duration,
+    /// Record latency histograms (run queue and off-CPU duration per cgroup, block I/O per
+    /// disk); `record` prints them at the end (to --output when no profile is requested).
+    #[arg(long)]
+    pub histograms: bool,
+    /// Also histogram every syscall's latency per syscall and cgroup (adds work to every
+    /// syscall on the host; implies --histograms).
+    #[arg(long)]
+    pub syscall_latency: bool,
+    /// Histograms kept between drains (cgroups x syscalls, disks); more are summed into an
+    /// "other" histogram per kind and counted.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub histogram_keys: u32,
+}
+
+/// Sizes and timing of the kernel maps (tuning and tests; hidden from --help).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MapArgs {
+    /// How often the kernel maps are drained and symbolized.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
     pub drain_interval: Duration,
     /// Entries in each of the kernel's two stack maps.
@@ -270,7 +260,7 @@ mod tests {
         assert_eq!(args.pids, [1, 2]);
         assert_eq!(args.frequency, 99);
         assert_eq!(args.duration, Duration::from_secs(10));
-        assert!(!args.off_cpu && !args.cpu);
+        assert!(!args.waits.off_cpu && !args.cpu);
         assert!(Cli::try_parse_from(["emberprof", "record", "--include-preempted"]).is_err());
         assert!(Cli::try_parse_from(["emberprof", "record", "--histogram-keys", "0"]).is_err());
     }

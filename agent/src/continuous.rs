@@ -53,10 +53,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let agent_start = SystemTime::now();
     let mut interval_start = agent_start;
     let mut runs = start_profilers(&args, interval_start)?;
-    let want_histograms = args.histograms || args.syscall_latency;
+    let want_histograms = args.waits.histograms || args.waits.syscall_latency;
     let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
-        syscalls: args.syscall_latency,
-        max_keys: args.histogram_keys,
+        syscalls: args.waits.syscall_latency,
+        max_keys: args.waits.histogram_keys,
         ..LatencyConfig::new(args.pids.clone())
     }))?;
     let mut symbolizer = Symbolizer::new();
@@ -76,13 +76,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     tracing::info!(
         frequency = args.frequency,
         interval = ?args.interval,
-        off_cpu = args.off_cpu,
+        off_cpu = args.waits.off_cpu,
         histograms = want_histograms,
         "agent running"
     );
 
     let started = Instant::now();
-    let mut next_drain = args.drain_interval;
+    let mut next_drain = args.maps.drain_interval;
     let mut next_export = args.interval;
     let mut intervals = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -102,7 +102,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 exporter.as_ref(),
                 &args,
             )?;
-            next_drain = elapsed + args.drain_interval;
+            next_drain = elapsed + args.maps.drain_interval;
         }
         if elapsed >= next_export {
             let now = SystemTime::now();
@@ -135,7 +135,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         &runs,
         histograms.as_ref(),
         &symbolizer,
-        args.count_map_entries,
+        args.maps.count_map_entries,
     )?;
     let profiles = finish_interval(&mut runs, &args, now);
     drop(runs);
@@ -167,7 +167,7 @@ fn publish(
     exporter: Option<&Exporter>,
     args: &AgentArgs,
 ) -> anyhow::Result<()> {
-    let mut counters = health_counters(runs, histograms, symbolizer, args.count_map_entries)?;
+    let mut counters = health_counters(runs, histograms, symbolizer, args.maps.count_map_entries)?;
     let mut export_ok = true;
     if let Some(e) = exporter {
         counters.extend(e.health());
@@ -181,16 +181,16 @@ fn publish(
 
 fn start_profilers(args: &AgentArgs, start: SystemTime) -> anyhow::Result<Vec<Run>> {
     let config = CpuSamplerConfig {
-        stack_map_entries: args.stack_map_entries,
-        count_map_entries: args.count_map_entries,
+        stack_map_entries: args.maps.stack_map_entries,
+        count_map_entries: args.maps.count_map_entries,
         ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
     };
     let mut runs = vec![start_cpu(&config, start, None)?];
-    if args.off_cpu {
+    if args.waits.off_cpu {
         let config = OffCpuConfig {
-            include_preempted: args.include_preempted,
-            min_block: args.min_block,
-            count_map_entries: args.count_map_entries,
+            include_preempted: args.waits.include_preempted,
+            min_block: args.waits.min_block,
+            count_map_entries: args.maps.count_map_entries,
             ..OffCpuConfig::new(args.pids.clone())
         };
         runs.push(start_off_cpu(&config, start, None)?);

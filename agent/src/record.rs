@@ -32,9 +32,9 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             bail!("no process with PID {pid} (--pid)");
         }
     }
-    let want_off_cpu = args.off_cpu;
-    let want_histograms = args.histograms || args.syscall_latency;
-    let want_cpu = args.cpu || !(args.off_cpu || want_histograms);
+    let want_off_cpu = args.waits.off_cpu;
+    let want_histograms = args.waits.histograms || args.waits.syscall_latency;
+    let want_cpu = args.cpu || !(args.waits.off_cpu || want_histograms);
     let format = output::choose_format(args.format, args.output.as_deref());
     let start = SystemTime::now();
     let (cpu_path, off_cpu_path) = output_paths(&args, format, start, want_cpu, want_off_cpu)?;
@@ -57,24 +57,24 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     if want_cpu {
         let config = CpuSamplerConfig {
-            stack_map_entries: args.stack_map_entries,
-            count_map_entries: args.count_map_entries,
+            stack_map_entries: args.maps.stack_map_entries,
+            count_map_entries: args.maps.count_map_entries,
             ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
         };
         runs.push(start_cpu(&config, start, Some(cpu_path))?);
     }
     if want_off_cpu {
         let config = OffCpuConfig {
-            include_preempted: args.include_preempted,
-            min_block: args.min_block,
-            count_map_entries: args.count_map_entries,
+            include_preempted: args.waits.include_preempted,
+            min_block: args.waits.min_block,
+            count_map_entries: args.maps.count_map_entries,
             ..OffCpuConfig::new(args.pids.clone())
         };
         runs.push(start_off_cpu(&config, start, Some(off_cpu_path))?);
     }
     let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
-        syscalls: args.syscall_latency,
-        max_keys: args.histogram_keys,
+        syscalls: args.waits.syscall_latency,
+        max_keys: args.waits.histogram_keys,
         ..LatencyConfig::new(args.pids.clone())
     }))?;
     let started = Instant::now();
@@ -87,7 +87,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     );
 
     let progress = Progress::new();
-    let mut next_drain = args.drain_interval;
+    let mut next_drain = args.maps.drain_interval;
     loop {
         let elapsed = started.elapsed();
         if elapsed >= args.duration || stop.load(Ordering::Relaxed) {
@@ -109,7 +109,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             if let Some(p) = &mut processes {
                 observe(p, &runs, &symbolizer);
             }
-            next_drain = elapsed + args.drain_interval;
+            next_drain = elapsed + args.maps.drain_interval;
         }
         progress.update(
             elapsed,
@@ -137,7 +137,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             &runs,
             histograms.as_ref(),
             &symbolizer,
-            args.count_map_entries,
+            args.maps.count_map_entries,
         )?,
         None => Vec::new(),
     };
