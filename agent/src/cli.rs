@@ -16,35 +16,73 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The command-line parser. A flag given twice (the config file's, then the real one) takes
+/// the later value.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+        .args_override_self(true)
+        .mut_subcommand("agent", |c| c.args_override_self(true))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Record CPU stacks, off-CPU waits and/or latency histograms of every process, or of --pid.
     Record(RecordArgs),
     /// Profile continuously and export every interval until stopped (SIGTERM or Ctrl-C).
     Agent(AgentArgs),
+    /// Check or print the agent's configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (exit status 2 if it is not valid).
+    Check {
+        /// The YAML file.
+        file: PathBuf,
+    },
+    /// Print the full default configuration, with a comment per key.
+    Default,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
+    /// YAML configuration file: one key per flag (e.g. `interval: 30s`); flags and
+    /// EMBERPROF_* variables override it.
+    #[arg(long, value_name = "FILE", env = "EMBERPROF_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Samples per second on each CPU (a prime, so that sampling does not beat with periodic work).
-    #[arg(long, value_name = "HZ", default_value_t = 19,
+    #[arg(long, value_name = "HZ", default_value_t = 19, env = "EMBERPROF_FREQUENCY",
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub frequency: u64,
     /// How often a profile is exported.
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration,
+          env = "EMBERPROF_INTERVAL")]
     pub interval: Duration,
     #[command(flatten)]
     pub waits: WaitArgs,
     /// Profile only this process (repeatable); applied in the kernel.
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        env = "EMBERPROF_PID",
+        value_delimiter = ','
+    )]
     pub pids: Vec<u32>,
     #[command(flatten)]
     pub export: ExportArgs,
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /debug/pprof/...).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7071",
+        env = "EMBERPROF_HTTP_LISTEN"
+    )]
     pub http_listen: std::net::SocketAddr,
     /// On SIGTERM, how long the final export may take before emberprof exits anyway.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,
+          env = "EMBERPROF_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub maps: MapArgs,
@@ -83,26 +121,26 @@ pub struct RecordArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct WaitArgs {
     /// Record an off-CPU profile: where threads block, and for how long.
-    #[arg(long)]
+    #[arg(long, env = "EMBERPROF_OFF_CPU")]
     pub off_cpu: bool,
     /// Off-CPU: also count time runnable threads waited after preemption.
-    #[arg(long, requires = "off_cpu")]
+    #[arg(long, requires = "off_cpu", env = "EMBERPROF_INCLUDE_PREEMPTED")]
     pub include_preempted: bool,
     /// Off-CPU: ignore blocks shorter than this (e.g. 1us, 50us, 1ms).
-    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration, env = "EMBERPROF_MIN_BLOCK")]
     pub min_block: Duration,
     /// Record latency histograms (run queue and off-CPU duration per cgroup, block I/O per
     /// disk); `record` prints them at the end (to --output when no profile is requested).
-    #[arg(long)]
+    #[arg(long, env = "EMBERPROF_HISTOGRAMS")]
     pub histograms: bool,
     /// Also histogram every syscall's latency per syscall and cgroup (adds work to every
     /// syscall on the host; implies --histograms).
-    #[arg(long)]
+    #[arg(long, env = "EMBERPROF_SYSCALL_LATENCY")]
     pub syscall_latency: bool,
     /// Histograms kept between drains (cgroups x syscalls, disks); more are summed into an
     /// "other" histogram per kind and counted.
     #[arg(long, value_name = "N", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000), env = "EMBERPROF_HISTOGRAM_KEYS")]
     pub histogram_keys: u32,
 }
 
@@ -125,40 +163,55 @@ pub struct MapArgs {
 pub struct ExportArgs {
     /// Send profiles and histograms to this OTLP/gRPC collector (http:// plaintext, https:// TLS);
     /// default from OTEL_EXPORTER_OTLP_ENDPOINT.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "EMBERPROF_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Extra OTLP request header KEY=VALUE (repeatable); adds to OTEL_EXPORTER_OTLP_HEADERS.
-    #[arg(long, value_name = "KEY=VALUE")]
+    #[arg(long, value_name = "KEY=VALUE", env = "EMBERPROF_OTLP_HEADER")]
     pub otlp_header: Vec<String>,
     /// OTLP compression: gzip or none [default: OTEL_EXPORTER_OTLP_COMPRESSION, else none].
-    #[arg(long, value_name = "gzip|none")]
+    #[arg(long, value_name = "gzip|none", env = "EMBERPROF_OTLP_COMPRESSION")]
     pub otlp_compression: Option<String>,
     /// Deadline of one OTLP export attempt [default: OTEL_EXPORTER_OTLP_TIMEOUT, else 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "EMBERPROF_OTLP_TIMEOUT")]
     pub otlp_timeout: Option<Duration>,
     /// CA certificate (PEM) to verify an https:// collector [OTEL_EXPORTER_OTLP_CERTIFICATE].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "EMBERPROF_OTLP_CA")]
     pub otlp_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS [OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "EMBERPROF_OTLP_CLIENT_CERT")]
     pub otlp_client_cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS [OTEL_EXPORTER_OTLP_CLIENT_KEY].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "EMBERPROF_OTLP_CLIENT_KEY")]
     pub otlp_client_key: Option<PathBuf>,
     /// Temporality of the exported histograms.
-    #[arg(long, value_enum, default_value = "cumulative")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "cumulative",
+        env = "EMBERPROF_OTLP_TEMPORALITY"
+    )]
     pub otlp_temporality: TemporalityArg,
     /// How long to keep retrying the export after recording ends.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "EMBERPROF_OTLP_FLUSH_TIMEOUT")]
     pub otlp_flush_timeout: Duration,
     /// Push the profiles to this Grafana Pyroscope server (e.g. http://pyroscope:4040).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "EMBERPROF_PYROSCOPE_URL")]
     pub pyroscope_url: Option<String>,
     /// Pyroscope tenant (X-Scope-OrgID header).
-    #[arg(long, value_name = "ID", requires = "pyroscope_url")]
+    #[arg(
+        long,
+        value_name = "ID",
+        requires = "pyroscope_url",
+        env = "EMBERPROF_PYROSCOPE_TENANT"
+    )]
     pub pyroscope_tenant: Option<String>,
     /// Pyroscope basic-auth user.
-    #[arg(long, value_name = "USER", requires = "pyroscope_url")]
+    #[arg(
+        long,
+        value_name = "USER",
+        requires = "pyroscope_url",
+        env = "EMBERPROF_PYROSCOPE_USER"
+    )]
     pub pyroscope_user: Option<String>,
     /// Pyroscope basic-auth password.
     #[arg(

@@ -2,6 +2,7 @@
 
 mod cli;
 mod collect;
+mod config;
 mod continuous;
 mod export;
 mod histograms;
@@ -14,10 +15,39 @@ mod session;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
+
+/// Exit status of a usage or configuration error, as clap uses.
+const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = config::config_file(&raw);
+    let argv = match config::merged_argv(raw) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("emberprof: error: {e}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    // With a config file, the same flag may come twice: the later (real) one wins.
+    let matches = match cli::command().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) => {
+            // A bad value from the file is reported against its key, not the flag it became.
+            if let Some(Err(config_error)) = file.map(|f| config::check(std::path::Path::new(&f))) {
+                if e.exit_code() != 0 {
+                    eprintln!("emberprof: error: {config_error}");
+                    return ExitCode::from(USAGE_ERROR);
+                }
+            }
+            e.exit()
+        }
+    };
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -28,6 +58,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Record(args) => record::run(args),
         cli::Command::Agent(args) => continuous::run(args),
+        cli::Command::Config(cli::ConfigCommand::Default) => {
+            print!("{}", config::default_text());
+            Ok(())
+        }
+        cli::Command::Config(cli::ConfigCommand::Check { file }) => match config::check(&file) {
+            Ok(()) => {
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("emberprof: error: {e}");
+                return ExitCode::from(USAGE_ERROR);
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

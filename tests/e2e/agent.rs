@@ -226,3 +226,85 @@ fn http_endpoints_report_health_metrics_and_profiles() {
     assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
     assert!(agent.wait().unwrap().success());
 }
+
+#[test]
+fn a_bad_config_file_exits_with_status_2_naming_the_key_and_config_check_agrees() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for (name, text, key) in [
+        ("unknown.yaml", "intervall: 5s\n", "unknown key `intervall`"),
+        ("type.yaml", "interval: soon\n", "key `interval`"),
+        ("range.yaml", "frequency: 100000\n", "key `frequency`"),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let run = Command::new(EMBERPROF)
+            .arg("agent")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            err.contains(key) || err.contains(&key.replace('`', "'")),
+            "{name}: {err}"
+        );
+        let check = Command::new(EMBERPROF)
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(check.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert!(err.contains(key), "{name}: {err}");
+    }
+    let good = dir.join("good.yaml");
+    let default = Command::new(EMBERPROF)
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    std::fs::write(&good, &default.stdout).unwrap();
+    let check = Command::new(EMBERPROF)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn the_config_file_drives_the_agent_and_flags_override_it() {
+    let Some(_serial) = bpf_test() else { return };
+    let collector = TestCollector::start();
+    let w = Workload::start(&["cpu-split"]);
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "otlp_endpoint: {}\ninterval: 30s\npid: [{}]\nhttp_listen: 127.0.0.1:{}\n",
+            collector.endpoint(),
+            w.pid(),
+            crate::collector::free_port()
+        ),
+    )
+    .unwrap();
+    let file_arg = file.to_string_lossy().into_owned();
+    // The file says 30 s; the flag's 1 s wins.
+    let (mut agent, _stderr, _log) = spawn_until(
+        &["agent", "--config", &file_arg, "--interval", "1s"],
+        "agent running",
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: plain kill(2) of our child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    assert!(agent.wait().unwrap().success());
+    let n = collector.received().profiles.len();
+    assert!(
+        n >= 3,
+        "{n} exports: the 1 s interval from the flag was not used"
+    );
+}
