@@ -308,3 +308,56 @@ fn the_config_file_drives_the_agent_and_flags_override_it() {
         "{n} exports: the 1 s interval from the flag was not used"
     );
 }
+
+/// The capabilities the README documents for running as a non-root user.
+const AGENT_CAPS: &str = "+bpf,+perfmon,+sys_ptrace,+dac_read_search,+syslog";
+
+#[test]
+fn as_nobody_with_the_documented_capabilities_it_profiles_a_root_process() {
+    let Some(_serial) = bpf_test() else { return };
+    let collector = TestCollector::start();
+    let w = Workload::start(&["cpu-split"]); // runs as root
+    let pid = w.pid().to_string();
+    let listen = format!("127.0.0.1:{}", crate::collector::free_port());
+    let caps = format!("-all,{AGENT_CAPS}");
+    let agent = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(EMBERPROF)
+        .args([
+            "agent",
+            "--pid",
+            &pid,
+            "--interval",
+            "1s",
+            "--frequency",
+            "99",
+        ])
+        .args([
+            "--otlp-endpoint",
+            &collector.endpoint(),
+            "--http-listen",
+            &listen,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    std::thread::sleep(Duration::from_millis(3000));
+    // SAFETY: plain kill(2) of our child (setpriv execs emberprof in place).
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let received = collector.received();
+    let found = received.profiles.iter().any(|req| {
+        let dict = req.dictionary.as_ref().unwrap();
+        req.resource_profiles.iter().any(|rp| {
+            rp.scope_profiles[0].profiles[0]
+                .samples
+                .iter()
+                .any(|s| sample_functions(dict, s).iter().any(|f| f == "burn_heavy"))
+        })
+    });
+    assert!(found, "no named frames of the root workload: {log}");
+}
