@@ -71,6 +71,8 @@ pub struct AgentArgs {
     )]
     pub pids: Vec<u32>,
     #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
     pub export: ExportArgs,
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /debug/pprof/...).
     #[arg(
@@ -115,6 +117,42 @@ pub struct RecordArgs {
     pub export: ExportArgs,
     #[command(flatten)]
     pub maps: MapArgs,
+}
+
+/// Which processes the agent profiles, besides --pid. Applied in the kernel through its PID
+/// filter, refreshed from /proc at every drain.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SelectArgs {
+    /// Never profile this process (repeatable).
+    #[arg(
+        long,
+        value_name = "PID",
+        env = "EMBERPROF_EXCLUDE_PID",
+        value_delimiter = ','
+    )]
+    pub exclude_pid: Vec<u32>,
+    /// Profile only processes whose executable name matches this regex (e.g. '^(nginx|java)$').
+    #[arg(long, value_name = "REGEX", env = "EMBERPROF_INCLUDE_EXE")]
+    pub include_exe: Option<String>,
+    /// Never profile processes whose executable name matches this regex.
+    #[arg(long, value_name = "REGEX", env = "EMBERPROF_EXCLUDE_EXE")]
+    pub exclude_exe: Option<String>,
+    /// Profile only processes in this cgroup (v2 path) or below it (repeatable).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "EMBERPROF_INCLUDE_CGROUP",
+        value_delimiter = ','
+    )]
+    pub include_cgroup: Vec<String>,
+    /// Never profile processes in this cgroup or below it (repeatable).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "EMBERPROF_EXCLUDE_CGROUP",
+        value_delimiter = ','
+    )]
+    pub exclude_cgroup: Vec<String>,
 }
 
 /// Off-CPU profiling and latency histograms.

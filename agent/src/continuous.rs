@@ -21,6 +21,7 @@ use crate::collect::{self, Collected};
 use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
 use crate::histograms::Histograms;
 use crate::http::SharedStatus;
+use crate::selection::Selection;
 use crate::session::{
     health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
 };
@@ -50,15 +51,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             .context("installing the signal handlers")?;
     }
 
+    let selection = Selection::from_args(&args.pids, &args.select)?;
     let agent_start = SystemTime::now();
     let mut interval_start = agent_start;
-    let mut runs = start_profilers(&args, interval_start)?;
+    let mut runs = start_profilers(&args, selection.is_some(), interval_start)?;
     let want_histograms = args.waits.histograms || args.waits.syscall_latency;
     let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
         syscalls: args.waits.syscall_latency,
         max_keys: args.waits.histogram_keys,
+        filter_pids: selection.is_some(),
         ..LatencyConfig::new(args.pids.clone())
     }))?;
+    select(selection.as_ref(), &mut runs, histograms.as_mut())?;
     let mut symbolizer = Symbolizer::new();
     for pid in &args.pids {
         symbolizer.observe(*pid);
@@ -94,6 +98,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 &mut symbolizer,
                 &mut processes,
             )?;
+            select(selection.as_ref(), &mut runs, histograms.as_mut())?;
             publish(
                 &status,
                 &runs,
@@ -179,10 +184,36 @@ fn publish(
     Ok(())
 }
 
-fn start_profilers(args: &AgentArgs, start: SystemTime) -> anyhow::Result<Vec<Run>> {
+/// Points the probes' PID filters at what the selection rules pick now.
+fn select(
+    selection: Option<&Selection>,
+    runs: &mut [Run],
+    histograms: Option<&mut Histograms>,
+) -> anyhow::Result<()> {
+    let Some(selection) = selection else {
+        return Ok(());
+    };
+    let pids = selection.scan();
+    for run in runs.iter_mut() {
+        run.profiler
+            .set_pids(&pids)
+            .context("updating the PID filter")?;
+    }
+    if let Some(h) = histograms {
+        h.set_pids(&pids)?;
+    }
+    Ok(())
+}
+
+fn start_profilers(
+    args: &AgentArgs,
+    filter_pids: bool,
+    start: SystemTime,
+) -> anyhow::Result<Vec<Run>> {
     let config = CpuSamplerConfig {
         stack_map_entries: args.maps.stack_map_entries,
         count_map_entries: args.maps.count_map_entries,
+        filter_pids,
         ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
     };
     let mut runs = vec![start_cpu(&config, start, None)?];
@@ -191,6 +222,7 @@ fn start_profilers(args: &AgentArgs, start: SystemTime) -> anyhow::Result<Vec<Ru
             include_preempted: args.waits.include_preempted,
             min_block: args.waits.min_block,
             count_map_entries: args.maps.count_map_entries,
+            filter_pids,
             ..OffCpuConfig::new(args.pids.clone())
         };
         runs.push(start_off_cpu(&config, start, None)?);

@@ -81,6 +81,13 @@ impl Histograms {
         Ok(())
     }
 
+    /// Replaces the processes whose waits are measured (the PID filter must be on).
+    pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> anyhow::Result<()> {
+        self.probe
+            .set_pids(pids)
+            .context("updating the histograms' PID filter")
+    }
+
     /// Kernel-side counters.
     pub fn counters(&self) -> anyhow::Result<LatencyCounters> {
         self.probe

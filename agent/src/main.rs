@@ -11,6 +11,7 @@ mod metadata;
 mod output;
 mod progress;
 mod record;
+mod selection;
 mod session;
 
 use std::process::ExitCode;

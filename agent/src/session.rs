@@ -33,6 +33,14 @@ impl Profiler {
         }
     }
 
+    /// Replaces the processes the kernel records (the PID filter must be on).
+    pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        match self {
+            Profiler::Cpu(p) => p.set_pids(pids),
+            Profiler::OffCpu(p) => p.set_pids(pids),
+        }
+    }
+
     pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
         match self {
             Profiler::Cpu(p) => p.stop(),

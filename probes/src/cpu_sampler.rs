@@ -37,6 +37,9 @@ pub struct CpuSamplerConfig {
     pub frequency_hz: u64,
     /// Only these processes (thread-group ids) when non-empty.
     pub pids: Vec<u32>,
+    /// Filter by PID even while `pids` is empty: the set is changed at run time with
+    /// `set_pids` (include/exclude rules).
+    pub filter_pids: bool,
     /// Entries of each of the two stack maps (distinct stacks between drains).
     pub stack_map_entries: u32,
     /// Entries of each of the two count maps (distinct thread + stack keys between drains).
@@ -50,6 +53,7 @@ impl CpuSamplerConfig {
         CpuSamplerConfig {
             frequency_hz,
             pids,
+            filter_pids: false,
             stack_map_entries: 16384,
             count_map_entries: 16384,
         }
@@ -141,7 +145,7 @@ impl CpuSampler {
             &config.pids,
         )?;
 
-        let filter: u8 = u8::from(!config.pids.is_empty());
+        let filter: u8 = u8::from(config.filter_pids || !config.pids.is_empty());
         let mut loader = EbpfLoader::new();
         loader.set_global("ep_filter_pids", &filter, true);
         for name in STACK_MAPS {
@@ -248,6 +252,12 @@ impl CpuSampler {
         let mut all = self.read_buffer(0)?;
         all.extend(self.read_buffer(1)?);
         Ok(all)
+    }
+
+    /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
+    /// at start; otherwise the filter is off and this has no effect).
+    pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        crate::kernel_maps::sync_pid_filter(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.

@@ -124,3 +124,34 @@ pub(crate) fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), Probe
     }
     Ok(())
 }
+
+/// Makes the object's `ep_pid_filter` map hold exactly `pids`, for filters that change
+/// while the probes run. At most `MAX_FILTER_PIDS` are kept; the rest are reported.
+pub(crate) fn sync_pid_filter(
+    ebpf: &mut Ebpf,
+    pids: &std::collections::BTreeSet<u32>,
+) -> Result<(), ProbeError> {
+    const NAME: &str = "ep_pid_filter";
+    if pids.len() > MAX_FILTER_PIDS {
+        return Err(ProbeError::TooManyPids {
+            got: pids.len(),
+            max: MAX_FILTER_PIDS,
+        });
+    }
+    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
+    let mut filter: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(map)
+        .map_err(|source| ProbeError::Map { name: NAME, source })?;
+    let current: Vec<u32> = filter.keys().filter_map(Result::ok).collect();
+    for pid in current {
+        if !pids.contains(&pid) {
+            // Already gone is fine: another path may have removed it.
+            let _ = filter.remove(&pid);
+        }
+    }
+    for pid in pids {
+        filter
+            .insert(pid, 1, 0)
+            .map_err(|source| ProbeError::Map { name: NAME, source })?;
+    }
+    Ok(())
+}

@@ -38,6 +38,9 @@ pub struct LatencyConfig {
     /// Only these processes' threads (run queue, off-CPU, syscalls) when non-empty. Block
     /// I/O completes in interrupt context and is always per disk, never filtered.
     pub pids: Vec<u32>,
+    /// Filter by PID even while `pids` is empty: the set is changed at run time with
+    /// `set_pids` (include/exclude rules).
+    pub filter_pids: bool,
     /// Also measure every syscall's latency (costs a few hundred ns per syscall).
     pub syscalls: bool,
     /// Distinct histograms (cgroup, disk, syscall keys) kept between drains; more go to the
@@ -50,6 +53,7 @@ impl LatencyConfig {
     pub fn new(pids: Vec<u32>) -> Self {
         LatencyConfig {
             pids,
+            filter_pids: false,
             syscalls: false,
             max_keys: 1024,
         }
@@ -99,7 +103,7 @@ impl LatencyHistograms {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
 
-        let filter = u8::from(!config.pids.is_empty());
+        let filter = u8::from(config.filter_pids || !config.pids.is_empty());
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader
@@ -182,6 +186,12 @@ impl LatencyHistograms {
         all.keyed.extend(rest.keyed);
         all.overflow.extend(rest.overflow);
         Ok(all)
+    }
+
+    /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
+    /// at start; otherwise the filter is off and this has no effect).
+    pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        crate::kernel_maps::sync_pid_filter(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.

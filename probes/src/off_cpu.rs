@@ -24,6 +24,9 @@ const COUNT_MAPS: [&str; 2] = ["ep_off_counts_0", "ep_off_counts_1"];
 pub struct OffCpuConfig {
     /// Only these processes (thread-group ids) when non-empty.
     pub pids: Vec<u32>,
+    /// Filter by PID even while `pids` is empty: the set is changed at run time with
+    /// `set_pids` (include/exclude rules).
+    pub filter_pids: bool,
     /// Also count time a runnable thread waited after being preempted.
     pub include_preempted: bool,
     /// Blocks shorter than this are not recorded (bounds the cost on busy hosts).
@@ -37,6 +40,7 @@ impl OffCpuConfig {
     pub fn new(pids: Vec<u32>) -> Self {
         OffCpuConfig {
             pids,
+            filter_pids: false,
             include_preempted: false,
             min_block: Duration::from_micros(1),
             count_map_entries: 16384,
@@ -80,7 +84,7 @@ impl OffCpuProfiler {
     pub fn start(config: &OffCpuConfig) -> Result<Self, ProbeError> {
         check_start(&[("off-CPU count", config.count_map_entries)], &config.pids)?;
 
-        let filter = u8::from(!config.pids.is_empty());
+        let filter = u8::from(config.filter_pids || !config.pids.is_empty());
         let preempted = u8::from(config.include_preempted);
         let min_block_ns = u64::try_from(config.min_block.as_nanos()).unwrap_or(u64::MAX);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
@@ -167,6 +171,12 @@ impl OffCpuProfiler {
         let mut all = self.read_buffer(0)?;
         all.extend(self.read_buffer(1)?);
         Ok(all)
+    }
+
+    /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
+    /// at start; otherwise the filter is off and this has no effect).
+    pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        crate::kernel_maps::sync_pid_filter(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.

@@ -361,3 +361,76 @@ fn as_nobody_with_the_documented_capabilities_it_profiles_a_root_process() {
     });
     assert!(found, "no named frames of the root workload: {log}");
 }
+
+#[test]
+fn include_and_exclude_rules_decide_which_processes_appear() {
+    let Some(_serial) = bpf_test() else { return };
+    let collector = TestCollector::start();
+    // Two copies of the workload under different executable names.
+    let other_bin = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("epother");
+    std::fs::copy(crate::support::workload_binary(), &other_bin).unwrap();
+    let excluded = Workload::start(&["cpu-split"]);
+    let mut other = Command::new(&other_bin).arg("cpu-split").spawn().unwrap();
+    let listen = format!("127.0.0.1:{}", crate::collector::free_port());
+    let excluded_pid = excluded.pid().to_string();
+    let (mut agent, _stderr, log) = spawn_until(
+        &[
+            "agent",
+            "--include-exe",
+            "^ep(workload|other)$",
+            "--exclude-pid",
+            &excluded_pid,
+            "--interval",
+            "1s",
+            "--frequency",
+            "99",
+            "--otlp-endpoint",
+            &collector.endpoint(),
+            "--http-listen",
+            &listen,
+        ],
+        "agent running",
+    );
+    std::thread::sleep(Duration::from_millis(3000));
+    // SAFETY: plain kill(2) of our child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    assert!(agent.wait().unwrap().success(), "{log}");
+    let _ = other.kill();
+    let _ = other.wait();
+
+    let received = collector.received();
+    let mut seen = std::collections::BTreeMap::new();
+    for req in &received.profiles {
+        for rp in &req.resource_profiles {
+            let attrs = &rp.resource.as_ref().unwrap().attributes;
+            let get = |k: &str| {
+                attrs
+                    .iter()
+                    .find(|kv| kv.key == k)
+                    .and_then(|kv| kv.value.as_ref()?.value.clone())
+            };
+            use opentelemetry_proto::tonic::common::v1::any_value::Value;
+            let pid = match get("process.pid") {
+                Some(Value::IntValue(i)) => i,
+                other => panic!("no pid: {other:?}"),
+            };
+            let exe = match get("process.executable.name") {
+                Some(Value::StringValue(s)) => s,
+                other => panic!("no exe: {other:?}"),
+            };
+            seen.insert(pid, exe);
+        }
+    }
+    assert!(
+        seen.contains_key(&i64::from(other.id())),
+        "the included process is missing: {seen:?}"
+    );
+    assert!(
+        !seen.contains_key(&i64::from(excluded.pid())),
+        "the excluded process appeared: {seen:?}"
+    );
+    assert!(
+        seen.values().all(|e| e == "epother" || e == "epworkload"),
+        "a process outside --include-exe appeared: {seen:?}"
+    );
+}
