@@ -27,9 +27,9 @@ pub fn command() -> clap::Command {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Record CPU stacks, off-CPU waits and/or latency histograms of every process, or of --pid.
-    Record(RecordArgs),
+    Record(Box<RecordArgs>),
     /// Profile continuously and export every interval until stopped (SIGTERM or Ctrl-C).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Check or print the agent's configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -74,6 +74,24 @@ pub struct AgentArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub export: ExportArgs,
+    /// Also write every interval's profiles as pprof files into this directory.
+    #[arg(long, value_name = "DIR", env = "EMBERPROF_PPROF_DIR")]
+    pub pprof_dir: Option<PathBuf>,
+    /// --pprof-dir: keep at most this many files (oldest deleted first).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 240,
+        env = "EMBERPROF_PPROF_MAX_FILES"
+    )]
+    pub pprof_max_files: usize,
+    /// --pprof-dir: keep at most this many bytes of files.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, env = "EMBERPROF_PPROF_MAX_BYTES")]
+    pub pprof_max_bytes: u64,
+    /// --pprof-dir: delete files older than this.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration,
+          env = "EMBERPROF_PPROF_MAX_AGE")]
+    pub pprof_max_age: Duration,
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /debug/pprof/...).
     #[arg(
         long,
@@ -291,6 +309,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         (n, 1e-3)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60.0)
     } else {
@@ -319,6 +339,7 @@ mod tests {
         assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
         assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("10ns"), Ok(Duration::from_nanos(10)));
         assert!(parse_duration("0").is_err());

@@ -21,6 +21,7 @@ use crate::collect::{self, Collected};
 use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
 use crate::histograms::Histograms;
 use crate::http::SharedStatus;
+use crate::pprof_dir::PprofDir;
 use crate::selection::Selection;
 use crate::session::{
     health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
@@ -35,12 +36,26 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             bail!("no process with PID {pid} (--pid)");
         }
     }
-    let mut exporter = Exporter::from_args(&args.export)?;
-    let pyroscope = pyroscope_config(&args.export)?;
-    if exporter.is_none() && pyroscope.is_none() {
+    let mut sinks = Sinks {
+        exporter: Exporter::from_args(&args.export)?,
+        pyroscope: pyroscope_config(&args.export)?,
+        pprof_dir: args
+            .pprof_dir
+            .as_deref()
+            .map(|d| {
+                PprofDir::new(
+                    d,
+                    args.pprof_max_files,
+                    args.pprof_max_bytes,
+                    args.pprof_max_age,
+                )
+            })
+            .transpose()?,
+    };
+    if sinks.exporter.is_none() && sinks.pyroscope.is_none() && sinks.pprof_dir.is_none() {
         bail!(
-            "nothing to export to: set --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) \
-             or --pyroscope-url"
+            "nothing to export to: set --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT), \
+             --pyroscope-url or --pprof-dir"
         );
     }
     let status: SharedStatus = Arc::default();
@@ -73,7 +88,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         &runs,
         histograms.as_ref(),
         &symbolizer,
-        exporter.as_ref(),
+        sinks.exporter.as_ref(),
         &args,
     )?;
     status.lock().unwrap_or_else(|e| e.into_inner()).attached = true;
@@ -104,7 +119,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 &runs,
                 histograms.as_ref(),
                 &symbolizer,
-                exporter.as_ref(),
+                sinks.exporter.as_ref(),
                 &args,
             )?;
             next_drain = elapsed + args.maps.drain_interval;
@@ -114,8 +129,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             let profiles = finish_interval(&mut runs, &args, now);
             ship(
                 &profiles,
-                exporter.as_mut(),
-                pyroscope.as_ref(),
+                &mut sinks,
                 histograms.as_mut(),
                 &processes,
                 agent_start,
@@ -146,8 +160,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     drop(runs);
     ship(
         &profiles,
-        exporter.as_mut(),
-        pyroscope.as_ref(),
+        &mut sinks,
         histograms.as_mut(),
         &processes,
         agent_start,
@@ -156,7 +169,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     intervals += 1;
     eprintln!("emberprof: agent stopped after {intervals} intervals");
-    if let Some(mut e) = exporter {
+    if let Some(mut e) = sinks.exporter {
         e.set_flush_timeout(args.shutdown_timeout);
         e.finish(health)?;
     }
@@ -264,12 +277,18 @@ fn finish_interval(runs: &mut [Run], args: &AgentArgs, end: SystemTime) -> Vec<P
         .collect()
 }
 
-/// Hands one interval to every exporter without waiting for delivery.
-#[allow(clippy::too_many_arguments)]
+/// Where intervals go.
+struct Sinks {
+    exporter: Option<Exporter>,
+    pyroscope: Option<emberprof_exporters::pyroscope::PyroscopeConfig>,
+    pprof_dir: Option<PprofDir>,
+}
+
+/// Hands one interval to every sink without waiting for delivery (the local files are
+/// written before returning: they are small and local).
 fn ship(
     profiles: &[Profile],
-    exporter: Option<&mut Exporter>,
-    pyroscope: Option<&emberprof_exporters::pyroscope::PyroscopeConfig>,
+    sinks: &mut Sinks,
     histograms: Option<&mut Histograms>,
     processes: &HashMap<u32, Attributes>,
     agent_start: SystemTime,
@@ -278,7 +297,15 @@ fn ship(
 ) {
     let samples: usize = profiles.iter().map(|p| p.samples.len()).sum();
     tracing::info!(samples, "exporting an interval");
-    if let Some(config) = pyroscope {
+    if let Some(dir) = &sinks.pprof_dir {
+        for p in profiles {
+            let kind = if p.name == "CPU" { "cpu" } else { "offcpu" };
+            if let Err(e) = dir.write(p, kind, end) {
+                tracing::warn!(error = %format!("{e:#}"), "writing the interval's pprof file");
+            }
+        }
+    }
+    if let Some(config) = &sinks.pyroscope {
         let (config, profiles, processes) = (config.clone(), profiles.to_vec(), processes.clone());
         // A slow Pyroscope must not hold up sampling.
         std::thread::spawn(move || {
@@ -287,7 +314,7 @@ fn ship(
             }
         });
     }
-    if let Some(e) = exporter {
+    if let Some(e) = &mut sinks.exporter {
         let delta = e.delta();
         let (points, start) = match histograms {
             Some(h) => {

@@ -9,6 +9,7 @@ mod histograms;
 mod http;
 mod metadata;
 mod output;
+mod pprof_dir;
 mod progress;
 mod record;
 mod selection;
@@ -57,8 +58,8 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        cli::Command::Record(args) => record::run(args),
-        cli::Command::Agent(args) => continuous::run(args),
+        cli::Command::Record(args) => record::run(*args),
+        cli::Command::Agent(args) => continuous::run(*args),
         cli::Command::Config(cli::ConfigCommand::Default) => {
             print!("{}", config::default_text());
             Ok(())

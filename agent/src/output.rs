@@ -79,7 +79,7 @@ pub fn write(profile: &Profile, format: Format, path: &Path) -> anyhow::Result<(
 }
 
 /// `YYYYMMDDTHHMMSSZ` in UTC.
-fn utc_stamp(t: SystemTime) -> String {
+pub fn utc_stamp(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86400, secs % 86400);
     // Days since the epoch to a civil date (proleptic Gregorian calendar).

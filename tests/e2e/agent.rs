@@ -434,3 +434,55 @@ fn include_and_exclude_rules_decide_which_processes_appear() {
         "a process outside --include-exe appeared: {seen:?}"
     );
 }
+
+#[test]
+fn a_pprof_directory_gets_every_interval_and_is_rotated() {
+    let Some(_serial) = bpf_test() else { return };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    let w = Workload::start(&["cpu-split"]);
+    let pid = w.pid().to_string();
+    let listen = format!("127.0.0.1:{}", crate::collector::free_port());
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let (mut agent, _stderr, log) = spawn_until(
+        &[
+            "agent",
+            "--pid",
+            &pid,
+            "--interval",
+            "1s",
+            "--frequency",
+            "99",
+            "--pprof-dir",
+            &dir_arg,
+            "--pprof-max-files",
+            "2",
+            "--http-listen",
+            &listen,
+        ],
+        "agent running",
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    // SAFETY: plain kill(2) of our child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    assert!(agent.wait().unwrap().success(), "{log}");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "rotated down to 2 of 4 intervals: {files:?}"
+    );
+    for f in files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("emberprof-") && name.ends_with(".cpu.pb.gz"),
+            "{name}"
+        );
+        let profile = decode_gz_pprof(&std::fs::read(&f).unwrap());
+        let names = pprof_functions(&profile);
+        assert!(names.iter().any(|n| n == "burn_heavy"), "{name}: {names:?}");
+    }
+}
