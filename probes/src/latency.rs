@@ -99,6 +99,9 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
 impl LatencyHistograms {
     /// Checks privileges, loads the programs and attaches them.
     pub fn start(config: &LatencyConfig) -> Result<Self, ProbeError> {
+        // sched_switch's prev_state argument (BTF tracepoint) and task storage in tracing
+        // programs.
+        crate::preflight::check_kernel("latency histograms", (5, 18))?;
         check_start(&[("histogram key", config.max_keys)], &config.pids)?;
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;

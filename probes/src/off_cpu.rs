@@ -82,6 +82,9 @@ pub struct OffCpuProfiler {
 impl OffCpuProfiler {
     /// Checks privileges, loads the program and attaches it to sched_switch.
     pub fn start(config: &OffCpuConfig) -> Result<Self, ProbeError> {
+        // sched_switch's prev_state argument (BTF tracepoint) and task storage in tracing
+        // programs.
+        crate::preflight::check_kernel("off-CPU profiling", (5, 18))?;
         check_start(&[("off-CPU count", config.count_map_entries)], &config.pids)?;
 
         let filter = u8::from(config.filter_pids || !config.pids.is_empty());

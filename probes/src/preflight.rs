@@ -24,13 +24,74 @@ pub enum PreflightError {
     NoBtf,
     #[error("cannot read this process's capabilities from /proc/self/status: {0}")]
     Status(String),
+    #[error("{what} needs Linux {}.{} or newer; this kernel is {release}", min.0, min.1)]
+    KernelTooOld {
+        what: &'static str,
+        min: (u32, u32),
+        release: String,
+    },
+    #[error(
+        "the locked-memory limit is too low for BPF maps on this kernel (before 5.11): run \
+         with `ulimit -l unlimited`, or grant CAP_SYS_RESOURCE ({0})"
+    )]
+    Memlock(String),
 }
 
-/// Fails with a clear error when the kernel or our privileges cannot run the probes.
+/// (major, minor) of a kernel release string such as `6.18.44-fc-v657`.
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Fails unless the running kernel is at least `min`; `what` names the feature that needs it.
+pub fn check_kernel(what: &'static str, min: (u32, u32)) -> Result<(), PreflightError> {
+    let release = kernel_release();
+    match parse_release(&release) {
+        Some(v) if v >= min => Ok(()),
+        // An unreadable version is not a reason to refuse: the loader will say more.
+        None => Ok(()),
+        Some(_) => Err(PreflightError::KernelTooOld { what, min, release }),
+    }
+}
+
+/// Before 5.11, BPF memory counts against RLIMIT_MEMLOCK: lift it (needs CAP_SYS_RESOURCE
+/// unless the limit is already unlimited).
+pub fn ensure_memlock() -> Result<(), PreflightError> {
+    if parse_release(&kernel_release()).is_none_or(|v| v >= (5, 11)) {
+        return Ok(());
+    }
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        Ok(())
+    } else {
+        Err(PreflightError::Memlock(
+            std::io::Error::last_os_error().to_string(),
+        ))
+    }
+}
+
+/// Fails with a clear error when the kernel or our privileges cannot run the probes:
+/// Linux 5.8 or newer (CAP_BPF/CAP_PERFMON, BTF-typed tracepoints), the capabilities, BTF,
+/// and the locked-memory limit on kernels that still charge BPF maps to it.
 pub fn check() -> Result<(), PreflightError> {
+    check_kernel("emberprof", (5, 8))?;
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| PreflightError::Status(e.to_string()))?;
     check_capabilities(&status)?;
+    ensure_memlock()?;
     if !Path::new(KERNEL_BTF).exists() {
         return Err(PreflightError::NoBtf);
     }
@@ -66,6 +127,20 @@ pub fn check_capabilities(status: &str) -> Result<(), PreflightError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_releases_parse_and_compare() {
+        assert_eq!(parse_release("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(parse_release("5.4.0-150-generic"), Some((5, 4)));
+        assert_eq!(parse_release("garbage"), None);
+        assert!(parse_release("5.17.1").unwrap() < (5, 18));
+        check_kernel("this test", (3, 0)).unwrap();
+        let e = check_kernel("the future", (99, 0)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the future needs Linux 99.0 or newer; this kernel is "),
+            "{e}"
+        );
+    }
 
     #[test]
     fn root_passes() {
