@@ -10,4 +10,5 @@ mod off_cpu;
 mod otlp;
 mod privileges;
 mod pyroscope;
+mod soak;
 mod support;

@@ -1,0 +1,124 @@
+//! A soak run: the agent under constant process churn keeps its memory bounded and loses
+//! no interval. 120 s in CI; set EMBERPROF_SOAK_SECS for longer runs by hand.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::collector::TestCollector;
+use crate::support::{bpf_test, spawn_until, workload_binary};
+
+/// The RSS bound the README states for the agent.
+const RSS_BOUND: f64 = 256.0 * 1024.0 * 1024.0;
+
+fn rss(port: u16) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("an RSS line")
+}
+
+#[test]
+fn under_process_churn_memory_stays_bounded_and_no_interval_is_lost() {
+    let Some(_serial) = bpf_test() else { return };
+    let secs: u64 = std::env::var("EMBERPROF_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let collector = TestCollector::start();
+    let port = crate::collector::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut agent, _stderr, log) = spawn_until(
+        &[
+            "agent",
+            "--interval",
+            "5s",
+            "--otlp-endpoint",
+            &collector.endpoint(),
+            "--http-listen",
+            &listen,
+        ],
+        "agent running",
+    );
+    // Short-lived processes, one after another, for the whole run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        let bin = workload_binary().to_path_buf();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = Command::new(&bin).args(["fixed", "1", "1"]).status();
+                n += 1;
+            }
+            n
+        })
+    };
+    let started = Instant::now();
+    let mut peak = 0f64;
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(10));
+        let r = rss(port);
+        peak = peak.max(r);
+        samples.push(r);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let processes = churn.join().unwrap();
+    // SAFETY: plain kill(2) of our child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    assert!(agent.wait().unwrap().success(), "{log}");
+    let ran = started.elapsed().as_secs_f64();
+    eprintln!(
+        "soak: {secs} s, {processes} processes, RSS peak {:.1} MiB, samples {:?}",
+        peak / 1048576.0,
+        samples
+            .iter()
+            .map(|r| (r / 1048576.0) as u64)
+            .collect::<Vec<_>>()
+    );
+    assert!(processes > 100, "only {processes} processes were started");
+    assert!(
+        peak < RSS_BOUND,
+        "RSS peaked at {:.1} MiB",
+        peak / 1048576.0
+    );
+
+    // Every interval arrived, back to back.
+    let received = collector.received();
+    let mut ranges: Vec<(u64, u64)> = received
+        .profiles
+        .iter()
+        .filter_map(|req| {
+            let p = req
+                .resource_profiles
+                .first()?
+                .scope_profiles
+                .first()?
+                .profiles
+                .first()?;
+            Some((p.time_unix_nano, p.duration_nano))
+        })
+        .collect();
+    ranges.sort();
+    ranges.dedup_by_key(|r| r.0);
+    let expected = (ran / 5.0).floor() as usize;
+    assert!(
+        ranges.len() >= expected,
+        "{} intervals for a {ran:.0} s run at 5 s",
+        ranges.len()
+    );
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].0 + pair[0].1, pair[1].0, "a gap between intervals");
+    }
+}
