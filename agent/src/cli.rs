@@ -174,7 +174,7 @@ pub struct SelectArgs {
 }
 
 /// Off-CPU profiling and latency histograms.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct WaitArgs {
     /// Record an off-CPU profile: where threads block, and for how long.
     #[arg(long, env = "EMBERPROF_OFF_CPU")]

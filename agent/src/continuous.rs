@@ -30,28 +30,13 @@ use crate::session::{
 /// How often the loop wakes to check for signals.
 const TICK: Duration = Duration::from_millis(100);
 
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     for pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with PID {pid} (--pid)");
         }
     }
-    let mut sinks = Sinks {
-        exporter: Exporter::from_args(&args.export)?,
-        pyroscope: pyroscope_config(&args.export)?,
-        pprof_dir: args
-            .pprof_dir
-            .as_deref()
-            .map(|d| {
-                PprofDir::new(
-                    d,
-                    args.pprof_max_files,
-                    args.pprof_max_bytes,
-                    args.pprof_max_age,
-                )
-            })
-            .transpose()?,
-    };
+    let mut sinks = Sinks::from_args(&args)?;
     if sinks.exporter.is_none() && sinks.pyroscope.is_none() && sinks.pprof_dir.is_none() {
         bail!(
             "nothing to export to: set --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT), \
@@ -65,8 +50,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the signal handlers")?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing the SIGHUP handler")?;
 
-    let selection = Selection::from_args(&args.pids, &args.select)?;
+    let mut selection = Selection::from_args(&args.pids, &args.select)?;
     let agent_start = SystemTime::now();
     let mut interval_start = agent_start;
     let mut runs = start_profilers(&args, selection.is_some(), interval_start)?;
@@ -103,9 +91,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut next_drain = args.maps.drain_interval;
     let mut next_export = args.interval;
+    let mut interval_began = Duration::ZERO;
     let mut intervals = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let elapsed = started.elapsed();
+        if reload.swap(false, Ordering::Relaxed) {
+            match reloaded() {
+                Ok(new) => {
+                    apply_reload(&mut args, *new, &mut sinks, &mut selection);
+                    next_export = interval_began + args.interval;
+                }
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "SIGHUP: the new configuration is not valid; keeping the running one"
+                ),
+            }
+        }
         if elapsed >= next_drain || elapsed >= next_export {
             drain(
                 &mut runs,
@@ -138,6 +139,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             );
             intervals += 1;
             interval_start = now;
+            interval_began = elapsed;
             next_export = elapsed + args.interval;
             // Only processes of the next interval need attributes; exited ones go.
             processes.clear();
@@ -282,6 +284,92 @@ struct Sinks {
     exporter: Option<Exporter>,
     pyroscope: Option<emberprof_exporters::pyroscope::PyroscopeConfig>,
     pprof_dir: Option<PprofDir>,
+}
+
+impl Sinks {
+    fn from_args(args: &AgentArgs) -> anyhow::Result<Sinks> {
+        Ok(Sinks {
+            exporter: Exporter::from_args(&args.export)?,
+            pyroscope: pyroscope_config(&args.export)?,
+            pprof_dir: args
+                .pprof_dir
+                .as_deref()
+                .map(|d| {
+                    PprofDir::new(
+                        d,
+                        args.pprof_max_files,
+                        args.pprof_max_bytes,
+                        args.pprof_max_age,
+                    )
+                })
+                .transpose()?,
+        })
+    }
+}
+
+/// The agent's arguments as the command line and the config file say now.
+fn reloaded() -> anyhow::Result<Box<AgentArgs>> {
+    use clap::FromArgMatches;
+    let argv = crate::config::merged_argv(std::env::args_os().collect())?;
+    let matches = crate::cli::command().try_get_matches_from(argv)?;
+    match crate::cli::Cli::from_arg_matches(&matches)?.command {
+        crate::cli::Command::Agent(new) => Ok(new),
+        _ => bail!("the command line is no longer an agent command"),
+    }
+}
+
+/// Applies what can change while running (interval, process selection, exporters, local
+/// files, shutdown timeout); warns about the rest, which needs a restart. Data already
+/// collected stays in the current interval; batches the old exporter still holds get a
+/// few seconds to be delivered.
+fn apply_reload(
+    args: &mut AgentArgs,
+    new: AgentArgs,
+    sinks: &mut Sinks,
+    selection: &mut Option<Selection>,
+) {
+    let mut needs_restart = Vec::new();
+    if new.frequency != args.frequency {
+        needs_restart.push("frequency");
+    }
+    if new.waits != args.waits {
+        needs_restart.push("off_cpu/histograms");
+    }
+    if new.http_listen != args.http_listen {
+        needs_restart.push("http_listen");
+    }
+    match Selection::from_args(&new.pids, &new.select) {
+        Ok(Some(s)) if selection.is_some() => *selection = Some(s),
+        Ok(None) if selection.is_none() => {
+            if new.pids != args.pids {
+                needs_restart.push("pid");
+            }
+        }
+        Ok(_) => needs_restart.push("turning process selection on or off"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "SIGHUP: keeping the old selection"),
+    }
+    match Sinks::from_args(&new) {
+        Ok(fresh) => {
+            let old = std::mem::replace(sinks, fresh);
+            if let Some(e) = old.exporter {
+                e.close(Duration::from_secs(5));
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "SIGHUP: keeping the old exporters"),
+    }
+    args.interval = new.interval;
+    args.shutdown_timeout = new.shutdown_timeout;
+    args.select = new.select;
+    args.export = new.export;
+    args.pprof_dir = new.pprof_dir;
+    if needs_restart.is_empty() {
+        tracing::info!("SIGHUP: configuration reloaded");
+    } else {
+        tracing::warn!(
+            unchanged = ?needs_restart,
+            "SIGHUP: configuration reloaded; these settings need a restart and were kept"
+        );
+    }
 }
 
 /// Hands one interval to every sink without waiting for delivery (the local files are

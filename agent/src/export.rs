@@ -123,6 +123,14 @@ impl Exporter {
         out
     }
 
+    /// Gives queued batches up to `timeout` to be delivered, then drops the exporter
+    /// (replaced on reload); what is left is logged.
+    pub fn close(self, timeout: Duration) {
+        if !self.pipeline.flush(timeout) {
+            tracing::warn!(endpoint = %self.endpoint, "old exporter closed with data undelivered");
+        }
+    }
+
     /// How long `finish` waits for delivery.
     pub fn set_flush_timeout(&mut self, timeout: Duration) {
         self.flush_timeout = timeout;

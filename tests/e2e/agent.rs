@@ -486,3 +486,59 @@ fn a_pprof_directory_gets_every_interval_and_is_rotated() {
         assert!(names.iter().any(|n| n == "burn_heavy"), "{name}: {names:?}");
     }
 }
+
+#[test]
+fn sighup_reloads_the_config_file_without_losing_an_interval() {
+    let Some(_serial) = bpf_test() else { return };
+    let first = TestCollector::start();
+    let second = TestCollector::start();
+    let w = Workload::start(&["cpu-split"]);
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reload.yaml");
+    let listen = format!("127.0.0.1:{}", crate::collector::free_port());
+    let config = |endpoint: &str| {
+        format!(
+            "otlp_endpoint: {endpoint}\ninterval: 1s\npid: [{}]\nhttp_listen: {listen}\n",
+            w.pid()
+        )
+    };
+    std::fs::write(&file, config(&first.endpoint())).unwrap();
+    let file_arg = file.to_string_lossy().into_owned();
+    let (mut agent, mut stderr, mut log) =
+        spawn_until(&["agent", "--config", &file_arg], "agent running");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&file, config(&second.endpoint())).unwrap();
+    // SAFETY: plain kill(2) of our child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGHUP) }, 0);
+    std::thread::sleep(Duration::from_millis(2500));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    let status = agent.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    log.push_str(&rest);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+
+    let ranges = |c: &TestCollector| -> Vec<(u64, u64)> {
+        c.received()
+            .profiles
+            .iter()
+            .map(|r| {
+                let p = &r.resource_profiles[0].scope_profiles[0].profiles[0];
+                (p.time_unix_nano, p.duration_nano)
+            })
+            .collect()
+    };
+    let (before, after) = (ranges(&first), ranges(&second));
+    assert!(!before.is_empty(), "nothing reached the first collector");
+    assert!(after.len() >= 2, "the reloaded endpoint got {after:?}");
+    let mut all: Vec<_> = before.iter().chain(&after).copied().collect();
+    all.sort();
+    for pair in all.windows(2) {
+        assert_eq!(
+            pair[0].0 + pair[0].1,
+            pair[1].0,
+            "interval lost across the reload: {all:?}"
+        );
+    }
+}
