@@ -220,6 +220,11 @@ fn http_endpoints_report_health_metrics_and_profiles() {
     assert!(names.iter().any(|n| n == "burn_heavy"), "{names:?}");
     assert!(!profile.sample.is_empty());
     assert_eq!(get(port, "/debug/pprof/profile?seconds=0").0, 400);
+    // The agent's own profile: a pprof of emberprof itself.
+    let (code, body) = get(port, "/debug/pprof/self?seconds=1");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let own = decode_gz_pprof(&body);
+    assert!(!own.string_table.is_empty());
     assert_eq!(get(port, "/nope").0, 404);
 
     // SAFETY: plain kill(2) of our child.

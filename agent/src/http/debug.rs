@@ -80,6 +80,30 @@ pub fn profile(params: &Params, svg_output: bool) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// emberprof's own CPU profile (`/debug/pprof/self`), sampled in-process with SIGPROF, for
+/// debugging the agent itself. One at a time.
+pub fn self_profile(params: &Params) -> anyhow::Result<Vec<u8>> {
+    use ::pprof::protos::Message;
+    let guard = ::pprof::ProfilerGuardBuilder::default()
+        .frequency(i32::try_from(params.hz).unwrap_or(99))
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .context("starting the in-process profiler (is another /debug/pprof/self running?)")?;
+    std::thread::sleep(Duration::from_secs(params.seconds));
+    let report = guard
+        .report()
+        .build()
+        .context("building the in-process profile")?;
+    let profile = report.pprof().context("encoding the in-process profile")?;
+    let mut raw = Vec::new();
+    profile
+        .encode(&mut raw)
+        .context("encoding the in-process profile")?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &raw).context("compressing the profile")?;
+    gz.finish().context("compressing the profile")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

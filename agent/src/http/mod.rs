@@ -1,6 +1,7 @@
 //! The agent's HTTP endpoints (hyper, HTTP/1.1), served from their own thread and runtime:
 //! `/metrics` (Prometheus text), `/healthz`, `/readyz`, and on-demand profiles of the machine
-//! at `/debug/pprof/profile?seconds=N[&pid=P]` (pprof) and `/debug/pprof/flamegraph` (SVG).
+//! at `/debug/pprof/profile?seconds=N[&pid=P]` (pprof) and `/debug/pprof/flamegraph` (SVG), and
+//! emberprof's own in-process profile at `/debug/pprof/self?seconds=N`.
 
 mod debug;
 mod metrics;
@@ -121,6 +122,20 @@ async fn route(
             };
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
+        "/debug/pprof/self" => match debug::Params::parse(&query) {
+            Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            Ok(params) => {
+                match tokio::task::spawn_blocking(move || debug::self_profile(&params)).await {
+                    Ok(Ok(body)) => text(StatusCode::OK, "application/octet-stream", body),
+                    Ok(Err(e)) => text(StatusCode::CONFLICT, "text/plain", format!("{e:#}\n")),
+                    Err(e) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("{e}\n"),
+                    ),
+                }
+            }
+        },
         "/debug/pprof/profile" | "/debug/pprof/flamegraph" => {
             let svg = req.uri().path().ends_with("flamegraph");
             match debug::Params::parse(&query) {
