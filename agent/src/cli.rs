@@ -74,6 +74,14 @@ pub struct AgentArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub export: ExportArgs,
+    /// Addresses the symbolizer keeps named in memory; past it the cache starts over.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1_000_000,
+        env = "EMBERPROF_SYMBOL_CACHE_ENTRIES"
+    )]
+    pub symbol_cache_entries: usize,
     /// Also write every interval's profiles as pprof files into this directory.
     #[arg(long, value_name = "DIR", env = "EMBERPROF_PPROF_DIR")]
     pub pprof_dir: Option<PathBuf>,
@@ -239,6 +247,9 @@ pub struct ExportArgs {
     /// Client key (PEM) for mutual TLS [OTEL_EXPORTER_OTLP_CLIENT_KEY].
     #[arg(long, value_name = "FILE", env = "EMBERPROF_OTLP_CLIENT_KEY")]
     pub otlp_client_key: Option<PathBuf>,
+    /// Bytes of encoded batches the OTLP queue may hold; beyond it the oldest are dropped.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, env = "EMBERPROF_OTLP_QUEUE_BYTES")]
+    pub otlp_queue_bytes: usize,
     /// Temporality of the exported histograms.
     #[arg(
         long,

@@ -67,6 +67,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     }))?;
     select(selection.as_ref(), &mut runs, histograms.as_mut())?;
     let mut symbolizer = Symbolizer::new();
+    symbolizer.set_cache_limit(args.symbol_cache_entries);
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
@@ -141,8 +142,10 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             interval_start = now;
             interval_began = elapsed;
             next_export = elapsed + args.interval;
-            // Only processes of the next interval need attributes; exited ones go.
+            // Only processes of the next interval need attributes; exited ones go, from
+            // the symbolizer too (their samples are symbolized by now).
             processes.clear();
+            symbolizer.forget_exited();
         }
         std::thread::sleep(TICK);
     }

@@ -42,6 +42,7 @@ impl Exporter {
         if let Some(c) = &args.otlp_compression {
             config.set_compression(c, "--otlp-compression")?;
         }
+        config.queue_bytes = args.otlp_queue_bytes;
         if let Some(t) = args.otlp_timeout {
             config.timeout = t;
         }
@@ -113,6 +114,13 @@ impl Exporter {
             value: HealthValue::Count(n),
         })
         .collect();
+        out.push(HealthCounter {
+            name: "emberprof.export.queue.limit",
+            description: "Bytes the export queue may hold",
+            unit: "By",
+            attributes: Vec::new(),
+            value: HealthValue::Level(self.config.queue_bytes as f64),
+        });
         out.push(HealthCounter {
             name: "emberprof.export.queue.bytes",
             description: "Encoded bytes waiting in the export queue",

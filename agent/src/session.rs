@@ -180,6 +180,38 @@ pub fn health_counters(
             n,
         ));
     }
+    for (name, description, value) in [
+        (
+            "emberprof.symbolizer.cache.entries",
+            "Addresses held in the symbolizer's cache",
+            s.cache_entries,
+        ),
+        (
+            "emberprof.symbolizer.processes",
+            "Processes whose mappings the symbolizer holds",
+            s.processes_held,
+        ),
+        (
+            "emberprof.symbolizer.files",
+            "Files the symbolizer holds open",
+            s.files,
+        ),
+    ] {
+        out.push(HealthCounter {
+            name,
+            description,
+            unit: "1",
+            attributes: Vec::new(),
+            value: HealthValue::Level(value as f64),
+        });
+    }
+    out.push(c(
+        "emberprof.symbolizer.cache.resets",
+        "Times the symbolizer cache reached its limit and started over",
+        "1",
+        vec![],
+        s.cache_resets,
+    ));
     out.push(c(
         "emberprof.symbolizer.file_errors",
         "Files whose symbols could not be read",

@@ -28,7 +28,16 @@ pub struct SymbolizerStats {
     pub file_errors: u64,
     /// Addresses left unnamed because their file's symbols could not be read.
     pub addresses_unreadable: u64,
+    /// Entries in the location cache now.
+    pub cache_entries: u64,
+    /// Times the location cache reached its limit and was emptied.
+    pub cache_resets: u64,
+    /// Processes whose mappings are held now.
+    pub processes_held: u64,
 }
+
+/// Default bound of the location cache (about 200 bytes an entry).
+pub const DEFAULT_CACHE_ENTRIES: usize = 1_000_000;
 
 /// One stack to symbolize: the addresses of one sample, leaf first.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +65,8 @@ pub struct Symbolizer {
     kernel_module: Arc<Module>,
     unknown: Arc<Location>,
     stats: SymbolizerStats,
+    /// Entries the location cache may hold before it is emptied.
+    cache_limit: usize,
 }
 
 impl Default for Symbolizer {
@@ -91,6 +102,7 @@ impl Symbolizer {
                 frames: Vec::new(),
             }),
             stats: SymbolizerStats::default(),
+            cache_limit: DEFAULT_CACHE_ENTRIES,
         }
     }
 
@@ -98,8 +110,25 @@ impl Symbolizer {
     pub fn stats(&self) -> SymbolizerStats {
         SymbolizerStats {
             files: self.files.len() as u64,
+            cache_entries: self.cache.len() as u64,
+            processes_held: self.processes.len() as u64,
             ..self.stats
         }
+    }
+
+    /// Bounds the location cache: past `entries` it is emptied (and refilled by use), so
+    /// memory stays flat however many distinct addresses a host runs through.
+    pub fn set_cache_limit(&mut self, entries: usize) {
+        self.cache_limit = entries.max(1);
+    }
+
+    /// Drops the mappings of processes that have exited, once their samples have been
+    /// symbolized (call between drains). Returns how many were dropped.
+    pub fn forget_exited(&mut self) -> usize {
+        let before = self.processes.len();
+        self.processes
+            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        before - self.processes.len()
     }
 
     /// Captures a process's mappings now, while it is alive. Symbolizing its stacks later
@@ -141,6 +170,10 @@ impl Symbolizer {
         }
         let keyed: Vec<Vec<Result<Key, Arc<Location>>>> =
             requests.iter().map(|r| self.keys(r)).collect();
+        if self.cache.len() > self.cache_limit {
+            self.cache.clear();
+            self.stats.cache_resets += 1;
+        }
         self.fill_cache(keyed.iter().flatten().filter_map(|k| k.as_ref().ok()));
         keyed
             .into_iter()
@@ -366,6 +399,24 @@ mod tests {
             loc.module.as_ref().unwrap().build_id.is_some(),
             "Rust test binaries carry a build ID"
         );
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_exited_processes_are_forgotten() {
+        let mut s = Symbolizer::new();
+        s.set_cache_limit(1);
+        let pid = std::process::id();
+        let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
+        symbolize_one(&mut s, pid, &[addr], &[]);
+        symbolize_one(&mut s, pid, &[addr + 1], &[]);
+        symbolize_one(&mut s, pid, &[addr + 2], &[]);
+        let st = s.stats();
+        assert!(st.cache_resets >= 1, "{st:?}");
+        assert!(st.cache_entries <= 2, "{st:?}");
+        s.observe(u32::MAX - 2); // never existed
+        assert_eq!(s.stats().processes_held, 2);
+        assert_eq!(s.forget_exited(), 1);
+        assert_eq!(s.stats().processes_held, 1, "the live process stays");
     }
 
     #[test]
