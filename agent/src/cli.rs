@@ -82,6 +82,15 @@ pub struct AgentArgs {
         env = "EMBERPROF_SYMBOL_CACHE_ENTRIES"
     )]
     pub symbol_cache_entries: usize,
+    /// Files the symbolizer keeps open with their symbol tables; past it, all are let go
+    /// at the end of an interval and reopened as needed.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4096,
+        env = "EMBERPROF_SYMBOL_FILES"
+    )]
+    pub symbol_files: usize,
     /// Also write every interval's profiles as pprof files into this directory.
     #[arg(long, value_name = "DIR", env = "EMBERPROF_PPROF_DIR")]
     pub pprof_dir: Option<PathBuf>,

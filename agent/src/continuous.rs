@@ -38,11 +38,13 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     }
     let mut sinks = Sinks::from_args(&args)?;
     if sinks.exporter.is_none() && sinks.pyroscope.is_none() && sinks.pprof_dir.is_none() {
-        bail!(
-            "nothing to export to: set --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT), \
-             --pyroscope-url or --pprof-dir"
+        // Still useful: /metrics and the on-demand /debug/pprof endpoints.
+        tracing::warn!(
+            "no exporter configured: intervals are dropped; set --otlp-endpoint (or \
+             OTEL_EXPORTER_OTLP_ENDPOINT), --pyroscope-url or --pprof-dir"
         );
     }
+    warn_about_file_access();
     let status: SharedStatus = Arc::default();
     crate::http::serve(args.http_listen, status.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -68,6 +70,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     select(selection.as_ref(), &mut runs, histograms.as_mut())?;
     let mut symbolizer = Symbolizer::new();
     symbolizer.set_cache_limit(args.symbol_cache_entries);
+    symbolizer.set_file_limit(args.symbol_files);
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
@@ -280,6 +283,37 @@ fn finish_interval(runs: &mut [Run], args: &AgentArgs, end: SystemTime) -> Vec<P
             std::mem::replace(&mut run.builder, next).finish(end)
         })
         .collect()
+}
+
+/// Without CAP_SYS_PTRACE (and CAP_DAC_READ_SEARCH) other users' processes are sampled
+/// but their frames cannot be named: say so at start rather than with unnamed profiles.
+fn warn_about_file_access() {
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    const CAP_SYS_PTRACE: u32 = 19;
+    let Some(eff) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+    else {
+        return;
+    };
+    let missing: Vec<&str> = [
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| eff & (1 << cap) == 0)
+    .map(|(_, name)| name)
+    .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "other users' processes will have unnamed frames: grant these capabilities"
+        );
+    }
 }
 
 /// Where intervals go.

@@ -115,6 +115,22 @@ impl Exporter {
         })
         .collect();
         out.push(HealthCounter {
+            name: "emberprof.export.latency.last",
+            description: "Seconds the last delivered batch took, retries included",
+            unit: "s",
+            attributes: Vec::new(),
+            value: HealthValue::Level(s.last_latency.as_secs_f64()),
+        });
+        out.push(HealthCounter {
+            name: "emberprof.export.latency.milliseconds",
+            description: "Milliseconds spent delivering batches, in total",
+            unit: "ms",
+            attributes: Vec::new(),
+            value: HealthValue::Count(
+                u64::try_from(s.total_latency.as_millis()).unwrap_or(u64::MAX),
+            ),
+        });
+        out.push(HealthCounter {
             name: "emberprof.export.queue.limit",
             description: "Bytes the export queue may hold",
             unit: "By",

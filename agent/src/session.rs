@@ -206,6 +206,13 @@ pub fn health_counters(
         });
     }
     out.push(c(
+        "emberprof.symbolizer.files.resets",
+        "Times the symbolizer's open files passed their limit and were all let go",
+        "1",
+        vec![],
+        s.file_resets,
+    ));
+    out.push(c(
         "emberprof.symbolizer.cache.resets",
         "Times the symbolizer cache reached its limit and started over",
         "1",

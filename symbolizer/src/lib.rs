@@ -10,4 +10,6 @@ mod symbolizer;
 
 pub use location::{Frame, FrameKind, Location, Module, Stack};
 pub use maps::{parse_maps, MapsEntry};
-pub use symbolizer::{StackRequest, Symbolizer, SymbolizerStats};
+pub use symbolizer::{
+    StackRequest, Symbolizer, SymbolizerStats, DEFAULT_CACHE_ENTRIES, DEFAULT_FILE_LIMIT,
+};

@@ -34,7 +34,12 @@ pub struct SymbolizerStats {
     pub cache_resets: u64,
     /// Processes whose mappings are held now.
     pub processes_held: u64,
+    /// Times the open files passed their limit and every file and parsed table was let go.
+    pub file_resets: u64,
 }
+
+/// Default bound on files held open with their parsed symbol tables.
+pub const DEFAULT_FILE_LIMIT: usize = 4096;
 
 /// Default bound of the location cache (about 200 bytes an entry).
 pub const DEFAULT_CACHE_ENTRIES: usize = 1_000_000;
@@ -67,6 +72,8 @@ pub struct Symbolizer {
     stats: SymbolizerStats,
     /// Entries the location cache may hold before it is emptied.
     cache_limit: usize,
+    /// Files held open (with blazesym's parsed tables) before everything is let go.
+    file_limit: usize,
 }
 
 impl Default for Symbolizer {
@@ -103,7 +110,14 @@ impl Symbolizer {
             }),
             stats: SymbolizerStats::default(),
             cache_limit: DEFAULT_CACHE_ENTRIES,
+            file_limit: DEFAULT_FILE_LIMIT,
         }
+    }
+
+    /// Bounds the files held open: past `files`, `forget_exited` lets all of them go (with
+    /// blazesym's parsed tables, which it cannot evict one by one) and starts over.
+    pub fn set_file_limit(&mut self, files: usize) {
+        self.file_limit = files.max(1);
     }
 
     /// Counters since creation.
@@ -128,7 +142,18 @@ impl Symbolizer {
         let before = self.processes.len();
         self.processes
             .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
-        before - self.processes.len()
+        let forgotten = before - self.processes.len();
+        if self.files.len() > self.file_limit {
+            // Processes refer to files by their place in the table: all go together. Live
+            // processes are observed again at their next sample.
+            let mut fresh = Symbolizer::new();
+            fresh.cache_limit = self.cache_limit;
+            fresh.file_limit = self.file_limit;
+            fresh.stats = self.stats;
+            fresh.stats.file_resets += 1;
+            *self = fresh;
+        }
+        forgotten
     }
 
     /// Captures a process's mappings now, while it is alive. Symbolizing its stacks later
@@ -417,6 +442,19 @@ mod tests {
         assert_eq!(s.stats().processes_held, 2);
         assert_eq!(s.forget_exited(), 1);
         assert_eq!(s.stats().processes_held, 1, "the live process stays");
+
+        // Past the file limit everything is let go, and symbolizing works again after.
+        s.set_file_limit(1);
+        assert!(s.stats().files > 1);
+        s.forget_exited();
+        let st = s.stats();
+        assert_eq!(
+            (st.files, st.processes_held, st.file_resets),
+            (0, 0, 1),
+            "{st:?}"
+        );
+        let stack = symbolize_one(&mut s, pid, &[addr], &[]);
+        assert!(!stack[0].frames.is_empty(), "named again after the reset");
     }
 
     #[test]

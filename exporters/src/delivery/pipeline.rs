@@ -53,6 +53,10 @@ pub struct PipelineStats {
     pub queued_bytes: u64,
     /// Whether the most recently finished batch was given up (not delivered).
     pub last_failed: bool,
+    /// Time from the first attempt to delivery of the last delivered batch, retries included.
+    pub last_latency: std::time::Duration,
+    /// The same, summed over every delivered batch.
+    pub total_latency: std::time::Duration,
 }
 
 pub(super) struct State {
@@ -204,6 +208,7 @@ fn worker(
                 };
             }
         };
+        let began = Instant::now();
         let outcome = runtime.block_on(deliver(
             &mut client,
             &config,
@@ -211,11 +216,14 @@ fn worker(
             closing.clone(),
             batch,
         ));
+        let took = began.elapsed();
         let mut state = lock(&shared);
         state.in_flight = false;
         match outcome {
             Ok(rejected) => {
                 state.stats.last_failed = false;
+                state.stats.last_latency = took;
+                state.stats.total_latency += took;
                 state.stats.sent += 1;
                 state.stats.sent_bytes += size as u64;
                 state.stats.rejected_items += rejected;
