@@ -7,8 +7,8 @@ use emberprof_exporters::otlp::validate::{sample_functions, validate_profiles};
 
 use crate::collector::TestCollector;
 use crate::support::{
-    bpf_test, decode_gz_pprof, loaded_bpf_programs, pprof_functions, spawn_until, Workload,
-    EMBERPROF,
+    bpf_test, decode_gz_pprof, loaded_bpf_programs, pprof_functions, spawn_until, terminate,
+    Workload, EMBERPROF,
 };
 
 #[test]
@@ -99,9 +99,7 @@ fn without_an_exporter_the_agent_runs_and_says_so() {
     let listen = format!("127.0.0.1:{}", crate::collector::free_port());
     let (mut agent, _stderr, log) =
         spawn_until(&["agent", "--http-listen", &listen], "agent running");
-    // SAFETY: plain kill(2) of our child.
-    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
-    assert!(agent.wait().unwrap().success(), "{log}");
+    terminate(&mut agent, &log);
     assert!(log.contains("no exporter configured"), "{log}");
 }
 
@@ -399,9 +397,7 @@ fn include_and_exclude_rules_decide_which_processes_appear() {
         "agent running",
     );
     std::thread::sleep(Duration::from_millis(3000));
-    // SAFETY: plain kill(2) of our child.
-    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
-    assert!(agent.wait().unwrap().success(), "{log}");
+    terminate(&mut agent, &log);
     let _ = other.kill();
     let _ = other.wait();
 
@@ -470,9 +466,7 @@ fn a_pprof_directory_gets_every_interval_and_is_rotated() {
         "agent running",
     );
     std::thread::sleep(Duration::from_millis(3500));
-    // SAFETY: plain kill(2) of our child.
-    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
-    assert!(agent.wait().unwrap().success(), "{log}");
+    terminate(&mut agent, &log);
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -422,3 +422,11 @@ pub fn spawn_until(
         }
     }
 }
+
+/// Sends SIGTERM to an emberprof started by `spawn_until` and checks that it exits 0.
+pub fn terminate(child: &mut Child, log: &str) {
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().expect("waiting for emberprof");
+    assert!(status.success(), "emberprof exited with {status}:\n{log}");
+}
