@@ -218,7 +218,7 @@ pub struct WaitArgs {
 }
 
 /// Sizes and timing of the kernel maps (tuning and tests; hidden from --help).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct MapArgs {
     /// How often the kernel maps are drained and symbolized.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
@@ -232,7 +232,7 @@ pub struct MapArgs {
 }
 
 /// Where to send profiles and histograms: OTLP and Pyroscope.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct ExportArgs {
     /// Send profiles and histograms to this OTLP/gRPC collector (http:// plaintext, https:// TLS);
     /// default from OTEL_EXPORTER_OTLP_ENDPOINT.

@@ -67,10 +67,10 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         filter_pids: selection.is_some(),
         ..LatencyConfig::new(args.pids.clone())
     }))?;
-    select(selection.as_ref(), &mut runs, histograms.as_mut())?;
+    select(selection.as_ref(), &mut runs, histograms.as_mut());
     let mut symbolizer = Symbolizer::new();
     symbolizer.set_cache_limit(args.symbol_cache_entries);
-    symbolizer.set_file_limit(args.symbol_files);
+    symbolizer.set_file_limit(args.symbol_files.min(raise_open_file_limit()));
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
@@ -118,7 +118,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
                 &mut symbolizer,
                 &mut processes,
             )?;
-            select(selection.as_ref(), &mut runs, histograms.as_mut())?;
+            select(selection.as_ref(), &mut runs, histograms.as_mut());
             publish(
                 &status,
                 &runs,
@@ -176,6 +176,15 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         now,
     );
     intervals += 1;
+    if let Some(push) = sinks.pyroscope_push.take() {
+        let deadline = Instant::now() + args.shutdown_timeout;
+        while !push.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !push.is_finished() {
+            tracing::warn!("the last Pyroscope push did not finish within --shutdown-timeout");
+        }
+    }
     eprintln!("emberprof: agent stopped after {intervals} intervals");
     if let Some(mut e) = sinks.exporter {
         e.set_flush_timeout(args.shutdown_timeout);
@@ -206,24 +215,38 @@ fn publish(
 }
 
 /// Points the probes' PID filters at what the selection rules pick now.
-fn select(
-    selection: Option<&Selection>,
-    runs: &mut [Run],
-    histograms: Option<&mut Histograms>,
-) -> anyhow::Result<()> {
+fn select(selection: Option<&Selection>, runs: &mut [Run], histograms: Option<&mut Histograms>) {
     let Some(selection) = selection else {
-        return Ok(());
+        return;
     };
-    let pids = selection.scan();
+    let Some(mut pids) = selection.scan() else {
+        tracing::warn!("cannot read /proc: keeping the previous process selection");
+        return;
+    };
+    if pids.len() > emberprof_probes::cpu_sampler::MAX_FILTER_PIDS {
+        // The kernel filter holds a bounded set: keep the lowest PIDs and say so.
+        tracing::warn!(
+            selected = pids.len(),
+            max = emberprof_probes::cpu_sampler::MAX_FILTER_PIDS,
+            "the selection matches more processes than the kernel filter holds; narrow it"
+        );
+        pids = pids
+            .into_iter()
+            .take(emberprof_probes::cpu_sampler::MAX_FILTER_PIDS)
+            .collect();
+    }
+    // A failed update keeps the previous filter: profiling goes on, and the next drain
+    // tries again.
     for run in runs.iter_mut() {
-        run.profiler
-            .set_pids(&pids)
-            .context("updating the PID filter")?;
+        if let Err(e) = run.profiler.set_pids(&pids) {
+            tracing::warn!(error = %e, "updating the PID filter");
+        }
     }
     if let Some(h) = histograms {
-        h.set_pids(&pids)?;
+        if let Err(e) = h.set_pids(&pids) {
+            tracing::warn!(error = %format!("{e:#}"), "updating the PID filter");
+        }
     }
-    Ok(())
 }
 
 fn start_profilers(
@@ -316,10 +339,39 @@ fn warn_about_file_access() {
     }
 }
 
+/// Raises the soft open-file limit to the hard one (the symbolizer keeps files open) and
+/// returns how many files the symbolizer may hold: the limit, less room for everything else.
+fn raise_open_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 512;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    (usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
+        .saturating_sub(256)
+        .max(64)
+}
+
 /// Where intervals go.
 struct Sinks {
     exporter: Option<Exporter>,
     pyroscope: Option<emberprof_exporters::pyroscope::PyroscopeConfig>,
+    /// The Pyroscope push in flight: at most one, so a slow server cannot pile them up.
+    pyroscope_push: Option<std::thread::JoinHandle<()>>,
     pprof_dir: Option<PprofDir>,
 }
 
@@ -328,6 +380,7 @@ impl Sinks {
         Ok(Sinks {
             exporter: Exporter::from_args(&args.export)?,
             pyroscope: pyroscope_config(&args.export)?,
+            pyroscope_push: None,
             pprof_dir: args
                 .pprof_dir
                 .as_deref()
@@ -385,20 +438,42 @@ fn apply_reload(
         Ok(_) => needs_restart.push("turning process selection on or off"),
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "SIGHUP: keeping the old selection"),
     }
-    match Sinks::from_args(&new) {
-        Ok(fresh) => {
-            let old = std::mem::replace(sinks, fresh);
-            if let Some(e) = old.exporter {
-                e.close(Duration::from_secs(5));
+    let sinks_changed = new.export != args.export
+        || new.pprof_dir != args.pprof_dir
+        || new.pprof_max_files != args.pprof_max_files
+        || new.pprof_max_bytes != args.pprof_max_bytes
+        || new.pprof_max_age != args.pprof_max_age;
+    if sinks_changed {
+        match Sinks::from_args(&new) {
+            Ok(fresh) => {
+                let old = std::mem::replace(sinks, fresh);
+                sinks.pyroscope_push = old.pyroscope_push;
+                if let Some(e) = old.exporter {
+                    // Off the sampling thread: the kernel maps must keep being drained.
+                    std::thread::spawn(move || e.close(Duration::from_secs(5)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "SIGHUP: keeping the old exporters")
             }
         }
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "SIGHUP: keeping the old exporters"),
+    }
+    if new.symbol_cache_entries != args.symbol_cache_entries
+        || new.symbol_files != args.symbol_files
+    {
+        needs_restart.push("symbol_cache_entries/symbol_files");
+    }
+    if new.maps != args.maps {
+        needs_restart.push("map sizes and drain interval");
     }
     args.interval = new.interval;
     args.shutdown_timeout = new.shutdown_timeout;
     args.select = new.select;
     args.export = new.export;
     args.pprof_dir = new.pprof_dir;
+    args.pprof_max_files = new.pprof_max_files;
+    args.pprof_max_bytes = new.pprof_max_bytes;
+    args.pprof_max_age = new.pprof_max_age;
     if needs_restart.is_empty() {
         tracing::info!("SIGHUP: configuration reloaded");
     } else {
@@ -431,13 +506,24 @@ fn ship(
         }
     }
     if let Some(config) = &sinks.pyroscope {
-        let (config, profiles, processes) = (config.clone(), profiles.to_vec(), processes.clone());
-        // A slow Pyroscope must not hold up sampling.
-        std::thread::spawn(move || {
-            if let Err(e) = push_to_pyroscope(&config, &profiles, &processes) {
-                tracing::warn!(error = %format!("{e:#}"), "Pyroscope push failed");
-            }
-        });
+        if sinks
+            .pyroscope_push
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            tracing::warn!(
+                "the previous Pyroscope push is still running; this interval is not pushed"
+            );
+        } else {
+            let (config, profiles, processes) =
+                (config.clone(), profiles.to_vec(), processes.clone());
+            // A slow Pyroscope must not hold up sampling.
+            sinks.pyroscope_push = Some(std::thread::spawn(move || {
+                if let Err(e) = push_to_pyroscope(&config, &profiles, &processes) {
+                    tracing::warn!(error = %format!("{e:#}"), "Pyroscope push failed");
+                }
+            }));
+        }
     }
     if let Some(e) = &mut sinks.exporter {
         let delta = e.delta();

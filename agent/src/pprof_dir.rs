@@ -59,9 +59,15 @@ impl PprofDir {
             ".{}.tmp",
             path.file_name().unwrap_or_default().to_string_lossy()
         ));
-        output::write(profile, Format::Pprof, &tmp)?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} into place", tmp.display()))?;
+        let written = output::write(profile, Format::Pprof, &tmp).and_then(|()| {
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("renaming {} into place", tmp.display()))
+        });
+        if let Err(e) = written {
+            // No half-written temporary files left behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         self.rotate();
         Ok(path)
     }
@@ -87,7 +93,9 @@ impl PprofDir {
         let now = SystemTime::now();
         let mut total: u64 = files.iter().map(|f| f.1).sum();
         let mut count = files.len();
-        for (modified, len, path) in files {
+        // The newest file always stays, even when it alone is over a limit.
+        let newest = files.len().saturating_sub(1);
+        for (modified, len, path) in files.into_iter().take(newest) {
             let too_old = now.duration_since(modified).unwrap_or_default() > self.max_age;
             if count <= self.max_files && total <= self.max_bytes && !too_old {
                 break;

@@ -93,18 +93,19 @@ impl Selection {
         included && !excluded
     }
 
-    /// The running processes the rules select.
-    pub fn scan(&self) -> BTreeSet<u32> {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return BTreeSet::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(facts)
-            .filter(|p| self.selects(p))
-            .map(|p| p.pid)
-            .collect()
+    /// The running processes the rules select; `None` if /proc cannot be read (keep the
+    /// previous set rather than stop profiling everything).
+    pub fn scan(&self) -> Option<BTreeSet<u32>> {
+        let entries = std::fs::read_dir("/proc").ok()?;
+        Some(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(facts)
+                .filter(|p| self.selects(p))
+                .map(|p| p.pid)
+                .collect(),
+        )
     }
 }
 
@@ -122,6 +123,12 @@ fn facts(pid: u32) -> Option<ProcessFacts> {
             })
         })
         .or_else(|| {
+            // No readable exe: a kernel thread (empty command line: never profiled by
+            // rules), or another user's process without CAP_SYS_PTRACE (use its comm).
+            let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+            if cmdline.is_empty() {
+                return None;
+            }
             let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
             Some(comm.trim().to_string())
         })?;
@@ -195,7 +202,7 @@ mod tests {
     fn scanning_finds_this_test_process() {
         let s = rules(|a| a.exclude_pid = vec![1]);
         let me = std::process::id();
-        let found = s.scan();
+        let found = s.scan().unwrap();
         assert!(found.contains(&me));
         assert!(!found.contains(&1));
     }

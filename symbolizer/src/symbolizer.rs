@@ -74,6 +74,9 @@ pub struct Symbolizer {
     cache_limit: usize,
     /// Files held open (with blazesym's parsed tables) before everything is let go.
     file_limit: usize,
+    /// Processes found gone at the last `forget_exited`: dropped if still gone at the next,
+    /// so that samples drained just before an exit are still symbolized.
+    gone_once: HashSet<u32>,
 }
 
 impl Default for Symbolizer {
@@ -111,6 +114,7 @@ impl Symbolizer {
             stats: SymbolizerStats::default(),
             cache_limit: DEFAULT_CACHE_ENTRIES,
             file_limit: DEFAULT_FILE_LIMIT,
+            gone_once: HashSet::new(),
         }
     }
 
@@ -137,11 +141,23 @@ impl Symbolizer {
     }
 
     /// Drops the mappings of processes that have exited, once their samples have been
-    /// symbolized (call between drains). Returns how many were dropped.
+    /// symbolized (call between drains): a process is dropped at the second call that finds
+    /// it gone. Returns how many were dropped.
     pub fn forget_exited(&mut self) -> usize {
         let before = self.processes.len();
+        let gone: HashSet<u32> = self
+            .processes
+            .keys()
+            .copied()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        let previously = std::mem::take(&mut self.gone_once);
         self.processes
-            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            .retain(|pid, _| !(gone.contains(pid) && previously.contains(pid)));
+        self.gone_once = gone
+            .into_iter()
+            .filter(|pid| self.processes.contains_key(pid))
+            .collect();
         let forgotten = before - self.processes.len();
         if self.files.len() > self.file_limit {
             // Processes refer to files by their place in the table: all go together. Live
@@ -440,6 +456,8 @@ mod tests {
         assert!(st.cache_entries <= 2, "{st:?}");
         s.observe(u32::MAX - 2); // never existed
         assert_eq!(s.stats().processes_held, 2);
+        // Gone at one call is kept until the next: its last samples may still come.
+        assert_eq!(s.forget_exited(), 0);
         assert_eq!(s.forget_exited(), 1);
         assert_eq!(s.stats().processes_held, 1, "the live process stays");
 

@@ -8,7 +8,11 @@ mod metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Set while a /debug/pprof/profile or flamegraph request is sampling.
+static PROFILE_IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
 use anyhow::Context;
 use http_body_util::Full;
@@ -64,7 +68,9 @@ async fn accept_loop(listener: std::net::TcpListener, status: SharedStatus) {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
+                // Out of file descriptors, say: do not spin on the error.
                 tracing::warn!(error = %e, "accepting an HTTP connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -140,9 +146,19 @@ async fn route(
             let svg = req.uri().path().ends_with("flamegraph");
             match debug::Params::parse(&query) {
                 Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                // Each request loads its own sampler: one at a time.
+                Ok(_) if PROFILE_IN_PROGRESS.swap(true, Ordering::AcqRel) => text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "text/plain",
+                    "another profile is being taken; try again when it is done\n",
+                ),
                 Ok(params) => {
-                    let result =
-                        tokio::task::spawn_blocking(move || debug::profile(&params, svg)).await;
+                    let result = tokio::task::spawn_blocking(move || {
+                        let r = debug::profile(&params, svg);
+                        PROFILE_IN_PROGRESS.store(false, Ordering::Release);
+                        r
+                    })
+                    .await;
                     match result {
                         Ok(Ok(body)) => text(
                             StatusCode::OK,
