@@ -44,7 +44,13 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
              OTEL_EXPORTER_OTLP_ENDPOINT), --pyroscope-url or --pprof-dir"
         );
     }
-    warn_about_file_access();
+    let missing = emberprof_probes::preflight::missing_file_access();
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "other users' processes will have unnamed frames: grant these capabilities"
+        );
+    }
     let status: SharedStatus = Arc::default();
     crate::http::serve(args.http_listen, status.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -306,37 +312,6 @@ fn finish_interval(runs: &mut [Run], args: &AgentArgs, end: SystemTime) -> Vec<P
             std::mem::replace(&mut run.builder, next).finish(end)
         })
         .collect()
-}
-
-/// Without CAP_SYS_PTRACE (and CAP_DAC_READ_SEARCH) other users' processes are sampled
-/// but their frames cannot be named: say so at start rather than with unnamed profiles.
-fn warn_about_file_access() {
-    const CAP_DAC_READ_SEARCH: u32 = 2;
-    const CAP_SYS_PTRACE: u32 = 19;
-    let Some(eff) = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        })
-    else {
-        return;
-    };
-    let missing: Vec<&str> = [
-        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
-        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
-    ]
-    .into_iter()
-    .filter(|(cap, _)| eff & (1 << cap) == 0)
-    .map(|(_, name)| name)
-    .collect();
-    if !missing.is_empty() {
-        tracing::warn!(
-            ?missing,
-            "other users' processes will have unnamed frames: grant these capabilities"
-        );
-    }
 }
 
 /// Raises the soft open-file limit to the hard one (the symbolizer keeps files open) and

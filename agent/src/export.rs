@@ -262,9 +262,7 @@ pub fn push_to_pyroscope(
             })
             .unwrap_or_else(|| s.process_name.to_string())
     };
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let host = crate::metadata::process::hostname().unwrap_or_default();
     let labels = vec![("host_name".to_string(), host)];
     let mut pushed = 0;
     for profile in profiles {

@@ -9,6 +9,7 @@ mod model;
 pub mod otlp;
 pub mod pprof;
 pub mod pyroscope;
+mod random;
 pub mod svg;
 #[cfg(test)]
 mod testdata;

@@ -14,7 +14,7 @@ use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{Counter, SampleKey};
-use crate::kernel_maps::{check_start, drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
 use crate::ProbeError;
 
 static CPU_SAMPLER_OBJ: &[u8] =
@@ -156,7 +156,7 @@ impl CpuSampler {
         }
         let mut ebpf = loader.load(CPU_SAMPLER_OBJ)?;
 
-        fill_pid_filter(&mut ebpf, &config.pids)?;
+        sync_pid_filter(&mut ebpf, &config.pids.iter().copied().collect())?;
 
         let counts = [
             take_hash(&mut ebpf, COUNT_MAPS[0])?,
@@ -257,7 +257,7 @@ impl CpuSampler {
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        crate::kernel_maps::sync_pid_filter(&mut self.ebpf, pids)
+        sync_pid_filter(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.

@@ -111,22 +111,8 @@ pub(crate) fn check_start(
     Ok(())
 }
 
-/// Fills the object's `ep_pid_filter` map with the processes to profile.
-pub(crate) fn fill_pid_filter(ebpf: &mut Ebpf, pids: &[u32]) -> Result<(), ProbeError> {
-    const NAME: &str = "ep_pid_filter";
-    let map = ebpf.map_mut(NAME).ok_or(ProbeError::MissingMap(NAME))?;
-    let mut filter: aya::maps::HashMap<_, u32, u8> = aya::maps::HashMap::try_from(map)
-        .map_err(|source| ProbeError::Map { name: NAME, source })?;
-    for pid in pids {
-        filter
-            .insert(pid, 1, 0)
-            .map_err(|source| ProbeError::Map { name: NAME, source })?;
-    }
-    Ok(())
-}
-
-/// Makes the object's `ep_pid_filter` map hold exactly `pids`, for filters that change
-/// while the probes run. At most `MAX_FILTER_PIDS` are kept; the rest are reported.
+/// Makes the object's `ep_pid_filter` map hold exactly `pids`: at load, and again whenever
+/// a selection changes while the probes run. More than `MAX_FILTER_PIDS` is an error.
 pub(crate) fn sync_pid_filter(
     ebpf: &mut Ebpf,
     pids: &std::collections::BTreeSet<u32>,

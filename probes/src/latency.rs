@@ -9,7 +9,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{Hist, HistCounter, HistKey, HistKind};
 use crate::histogram::Log2Histogram;
-use crate::kernel_maps::{check_start, drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
 use crate::ProbeError;
 
 static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
@@ -119,7 +119,7 @@ impl LatencyHistograms {
             loader.set_max_entries(name, config.max_keys);
         }
         let mut ebpf = loader.load(LATENCY_OBJ)?;
-        fill_pid_filter(&mut ebpf, &config.pids)?;
+        sync_pid_filter(&mut ebpf, &config.pids.iter().copied().collect())?;
 
         let hists = [
             take_hash(&mut ebpf, HIST_MAPS[0])?,
@@ -194,7 +194,7 @@ impl LatencyHistograms {
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        crate::kernel_maps::sync_pid_filter(&mut self.ebpf, pids)
+        sync_pid_filter(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.

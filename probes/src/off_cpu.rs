@@ -11,7 +11,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{OffCpuCounter, OffCpuKey, OffCpuValue};
 use crate::cpu_sampler::{Stack, StackCount};
-use crate::kernel_maps::{check_start, drain_hash, fill_pid_filter, take, take_hash, DoubleBuffer};
+use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
 use crate::ProbeError;
 
 static OFF_CPU_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/off_cpu.bpf.o"));
@@ -105,7 +105,7 @@ impl OffCpuProfiler {
         }
         let mut ebpf = loader.load(OFF_CPU_OBJ)?;
 
-        fill_pid_filter(&mut ebpf, &config.pids)?;
+        sync_pid_filter(&mut ebpf, &config.pids.iter().copied().collect())?;
 
         let counts = [
             take_hash(&mut ebpf, COUNT_MAPS[0])?,
@@ -179,7 +179,7 @@ impl OffCpuProfiler {
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        crate::kernel_maps::sync_pid_filter(&mut self.ebpf, pids)
+        sync_pid_filter(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.

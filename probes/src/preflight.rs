@@ -8,6 +8,8 @@ use thiserror::Error;
 /// Where the kernel exposes its BTF; CO-RE relocations need it.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -88,9 +90,7 @@ pub fn ensure_memlock() -> Result<(), PreflightError> {
 /// and the locked-memory limit on kernels that still charge BPF maps to it.
 pub fn check() -> Result<(), PreflightError> {
     check_kernel("emberprof", (5, 8))?;
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| PreflightError::Status(e.to_string()))?;
-    check_capabilities(&status)?;
+    check_capability_bits(own_capabilities()?)?;
     ensure_memlock()?;
     if !Path::new(KERNEL_BTF).exists() {
         return Err(PreflightError::NoBtf);
@@ -98,15 +98,46 @@ pub fn check() -> Result<(), PreflightError> {
     Ok(())
 }
 
-/// Checks the effective capability set in the text of /proc/PID/status.
-pub fn check_capabilities(status: &str) -> Result<(), PreflightError> {
+/// The effective capability bits in the text of /proc/PID/status.
+pub fn effective_capabilities(status: &str) -> Result<u64, PreflightError> {
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .map(str::trim)
         .ok_or_else(|| PreflightError::Status("no CapEff line".into()))?;
-    let eff = u64::from_str_radix(hex, 16)
-        .map_err(|e| PreflightError::Status(format!("bad CapEff {hex:?}: {e}")))?;
+    u64::from_str_radix(hex, 16)
+        .map_err(|e| PreflightError::Status(format!("bad CapEff {hex:?}: {e}")))
+}
+
+/// This process's effective capability bits.
+pub fn own_capabilities() -> Result<u64, PreflightError> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| PreflightError::Status(e.to_string()))?;
+    effective_capabilities(&status)
+}
+
+/// Checks the effective capability set in the text of /proc/PID/status.
+pub fn check_capabilities(status: &str) -> Result<(), PreflightError> {
+    check_capability_bits(effective_capabilities(status)?)
+}
+
+/// Without these, other users' processes are sampled but their files cannot be read, so
+/// their frames stay unnamed. Root has them; returns the ones this process lacks.
+pub fn missing_file_access() -> Vec<&'static str> {
+    let Ok(eff) = own_capabilities() else {
+        return Vec::new();
+    };
+    [
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| eff & (1u64 << cap) == 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+fn check_capability_bits(eff: u64) -> Result<(), PreflightError> {
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     // CAP_SYS_ADMIN implies both on kernels that predate CAP_BPF/CAP_PERFMON.
     if has(CAP_SYS_ADMIN) {

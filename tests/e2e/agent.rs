@@ -7,8 +7,8 @@ use emberprof_exporters::otlp::validate::{sample_functions, validate_profiles};
 
 use crate::collector::TestCollector;
 use crate::support::{
-    bpf_test, decode_gz_pprof, loaded_bpf_programs, pprof_functions, spawn_until, terminate,
-    Workload, EMBERPROF,
+    bpf_test, decode_gz_pprof, get, loaded_bpf_programs, pprof_functions, prometheus_value,
+    spawn_until, terminate, Workload, EMBERPROF,
 };
 
 #[test]
@@ -101,55 +101,6 @@ fn without_an_exporter_the_agent_runs_and_says_so() {
         spawn_until(&["agent", "--http-listen", &listen], "agent running");
     terminate(&mut agent, &log);
     assert!(log.contains("no exporter configured"), "{log}");
-}
-
-/// A plain HTTP/1.1 GET: (status code, body).
-fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, raw[split + 4..].to_vec())
-}
-
-/// The value of an unlabelled sample in Prometheus text, checking every line parses.
-fn prometheus_value(text: &str, name: &str) -> f64 {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if line.starts_with('#') {
-            assert!(
-                line.starts_with("# HELP ") || line.starts_with("# TYPE "),
-                "{line}"
-            );
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("NAME VALUE");
-        let v: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line}"));
-        let metric = series.split('{').next().unwrap();
-        assert!(
-            metric
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "{line}"
-        );
-        if series == name {
-            found = Some(v);
-        }
-    }
-    found.unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[test]

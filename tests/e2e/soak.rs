@@ -7,27 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::collector::TestCollector;
-use crate::support::{bpf_test, spawn_until, workload_binary};
+use crate::support::{bpf_test, get, prometheus_value, spawn_until, workload_binary};
 
 /// The RSS bound the README states for the agent.
 const RSS_BOUND: f64 = 256.0 * 1024.0 * 1024.0;
 
 /// An unlabelled value from the agent's /metrics.
 fn metric(port: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    prometheus_value(&String::from_utf8_lossy(&get(port, "/metrics").1), name)
 }
 
 #[test]

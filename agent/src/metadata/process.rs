@@ -51,11 +51,18 @@ pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
     attrs
 }
 
+/// This host's name, if it can be read.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|n| n.trim().to_string())
+}
+
 /// Attributes every resource shares: host.name, host.id.
 pub fn host_attributes() -> Attributes {
     let mut attrs = Attributes::new();
-    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        attrs.push(("host.name".into(), AttrValue::Str(name.trim().to_string())));
+    if let Some(name) = hostname() {
+        attrs.push(("host.name".into(), AttrValue::Str(name)));
     }
     for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
         if let Ok(id) = std::fs::read_to_string(path) {

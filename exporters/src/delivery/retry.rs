@@ -80,12 +80,9 @@ pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration, unit: f64)
     base.mul_f64(0.8 + 0.4 * unit.clamp(0.0, 1.0))
 }
 
-/// A cheap random number in [0, 1) for jitter; not for anything secret.
+/// A random number in [0, 1) for jitter.
 pub(crate) fn jitter_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    (crate::random::random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

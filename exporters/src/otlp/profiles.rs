@@ -2,7 +2,6 @@
 //! one `Profile` per kind (CPU, off-CPU) in it, all sharing one dictionary.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
 
 use super::dictionary::DictionaryBuilder;
 use super::proto::collector::profiles::v1development::ExportProfilesServiceRequest;
@@ -168,12 +167,9 @@ pub fn requests(
 
 /// 16 random bytes, never all zero (the format's "invalid" id).
 fn profile_id() -> Vec<u8> {
-    let state = std::collections::hash_map::RandomState::new();
     let mut id = Vec::with_capacity(16);
-    for salt in [1u64, 2] {
-        let mut h = state.build_hasher();
-        h.write_u64(salt);
-        id.extend_from_slice(&h.finish().to_le_bytes());
+    for _ in 0..2 {
+        id.extend_from_slice(&crate::random::random_u64().to_le_bytes());
     }
     if id.iter().all(|&b| b == 0) {
         id[0] = 1;
