@@ -289,6 +289,16 @@ mod tests {
     }
 
     #[test]
+    fn an_emberprof_variable_wins_over_the_file() {
+        // Only this test reads or sets this variable.
+        std::env::set_var("EMBERPROF_PPROF_MAX_FILES", "7");
+        let p = write("env", "pprof_max_files: 3\ninterval: 30s\n");
+        let args = file_args(&p, &[]).unwrap();
+        std::env::remove_var("EMBERPROF_PPROF_MAX_FILES");
+        assert_eq!(args, ["--interval", "30s"]);
+    }
+
+    #[test]
     fn bad_files_name_the_key() {
         let e = check(&write("unknown", "intervall: 5s\n")).unwrap_err().0;
         assert!(e.contains("unknown key `intervall`"), "{e}");

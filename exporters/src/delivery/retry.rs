@@ -85,27 +85,29 @@ pub(crate) fn jitter_unit() -> f64 {
     (crate::random::random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// `grpc-status-details-bin` asking for a retry after `secs` (for tests).
+#[cfg(test)]
+pub(crate) fn details_with_delay(secs: i64) -> Vec<u8> {
+    let info = RetryInfo {
+        retry_delay: Some(ProtoDuration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    };
+    RpcStatus {
+        code: Code::ResourceExhausted as i32,
+        message: "slow down".into(),
+        details: vec![Any {
+            type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn details_with_delay(secs: i64) -> Vec<u8> {
-        let info = RetryInfo {
-            retry_delay: Some(ProtoDuration {
-                seconds: secs,
-                nanos: 0,
-            }),
-        };
-        RpcStatus {
-            code: Code::ResourceExhausted as i32,
-            message: "slow down".into(),
-            details: vec![Any {
-                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
-                value: info.encode_to_vec(),
-            }],
-        }
-        .encode_to_vec()
-    }
 
     #[test]
     fn classifies_codes_like_the_otlp_spec() {

@@ -288,3 +288,32 @@ fn closing_interrupts_a_long_retry_and_counts_what_is_left() {
     let stats = super::pipeline::lock(&shared).stats;
     assert_eq!((stats.failed, stats.dropped, stats.sent), (1, 1, 0));
 }
+
+#[test]
+fn resource_exhausted_is_retried_only_when_the_server_says_when() {
+    let collector = TestCollector::start();
+    let with_hint = tonic::Status::with_details(
+        tonic::Code::ResourceExhausted,
+        "slow down",
+        super::retry::details_with_delay(1).into(),
+    );
+    collector.fail_next(vec![with_hint, Status::resource_exhausted("full, no hint")]);
+    let pipeline = Pipeline::start(config(&collector.endpoint())).unwrap();
+    let started = std::time::Instant::now();
+    pipeline.submit(batch("hinted"));
+    assert!(pipeline.flush(Duration::from_secs(10)));
+    // The server's 1 s delay was waited for, not the 50 ms backoff; the retry then met the
+    // hintless RESOURCE_EXHAUSTED, which is not retried.
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = pipeline.stats();
+    assert_eq!(
+        (stats.retries, stats.failed, stats.sent),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(collector.received().failed_calls, 2);
+}

@@ -163,5 +163,16 @@ mod tests {
         assert_eq!(p.start_time_unix_nano, 100_000_000_000);
         assert_eq!(p.time_unix_nano, 110_000_000_000);
         assert_eq!(metrics[0].unit, "ns");
+
+        let delta = request(&points, &Vec::new(), start, now, Temporality::Delta);
+        let Some(pb::metric::Data::ExponentialHistogram(eh)) =
+            &delta.resource_metrics[0].scope_metrics[0].metrics[0].data
+        else {
+            panic!("not an exponential histogram");
+        };
+        assert_eq!(
+            eh.aggregation_temporality,
+            pb::AggregationTemporality::Delta as i32
+        );
     }
 }
