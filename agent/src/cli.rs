@@ -18,10 +18,24 @@ pub struct Cli {
 
 /// The command-line parser. A flag given twice (the config file's, then the real one) takes
 /// the later value.
+///
+/// Every flag of `record` and `agent` also reads `EMBERPROF_<FLAG>` (e.g. `--otlp-endpoint`
+/// from EMBERPROF_OTLP_ENDPOINT): the names are derived here rather than written per field.
 pub fn command() -> clap::Command {
+    fn with_env(c: clap::Command) -> clap::Command {
+        c.args_override_self(true)
+            .mut_args(|a| match (a.get_long(), a.get_env()) {
+                (Some(long), None) if long != "help" => {
+                    let name = format!("EMBERPROF_{}", long.replace('-', "_").to_uppercase());
+                    a.env(name)
+                }
+                _ => a,
+            })
+    }
     <Cli as clap::CommandFactory>::command()
         .args_override_self(true)
-        .mut_subcommand("agent", |c| c.args_override_self(true))
+        .mut_subcommand("agent", with_env)
+        .mut_subcommand("record", with_env)
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,73 +67,45 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE", env = "EMBERPROF_CONFIG")]
     pub config: Option<PathBuf>,
     /// Samples per second on each CPU (a prime, so that sampling does not beat with periodic work).
-    #[arg(long, value_name = "HZ", default_value_t = 19, env = "EMBERPROF_FREQUENCY",
+    #[arg(long, value_name = "HZ", default_value_t = 19,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub frequency: u64,
     /// How often a profile is exported.
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration,
-          env = "EMBERPROF_INTERVAL")]
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub interval: Duration,
     #[command(flatten)]
     pub waits: WaitArgs,
     /// Profile only this process (repeatable); applied in the kernel.
-    #[arg(
-        long = "pid",
-        value_name = "PID",
-        env = "EMBERPROF_PID",
-        value_delimiter = ','
-    )]
+    #[arg(long = "pid", value_name = "PID", value_delimiter = ',')]
     pub pids: Vec<u32>,
     #[command(flatten)]
     pub select: SelectArgs,
     #[command(flatten)]
     pub export: ExportArgs,
     /// Addresses the symbolizer keeps named in memory; past it the cache starts over.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 1_000_000,
-        env = "EMBERPROF_SYMBOL_CACHE_ENTRIES"
-    )]
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub symbol_cache_entries: usize,
     /// Files the symbolizer keeps open with their symbol tables; past it, all are let go
     /// at the end of an interval and reopened as needed.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 4096,
-        env = "EMBERPROF_SYMBOL_FILES"
-    )]
+    #[arg(long, value_name = "N", default_value_t = 4096)]
     pub symbol_files: usize,
     /// Also write every interval's profiles as pprof files into this directory.
-    #[arg(long, value_name = "DIR", env = "EMBERPROF_PPROF_DIR")]
+    #[arg(long, value_name = "DIR")]
     pub pprof_dir: Option<PathBuf>,
     /// --pprof-dir: keep at most this many files (oldest deleted first).
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 240,
-        env = "EMBERPROF_PPROF_MAX_FILES"
-    )]
+    #[arg(long, value_name = "N", default_value_t = 240)]
     pub pprof_max_files: usize,
     /// --pprof-dir: keep at most this many bytes of files.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, env = "EMBERPROF_PPROF_MAX_BYTES")]
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub pprof_max_bytes: u64,
     /// --pprof-dir: delete files older than this.
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration,
-          env = "EMBERPROF_PPROF_MAX_AGE")]
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub pprof_max_age: Duration,
     /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /debug/pprof/...).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "127.0.0.1:7071",
-        env = "EMBERPROF_HTTP_LISTEN"
-    )]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
     pub http_listen: std::net::SocketAddr,
     /// On SIGTERM, how long the final export may take before emberprof exits anyway.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration,
-          env = "EMBERPROF_SHUTDOWN_TIMEOUT")]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     #[command(flatten)]
     pub maps: MapArgs,
@@ -159,34 +145,19 @@ pub struct RecordArgs {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SelectArgs {
     /// Never profile this process (repeatable).
-    #[arg(
-        long,
-        value_name = "PID",
-        env = "EMBERPROF_EXCLUDE_PID",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
     pub exclude_pid: Vec<u32>,
     /// Profile only processes whose executable name matches this regex (e.g. '^(nginx|java)$').
-    #[arg(long, value_name = "REGEX", env = "EMBERPROF_INCLUDE_EXE")]
+    #[arg(long, value_name = "REGEX")]
     pub include_exe: Option<String>,
     /// Never profile processes whose executable name matches this regex.
-    #[arg(long, value_name = "REGEX", env = "EMBERPROF_EXCLUDE_EXE")]
+    #[arg(long, value_name = "REGEX")]
     pub exclude_exe: Option<String>,
     /// Profile only processes in this cgroup (v2 path) or below it (repeatable).
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "EMBERPROF_INCLUDE_CGROUP",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "PATH", value_delimiter = ',')]
     pub include_cgroup: Vec<String>,
     /// Never profile processes in this cgroup or below it (repeatable).
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "EMBERPROF_EXCLUDE_CGROUP",
-        value_delimiter = ','
-    )]
+    #[arg(long, value_name = "PATH", value_delimiter = ',')]
     pub exclude_cgroup: Vec<String>,
 }
 
@@ -194,26 +165,26 @@ pub struct SelectArgs {
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct WaitArgs {
     /// Record an off-CPU profile: where threads block, and for how long.
-    #[arg(long, env = "EMBERPROF_OFF_CPU")]
+    #[arg(long)]
     pub off_cpu: bool,
     /// Off-CPU: also count time runnable threads waited after preemption.
-    #[arg(long, requires = "off_cpu", env = "EMBERPROF_INCLUDE_PREEMPTED")]
+    #[arg(long, requires = "off_cpu")]
     pub include_preempted: bool,
     /// Off-CPU: ignore blocks shorter than this (e.g. 1us, 50us, 1ms).
-    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration, env = "EMBERPROF_MIN_BLOCK")]
+    #[arg(long, value_name = "DURATION", default_value = "1us", value_parser = parse_duration)]
     pub min_block: Duration,
     /// Record latency histograms (run queue and off-CPU duration per cgroup, block I/O per
     /// disk); `record` prints them at the end (to --output when no profile is requested).
-    #[arg(long, env = "EMBERPROF_HISTOGRAMS")]
+    #[arg(long)]
     pub histograms: bool,
     /// Also histogram every syscall's latency per syscall and cgroup (adds work to every
     /// syscall on the host; implies --histograms).
-    #[arg(long, env = "EMBERPROF_SYSCALL_LATENCY")]
+    #[arg(long)]
     pub syscall_latency: bool,
     /// Histograms kept between drains (cgroups x syscalls, disks); more are summed into an
     /// "other" histogram per kind and counted.
     #[arg(long, value_name = "N", default_value_t = 1024,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000), env = "EMBERPROF_HISTOGRAM_KEYS")]
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub histogram_keys: u32,
 }
 
@@ -236,58 +207,43 @@ pub struct MapArgs {
 pub struct ExportArgs {
     /// Send profiles and histograms to this OTLP/gRPC collector (http:// plaintext, https:// TLS);
     /// default from OTEL_EXPORTER_OTLP_ENDPOINT.
-    #[arg(long, value_name = "URL", env = "EMBERPROF_OTLP_ENDPOINT")]
+    #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// Extra OTLP request header KEY=VALUE (repeatable); adds to OTEL_EXPORTER_OTLP_HEADERS.
-    #[arg(long, value_name = "KEY=VALUE", env = "EMBERPROF_OTLP_HEADER")]
+    #[arg(long, value_name = "KEY=VALUE")]
     pub otlp_header: Vec<String>,
     /// OTLP compression: gzip or none [default: OTEL_EXPORTER_OTLP_COMPRESSION, else none].
-    #[arg(long, value_name = "gzip|none", env = "EMBERPROF_OTLP_COMPRESSION")]
+    #[arg(long, value_name = "gzip|none")]
     pub otlp_compression: Option<String>,
     /// Deadline of one OTLP export attempt [default: OTEL_EXPORTER_OTLP_TIMEOUT, else 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, env = "EMBERPROF_OTLP_TIMEOUT")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub otlp_timeout: Option<Duration>,
     /// CA certificate (PEM) to verify an https:// collector [OTEL_EXPORTER_OTLP_CERTIFICATE].
-    #[arg(long, value_name = "FILE", env = "EMBERPROF_OTLP_CA")]
+    #[arg(long, value_name = "FILE")]
     pub otlp_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS [OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE].
-    #[arg(long, value_name = "FILE", env = "EMBERPROF_OTLP_CLIENT_CERT")]
+    #[arg(long, value_name = "FILE")]
     pub otlp_client_cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS [OTEL_EXPORTER_OTLP_CLIENT_KEY].
-    #[arg(long, value_name = "FILE", env = "EMBERPROF_OTLP_CLIENT_KEY")]
+    #[arg(long, value_name = "FILE")]
     pub otlp_client_key: Option<PathBuf>,
     /// Bytes of encoded batches the OTLP queue may hold; beyond it the oldest are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, env = "EMBERPROF_OTLP_QUEUE_BYTES")]
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub otlp_queue_bytes: usize,
     /// Temporality of the exported histograms.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "cumulative",
-        env = "EMBERPROF_OTLP_TEMPORALITY"
-    )]
+    #[arg(long, value_enum, default_value = "cumulative")]
     pub otlp_temporality: TemporalityArg,
     /// How long to keep retrying the export after recording ends.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "EMBERPROF_OTLP_FLUSH_TIMEOUT")]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub otlp_flush_timeout: Duration,
     /// Push the profiles to this Grafana Pyroscope server (e.g. http://pyroscope:4040).
-    #[arg(long, value_name = "URL", env = "EMBERPROF_PYROSCOPE_URL")]
+    #[arg(long, value_name = "URL")]
     pub pyroscope_url: Option<String>,
     /// Pyroscope tenant (X-Scope-OrgID header).
-    #[arg(
-        long,
-        value_name = "ID",
-        requires = "pyroscope_url",
-        env = "EMBERPROF_PYROSCOPE_TENANT"
-    )]
+    #[arg(long, value_name = "ID", requires = "pyroscope_url")]
     pub pyroscope_tenant: Option<String>,
     /// Pyroscope basic-auth user.
-    #[arg(
-        long,
-        value_name = "USER",
-        requires = "pyroscope_url",
-        env = "EMBERPROF_PYROSCOPE_USER"
-    )]
+    #[arg(long, value_name = "USER", requires = "pyroscope_url")]
     pub pyroscope_user: Option<String>,
     /// Pyroscope basic-auth password.
     #[arg(
@@ -368,6 +324,24 @@ mod tests {
             .unwrap_err()
             .contains("not a duration"));
         assert!(parse_duration("NaN").is_err());
+    }
+
+    #[test]
+    fn every_agent_flag_has_its_emberprof_variable() {
+        let cmd = command();
+        let agent = cmd.find_subcommand("agent").unwrap();
+        for a in agent.get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(
+                env.as_deref(),
+                Some(format!("EMBERPROF_{}", long.replace('-', "_").to_uppercase()).as_str()),
+                "--{long}"
+            );
+        }
     }
 
     #[test]

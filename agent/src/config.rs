@@ -8,10 +8,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::Path;
 
-use clap::{ArgAction, CommandFactory};
+use clap::ArgAction;
 use serde_yaml::Value;
-
-use crate::cli::Cli;
 
 /// A configuration problem: emberprof exits with status 2.
 #[derive(Debug)]
@@ -26,7 +24,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn agent_command() -> clap::Command {
-    Cli::command()
+    crate::cli::command()
         .find_subcommand("agent")
         .cloned()
         .unwrap_or_else(|| clap::Command::new("agent"))
@@ -280,7 +278,7 @@ mod tests {
             .collect();
         let merged = merged_argv(argv).unwrap();
         let matches = crate::cli::command().try_get_matches_from(merged).unwrap();
-        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let cli = crate::cli::Cli::from_arg_matches(&matches).unwrap();
         let crate::cli::Command::Agent(args) = cli.command else {
             panic!("not agent");
         };
