@@ -82,13 +82,8 @@ pub struct AgentArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub export: ExportArgs,
-    /// Addresses the symbolizer keeps named in memory; past it the cache starts over.
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    pub symbol_cache_entries: usize,
-    /// Files the symbolizer keeps open with their symbol tables; past it, all are let go
-    /// at the end of an interval and reopened as needed.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
-    pub symbol_files: usize,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
     /// Also write every interval's profiles as pprof files into this directory.
     #[arg(long, value_name = "DIR")]
     pub pprof_dir: Option<PathBuf>,
@@ -137,7 +132,34 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub export: ExportArgs,
     #[command(flatten)]
+    pub symbols: SymbolArgs,
+    #[command(flatten)]
     pub maps: MapArgs,
+}
+
+/// Where the symbolizer finds debug info, and how much it may keep.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct SymbolArgs {
+    /// Directory of separate debug files (`.build-id/xx/rest.debug`, debug-link names),
+    /// searched on the host and inside each container (repeatable).
+    #[arg(long = "debug-dir", value_name = "DIR", default_values = ["/usr/lib/debug", "/lib/debug"])]
+    pub debug_dirs: Vec<PathBuf>,
+    /// debuginfod servers to fetch missing debug info from, space-separated
+    /// [default: DEBUGINFOD_URLS]; "none" to never ask.
+    #[arg(long, value_name = "URLS")]
+    pub debuginfod_urls: Option<String>,
+    /// Where fetched debug info is kept [default: DEBUGINFOD_CACHE_PATH, else
+    /// $XDG_CACHE_HOME/emberprof/debuginfod].
+    #[arg(long, value_name = "DIR")]
+    pub debuginfod_cache: Option<PathBuf>,
+    /// Memory the symbol caches may use, in MiB (parsed files and resolved addresses; least
+    /// recently used files are let go first).
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    pub symbol_cache_mib: u64,
+    /// Files the symbolizer keeps open; past it, all are let go at the end of an interval
+    /// and reopened as needed.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub symbol_files: usize,
 }
 
 /// Which processes the agent profiles, besides --pid. Applied in the kernel through its PID

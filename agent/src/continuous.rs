@@ -74,9 +74,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         ..LatencyConfig::new(args.pids.clone())
     }))?;
     select(selection.as_ref(), &mut runs, histograms.as_mut());
-    let mut symbolizer = Symbolizer::new();
-    symbolizer.set_cache_limit(args.symbol_cache_entries);
-    symbolizer.set_file_limit(args.symbol_files.min(raise_open_file_limit()));
+    let mut symbolizer = crate::symbols::symbolizer(&args.symbols, raise_open_file_limit());
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
@@ -433,10 +431,8 @@ fn apply_reload(
             }
         }
     }
-    if new.symbol_cache_entries != args.symbol_cache_entries
-        || new.symbol_files != args.symbol_files
-    {
-        needs_restart.push("symbol_cache_entries/symbol_files");
+    if new.symbols != args.symbols {
+        needs_restart.push("symbolizer settings");
     }
     if new.maps != args.maps {
         needs_restart.push("map sizes and drain interval");

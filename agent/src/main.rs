@@ -14,6 +14,7 @@ mod progress;
 mod record;
 mod selection;
 mod session;
+mod symbols;
 
 use std::process::ExitCode;
 

@@ -11,7 +11,6 @@ use anyhow::{bail, Context};
 use emberprof_exporters::otlp::Attributes;
 use emberprof_exporters::{Format, Profile};
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
-use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::RecordArgs;
 use crate::collect;
@@ -49,7 +48,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     // Resource attributes of the processes profiled, read while they run, for the exports.
     let mut processes: Option<HashMap<u32, Attributes>> =
         (exporter.is_some() || pyroscope.is_some()).then(HashMap::new);
-    let mut symbolizer = Symbolizer::new();
+    let mut symbolizer = crate::symbols::symbolizer(&args.symbols, usize::MAX);
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }

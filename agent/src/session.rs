@@ -180,45 +180,98 @@ pub fn health_counters(
             n,
         ));
     }
-    for (name, description, value) in [
+    for (name, description, unit, value) in [
         (
             "emberprof.symbolizer.cache.entries",
-            "Addresses held in the symbolizer's cache",
+            "Kernel addresses held resolved in the symbolizer's cache",
+            "1",
             s.cache_entries,
+        ),
+        (
+            "emberprof.symbolizer.cache.bytes",
+            "Memory the symbolizer's caches account for (parsed files, resolved addresses)",
+            "By",
+            s.cache_bytes,
         ),
         (
             "emberprof.symbolizer.processes",
             "Processes whose mappings the symbolizer holds",
+            "1",
             s.processes_held,
         ),
         (
             "emberprof.symbolizer.files",
             "Files the symbolizer holds open",
+            "1",
             s.files,
+        ),
+        (
+            "emberprof.symbolizer.debuginfod.pending",
+            "Debug files being fetched from debuginfod",
+            "1",
+            s.debuginfod_pending,
         ),
     ] {
         out.push(HealthCounter {
             name,
             description,
-            unit: "1",
+            unit,
             attributes: Vec::new(),
             value: HealthValue::Level(value as f64),
         });
     }
-    out.push(c(
-        "emberprof.symbolizer.files.resets",
-        "Times the symbolizer's open files passed their limit and were all let go",
-        "1",
-        vec![],
-        s.file_resets,
-    ));
-    out.push(c(
-        "emberprof.symbolizer.cache.resets",
-        "Times the symbolizer cache reached its limit and started over",
-        "1",
-        vec![],
-        s.cache_resets,
-    ));
+    for (name, description, value) in [
+        (
+            "emberprof.symbolizer.files.resets",
+            "Times the symbolizer's open files passed their limit and were all let go",
+            s.file_resets,
+        ),
+        (
+            "emberprof.symbolizer.cache.resets",
+            "Times the kernel address cache reached its limit and started over",
+            s.cache_resets,
+        ),
+        (
+            "emberprof.symbolizer.files.parsed",
+            "Times a file's symbols were loaded (again after an eviction)",
+            s.files_parsed,
+        ),
+        (
+            "emberprof.symbolizer.evictions",
+            "Files whose parsed symbols were let go to stay under the memory bound",
+            s.evictions,
+        ),
+        (
+            "emberprof.symbolizer.debug_files",
+            "Files named from a separate debug file",
+            s.debug_files,
+        ),
+        (
+            "emberprof.symbolizer.jit_frames",
+            "Frames named from a perf map (JIT code)",
+            s.jit_frames,
+        ),
+        (
+            "emberprof.symbolizer.processes.adopted",
+            "Processes captured when first sampled, before the next drain",
+            s.processes_adopted,
+        ),
+    ] {
+        out.push(c(name, description, "1", vec![], value));
+    }
+    for (result, n) in [
+        ("fetched", s.debuginfod_fetched),
+        ("not_found", s.debuginfod_not_found),
+        ("error", s.debuginfod_errors),
+    ] {
+        out.push(c(
+            "emberprof.symbolizer.debuginfod.requests",
+            "debuginfod lookups by outcome",
+            "1",
+            vec![("result", result)],
+            n,
+        ));
+    }
     out.push(c(
         "emberprof.symbolizer.file_errors",
         "Files whose symbols could not be read",

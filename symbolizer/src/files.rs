@@ -1,18 +1,34 @@
 //! The host-wide table of mapped files. A file is identified by its build ID when it has
-//! one, else by device and inode, so that the same library seen in many processes (or in
-//! several containers) is opened and parsed once.
+//! one, else by device, inode and modification time, so that the same library seen in many
+//! processes (or in several containers) is opened and parsed once. Each file keeps the
+//! locations already resolved in it; the memory they and the parsed symbols take is
+//! accounted per file so the least recently used can be let go.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::location::Module;
+use crate::elf_info::{hex, ElfInfo};
+use crate::location::{Location, Module};
 use crate::maps::MapsEntry;
 
-/// Index of an opened file in the table.
+/// Index of an opened file in the table; never reused.
 pub(crate) type FileId = usize;
+
+/// Where a file's names come from, decided at its first symbolization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SymbolSource {
+    /// Its own symbol tables and DWARF (addressed by file offset).
+    Itself,
+    /// A separate debug file, addressed by link-time address.
+    DebugFile(PathBuf),
+}
+
+/// Rough heap cost of one resolved location, for the memory bound.
+pub(crate) const LOCATION_BYTES: u64 = 256;
 
 pub(crate) struct OpenFile {
     /// Held open so that `path` stays valid after the process that mapped it is gone.
@@ -20,41 +36,61 @@ pub(crate) struct OpenFile {
     /// `/proc/self/fd/N`: a path unique to this open file, which blazesym caches by.
     pub(crate) path: PathBuf,
     pub(crate) module: Arc<Module>,
+    /// `/proc/PID/root` of the process it was first seen in, for debug files shipped in
+    /// the same container image.
+    pub(crate) root: Option<PathBuf>,
+    /// Headers, read at the first symbolization.
+    pub(crate) info: Option<Result<ElfInfo, String>>,
+    /// `None` until first used, and again after eviction.
+    pub(crate) source: Option<SymbolSource>,
+    /// The names are provisional: a debuginfod fetch for this file is under way.
+    pub(crate) awaiting_debuginfo: bool,
+    /// Its symbols could not be read: frames stay `module+offset`.
+    pub(crate) broken: bool,
+    pub(crate) locations: HashMap<u64, Arc<Location>>,
+    /// Bytes of the mapped file blazesym parses, while its parsed state is held.
+    pub(crate) parsed_bytes: u64,
+    /// Tick of the last symbolization that used it.
+    pub(crate) last_used: u64,
 }
+
+impl OpenFile {
+    /// What this file costs in memory now: the file blazesym maps and parses, and the
+    /// locations kept.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.parsed_bytes + self.locations.len() as u64 * LOCATION_BYTES
+    }
+
+    /// Forgets the parsed state and the resolved locations; the file stays open.
+    pub(crate) fn unload(&mut self) {
+        self.source = None;
+        self.parsed_bytes = 0;
+        self.locations = HashMap::new();
+    }
+}
+
+type Identity = (u64, u64, i64, i64);
 
 #[derive(Default)]
 pub(crate) struct FileTable {
     files: Vec<OpenFile>,
-    by_inode: HashMap<(u32, u32, u64), Option<FileId>>,
+    by_identity: HashMap<Identity, Option<FileId>>,
     by_build_id: HashMap<Arc<str>, FileId>,
 }
 
 impl FileTable {
-    /// The file behind an executable mapping of `pid`, opened on first sight. `None` when it
+    /// The file behind an executable mapping of `pid`, opened on first sight (or given
+    /// already opened, by a watcher that caught a short-lived process). `None` when it
     /// cannot be opened (the process is gone, or we lack the privilege).
-    pub(crate) fn resolve(&mut self, pid: u32, entry: &MapsEntry) -> Option<FileId> {
-        let inode_key = (entry.dev.0, entry.dev.1, entry.inode);
-        if let Some(id) = self.by_inode.get(&inode_key) {
-            return *id;
-        }
-        let id = self.open(pid, entry);
-        self.by_inode.insert(inode_key, id);
-        id
-    }
-
-    pub(crate) fn get(&self, id: FileId) -> &OpenFile {
-        &self.files[id]
-    }
-
-    /// Number of distinct files opened.
-    pub(crate) fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    fn open(&mut self, pid: u32, entry: &MapsEntry) -> Option<FileId> {
+    pub(crate) fn resolve(
+        &mut self,
+        pid: u32,
+        entry: &MapsEntry,
+        opened: Option<File>,
+    ) -> Option<FileId> {
+        let shown = entry.path.trim_end_matches(" (deleted)");
         // map_files works for deleted files and for files in other mount namespaces;
         // the root link covers kernels or privileges where map_files is not readable.
-        let shown = entry.path.trim_end_matches(" (deleted)");
         let candidates = [
             PathBuf::from(format!(
                 "/proc/{pid}/map_files/{:x}-{:x}",
@@ -62,11 +98,60 @@ impl FileTable {
             )),
             PathBuf::from(format!("/proc/{pid}/root{shown}")),
         ];
-        let file = candidates.iter().find_map(|p| File::open(p).ok());
-        let Some(file) = file else {
-            tracing::debug!(pid, path = %shown, "cannot open mapped file");
-            return None;
+        let (file, meta) = match opened {
+            Some(f) => {
+                let meta = f.metadata().ok()?;
+                (Some(f), meta)
+            }
+            None => {
+                let meta = candidates.iter().find_map(|p| std::fs::metadata(p).ok());
+                let Some(meta) = meta else {
+                    tracing::debug!(pid, path = %shown, "cannot reach mapped file");
+                    return None;
+                };
+                (None, meta)
+            }
         };
+        let identity = (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec());
+        if let Some(id) = self.by_identity.get(&identity) {
+            return *id;
+        }
+        let file = file.or_else(|| candidates.iter().find_map(|p| File::open(p).ok()));
+        let id = match file {
+            Some(file) => self.insert(pid, shown, file),
+            None => {
+                tracing::debug!(pid, path = %shown, "cannot open mapped file");
+                None
+            }
+        };
+        self.by_identity.insert(identity, id);
+        id
+    }
+
+    pub(crate) fn get(&self, id: FileId) -> &OpenFile {
+        &self.files[id]
+    }
+
+    pub(crate) fn get_mut(&mut self, id: FileId) -> &mut OpenFile {
+        &mut self.files[id]
+    }
+
+    /// Number of distinct files opened.
+    pub(crate) fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Every file, for accounting and eviction.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (FileId, &mut OpenFile)> {
+        self.files.iter_mut().enumerate()
+    }
+
+    /// The file with this build ID, if one is open.
+    pub(crate) fn by_build_id(&self, build_id: &str) -> Option<FileId> {
+        self.by_build_id.get(build_id).copied()
+    }
+
+    fn insert(&mut self, pid: u32, shown: &str, file: File) -> Option<FileId> {
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let build_id: Option<Arc<str>> = match blazesym::helper::read_elf_build_id(&path) {
             Ok(Some(id)) => Some(Arc::from(hex(&id))),
@@ -83,6 +168,7 @@ impl FileTable {
         if let Some(b) = &build_id {
             self.by_build_id.insert(b.clone(), id);
         }
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
         self.files.push(OpenFile {
             _file: file,
             path,
@@ -90,13 +176,22 @@ impl FileTable {
                 path: Arc::from(shown),
                 build_id,
             }),
+            root: Some(root),
+            info: None,
+            source: None,
+            awaiting_debuginfo: false,
+            broken: false,
+            locations: HashMap::new(),
+            parsed_bytes: 0,
+            last_used: 0,
         });
         Some(id)
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The directory part of a path as a process saw it.
+pub(crate) fn parent_dir(path: &str) -> Option<&Path> {
+    Path::new(path).parent().filter(|p| p.is_absolute())
 }
 
 #[cfg(test)]
@@ -114,13 +209,18 @@ mod tests {
     }
 
     #[test]
-    fn same_inode_is_opened_once() {
+    fn same_file_is_opened_once() {
         let mut table = FileTable::default();
         let entry = own_exe_mapping();
         let pid = std::process::id();
-        let a = table.resolve(pid, &entry).expect("own executable opens");
-        let b = table.resolve(pid, &entry).unwrap();
+        let a = table
+            .resolve(pid, &entry, None)
+            .expect("own executable opens");
+        let b = table.resolve(pid, &entry, None).unwrap();
         assert_eq!(a, b);
+        // Given already opened (as the process watcher does), it is still the same file.
+        let opened = File::open(&entry.path).unwrap();
+        assert_eq!(table.resolve(pid, &entry, Some(opened)), Some(a));
         assert_eq!(table.len(), 1);
         assert_eq!(&*table.get(a).module.path, entry.path);
     }
@@ -130,13 +230,17 @@ mod tests {
         let mut table = FileTable::default();
         let entry = own_exe_mapping();
         let pid = std::process::id();
-        let a = table.resolve(pid, &entry).unwrap();
-        if table.get(a).module.build_id.is_none() {
-            return; // the test binary was linked without a build ID: nothing to share by
-        }
-        let mut other = entry.clone();
-        other.inode += 1;
-        assert_eq!(table.resolve(pid, &other), Some(a));
+        let a = table.resolve(pid, &entry, None).unwrap();
+        assert!(
+            table.get(a).module.build_id.is_some(),
+            "Rust test binaries carry a build ID"
+        );
+        // A copy is another inode with the same build ID.
+        let copy = std::env::temp_dir().join(format!("ep-files-copy-{}", std::process::id()));
+        std::fs::copy(&entry.path, &copy).unwrap();
+        let opened = File::open(&copy).unwrap();
+        let _ = std::fs::remove_file(&copy);
+        assert_eq!(table.resolve(pid, &entry, Some(opened)), Some(a));
         assert_eq!(table.len(), 1);
     }
 
@@ -152,7 +256,7 @@ mod tests {
             inode: 42,
             path: "/nonexistent/lib.so".into(),
         };
-        assert_eq!(table.resolve(u32::MAX - 1, &entry), None);
-        assert_eq!(table.resolve(u32::MAX - 1, &entry), None);
+        assert_eq!(table.resolve(u32::MAX - 1, &entry, None), None);
+        assert_eq!(table.resolve(u32::MAX - 1, &entry, None), None);
     }
 }

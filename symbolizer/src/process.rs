@@ -1,11 +1,76 @@
 //! What we remember of each process: its name and executable mappings, captured when it is
 //! first seen so that its samples can be symbolized after it exits.
 
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::files::{FileId, FileTable};
 use crate::location::Module;
-use crate::maps::parse_maps;
+use crate::maps::{parse_maps, MapsEntry};
+use crate::perf_map::PerfMap;
+
+/// A process's name and executable mappings with their files already opened: taken by a
+/// watcher the moment a process is first sampled, so that one that exits before the next
+/// drain can still be symbolized. Hand it to [`crate::Symbolizer::adopt`].
+pub struct ProcessSnapshot {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) entries: Vec<(MapsEntry, Option<File>)>,
+    pub(crate) alive: bool,
+    /// The process's PID inside its own namespace, which names its perf map.
+    pub(crate) ns_pid: Option<u32>,
+}
+
+impl ProcessSnapshot {
+    /// Reads /proc/PID/{comm,maps,status} and opens every executable mapped file.
+    pub fn capture(pid: u32) -> ProcessSnapshot {
+        Self::read(pid, true)
+    }
+
+    /// Whether the process was alive when captured.
+    pub fn alive(&self) -> bool {
+        self.alive
+    }
+
+    fn read(pid: u32, open_files: bool) -> ProcessSnapshot {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .map(|s| Arc::from(s.trim_end_matches('\n')));
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return ProcessSnapshot {
+                name,
+                entries: Vec::new(),
+                alive: false,
+                ns_pid: None,
+            };
+        };
+        let entries = parse_maps(&text)
+            .into_iter()
+            .filter(|e| e.executable)
+            .map(|e| {
+                let file = (open_files && e.is_file())
+                    .then(|| {
+                        File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end)).ok()
+                    })
+                    .flatten();
+                (e, file)
+            })
+            .collect();
+        ProcessSnapshot {
+            name,
+            entries,
+            alive: true,
+            ns_pid: ns_pid(pid),
+        }
+    }
+}
+
+/// The innermost PID of /proc/PID/status's `NSpid:` line.
+fn ns_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
 
 pub(crate) struct Mapping {
     pub(crate) start: u64,
@@ -23,27 +88,29 @@ pub(crate) struct Process {
     pub(crate) mappings: Vec<Mapping>,
     /// Whether /proc/PID/maps could be read at all.
     pub(crate) seen_alive: bool,
+    /// Where JIT compilers write symbols for this process (`/tmp/perf-NSPID.map` inside
+    /// its root), read when an address falls in anonymous executable memory.
+    pub(crate) perf_map: Option<PerfMap>,
 }
 
 impl Process {
     /// Reads /proc/PID/{comm,maps}; a process that is gone yields an empty snapshot.
     pub(crate) fn snapshot(pid: u32, files: &mut FileTable) -> Process {
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()
-            .map(|s| Arc::from(s.trim_end_matches('\n')));
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return Process {
-                name,
-                mappings: Vec::new(),
-                seen_alive: false,
-            };
-        };
-        let mut mappings: Vec<Mapping> = parse_maps(&text)
+        Self::from_snapshot(pid, ProcessSnapshot::read(pid, false), files)
+    }
+
+    /// Resolves a snapshot's files into the host-wide table.
+    pub(crate) fn from_snapshot(
+        pid: u32,
+        snapshot: ProcessSnapshot,
+        files: &mut FileTable,
+    ) -> Process {
+        let mut mappings: Vec<Mapping> = snapshot
+            .entries
             .into_iter()
-            .filter(|e| e.executable)
-            .map(|e| {
+            .map(|(e, opened)| {
                 let file = if e.is_file() {
-                    files.resolve(pid, &e)
+                    files.resolve(pid, &e, opened)
                 } else {
                     None
                 };
@@ -65,10 +132,20 @@ impl Process {
             })
             .collect();
         mappings.sort_by_key(|m| m.start);
+        // A process in the host's PID namespace writes /tmp/perf-PID.map on the host, which
+        // stays readable after it exits; others are reached through their root.
+        let perf_map = snapshot.ns_pid.map(|ns| {
+            PerfMap::new(PathBuf::from(if ns == pid {
+                format!("/tmp/perf-{pid}.map")
+            } else {
+                format!("/proc/{pid}/root/tmp/perf-{ns}.map")
+            }))
+        });
         Process {
-            name,
+            name: snapshot.name,
             mappings,
-            seen_alive: true,
+            seen_alive: snapshot.alive,
+            perf_map,
         }
     }
 

@@ -1,15 +1,20 @@
 //! The symbolizer: stacks of addresses in, stacks of named locations out.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Sym, Symbolized};
-use blazesym::MaybeDefault;
 
-use crate::files::{FileId, FileTable};
+use crate::debug_files::{DebugSearch, DEFAULT_DEBUG_DIRS};
+use crate::debuginfod::{Debuginfod, DebuginfodConfig, Lookup};
+use crate::elf_info::ElfInfo;
+use crate::files::{parent_dir, FileId, FileTable, SymbolSource, LOCATION_BYTES};
+use crate::kallsyms::Kallsyms;
 use crate::location::{Frame, FrameKind, Location, Module, Stack};
-use crate::process::Process;
+use crate::process::{Process, ProcessSnapshot};
 
 /// Counters of the symbolizer's work since it was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,31 +23,80 @@ pub struct SymbolizerStats {
     pub cache_hits: u64,
     /// Addresses that had to be symbolized.
     pub cache_misses: u64,
-    /// Distinct files opened (one per build ID, else per inode).
+    /// Distinct files opened (one per build ID, else per device, inode and mtime).
     pub files: u64,
+    /// Times a file's symbols were loaded and parsed (again after an eviction).
+    pub files_parsed: u64,
+    /// Files named from a separate debug file (debug directory, debug link or debuginfod).
+    pub debug_files: u64,
+    /// Bytes the caches account for now: parsed files, resolved locations, kernel symbols.
+    pub cache_bytes: u64,
+    /// Files whose parsed symbols and locations were let go to stay under the byte bound.
+    pub evictions: u64,
     /// Processes whose mappings were captured.
     pub processes: u64,
     /// Processes that were gone before we could read their mappings.
     pub processes_gone: u64,
+    /// Processes captured by the watcher while alive, before their first drain.
+    pub processes_adopted: u64,
     /// Files whose symbols could not be read at all (corrupt or unsupported).
     pub file_errors: u64,
     /// Addresses left unnamed because their file's symbols could not be read.
     pub addresses_unreadable: u64,
-    /// Entries in the location cache now.
+    /// Entries in the location caches now.
     pub cache_entries: u64,
-    /// Times the location cache reached its limit and was emptied.
+    /// Times the kernel location cache reached its limit and was emptied.
     pub cache_resets: u64,
     /// Processes whose mappings are held now.
     pub processes_held: u64,
     /// Times the open files passed their limit and every file and parsed table was let go.
     pub file_resets: u64,
+    /// Frames named from a perf map (JIT code).
+    pub jit_frames: u64,
+    /// Debug files fetched from debuginfod.
+    pub debuginfod_fetched: u64,
+    /// Build IDs no debuginfod server had.
+    pub debuginfod_not_found: u64,
+    /// debuginfod requests that failed (unreachable, timeout, server error).
+    pub debuginfod_errors: u64,
+    /// debuginfod fetches under way now.
+    pub debuginfod_pending: u64,
 }
 
-/// Default bound on files held open with their parsed symbol tables.
+/// Default bound on files held open.
 pub const DEFAULT_FILE_LIMIT: usize = 4096;
 
-/// Default bound of the location cache (about 200 bytes an entry).
-pub const DEFAULT_CACHE_ENTRIES: usize = 1_000_000;
+/// Default memory bound of the symbol caches.
+pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
+
+/// Kernel addresses kept resolved before that cache is emptied.
+const KERNEL_CACHE_ENTRIES: usize = 200_000;
+
+/// How the symbolizer finds symbols and how much it may keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymbolizerConfig {
+    /// Directories holding separate debug files (`.build-id/xx/rest.debug` and debug-link
+    /// names); searched on the host and inside the process's root.
+    pub debug_dirs: Vec<PathBuf>,
+    /// Fetch missing debug files by build ID; `None` to never ask.
+    pub debuginfod: Option<DebuginfodConfig>,
+    /// Memory the caches may hold: parsed files and resolved locations, least recently used
+    /// let go first.
+    pub cache_bytes: u64,
+    /// Files held open before every file is let go and opened again as needed.
+    pub file_limit: usize,
+}
+
+impl Default for SymbolizerConfig {
+    fn default() -> Self {
+        SymbolizerConfig {
+            debug_dirs: DEFAULT_DEBUG_DIRS.iter().map(PathBuf::from).collect(),
+            debuginfod: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            file_limit: DEFAULT_FILE_LIMIT,
+        }
+    }
+}
 
 /// One stack to symbolize: the addresses of one sample, leaf first.
 #[derive(Clone, Copy, Debug)]
@@ -62,21 +116,20 @@ enum Key {
 /// Symbolizes stacks of many processes with shared, run-long caches.
 pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
+    config: SymbolizerConfig,
     files: FileTable,
     processes: HashMap<u32, Process>,
-    cache: HashMap<Key, Arc<Location>>,
-    /// Files whose symbols could not be read: named `module+offset` from then on.
-    broken: HashSet<FileId>,
+    kallsyms: Kallsyms,
+    kernel_cache: HashMap<u64, Arc<Location>>,
+    debuginfod: Option<Debuginfod>,
     kernel_module: Arc<Module>,
     unknown: Arc<Location>,
     stats: SymbolizerStats,
-    /// Entries the location cache may hold before it is emptied.
-    cache_limit: usize,
-    /// Files held open (with blazesym's parsed tables) before everything is let go.
-    file_limit: usize,
     /// Processes found gone at the last `forget_exited`: dropped if still gone at the next,
     /// so that samples drained just before an exit are still symbolized.
     gone_once: HashSet<u32>,
+    /// Counts symbolize calls, for least-recently-used eviction.
+    tick: u64,
 }
 
 impl Default for Symbolizer {
@@ -86,21 +139,31 @@ impl Default for Symbolizer {
 }
 
 impl Symbolizer {
-    /// A symbolizer with demangling, source lines and inlined functions enabled.
+    /// A symbolizer with the default configuration (no debuginfod).
     pub fn new() -> Self {
+        Self::with_config(SymbolizerConfig::default())
+    }
+
+    /// A symbolizer with demangling, source lines and inlined functions enabled.
+    pub fn with_config(config: SymbolizerConfig) -> Self {
         let blaze = blazesym::symbolize::Symbolizer::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
             // Files are addressed by /proc/self/fd paths we keep open: they cannot change.
             .enable_auto_reload(false)
+            // Debug files are found here (debug_files.rs), under the process's root too.
+            .set_debug_dirs(Some(Vec::<PathBuf>::new()))
             .build();
+        let debuginfod = config.debuginfod.clone().map(Debuginfod::new);
         Symbolizer {
             blaze,
+            config,
             files: FileTable::default(),
             processes: HashMap::new(),
-            cache: HashMap::new(),
-            broken: HashSet::new(),
+            kallsyms: Kallsyms::default(),
+            kernel_cache: HashMap::new(),
+            debuginfod,
             kernel_module: Arc::new(Module {
                 path: Arc::from("[kernel.kallsyms]"),
                 build_id: None,
@@ -112,32 +175,43 @@ impl Symbolizer {
                 frames: Vec::new(),
             }),
             stats: SymbolizerStats::default(),
-            cache_limit: DEFAULT_CACHE_ENTRIES,
-            file_limit: DEFAULT_FILE_LIMIT,
             gone_once: HashSet::new(),
+            tick: 0,
         }
     }
 
-    /// Bounds the files held open: past `files`, `forget_exited` lets all of them go (with
-    /// blazesym's parsed tables, which it cannot evict one by one) and starts over.
+    /// Bounds the files held open: past `files`, `forget_exited` lets all of them go (live
+    /// processes are captured again at their next sample).
     pub fn set_file_limit(&mut self, files: usize) {
-        self.file_limit = files.max(1);
+        self.config.file_limit = files.max(1);
+    }
+
+    /// Bounds the memory of the caches; the least recently used files go first.
+    pub fn set_cache_bytes(&mut self, bytes: u64) {
+        self.config.cache_bytes = bytes.max(1);
     }
 
     /// Counters since creation.
     pub fn stats(&self) -> SymbolizerStats {
-        SymbolizerStats {
-            files: self.files.len() as u64,
-            cache_entries: self.cache.len() as u64,
-            processes_held: self.processes.len() as u64,
-            ..self.stats
+        let mut s = self.stats;
+        s.files = self.files.len() as u64;
+        s.cache_entries = self.kernel_cache.len() as u64;
+        s.cache_bytes = self.cache_bytes();
+        s.processes_held = self.processes.len() as u64;
+        if let Some(d) = &self.debuginfod {
+            s.debuginfod_fetched = d.stats.fetched.load(Ordering::Relaxed);
+            s.debuginfod_not_found = d.stats.not_found.load(Ordering::Relaxed);
+            s.debuginfod_errors = d.stats.errors.load(Ordering::Relaxed);
+            s.debuginfod_pending = d.pending() as u64;
         }
+        s
     }
 
-    /// Bounds the location cache: past `entries` it is emptied (and refilled by use), so
-    /// memory stays flat however many distinct addresses a host runs through.
-    pub fn set_cache_limit(&mut self, entries: usize) {
-        self.cache_limit = entries.max(1);
+    fn cache_bytes(&self) -> u64 {
+        let files: u64 = (0..self.files.len())
+            .map(|id| self.files.get(id).bytes())
+            .sum();
+        files + self.kernel_cache.len() as u64 * LOCATION_BYTES + self.kallsyms.bytes()
     }
 
     /// Drops the mappings of processes that have exited, once their samples have been
@@ -159,12 +233,10 @@ impl Symbolizer {
             .filter(|pid| self.processes.contains_key(pid))
             .collect();
         let forgotten = before - self.processes.len();
-        if self.files.len() > self.file_limit {
-            // Processes refer to files by their place in the table: all go together. Live
-            // processes are observed again at their next sample.
-            let mut fresh = Symbolizer::new();
-            fresh.cache_limit = self.cache_limit;
-            fresh.file_limit = self.file_limit;
+        if self.files.len() > self.config.file_limit {
+            // Processes refer to files by their place in the table: all go together.
+            let mut fresh = Symbolizer::with_config(self.config.clone());
+            fresh.debuginfod = self.debuginfod.take();
             fresh.stats = self.stats;
             fresh.stats.file_resets += 1;
             *self = fresh;
@@ -185,6 +257,19 @@ impl Symbolizer {
         }
     }
 
+    /// Takes a snapshot made by a watcher when the process was first seen (it may be gone
+    /// now); it replaces what was known of that PID, since an exec changes every mapping.
+    pub fn adopt(&mut self, pid: u32, snapshot: ProcessSnapshot) {
+        if !snapshot.alive() {
+            return;
+        }
+        let process = Process::from_snapshot(pid, snapshot, &mut self.files);
+        self.stats.processes += 1;
+        self.stats.processes_adopted += 1;
+        self.gone_once.remove(&pid);
+        self.processes.insert(pid, process);
+    }
+
     /// The process's name (its /proc/PID/comm when first observed), if known.
     pub fn process_name(&self, pid: u32) -> Option<Arc<str>> {
         self.processes.get(&pid)?.name.clone()
@@ -193,6 +278,8 @@ impl Symbolizer {
     /// Symbolizes stacks, one output per request, each leaf first (kernel then user).
     /// Never fails: what cannot be named becomes `module+offset` or `[unknown]`.
     pub fn symbolize(&mut self, requests: &[StackRequest<'_>]) -> Vec<Stack> {
+        self.tick += 1;
+        self.take_fetched_debug_files();
         let mut refreshed = HashSet::new();
         for r in requests {
             self.observe(r.pid);
@@ -211,30 +298,83 @@ impl Symbolizer {
         }
         let keyed: Vec<Vec<Result<Key, Arc<Location>>>> =
             requests.iter().map(|r| self.keys(r)).collect();
-        if self.cache.len() > self.cache_limit {
-            self.cache.clear();
-            self.stats.cache_resets += 1;
-        }
-        self.fill_cache(keyed.iter().flatten().filter_map(|k| k.as_ref().ok()));
-        keyed
+        self.fill_cache(&keyed);
+        let out = keyed
             .into_iter()
             .map(|keys| {
                 keys.into_iter()
                     .map(|k| match k {
-                        Ok(key) => self
-                            .cache
-                            .get(&key)
-                            .cloned()
-                            .unwrap_or_else(|| self.unknown.clone()),
+                        Ok(key) => self.cached(key).unwrap_or_else(|| self.unknown.clone()),
                         Err(fixed) => fixed,
                     })
                     .collect()
             })
-            .collect()
+            .collect();
+        self.evict_to_bound();
+        out
+    }
+
+    fn cached(&self, key: Key) -> Option<Arc<Location>> {
+        match key {
+            Key::User(file, offset) => self.files.get(file).locations.get(&offset).cloned(),
+            Key::Kernel(addr) => self.kernel_cache.get(&addr).cloned(),
+        }
+    }
+
+    /// Files whose debug info arrived from debuginfod are named again from it.
+    fn take_fetched_debug_files(&mut self) {
+        let Some(d) = self.debuginfod.as_mut() else {
+            return;
+        };
+        for build_id in d.arrived() {
+            if let Some(id) = self.files.by_build_id(&build_id) {
+                self.unload(id);
+            }
+        }
+    }
+
+    fn unload(&mut self, id: FileId) {
+        let file = self.files.get_mut(id);
+        let path = match &file.source {
+            Some(SymbolSource::DebugFile(p)) => Some(p.clone()),
+            Some(SymbolSource::Itself) => Some(file.path.clone()),
+            None => None,
+        };
+        file.unload();
+        if let Some(path) = path {
+            let evict =
+                blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf::new(path));
+            if let Err(e) = self.blaze.evict(&evict) {
+                tracing::debug!(error = %e, "cannot evict parsed file");
+            }
+        }
+    }
+
+    /// Lets the least recently used files go until the caches fit their bound.
+    fn evict_to_bound(&mut self) {
+        let mut total = self.cache_bytes();
+        if total <= self.config.cache_bytes {
+            return;
+        }
+        let mut by_age: Vec<(u64, FileId, u64)> = self
+            .files
+            .iter_mut()
+            .map(|(id, f)| (f.last_used, id, f.bytes()))
+            .filter(|&(_, _, bytes)| bytes > 0)
+            .collect();
+        by_age.sort_unstable();
+        for (_, id, bytes) in by_age {
+            if total <= self.config.cache_bytes {
+                break;
+            }
+            self.unload(id);
+            self.stats.evictions += 1;
+            total = total.saturating_sub(bytes);
+        }
     }
 
     /// Cache keys for a stack, or a fixed location for addresses outside any known file.
-    fn keys(&self, r: &StackRequest<'_>) -> Vec<Result<Key, Arc<Location>>> {
+    fn keys(&mut self, r: &StackRequest<'_>) -> Vec<Result<Key, Arc<Location>>> {
         // Callers' addresses are return addresses: the call is the instruction before.
         let adjust = |i: usize, addr: u64| if i == 0 { addr } else { addr.saturating_sub(1) };
         let mut out = Vec::with_capacity(r.kernel.len() + r.user.len());
@@ -244,101 +384,248 @@ impl Symbolizer {
                 .enumerate()
                 .map(|(i, &a)| Ok(Key::Kernel(adjust(i, a)))),
         );
-        let process = self.processes.get(&r.pid);
+        let unknown = self.unknown.clone();
+        let mut process = self.processes.get_mut(&r.pid);
         for (i, &addr) in r.user.iter().enumerate() {
             let addr = adjust(i, addr);
-            let mapping = process.and_then(|p| p.find(addr));
-            out.push(match mapping {
-                Some(m) => {
-                    let offset = addr - m.start + m.offset;
-                    match (m.file, &m.module) {
-                        (Some(file), _) => Ok(Key::User(file, offset)),
-                        (None, module) => Err(Arc::new(Location {
-                            kind: FrameKind::User,
-                            module: module.clone(),
-                            address: if module.is_some() { offset } else { addr },
-                            frames: Vec::new(),
-                        })),
+            let Some(p) = process.as_deref_mut() else {
+                out.push(Err(unknown));
+                break;
+            };
+            let Some(m) = p.find(addr) else {
+                // Nothing is executable there: the walk has left the real stack (a frame
+                // without a frame pointer). One [unknown] ends it, so that garbage tails
+                // do not split one stack into many.
+                out.push(Err(unknown));
+                break;
+            };
+            let offset = addr - m.start + m.offset;
+            out.push(match (m.file, m.module.clone()) {
+                (Some(file), _) => Ok(Key::User(file, offset)),
+                (None, None) => {
+                    // Anonymous executable memory: JIT code, named by the process's perf map.
+                    let name = p.perf_map.as_mut().and_then(|pm| pm.lookup(addr));
+                    if name.is_some() {
+                        self.stats.jit_frames += 1;
                     }
+                    Err(Arc::new(Location {
+                        kind: FrameKind::User,
+                        module: None,
+                        address: addr,
+                        frames: name
+                            .map(|function| {
+                                vec![Frame {
+                                    function,
+                                    file: None,
+                                    line: 0,
+                                }]
+                            })
+                            .unwrap_or_default(),
+                    }))
                 }
-                None => {
-                    // Nothing is executable there: the walk has left the real stack (a frame
-                    // without a frame pointer). One [unknown] ends it, so that garbage tails
-                    // do not split one stack into many.
-                    out.push(Err(self.unknown.clone()));
-                    break;
-                }
+                (None, module) => Err(Arc::new(Location {
+                    kind: FrameKind::User,
+                    module,
+                    address: offset,
+                    frames: Vec::new(),
+                })),
             });
         }
         out
     }
 
-    /// Symbolizes every key not yet cached, one blazesym call per file and one for the kernel.
-    fn fill_cache<'k>(&mut self, keys: impl Iterator<Item = &'k Key>) {
+    /// Symbolizes every key not yet cached, one blazesym call per file.
+    fn fill_cache(&mut self, keyed: &[Vec<Result<Key, Arc<Location>>>]) {
         let mut per_file: HashMap<FileId, HashSet<u64>> = HashMap::new();
         let mut kernel: HashSet<u64> = HashSet::new();
-        for key in keys {
-            if self.cache.contains_key(key) {
-                self.stats.cache_hits += 1;
-                continue;
-            }
+        for key in keyed.iter().flatten().filter_map(|k| k.as_ref().ok()) {
             match *key {
-                Key::User(file, offset) => per_file.entry(file).or_default().insert(offset),
-                Key::Kernel(addr) => kernel.insert(addr),
-            };
+                Key::User(file, offset) => {
+                    let f = self.files.get_mut(file);
+                    f.last_used = self.tick;
+                    if f.locations.contains_key(&offset) {
+                        self.stats.cache_hits += 1;
+                    } else {
+                        per_file.entry(file).or_default().insert(offset);
+                    }
+                }
+                Key::Kernel(addr) => {
+                    if self.kernel_cache.contains_key(&addr) {
+                        self.stats.cache_hits += 1;
+                    } else {
+                        kernel.insert(addr);
+                    }
+                }
+            }
         }
         for (file, offsets) in per_file {
             let offsets: Vec<u64> = offsets.into_iter().collect();
             self.stats.cache_misses += offsets.len() as u64;
-            let open = self.files.get(file);
-            let module = open.module.clone();
-            let results = if self.broken.contains(&file) {
-                Err(None)
-            } else {
-                let mut elf = Elf::new(open.path.clone());
-                elf.debug_syms = true;
-                let results = self
-                    .blaze
-                    .symbolize(&Source::Elf(elf), Input::FileOffset(&offsets));
-                checked(results, offsets.len()).map_err(Some)
-            };
-            let results = results.unwrap_or_else(|error| {
-                if let Some(error) = error {
-                    tracing::warn!(module = %module.path, %error,
-                        "cannot read symbols; frames in it are named module+offset");
-                    self.broken.insert(file);
-                    self.stats.file_errors += 1;
-                }
-                self.stats.addresses_unreadable += offsets.len() as u64;
-                Vec::new()
-            });
-            let named = named(&results, &offsets, FrameKind::User, &module);
+            let named = self.symbolize_in_file(file, &offsets);
+            let f = self.files.get_mut(file);
             for (offset, location) in offsets.iter().zip(named) {
-                self.cache.insert(Key::User(file, *offset), location);
+                f.locations.insert(*offset, location);
             }
         }
         if !kernel.is_empty() {
-            let addrs: Vec<u64> = kernel.into_iter().collect();
-            self.stats.cache_misses += addrs.len() as u64;
-            let source = Source::Kernel(Kernel {
-                vmlinux: MaybeDefault::None,
-                debug_syms: false,
-                ..Kernel::default()
-            });
-            let results = checked(
-                self.blaze.symbolize(&source, Input::AbsAddr(&addrs)),
-                addrs.len(),
-            )
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot symbolize kernel addresses");
+            self.fill_kernel(kernel);
+        }
+    }
+
+    /// Decides where a file's names come from, at its first use: its own DWARF, a separate
+    /// debug file here, one fetched from debuginfod, or its own symbol tables.
+    fn prepare(&mut self, id: FileId) {
+        let file = self.files.get_mut(id);
+        if file.source.is_some() || file.broken {
+            return;
+        }
+        let info = match file.info.get_or_insert_with(|| ElfInfo::read(&file.path)) {
+            Ok(info) => info.clone(),
+            Err(error) => {
+                tracing::warn!(module = %file.module.path, %error,
+                    "cannot read symbols; frames in it are named module+offset");
+                file.broken = true;
                 self.stats.file_errors += 1;
-                self.stats.addresses_unreadable += addrs.len() as u64;
-                Vec::new()
-            });
-            let named = named(&results, &addrs, FrameKind::Kernel, &self.kernel_module);
-            for (addr, location) in addrs.iter().zip(named) {
-                self.cache.insert(Key::Kernel(*addr), location);
+                return;
             }
+        };
+        let mut source = SymbolSource::Itself;
+        file.awaiting_debuginfo = false;
+        if !info.has_dwarf {
+            let search = DebugSearch {
+                dirs: &self.config.debug_dirs,
+                root: file.root.as_deref(),
+                binary_dir: parent_dir(&file.module.path),
+            };
+            if let Some(found) = search.find(&info) {
+                source = SymbolSource::DebugFile(found);
+            } else if let (Some(d), Some(build_id)) =
+                (self.debuginfod.as_mut(), file.module.build_id.as_deref())
+            {
+                match d.lookup(build_id) {
+                    Lookup::Found(path) => source = SymbolSource::DebugFile(path),
+                    Lookup::Pending => file.awaiting_debuginfo = true,
+                    Lookup::Missing => {}
+                }
+            }
+        }
+        let parsed = match &source {
+            SymbolSource::Itself => &file.path,
+            SymbolSource::DebugFile(p) => p,
+        };
+        file.parsed_bytes = std::fs::metadata(parsed).map_or(0, |m| m.len());
+        if matches!(source, SymbolSource::DebugFile(_)) {
+            self.stats.debug_files += 1;
+        }
+        self.stats.files_parsed += 1;
+        file.source = Some(source);
+    }
+
+    /// Names for file offsets of one file; unnamed (module+offset) where nothing is known.
+    fn symbolize_in_file(&mut self, id: FileId, offsets: &[u64]) -> Vec<Arc<Location>> {
+        self.prepare(id);
+        let file = self.files.get(id);
+        let module = file.module.clone();
+        let results = match (&file.source, &file.info) {
+            (_, _) if file.broken => None,
+            (Some(SymbolSource::Itself), _) => {
+                let elf = Elf::new(file.path.clone());
+                Some(
+                    self.blaze
+                        .symbolize(&Source::Elf(elf), Input::FileOffset(offsets)),
+                )
+            }
+            (Some(SymbolSource::DebugFile(path)), Some(Ok(info))) => {
+                // The debug file has the binary's layout but no code bytes: it is indexed by
+                // link-time address. Offsets outside every segment get no name.
+                let vaddrs: Vec<u64> = offsets
+                    .iter()
+                    .map(|&o| info.virtual_address(o).unwrap_or(0))
+                    .collect();
+                let elf = Elf::new(path.clone());
+                let r = self
+                    .blaze
+                    .symbolize(&Source::Elf(elf), Input::VirtOffset(&vaddrs));
+                Some(r.map(|mut r| {
+                    for (i, &o) in offsets.iter().enumerate() {
+                        if info.virtual_address(o).is_none() {
+                            if let Some(slot) = r.get_mut(i) {
+                                *slot = Symbolized::Unknown(
+                                    blazesym::symbolize::Reason::InvalidFileOffset,
+                                );
+                            }
+                        }
+                    }
+                    r
+                }))
+            }
+            _ => None,
+        };
+        let results = match results.map(|r| checked(r, offsets.len())) {
+            Some(Ok(r)) => r,
+            Some(Err(error)) => {
+                tracing::warn!(module = %module.path, %error,
+                    "cannot read symbols; frames in it are named module+offset");
+                self.files.get_mut(id).broken = true;
+                self.stats.file_errors += 1;
+                self.stats.addresses_unreadable += offsets.len() as u64;
+                Vec::new()
+            }
+            None => {
+                self.stats.addresses_unreadable += offsets.len() as u64;
+                Vec::new()
+            }
+        };
+        named(&results, offsets, FrameKind::User, |_| Some(module.clone()))
+    }
+
+    fn fill_kernel(&mut self, kernel: HashSet<u64>) {
+        if self.kernel_cache.len() > KERNEL_CACHE_ENTRIES {
+            self.kernel_cache.clear();
+            self.stats.cache_resets += 1;
+        }
+        if self.kallsyms.bytes() == 0 {
+            self.kallsyms.load();
+            if !self.kallsyms.usable() {
+                tracing::warn!(
+                    "kernel symbols are hidden (kptr_restrict); kernel frames stay unnamed"
+                );
+            }
+        }
+        let addrs: Vec<u64> = kernel.into_iter().collect();
+        self.stats.cache_misses += addrs.len() as u64;
+        // A BPF program or module loaded since the last read: read kallsyms again, and
+        // forget what was resolved from the old table.
+        if addrs.iter().any(|&a| self.kallsyms.refresh_for(a)) {
+            self.kernel_cache.clear();
+        }
+        for addr in addrs {
+            let location = match self.kallsyms.lookup(addr) {
+                Some(sym) => Location {
+                    kind: FrameKind::Kernel,
+                    module: Some(match sym.module {
+                        None => self.kernel_module.clone(),
+                        Some(m) => Arc::new(Module {
+                            path: Arc::from(format!("[{m}]")),
+                            build_id: None,
+                        }),
+                    }),
+                    address: addr,
+                    frames: vec![Frame {
+                        function: Arc::from(sym.name),
+                        file: None,
+                        line: 0,
+                    }],
+                },
+                // Outside every symbol: say so rather than borrow a neighbour's name.
+                None => Location {
+                    kind: FrameKind::Kernel,
+                    module: Some(self.kernel_module.clone()),
+                    address: addr,
+                    frames: Vec::new(),
+                },
+            };
+            self.kernel_cache.insert(addr, Arc::new(location));
         }
     }
 }
@@ -361,7 +648,7 @@ fn named(
     results: &[Symbolized<'_>],
     addrs: &[u64],
     kind: FrameKind,
-    module: &Arc<Module>,
+    module: impl Fn(u64) -> Option<Arc<Module>>,
 ) -> Vec<Arc<Location>> {
     addrs
         .iter()
@@ -373,7 +660,7 @@ fn named(
             };
             Arc::new(Location {
                 kind,
-                module: Some(module.clone()),
+                module: module(addr),
                 address: addr,
                 frames,
             })
@@ -443,17 +730,25 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_bounded_and_exited_processes_are_forgotten() {
+    fn the_cache_is_bounded_by_bytes_and_exited_processes_are_forgotten() {
         let mut s = Symbolizer::new();
-        s.set_cache_limit(1);
         let pid = std::process::id();
         let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
         symbolize_one(&mut s, pid, &[addr], &[]);
-        symbolize_one(&mut s, pid, &[addr + 1], &[]);
-        symbolize_one(&mut s, pid, &[addr + 2], &[]);
         let st = s.stats();
-        assert!(st.cache_resets >= 1, "{st:?}");
-        assert!(st.cache_entries <= 2, "{st:?}");
+        assert_eq!((st.files_parsed, st.evictions), (1, 0), "{st:?}");
+        assert!(st.cache_bytes > 0, "{st:?}");
+        // Under a bound smaller than one file, the file is let go after each use...
+        s.set_cache_bytes(1);
+        symbolize_one(&mut s, pid, &[addr + 1], &[]);
+        let st = s.stats();
+        assert_eq!(st.evictions, 1, "{st:?}");
+        // ...and parsed again, still naming the function, when it is needed next.
+        let stack = symbolize_one(&mut s, pid, &[addr], &[]);
+        assert!(!stack[0].is_unknown());
+        assert_eq!(s.stats().files_parsed, 2);
+        s.set_cache_bytes(DEFAULT_CACHE_BYTES);
+
         s.observe(u32::MAX - 2); // never existed
         assert_eq!(s.stats().processes_held, 2);
         // Gone at one call is kept until the next: its last samples may still come.
