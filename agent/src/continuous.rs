@@ -26,6 +26,7 @@ use crate::selection::Selection;
 use crate::session::{
     health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
 };
+use crate::watcher::ProcessWatcher;
 
 /// How often the loop wakes to check for signals.
 const TICK: Duration = Duration::from_millis(100);
@@ -66,6 +67,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let agent_start = SystemTime::now();
     let mut interval_start = agent_start;
     let mut runs = start_profilers(&args, selection.is_some(), interval_start)?;
+    let watcher = ProcessWatcher::start(&mut runs);
     let want_histograms = args.waits.histograms || args.waits.syscall_latency;
     let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
         syscalls: args.waits.syscall_latency,
@@ -116,6 +118,9 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             }
         }
         if elapsed >= next_drain || elapsed >= next_export {
+            if let Some(w) = &watcher {
+                w.deliver(&mut symbolizer, Some(&mut processes));
+            }
             drain(
                 &mut runs,
                 histograms.as_mut(),
@@ -159,7 +164,11 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
 
     status.lock().unwrap_or_else(|e| e.into_inner()).attached = false;
     // Stopping: detach everything, then export what the last partial interval holds.
+    if let Some(w) = &watcher {
+        w.deliver(&mut symbolizer, Some(&mut processes));
+    }
     stop_all(&mut runs, histograms.as_mut(), &mut symbolizer)?;
+    drop(watcher);
     observe(&mut processes, &runs, &symbolizer);
     let now = SystemTime::now();
     let health = health_counters(

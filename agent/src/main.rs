@@ -15,6 +15,7 @@ mod record;
 mod selection;
 mod session;
 mod symbols;
+mod watcher;
 
 use std::process::ExitCode;
 

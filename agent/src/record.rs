@@ -21,6 +21,7 @@ use crate::progress::Progress;
 use crate::session::{
     health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
 };
+use crate::watcher::ProcessWatcher;
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
@@ -76,6 +77,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         max_keys: args.waits.histogram_keys,
         ..LatencyConfig::new(args.pids.clone())
     }))?;
+    let watcher = ProcessWatcher::start(&mut runs);
     let started = Instant::now();
     tracing::info!(
         cpu = want_cpu,
@@ -93,6 +95,9 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             break;
         }
         if elapsed >= next_drain {
+            if let Some(w) = &watcher {
+                w.deliver(&mut symbolizer, processes.as_mut());
+            }
             for run in &mut runs {
                 let counts = run.profiler.drain().context("draining the kernel maps")?;
                 collect::add(
@@ -123,7 +128,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 .min(until_next),
         );
     }
+    if let Some(w) = &watcher {
+        w.deliver(&mut symbolizer, processes.as_mut());
+    }
     stop_all(&mut runs, histograms.as_mut(), &mut symbolizer)?;
+    drop(watcher);
     if let Some(p) = &mut processes {
         observe(p, &runs, &symbolizer);
     }

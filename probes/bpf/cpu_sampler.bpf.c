@@ -7,6 +7,7 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 #include "emberprof.h"
 #include "common.bpf.h"
 
@@ -58,6 +59,43 @@ struct {
 } ep_counters SEC(".maps");
 
 #define ep_count(idx) ep_percpu_inc(&ep_counters, (idx))
+
+/*
+ * Processes announced to user space since their last exec. A process that lives a few
+ * hundred milliseconds is gone by the next drain; announcing it at its first sample lets
+ * user space capture its mappings while it still runs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+} ep_announced SEC(".maps");
+
+/* Thread-group ids of newly seen processes, for the user-space watcher. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} ep_new_processes SEC(".maps");
+
+static __always_inline void ep_announce(__u32 tgid)
+{
+	if (bpf_map_lookup_elem(&ep_announced, &tgid))
+		return;
+	__u8 one = 1;
+	/* BPF_NOEXIST: when two CPUs race, only the one that inserts announces. */
+	if (bpf_map_update_elem(&ep_announced, &tgid, &one, BPF_NOEXIST))
+		return;
+	__u32 *slot = bpf_ringbuf_reserve(&ep_new_processes, sizeof(__u32), 0);
+	if (!slot) {
+		/* Try again at the next sample rather than never. */
+		bpf_map_delete_elem(&ep_announced, &tgid);
+		ep_count(EP_CNT_ANNOUNCE_LOST);
+		return;
+	}
+	*slot = tgid;
+	bpf_ringbuf_submit(slot, 0);
+}
 
 static __always_inline __s32 ep_stack_id(void *ctx, void *stacks, __u64 flags, __u32 full_counter)
 {
@@ -115,6 +153,7 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 		return 0;
 
 	ep_count(EP_CNT_SAMPLES);
+	ep_announce(tgid);
 
 	struct ep_sample_key key = {};
 	key.tgid = tgid;
@@ -125,6 +164,15 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 		ep_record(ctx, &key, &ep_stacks_1, &ep_counts_1);
 	else
 		ep_record(ctx, &key, &ep_stacks_0, &ep_counts_0);
+	return 0;
+}
+
+/* An exec replaces every mapping: announce the process again at its next sample. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(ep_process_exec)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_delete_elem(&ep_announced, &tgid);
 	return 0;
 }
 

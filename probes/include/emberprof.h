@@ -39,7 +39,9 @@ enum ep_counter {
 	EP_CNT_STACK_ERROR = 4,
 	/* Samples lost because the count map had no room for a new key. */
 	EP_CNT_COUNT_MAP_FULL = 5,
-	EP_CNT_MAX = 6,
+	/* New processes that could not be announced to user space (ring buffer full). */
+	EP_CNT_ANNOUNCE_LOST = 6,
+	EP_CNT_MAX = 7,
 };
 
 /*

@@ -34,17 +34,19 @@ pub enum Counter {
     KernelStackMapFull = 3,
     StackError = 4,
     CountMapFull = 5,
+    AnnounceLost = 6,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Samples,
         Counter::Idle,
         Counter::UserStackMapFull,
         Counter::KernelStackMapFull,
         Counter::StackError,
         Counter::CountMapFull,
+        Counter::AnnounceLost,
     ];
 }
 

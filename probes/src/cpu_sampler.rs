@@ -5,22 +5,24 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use aya::maps::{Array, MapData, PerCpuArray, StackTraceMap};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
 
 use aya::programs::perf_event::{
     perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, PerfEventLinkId, PerfEventScope, PerfTypeId, SamplePolicy,
 };
-use aya::programs::PerfEvent;
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{BtfTracePoint, PerfEvent};
+use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{Counter, SampleKey};
 use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
+use crate::new_processes::NewProcesses;
 use crate::ProbeError;
 
 static CPU_SAMPLER_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
 
 const PROGRAM: &str = "ep_cpu_sample";
+const EXEC_PROGRAM: &str = "ep_process_exec";
 const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
 const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
 /// Size of `ep_pid_filter` in the C program.
@@ -103,6 +105,9 @@ pub struct KernelCounters {
     pub stack_errors: u64,
     /// Samples dropped entirely: no room in the count map.
     pub count_map_full: u64,
+    /// New processes not announced to user space (ring buffer full); they are captured
+    /// at the next drain instead, or retried at their next sample.
+    pub announce_lost: u64,
 }
 
 impl KernelCounters {
@@ -126,6 +131,7 @@ pub struct CpuSampler {
     counters: PerCpuArray<MapData, u64>,
     links: Vec<PerfEventLinkId>,
     cpus: usize,
+    new_processes: Option<NewProcesses>,
 }
 
 impl CpuSampler {
@@ -179,6 +185,14 @@ impl CpuSampler {
                 }
             })?;
 
+        let new_processes =
+            RingBuf::try_from(take(&mut ebpf, "ep_new_processes")?).map_err(|source| {
+                ProbeError::Map {
+                    name: "ep_new_processes",
+                    source,
+                }
+            })?;
+
         let mut sampler = CpuSampler {
             ebpf,
             counts,
@@ -187,7 +201,9 @@ impl CpuSampler {
             counters,
             links: Vec::new(),
             cpus: 0,
+            new_processes: Some(NewProcesses::new(new_processes)),
         };
+        sampler.attach_exec();
         sampler.attach(config.frequency_hz)?;
         Ok(sampler)
     }
@@ -221,6 +237,33 @@ impl CpuSampler {
         self.cpus = self.links.len();
         tracing::debug!(cpus = self.cpus, frequency_hz, "CPU sampler attached");
         Ok(())
+    }
+
+    /// Without this, a process that execs after its first sample is not announced again;
+    /// its new mappings are then found at the next drain. Not worth failing the start for.
+    fn attach_exec(&mut self) {
+        let attached = (|| -> Result<(), String> {
+            let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
+            let program: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(EXEC_PROGRAM)
+                .ok_or("missing program")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            program
+                .load("sched_process_exec", &btf)
+                .map_err(|e| e.to_string())?;
+            program.attach().map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        if let Err(error) = attached {
+            tracing::warn!(%error, "cannot attach to sched_process_exec; exec'd processes are re-read at the next drain");
+        }
+    }
+
+    /// The announcements of newly sampled processes, for a watcher thread (once).
+    pub fn take_new_processes(&mut self) -> Option<NewProcesses> {
+        self.new_processes.take()
     }
 
     /// Number of CPUs sampled.
@@ -280,6 +323,7 @@ impl CpuSampler {
             kernel_stack_map_full: totals[Counter::KernelStackMapFull as usize],
             stack_errors: totals[Counter::StackError as usize],
             count_map_full: totals[Counter::CountMapFull as usize],
+            announce_lost: totals[Counter::AnnounceLost as usize],
         })
     }
 

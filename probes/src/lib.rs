@@ -8,6 +8,7 @@ mod error;
 pub mod histogram;
 mod kernel_maps;
 pub mod latency;
+mod new_processes;
 pub mod off_cpu;
 pub mod preflight;
 pub mod syscalls;
@@ -16,4 +17,5 @@ pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters, Stack, Stack
 pub use error::ProbeError;
 pub use histogram::{Log2Histogram, OtlpExponentialBuckets};
 pub use latency::{HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms};
+pub use new_processes::NewProcesses;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};

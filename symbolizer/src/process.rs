@@ -27,6 +27,11 @@ impl ProcessSnapshot {
         Self::read(pid, true)
     }
 
+    /// The process's name (comm) when captured.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     /// Whether the process was alive when captured.
     pub fn alive(&self) -> bool {
         self.alive

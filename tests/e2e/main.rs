@@ -12,3 +12,4 @@ mod privileges;
 mod pyroscope;
 mod soak;
 mod support;
+mod symbols;

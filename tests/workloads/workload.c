@@ -99,6 +99,14 @@ __attribute__((noinline)) void burn_light(long units)
 	sink++;
 }
 
+/* Burns CPU for `ms` milliseconds of its own CPU time, then returns: a short-lived process. */
+__attribute__((noinline)) void short_lived_burn(long ms)
+{
+	by_time = 1;
+	BURN(ms * 1000000L / TIME_UNIT_NS);
+	sink++;
+}
+
 __attribute__((noinline)) void cpu_split(void)
 {
 	while (running) {
@@ -307,7 +315,7 @@ static void *busy_main(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -349,6 +357,9 @@ int main(int argc, char **argv)
 		return pingpong(atoi(argv[2]), atol(argv[3]));
 	} else if (strcmp(argv[1], "direct-io") == 0 && argc > 3) {
 		return direct_io(argv[2], atol(argv[3]));
+	} else if (strcmp(argv[1], "short") == 0 && argc > 2) {
+		short_lived_burn(atol(argv[2]));
+		return 0;
 	} else if (strcmp(argv[1], "syscalls") == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		if (fd < 0) {

@@ -1,0 +1,112 @@
+//! Captures each process the moment the CPU sampler first sees it (announced through a ring
+//! buffer), so that one which exits before the next drain is still symbolized and still
+//! carries its resource attributes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use emberprof_exporters::otlp::Attributes;
+use emberprof_probes::NewProcesses;
+use emberprof_symbolizer::{ProcessSnapshot, Symbolizer};
+
+use crate::metadata::process::process_attributes;
+use crate::session::{Profiler, Run};
+
+/// What was read of one process while it ran.
+struct Captured {
+    pid: u32,
+    snapshot: ProcessSnapshot,
+    attributes: Attributes,
+}
+
+/// The watcher thread and what it has captured since the last delivery.
+pub struct ProcessWatcher {
+    captured: Receiver<Captured>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProcessWatcher {
+    /// Starts watching the announcements of the CPU profiler among `runs`, if there is one.
+    pub fn start(runs: &mut [Run]) -> Option<ProcessWatcher> {
+        let announcements = runs.iter_mut().find_map(|r| match &mut r.profiler {
+            Profiler::Cpu(p) => p.take_new_processes(),
+            Profiler::OffCpu(_) => None,
+        })?;
+        let (send, captured) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ep-procwatch".into())
+            .spawn(move || watch(announcements, &stopping, |c| send.send(c).is_ok()));
+        match thread {
+            Ok(thread) => Some(ProcessWatcher {
+                captured,
+                stop,
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the process watcher; short-lived processes may be unnamed");
+                None
+            }
+        }
+    }
+
+    /// Hands what was captured to the symbolizer (and the attribute table); call before
+    /// symbolizing a drain.
+    pub fn deliver(
+        &self,
+        symbolizer: &mut Symbolizer,
+        mut processes: Option<&mut HashMap<u32, Attributes>>,
+    ) {
+        while let Ok(c) = self.captured.try_recv() {
+            if let Some(p) = processes.as_deref_mut() {
+                p.insert(c.pid, c.attributes);
+            }
+            symbolizer.adopt(c.pid, c.snapshot);
+        }
+    }
+}
+
+impl Drop for ProcessWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(
+    mut announcements: NewProcesses,
+    stop: &AtomicBool,
+    mut send: impl FnMut(Captured) -> bool,
+) {
+    let own = std::process::id();
+    while !stop.load(Ordering::Relaxed) {
+        for pid in announcements.wait(Duration::from_millis(100)) {
+            if pid == own {
+                continue;
+            }
+            let snapshot = ProcessSnapshot::capture(pid);
+            if !snapshot.alive() {
+                continue; // gone already: the drain will say so
+            }
+            let name = snapshot
+                .name()
+                .map_or_else(|| pid.to_string(), str::to_string);
+            let attributes = process_attributes(pid, &name);
+            if !send(Captured {
+                pid,
+                snapshot,
+                attributes,
+            }) {
+                return;
+            }
+        }
+    }
+}

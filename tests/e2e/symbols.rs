@@ -1,0 +1,133 @@
+//! Symbolization on real hosts: a process that lives 200 ms between two drains, a binary
+//! that only exists inside another mount namespace, inlined frames in pprof.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[test]
+fn process_that_lives_200ms_between_drains_is_named() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut exited = false;
+    // Drains every 30 s: the only drain the process could meet is the final one, long
+    // after it exited. Only the capture at its first sample can name its frames.
+    let rec = record_around(
+        "short-lived.folded",
+        &["--frequency", "99", "--drain-interval", "30s"],
+        || {
+            let status = Command::new(workload_binary())
+                .args(["short", "200"])
+                .status()
+                .expect("running the short workload");
+            assert!(status.success());
+            exited = true;
+            std::thread::sleep(Duration::from_millis(300));
+        },
+    );
+    assert!(exited);
+    let lines = read_folded(&rec.file);
+    let named = total_under(&lines, "short_lived_burn");
+    assert!(
+        named >= 5,
+        "expected ~20 samples under short_lived_burn, got {named}:\n{}",
+        std::fs::read_to_string(&rec.file).unwrap_or_default()
+    );
+    let main_too = lines
+        .iter()
+        .filter(|l| l.frames.iter().any(|f| f == "short_lived_burn"))
+        .all(|l| l.frames.iter().any(|f| f == "main"));
+    assert!(main_too, "the whole stack is named, up to main");
+}
+
+#[test]
+fn binary_inside_a_private_mount_namespace_is_named() {
+    let Some(_serial) = bpf_test() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mntns-root");
+    std::fs::create_dir_all(&dir).expect("creating the mount point");
+    let private = dir.join("ns-workload");
+    let _ = std::fs::remove_file(&private);
+    // A tmpfs only this mount namespace sees, holding a copy of the workload.
+    let script = format!(
+        "mount -t tmpfs tmpfs '{d}' && cp '{w}' '{p}' && exec '{p}' cpu-split",
+        d = dir.display(),
+        w = workload_binary().display(),
+        p = private.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .spawn()
+        .expect("unshare (util-linux) is needed");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .as_deref()
+        != Some(&private)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the workload never started in its namespace"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !private.exists(),
+        "the binary's path must not exist outside the namespace"
+    );
+    let pid_arg = pid.to_string();
+    let rec = record(
+        "mntns.folded",
+        &["--pid", &pid_arg, "--duration", "2", "--frequency", "99"],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = read_folded(&rec.file);
+    let counts = self_counts(&lines, &["burn_heavy", "burn_medium", "burn_light"]);
+    let total: u64 = lines.iter().map(|l| l.count).sum();
+    let named: u64 = counts.values().sum();
+    assert!(
+        total > 100 && named * 10 >= total * 9,
+        "named {named} of {total} samples: {counts:?}"
+    );
+}
+
+#[test]
+fn inlined_functions_are_their_own_pprof_lines() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["cpu-split"]);
+    let pid = w.pid().to_string();
+    let rec = record(
+        "inlined.pb.gz",
+        &["--pid", &pid, "--duration", "2", "--frequency", "99"],
+    );
+    drop(w);
+    let profile = decode_gz_pprof(&std::fs::read(&rec.file).expect("reading the profile"));
+    let name = |id: u64| {
+        let f = profile
+            .function
+            .iter()
+            .find(|f| f.id == id)
+            .expect("function");
+        profile.string_table[f.name as usize].as_str()
+    };
+    // One location, two lines: the inlined callee first, then the function it is in.
+    let inlined = profile.location.iter().find(|l| {
+        l.line.len() >= 2
+            && name(l.line[0].function_id) == "light_inner"
+            && name(l.line[1].function_id) == "burn_light"
+    });
+    let loc = inlined.expect("a location whose lines are light_inner inlined in burn_light");
+    assert!(
+        loc.line.iter().all(|l| l.line > 0),
+        "lines carry line numbers"
+    );
+    let mapping = profile
+        .mapping
+        .iter()
+        .find(|m| m.id == loc.mapping_id)
+        .expect("the location keeps its mapping");
+    assert!(profile.string_table[mapping.filename as usize].ends_with("epworkload"));
+    assert!(!profile.string_table[mapping.build_id as usize].is_empty());
+}
