@@ -973,5 +973,20 @@ int main() {
             assert_eq!(&*loc.frames[0].function, "vfs_write");
             assert_eq!(&*loc.module.as_ref().unwrap().path, "[kernel.kallsyms]");
         }
+        // Past the end of kernel text there is no symbol: unknown, not the last name.
+        let etext = kallsyms
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+                (name == "_etext").then(|| u64::from_str_radix(addr, 16).ok())?
+            })
+            .unwrap();
+        let stack = symbolize_one(&mut s, std::process::id(), &[], &[etext + 64]);
+        assert!(stack[0].is_unknown(), "{:?}", stack[0]);
+        assert_eq!(
+            stack[0].to_string(),
+            format!("[kernel.kallsyms]+{:#x}", etext + 64)
+        );
     }
 }

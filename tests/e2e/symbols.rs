@@ -131,3 +131,38 @@ fn inlined_functions_are_their_own_pprof_lines() {
     assert!(profile.string_table[mapping.filename as usize].ends_with("epworkload"));
     assert!(!profile.string_table[mapping.build_id as usize].is_empty());
 }
+
+#[test]
+fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
+    let Some(_serial) = bpf_test() else { return };
+    // While a recording runs, its BPF programs are in kallsyms as `bpf_prog_<tag>_<name>
+    // [bpf]`, the same way kernel modules' symbols are listed.
+    let mut found = None;
+    let _ = record_around("bpf-syms.folded", &["--frequency", "19"], || {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("reading kallsyms");
+        found = kallsyms.lines().find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (addr, _, name, module) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            (module == "[bpf]" && name.ends_with("_ep_cpu_sample"))
+                .then(|| (u64::from_str_radix(addr, 16).ok(), name.to_string()))
+        });
+        let (Some(addr), _) = found.clone().expect("ep_cpu_sample in kallsyms") else {
+            panic!("unparsable kallsyms address");
+        };
+        let mut s = emberprof_symbolizer::Symbolizer::new();
+        let stack = s
+            .symbolize(&[emberprof_symbolizer::StackRequest {
+                pid: std::process::id(),
+                user: &[],
+                kernel: &[addr + 8],
+            }])
+            .remove(0);
+        let loc = &stack[0];
+        assert_eq!(
+            loc.frames.first().map(|f| f.function.to_string()),
+            found.as_ref().map(|f| f.1.clone())
+        );
+        assert_eq!(loc.module.as_ref().map(|m| &*m.path), Some("[bpf]"));
+    });
+    assert!(found.is_some());
+}
