@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RUN_ARGS ?= --duration 10
 
-.PHONY: all deps build run test lint bench clean
+.PHONY: all deps build run test lint bench clean chart-test
 all: build
 
 deps:
@@ -21,6 +21,13 @@ lint: deps
 
 test: lint
 	$(CARGO) test --workspace
+	$(MAKE) chart-test
+
+# The Helm chart, Dockerfile capabilities and examples (helm/tests/chart_test.py); fetches
+# helm and kubernetes-validate into .cache/tools/ on first use.
+chart-test:
+	@scripts/deps.sh chart
+	python3 helm/tests/chart_test.py
 
 bench: build
 	python3 bench/cpu_overhead.py

