@@ -367,3 +367,21 @@ fn a_library_shared_by_many_processes_is_parsed_once() {
     );
     assert_eq!((st.cache_misses, st.cache_hits), (1, 19), "{st:?}");
 }
+
+#[test]
+fn binary_deleted_after_start_is_still_named() {
+    let scratch = Scratch::new("deleted");
+    let src = scratch.0.join("prog.c");
+    std::fs::write(&src, PROGRAM).unwrap();
+    let exe = scratch.0.join("prog");
+    run(Command::new("cc").args(["-O1", "-g", "-o"]).arg(&exe).arg(&src));
+    let (mut child, addr) = start(&exe);
+    // Upgraded in place, as package managers do: the old file only lives on as the mapping.
+    std::fs::remove_file(&exe).unwrap();
+    let mut s = Symbolizer::new();
+    let stack = symbolize(&mut s, child.id(), addr);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_named(&stack);
+    assert!(!stack[0].module.as_ref().unwrap().path.ends_with("(deleted)"));
+}
