@@ -243,7 +243,8 @@ class Tests:
         assert all(v.get("hostPath", {}).get("path") != "/proc" for v in m.pod["spec"]["volumes"])
         for vf in value_sets():
             for mount in self.render(vf).container["volumeMounts"]:
-                assert mount.get("readOnly") or mount["name"] == "pprof", (vf, mount)
+                assert mount.get("readOnly") or mount["name"] in ("pprof", "debuginfod-cache"), \
+                    (vf, mount)
 
     def test_config_file_is_the_mounted_configmap(self):
         m = self.render()
@@ -307,6 +308,11 @@ class Tests:
         m = self.render("full-config.yaml")
         assert m.mount("pprof")["mountPath"] == full["pprof_dir"]
         assert m.volume("pprof")["emptyDir"] == {"sizeLimit": "700Mi"}
+        # Fetched debug info needs a writable directory on the read-only root filesystem.
+        assert full["debuginfod_urls"] == "https://debuginfod.debian.net"
+        assert full["debuginfod_cache"].startswith(m.mount("debuginfod-cache")["mountPath"] + "/")
+        assert m.volume("debuginfod-cache")["emptyDir"] == {"sizeLimit": "1Gi"}
+        assert "debuginfod_urls" not in self.render().config
 
     def test_rendered_configs_pass_emberprof_config_check(self):
         if self.emberprof is None:

@@ -125,6 +125,9 @@ BPF PERFMON SYS_RESOURCE SYS_PTRACE DAC_READ_SEARCH CHECKPOINT_RESTORE SYSLOG
 {{- $_ := merge $c (dict "pprof_dir" "/var/lib/emberprof/pprof" "pprof_max_files" (int64 .maxFiles) "pprof_max_bytes" (int64 .maxBytes) "pprof_max_age" .maxAge) -}}
 {{- end -}}
 {{- end -}}
+{{- if $v.debuginfod.urls -}}
+{{- $_ := merge $c (dict "debuginfod_urls" $v.debuginfod.urls "debuginfod_cache" "/var/cache/emberprof/debuginfod") -}}
+{{- end -}}
 {{- toYaml (mustMergeOverwrite $c $v.extraConfig) -}}
 {{- end -}}
 
