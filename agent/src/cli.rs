@@ -181,6 +181,11 @@ pub struct SelectArgs {
     /// Never profile processes in this cgroup or below it (repeatable).
     #[arg(long, value_name = "PATH", value_delimiter = ',')]
     pub exclude_cgroup: Vec<String>,
+    /// In Kubernetes (NODE_NAME set): profile only pods annotated
+    /// `profiles.emberprof.io/enabled: "true"` (pods annotated "false" are always skipped;
+    /// processes outside pods are not affected).
+    #[arg(long)]
+    pub k8s_opt_in: bool,
 }
 
 /// Off-CPU profiling and latency histograms.

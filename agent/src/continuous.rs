@@ -26,6 +26,7 @@ use crate::selection::Selection;
 use crate::session::{
     health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
 };
+use crate::timings::{IntervalSize, IntervalTimings};
 use crate::watcher::ProcessWatcher;
 
 /// How often the loop wakes to check for signals.
@@ -63,6 +64,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing the SIGHUP handler")?;
 
+    crate::kubernetes::init(args.select.k8s_opt_in);
     let mut selection = Selection::from_args(&args.pids, &args.select)?;
     let agent_start = SystemTime::now();
     let mut interval_start = agent_start;
@@ -103,6 +105,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let mut next_export = args.interval;
     let mut interval_began = Duration::ZERO;
     let mut intervals = 0u64;
+    let mut timings = IntervalTimings::default();
     while !stop.load(Ordering::Relaxed) {
         let elapsed = started.elapsed();
         if reload.swap(false, Ordering::Relaxed) {
@@ -126,6 +129,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
                 histograms.as_mut(),
                 &mut symbolizer,
                 &mut processes,
+                &mut timings,
             )?;
             select(selection.as_ref(), &mut runs, histograms.as_mut());
             publish(
@@ -140,6 +144,8 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         }
         if elapsed >= next_export {
             let now = SystemTime::now();
+            let size = IntervalSize::of(&runs);
+            let closing = Instant::now();
             let profiles = finish_interval(&mut runs, &args, now);
             ship(
                 &profiles,
@@ -150,6 +156,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
                 interval_start,
                 now,
             );
+            timings.finish(size, closing.elapsed());
             intervals += 1;
             interval_start = now;
             interval_began = elapsed;
@@ -292,13 +299,18 @@ fn drain(
     histograms: Option<&mut Histograms>,
     symbolizer: &mut Symbolizer,
     processes: &mut HashMap<u32, Attributes>,
+    timings: &mut IntervalTimings,
 ) -> anyhow::Result<()> {
     for run in runs.iter_mut() {
-        let counts = run.profiler.drain().context("draining the kernel maps")?;
-        collect::add(&counts, symbolizer, &mut run.builder, &mut run.collected);
+        let counts = timings
+            .drain(|| run.profiler.drain())
+            .context("draining the kernel maps")?;
+        timings.symbolize(counts.len(), || {
+            collect::add(&counts, symbolizer, &mut run.builder, &mut run.collected)
+        });
     }
     if let Some(h) = histograms {
-        h.drain()?;
+        timings.drain(|| h.drain())?;
     }
     observe(processes, runs, symbolizer);
     Ok(())
@@ -448,6 +460,9 @@ fn apply_reload(
     }
     args.interval = new.interval;
     args.shutdown_timeout = new.shutdown_timeout;
+    if let Some(k) = crate::kubernetes::get() {
+        k.set_opt_in(new.select.k8s_opt_in);
+    }
     args.select = new.select;
     args.export = new.export;
     args.pprof_dir = new.pprof_dir;

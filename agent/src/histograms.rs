@@ -14,7 +14,6 @@ use emberprof_probes::{
 
 use crate::metadata::cgroups::CgroupNames;
 use crate::metadata::disks::DiskNames;
-use crate::metadata::process::container_id;
 
 /// Series printed per kind, busiest first; the rest are summarised in one line.
 const MAX_SHOWN: usize = 20;
@@ -237,9 +236,11 @@ fn metric_of(kind: HistKind) -> (&'static str, &'static str) {
 
 fn cgroup_attributes(id: u64, cgroups: &CgroupNames, attrs: &mut Attributes) {
     let path = cgroups.name(id);
-    // The same 64-hex-digit component rule as for processes, applied to the cgroup path.
-    if let Some(c) = container_id(&format!("0::{path}")) {
+    if let Some(c) = crate::kubernetes::parse_path(&path).container_id {
         attrs.push(("container.id".into(), AttrValue::Str(c)));
+    }
+    if let Some(k) = crate::kubernetes::get() {
+        attrs.extend(k.cgroup_attributes(&path));
     }
     attrs.push(("cgroup.path".into(), AttrValue::Str(path)));
     // A recreated cgroup (restarted unit, new pod) keeps its path but not its id: the id

@@ -7,6 +7,7 @@ mod continuous;
 mod export;
 mod histograms;
 mod http;
+mod kubernetes;
 mod metadata;
 mod output;
 mod pprof_dir;
@@ -15,6 +16,7 @@ mod record;
 mod selection;
 mod session;
 mod symbols;
+mod timings;
 mod watcher;
 
 use std::process::ExitCode;

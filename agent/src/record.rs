@@ -27,6 +27,7 @@ use crate::watcher::ProcessWatcher;
 const TICK: Duration = Duration::from_millis(100);
 
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
+    crate::kubernetes::init(false);
     for pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with PID {pid} (--pid)");

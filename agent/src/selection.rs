@@ -54,7 +54,9 @@ impl Selection {
     /// The rules from the flags (plus `--pid` as an include rule), or `None` with only
     /// `--pid` or nothing: those need no scanning.
     pub fn from_args(pids: &[u32], args: &SelectArgs) -> anyhow::Result<Option<Selection>> {
-        let dynamic = !args.exclude_pid.is_empty()
+        // Pod annotations exclude (or opt in) processes: that needs the scans too.
+        let dynamic = crate::kubernetes::get().is_some()
+            || !args.exclude_pid.is_empty()
             || args.include_exe.is_some()
             || args.exclude_exe.is_some()
             || !args.include_cgroup.is_empty()
@@ -90,7 +92,7 @@ impl Selection {
                 .as_ref()
                 .is_some_and(|r| r.is_match(&p.exe))
             || self.exclude_cgroups.iter().any(|c| under(&p.cgroup, c));
-        included && !excluded
+        included && !excluded && crate::kubernetes::get().is_none_or(|k| k.allows(&p.cgroup))
     }
 
     /// The running processes the rules select; `None` if /proc cannot be read (keep the

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use crate::collect::{self, Collected};
 use crate::histograms::Histograms;
-use crate::metadata::process::process_attributes;
+use crate::kubernetes::process_attributes;
 
 /// One loaded profiler (boxed: they are large and moved around).
 pub enum Profiler {
@@ -271,6 +271,40 @@ pub fn health_counters(
             vec![("result", result)],
             n,
         ));
+    }
+    if let Some(k) = crate::kubernetes::get() {
+        out.push(HealthCounter {
+            name: "emberprof.k8s.pods",
+            description: "Pods of this node held from the Kubernetes API",
+            unit: "1",
+            attributes: Vec::new(),
+            value: HealthValue::Level(k.pods() as f64),
+        });
+        for (name, description, value) in [
+            (
+                "emberprof.k8s.lists",
+                "Complete pod lists received (first and re-lists)",
+                &k.stats.lists,
+            ),
+            (
+                "emberprof.k8s.events",
+                "Pod changes received from the watch",
+                &k.stats.events,
+            ),
+            (
+                "emberprof.k8s.errors",
+                "Pod watch errors (each retried with backoff)",
+                &k.stats.errors,
+            ),
+        ] {
+            out.push(c(
+                name,
+                description,
+                "1",
+                vec![],
+                value.load(std::sync::atomic::Ordering::Relaxed),
+            ));
+        }
     }
     out.push(c(
         "emberprof.symbolizer.file_errors",

@@ -374,7 +374,10 @@ fn binary_deleted_after_start_is_still_named() {
     let src = scratch.0.join("prog.c");
     std::fs::write(&src, PROGRAM).unwrap();
     let exe = scratch.0.join("prog");
-    run(Command::new("cc").args(["-O1", "-g", "-o"]).arg(&exe).arg(&src));
+    run(Command::new("cc")
+        .args(["-O1", "-g", "-o"])
+        .arg(&exe)
+        .arg(&src));
     let (mut child, addr) = start(&exe);
     // Upgraded in place, as package managers do: the old file only lives on as the mapping.
     std::fs::remove_file(&exe).unwrap();
@@ -383,5 +386,10 @@ fn binary_deleted_after_start_is_still_named() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_named(&stack);
-    assert!(!stack[0].module.as_ref().unwrap().path.ends_with("(deleted)"));
+    assert!(!stack[0]
+        .module
+        .as_ref()
+        .unwrap()
+        .path
+        .ends_with("(deleted)"));
 }

@@ -6,6 +6,9 @@ mod agent;
 mod collector;
 mod cpu_profile;
 mod histograms;
+#[path = "../support/kube_api.rs"]
+mod kube_api;
+mod kubernetes;
 mod off_cpu;
 mod otlp;
 mod privileges;

@@ -145,9 +145,15 @@ impl Recording {
 
 /// Runs `emberprof record ARGS -o <tmp>/NAME` and checks it succeeded.
 pub fn record(name: &str, args: &[&str]) -> Recording {
+    record_with_env(name, args, &[])
+}
+
+/// `record` with extra environment variables.
+pub fn record_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Recording {
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_file(&file);
     let output = Command::new(EMBERPROF)
+        .envs(env.iter().copied())
         .arg("record")
         .args(args)
         .arg("--output")
@@ -394,8 +400,18 @@ pub fn spawn_until(
     args: &[&str],
     marker: &str,
 ) -> (Child, BufReader<std::process::ChildStderr>, String) {
+    spawn_with_env_until(args, &[], marker)
+}
+
+/// `spawn_until` with extra environment variables.
+pub fn spawn_with_env_until(
+    args: &[&str],
+    env: &[(&str, &str)],
+    marker: &str,
+) -> (Child, BufReader<std::process::ChildStderr>, String) {
     let mut child = Command::new(EMBERPROF)
         .env("EMBERPROF_LOG", "info")
+        .envs(env.iter().copied())
         .args(args)
         .stderr(Stdio::piped())
         .spawn()

@@ -51,8 +51,15 @@ pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
     attrs
 }
 
-/// This host's name, if it can be read.
+/// This host's name: in Kubernetes the node's (`NODE_NAME`; inside a pod the kernel's
+/// hostname is the pod's), else the kernel's.
 pub fn hostname() -> Option<String> {
+    if let Some(node) = std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+    {
+        return Some(node.trim().to_string());
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|n| n.trim().to_string())
@@ -102,43 +109,15 @@ fn command_line(raw: &[u8]) -> String {
     joined[..end].to_string()
 }
 
-/// The container id in a /proc/PID/cgroup text: the last 64-hex-digit path component
-/// (Docker `/docker/<id>`, systemd `docker-<id>.scope`, containerd `cri-containerd-<id>.scope`,
-/// CRI-O `crio-<id>.scope`).
-pub fn container_id(cgroup: &str) -> Option<String> {
-    cgroup.lines().find_map(|line| {
-        let path = line.splitn(3, ':').nth(2)?;
-        path.split('/').rev().find_map(|component| {
-            let component = component.strip_suffix(".scope").unwrap_or(component);
-            let id = component.rsplit(['-', ':']).next()?;
-            (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| id.to_ascii_lowercase())
-        })
-    })
+/// The container id in a /proc/PID/cgroup text (the runtimes' naming rules are in
+/// kubernetes/cgroup.rs).
+fn container_id(cgroup: &str) -> Option<String> {
+    crate::kubernetes::parse_proc_cgroup(cgroup).container_id
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ID: &str = "3f4e1c2b9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
-
-    #[test]
-    fn finds_container_ids_of_common_runtimes() {
-        for text in [
-            format!("0::/system.slice/docker-{ID}.scope\n"),
-            format!("12:pids:/docker/{ID}\n"),
-            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{ID}.scope\n"),
-            format!("0::/kubepods/burstable/pod123/crio-{ID}.scope\n"),
-        ] {
-            assert_eq!(container_id(&text).as_deref(), Some(ID), "{text}");
-        }
-        assert_eq!(
-            container_id("0::/user.slice/user-0.slice/session-1.scope\n"),
-            None
-        );
-        assert_eq!(container_id("garbage"), None);
-    }
 
     #[test]
     fn reads_otel_service_name_from_environ() {
