@@ -8,6 +8,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "emberprof.h"
 #include "common.bpf.h"
 
@@ -78,9 +79,16 @@ struct {
 	__uint(max_entries, 64 * 1024);
 } ep_new_processes SEC(".maps");
 
+#define EP_PF_EXITING 0x00000004
+
 static __always_inline void ep_announce(__u32 tgid)
 {
 	if (bpf_map_lookup_elem(&ep_announced, &tgid))
+		return;
+	/* An exiting task is sampled after sched_process_exit forgot it: announcing it again
+	 * would leave a stale entry that a new process reusing the PID never clears. */
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, flags) & EP_PF_EXITING)
 		return;
 	__u8 one = 1;
 	/* BPF_NOEXIST: when two CPUs race, only the one that inserts announces. */
@@ -173,6 +181,17 @@ int BPF_PROG(ep_process_exec)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_map_delete_elem(&ep_announced, &tgid);
+	return 0;
+}
+
+/* A PID can be reused once its process is gone: forget it when the leader exits. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(ep_process_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if ((__u32)id == tgid)
+		bpf_map_delete_elem(&ep_announced, &tgid);
 	return 0;
 }
 

@@ -22,7 +22,11 @@ static CPU_SAMPLER_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
 
 const PROGRAM: &str = "ep_cpu_sample";
-const EXEC_PROGRAM: &str = "ep_process_exec";
+/// Lifecycle programs: (program, BTF tracepoint).
+const LIFECYCLE_PROGRAMS: [(&str, &str); 2] = [
+    ("ep_process_exec", "sched_process_exec"),
+    ("ep_process_exit", "sched_process_exit"),
+];
 const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
 const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
 /// Size of `ep_pid_filter` in the C program.
@@ -239,25 +243,32 @@ impl CpuSampler {
         Ok(())
     }
 
-    /// Without this, a process that execs after its first sample is not announced again;
-    /// its new mappings are then found at the next drain. Not worth failing the start for.
+    /// Without these, a process that execs after its first sample is not announced again
+    /// (its new mappings are then found at the next drain), nor is a new process that
+    /// reuses an announced PID. Not worth failing the start for.
     fn attach_exec(&mut self) {
-        let attached = (|| -> Result<(), String> {
-            let btf = Btf::from_sys_fs().map_err(|e| e.to_string())?;
-            let program: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(EXEC_PROGRAM)
-                .ok_or("missing program")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            program
-                .load("sched_process_exec", &btf)
-                .map_err(|e| e.to_string())?;
-            program.attach().map_err(|e| e.to_string())?;
-            Ok(())
-        })();
-        if let Err(error) = attached {
-            tracing::warn!(%error, "cannot attach to sched_process_exec; exec'd processes are re-read at the next drain");
+        let btf = match Btf::from_sys_fs() {
+            Ok(btf) => btf,
+            Err(error) => {
+                tracing::warn!(%error, "no kernel BTF: exec and exit are not followed");
+                return;
+            }
+        };
+        for (name, tracepoint) in LIFECYCLE_PROGRAMS {
+            let attached = (|| -> Result<(), String> {
+                let program: &mut BtfTracePoint = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or("missing program")?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                program.load(tracepoint, &btf).map_err(|e| e.to_string())?;
+                program.attach().map_err(|e| e.to_string())?;
+                Ok(())
+            })();
+            if let Err(error) = attached {
+                tracing::warn!(%error, tracepoint, "cannot attach; processes are re-read at the next drain instead");
+            }
         }
     }
 
@@ -290,6 +301,17 @@ impl CpuSampler {
                     name: PROGRAM,
                     source,
                 })?;
+            }
+        }
+        // Unloaded here, not at drop: tracing programs are freed after an RCU grace
+        // period, and a caller may check that nothing is left right after it exits.
+        for (name, _) in LIFECYCLE_PROGRAMS {
+            let program: Option<&mut BtfTracePoint> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            if let Some(program) = program {
+                if let Err(error) = program.unload() {
+                    tracing::debug!(%error, name, "cannot unload");
+                }
             }
         }
         let mut all = self.read_buffer(0)?;

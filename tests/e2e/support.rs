@@ -354,6 +354,78 @@ pub fn loaded_bpf_programs() -> Vec<String> {
     }
 }
 
+/// Whether the kernel map named `map` (any loaded one) holds the 4-byte key `key`:
+/// `None` when no such map is loaded.
+pub fn bpf_map_has_u32_key(map: &str, key: u32) -> Option<bool> {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const NAME_OFFSET: usize = 24; // struct bpf_map_info.name
+    const VALUE_SIZE_OFFSET: usize = 12;
+    let bpf = |cmd: libc::c_long, attr: &mut [u32; 8]| {
+        // SAFETY: attr is a zero-padded bpf_attr prefix the command reads and writes.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 32) }
+    };
+    let mut id = 0u32;
+    loop {
+        let mut attr = [id, 0, 0, 0, 0, 0, 0, 0];
+        if bpf(BPF_MAP_GET_NEXT_ID, &mut attr) != 0 {
+            return None;
+        }
+        id = attr[1];
+        let mut attr = [id, 0, 0, 0, 0, 0, 0, 0];
+        let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr);
+        if fd < 0 {
+            continue;
+        }
+        let mut info = [0u8; 128];
+        let ptr = info.as_mut_ptr() as u64;
+        let mut attr = [
+            fd as u32,
+            info.len() as u32,
+            ptr as u32,
+            (ptr >> 32) as u32,
+            0,
+            0,
+            0,
+            0,
+        ];
+        let named = bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0 && {
+            let name = &info[NAME_OFFSET..NAME_OFFSET + 16];
+            let end = name.iter().position(|&b| b == 0).unwrap_or(16);
+            &name[..end] == map.as_bytes()
+        };
+        let mut found = None;
+        if named {
+            let value_size = u32::from_ne_bytes(
+                info[VALUE_SIZE_OFFSET..VALUE_SIZE_OFFSET + 4]
+                    .try_into()
+                    .unwrap(),
+            );
+            let mut value = vec![0u8; value_size as usize];
+            let k = key.to_ne_bytes();
+            let (kp, vp) = (k.as_ptr() as u64, value.as_mut_ptr() as u64);
+            let mut attr = [
+                fd as u32,
+                0,
+                kp as u32,
+                (kp >> 32) as u32,
+                vp as u32,
+                (vp >> 32) as u32,
+                0,
+                0,
+            ];
+            found = Some(bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) == 0);
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd as i32) };
+        if found.is_some() {
+            return found;
+        }
+    }
+}
+
 /// The cpu-split workload's functions.
 pub const SPLIT_FUNCTIONS: [&str; 3] = ["burn_heavy", "burn_medium", "burn_light"];
 

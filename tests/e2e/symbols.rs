@@ -166,3 +166,37 @@ fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
     });
     assert!(found.is_some());
 }
+
+#[test]
+fn an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_again() {
+    let Some(_serial) = bpf_test() else { return };
+    let busy = Workload::start(&["busy", "1"]);
+    let mut short_pid = 0;
+    let mut seen = (None, None);
+    let _ = record_around(
+        "announce.folded",
+        &["--frequency", "99", "--drain-interval", "30s"],
+        || {
+            let mut child = Command::new(workload_binary())
+                .args(["short", "200"])
+                .spawn()
+                .expect("running the short workload");
+            short_pid = child.id();
+            std::thread::sleep(Duration::from_millis(100));
+            let while_running = bpf_map_has_u32_key("ep_announced", short_pid);
+            assert!(child.wait().expect("waiting").success());
+            std::thread::sleep(Duration::from_millis(100));
+            seen = (
+                while_running,
+                bpf_map_has_u32_key("ep_announced", short_pid),
+            );
+            // The long-running process stays announced: the lookup can see entries.
+            assert_eq!(bpf_map_has_u32_key("ep_announced", busy.pid()), Some(true));
+        },
+    );
+    assert_eq!(
+        seen,
+        (Some(true), Some(false)),
+        "pid {short_pid}: (while running, after exit)"
+    );
+}
