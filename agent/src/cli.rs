@@ -84,6 +84,10 @@ pub struct AgentArgs {
     pub export: ExportArgs,
     #[command(flatten)]
     pub symbols: SymbolArgs,
+    /// Also profile emberprof itself (left out by default: symbolizing its own samples
+    /// parses its own debug info and feeds back into what is measured).
+    #[arg(long)]
+    pub profile_self: bool,
     /// Also write every interval's profiles as pprof files into this directory.
     #[arg(long, value_name = "DIR")]
     pub pprof_dir: Option<PathBuf>,
@@ -133,6 +137,10 @@ pub struct RecordArgs {
     pub export: ExportArgs,
     #[command(flatten)]
     pub symbols: SymbolArgs,
+    /// Also profile emberprof itself (left out by default: symbolizing its own samples
+    /// parses its own debug info and feeds back into what is measured).
+    #[arg(long)]
+    pub profile_self: bool,
     #[command(flatten)]
     pub maps: MapArgs,
 }

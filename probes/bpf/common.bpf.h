@@ -17,8 +17,13 @@ struct {
 	__uint(max_entries, 4096);
 } ep_pid_filter SEC(".maps");
 
+/* Set by the loader: emberprof's own process, left out unless asked for (0: none). */
+const volatile __u32 ep_skip_tgid = 0;
+
 static __always_inline bool ep_pid_tracked(__u32 tgid)
 {
+	if (ep_skip_tgid && tgid == ep_skip_tgid)
+		return false;
 	return !ep_filter_pids || bpf_map_lookup_elem(&ep_pid_filter, &tgid);
 }
 

@@ -14,7 +14,9 @@ use aya::programs::{BtfTracePoint, PerfEvent};
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{Counter, SampleKey};
-use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
+use crate::kernel_maps::{
+    check_start, drain_hash, skip_tgid, sync_pid_filter, take, take_hash, DoubleBuffer,
+};
 use crate::new_processes::NewProcesses;
 use crate::ProbeError;
 
@@ -156,8 +158,11 @@ impl CpuSampler {
         )?;
 
         let filter: u8 = u8::from(config.filter_pids || !config.pids.is_empty());
+        let skip = skip_tgid(&config.pids);
         let mut loader = EbpfLoader::new();
-        loader.set_global("ep_filter_pids", &filter, true);
+        loader
+            .set_global("ep_filter_pids", &filter, true)
+            .set_global("ep_skip_tgid", &skip, true);
         for name in STACK_MAPS {
             loader.set_max_entries(name, config.stack_map_entries);
         }

@@ -141,3 +141,23 @@ pub(crate) fn sync_pid_filter(
     }
     Ok(())
 }
+
+static PROFILE_SELF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether probes loaded from now on record emberprof's own process. Off by default:
+/// symbolizing our own samples would parse our own (large) debug info and feed back into
+/// what we measure.
+pub fn set_profile_self(on: bool) {
+    PROFILE_SELF.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `ep_skip_tgid` a program is loaded with: our PID, unless self-profiling is on or
+/// our PID was asked for explicitly.
+pub(crate) fn skip_tgid(pids: &[u32]) -> u32 {
+    let own = std::process::id();
+    if PROFILE_SELF.load(std::sync::atomic::Ordering::Relaxed) || pids.contains(&own) {
+        0
+    } else {
+        own
+    }
+}

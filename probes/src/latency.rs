@@ -108,13 +108,15 @@ impl LatencyHistograms {
 
         let filter = u8::from(config.filter_pids || !config.pids.is_empty());
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let skip = crate::kernel_maps::skip_tgid(&config.pids);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             // Task-local storage (ep_marks) is a map type aya has no wrapper for; it is
             // only used by the programs.
             .allow_unsupported_maps()
-            .set_global("ep_filter_pids", &filter, true);
+            .set_global("ep_filter_pids", &filter, true)
+            .set_global("ep_skip_tgid", &skip, true);
         for name in HIST_MAPS {
             loader.set_max_entries(name, config.max_keys);
         }

@@ -16,6 +16,7 @@ pub mod syscalls;
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters, Stack, StackCount, StackLoss};
 pub use error::ProbeError;
 pub use histogram::{Log2Histogram, OtlpExponentialBuckets};
+pub use kernel_maps::set_profile_self;
 pub use latency::{HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};

@@ -90,6 +90,7 @@ impl OffCpuProfiler {
         let filter = u8::from(config.filter_pids || !config.pids.is_empty());
         let preempted = u8::from(config.include_preempted);
         let min_block_ns = u64::try_from(config.min_block.as_nanos()).unwrap_or(u64::MAX);
+        let skip = crate::kernel_maps::skip_tgid(&config.pids);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader
@@ -98,6 +99,7 @@ impl OffCpuProfiler {
             // wrapper for; only the program uses it.
             .allow_unsupported_maps()
             .set_global("ep_filter_pids", &filter, true)
+            .set_global("ep_skip_tgid", &skip, true)
             .set_global("ep_include_preempted", &preempted, true)
             .set_global("ep_min_block_ns", &min_block_ns, true);
         for name in COUNT_MAPS {

@@ -24,5 +24,5 @@ pub use maps::{parse_maps, MapsEntry};
 pub use process::ProcessSnapshot;
 pub use symbolizer::{
     StackRequest, Symbolizer, SymbolizerConfig, SymbolizerStats, DEFAULT_CACHE_BYTES,
-    DEFAULT_FILE_LIMIT,
+    DEFAULT_FILE_LIMIT, DEFAULT_MIN_IDLE_CALLS,
 };

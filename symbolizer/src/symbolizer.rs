@@ -69,6 +69,9 @@ pub const DEFAULT_FILE_LIMIT: usize = 4096;
 /// Default memory bound of the symbol caches.
 pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
 
+/// Default idle time, in symbolize calls, before a file may be let go (a minute of 1 s drains).
+pub const DEFAULT_MIN_IDLE_CALLS: u64 = 60;
+
 /// Kernel addresses kept resolved before that cache is emptied.
 const KERNEL_CACHE_ENTRIES: usize = 200_000;
 
@@ -85,6 +88,11 @@ pub struct SymbolizerConfig {
     pub cache_bytes: u64,
     /// Files held open before every file is let go and opened again as needed.
     pub file_limit: usize,
+    /// A file is let go for the memory bound only after this many symbolize calls (drains)
+    /// without use: the working set stays even past the bound, since letting it go would
+    /// parse it again at every drain (and a binary bigger than the bound would never stop
+    /// being parsed).
+    pub min_idle_calls: u64,
 }
 
 impl Default for SymbolizerConfig {
@@ -94,6 +102,7 @@ impl Default for SymbolizerConfig {
             debuginfod: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             file_limit: DEFAULT_FILE_LIMIT,
+            min_idle_calls: DEFAULT_MIN_IDLE_CALLS,
         }
     }
 }
@@ -189,6 +198,11 @@ impl Symbolizer {
     /// Bounds the memory of the caches; the least recently used files go first.
     pub fn set_cache_bytes(&mut self, bytes: u64) {
         self.config.cache_bytes = bytes.max(1);
+    }
+
+    /// Calls without use after which a file may be let go for the memory bound.
+    pub fn set_min_idle_calls(&mut self, calls: u64) {
+        self.config.min_idle_calls = calls;
     }
 
     /// Counters since creation.
@@ -350,8 +364,10 @@ impl Symbolizer {
         }
     }
 
-    /// Lets the least recently used files go until the caches fit their bound.
+    /// Lets the least recently used files go until the caches fit their bound, sparing
+    /// files used within the last `min_idle_calls` calls.
     fn evict_to_bound(&mut self) {
+        let idle_before = self.tick.saturating_sub(self.config.min_idle_calls);
         let mut total = self.cache_bytes();
         if total <= self.config.cache_bytes {
             return;
@@ -360,7 +376,7 @@ impl Symbolizer {
             .files
             .iter_mut()
             .map(|(id, f)| (f.last_used, id, f.bytes()))
-            .filter(|&(_, _, bytes)| bytes > 0)
+            .filter(|&(used, _, bytes)| bytes > 0 && used < self.tick && used <= idle_before)
             .collect();
         by_age.sort_unstable();
         for (_, id, bytes) in by_age {
@@ -518,6 +534,7 @@ impl Symbolizer {
             self.stats.debug_files += 1;
         }
         self.stats.files_parsed += 1;
+        tracing::debug!(module = %file.module.path, ?source, bytes = file.parsed_bytes, "loading symbols");
         file.source = Some(source);
     }
 
@@ -738,15 +755,30 @@ mod tests {
         let st = s.stats();
         assert_eq!((st.files_parsed, st.evictions), (1, 0), "{st:?}");
         assert!(st.cache_bytes > 0, "{st:?}");
-        // Under a bound smaller than one file, the file is let go after each use...
+        // Under a bound smaller than one file, a file is let go once another is used...
+        s.set_min_idle_calls(0);
+        let libc = crate::parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap())
+            .into_iter()
+            .find(|m| m.executable && m.path.contains("libc.so"))
+            .expect("the test binary maps libc");
         s.set_cache_bytes(1);
-        symbolize_one(&mut s, pid, &[addr + 1], &[]);
+        symbolize_one(&mut s, pid, &[libc.start + 0x100], &[]);
         let st = s.stats();
-        assert_eq!(st.evictions, 1, "{st:?}");
-        // ...and parsed again, still naming the function, when it is needed next.
+        assert_eq!((st.evictions, st.files_parsed), (1, 2), "{st:?}");
+        // ...and parsed again, still naming the function, when it is needed next; the file
+        // in use is never the one let go.
         let stack = symbolize_one(&mut s, pid, &[addr], &[]);
         assert!(!stack[0].is_unknown());
-        assert_eq!(s.stats().files_parsed, 2);
+        let st = s.stats();
+        assert_eq!((st.evictions, st.files_parsed), (2, 3), "{st:?}");
+        let stack = symbolize_one(&mut s, pid, &[addr + 1], &[]);
+        assert!(!stack[0].is_unknown());
+        assert_eq!(s.stats().files_parsed, 3, "no parse while it stays in use");
+        // With an idle threshold, a file used a call ago stays even past the bound.
+        s.set_min_idle_calls(5);
+        symbolize_one(&mut s, pid, &[libc.start + 0x100], &[]);
+        let st = s.stats();
+        assert_eq!((st.evictions, st.files_parsed), (2, 4), "{st:?}");
         s.set_cache_bytes(DEFAULT_CACHE_BYTES);
 
         s.observe(u32::MAX - 2); // never existed
