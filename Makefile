@@ -29,9 +29,14 @@ chart-test:
 	@scripts/deps.sh chart
 	python3 helm/tests/chart_test.py
 
+# The symbolizer's throughput against blazesym, then overhead, cost, accuracy and scale
+# against perf and bpftrace (root; about 8 minutes on 2 cores), written to
+# docs/benchmarks.md. BENCH_ARGS=--quick for a short development run.
+BENCH_ARGS ?=
 bench: build
-	python3 bench/cpu_overhead.py
-	python3 bench/sched_overhead.py
+	@scripts/bench-deps.sh
+	$(CARGO) bench -p emberprof-symbolizer
+	python3 bench/run.py $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

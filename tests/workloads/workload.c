@@ -13,6 +13,12 @@
  *                             times each (scheduler-heavy: every pass is a wakeup and a switch)
  *   workload direct-io PATH N after a line on stdin: N O_DIRECT 4 KiB writes to PATH, fsync,
  *                             then N O_DIRECT 4 KiB reads of the same blocks
+ *   workload writes N THREADS THREADS threads each make N write(2) calls of a byte to
+ *                             /dev/null in do_writes_n, then exit (fixed syscall-heavy work)
+ *   workload tree-sleep FIRST COUNT US
+ *                             forever: for k in FIRST..FIRST+COUNT, walk to a stack that is
+ *                             distinct for each k (k < 2^TREE_LEVELS) and sleep US microseconds
+ *                             there (many unique off-CPU stacks, at a chosen repeat rate)
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
  * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
@@ -24,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -192,6 +199,52 @@ static long raw_syscall3(long nr, long a, long b, long c)
 	return ret;
 }
 
+struct writer {
+	int fd;
+	long n;
+};
+
+/* Bounded twin of do_writes, for timing a fixed number of syscalls. */
+__attribute__((noinline)) void do_writes_n(int fd, long n)
+{
+	static const char byte = 'x';
+	for (long i = 0; i < n && running; i++) {
+		long ret;
+		__asm__ volatile("syscall"
+				 : "=a"(ret)
+				 : "0"((long)SYS_write), "D"((long)fd), "S"(&byte), "d"(1L)
+				 : "rcx", "r11", "memory");
+		account(ret);
+	}
+}
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	do_writes_n(w->fd, w->n);
+	return NULL;
+}
+
+static int fixed_writes(long n, int threads)
+{
+	pthread_t tids[256];
+	struct writer w;
+	if (threads < 1 || threads > 256)
+		return 2;
+	w.fd = open("/dev/null", O_WRONLY);
+	if (w.fd < 0) {
+		perror("/dev/null");
+		return 1;
+	}
+	w.n = n;
+	for (int i = 0; i < threads; i++)
+		if (pthread_create(&tids[i], NULL, writer_main, &w) != 0)
+			return 1;
+	for (int i = 0; i < threads; i++)
+		pthread_join(tids[i], NULL);
+	return close(w.fd);
+}
+
 __attribute__((noinline)) void sleep_in_nanosleep(long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
@@ -222,6 +275,55 @@ static void *answerer_main(void *arg)
 	for (long i = 0; i < a->n; i++)
 		answer_after_delay(a);
 	return NULL;
+}
+
+/*
+ * tree-sleep: stack k is a path of TREE_LEVELS calls, each to tree_left or tree_right as the
+ * bits of k say, so every k has its own sequence of return addresses (2^TREE_LEVELS stacks).
+ */
+#define TREE_LEVELS 14
+
+__attribute__((noinline)) void tree_leaf(long us)
+{
+	struct timespec ts = { us / 1000000, (us % 1000000) * 1000L };
+	sink += raw_syscall3(SYS_nanosleep, (long)&ts, 0, 0);
+}
+
+void tree_left(long k, int level, long us);
+void tree_right(long k, int level, long us);
+
+static inline __attribute__((always_inline)) void tree_step(long k, int level, long us)
+{
+	if (level == 0)
+		tree_leaf(us);
+	else if ((k >> (level - 1)) & 1)
+		tree_right(k, level - 1, us);
+	else
+		tree_left(k, level - 1, us);
+}
+
+__attribute__((noinline)) void tree_left(long k, int level, long us)
+{
+	tree_step(k, level, us);
+	sink++;
+}
+
+__attribute__((noinline)) void tree_right(long k, int level, long us)
+{
+	tree_step(k, level, us);
+	sink++;
+}
+
+static int tree_sleep(long first, long count, long us)
+{
+	if (first < 0 || count < 1 || first + count > (1L << TREE_LEVELS) || us < 1)
+		return 2;
+	/* Default timer slack (50 us) would stretch short sleeps and blur the chosen rate. */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+	while (running)
+		for (long k = first; k < first + count; k++)
+			tree_step(k, TREE_LEVELS, us);
+	return 0;
 }
 
 static void wait_for_go(void)
@@ -315,7 +417,7 @@ static void *busy_main(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -357,6 +459,10 @@ int main(int argc, char **argv)
 		return pingpong(atoi(argv[2]), atol(argv[3]));
 	} else if (strcmp(argv[1], "direct-io") == 0 && argc > 3) {
 		return direct_io(argv[2], atol(argv[3]));
+	} else if (strcmp(argv[1], "writes") == 0 && argc > 3) {
+		return fixed_writes(atol(argv[2]), atoi(argv[3]));
+	} else if (strcmp(argv[1], "tree-sleep") == 0 && argc > 4) {
+		return tree_sleep(atol(argv[2]), atol(argv[3]), atol(argv[4]));
 	} else if (strcmp(argv[1], "short") == 0 && argc > 2) {
 		short_lived_burn(atol(argv[2]));
 		return 0;

@@ -1,0 +1,345 @@
+"""The benchmark's results as Markdown: the machine, then one table per measurement and the
+targets of the issue, met or missed, with the measured figures."""
+
+import math
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Optional
+
+import measure
+import scale
+from accuracy import TRUE_SHARES
+from common import CPUS, ROOT
+
+DASH = "—"
+
+
+@dataclass
+class Run:
+    """Everything the report shows, gathered by run.py."""
+    started: object          # datetime, UTC
+    seconds: float           # the whole invocation
+    command: str
+    quick: bool
+    machine: dict
+    versions: dict
+    overhead: Optional[object] = None
+    accuracy: Optional[list] = None
+    accuracy_seconds: float = 0.0
+    scale: Optional[list] = None
+
+
+def machine():
+    info = {"CPU": f"{CPUS} x {cpu_model()}", "memory": f"{mem_total_gib():.1f} GiB",
+            "kernel": f"Linux {os.uname().release}", "OS": os_name()}
+    if "hypervisor" in cpu_flags():
+        info["CPU"] += " (virtual machine)"
+    # No hardware PMU in most VMs: every profiler here samples the cpu-clock software event.
+    pmu = any(os.path.exists(f"/sys/bus/event_source/devices/{d}") for d in ("cpu", "cpu_core"))
+    info["hardware PMU"] = "present" if pmu else "absent (all profilers sample the cpu-clock software event)"
+    return info
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+    return m.group(1).strip() if m else "unknown CPU"
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        m = re.search(r"^flags\s*:\s*(.+)$", f.read(), re.M)
+    return m.group(1).split() if m else []
+
+
+def mem_total_gib():
+    with open("/proc/meminfo") as f:
+        m = re.search(r"^MemTotal:\s+(\d+) kB", f.read(), re.M)
+    return int(m.group(1)) / 2**20 if m else 0.0
+
+
+def os_name():
+    try:
+        with open("/etc/os-release") as f:
+            m = re.search(r'^PRETTY_NAME="?([^"\n]+)', f.read(), re.M)
+        return m.group(1) if m else "unknown"
+    except FileNotFoundError:
+        return "unknown"
+
+
+def load_average():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def other_cpu(start, end, seconds):
+    """What the rest of the machine used while the benchmark ran, as a share of all CPUs:
+    near 0 on a quiet machine; above a few percent, the timings are noisy."""
+    others = (end[0] - start[0]) - (end[1] - start[1])
+    share = max(0.0, others) / (seconds * CPUS)
+    note = "" if share < 0.02 else " (not quiet: expect noisy timings)"
+    return f"{100 * share:.1f}% of the machine{note}"
+
+
+def git_commit():
+    """HEAD, and whether the sources the binary is built from differ from it."""
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "agent", "probes",
+                            "symbolizer", "exporters", "Cargo.toml", "Cargo.lock"],
+                           capture_output=True, text=True).stdout.strip()
+    return (head or "unknown") + (" with uncommitted changes" if dirty else "")
+
+
+def table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ratio_cell(values):
+    mid, lo, hi = measure.spread(values)
+    return f"{mid:.3f} ({lo:.3f}–{hi:.3f})"
+
+
+def pct(x, digits=2):
+    return DASH if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def header(run):
+    when = run.started.strftime("%Y-%m-%d %H:%M UTC")
+    minutes, seconds = divmod(round(run.seconds), 60)
+    mode = " (`--quick`: development run, not for quoting)" if run.quick else ""
+    rows = [(k, v) for k, v in run.machine.items()]
+    rows += [(k, v) for k, v in run.versions.items()]
+    return "\n\n".join([
+        "# Benchmarks",
+        f"Written by `{run.command}`{mode} on {when}; the run took {minutes} min {seconds} s. "
+        "`make bench` runs it again and rewrites this page. The harness reports and never "
+        "asserts on timings; the machine should be otherwise idle (see the last rows of the "
+        "machine table).",
+        table(["machine", ""], rows),
+    ])
+
+
+def overhead_section(o):
+    names = [w.label for w in o.workloads]
+    noise = o.noise()
+    alone = ["alone: median seconds (each alone run / median, min–max)"]
+    for w in o.workloads:
+        mid = measure.spread(o.alone_seconds(w.key))[0]
+        _, lo, hi = measure.spread(noise[w.key])
+        alone.append(f"{mid:.3f} s ({lo:.3f}–{hi:.3f})")
+    rows = [alone]
+    for c in o.configs:
+        r = o.ratios(c)
+        rows.append([c.label] + [ratio_cell(r[w.key]) for w in o.workloads])
+    workloads = "\n".join(f"- **{w.label}**: {w.describe(w.units)}." for w in o.workloads)
+    return "\n\n".join([
+        "## Overhead",
+        "Wall time of fixed work (counted in work units, timed to completion), alone and "
+        "under each profiler sampling the whole machine. Each round runs the three workloads "
+        "alone, then under one profiler, then alone again, and so on through every profiler "
+        f"(the order rotates from round to round); {o.rounds} timed rounds after a warm-up "
+        "round. Each profiled run is divided by the mean of the alone runs just before and "
+        "just after it. Cells: median ratio (min–max over rounds); 1.000 is no slowdown. The "
+        "first row is the noise floor: how much the alone runs themselves vary.",
+        workloads,
+        table(["configuration"] + names, rows),
+    ])
+
+
+def cost_section(o):
+    keys = "/".join(w.key for w in o.workloads)
+    rows = []
+
+    def per(d):
+        return " / ".join(pct(d.get(w.key)) for w in o.workloads)
+
+    for c in o.configs:
+        k = o.cost(c)
+        bpf = per(k.bpf_pct) if c.tool != "perf" else "none (samples in the kernel's perf code)"
+        session = f"{k.session_cpu_s:.2f}"
+        if c.tool == "perf":
+            session += f" + {k.symbolize_s:.2f} (perf script)"
+        rows.append([
+            c.label, session, per(k.oncpu_pct), pct(k.user_pct), bpf,
+            f"{k.peak_rss_mib:.1f}", pct(k.user_ms_per_1000),
+        ])
+    return "\n\n".join([
+        "## Profiler cost",
+        "The profilers' own cost in the same sessions. *CPU s per session*: user + system "
+        "seconds of the profiler's process from start to exit (start-up, the workloads, "
+        "writing its output; wait4 rusage), median over rounds; emberprof and bpftrace name "
+        "the stacks before they exit, perf needs `perf script` afterwards, whose CPU is added. "
+        "*Process CPU during the "
+        f"workloads* ({keys}): the scheduler's on-CPU time of the profiler's threads while "
+        "each workload ran, as % of one CPU; *user*: the user-space part of it over all three. "
+        "*eBPF programs*: run time of the profiler's programs (`kernel.bpf_stats_enabled`, "
+        "`run_time_ns` in /proc/PID/fdinfo), measured in the warm-up round because the "
+        "accounting itself slows every program run; that time is spent in the kernel in the "
+        "context of the sampled threads, not in the profiler's process, and is part of the "
+        "slowdown above. perf's sampling work is in the kernel too and has no such counter. "
+        "*Peak RSS*: ru_maxrss, max over rounds. *User ms per 1000 samples* (emberprof, CPU "
+        "only): user CPU from the first workload until one drain after the last, over the "
+        "samples of the workload processes.",
+        table(["configuration", "CPU s per session",
+               f"process CPU during workloads, % of a CPU ({keys})", "of which user, %",
+               f"eBPF programs, % of a CPU ({keys})", "peak RSS MiB",
+               "user ms per 1000 samples"], rows),
+    ])
+
+
+def programs_section(o):
+    rows = []
+    for c in o.configs:
+        if c.tool == "perf" or (c.tool == "emberprof" and c.frequency != 99):
+            continue
+        k = o.cost(c)
+        wall = sum(s.windows[w.key].wall for s in o.stats_sessions if s.config == c
+                   for w in o.workloads)
+        for name, p in sorted(k.programs.items()):
+            per_run = p.run_ns / p.runs if p.runs else float("nan")
+            rows.append([c.label, f"`{name}`", f"{p.runs / wall:,.0f}" if wall else DASH,
+                         pct(per_run, 0)])
+    return "\n\n".join([
+        "### eBPF programs, one by one",
+        "Warm-up round, all three workloads together (99 Hz configurations; the 19 Hz ones "
+        "load the same programs).",
+        table(["configuration", "program", "runs per second", "ns per run"], rows),
+    ])
+
+
+def accuracy_section(results, seconds):
+    rows = []
+    for a in results:
+        rows.append([a.config.label, f"{a.samples:,}"]
+                    + [f"{100 * a.shares[k]:.1f}" for k in TRUE_SHARES]
+                    + [f"{100 * a.error:.1f}", f"{100 * a.expected_noise:.1f}"])
+    heads = [f"{k} ({100 * v:.0f}%)" for k, v in TRUE_SHARES.items()]
+    return "\n\n".join([
+        "## Accuracy",
+        f"The workload's `busy {CPUS}` mode: {CPUS} threads, each splitting its measured "
+        "thread CPU time 60/30/10 between burn_heavy, burn_medium and burn_light. All three "
+        f"profilers sample the whole machine at 99 Hz at the same time for {seconds:g} s and "
+        "are stopped while it runs; only the workload's samples count. A sample belongs to a "
+        "function when the function is anywhere on its stack; *other* is everything else "
+        "(true share 0). *Error*: sum of |reported share − true share| over the four, in "
+        "percentage points. *Sampling noise*: the error that sampling alone gives on average "
+        "with that many samples (a profiler cannot be expected to do better).",
+        table(["profiler", "samples"] + heads + ["error, points", "sampling noise, points"], rows),
+    ])
+
+
+def scale_section(results):
+    parts = [
+        "## Scale",
+        "`emberprof agent --off-cpu --interval 2s --pprof-dir DIR --pid ...` over processes "
+        "running the workload's `tree-sleep` mode, each blocking in turn in stacks of its own. "
+        "Per interval the agent logs (debug event `emberprof::timings`) the wall time of its "
+        "sampling thread in three phases: *drain* (reading and clearing the kernel maps, two "
+        "drains per interval), *symbolize* (naming the drained stacks and adding them to the "
+        "profiles), *encode* (closing the interval's profiles and writing them as pprof). "
+        "*First*: the interval in which the agent started and met every process; *steady*: "
+        "median of the later ones. *Repeats*: off-CPU blocks per unique stack per interval, "
+        "measured (the agent's /metrics). *Added µs*: steady cost added per stack (or block) "
+        "added since the row above: constant down a table when cost grows linearly, about 0 "
+        "when it is flat.",
+    ]
+    for axis, rows in results:
+        _, unit = scale.growth(axis)
+        heads = ["processes", "unique stacks", "repeats", "entries drained",
+                 "first: drain / symbolize / encode ms", "steady: drain / symbolize / encode ms",
+                 "steady total ms", f"added µs per added {unit}", "agent peak RSS MiB"]
+        body = []
+        for i, r in enumerate(rows):
+            f, s = r.first, r.steady
+            added = DASH if i == 0 else pct(scale.added_cost_us(rows[i - 1], r, axis), 1)
+            body.append([
+                f"{r.case.processes:,}", f"{s.stacks:,}", f"{r.repeats:.1f}", f"{s.entries:,}",
+                f"{f.drain_ms:.1f} / {f.symbolize_ms:.1f} / {f.encode_ms:.1f}",
+                f"{s.drain_ms:.1f} / {s.symbolize_ms:.1f} / {s.encode_ms:.1f}",
+                f"{s.total_ms:.1f}", added, f"{r.peak_rss_mib:.0f}",
+            ])
+        parts.append(f"### Growing {axis}")
+        parts.append(table(heads, body))
+    return "\n\n".join(parts)
+
+
+def targets_section(run):
+    o, rows = run.overhead, []
+    by_key = {c.key: c for c in o.configs} if o else {}
+    ember = by_key.get("ember-99-cpu")
+    if ember:
+        cost = o.cost(ember)
+        slow = measure.spread(o.ratios(ember)["cpu"])
+        rows.append(["emberprof at 99 Hz slows CPU-bound work by less than 1% (ratio ≤ 1.01)",
+                     f"{slow[0]:.3f} median ({slow[1]:.3f}–{slow[2]:.3f})", verdict(slow[0] <= 1.01)])
+        rows.append(["under 1% of one CPU in user space", f"{cost.user_pct:.2f}%",
+                     verdict(cost.user_pct < 1)])
+        rows.append(["under 64 MiB RSS", f"{cost.peak_rss_mib:.1f} MiB",
+                     verdict(cost.peak_rss_mib < 64)])
+        for peer in ("perf-99", "bpftrace-99"):
+            if peer in by_key:
+                rows.append(cheaper_row(o, ember, by_key[peer]))
+    if run.accuracy:
+        rows += accuracy_rows(run.accuracy)
+    return "\n\n".join(["## Targets", table(["target", "measured", "met"], rows)])
+
+
+def cheaper_row(o, ember, peer):
+    """At least as cheap, two ways: CPU for one recording, until the stacks are named (perf
+    names them afterwards, in perf script), and CPU while sampling: the profiler's process
+    plus its eBPF programs (perf's in-kernel sampling has no counter and is left out)."""
+    def sampling(c):
+        k = o.cost(c)
+        bpf = sum(k.bpf_pct.values()) / len(k.bpf_pct) if k.bpf_pct else 0.0
+        return sum(k.oncpu_pct.values()) / len(k.oncpu_pct) + bpf
+
+    mine, theirs = sampling(ember), sampling(peer)
+    a = o.cost(ember).session_cpu_s
+    b = o.cost(peer).session_cpu_s + o.cost(peer).symbolize_s
+    slow_a = measure.spread(o.ratios(ember)["cpu"])[0]
+    slow_b = measure.spread(o.ratios(peer)["cpu"])[0]
+    return [f"at least as cheap as {peer.label} at the same frequency",
+            f"CPU per recording {a:.2f} s vs {b:.2f} s; while sampling {mine:.2f}% vs "
+            f"{theirs:.2f}% of a CPU; CPU-bound slowdown {slow_a:.3f} vs {slow_b:.3f}",
+            f"per recording: {verdict(a <= b)}; while sampling: {verdict(mine <= theirs)}"]
+
+
+def accuracy_rows(results):
+    by_key = {a.config.key: a for a in results}
+    mine = by_key.pop("ember-99-cpu", None)
+    if not mine or not by_key:
+        return []
+    best = min(a.error for a in by_key.values())
+    others = ", ".join(f"{a.config.label} {100 * a.error:.1f}" for a in by_key.values())
+    if mine.error <= best:
+        met = "yes"
+    elif mine.error - best <= mine.expected_noise:
+        met = "within sampling noise"
+    else:
+        met = "**no**"
+    return [["accuracy at least as good as perf and bpftrace",
+             f"error {100 * mine.error:.1f} points vs {others} (sampling noise "
+             f"{100 * mine.expected_noise:.1f})", met]]
+
+
+def verdict(ok):
+    return "yes" if ok else "**no**"
+
+
+def markdown(run):
+    parts = [header(run)]
+    if run.overhead:
+        parts += [overhead_section(run.overhead), cost_section(run.overhead),
+                  programs_section(run.overhead)]
+    if run.accuracy:
+        parts.append(accuracy_section(run.accuracy, run.accuracy_seconds))
+    if run.scale:
+        parts.append(scale_section(run.scale))
+    if run.overhead or run.accuracy:
+        parts.append(targets_section(run))
+    return "\n\n".join(parts) + "\n"
