@@ -981,14 +981,17 @@ int main() {
     #[test]
     fn names_kernel_functions_from_kallsyms() {
         let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
-        let addr = kallsyms
-            .lines()
-            .find_map(|l| {
-                let mut f = l.split_whitespace();
-                let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
-                (name == "vfs_write").then(|| u64::from_str_radix(addr, 16).ok())?
-            })
-            .unwrap();
+        let address_of = |symbol: &str| {
+            kallsyms
+                .lines()
+                .find_map(|l| {
+                    let mut f = l.split_whitespace();
+                    let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
+                    (name == symbol).then(|| u64::from_str_radix(addr, 16).ok())?
+                })
+                .unwrap()
+        };
+        let addr = address_of("vfs_write");
         if addr == 0 {
             // kallsyms hides addresses from unprivileged readers.
             assert!(
@@ -1006,14 +1009,7 @@ int main() {
             assert_eq!(&*loc.module.as_ref().unwrap().path, "[kernel.kallsyms]");
         }
         // Past the end of kernel text there is no symbol: unknown, not the last name.
-        let etext = kallsyms
-            .lines()
-            .find_map(|l| {
-                let mut f = l.split_whitespace();
-                let (addr, _, name) = (f.next()?, f.next()?, f.next()?);
-                (name == "_etext").then(|| u64::from_str_radix(addr, 16).ok())?
-            })
-            .unwrap();
+        let etext = address_of("_etext");
         let stack = symbolize_one(&mut s, std::process::id(), &[], &[etext + 64]);
         assert!(stack[0].is_unknown(), "{:?}", stack[0]);
         assert_eq!(

@@ -77,9 +77,12 @@ fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     })
 }
 
-#[test]
-fn profiles_carry_pod_and_container_attributes() {
-    let Some(_serial) = bpf_test() else { return };
+/// The API stand-in serving a `web` pod and a `pay` pod (with `pay_annotations`) on
+/// node-a, a kubeconfig for it, and the two pods' container cgroups.
+fn two_pods(
+    pay_annotations: serde_json::Value,
+    kubeconfig: &str,
+) -> (FakeApi, PathBuf, PodCgroup, PodCgroup) {
     let api = FakeApi::start(
         0,
         vec![
@@ -97,18 +100,26 @@ fn profiles_carry_pod_and_container_attributes() {
                 PAY_UID,
                 "node-a",
                 ("api", PAY_ID),
-                json!({"profiles.emberprof.io/service-name": "payments"}),
+                pay_annotations,
             ),
         ],
         500,
     );
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let kubeconfig = tmp.join("fake-kubeconfig");
+    let kubeconfig = Path::new(env!("CARGO_TARGET_TMPDIR")).join(kubeconfig);
     api.kubeconfig(&kubeconfig);
     let root = cgroup2_root();
     let web_cg = PodCgroup::create(&root, WEB_UID, WEB_ID);
     let pay_cg = PodCgroup::create(&root, PAY_UID, PAY_ID);
+    (api, kubeconfig, web_cg, pay_cg)
+}
 
+#[test]
+fn profiles_carry_pod_and_container_attributes() {
+    let Some(_serial) = bpf_test() else { return };
+    let (api, kubeconfig, web_cg, pay_cg) = two_pods(
+        json!({"profiles.emberprof.io/service-name": "payments"}),
+        "fake-kubeconfig",
+    );
     let web = Workload::start(&["busy", "1"]);
     let pay = Workload::start(&["busy", "1"]);
     let own = Workload::start_with_env(&["busy", "1"], &[("OTEL_SERVICE_NAME", "self-named")]);
@@ -191,33 +202,10 @@ fn profiles_carry_pod_and_container_attributes() {
 #[test]
 fn the_agent_skips_pods_annotated_enabled_false() {
     let Some(_serial) = bpf_test() else { return };
-    let api = FakeApi::start(
-        0,
-        vec![
-            pod(
-                "shop",
-                "web-5d8f7b9c4-abcde",
-                WEB_UID,
-                "node-a",
-                ("app", WEB_ID),
-                json!({}),
-            ),
-            pod(
-                "shop",
-                "pay-5d8f7b9c4-fghij",
-                PAY_UID,
-                "node-a",
-                ("api", PAY_ID),
-                json!({"profiles.emberprof.io/enabled": "false"}),
-            ),
-        ],
-        1,
+    let (_api, kubeconfig, web_cg, pay_cg) = two_pods(
+        json!({"profiles.emberprof.io/enabled": "false"}),
+        "fake-kubeconfig-agent",
     );
-    let kubeconfig = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-kubeconfig-agent");
-    api.kubeconfig(&kubeconfig);
-    let root = cgroup2_root();
-    let web_cg = PodCgroup::create(&root, WEB_UID, WEB_ID);
-    let pay_cg = PodCgroup::create(&root, PAY_UID, PAY_ID);
     let web = Workload::start(&["busy", "1"]);
     let pay = Workload::start(&["busy", "1"]);
     web_cg.adopt(web.pid());
