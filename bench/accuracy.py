@@ -43,9 +43,16 @@ def bucket(frames):
 
 def attribution(config, stacks, pid):
     counts = dict.fromkeys(TRUE_SHARES, 0)
+    unattributed = []
     for p, frames, n in stacks:
         if p == pid:
             counts[bucket(frames)] += n
+            if bucket(frames) == "other":
+                unattributed.append((n, frames))
+    # Samples of the workload in none of its functions are errors: show where they went.
+    for n, frames in sorted(unattributed, key=lambda u: -u[0])[:5]:
+        log(f"accuracy: {config.label}: {n} samples outside the burn functions: "
+            + ";".join(frames)[:400])
     total = sum(counts.values())
     shares = {k: (v / total if total else 0.0) for k, v in counts.items()}
     return Attribution(config, total, shares)
@@ -61,6 +68,7 @@ def run(configs, tools, exe, seconds, workdir) -> List[Attribution]:
         sessions = [Session(c, tools, workdir, f"accuracy-{c.key}") for c in configs]
         for s in sessions:
             s.wait_ready()
+        sessions[-1].settle()  # the others have been ready at least as long
         log(f"accuracy: {len(sessions)} profilers sampling for {seconds:g} s")
         time.sleep(seconds)
         # Stopped while the workload still runs: bpftrace names user frames at exit, from

@@ -169,6 +169,8 @@ class Session:
                 raise BenchError(f"{self.config.label} not sampling after {READY_TIMEOUT_S} s:\n"
                                  f"{tail(self.err_path)}")
             time.sleep(0.05)
+
+    def settle(self):
         time.sleep(SETTLE_S)
         if self.proc.poll() is not None:
             raise BenchError(f"{self.config.label} exited early:\n{tail(self.err_path)}")
