@@ -70,6 +70,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             include_preempted: args.waits.include_preempted,
             min_block: args.waits.min_block,
             count_map_entries: args.maps.count_map_entries,
+            // Without a CPU sampler, the off-CPU profiler announces new processes.
+            announce: !want_cpu,
             ..OffCpuConfig::new(args.pids.clone())
         };
         runs.push(start_off_cpu(&config, start, Some(off_cpu_path))?);

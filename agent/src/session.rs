@@ -89,6 +89,18 @@ pub fn health_counters(
                 run.collected.max_drained as f64 / f64::from(count_map_entries.max(1)),
             ),
         });
+        let announce_lost = match &run.profiler {
+            Profiler::Cpu(p) => p.counters().map(|k| k.announce_lost),
+            Profiler::OffCpu(p) => p.counters().map(|k| k.announce_lost),
+        }
+        .context("reading the probes' counters")?;
+        out.push(c(
+            "emberprof.processes.announce_lost",
+            "New processes not announced at their first sample (ring full); read at the next drain",
+            "{process}",
+            vec![("map", map)],
+            announce_lost,
+        ));
         match &run.profiler {
             Profiler::Cpu(p) => {
                 let k = p.counters().context("reading the CPU sampler's counters")?;

@@ -31,11 +31,12 @@ pub struct ProcessWatcher {
 }
 
 impl ProcessWatcher {
-    /// Starts watching the announcements of the CPU profiler among `runs`, if there is one.
+    /// Starts watching the announcements of the profiler among `runs` that makes them (the
+    /// CPU sampler, else an off-CPU profiler started with `announce`).
     pub fn start(runs: &mut [Run]) -> Option<ProcessWatcher> {
         let announcements = runs.iter_mut().find_map(|r| match &mut r.profiler {
             Profiler::Cpu(p) => p.take_new_processes(),
-            Profiler::OffCpu(_) => None,
+            Profiler::OffCpu(p) => p.take_new_processes(),
         })?;
         let (send, captured) = channel();
         let stop = Arc::new(AtomicBool::new(false));

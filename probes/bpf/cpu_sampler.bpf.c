@@ -61,49 +61,12 @@ struct {
 
 #define ep_count(idx) ep_percpu_inc(&ep_counters, (idx))
 
-/*
- * Processes announced to user space since their last exec. A process that lives a few
- * hundred milliseconds is gone by the next drain; announcing it at its first sample lets
- * user space capture its mappings while it still runs.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, __u32);
-	__type(value, __u8);
-	__uint(max_entries, 65536);
-} ep_announced SEC(".maps");
-
-/* Thread-group ids of newly seen processes, for the user-space watcher. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 * 1024);
-} ep_new_processes SEC(".maps");
-
-#define EP_PF_EXITING 0x00000004
-
-static __always_inline void ep_announce(__u32 tgid)
+static __always_inline void ep_announce_lost(void)
 {
-	if (bpf_map_lookup_elem(&ep_announced, &tgid))
-		return;
-	/* An exiting task is sampled after sched_process_exit forgot it: announcing it again
-	 * would leave a stale entry that a new process reusing the PID never clears. */
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	if (BPF_CORE_READ(task, flags) & EP_PF_EXITING)
-		return;
-	__u8 one = 1;
-	/* BPF_NOEXIST: when two CPUs race, only the one that inserts announces. */
-	if (bpf_map_update_elem(&ep_announced, &tgid, &one, BPF_NOEXIST))
-		return;
-	__u32 *slot = bpf_ringbuf_reserve(&ep_new_processes, sizeof(__u32), 0);
-	if (!slot) {
-		/* Try again at the next sample rather than never. */
-		bpf_map_delete_elem(&ep_announced, &tgid);
-		ep_count(EP_CNT_ANNOUNCE_LOST);
-		return;
-	}
-	*slot = tgid;
-	bpf_ringbuf_submit(slot, 0);
+	ep_count(EP_CNT_ANNOUNCE_LOST);
 }
+
+#include "announce.bpf.h"
 
 static __always_inline __s32 ep_stack_id(void *ctx, void *stacks, __u64 flags, __u32 full_counter)
 {
@@ -161,7 +124,7 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 		return 0;
 
 	ep_count(EP_CNT_SAMPLES);
-	ep_announce(tgid);
+	ep_announce((struct task_struct *)bpf_get_current_task(), tgid);
 
 	struct ep_sample_key key = {};
 	key.tgid = tgid;
@@ -172,26 +135,6 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 		ep_record(ctx, &key, &ep_stacks_1, &ep_counts_1);
 	else
 		ep_record(ctx, &key, &ep_stacks_0, &ep_counts_0);
-	return 0;
-}
-
-/* An exec replaces every mapping: announce the process again at its next sample. */
-SEC("tp_btf/sched_process_exec")
-int BPF_PROG(ep_process_exec)
-{
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	bpf_map_delete_elem(&ep_announced, &tgid);
-	return 0;
-}
-
-/* A PID can be reused once its process is gone: forget it when the leader exits. */
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(ep_process_exit)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
-	if ((__u32)id == tgid)
-		bpf_map_delete_elem(&ep_announced, &tgid);
 	return 0;
 }
 

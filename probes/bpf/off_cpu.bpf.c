@@ -8,6 +8,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "emberprof.h"
 #include "common.bpf.h"
 
@@ -125,6 +126,13 @@ static __always_inline void ep_credit(struct ep_offcpu_key *key, __u64 delta, vo
 	ep_off_count(EP_OFF_BLOCKS);
 }
 
+static __always_inline void ep_announce_lost(void)
+{
+	ep_off_count(EP_OFF_ANNOUNCE_LOST);
+}
+
+#include "announce.bpf.h"
+
 static __always_inline void ep_switch_in(struct task_struct *next)
 {
 	struct ep_offcpu_start *start = bpf_task_storage_get(&ep_off_start, next, 0, 0);
@@ -142,6 +150,7 @@ static __always_inline void ep_switch_in(struct task_struct *next)
 		ep_off_count(EP_OFF_SHORT);
 		return;
 	}
+	ep_announce(next, start->key.tgid);
 	__u32 zero = 0;
 	__u32 *active = bpf_map_lookup_elem(&ep_off_control, &zero);
 	if (!active)

@@ -83,7 +83,9 @@ enum ep_offcpu_counter {
 	EP_OFF_COUNT_FULL = 3,
 	/* bpf_get_stack failed with something other than "no stack". */
 	EP_OFF_STACK_ERROR = 4,
-	EP_OFF_MAX = 5,
+	/* New processes that could not be announced to user space (ring buffer full). */
+	EP_OFF_ANNOUNCE_LOST = 5,
+	EP_OFF_MAX = 6,
 };
 
 /*

@@ -120,16 +120,18 @@ pub enum OffCpuCounter {
     StartFull = 2,
     CountFull = 3,
     StackError = 4,
+    AnnounceLost = 5,
 }
 
 impl OffCpuCounter {
     /// Every counter, in index order.
-    pub const ALL: [OffCpuCounter; 5] = [
+    pub const ALL: [OffCpuCounter; 6] = [
         OffCpuCounter::Blocks,
         OffCpuCounter::Short,
         OffCpuCounter::StartFull,
         OffCpuCounter::CountFull,
         OffCpuCounter::StackError,
+        OffCpuCounter::AnnounceLost,
     ];
 }
 

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::maps::{Array, MapData, PerCpuArray, StackTraceMap};
 
 use aya::programs::perf_event::{
     perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, PerfEventLinkId, PerfEventScope, PerfTypeId, SamplePolicy,
 };
-use aya::programs::{BtfTracePoint, PerfEvent};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::programs::PerfEvent;
+use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{Counter, SampleKey};
 use crate::kernel_maps::{
@@ -24,11 +24,6 @@ static CPU_SAMPLER_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
 
 const PROGRAM: &str = "ep_cpu_sample";
-/// Lifecycle programs: (program, BTF tracepoint).
-const LIFECYCLE_PROGRAMS: [(&str, &str); 2] = [
-    ("ep_process_exec", "sched_process_exec"),
-    ("ep_process_exit", "sched_process_exit"),
-];
 const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
 const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
 /// Size of `ep_pid_filter` in the C program.
@@ -162,7 +157,8 @@ impl CpuSampler {
         let mut loader = EbpfLoader::new();
         loader
             .set_global("ep_filter_pids", &filter, true)
-            .set_global("ep_skip_tgid", &skip, true);
+            .set_global("ep_skip_tgid", &skip, true)
+            .set_global("ep_announce_on", &1u8, true);
         for name in STACK_MAPS {
             loader.set_max_entries(name, config.stack_map_entries);
         }
@@ -194,13 +190,7 @@ impl CpuSampler {
                 }
             })?;
 
-        let new_processes =
-            RingBuf::try_from(take(&mut ebpf, "ep_new_processes")?).map_err(|source| {
-                ProbeError::Map {
-                    name: "ep_new_processes",
-                    source,
-                }
-            })?;
+        let new_processes = crate::new_processes::take_ring(&mut ebpf)?;
 
         let mut sampler = CpuSampler {
             ebpf,
@@ -210,9 +200,9 @@ impl CpuSampler {
             counters,
             links: Vec::new(),
             cpus: 0,
-            new_processes: Some(NewProcesses::new(new_processes)),
+            new_processes: Some(new_processes),
         };
-        sampler.attach_exec();
+        crate::new_processes::attach_lifecycle(&mut sampler.ebpf);
         sampler.attach(config.frequency_hz)?;
         Ok(sampler)
     }
@@ -248,35 +238,6 @@ impl CpuSampler {
         Ok(())
     }
 
-    /// Without these, a process that execs after its first sample is not announced again
-    /// (its new mappings are then found at the next drain), nor is a new process that
-    /// reuses an announced PID. Not worth failing the start for.
-    fn attach_exec(&mut self) {
-        let btf = match Btf::from_sys_fs() {
-            Ok(btf) => btf,
-            Err(error) => {
-                tracing::warn!(%error, "no kernel BTF: exec and exit are not followed");
-                return;
-            }
-        };
-        for (name, tracepoint) in LIFECYCLE_PROGRAMS {
-            let attached = (|| -> Result<(), String> {
-                let program: &mut BtfTracePoint = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or("missing program")?
-                    .try_into()
-                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-                program.load(tracepoint, &btf).map_err(|e| e.to_string())?;
-                program.attach().map_err(|e| e.to_string())?;
-                Ok(())
-            })();
-            if let Err(error) = attached {
-                tracing::warn!(%error, tracepoint, "cannot attach; processes are re-read at the next drain instead");
-            }
-        }
-    }
-
     /// The announcements of newly sampled processes, for a watcher thread (once).
     pub fn take_new_processes(&mut self) -> Option<NewProcesses> {
         self.new_processes.take()
@@ -308,17 +269,7 @@ impl CpuSampler {
                 })?;
             }
         }
-        // Unloaded here, not at drop: tracing programs are freed after an RCU grace
-        // period, and a caller may check that nothing is left right after it exits.
-        for (name, _) in LIFECYCLE_PROGRAMS {
-            let program: Option<&mut BtfTracePoint> =
-                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
-            if let Some(program) = program {
-                if let Err(error) = program.unload() {
-                    tracing::debug!(%error, name, "cannot unload");
-                }
-            }
-        }
+        crate::new_processes::unload_lifecycle(&mut self.ebpf);
         let mut all = self.read_buffer(0)?;
         all.extend(self.read_buffer(1)?);
         Ok(all)

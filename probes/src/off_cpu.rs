@@ -33,6 +33,8 @@ pub struct OffCpuConfig {
     pub min_block: Duration,
     /// Entries of each of the two count maps (distinct thread + stack keys between drains).
     pub count_map_entries: u32,
+    /// Announce processes at their first block, for a watcher (when no CPU sampler does).
+    pub announce: bool,
 }
 
 impl OffCpuConfig {
@@ -44,6 +46,7 @@ impl OffCpuConfig {
             include_preempted: false,
             min_block: Duration::from_micros(1),
             count_map_entries: 16384,
+            announce: false,
         }
     }
 }
@@ -61,6 +64,8 @@ pub struct OffCpuCounters {
     pub count_full: u64,
     /// Stacks that could not be read.
     pub stack_errors: u64,
+    /// New processes not announced to user space (ring buffer full).
+    pub announce_lost: u64,
 }
 
 impl OffCpuCounters {
@@ -77,6 +82,7 @@ pub struct OffCpuProfiler {
     buffers: DoubleBuffer,
     counters: PerCpuArray<MapData, u64>,
     attached: bool,
+    new_processes: Option<crate::NewProcesses>,
 }
 
 impl OffCpuProfiler {
@@ -91,6 +97,7 @@ impl OffCpuProfiler {
         let preempted = u8::from(config.include_preempted);
         let min_block_ns = u64::try_from(config.min_block.as_nanos()).unwrap_or(u64::MAX);
         let skip = crate::kernel_maps::skip_tgid(&config.pids);
+        let announce = u8::from(config.announce);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader
@@ -100,6 +107,7 @@ impl OffCpuProfiler {
             .allow_unsupported_maps()
             .set_global("ep_filter_pids", &filter, true)
             .set_global("ep_skip_tgid", &skip, true)
+            .set_global("ep_announce_on", &announce, true)
             .set_global("ep_include_preempted", &preempted, true)
             .set_global("ep_min_block_ns", &min_block_ns, true);
         for name in COUNT_MAPS {
@@ -127,6 +135,14 @@ impl OffCpuProfiler {
                 }
             })?;
 
+        let new_processes = if config.announce {
+            let ring = crate::new_processes::take_ring(&mut ebpf)?;
+            crate::new_processes::attach_lifecycle(&mut ebpf);
+            Some(ring)
+        } else {
+            None
+        };
+
         let program_err = |source| ProbeError::Program {
             name: PROGRAM,
             source,
@@ -146,7 +162,13 @@ impl OffCpuProfiler {
             buffers: DoubleBuffer::new(control, "ep_off_control"),
             counters,
             attached: true,
+            new_processes,
         })
+    }
+
+    /// The announcements of newly seen processes (with `announce`), for a watcher (once).
+    pub fn take_new_processes(&mut self) -> Option<crate::NewProcesses> {
+        self.new_processes.take()
     }
 
     /// Switches the kernel to the other buffer and returns what the previous one holds;
@@ -159,6 +181,7 @@ impl OffCpuProfiler {
     /// Detaches from the scheduler and returns everything still in the kernel. Threads
     /// still blocked at that moment are not counted: their block has not ended.
     pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+        crate::new_processes::unload_lifecycle(&mut self.ebpf);
         if self.attached {
             if let Some(program) = self.ebpf.program_mut(PROGRAM) {
                 let program: &mut BtfTracePoint =
@@ -203,6 +226,7 @@ impl OffCpuProfiler {
             start_full: totals[OffCpuCounter::StartFull as usize],
             count_full: totals[OffCpuCounter::CountFull as usize],
             stack_errors: totals[OffCpuCounter::StackError as usize],
+            announce_lost: totals[OffCpuCounter::AnnounceLost as usize],
         })
     }
 

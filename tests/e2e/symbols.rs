@@ -200,3 +200,25 @@ fn an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_aga
         "pid {short_pid}: (while running, after exit)"
     );
 }
+
+#[test]
+fn off_cpu_only_recordings_name_a_short_lived_process_too() {
+    let Some(_serial) = bpf_test() else { return };
+    let rec = record_around(
+        "short-offcpu.folded",
+        &["--off-cpu", "--drain-interval", "30s"],
+        || {
+            // Ten 20 ms sleeps: a process that lives about 200 ms, blocked most of it.
+            let mut w = Workload::start_paused(&["sleep", "10", "20"]);
+            w.go_and_wait();
+            std::thread::sleep(Duration::from_millis(300));
+        },
+    );
+    let lines = read_folded(&rec.file);
+    let blocked_ns = total_under(&lines, "sleep_in_nanosleep");
+    assert!(
+        blocked_ns >= 150_000_000,
+        "expected ~200 ms under sleep_in_nanosleep, got {blocked_ns} ns:\n{}",
+        std::fs::read_to_string(&rec.file).unwrap_or_default()
+    );
+}

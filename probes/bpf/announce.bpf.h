@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Announcing processes to user space at their first sample, so that one which lives a few
+ * hundred milliseconds is captured (mappings, files, attributes) while it still runs.
+ * Include after vmlinux.h, bpf_helpers.h, bpf_tracing.h and bpf_core_read.h, and define
+ * `ep_announce_lost()` (a counter increment) before including.
+ */
+#ifndef EP_ANNOUNCE_BPF_H
+#define EP_ANNOUNCE_BPF_H
+
+/* Set by the loader: only the object whose ring user space reads announces. */
+const volatile __u8 ep_announce_on = 0;
+
+/* Processes announced since their last exec. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+} ep_announced SEC(".maps");
+
+/* Thread-group ids of newly seen processes, for the user-space watcher. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 64 * 1024);
+} ep_new_processes SEC(".maps");
+
+#define EP_PF_EXITING 0x00000004
+
+static __always_inline void ep_announce(struct task_struct *task, __u32 tgid)
+{
+	if (!ep_announce_on || bpf_map_lookup_elem(&ep_announced, &tgid))
+		return;
+	/* An exiting task is still seen after sched_process_exit forgot it: announcing it
+	 * again would leave a stale entry that a new process reusing the PID never clears. */
+	if (BPF_CORE_READ(task, flags) & EP_PF_EXITING)
+		return;
+	__u8 one = 1;
+	/* BPF_NOEXIST: when two CPUs race, only the one that inserts announces. */
+	if (bpf_map_update_elem(&ep_announced, &tgid, &one, BPF_NOEXIST))
+		return;
+	__u32 *slot = bpf_ringbuf_reserve(&ep_new_processes, sizeof(__u32), 0);
+	if (!slot) {
+		/* Try again at the next sample rather than never. */
+		bpf_map_delete_elem(&ep_announced, &tgid);
+		ep_announce_lost();
+		return;
+	}
+	*slot = tgid;
+	bpf_ringbuf_submit(slot, 0);
+}
+
+/* An exec replaces every mapping: announce the process again at its next sample. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(ep_process_exec)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_delete_elem(&ep_announced, &tgid);
+	return 0;
+}
+
+/* A PID can be reused once its process is gone: forget it when the leader exits. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(ep_process_exit)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if ((__u32)id == tgid)
+		bpf_map_delete_elem(&ep_announced, &tgid);
+	return 0;
+}
+
+#endif
