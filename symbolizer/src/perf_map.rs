@@ -5,7 +5,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A miss looks at the file again at most this often: a JIT process without a perf map has
+/// many unnamed frames, and each must not cost a stat.
+const RECHECK: Duration = Duration::from_secs(1);
 
 struct Symbol {
     start: u64,
@@ -19,6 +23,8 @@ pub(crate) struct PerfMap {
     symbols: Vec<Symbol>,
     /// Size and modification time of the file when last read.
     read_as: Option<(u64, SystemTime)>,
+    checked_at: Option<Instant>,
+    recheck: Duration,
 }
 
 impl PerfMap {
@@ -27,6 +33,8 @@ impl PerfMap {
             path,
             symbols: Vec::new(),
             read_as: None,
+            checked_at: None,
+            recheck: RECHECK,
         }
     }
 
@@ -35,6 +43,10 @@ impl PerfMap {
         if let Some(name) = self.find(addr) {
             return Some(name);
         }
+        if self.checked_at.is_some_and(|t| t.elapsed() < self.recheck) {
+            return None;
+        }
+        self.checked_at = Some(Instant::now());
         let meta = std::fs::metadata(&self.path).ok()?;
         let version = (meta.len(), meta.modified().ok()?);
         if self.read_as == Some(version) {
@@ -97,6 +109,7 @@ mod tests {
         )
         .unwrap();
         let mut map = PerfMap::new(path.clone());
+        map.recheck = Duration::ZERO;
         assert_eq!(
             map.lookup(0x7f0000001080).as_deref(),
             Some("LazyCompile:~handler /app/server.js:10")
@@ -113,6 +126,10 @@ mod tests {
         // The JIT appends: a miss reads the file again.
         std::fs::write(&path, "7f0000003000 10 Function:late\n").unwrap();
         assert_eq!(map.lookup(0x7f0000003004).as_deref(), Some("Function:late"));
+        // Misses within the recheck interval do not look at the file again.
+        map.recheck = Duration::from_secs(3600);
+        std::fs::write(&path, "7f0000004000 10 Function:later\n").unwrap();
+        assert_eq!(map.lookup(0x7f0000004004), None);
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(PerfMap::new(dir.join("none")).lookup(1), None);
     }
