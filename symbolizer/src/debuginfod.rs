@@ -317,4 +317,55 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A server that answers every request 404 and counts them.
+    fn not_found_server() -> (String, Arc<AtomicU64>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                seen.fetch_add(1, Ordering::Relaxed);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        (url, count)
+    }
+
+    #[test]
+    fn not_found_is_remembered_on_disk_across_restarts() {
+        let dir = std::env::temp_dir().join(format!("ep-dbgd-404-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (url, requests) = not_found_server();
+        let config = DebuginfodConfig {
+            urls: vec![url],
+            cache_dir: dir.clone(),
+            timeout: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(3600),
+        };
+        let id = "0123456789abcdef0123";
+        let mut d = Debuginfod::new(config.clone());
+        assert_eq!(d.lookup(id), Lookup::Pending);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while d.pending() > 0 {
+            assert!(Instant::now() < deadline, "the fetch never ended");
+            d.arrived();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(d.lookup(id), Lookup::Missing);
+        assert_eq!(d.stats.not_found.load(Ordering::Relaxed), 1);
+        assert!(dir.join(id).join("missing").is_file());
+        // A restarted agent believes the marker and does not ask again.
+        let mut again = Debuginfod::new(config);
+        assert_eq!(again.lookup(id), Lookup::Missing);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(requests.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
