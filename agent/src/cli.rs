@@ -84,10 +84,6 @@ pub struct AgentArgs {
     pub export: ExportArgs,
     #[command(flatten)]
     pub symbols: SymbolArgs,
-    /// Also profile emberprof itself (left out by default: symbolizing its own samples
-    /// parses its own debug info and feeds back into what is measured).
-    #[arg(long)]
-    pub profile_self: bool,
     /// Also write every interval's profiles as pprof files into this directory.
     #[arg(long, value_name = "DIR")]
     pub pprof_dir: Option<PathBuf>,
@@ -137,17 +133,18 @@ pub struct RecordArgs {
     pub export: ExportArgs,
     #[command(flatten)]
     pub symbols: SymbolArgs,
-    /// Also profile emberprof itself (left out by default: symbolizing its own samples
-    /// parses its own debug info and feeds back into what is measured).
-    #[arg(long)]
-    pub profile_self: bool,
     #[command(flatten)]
     pub maps: MapArgs,
 }
 
-/// Where the symbolizer finds debug info, and how much it may keep.
+/// Where the symbolizer finds debug info, how much it may keep, and whether it names
+/// emberprof's own frames.
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct SymbolArgs {
+    /// Also profile emberprof itself (left out by default: symbolizing its own samples
+    /// parses its own debug info and feeds back into what is measured).
+    #[arg(long)]
+    pub profile_self: bool,
     /// Directory of separate debug files (`.build-id/xx/rest.debug`, debug-link names),
     /// searched on the host and inside each container (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR", default_values = ["/usr/lib/debug", "/lib/debug"])]

@@ -65,7 +65,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
 
     crate::kubernetes::init(args.select.k8s_opt_in);
-    emberprof_probes::set_profile_self(args.profile_self);
+    emberprof_probes::set_profile_self(args.symbols.profile_self);
     let mut selection = Selection::from_args(&args.pids, &args.select)?;
     let agent_start = SystemTime::now();
     let mut interval_start = agent_start;
@@ -422,9 +422,6 @@ fn apply_reload(
     }
     if new.http_listen != args.http_listen {
         needs_restart.push("http_listen");
-    }
-    if new.profile_self != args.profile_self {
-        needs_restart.push("profile_self");
     }
     match Selection::from_args(&new.pids, &new.select) {
         Ok(Some(s)) if selection.is_some() => *selection = Some(s),

@@ -28,7 +28,7 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     crate::kubernetes::init(false);
-    emberprof_probes::set_profile_self(args.profile_self);
+    emberprof_probes::set_profile_self(args.symbols.profile_self);
     for pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with PID {pid} (--pid)");

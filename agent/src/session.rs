@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use crate::collect::{self, Collected};
 use crate::histograms::Histograms;
-use crate::kubernetes::process_attributes;
+use crate::metadata::process::process_attributes;
 
 /// One loaded profiler (boxed: they are large and moved around).
 pub enum Profiler {
@@ -118,19 +118,17 @@ pub fn health_counters(
                     vec![("reason", "count_map_full")],
                     k.count_map_full,
                 ));
-                for (reason, n) in [
-                    ("user_stack_map_full", k.user_stack_map_full),
-                    ("kernel_stack_map_full", k.kernel_stack_map_full),
-                    ("stack_error", k.stack_errors),
-                ] {
-                    out.push(c(
-                        "emberprof.cpu.stacks.lost",
-                        "CPU samples kept without one of their stacks",
-                        "{sample}",
-                        vec![("reason", reason)],
-                        n,
-                    ));
-                }
+                out.extend(by_label(
+                    "emberprof.cpu.stacks.lost",
+                    "CPU samples kept without one of their stacks",
+                    "{sample}",
+                    "reason",
+                    &[
+                        ("user_stack_map_full", k.user_stack_map_full),
+                        ("kernel_stack_map_full", k.kernel_stack_map_full),
+                        ("stack_error", k.stack_errors),
+                    ],
+                ));
             }
             Profiler::OffCpu(p) => {
                 let k = p
@@ -143,18 +141,16 @@ pub fn health_counters(
                     vec![],
                     k.blocks,
                 ));
-                for (reason, n) in [
-                    ("start_full", k.start_full),
-                    ("count_map_full", k.count_full),
-                ] {
-                    out.push(c(
-                        "emberprof.offcpu.blocks.dropped",
-                        "Blocks the kernel could not record",
-                        "{block}",
-                        vec![("reason", reason)],
-                        n,
-                    ));
-                }
+                out.extend(by_label(
+                    "emberprof.offcpu.blocks.dropped",
+                    "Blocks the kernel could not record",
+                    "{block}",
+                    "reason",
+                    &[
+                        ("start_full", k.start_full),
+                        ("count_map_full", k.count_full),
+                    ],
+                ));
             }
         }
     }
@@ -183,15 +179,13 @@ pub fn health_counters(
         ));
     }
     let s = symbolizer.stats();
-    for (result, n) in [("hit", s.cache_hits), ("miss", s.cache_misses)] {
-        out.push(c(
-            "emberprof.symbolizer.lookups",
-            "Addresses symbolized, by cache result",
-            "{address}",
-            vec![("result", result)],
-            n,
-        ));
-    }
+    out.extend(by_label(
+        "emberprof.symbolizer.lookups",
+        "Addresses symbolized, by cache result",
+        "{address}",
+        "result",
+        &[("hit", s.cache_hits), ("miss", s.cache_misses)],
+    ));
     for (name, description, unit, value) in [
         (
             "emberprof.symbolizer.cache.entries",
@@ -271,19 +265,17 @@ pub fn health_counters(
     ] {
         out.push(c(name, description, "1", vec![], value));
     }
-    for (result, n) in [
-        ("fetched", s.debuginfod_fetched),
-        ("not_found", s.debuginfod_not_found),
-        ("error", s.debuginfod_errors),
-    ] {
-        out.push(c(
-            "emberprof.symbolizer.debuginfod.requests",
-            "debuginfod lookups by outcome",
-            "1",
-            vec![("result", result)],
-            n,
-        ));
-    }
+    out.extend(by_label(
+        "emberprof.symbolizer.debuginfod.requests",
+        "debuginfod lookups by outcome",
+        "1",
+        "result",
+        &[
+            ("fetched", s.debuginfod_fetched),
+            ("not_found", s.debuginfod_not_found),
+            ("error", s.debuginfod_errors),
+        ],
+    ));
     if let Some(k) = crate::kubernetes::get() {
         out.push(HealthCounter {
             name: "emberprof.k8s.pods",
@@ -326,6 +318,26 @@ pub fn health_counters(
         s.file_errors,
     ));
     Ok(out)
+}
+
+/// One counter per value of `label` (a reason, a result), all under one name.
+fn by_label(
+    name: &'static str,
+    description: &'static str,
+    unit: &'static str,
+    label: &'static str,
+    values: &[(&str, u64)],
+) -> Vec<HealthCounter> {
+    values
+        .iter()
+        .map(|&(v, n)| HealthCounter {
+            name,
+            description,
+            unit,
+            attributes: vec![(label, v.to_string())],
+            value: HealthValue::Count(n),
+        })
+        .collect()
 }
 
 /// Reads the resource attributes of processes not seen before, while they still run.

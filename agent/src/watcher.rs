@@ -13,7 +13,7 @@ use emberprof_exporters::otlp::Attributes;
 use emberprof_probes::NewProcesses;
 use emberprof_symbolizer::{ProcessSnapshot, Symbolizer};
 
-use crate::kubernetes::process_attributes;
+use crate::metadata::process::process_attributes;
 use crate::session::{Profiler, Run};
 
 /// What was read of one process while it ran.

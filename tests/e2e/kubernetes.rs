@@ -132,7 +132,15 @@ fn profiles_carry_pod_and_container_attributes() {
         .iter()
         .map(|w| w.pid().to_string())
         .collect();
-    let mut args = vec!["--duration", "2", "--frequency", "49", "--otlp-endpoint"];
+    let mut args = vec![
+        "--duration",
+        "2",
+        "--frequency",
+        "49",
+        "--cpu",
+        "--histograms",
+        "--otlp-endpoint",
+    ];
     let endpoint = collector.endpoint();
     args.push(&endpoint);
     for p in &pids {
@@ -196,6 +204,40 @@ fn profiles_carry_pod_and_container_attributes() {
         "OTEL_SERVICE_NAME wins"
     );
     assert_eq!(attr(own, "k8s.pod.uid").as_deref(), Some(PAY_UID));
+
+    // Latency histograms are per cgroup: the web container's series carry its pod too.
+    use opentelemetry_proto::tonic::metrics::v1::metric;
+    let web_series: Vec<&Vec<KeyValue>> = received
+        .metrics
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter_map(|m| match &m.data {
+            Some(metric::Data::ExponentialHistogram(h)) => Some(&h.data_points),
+            _ => None,
+        })
+        .flatten()
+        .map(|p| &p.attributes)
+        .filter(|a| attr(a, "container.id").as_deref() == Some(WEB_ID))
+        .collect();
+    assert!(
+        !web_series.is_empty(),
+        "no histogram series of the web container"
+    );
+    for a in web_series {
+        assert_eq!(attr(a, "k8s.pod.uid").as_deref(), Some(WEB_UID), "{a:?}");
+        assert_eq!(
+            attr(a, "k8s.container.name").as_deref(),
+            Some("app"),
+            "{a:?}"
+        );
+        assert_eq!(
+            attr(a, "k8s.deployment.name").as_deref(),
+            Some("web"),
+            "{a:?}"
+        );
+    }
     drop((web_cg, pay_cg));
 }
 

@@ -61,16 +61,6 @@ pub fn init(opt_in: bool) -> bool {
         .is_some()
 }
 
-/// Resource attributes of a process (metadata/process.rs), with its pod's when it runs in
-/// one on this node.
-pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
-    let mut attrs = crate::metadata::process::process_attributes(pid, fallback_name);
-    if let Some(k) = get() {
-        k.decorate(pid, &mut attrs);
-    }
-    attrs
-}
-
 /// The running pod watch, if any.
 pub fn get() -> Option<&'static Kubernetes> {
     GLOBAL.get()?.as_ref()
@@ -105,20 +95,21 @@ impl Kubernetes {
         Some(f(pod, container))
     }
 
-    /// Adds the pod's attributes to a process's and sets its `service.name` to the pod's
-    /// (the annotation, else `namespace/container`) unless the process set
-    /// OTEL_SERVICE_NAME itself.
-    pub fn decorate(&self, pid: u32, attrs: &mut Attributes) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            return;
-        };
-        let r = parse_proc_cgroup(&text);
+    /// Adds the pod's attributes to a process's (in `container`, from its cgroup) and sets
+    /// its `service.name` to the pod's (the annotation, else `namespace/container`) unless
+    /// the process set OTEL_SERVICE_NAME itself.
+    pub fn decorate(
+        &self,
+        container: &ContainerRef,
+        own_service_name: bool,
+        attrs: &mut Attributes,
+    ) {
         let Some((pod_attrs, service)) =
-            self.with_pod(&r, |p, c| (p.attributes(c), p.service_name(c)))
+            self.with_pod(container, |p, c| (p.attributes(c), p.service_name(c)))
         else {
             return;
         };
-        if !own_service_name(pid) {
+        if !own_service_name {
             for (k, v) in attrs.iter_mut() {
                 if k == "service.name" {
                     *v = AttrValue::Str(service.clone());
@@ -157,14 +148,6 @@ impl Kubernetes {
     pub fn pods(&self) -> usize {
         self.cache.read().map_or(0, |c| c.len())
     }
-}
-
-/// Whether the process set OTEL_SERVICE_NAME itself (it wins over the pod's name).
-fn own_service_name(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-        env.split(|&b| b == 0)
-            .any(|e| e.starts_with(b"OTEL_SERVICE_NAME=") && e.len() > 18)
-    })
 }
 
 #[cfg(test)]

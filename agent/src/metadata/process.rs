@@ -9,7 +9,8 @@ use emberprof_exporters::otlp::{AttrValue, Attributes};
 /// `process.command_line` is capped: some command lines are megabytes long.
 const MAX_COMMAND_LINE: usize = 1024;
 
-/// Resource attributes of one process, per the semantic conventions.
+/// Resource attributes of one process, per the semantic conventions, with its pod's when it
+/// runs in one on this node.
 pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
     let proc_dir = Path::new("/proc").join(pid.to_string());
     let exe_path = std::fs::read_link(proc_dir.join("exe")).ok().map(|p| {
@@ -23,10 +24,11 @@ pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
         .filter(|n| !n.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| fallback_name.to_string());
-    let service = std::fs::read(proc_dir.join("environ"))
+    let own_service = std::fs::read(proc_dir.join("environ"))
         .ok()
-        .and_then(|env| env_var(&env, "OTEL_SERVICE_NAME"))
-        .unwrap_or_else(|| exe_name.clone());
+        .and_then(|env| env_var(&env, "OTEL_SERVICE_NAME"));
+    let has_own_service = own_service.is_some();
+    let service = own_service.unwrap_or_else(|| exe_name.clone());
 
     let mut attrs: Attributes = vec![
         ("service.name".into(), AttrValue::Str(service)),
@@ -42,11 +44,14 @@ pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
             attrs.push(("process.command_line".into(), AttrValue::Str(line)));
         }
     }
-    if let Some(id) = std::fs::read_to_string(proc_dir.join("cgroup"))
-        .ok()
-        .and_then(|text| container_id(&text))
-    {
-        attrs.push(("container.id".into(), AttrValue::Str(id)));
+    if let Ok(cgroup) = std::fs::read_to_string(proc_dir.join("cgroup")) {
+        let container = crate::kubernetes::parse_proc_cgroup(&cgroup);
+        if let Some(id) = &container.container_id {
+            attrs.push(("container.id".into(), AttrValue::Str(id.clone())));
+        }
+        if let Some(k) = crate::kubernetes::get() {
+            k.decorate(&container, has_own_service, &mut attrs);
+        }
     }
     attrs
 }
@@ -107,12 +112,6 @@ fn command_line(raw: &[u8]) -> String {
         end -= 1;
     }
     joined[..end].to_string()
-}
-
-/// The container id in a /proc/PID/cgroup text (the runtimes' naming rules are in
-/// kubernetes/cgroup.rs).
-fn container_id(cgroup: &str) -> Option<String> {
-    crate::kubernetes::parse_proc_cgroup(cgroup).container_id
 }
 
 #[cfg(test)]
