@@ -174,22 +174,9 @@ __attribute__((noinline)) void account(long ret)
 
 /* Calls account() so that it is not a leaf: GCC gives a leaf that never touches the stack
  * no frame at all, and the frame-pointer walk would then skip its caller. */
-__attribute__((noinline)) void do_writes(int fd)
-{
-	static const char byte = 'x';
-	while (running) {
-		long ret;
-		/* A raw syscall keeps do_writes itself on the user stack: libc's wrapper has no
-		 * frame pointer and would hide its caller. */
-		__asm__ volatile("syscall"
-				 : "=a"(ret)
-				 : "0"((long)SYS_write), "D"((long)fd), "S"(&byte), "d"(1L)
-				 : "rcx", "r11", "memory");
-		account(ret);
-	}
-}
-
-static long raw_syscall3(long nr, long a, long b, long c)
+/* A raw syscall, inlined: a call into libc's wrapper (no frame pointer) would hide the
+ * calling function, and so would a leaf function of our own. */
+static inline __attribute__((always_inline)) long raw_syscall3(long nr, long a, long b, long c)
 {
 	long ret;
 	__asm__ volatile("syscall"
@@ -197,6 +184,13 @@ static long raw_syscall3(long nr, long a, long b, long c)
 			 : "0"(nr), "D"(a), "S"(b), "d"(c)
 			 : "rcx", "r11", "memory");
 	return ret;
+}
+
+__attribute__((noinline)) void do_writes(int fd)
+{
+	static const char byte = 'x';
+	while (running)
+		account(raw_syscall3(SYS_write, fd, (long)&byte, 1));
 }
 
 struct writer {
@@ -208,14 +202,8 @@ struct writer {
 __attribute__((noinline)) void do_writes_n(int fd, long n)
 {
 	static const char byte = 'x';
-	for (long i = 0; i < n && running; i++) {
-		long ret;
-		__asm__ volatile("syscall"
-				 : "=a"(ret)
-				 : "0"((long)SYS_write), "D"((long)fd), "S"(&byte), "d"(1L)
-				 : "rcx", "r11", "memory");
-		account(ret);
-	}
+	for (long i = 0; i < n && running; i++)
+		account(raw_syscall3(SYS_write, fd, (long)&byte, 1));
 }
 
 static void *writer_main(void *arg)
