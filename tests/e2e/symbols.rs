@@ -136,7 +136,21 @@ fn inlined_functions_are_their_own_pprof_lines() {
 fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
     let Some(_serial) = bpf_test() else { return };
     // While a recording runs, its BPF programs are in kallsyms as `bpf_prog_<tag>_<name>
-    // [bpf]`, the same way kernel modules' symbols are listed.
+    // [bpf]`, the same way kernel modules' symbols are listed. The symbolizer reads kallsyms
+    // before they are loaded, so naming them needs its re-read (at most every 5 s).
+    use emberprof_symbolizer::{StackRequest, Symbolizer};
+    let mut s = Symbolizer::new();
+    let kernel_symbol = |s: &mut Symbolizer, addr: u64| {
+        s.symbolize(&[StackRequest {
+            pid: std::process::id(),
+            user: &[],
+            kernel: &[addr],
+        }])
+        .remove(0)
+    };
+    let before = std::time::Instant::now();
+    // Any kernel address makes it read kallsyms now.
+    let _ = kernel_symbol(&mut s, 0);
     let mut found = None;
     let _ = record_around("bpf-syms.folded", &["--frequency", "19"], || {
         let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("reading kallsyms");
@@ -149,14 +163,8 @@ fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
         let (Some(addr), _) = found.clone().expect("ep_cpu_sample in kallsyms") else {
             panic!("unparsable kallsyms address");
         };
-        let mut s = emberprof_symbolizer::Symbolizer::new();
-        let stack = s
-            .symbolize(&[emberprof_symbolizer::StackRequest {
-                pid: std::process::id(),
-                user: &[],
-                kernel: &[addr + 8],
-            }])
-            .remove(0);
+        std::thread::sleep(Duration::from_secs(6).saturating_sub(before.elapsed()));
+        let stack = kernel_symbol(&mut s, addr + 8);
         let loc = &stack[0];
         assert_eq!(
             loc.frames.first().map(|f| f.function.to_string()),
