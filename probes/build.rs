@@ -12,9 +12,12 @@ const PROGRAMS: &[&str] = &["cpu_sampler", "off_cpu", "latency"];
 const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_sample_key", "tgid"),
     ("ep_sample_key", "tid"),
-    ("ep_sample_key", "user_stack_id"),
-    ("ep_sample_key", "kernel_stack_id"),
+    ("ep_sample_key", "user_stack"),
+    ("ep_sample_key", "kernel_stack"),
+    ("ep_sample_key", "user_err"),
+    ("ep_sample_key", "kernel_err"),
     ("ep_sample_key", "comm"),
+    ("ep_stack", "ips"),
     ("ep_offcpu_key", "tgid"),
     ("ep_offcpu_key", "tid"),
     ("ep_offcpu_key", "comm"),
@@ -187,7 +190,10 @@ printf(\"pub const EP_OFF_MAX: usize = %d;\\n\", (int)EP_OFF_MAX);\n\
 printf(\"pub const EP_HIST_COUNTER_MAX: usize = %d;\\n\", (int)EP_HIST_COUNTER_MAX);\n\
 printf(\"pub const EP_HIST_KINDS: usize = %d;\\n\", (int)EP_HIST_KINDS);\n\
 printf(\"pub const EP_HIST_SLOTS: usize = %d;\\n\", (int)EP_HIST_SLOTS);\n\
-printf(\"pub const EP_BLOCK_OTHER: u32 = %d;\\n\", (int)EP_BLOCK_OTHER);\n",
+printf(\"pub const EP_BLOCK_OTHER: u32 = %d;\\n\", (int)EP_BLOCK_OTHER);\n\
+printf(\"pub const EP_STACK_ERR_MAP_FULL: i32 = %d;\\n\", (int)EP_STACK_ERR_MAP_FULL);\n\
+printf(\"pub const EP_STACK_ERR_NONE: i32 = %d;\\n\", (int)EP_STACK_ERR_NONE);\n\
+printf(\"pub const EP_MAX_STACK_DEPTH: usize = %d;\\n\", (int)EP_MAX_STACK_DEPTH);\n",
     );
     c.push_str("printf(\"pub const SLOT_SAMPLES: &[(u64, usize)] = &[\\n\");\n");
     for v in SLOT_SAMPLES {

@@ -12,6 +12,7 @@
 #include "emberprof.h"
 #include "common.bpf.h"
 
+#define E2BIG 7
 #define EFAULT 14
 #define EEXIST 17
 #define BPF_NOEXIST 1
@@ -23,13 +24,13 @@
 #define EP_COUNT_ENTRIES 16384
 #endif
 
-
-#define EP_STACK_MAP(name)                                            \
-	struct {                                                      \
-		__uint(type, BPF_MAP_TYPE_STACK_TRACE);               \
-		__uint(key_size, sizeof(__u32));                      \
-		__uint(value_size, EP_MAX_STACK_DEPTH * sizeof(__u64)); \
-		__uint(max_entries, EP_STACK_ENTRIES);                \
+/* Distinct stacks by content hash (see struct ep_sample_key for why not a stack-trace map). */
+#define EP_STACK_MAP(name)                                    \
+	struct {                                              \
+		__uint(type, BPF_MAP_TYPE_HASH);              \
+		__type(key, __u64);                           \
+		__type(value, struct ep_stack);               \
+		__uint(max_entries, EP_STACK_ENTRIES);        \
 	} name SEC(".maps")
 
 #define EP_COUNT_MAP(name)                                   \
@@ -44,6 +45,14 @@ EP_STACK_MAP(ep_stacks_0);
 EP_STACK_MAP(ep_stacks_1);
 EP_COUNT_MAP(ep_counts_0);
 EP_COUNT_MAP(ep_counts_1);
+
+/* Where a stack is captured before it is hashed (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ep_stack);
+	__uint(max_entries, 1);
+} ep_stack_scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -68,22 +77,66 @@ static __always_inline void ep_announce_lost(void)
 
 #include "announce.bpf.h"
 
-static __always_inline __s32 ep_stack_id(void *ctx, void *stacks, __u64 flags, __u32 full_counter)
+/* 64-bit multiply-rotate mix per frame, then a finalizer, seeded with the depth. */
+static __always_inline __u64 ep_stack_hash(const struct ep_stack *s, __u32 frames)
 {
-	long id = bpf_get_stackid(ctx, stacks, flags);
-	if (id >= 0)
-		return (__s32)id;
-	if (id == -EEXIST)
-		ep_count(full_counter);
-	else if (id != -EFAULT)
-		ep_count(EP_CNT_STACK_ERROR);
-	return (__s32)id;
+	__u64 h = 0x9e3779b97f4a7c15ULL ^ ((__u64)frames * 0xff51afd7ed558ccdULL);
+
+	for (__u32 i = 0; i < EP_MAX_STACK_DEPTH; i++) {
+		if (i >= frames)
+			break;
+		__u64 k = s->ips[i] * 0x87c37b91114253d5ULL;
+		k = (k << 31) | (k >> 33);
+		h ^= k * 0x4cf5ad432745937fULL;
+		h = ((h << 27) | (h >> 37)) * 5 + 0x52dce729;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	/* 0 means "no stack" in the sample key. */
+	return h ? h : 1;
+}
+
+/*
+ * Captures one stack and stores it under its hash: *id is the hash, or 0 with *err set to
+ * why there is none.
+ */
+static __always_inline void ep_stack(void *ctx, void *stacks, __u64 flags, __u32 full_counter,
+				     __u64 *id, __s32 *err)
+{
+	__u32 zero = 0;
+	struct ep_stack *buf = bpf_map_lookup_elem(&ep_stack_scratch, &zero);
+
+	*id = 0;
+	*err = 0;
+	if (!buf)
+		return;
+	/* Zero-fills past the last frame, so equal stacks are equal values. */
+	long bytes = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), flags);
+	if (bytes <= 0) {
+		*err = bytes ? (__s32)bytes : EP_STACK_ERR_NONE;
+		if (bytes && bytes != -EFAULT)
+			ep_count(EP_CNT_STACK_ERROR);
+		return;
+	}
+	__u64 h = ep_stack_hash(buf, (__u32)(bytes / sizeof(__u64)));
+	long r = bpf_map_update_elem(stacks, &h, buf, BPF_NOEXIST);
+	if (r && r != -EEXIST) {
+		*err = (__s32)r;
+		ep_count(r == -E2BIG ? full_counter : EP_CNT_STACK_ERROR);
+		return;
+	}
+	*id = h;
 }
 
 static __always_inline void ep_record(void *ctx, struct ep_sample_key *key, void *stacks, void *counts)
 {
-	key->user_stack_id = ep_stack_id(ctx, stacks, BPF_F_USER_STACK, EP_CNT_USER_STACK_MAP_FULL);
-	key->kernel_stack_id = ep_stack_id(ctx, stacks, 0, EP_CNT_KERNEL_STACK_MAP_FULL);
+	ep_stack(ctx, stacks, BPF_F_USER_STACK, EP_CNT_USER_STACK_MAP_FULL, &key->user_stack,
+		 &key->user_err);
+	ep_stack(ctx, stacks, 0, EP_CNT_KERNEL_STACK_MAP_FULL, &key->kernel_stack,
+		 &key->kernel_err);
 
 	__u64 *count = bpf_map_lookup_elem(counts, key);
 	if (count) {

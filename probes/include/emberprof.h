@@ -15,14 +15,33 @@
 /* Matches the kernel's default kernel.perf_event_max_stack. */
 #define EP_MAX_STACK_DEPTH 127
 
+/*
+ * Why a sample's stack is missing, in `ep_sample_key.*_err`: the stack map had no room, or
+ * the task has no such stack (-EFAULT from bpf_get_stack: a kernel thread's user stack).
+ */
+#define EP_STACK_ERR_MAP_FULL (-7)  /* -E2BIG */
+#define EP_STACK_ERR_NONE (-14)     /* -EFAULT */
+
 /* Key of the in-kernel sample counts: one entry per distinct thread + stack pair. */
 struct ep_sample_key {
 	__u32 tgid;
 	__u32 tid;
-	/* >= 0: id in the stack map of the same buffer; < 0: -errno from bpf_get_stackid. */
-	__s32 user_stack_id;
-	__s32 kernel_stack_id;
+	/*
+	 * 64-bit hash of each stack, its key in the stack map of the same buffer; 0 when the
+	 * stack was not stored, and then *_err says why (-errno). A hash, not a
+	 * BPF_MAP_TYPE_STACK_TRACE id: those maps drop any stack whose bucket another stack holds,
+	 * which loses a few percent of samples long before the map is full.
+	 */
+	__u64 user_stack;
+	__u64 kernel_stack;
+	__s32 user_err;
+	__s32 kernel_err;
 	char comm[EP_COMM_LEN];
+};
+
+/* Value of the stack maps: frames leaf first, zero after the last. */
+struct ep_stack {
+	__u64 ips[EP_MAX_STACK_DEPTH];
 };
 
 /* Indexes of the per-CPU counter array `ep_counters`. */
@@ -31,11 +50,11 @@ enum ep_counter {
 	EP_CNT_SAMPLES = 0,
 	/* Samples that hit the idle task; not profiled. */
 	EP_CNT_IDLE = 1,
-	/* Samples whose user stack bucket was taken by another stack (stack map full). */
+	/* Samples whose user stack found no room in the stack map. */
 	EP_CNT_USER_STACK_MAP_FULL = 2,
-	/* Samples whose kernel stack bucket was taken by another stack (stack map full). */
+	/* Samples whose kernel stack found no room in the stack map. */
 	EP_CNT_KERNEL_STACK_MAP_FULL = 3,
-	/* Other errors from bpf_get_stackid (not -EFAULT, which means "no such stack"). */
+	/* Other errors capturing or storing a stack (not -EFAULT, which means "no such stack"). */
 	EP_CNT_STACK_ERROR = 4,
 	/* Samples lost because the count map had no room for a new key. */
 	EP_CNT_COUNT_MAP_FULL = 5,

@@ -9,9 +9,50 @@ pub const COMM_LEN: usize = 16;
 pub struct SampleKey {
     pub tgid: u32,
     pub tid: u32,
-    pub user_stack_id: i32,
-    pub kernel_stack_id: i32,
+    /// Hash of the user stack, its key in the stack map; 0 when not stored (see `user_err`).
+    pub user_stack: u64,
+    /// Hash of the kernel stack, its key in the stack map; 0 when not stored.
+    pub kernel_stack: u64,
+    /// 0, or -errno: why the user stack is missing.
+    pub user_err: i32,
+    /// 0, or -errno: why the kernel stack is missing.
+    pub kernel_err: i32,
     pub comm: [u8; COMM_LEN],
+}
+
+/// `EP_STACK_ERR_MAP_FULL`: the stack map had no room.
+pub const STACK_ERR_MAP_FULL: i32 = -7;
+/// `EP_STACK_ERR_NONE`: the task has no such stack.
+pub const STACK_ERR_NONE: i32 = -14;
+
+/// Value of the stack maps (`struct ep_stack`): frames leaf first, zero after the last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackTrace {
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+impl Default for StackTrace {
+    fn default() -> Self {
+        StackTrace {
+            ips: [0; MAX_STACK_DEPTH],
+        }
+    }
+}
+
+// SAFETY: plain old data, one array of u64 (size checked by the layout test).
+unsafe impl aya::Pod for StackTrace {}
+
+impl StackTrace {
+    /// The frames before the first zero.
+    pub fn frames(&self) -> &[u64] {
+        let n = self
+            .ips
+            .iter()
+            .position(|&ip| ip == 0)
+            .unwrap_or(MAX_STACK_DEPTH);
+        &self.ips[..n]
+    }
 }
 
 // SAFETY: plain old data with no padding (checked by the layout test).
@@ -257,14 +298,41 @@ mod tests {
         assert_eq!(offset_of!(SampleKey, tgid), c::EP_SAMPLE_KEY_TGID_OFFSET);
         assert_eq!(offset_of!(SampleKey, tid), c::EP_SAMPLE_KEY_TID_OFFSET);
         assert_eq!(
-            offset_of!(SampleKey, user_stack_id),
-            c::EP_SAMPLE_KEY_USER_STACK_ID_OFFSET
+            offset_of!(SampleKey, user_stack),
+            c::EP_SAMPLE_KEY_USER_STACK_OFFSET
         );
         assert_eq!(
-            offset_of!(SampleKey, kernel_stack_id),
-            c::EP_SAMPLE_KEY_KERNEL_STACK_ID_OFFSET
+            offset_of!(SampleKey, kernel_stack),
+            c::EP_SAMPLE_KEY_KERNEL_STACK_OFFSET
+        );
+        assert_eq!(
+            offset_of!(SampleKey, user_err),
+            c::EP_SAMPLE_KEY_USER_ERR_OFFSET
+        );
+        assert_eq!(
+            offset_of!(SampleKey, kernel_err),
+            c::EP_SAMPLE_KEY_KERNEL_ERR_OFFSET
         );
         assert_eq!(offset_of!(SampleKey, comm), c::EP_SAMPLE_KEY_COMM_OFFSET);
+        assert_eq!(size_of::<StackTrace>(), c::EP_STACK_SIZE);
+        assert_eq!(offset_of!(StackTrace, ips), c::EP_STACK_IPS_OFFSET);
+    }
+
+    #[test]
+    fn stack_constants_match_c() {
+        assert_eq!(STACK_ERR_MAP_FULL, c::EP_STACK_ERR_MAP_FULL);
+        assert_eq!(STACK_ERR_NONE, c::EP_STACK_ERR_NONE);
+        assert_eq!(MAX_STACK_DEPTH, c::EP_MAX_STACK_DEPTH);
+    }
+
+    #[test]
+    fn stack_frames_stop_at_the_first_zero() {
+        let mut s = StackTrace::default();
+        assert!(s.frames().is_empty());
+        s.ips[..3].copy_from_slice(&[0x10, 0x20, 0x30]);
+        assert_eq!(s.frames(), [0x10, 0x20, 0x30]);
+        s.ips = [1; MAX_STACK_DEPTH];
+        assert_eq!(s.frames().len(), MAX_STACK_DEPTH);
     }
 
     #[test]

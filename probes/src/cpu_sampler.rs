@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use aya::maps::{Array, MapData, PerCpuArray, StackTraceMap};
+use aya::maps::{Array, MapData, PerCpuArray};
 
 use aya::programs::perf_event::{
     perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, PerfEventLinkId, PerfEventScope, PerfTypeId, SamplePolicy,
@@ -13,7 +13,7 @@ use aya::programs::perf_event::{
 use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::abi::{Counter, SampleKey};
+use crate::abi::{Counter, SampleKey, StackTrace, STACK_ERR_MAP_FULL, STACK_ERR_NONE};
 use crate::kernel_maps::{
     check_start, drain_hash, skip_tgid, sync_pid_filter, take, take_hash, DoubleBuffer,
 };
@@ -66,9 +66,9 @@ impl CpuSamplerConfig {
 /// Why a stack could not be captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StackLoss {
-    /// Its stack-map bucket held another stack.
+    /// The stack map had no room for it.
     MapFull,
-    /// bpf_get_stackid failed, or the id was gone when read (errno).
+    /// bpf_get_stack or the map update failed, or the stack was gone when read (errno).
     Error(i32),
 }
 
@@ -127,7 +127,7 @@ impl KernelCounters {
 pub struct CpuSampler {
     ebpf: Ebpf,
     counts: [MapData; 2],
-    stacks: [StackTraceMap<MapData>; 2],
+    stacks: [MapData; 2],
     buffers: DoubleBuffer,
     counters: PerCpuArray<MapData, u64>,
     links: Vec<PerfEventLinkId>,
@@ -174,8 +174,8 @@ impl CpuSampler {
             take_hash(&mut ebpf, COUNT_MAPS[1])?,
         ];
         let stacks = [
-            take_stacks(&mut ebpf, STACK_MAPS[0])?,
-            take_stacks(&mut ebpf, STACK_MAPS[1])?,
+            take_hash(&mut ebpf, STACK_MAPS[0])?,
+            take_hash(&mut ebpf, STACK_MAPS[1])?,
         ];
         let control =
             Array::try_from(take(&mut ebpf, "ep_control")?).map_err(|source| ProbeError::Map {
@@ -308,77 +308,75 @@ impl CpuSampler {
     fn read_buffer(&mut self, buffer: usize) -> Result<Vec<StackCount>, ProbeError> {
         let entries: Vec<(SampleKey, u64)> =
             drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
-        let stacks = &self.stacks[buffer];
-        let mut resolved: HashMap<i32, Stack> = HashMap::new();
-        let mut stack = |id: i32| {
-            resolved
-                .entry(id)
-                .or_insert_with(|| read_stack(stacks, id))
-                .clone()
-        };
+        // Emptied with the counts that reference it, so the next round of this buffer has
+        // the whole map.
+        let stacks: HashMap<u64, Arc<[u64]>> =
+            drain_hash::<u64, StackTrace>(self.stacks[buffer].fd().as_fd(), STACK_MAPS[buffer])?
+                .into_iter()
+                .map(|(hash, trace)| (hash, Arc::from(trace.frames())))
+                .collect();
         let out = entries
             .into_iter()
             .map(|(key, count)| StackCount {
                 tgid: key.tgid,
                 tid: key.tid,
                 thread_name: key.comm_str(),
-                user: stack(key.user_stack_id),
-                kernel: stack(key.kernel_stack_id),
+                user: stack_of(&stacks, key.user_stack, key.user_err),
+                kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
                 value: count,
             })
             .collect();
-        self.clear_stacks(buffer)?;
         Ok(out)
     }
+}
 
-    /// Empties a stack map once the counts that reference it have been read, so that
-    /// stack ids stay free for the next round of this buffer.
-    fn clear_stacks(&mut self, buffer: usize) -> Result<(), ProbeError> {
-        let name = STACK_MAPS[buffer];
-        let map = &mut self.stacks[buffer];
-        let ids: Vec<u32> = map
-            .stack_ids()
-            .collect::<Result<_, _>>()
-            .map_err(|source| ProbeError::Map { name, source })?;
-        for id in ids {
-            match map.remove(&id) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(ProbeError::Map { name, source }),
-            }
+/// The stack a sample key refers to: its frames, or why there are none.
+fn stack_of(stacks: &HashMap<u64, Arc<[u64]>>, hash: u64, err: i32) -> Stack {
+    if hash == 0 {
+        return match err {
+            0 | STACK_ERR_NONE => Stack::None,
+            STACK_ERR_MAP_FULL => Stack::Lost(StackLoss::MapFull),
+            e => Stack::Lost(StackLoss::Error(-e)),
+        };
+    }
+    match stacks.get(&hash) {
+        Some(frames) if frames.is_empty() => Stack::None,
+        Some(frames) => Stack::Addrs(frames.clone()),
+        None => {
+            tracing::debug!(hash, "stack gone before it was read");
+            Stack::Lost(StackLoss::Error(libc::ENOENT))
         }
-        Ok(())
     }
 }
 
-fn read_stack(stacks: &StackTraceMap<MapData>, id: i32) -> Stack {
-    const EFAULT: i32 = 14;
-    const EEXIST: i32 = 17;
-    match id {
-        id if id >= 0 => match stacks.get(&(id as u32), 0) {
-            Ok(trace) => {
-                let addrs: Arc<[u64]> = trace
-                    .frames()
-                    .iter()
-                    .map(|f| f.ip)
-                    .take_while(|&ip| ip != 0)
-                    .collect();
-                if addrs.is_empty() {
-                    Stack::None
-                } else {
-                    Stack::Addrs(addrs)
-                }
-            }
-            Err(e) => {
-                tracing::debug!(id, error = %e, "stack id vanished before it was read");
-                Stack::Lost(StackLoss::Error(libc::ENOENT))
-            }
-        },
-        id if id == -EFAULT => Stack::None,
-        id if id == -EEXIST => Stack::Lost(StackLoss::MapFull),
-        id => Stack::Lost(StackLoss::Error(-id)),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn take_stacks(ebpf: &mut Ebpf, name: &'static str) -> Result<StackTraceMap<MapData>, ProbeError> {
-    StackTraceMap::try_from(take(ebpf, name)?).map_err(|source| ProbeError::Map { name, source })
+    #[test]
+    fn sample_keys_name_their_stack_or_why_it_is_missing() {
+        let stacks: HashMap<u64, Arc<[u64]>> = [
+            (7u64, Arc::from(&[0x10u64, 0x20][..])),
+            (9u64, Arc::from(&[][..])),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            stack_of(&stacks, 7, 0),
+            Stack::Addrs(Arc::from(&[0x10u64, 0x20][..]))
+        );
+        assert_eq!(stack_of(&stacks, 9, 0), Stack::None);
+        assert_eq!(stack_of(&stacks, 0, STACK_ERR_NONE), Stack::None);
+        assert_eq!(stack_of(&stacks, 0, 0), Stack::None);
+        assert_eq!(
+            stack_of(&stacks, 0, STACK_ERR_MAP_FULL),
+            Stack::Lost(StackLoss::MapFull)
+        );
+        assert_eq!(stack_of(&stacks, 0, -16), Stack::Lost(StackLoss::Error(16)));
+        // A key whose stack was drained with an earlier round.
+        assert_eq!(
+            stack_of(&stacks, 8, 0),
+            Stack::Lost(StackLoss::Error(libc::ENOENT))
+        );
+    }
 }

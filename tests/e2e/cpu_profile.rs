@@ -400,3 +400,85 @@ fn shows_progress_on_a_terminal_only() {
     let quiet = record("notty.folded", &["--duration", "1", "--format", "folded"]);
     assert!(!quiet.stderr.contains("Ctrl-C"), "{}", quiet.stderr);
 }
+
+/// Stacks lost, by the markers in the folded lines (a sample can lose both of its stacks).
+fn lost_stacks(lines: &[crate::support::FoldedLine]) -> u64 {
+    lines
+        .iter()
+        .map(|l| {
+            l.count
+                * l.frames
+                    .iter()
+                    .filter(|f| f.contains(" stack lost"))
+                    .count() as u64
+        })
+        .sum()
+}
+
+#[test]
+fn thousands_of_distinct_stacks_are_all_kept_until_the_map_is_full() {
+    let Some(_serial) = bpf_test() else { return };
+    // 4096 paths of 14 calls, 40 us of CPU at each leaf. A bucketed stack-trace map of 16384
+    // entries loses a few percent of 2000 such stacks to bucket collisions; a map keyed by
+    // the stack's hash keeps them all.
+    let w = Workload::start(&["tree-burn", "0", "4096", "40"]);
+    let pid = w.pid().to_string();
+    let rec = record(
+        "tree.folded",
+        &[
+            "--pid",
+            &pid,
+            "--frequency",
+            "999",
+            "--duration",
+            "3",
+            "--format",
+            "folded",
+        ],
+    );
+    let lines = read_folded(&rec.file);
+    let paths = lines
+        .iter()
+        .filter(|l| l.frames.iter().any(|f| f == "tree_leaf"))
+        .count();
+    assert!(paths >= 1000, "only {paths} distinct tree paths sampled");
+    assert_eq!(lost_stacks(&lines), 0, "{}", rec.stderr);
+    assert!(
+        rec.stderr.contains(" 0 with a lost stack"),
+        "{}",
+        rec.stderr
+    );
+
+    // A map too small for them: what finds no room is counted and kept as a marked sample.
+    let small = record(
+        "tree-small.folded",
+        &[
+            "--pid",
+            &pid,
+            "--frequency",
+            "999",
+            "--duration",
+            "2",
+            "--format",
+            "folded",
+            "--stack-map-entries",
+            "256",
+        ],
+    );
+    let lines = read_folded(&small.file);
+    let lost = lost_stacks(&lines);
+    assert!(lost > 0, "{}", small.stderr);
+    assert!(
+        lines.iter().any(|l| l
+            .frames
+            .iter()
+            .any(|f| f == "[user stack lost: stack map full]")),
+        "no map-full marker"
+    );
+    assert!(
+        small.stderr.contains(&format!(" {lost} with a lost stack")),
+        "{lost} marked stacks / {}",
+        small.stderr
+    );
+    drop(w);
+}

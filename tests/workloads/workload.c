@@ -19,6 +19,9 @@
  *                             forever: for k in FIRST..FIRST+COUNT, walk to a stack that is
  *                             distinct for each k (k < 2^TREE_LEVELS) and sleep US microseconds
  *                             there (many unique off-CPU stacks, at a chosen repeat rate)
+ *   workload tree-burn FIRST COUNT US
+ *                             the same walk, burning US microseconds of CPU at each leaf
+ *                             (many unique on-CPU stacks)
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
  * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
@@ -271,8 +274,21 @@ static void *answerer_main(void *arg)
  */
 #define TREE_LEVELS 14
 
+/* tree-burn: the leaves burn CPU instead of sleeping. */
+static int tree_burn;
+
 __attribute__((noinline)) void tree_leaf(long us)
 {
+	if (tree_burn) {
+		volatile long acc = 0;
+		long end = thread_cpu_ns() + us * 1000L;
+		do {
+			for (volatile long i = 0; i < 200; i++)
+				acc += i;
+		} while (thread_cpu_ns() < end);
+		sink += acc;
+		return;
+	}
 	struct timespec ts = { us / 1000000, (us % 1000000) * 1000L };
 	sink += raw_syscall3(SYS_nanosleep, (long)&ts, 0, 0);
 }
@@ -405,7 +421,7 @@ static void *busy_main(void *arg)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -449,6 +465,9 @@ int main(int argc, char **argv)
 		return direct_io(argv[2], atol(argv[3]));
 	} else if (strcmp(argv[1], "writes") == 0 && argc > 3) {
 		return fixed_writes(atol(argv[2]), atoi(argv[3]));
+	} else if (strcmp(argv[1], "tree-burn") == 0 && argc > 4) {
+		tree_burn = 1;
+		return tree_sleep(atol(argv[2]), atol(argv[3]), atol(argv[4]));
 	} else if (strcmp(argv[1], "tree-sleep") == 0 && argc > 4) {
 		return tree_sleep(atol(argv[2]), atol(argv[3]), atol(argv[4]));
 	} else if (strcmp(argv[1], "short") == 0 && argc > 2) {
