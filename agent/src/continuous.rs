@@ -485,7 +485,7 @@ fn apply_reload(
 fn ship(
     profiles: &[Profile],
     sinks: &mut Sinks,
-    histograms: Option<&mut Histograms>,
+    mut histograms: Option<&mut Histograms>,
     processes: &HashMap<u32, Attributes>,
     agent_start: SystemTime,
     interval_start: SystemTime,
@@ -521,19 +521,18 @@ fn ship(
             }));
         }
     }
+    let delta = sinks.exporter.as_ref().is_some_and(|e| e.delta());
     if let Some(e) = &mut sinks.exporter {
-        let delta = e.delta();
-        let (points, start) = match histograms {
-            Some(h) => {
-                let points = h.points();
-                if delta {
-                    h.reset();
-                }
-                (points, if delta { interval_start } else { agent_start })
-            }
-            None => (Vec::new(), agent_start),
-        };
+        let points = histograms
+            .as_deref_mut()
+            .map(Histograms::points)
+            .unwrap_or_default();
+        let start = if delta { interval_start } else { agent_start };
         let refs: Vec<&Profile> = profiles.iter().collect();
         e.export(&refs, processes, &points, start, end);
+    }
+    // Also without an exporter, so that series of removed cgroups do not pile up.
+    if let Some(h) = histograms {
+        h.end_interval(delta);
     }
 }

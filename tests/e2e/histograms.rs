@@ -2,8 +2,17 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
-use crate::support::{bpf_test, read_histograms, record, record_around, sections, Workload};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::metrics::v1::metric;
+
+use crate::collector::TestCollector;
+use crate::support::{
+    bpf_test, cgroup2_root, read_histograms, record, record_around, sections, spawn_until,
+    terminate, Workload,
+};
 
 /// The row of the bucket (2^23, 2^24] ns, which holds 10 ms.
 const ROW_10MS: (&str, &str) = ("8.39 ms", "16.8 ms");
@@ -213,5 +222,83 @@ fn keys_beyond_the_cap_go_to_an_overflow_histogram_and_are_counted() {
     assert!(
         footer.contains(&format!("{overflow} beyond the key cap")),
         "{footer} / {overflow}"
+    );
+}
+
+/// The cgroup ids of the histogram series in each OTLP metrics request that has any.
+fn cgroup_series(received: &[ExportMetricsServiceRequest]) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for req in received {
+        let points: Vec<_> = req
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| &rm.scope_metrics)
+            .flat_map(|sm| &sm.metrics)
+            .filter_map(|m| match &m.data {
+                Some(metric::Data::ExponentialHistogram(h)) => Some(&h.data_points),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        let ids = points
+            .iter()
+            .flat_map(|p| &p.attributes)
+            .filter(|kv| kv.key == "cgroup.id")
+            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::IntValue(i) => Some(*i as u64),
+                _ => None,
+            })
+            .collect();
+        out.push(ids);
+    }
+    out
+}
+
+#[test]
+fn series_of_a_removed_cgroup_are_exported_then_let_go() {
+    let Some(_serial) = bpf_test() else { return };
+    let collector = TestCollector::start();
+    let (mut agent, _stderr, log) = spawn_until(
+        &[
+            "agent",
+            "--histograms",
+            "--interval",
+            "1s",
+            "--otlp-endpoint",
+            &collector.endpoint(),
+        ],
+        "agent running",
+    );
+    let dir = cgroup2_root().join(format!("ep-test-churn-{}.scope", std::process::id()));
+    std::fs::create_dir(&dir).expect("creating a cgroup");
+    let id = std::fs::metadata(&dir).unwrap().ino();
+    let mut w = Workload::start_paused(&["sleep", "20", "5"]);
+    std::fs::write(dir.join("cgroup.procs"), w.pid().to_string())
+        .expect("moving the workload into its cgroup");
+    w.go_and_wait();
+    std::fs::remove_dir(&dir).expect("removing the emptied cgroup");
+    let removed_at = cgroup_series(&collector.received().metrics).len();
+    // Four more intervals: the one that holds the last waits, one exported unchanged, and
+    // two that must no longer carry the series.
+    let waited = collector.wait_for(Duration::from_secs(15), |r| {
+        cgroup_series(&r.metrics).len() >= removed_at + 4
+    });
+    terminate(&mut agent, &log);
+    assert!(waited, "the agent stopped exporting histograms");
+    let with: Vec<bool> = cgroup_series(&collector.received().metrics)
+        .iter()
+        .map(|ids| ids.contains(&id))
+        .collect();
+    assert!(
+        with.iter().any(|&w| w),
+        "the cgroup's series were never exported: {with:?}"
+    );
+    let last = with.iter().rposition(|&w| w).unwrap_or(0);
+    assert!(
+        last + 2 < with.len(),
+        "still exported after removal: {with:?} (removed after request {removed_at})"
     );
 }

@@ -9,24 +9,12 @@ use serde_json::json;
 
 use crate::collector::TestCollector;
 use crate::kube_api::{pod, FakeApi};
-use crate::support::{bpf_test, Workload};
+use crate::support::{bpf_test, cgroup2_root, Workload};
 
 const WEB_ID: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const PAY_ID: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const WEB_UID: &str = "6b1e0f3a-2c4d-4e5f-9a8b-7c6d5e4f3a2b";
 const PAY_UID: &str = "7c2f1a4b-3d5e-4f6a-8b9c-0d1e2f3a4b5c";
-
-/// The cgroup2 mount (on hybrid hosts it is not /sys/fs/cgroup itself).
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount")
-}
 
 /// A container cgroup the way the kubelet (systemd driver) and containerd name them,
 /// removed (innermost first) when dropped.

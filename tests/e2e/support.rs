@@ -567,3 +567,15 @@ pub fn prometheus_value(text: &str, name: &str) -> f64 {
     }
     found.unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
+
+/// The cgroup2 mount (on hybrid hosts it is not /sys/fs/cgroup itself).
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}

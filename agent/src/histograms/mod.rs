@@ -1,7 +1,7 @@
 //! `record --histograms`: the latency histograms, accumulated across drains by series
 //! (kind + cgroup, disk or syscall), named while their cgroups still exist, printed at the end.
 
-use std::collections::BTreeMap;
+mod series;
 
 use anyhow::Context;
 use emberprof_exporters::histogram_text;
@@ -14,6 +14,7 @@ use emberprof_probes::{
 
 use crate::metadata::cgroups::CgroupNames;
 use crate::metadata::disks::DiskNames;
+use series::SeriesTable;
 
 /// Series printed per kind, busiest first; the rest are summarised in one line.
 const MAX_SHOWN: usize = 20;
@@ -35,11 +36,21 @@ enum Target {
     Overflow,
 }
 
+impl Target {
+    /// The cgroup the series is about, if it is about one.
+    fn cgroup(self) -> Option<u64> {
+        match self {
+            Target::Cgroup(id) | Target::Syscall { cgroup: id, .. } => Some(id),
+            Target::Disk { .. } | Target::Overflow => None,
+        }
+    }
+}
+
 /// The histogram probes and everything drained from them so far.
 pub struct Histograms {
     probe: LatencyHistograms,
     syscalls: bool,
-    series: BTreeMap<(HistKind, Target), Log2Histogram>,
+    series: SeriesTable,
     /// Keys with a kind this build does not know (a kernel/user-space mismatch).
     unknown_kinds: u64,
     cgroups: CgroupNames,
@@ -53,7 +64,7 @@ impl Histograms {
         Ok(Histograms {
             probe,
             syscalls: config.syscalls,
-            series: BTreeMap::new(),
+            series: SeriesTable::default(),
             unknown_kinds: 0,
             cgroups: CgroupNames::new(),
             disks: DiskNames::default(),
@@ -104,27 +115,40 @@ impl Histograms {
         );
         for (key, h) in drain.keyed {
             match series_of(&key) {
-                Some(series) => self.series.entry(series).or_default().merge(&h),
+                Some(series) => self.series.merge(series, &h),
                 None => self.unknown_kinds += h.count(),
             }
         }
         for (kind, h) in drain.overflow {
-            self.series
-                .entry((kind, Target::Overflow))
-                .or_default()
-                .merge(&h);
+            self.series.merge((kind, Target::Overflow), &h);
         }
     }
 
-    /// Forgets the accumulated series (delta export: each interval starts from zero).
-    pub fn reset(&mut self) {
-        self.series.clear();
+    /// Closes an export interval: with delta export every series starts again from zero;
+    /// with cumulative export the series of cgroups that are gone are let go (see
+    /// `SeriesTable::prune`), and so are the cgroups' names.
+    pub fn end_interval(&mut self, delta: bool) {
+        if delta {
+            self.series.clear();
+            return;
+        }
+        let cgroups = &self.cgroups;
+        let dropped = self.series.prune(|id| cgroups.is_gone(id));
+        if !dropped.is_empty() {
+            tracing::debug!(
+                cgroups = dropped.len(),
+                "histogram series of removed cgroups let go"
+            );
+        }
+        for id in dropped {
+            self.cgroups.forget(id);
+        }
     }
 
     /// Every series as an OTLP exponential-histogram point, totals since the start.
     pub fn points(&mut self) -> Vec<HistogramPoint> {
         let mut points = Vec::new();
-        for ((kind, target), h) in &self.series {
+        for ((kind, target), h) in self.series.iter() {
             let (metric, description) = metric_of(*kind);
             points.push(HistogramPoint {
                 metric: metric.to_string(),

@@ -1,0 +1,141 @@
+//! The histogram series kept between exports, and which of them can be let go.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use emberprof_probes::abi::HistKind;
+use emberprof_probes::Log2Histogram;
+
+use super::Target;
+
+/// One series' identity: what it measures and whom it is about.
+pub type SeriesKey = (HistKind, Target);
+
+/// Series accumulated across drains, and which of them changed since the last export.
+#[derive(Default)]
+pub struct SeriesTable {
+    series: BTreeMap<SeriesKey, Log2Histogram>,
+    changed: BTreeSet<SeriesKey>,
+}
+
+impl SeriesTable {
+    /// Adds what a drain found for one series.
+    pub fn merge(&mut self, key: SeriesKey, h: &Log2Histogram) {
+        self.series.entry(key).or_default().merge(h);
+        self.changed.insert(key);
+    }
+
+    /// Every series, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &Log2Histogram)> {
+        self.series.iter()
+    }
+
+    /// Forgets every series (delta export: each interval starts from zero).
+    pub fn clear(&mut self) {
+        self.series.clear();
+        self.changed.clear();
+    }
+
+    /// Ends an interval of cumulative export. A series whose cgroup is `gone` can never
+    /// change again; it is dropped once it has been exported unchanged, so that its final
+    /// totals went out at least once. Without this, every container that ever ran would
+    /// stay a series until the agent restarts. Returns the cgroups no series refers to any
+    /// more.
+    pub fn prune(&mut self, gone: impl Fn(u64) -> bool) -> BTreeSet<u64> {
+        let changed = std::mem::take(&mut self.changed);
+        // One check per cgroup, however many series it has.
+        let mut verdicts: HashMap<u64, bool> = HashMap::new();
+        let mut dropped = BTreeSet::new();
+        self.series.retain(|key, _| {
+            let Some(cgroup) = key.1.cgroup() else {
+                return true;
+            };
+            if changed.contains(key) || !*verdicts.entry(cgroup).or_insert_with(|| gone(cgroup)) {
+                return true;
+            }
+            dropped.insert(cgroup);
+            false
+        });
+        for key in self.series.keys() {
+            if let Some(cgroup) = key.1.cgroup() {
+                dropped.remove(&cgroup);
+            }
+        }
+        dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one() -> Log2Histogram {
+        let mut h = Log2Histogram::new();
+        h.record(1000);
+        h
+    }
+
+    fn keys(t: &SeriesTable) -> Vec<SeriesKey> {
+        t.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn a_gone_cgroup_is_dropped_after_one_unchanged_export() {
+        let mut t = SeriesTable::default();
+        let live = (HistKind::RunQueue, Target::Cgroup(5));
+        let dead = (HistKind::RunQueue, Target::Cgroup(6));
+        let dead_syscall = (HistKind::Syscall, Target::Syscall { nr: 0, cgroup: 6 });
+        let disk = (
+            HistKind::BlockIo,
+            Target::Disk {
+                major: 8,
+                minor: 0,
+                op: emberprof_probes::abi::BlockOp::Read,
+            },
+        );
+        for k in [live, dead, dead_syscall, disk] {
+            t.merge(k, &one());
+        }
+        let gone = |id: u64| id == 6;
+        // Changed in this interval: its last totals have not been exported yet.
+        assert!(t.prune(gone).is_empty());
+        assert_eq!(keys(&t).len(), 4);
+        // Exported once unchanged: let go, and its cgroup reported.
+        assert_eq!(t.prune(gone), BTreeSet::from([6]));
+        assert_eq!(keys(&t), [live, disk]);
+        // Live cgroups and disks stay, changed or not.
+        assert!(t.prune(gone).is_empty());
+        assert_eq!(keys(&t), [live, disk]);
+    }
+
+    #[test]
+    fn a_cgroup_still_named_by_a_changed_series_is_not_reported() {
+        let mut t = SeriesTable::default();
+        let runq = (HistKind::RunQueue, Target::Cgroup(6));
+        let offcpu = (HistKind::OffCpu, Target::Cgroup(6));
+        t.merge(runq, &one());
+        t.merge(offcpu, &one());
+        assert!(t.prune(|_| true).is_empty());
+        // Only the off-CPU series changed (a last wait finishing): run queue goes, the cgroup
+        // keeps its name for the series that stays.
+        t.merge(offcpu, &one());
+        assert!(t.prune(|_| true).is_empty());
+        assert_eq!(keys(&t), [offcpu]);
+        assert_eq!(t.prune(|_| true), BTreeSet::from([6]));
+        assert!(keys(&t).is_empty());
+    }
+
+    #[test]
+    fn each_cgroup_is_checked_once_per_prune() {
+        let mut t = SeriesTable::default();
+        for kind in [HistKind::RunQueue, HistKind::OffCpu] {
+            t.merge((kind, Target::Cgroup(9)), &one());
+        }
+        t.prune(|_| false);
+        let checks = std::cell::Cell::new(0);
+        t.prune(|_| {
+            checks.set(checks.get() + 1);
+            false
+        });
+        assert_eq!(checks.get(), 1);
+    }
+}
