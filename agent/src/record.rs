@@ -268,7 +268,7 @@ fn summary(run: &Run) -> anyhow::Result<String> {
                 );
             }
             format!(
-                "emberprof: {} samples (kernel counted {}, {} dropped, {} with a lost stack) from {} processes, {} unique stacks",
+                "emberprof: {} samples (kernel counted {}, {} dropped, {} stacks lost) from {} processes, {} unique stacks",
                 c.total,
                 k.samples,
                 k.dropped(),

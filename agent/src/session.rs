@@ -120,8 +120,8 @@ pub fn health_counters(
                 ));
                 out.extend(by_label(
                     "emberprof.cpu.stacks.lost",
-                    "CPU samples kept without one of their stacks",
-                    "{sample}",
+                    "User or kernel stacks of CPU samples that could not be kept (the samples are)",
+                    "{stack}",
                     "reason",
                     &[
                         ("user_stack_map_full", k.user_stack_map_full),

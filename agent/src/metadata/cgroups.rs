@@ -93,6 +93,12 @@ impl CgroupNames {
         }
     }
 
+    /// Lets the next walk drop the names of cgroups that are gone (delta export: no series
+    /// outlives its interval).
+    pub fn release_all(&mut self) {
+        self.wanted.clear();
+    }
+
     /// Lets go of a removed cgroup's name once nothing refers to it.
     pub fn forget(&mut self, id: u64) {
         self.names.remove(&id);
@@ -109,8 +115,9 @@ impl CgroupNames {
 }
 
 /// Whether cgroup `id` exists, by opening it as a kernfs file handle (a cgroup2 id is one,
-/// type FILEID_KERNFS) on the cgroup2 mount: it works for cgroups outside our namespace and
-/// needs CAP_DAC_READ_SEARCH. None when the kernel will not say.
+/// type FILEID_KERNFS) on the cgroup2 mount. Needs CAP_DAC_READ_SEARCH, and the cgroup under
+/// the mount's root (from inside a cgroup namespace, cgroups outside it are refused). None
+/// when the kernel will not say.
 fn exists_by_id(mount: &std::fs::File, id: u64) -> Option<bool> {
     use std::os::fd::AsRawFd;
     /// `struct file_handle` with the 8-byte kernfs id as its payload.
@@ -136,9 +143,15 @@ fn exists_by_id(mount: &std::fs::File, id: u64) -> Option<bool> {
         )
     };
     if fd >= 0 {
+        // Before Linux 6.1 a removed cgroup that something still pins (a dying memory
+        // cgroup) opens too, but its files are gone: every cgroup, the root included, has
+        // cgroup.procs while it exists.
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fd is open, the name is NUL-terminated, st is written by the call.
+        let found = unsafe { libc::fstatat(fd, c"cgroup.procs".as_ptr(), st.as_mut_ptr(), 0) };
         // SAFETY: fd is ours.
         unsafe { libc::close(fd) };
-        return Some(true);
+        return Some(found == 0);
     }
     match std::io::Error::last_os_error().raw_os_error() {
         Some(libc::ESTALE) | Some(libc::ENOENT) => Some(false),
@@ -305,13 +318,15 @@ mod tests {
         assert_eq!(names.name(b), format!("cgroup id {b}"));
         names.forget(a);
         assert_eq!(names.name(a), format!("cgroup id {a}"));
-        // Same path, new directory: a different cgroup, so the old id is gone.
+        // A path now holding another directory: a different cgroup, so the old id is gone.
         std::fs::create_dir_all(dir.join("c")).unwrap();
         let c = ino(&dir.join("c"));
         names.learn([c]);
+        // d exists alongside c, so its inode differs.
+        std::fs::create_dir_all(dir.join("d")).unwrap();
         std::fs::remove_dir(dir.join("c")).unwrap();
-        std::fs::create_dir_all(dir.join("c")).unwrap();
-        assert_eq!(names.is_gone(c), ino(&dir.join("c")) != c);
+        std::fs::rename(dir.join("d"), dir.join("c")).unwrap();
+        assert!(names.is_gone(c));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
