@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
-use opentelemetry_proto::tonic::metrics::v1::metric;
 
 use crate::collector::TestCollector;
 use crate::support::{
-    bpf_test, cgroup2_root, read_histograms, record, record_around, sections, spawn_until,
-    terminate, Workload,
+    bpf_test, cgroup2_root, histogram_points, read_histograms, record, record_around, sections,
+    spawn_until, terminate, Workload,
 };
 
 /// The row of the bucket (2^23, 2^24] ns, which holds 10 ms.
@@ -40,13 +39,16 @@ fn nanosleep_syscall_latency_lands_in_the_10ms_bucket() {
     );
     assert_eq!(nanosleep[0].count, n);
     // Each of the sleeps is also one off-CPU wait of the same length; the only other long
-    // wait of the process is for its "go" line.
+    // wait of the process is for its "go" line. A sleep may not block at all: if the vCPU
+    // stalls (host steal time, invisible to the guest's scheduler) between arming the timer
+    // and schedule(), the timer has fired by then. CI saw 39 of 40 once, with the
+    // nanosleep itself still 10 ms and the run-queue waits one short too.
     let off_cpu: u64 = sections(&all, "off-CPU duration, cgroup ")
         .iter()
         .map(|s| s.row(ROW_10MS.0, ROW_10MS.1))
         .sum();
     assert!(
-        (n..=n + 1).contains(&off_cpu),
+        (n - 2..=n + 1).contains(&off_cpu),
         "off-CPU 10 ms waits: {off_cpu}"
     );
     // The PID filter keeps every other process's syscalls out.
@@ -230,17 +232,7 @@ fn keys_beyond_the_cap_go_to_an_overflow_histogram_and_are_counted() {
 fn cgroup_counts(received: &[ExportMetricsServiceRequest]) -> Vec<HashMap<u64, u64>> {
     let mut out = Vec::new();
     for req in received {
-        let points: Vec<_> = req
-            .resource_metrics
-            .iter()
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
-            .filter_map(|m| match &m.data {
-                Some(metric::Data::ExponentialHistogram(h)) => Some(&h.data_points),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let points = histogram_points(req);
         if points.is_empty() {
             continue;
         }

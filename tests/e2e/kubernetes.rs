@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::collector::TestCollector;
 use crate::kube_api::{pod, FakeApi};
-use crate::support::{bpf_test, cgroup2_root, Workload};
+use crate::support::{bpf_test, cgroup2_root, histogram_points, Workload};
 
 const WEB_ID: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const PAY_ID: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
@@ -194,18 +194,10 @@ fn profiles_carry_pod_and_container_attributes() {
     assert_eq!(attr(own, "k8s.pod.uid").as_deref(), Some(PAY_UID));
 
     // Latency histograms are per cgroup: the web container's series carry its pod too.
-    use opentelemetry_proto::tonic::metrics::v1::metric;
     let web_series: Vec<&Vec<KeyValue>> = received
         .metrics
         .iter()
-        .flat_map(|r| &r.resource_metrics)
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .filter_map(|m| match &m.data {
-            Some(metric::Data::ExponentialHistogram(h)) => Some(&h.data_points),
-            _ => None,
-        })
-        .flatten()
+        .flat_map(histogram_points)
         .map(|p| &p.attributes)
         .filter(|a| attr(a, "container.id").as_deref() == Some(WEB_ID))
         .collect();

@@ -579,3 +579,20 @@ pub fn cgroup2_root() -> PathBuf {
         })
         .expect("a cgroup2 mount")
 }
+
+/// The exponential-histogram points of one OTLP metrics request.
+pub fn histogram_points(
+    req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> Vec<&opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint> {
+    use opentelemetry_proto::tonic::metrics::v1::metric;
+    req.resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter_map(|m| match &m.data {
+            Some(metric::Data::ExponentialHistogram(h)) => Some(&h.data_points),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
