@@ -8,7 +8,7 @@ use emberprof_exporters::pprof::validate;
 use pprof::protos::{self, Message};
 
 use crate::support::{
-    assert_cpu_split, bpf_test, read_folded, record, self_counts, Workload, EMBERPROF,
+    assert_cpu_split, bpf_test, read_folded, record, self_counts, spawn_until, Workload, EMBERPROF,
     SPLIT_FUNCTIONS,
 };
 
@@ -276,28 +276,28 @@ fn ctrl_c_ends_the_recording_and_still_writes_it() {
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("interrupted.folded");
     let _ = std::fs::remove_file(&file);
     let started = Instant::now();
-    let child = Command::new(EMBERPROF)
-        .args([
+    let file_arg = file.to_string_lossy().into_owned();
+    let pid = w.pid().to_string();
+    let (mut child, mut stderr, mut log) = spawn_until(
+        &[
             "record",
             "--pid",
-            &w.pid().to_string(),
+            &pid,
             "--duration",
             "60",
             "--output",
-        ])
-        .arg(&file)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+            &file_arg,
+        ],
+        "recording",
+    );
+    std::thread::sleep(Duration::from_millis(1000));
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("reading emberprof's log");
+    log.push_str(&rest);
+    let status = child.wait().expect("waiting for emberprof");
+    assert!(status.success(), "{log}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "Ctrl-C did not end the recording"

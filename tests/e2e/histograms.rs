@@ -31,13 +31,14 @@ fn nanosleep_syscall_latency_lands_in_the_10ms_bucket() {
     let all = read_histograms(&rec.file);
     let nanosleep = sections(&all, "syscall latency, nanosleep, cgroup ");
     assert_eq!(nanosleep.len(), 1, "{all:#?}");
-    assert_eq!(
-        nanosleep[0].row(ROW_10MS.0, ROW_10MS.1),
-        n,
+    assert_eq!(nanosleep[0].count, n);
+    // None returns early; a vCPU stall of 7 ms or more at a wakeup moves one a row up.
+    assert_eq!(nanosleep[0].count_above(8.0e6), n, "{:#?}", nanosleep[0]);
+    assert!(
+        nanosleep[0].row(ROW_10MS.0, ROW_10MS.1) >= n - 2,
         "{:#?}",
         nanosleep[0]
     );
-    assert_eq!(nanosleep[0].count, n);
     // Each of the sleeps is also one off-CPU wait of the same length; the only other long
     // wait of the process is for its "go" line. A sleep may not block at all: if the vCPU
     // stalls (host steal time, invisible to the guest's scheduler) between arming the timer

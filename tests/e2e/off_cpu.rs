@@ -192,7 +192,8 @@ fn repeated_blocks_on_one_stack_share_one_kernel_entry() {
     let counts = profiler.stop().expect("stopping");
     let main_thread: Vec<_> = counts.iter().filter(|c| c.tid == pid).collect();
     let total: u64 = main_thread.iter().map(|c| c.value).sum();
-    assert!(total >= 50 * 2 * MS, "{total} ns blocked");
+    // A sleep can end without blocking when a vCPU stall outlasts its timer.
+    assert!(total >= 45 * 2 * MS, "{total} ns blocked");
     // The 50 sleeps, plus the wait for "go" and the exit path at most.
     assert!(main_thread.len() <= 4, "{} entries", main_thread.len());
 }

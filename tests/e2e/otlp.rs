@@ -9,7 +9,8 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use crate::collector::{free_port, TestCollector};
 use crate::support::{
-    assert_cpu_split, bpf_test, parse_ns, read_histograms, record, Workload, SPLIT_FUNCTIONS,
+    assert_cpu_split, bpf_test, parse_ns, read_histograms, record, spawn_until, Workload,
+    SPLIT_FUNCTIONS,
 };
 
 fn text(v: &Option<AnyValue>) -> String {
@@ -228,10 +229,12 @@ fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
         .expect("a nanosleep data point");
     assert_eq!(point.scale, 0);
     assert_eq!(point.count, n);
-    // 10 ms is in bucket 23, (2^23, 2^24] ns; every sleep landed there.
+    // 10 ms is in bucket 23, (2^23, 2^24] ns: the lowest bucket any sleep can land in, and
+    // where all but a sleep delayed 7 ms or more by a vCPU stall land.
     let buckets = point.positive.as_ref().unwrap();
     assert_eq!(buckets.offset, 23, "{buckets:?}");
-    assert_eq!(buckets.bucket_counts, [n]);
+    assert!(buckets.bucket_counts[0] >= n - 2, "{buckets:?}");
+    assert_eq!(buckets.bucket_counts.iter().sum::<u64>(), n, "{buckets:?}");
     assert!(attr(&point.attributes, "cgroup.path").is_some());
     for name in [
         "emberprof.sched.runqueue.latency",
@@ -282,23 +285,30 @@ fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
 fn a_collector_that_comes_up_late_still_receives_the_recording() {
     let Some(_serial) = bpf_test() else { return };
     let port = free_port();
-    let starter = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
-        TestCollector::start_on(port)
-    });
-    let rec = record(
-        "late.pb.gz",
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("late.pb.gz");
+    let file_arg = file.to_string_lossy().into_owned();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // The collector comes up only once emberprof has failed to reach it.
+    let (mut child, mut stderr, mut log) = spawn_until(
         &[
+            "record",
             "--duration",
             "1",
             "--otlp-endpoint",
-            &format!("http://127.0.0.1:{port}"),
+            &endpoint,
+            "--output",
+            &file_arg,
         ],
+        "export failed; retrying",
     );
-    let collector = starter.join().unwrap();
+    let collector = TestCollector::start_on(port);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("reading emberprof's log");
+    log.push_str(&rest);
+    let status = child.wait().expect("waiting for emberprof");
+    assert!(status.success(), "{log}");
     assert!(collector.wait_for(Duration::from_secs(5), |r| r.profiles.len() == 1));
-    let summary = rec
-        .stderr
+    let summary = log
         .lines()
         .find(|l| l.starts_with("emberprof: OTLP "))
         .expect("an OTLP summary line");
