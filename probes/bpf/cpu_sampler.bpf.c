@@ -12,6 +12,7 @@
 #include "emberprof.h"
 #include "common.bpf.h"
 
+#define ENOENT 2
 #define E2BIG 7
 #define EFAULT 14
 #define EEXIST 17
@@ -111,8 +112,12 @@ static __always_inline void ep_stack(void *ctx, void *stacks, __u64 flags, __u32
 
 	*id = 0;
 	*err = 0;
-	if (!buf)
+	if (!buf) {
+		/* Cannot happen with a one-entry per-CPU array; counted, never silent. */
+		*err = -ENOENT;
+		ep_count(EP_CNT_STACK_ERROR);
 		return;
+	}
 	/* Zero-fills past the last frame, so equal stacks are equal values. */
 	long bytes = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), flags);
 	if (bytes <= 0) {
