@@ -17,12 +17,19 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_sample_key", "user_err"),
     ("ep_sample_key", "kernel_err"),
     ("ep_sample_key", "comm"),
+    ("ep_sample_key", "exec_id"),
+    ("ep_sample_key", "flags"),
+    ("ep_announcement", "tgid"),
+    ("ep_announcement", "exec_id"),
+    ("ep_announcement", "comm"),
     ("ep_stack", "ips"),
     ("ep_offcpu_key", "tgid"),
     ("ep_offcpu_key", "tid"),
     ("ep_offcpu_key", "comm"),
     ("ep_offcpu_key", "user_len"),
     ("ep_offcpu_key", "kernel_len"),
+    ("ep_offcpu_key", "exec_id"),
+    ("ep_offcpu_key", "flags"),
     ("ep_offcpu_key", "user"),
     ("ep_offcpu_key", "kernel"),
     ("ep_offcpu_value", "total_ns"),
@@ -193,7 +200,8 @@ printf(\"pub const EP_HIST_SLOTS: usize = %d;\\n\", (int)EP_HIST_SLOTS);\n\
 printf(\"pub const EP_BLOCK_OTHER: u32 = %d;\\n\", (int)EP_BLOCK_OTHER);\n\
 printf(\"pub const EP_STACK_ERR_MAP_FULL: i32 = %d;\\n\", (int)EP_STACK_ERR_MAP_FULL);\n\
 printf(\"pub const EP_STACK_ERR_NONE: i32 = %d;\\n\", (int)EP_STACK_ERR_NONE);\n\
-printf(\"pub const EP_MAX_STACK_DEPTH: usize = %d;\\n\", (int)EP_MAX_STACK_DEPTH);\n",
+printf(\"pub const EP_MAX_STACK_DEPTH: usize = %d;\\n\", (int)EP_MAX_STACK_DEPTH);\n\
+printf(\"pub const EP_KEY_KTHREAD: u32 = %u;\\n\", EP_KEY_KTHREAD);\n",
     );
     c.push_str("printf(\"pub const SLOT_SAMPLES: &[(u64, usize)] = &[\\n\");\n");
     for v in SLOT_SAMPLES {

@@ -131,6 +131,10 @@ pub struct RecordArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub export: ExportArgs,
+    /// With --otlp-endpoint or --pyroscope-url: send what was recorded every this long while
+    /// recording (the output file still covers the whole recording).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub export_interval: Duration,
     #[command(flatten)]
     pub symbols: SymbolArgs,
     #[command(flatten)]
@@ -277,6 +281,13 @@ pub struct ExportArgs {
     /// Pyroscope basic-auth user.
     #[arg(long, value_name = "USER", requires = "pyroscope_url")]
     pub pyroscope_user: Option<String>,
+    /// Also send these attributes, each of which makes a series per process or per thread
+    /// in Pyroscope: process.pid, process.command_line, process.executable.path,
+    /// thread.id, thread.name, or all (comma-separated or repeated). They apply to pprof
+    /// files too (thread labels).
+    #[arg(long, value_name = "NAME", value_delimiter = ',',
+          value_parser = crate::metadata::attributes::parse_extra)]
+    pub extra_attributes: Vec<String>,
     /// Pyroscope basic-auth password.
     #[arg(
         long,

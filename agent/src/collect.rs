@@ -1,6 +1,6 @@
 //! Turns drained kernel aggregates into symbolized samples of a profile.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use emberprof_exporters::ProfileBuilder;
@@ -12,10 +12,38 @@ use emberprof_symbolizer::{FrameKind, Location, Stack, StackRequest, Symbolizer}
 pub struct Collected {
     /// Sum of the drained values: samples (CPU) or nanoseconds (off-CPU).
     pub total: u64,
-    pub pids: HashSet<u32>,
+    /// Every process sampled, with what the kernel told of it: its metadata falls back on
+    /// this when the process is gone before /proc could be read.
+    pub pids: HashMap<u32, Seen>,
     pub stacks: HashSet<Stack>,
     /// Most kernel count-map entries one drain returned: how full the map got.
     pub max_drained: usize,
+}
+
+/// What the samples say of a process.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// Its name: the comm of its image, as read or announced, else the sampled thread's.
+    pub name: Arc<str>,
+    /// It is a kernel thread.
+    pub kernel_thread: bool,
+}
+
+/// Which thread details samples keep: thread ids and names make a series per thread in
+/// Pyroscope (sample attributes and pprof string labels become series labels), so they are
+/// kept only when asked for. Samples without them merge across threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadDetail {
+    pub id: bool,
+    pub name: bool,
+}
+
+impl ThreadDetail {
+    /// Thread ids and names both (local, on-demand profiles).
+    pub const ALL: ThreadDetail = ThreadDetail {
+        id: true,
+        name: true,
+    };
 }
 
 /// Symbolizes one drain's worth of counts and adds them to the profile.
@@ -24,27 +52,41 @@ pub fn add(
     symbolizer: &mut Symbolizer,
     builder: &mut ProfileBuilder,
     collected: &mut Collected,
+    threads: ThreadDetail,
 ) {
     let requests: Vec<StackRequest<'_>> = counts
         .iter()
         .map(|c| StackRequest {
-            pid: c.tgid,
-            user: addrs(&c.user),
-            kernel: addrs(&c.kernel),
+            exec_id: Some(c.exec_id),
+            ..StackRequest::new(c.tgid, addrs(&c.user), addrs(&c.kernel))
         })
         .collect();
     let stacks = symbolizer.symbolize(&requests);
     collected.max_drained = collected.max_drained.max(counts.len());
+    let no_name: Arc<str> = Arc::from("");
 
     for (c, stack) in counts.iter().zip(stacks) {
         let stack = with_loss_markers(without_probe_frames(stack), &c.user, &c.kernel);
         let thread_name: Arc<str> = Arc::from(c.thread_name.as_str());
-        let process_name = symbolizer
-            .process_name(c.tgid)
-            .unwrap_or_else(|| thread_name.clone());
-        builder.add_periods(c.tgid, &process_name, c.tid, &thread_name, &stack, c.value);
+        let process_name = match symbolizer.process_name(c.tgid, Some(c.exec_id)) {
+            Some(name) => name,
+            // Gone before anything was read of it: the sampled thread's name is all there is.
+            None => collected
+                .pids
+                .get(&c.tgid)
+                .map_or_else(|| thread_name.clone(), |s| s.name.clone()),
+        };
+        let tid = if threads.id { c.tid } else { 0 };
+        let shown_thread = if threads.name { &thread_name } else { &no_name };
+        builder.add_periods(c.tgid, &process_name, tid, shown_thread, &stack, c.value);
         collected.total += c.value;
-        collected.pids.insert(c.tgid);
+        collected.pids.insert(
+            c.tgid,
+            Seen {
+                name: process_name,
+                kernel_thread: c.kernel_thread,
+            },
+        );
         collected.stacks.insert(stack);
     }
 }

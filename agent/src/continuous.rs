@@ -1,8 +1,7 @@
 //! `emberprof agent`: profile until stopped, and every interval hand one batch (the
-//! interval's profiles, the histograms) to the exporters. Sampling never waits on export:
-//! OTLP goes through the background pipeline, Pyroscope pushes run on their own thread.
-//! On SIGTERM/SIGINT the final partial interval is exported within --shutdown-timeout and
-//! every probe is detached before exit.
+//! interval's profiles, the histograms) to the sinks (sinks.rs). Sampling never waits on
+//! export. On SIGTERM/SIGINT the final partial interval is exported within
+//! --shutdown-timeout and every probe is detached before exit.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,20 +11,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use emberprof_exporters::otlp::Attributes;
-use emberprof_exporters::{Profile, ProfileBuilder};
+use emberprof_exporters::Profile;
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::AgentArgs;
-use crate::collect::{self, Collected};
-use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
+use crate::collect::{self, Collected, ThreadDetail};
+use crate::export::Exporter;
 use crate::histograms::Histograms;
 use crate::http::SharedStatus;
 use crate::pprof_dir::PprofDir;
 use crate::selection::Selection;
 use crate::session::{
-    health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
+    health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Run,
 };
+use crate::sinks::Sinks;
 use crate::timings::{IntervalSize, IntervalTimings};
 use crate::watcher::ProcessWatcher;
 
@@ -38,7 +38,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             bail!("no process with PID {pid} (--pid)");
         }
     }
-    let mut sinks = Sinks::from_args(&args)?;
+    let mut sinks = sinks_of(&args)?;
     if sinks.exporter.is_none() && sinks.pyroscope.is_none() && sinks.pprof_dir.is_none() {
         // Still useful: /metrics and the on-demand /debug/pprof endpoints.
         tracing::warn!(
@@ -131,6 +131,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
                 &mut symbolizer,
                 &mut processes,
                 &mut timings,
+                sinks.extra.threads(),
             )?;
             select(selection.as_ref(), &mut runs, histograms.as_mut());
             publish(
@@ -147,10 +148,9 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             let now = SystemTime::now();
             let size = IntervalSize::of(&runs);
             let closing = Instant::now();
-            let profiles = finish_interval(&mut runs, &args, now);
-            ship(
+            let profiles = finish_interval(&mut runs, now);
+            sinks.ship(
                 &profiles,
-                &mut sinks,
                 histograms.as_mut(),
                 &processes,
                 agent_start,
@@ -175,9 +175,14 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     if let Some(w) = &watcher {
         w.deliver(&mut symbolizer, Some(&mut processes));
     }
-    stop_all(&mut runs, histograms.as_mut(), &mut symbolizer)?;
+    stop_all(
+        &mut runs,
+        histograms.as_mut(),
+        &mut symbolizer,
+        sinks.extra.threads(),
+    )?;
     drop(watcher);
-    observe(&mut processes, &runs, &symbolizer);
+    observe(&mut processes, &runs);
     let now = SystemTime::now();
     let health = health_counters(
         &runs,
@@ -185,11 +190,10 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         &symbolizer,
         args.maps.count_map_entries,
     )?;
-    let profiles = finish_interval(&mut runs, &args, now);
+    let profiles = finish_interval(&mut runs, now);
     drop(runs);
-    ship(
+    sinks.ship(
         &profiles,
-        &mut sinks,
         histograms.as_mut(),
         &processes,
         agent_start,
@@ -197,15 +201,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         now,
     );
     intervals += 1;
-    if let Some(push) = sinks.pyroscope_push.take() {
-        let deadline = Instant::now() + args.shutdown_timeout;
-        while !push.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !push.is_finished() {
-            tracing::warn!("the last Pyroscope push did not finish within --shutdown-timeout");
-        }
-    }
+    sinks.wait_for_push(args.shutdown_timeout);
     eprintln!("emberprof: agent stopped after {intervals} intervals");
     if let Some(mut e) = sinks.exporter {
         e.set_flush_timeout(args.shutdown_timeout);
@@ -301,35 +297,38 @@ fn drain(
     symbolizer: &mut Symbolizer,
     processes: &mut HashMap<u32, Attributes>,
     timings: &mut IntervalTimings,
+    threads: ThreadDetail,
 ) -> anyhow::Result<()> {
     for run in runs.iter_mut() {
         let counts = timings
             .drain(|| run.profiler.drain())
             .context("draining the kernel maps")?;
         timings.symbolize(counts.len(), || {
-            collect::add(&counts, symbolizer, &mut run.builder, &mut run.collected)
+            collect::add(
+                &counts,
+                symbolizer,
+                &mut run.builder,
+                &mut run.collected,
+                threads,
+            )
         });
     }
     if let Some(h) = histograms {
         timings.drain(|| h.drain())?;
     }
-    observe(processes, runs, symbolizer);
+    observe(processes, runs);
     Ok(())
 }
 
 /// Closes the interval's profiles at `end` and starts the next ones there, so that
 /// consecutive intervals neither overlap nor leave gaps.
-fn finish_interval(runs: &mut [Run], args: &AgentArgs, end: SystemTime) -> Vec<Profile> {
+fn finish_interval(runs: &mut [Run], end: SystemTime) -> Vec<Profile> {
     runs.iter_mut()
         .map(|run| {
-            let next = match run.profiler {
-                Profiler::Cpu(_) => ProfileBuilder::cpu(args.frequency, end),
-                Profiler::OffCpu(_) => ProfileBuilder::off_cpu(end),
-            };
             // Per-interval bookkeeping starts over too, so that a months-long run does not
             // accumulate every stack and PID it ever saw.
             run.collected = Collected::default();
-            std::mem::replace(&mut run.builder, next).finish(end)
+            run.take_span(end)
         })
         .collect()
 }
@@ -361,35 +360,21 @@ fn raise_open_file_limit() -> usize {
         .max(64)
 }
 
-/// Where intervals go.
-struct Sinks {
-    exporter: Option<Exporter>,
-    pyroscope: Option<emberprof_exporters::pyroscope::PyroscopeConfig>,
-    /// The Pyroscope push in flight: at most one, so a slow server cannot pile them up.
-    pyroscope_push: Option<std::thread::JoinHandle<()>>,
-    pprof_dir: Option<PprofDir>,
-}
-
-impl Sinks {
-    fn from_args(args: &AgentArgs) -> anyhow::Result<Sinks> {
-        Ok(Sinks {
-            exporter: Exporter::from_args(&args.export)?,
-            pyroscope: pyroscope_config(&args.export)?,
-            pyroscope_push: None,
-            pprof_dir: args
-                .pprof_dir
-                .as_deref()
-                .map(|d| {
-                    PprofDir::new(
-                        d,
-                        args.pprof_max_files,
-                        args.pprof_max_bytes,
-                        args.pprof_max_age,
-                    )
-                })
-                .transpose()?,
+/// The agent's sinks: the exporters its arguments ask for, and the pprof directory.
+fn sinks_of(args: &AgentArgs) -> anyhow::Result<Sinks> {
+    let pprof_dir = args
+        .pprof_dir
+        .as_deref()
+        .map(|d| {
+            PprofDir::new(
+                d,
+                args.pprof_max_files,
+                args.pprof_max_bytes,
+                args.pprof_max_age,
+            )
         })
-    }
+        .transpose()?;
+    Sinks::from_args(&args.export, pprof_dir)
 }
 
 /// The agent's arguments as the command line and the config file say now.
@@ -439,7 +424,7 @@ fn apply_reload(
         || new.pprof_max_bytes != args.pprof_max_bytes
         || new.pprof_max_age != args.pprof_max_age;
     if sinks_changed {
-        match Sinks::from_args(&new) {
+        match sinks_of(&new) {
             Ok(fresh) => {
                 let old = std::mem::replace(sinks, fresh);
                 sinks.pyroscope_push = old.pyroscope_push;
@@ -477,62 +462,5 @@ fn apply_reload(
             unchanged = ?needs_restart,
             "SIGHUP: configuration reloaded; these settings need a restart and were kept"
         );
-    }
-}
-
-/// Hands one interval to every sink without waiting for delivery (the local files are
-/// written before returning: they are small and local).
-fn ship(
-    profiles: &[Profile],
-    sinks: &mut Sinks,
-    mut histograms: Option<&mut Histograms>,
-    processes: &HashMap<u32, Attributes>,
-    agent_start: SystemTime,
-    interval_start: SystemTime,
-    end: SystemTime,
-) {
-    let samples: usize = profiles.iter().map(|p| p.samples.len()).sum();
-    tracing::info!(samples, "exporting an interval");
-    if let Some(dir) = &sinks.pprof_dir {
-        for p in profiles {
-            let kind = if p.name == "CPU" { "cpu" } else { "offcpu" };
-            if let Err(e) = dir.write(p, kind, end) {
-                tracing::warn!(error = %format!("{e:#}"), "writing the interval's pprof file");
-            }
-        }
-    }
-    if let Some(config) = &sinks.pyroscope {
-        if sinks
-            .pyroscope_push
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
-        {
-            tracing::warn!(
-                "the previous Pyroscope push is still running; this interval is not pushed"
-            );
-        } else {
-            let (config, profiles, processes) =
-                (config.clone(), profiles.to_vec(), processes.clone());
-            // A slow Pyroscope must not hold up sampling.
-            sinks.pyroscope_push = Some(std::thread::spawn(move || {
-                if let Err(e) = push_to_pyroscope(&config, &profiles, &processes) {
-                    tracing::warn!(error = %format!("{e:#}"), "Pyroscope push failed");
-                }
-            }));
-        }
-    }
-    let delta = sinks.exporter.as_ref().is_some_and(|e| e.delta());
-    if let Some(e) = &mut sinks.exporter {
-        let points = histograms
-            .as_deref_mut()
-            .map(Histograms::points)
-            .unwrap_or_default();
-        let start = if delta { interval_start } else { agent_start };
-        let refs: Vec<&Profile> = profiles.iter().collect();
-        e.export(&refs, processes, &points, start, end);
-    }
-    // Also without an exporter, so that series of removed cgroups do not pile up.
-    if let Some(h) = histograms {
-        h.end_interval(delta);
     }
 }

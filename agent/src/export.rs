@@ -245,28 +245,42 @@ pub fn pyroscope_config(args: &ExportArgs) -> anyhow::Result<Option<PyroscopeCon
     Ok(Some(config))
 }
 
-/// One push per profile kind and service; the service is the process's `service.name`.
+/// One push per profile kind and series: the service is the process's `service.name`, the
+/// labels its other resource attributes (as sent over OTLP) and the host's.
 pub fn push_to_pyroscope(
     config: &PyroscopeConfig,
     profiles: &[Profile],
     processes: &HashMap<u32, Attributes>,
 ) -> anyhow::Result<()> {
-    let service_of = |s: &emberprof_exporters::Sample| {
-        processes
-            .get(&s.pid)
+    let text = |v: &AttrValue| match v {
+        AttrValue::Str(s) => s.clone(),
+        AttrValue::Int(i) => i.to_string(),
+    };
+    let host = host_attributes();
+    let series_of = |s: &emberprof_exporters::Sample| {
+        let attrs = processes.get(&s.pid);
+        let service = attrs
             .and_then(|attrs| {
                 attrs.iter().find_map(|(k, v)| match v {
                     AttrValue::Str(name) if k == "service.name" => Some(name.clone()),
                     _ => None,
                 })
             })
-            .unwrap_or_else(|| s.process_name.to_string())
+            .unwrap_or_else(|| s.process_name.to_string());
+        let mut labels: Vec<(String, String)> = attrs
+            .into_iter()
+            .flatten()
+            .chain(&host)
+            .filter(|(k, _)| k != "service.name")
+            .map(|(k, v)| (k.clone(), text(v)))
+            .collect();
+        labels.sort();
+        labels.dedup_by(|a, b| a.0 == b.0);
+        (service, labels)
     };
-    let host = crate::metadata::process::hostname().unwrap_or_default();
-    let labels = vec![("host_name".to_string(), host)];
     let mut pushed = 0;
     for profile in profiles {
-        pushed += pyroscope::push(config, profile, service_of, &labels)
+        pushed += pyroscope::push(config, profile, series_of)
             .with_context(|| format!("pushing the {} profile to {}", profile.name, config.url))?;
     }
     eprintln!(

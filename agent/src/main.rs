@@ -15,6 +15,7 @@ mod progress;
 mod record;
 mod selection;
 mod session;
+mod sinks;
 mod symbols;
 mod timings;
 mod watcher;

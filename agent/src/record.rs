@@ -1,5 +1,8 @@
 //! `emberprof record`: sample for a while, then write one profile per kind recorded and
-//! print the latency histograms.
+//! print the latency histograms. With an exporter (OTLP or Pyroscope) each finished span of
+//! `--export-interval` is sent while recording, through the agent's sinks, so that no
+//! profile is older than a span when it arrives (Pyroscope refuses profiles over an hour
+//! old); the files still cover the whole recording.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,18 +12,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use emberprof_exporters::otlp::Attributes;
-use emberprof_exporters::{Format, Profile};
+use emberprof_exporters::{Format, Profile, ProfileBuilder};
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 
 use crate::cli::RecordArgs;
 use crate::collect;
-use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
 use crate::histograms::Histograms;
 use crate::output;
 use crate::progress::Progress;
 use crate::session::{
     health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
 };
+use crate::sinks::Sinks;
 use crate::watcher::ProcessWatcher;
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
@@ -46,11 +49,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the Ctrl-C handler")?;
     }
-    let exporter = Exporter::from_args(&args.export)?;
-    let pyroscope = pyroscope_config(&args.export)?;
+    let mut sinks = Sinks::from_args(&args.export, None)?;
+    let threads = sinks.extra.threads();
     // Resource attributes of the processes profiled, read while they run, for the exports.
-    let mut processes: Option<HashMap<u32, Attributes>> =
-        (exporter.is_some() || pyroscope.is_some()).then(HashMap::new);
+    let mut processes: Option<HashMap<u32, Attributes>> = sinks.remote().then(HashMap::new);
     let mut symbolizer = crate::symbols::symbolizer(&args.symbols, usize::MAX);
     for pid in &args.pids {
         symbolizer.observe(*pid);
@@ -82,6 +84,9 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         ..LatencyConfig::new(args.pids.clone())
     }))?;
     let watcher = ProcessWatcher::start(&mut runs);
+    // The whole recording, for the files; the runs' builders hold the current span.
+    let mut whole: Vec<ProfileBuilder> = runs.iter().map(|r| r.builder.fresh(start)).collect();
+    let mut span_start = start;
     let started = Instant::now();
     tracing::info!(
         cpu = want_cpu,
@@ -93,6 +98,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
 
     let progress = Progress::new();
     let mut next_drain = args.maps.drain_interval;
+    let mut next_span = args.export_interval;
     loop {
         let elapsed = started.elapsed();
         if elapsed >= args.duration || stop.load(Ordering::Relaxed) {
@@ -109,15 +115,24 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                     &mut symbolizer,
                     &mut run.builder,
                     &mut run.collected,
+                    threads,
                 );
             }
             if let Some(h) = &mut histograms {
                 h.drain()?;
             }
             if let Some(p) = &mut processes {
-                observe(p, &runs, &symbolizer);
+                observe(p, &runs);
             }
             next_drain = elapsed + args.maps.drain_interval;
+            if let (Some(p), true) = (&processes, elapsed >= next_span) {
+                let end = SystemTime::now();
+                let spans = end_span(&mut runs, &mut whole, end);
+                // Histograms go out once, at the end: they are totals since the start.
+                sinks.ship(&spans, None, p, start, span_start, end);
+                span_start = end;
+                next_span = elapsed + args.export_interval;
+            }
         }
         progress.update(
             elapsed,
@@ -135,16 +150,16 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     if let Some(w) = &watcher {
         w.deliver(&mut symbolizer, processes.as_mut());
     }
-    stop_all(&mut runs, histograms.as_mut(), &mut symbolizer)?;
+    stop_all(&mut runs, histograms.as_mut(), &mut symbolizer, threads)?;
     drop(watcher);
     if let Some(p) = &mut processes {
-        observe(p, &runs, &symbolizer);
+        observe(p, &runs);
     }
     let end = SystemTime::now();
     progress.finish();
 
     let runs_written = runs.len();
-    let health = match &exporter {
+    let health = match &sinks.exporter {
         Some(_) => health_counters(
             &runs,
             histograms.as_ref(),
@@ -153,17 +168,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         )?,
         None => Vec::new(),
     };
-    let mut profiles = Vec::new();
-    for run in runs {
+    let last_spans = end_span(&mut runs, &mut whole, end);
+    for (run, whole) in runs.into_iter().zip(whole) {
         let summary = summary(&run)?;
-        let Run {
-            profiler,
-            builder,
-            path,
-            ..
-        } = run;
+        let Run { profiler, path, .. } = run;
         drop(profiler);
-        let profile = builder.finish(end);
+        let profile = whole.finish(end);
         let path = path.context("a recorded profile has a destination")?;
         output::write(&profile, format, &path)?;
         eprintln!(
@@ -171,27 +181,48 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             profile.duration.as_secs_f64(),
             shown(&path)
         );
-        profiles.push(profile);
     }
     if let Some(h) = &mut histograms {
         let report = h.report()?;
         print_report(&report, &args, runs_written)?;
     }
-    let processes = processes.unwrap_or_default();
+    if let Some(processes) = &processes {
+        // The last span must not be skipped for a push still running.
+        sinks.wait_for_push(args.export.otlp_flush_timeout);
+        sinks.ship(
+            &last_spans,
+            histograms.as_mut(),
+            processes,
+            start,
+            span_start,
+            end,
+        );
+        sinks.wait_for_push(args.export.otlp_flush_timeout);
+    }
     // Every sink gets its data even when another fails; the first failure is reported.
-    let pushed = match &pyroscope {
-        Some(config) => push_to_pyroscope(config, &profiles, &processes),
-        None => Ok(()),
-    };
-    if let Some(mut e) = exporter {
-        let points = histograms.as_mut().map(|h| h.points()).unwrap_or_default();
-        let refs: Vec<&Profile> = profiles.iter().collect();
-        e.export(&refs, &processes, &points, start, end);
+    if let Some(e) = sinks.exporter.take() {
         e.finish(health)?;
     }
-    pushed?;
+    let failed_pushes = sinks
+        .pyroscope_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if failed_pushes > 0 {
+        bail!("{failed_pushes} Pyroscope pushes failed (see above)");
+    }
     tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
     Ok(())
+}
+
+/// Ends every run's span at `end`: the spans, also added to the whole recording.
+fn end_span(runs: &mut [Run], whole: &mut [ProfileBuilder], end: SystemTime) -> Vec<Profile> {
+    runs.iter_mut()
+        .zip(whole.iter_mut())
+        .map(|(run, whole)| {
+            let span = run.take_span(end);
+            whole.merge(&span);
+            span
+        })
+        .collect()
 }
 
 /// Histograms go to --output when no profile took it, else to standard output (standard

@@ -15,7 +15,7 @@ use emberprof_probes::{
 use emberprof_symbolizer::Symbolizer;
 use std::time::SystemTime;
 
-use crate::collect::{self, Collected};
+use crate::collect::{self, Collected, ThreadDetail};
 use crate::histograms::Histograms;
 use crate::metadata::process::process_attributes;
 
@@ -55,6 +55,15 @@ pub struct Run {
     pub builder: ProfileBuilder,
     pub collected: Collected,
     pub path: Option<PathBuf>,
+}
+
+impl Run {
+    /// Closes the span being filled at `end` and starts the next one there, so that
+    /// consecutive spans neither overlap nor leave gaps.
+    pub fn take_span(&mut self, end: SystemTime) -> emberprof_exporters::Profile {
+        let next = self.builder.fresh(end);
+        std::mem::replace(&mut self.builder, next).finish(end)
+    }
 }
 
 /// emberprof's own counters for this recording, for the health metrics.
@@ -340,15 +349,13 @@ fn by_label(
         .collect()
 }
 
-/// Reads the resource attributes of processes not seen before, while they still run.
-pub fn observe(processes: &mut HashMap<u32, Attributes>, runs: &[Run], symbolizer: &Symbolizer) {
-    for pid in runs.iter().flat_map(|r| r.collected.pids.iter().copied()) {
-        processes.entry(pid).or_insert_with(|| {
-            let name = symbolizer
-                .process_name(pid)
-                .map_or_else(|| pid.to_string(), |n| n.to_string());
-            process_attributes(pid, &name)
-        });
+/// Reads the resource attributes of processes not seen before, while they still run; one
+/// already gone is named after what the kernel called it, never its PID.
+pub fn observe(processes: &mut HashMap<u32, Attributes>, runs: &[Run]) {
+    for (pid, seen) in runs.iter().flat_map(|r| r.collected.pids.iter()) {
+        processes
+            .entry(*pid)
+            .or_insert_with(|| process_attributes(*pid, &seen.name, seen.kernel_thread));
     }
 }
 
@@ -392,10 +399,17 @@ pub fn stop_all(
     runs: &mut [Run],
     histograms: Option<&mut Histograms>,
     symbolizer: &mut Symbolizer,
+    threads: ThreadDetail,
 ) -> anyhow::Result<()> {
     for run in runs.iter_mut() {
         let counts = run.profiler.stop().context("stopping the probes")?;
-        collect::add(&counts, symbolizer, &mut run.builder, &mut run.collected);
+        collect::add(
+            &counts,
+            symbolizer,
+            &mut run.builder,
+            &mut run.collected,
+            threads,
+        );
     }
     if let Some(h) = histograms {
         h.stop()?;

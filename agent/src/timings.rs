@@ -27,7 +27,7 @@ impl IntervalSize {
     pub fn of(runs: &[Run]) -> IntervalSize {
         let processes: HashSet<u32> = runs
             .iter()
-            .flat_map(|r| r.collected.pids.iter().copied())
+            .flat_map(|r| r.collected.pids.keys().copied())
             .collect();
         IntervalSize {
             stacks: runs.iter().map(|r| r.collected.stacks.len()).sum(),

@@ -89,18 +89,16 @@ fn watch(
 ) {
     let own = std::process::id();
     while !stop.load(Ordering::Relaxed) {
-        for pid in announcements.wait(Duration::from_millis(100)) {
+        for a in announcements.wait(Duration::from_millis(100)) {
+            let pid = a.tgid;
             if pid == own {
                 continue;
             }
-            let snapshot = ProcessSnapshot::capture(pid);
-            if !snapshot.alive() {
-                continue; // gone already: the drain will say so
-            }
-            let name = snapshot
-                .name()
-                .map_or_else(|| pid.to_string(), str::to_string);
-            let attributes = process_attributes(pid, &name);
+            let comm = a.comm_str();
+            // Gone already, the snapshot still carries the announced name and image.
+            let snapshot = ProcessSnapshot::capture_announced(pid, a.exec_id, &comm);
+            let name = snapshot.name().unwrap_or(&comm).to_string();
+            let attributes = process_attributes(pid, &name, false);
             if !send(Captured {
                 pid,
                 snapshot,

@@ -1,5 +1,9 @@
 //! The in-memory profile model and the formats it is written in; latency histograms as text.
 
+// The shared test collector names this crate as its users do.
+#[cfg(test)]
+extern crate self as emberprof_exporters;
+
 pub mod delivery;
 mod error;
 pub mod folded;

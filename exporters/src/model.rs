@@ -41,8 +41,10 @@ pub struct Profile {
     /// Human name of what was profiled, e.g. "CPU"; used in titles.
     pub name: String,
     pub sample_types: Vec<ValueType>,
-    pub period_type: ValueType,
-    /// Value of one sample in `period_type` units.
+    /// What one sampling period measures, for sampled profiles (CPU: `cpu/nanoseconds`);
+    /// `None` for measured ones (off-CPU), as the consumers expect.
+    pub period_type: Option<ValueType>,
+    /// Value of one sample in `period_type` units; 0 without a period type.
     pub period: i64,
     pub start: SystemTime,
     pub duration: Duration,
@@ -50,6 +52,19 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// A copy of everything but the samples.
+    fn clone_empty(&self) -> Profile {
+        Profile {
+            name: self.name.clone(),
+            sample_types: self.sample_types.clone(),
+            period_type: self.period_type.clone(),
+            period: self.period,
+            start: self.start,
+            duration: self.duration,
+            samples: Vec::new(),
+        }
+    }
+
     /// Start time in nanoseconds since the Unix epoch.
     pub fn start_unix_nanos(&self) -> i64 {
         self.start
@@ -77,6 +92,9 @@ struct Key {
 /// Accumulates samples, merging identical {process, thread, stack}.
 pub struct ProfileBuilder {
     profile: Profile,
+    /// What one drained unit is worth in the non-count sample types: the period (CPU
+    /// samples), or 1 (off-CPU values are nanoseconds already).
+    scale: i64,
     index: HashMap<Key, usize>,
 }
 
@@ -90,7 +108,7 @@ impl ProfileBuilder {
                 ValueType::new("samples", "count"),
                 ValueType::new("cpu", "nanoseconds"),
             ],
-            period_type: ValueType::new("cpu", "nanoseconds"),
+            period_type: Some(ValueType::new("cpu", "nanoseconds")),
             period,
             start,
             duration: Duration::ZERO,
@@ -99,12 +117,14 @@ impl ProfileBuilder {
     }
 
     /// An off-CPU profile: value `off_cpu/nanoseconds`, the time threads spent blocked.
+    /// It has no period type: its values are measured, not sampled, and Pyroscope files
+    /// `off_cpu/nanoseconds` without one as the `off_cpu` type other senders use.
     pub fn off_cpu(start: SystemTime) -> Self {
         ProfileBuilder::new(Profile {
             name: "Off-CPU".into(),
             sample_types: vec![ValueType::new("off_cpu", "nanoseconds")],
-            period_type: ValueType::new("off_cpu", "nanoseconds"),
-            period: 1,
+            period_type: None,
+            period: 0,
             start,
             duration: Duration::ZERO,
             samples: Vec::new(),
@@ -113,15 +133,45 @@ impl ProfileBuilder {
 
     /// A builder around an empty profile with the given metadata.
     pub fn new(profile: Profile) -> Self {
+        let scale = if profile.period_type.is_some() {
+            profile.period.max(1)
+        } else {
+            1
+        };
         ProfileBuilder {
             profile,
+            scale,
             index: HashMap::new(),
         }
     }
 
-    /// The period of one sample, in the period type's unit.
+    /// The period of one sample, in the period type's unit (0 without one).
     pub fn period(&self) -> i64 {
         self.profile.period
+    }
+
+    /// An empty builder for the same kind of profile, starting at `start`.
+    pub fn fresh(&self, start: SystemTime) -> ProfileBuilder {
+        ProfileBuilder::new(Profile {
+            start,
+            duration: Duration::ZERO,
+            samples: Vec::new(),
+            ..self.profile.clone_empty()
+        })
+    }
+
+    /// Adds every sample of `other` (a profile of the same kind).
+    pub fn merge(&mut self, other: &Profile) {
+        for s in &other.samples {
+            self.add(
+                s.pid,
+                &s.process_name,
+                s.tid,
+                &s.thread_name,
+                &s.stack,
+                &s.values,
+            );
+        }
     }
 
     /// Adds values (one per sample type) for a thread's stack.
@@ -157,8 +207,8 @@ impl ProfileBuilder {
         }
     }
 
-    /// Adds `n` periods for a thread's stack: each `count` sample type gets `n`, every
-    /// other type `n × period` (CPU: samples and nanoseconds; off-CPU: nanoseconds).
+    /// Adds `n` drained units for a thread's stack: each `count` sample type gets `n`, every
+    /// other type `n × period` (CPU: samples and nanoseconds; off-CPU: `n` nanoseconds).
     pub fn add_periods(
         &mut self,
         pid: u32,
@@ -177,7 +227,7 @@ impl ProfileBuilder {
                 if t.unit == "count" {
                     n
                 } else {
-                    n.saturating_mul(self.profile.period)
+                    n.saturating_mul(self.scale)
                 }
             })
             .collect();
@@ -220,7 +270,17 @@ mod tests {
         off.add_periods(1, &name, 1, &name, &stack, 1_500);
         let p = off.finish(UNIX_EPOCH + Duration::from_secs(2));
         assert_eq!(p.samples[0].values, [1_500]);
-        assert_eq!((p.sample_types[0].kind.as_str(), p.period), ("off_cpu", 1));
+        assert_eq!((p.sample_types[0].kind.as_str(), p.period), ("off_cpu", 0));
+        assert_eq!(p.period_type, None, "measured, not sampled");
         assert_eq!(p.duration, Duration::from_secs(2));
+
+        // A span merged into a whole recording adds up.
+        let mut whole = ProfileBuilder::cpu(100, UNIX_EPOCH);
+        let mut span = whole.fresh(UNIX_EPOCH);
+        span.add_periods(1, &name, 1, &name, &stack, 2);
+        whole.merge(&span.finish(UNIX_EPOCH));
+        whole.add_periods(1, &name, 1, &name, &stack, 1);
+        let p = whole.finish(UNIX_EPOCH);
+        assert_eq!(p.samples[0].values, [3, 3 * 10_000_000]);
     }
 }

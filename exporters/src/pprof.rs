@@ -1,10 +1,13 @@
-//! pprof (profile.proto) output. User locations carry file offsets in their module, and
-//! mappings are per file (not per process), so one profile can hold many processes.
+//! pprof (profile.proto) output. User locations carry link-time addresses and mappings are
+//! per file segment (not per process), so one profile can hold many processes and a frame
+//! left unnamed here can be named by a backend that has the file's debug info: address −
+//! mapping start + file offset is its file offset, and the address is what Pyroscope's
+//! symbolizer looks up by build ID.
 
 use std::collections::HashMap;
 use std::io::Write;
 
-use emberprof_symbolizer::{FrameKind, Location, Module};
+use emberprof_symbolizer::{FrameKind, Location, Module, Segment};
 use flate2::write::GzEncoder;
 use pprof::protos::{self, Message};
 
@@ -42,9 +45,9 @@ pub fn to_proto(profile: &Profile) -> protos::Profile {
             unit: t.string(&v.unit),
         })
         .collect();
-    let period_type = Some(protos::ValueType {
-        ty: t.string(&profile.period_type.kind),
-        unit: t.string(&profile.period_type.unit),
+    let period_type = profile.period_type.as_ref().map(|p| protos::ValueType {
+        ty: t.string(&p.kind),
+        unit: t.string(&p.unit),
     });
     let (pid, tid, thread_name, process_name) = (
         t.string("pid"),
@@ -53,26 +56,25 @@ pub fn to_proto(profile: &Profile) -> protos::Profile {
         t.string("process_name"),
     );
 
+    // Numeric labels are dropped by Pyroscope's ingest; string labels become series there, so
+    // thread names go out only when the samples carry them (an opt-in).
     let samples = profile
         .samples
         .iter()
-        .map(|s| protos::Sample {
-            location_id: s.stack.iter().map(|l| t.location(l)).collect(),
-            value: s.values.clone(),
-            label: vec![
-                num_label(pid, s.pid),
-                num_label(tid, s.tid),
-                protos::Label {
-                    key: thread_name,
-                    str: t.string(&s.thread_name),
-                    ..Default::default()
-                },
-                protos::Label {
-                    key: process_name,
-                    str: t.string(&s.process_name),
-                    ..Default::default()
-                },
-            ],
+        .map(|s| {
+            let mut label = vec![num_label(pid, s.pid)];
+            if s.tid != 0 {
+                label.push(num_label(tid, s.tid));
+            }
+            if !s.thread_name.is_empty() {
+                label.push(str_label(thread_name, t.string(&s.thread_name)));
+            }
+            label.push(str_label(process_name, t.string(&s.process_name)));
+            protos::Sample {
+                location_id: s.stack.iter().map(|l| t.location(l)).collect(),
+                value: s.values.clone(),
+                label,
+            }
         })
         .collect();
 
@@ -101,6 +103,14 @@ fn num_label(key: i64, value: u32) -> protos::Label {
     }
 }
 
+fn str_label(key: i64, value: i64) -> protos::Label {
+    protos::Label {
+        key,
+        str: value,
+        ..Default::default()
+    }
+}
+
 /// Deduplicating tables; ids are 1-based positions, as pprof requires them non-zero.
 #[derive(Default)]
 struct Tables<'p> {
@@ -109,7 +119,7 @@ struct Tables<'p> {
     functions: Vec<protos::Function>,
     function_ids: HashMap<(i64, i64), u64>,
     mappings: Vec<protos::Mapping>,
-    mapping_ids: HashMap<&'p Module, u64>,
+    mapping_ids: HashMap<(&'p Module, Option<Segment>), u64>,
     locations: Vec<protos::Location>,
     location_ids: HashMap<&'p Location, u64>,
 }
@@ -143,23 +153,26 @@ impl<'p> Tables<'p> {
         id
     }
 
-    fn mapping(&mut self, module: &'p Module, kind: FrameKind) -> u64 {
-        if let Some(&id) = self.mapping_ids.get(module) {
+    fn mapping(&mut self, module: &'p Module, segment: Option<Segment>, kind: FrameKind) -> u64 {
+        if let Some(&id) = self.mapping_ids.get(&(module, segment)) {
             return id;
         }
         let id = self.mappings.len() as u64 + 1;
         let filename = self.string(&module.path);
         let build_id = module.build_id.as_deref().map_or(0, |b| self.string(b));
+        // A user segment is placed at its link-time address; without one (headers not
+        // readable) addresses are file offsets and the mapping is the identity; kernel
+        // addresses are absolute.
+        let (memory_start, memory_limit, file_offset) = match (segment, kind) {
+            (Some(s), _) => (s.start, s.limit, s.file_offset),
+            (None, FrameKind::Kernel) => (0, u64::MAX, 0),
+            (None, FrameKind::User) => (0, 0, 0),
+        };
         self.mappings.push(protos::Mapping {
             id,
-            // User addresses are file offsets, kernel addresses absolute: both map 1:1.
-            memory_start: 0,
-            memory_limit: if kind == FrameKind::Kernel {
-                u64::MAX
-            } else {
-                0
-            },
-            file_offset: 0,
+            memory_start,
+            memory_limit,
+            file_offset,
             filename,
             build_id,
             has_functions: true,
@@ -167,7 +180,7 @@ impl<'p> Tables<'p> {
             has_line_numbers: true,
             has_inline_frames: true,
         });
-        self.mapping_ids.insert(module, id);
+        self.mapping_ids.insert((module, segment), id);
         id
     }
 
@@ -176,17 +189,21 @@ impl<'p> Tables<'p> {
             return id;
         }
         let mapping_id = match &location.module {
-            Some(m) => self.mapping(m, location.kind),
+            Some(m) => self.mapping(m, location.segment, location.kind),
             None => 0,
         };
         let line = if location.frames.is_empty() {
-            // Unnamed but without a module to resolve it later: name it what we know.
-            match location.module {
-                Some(_) => Vec::new(),
-                None => vec![protos::Line {
+            // An unnamed frame keeps only its address for a backend to name, if it has a
+            // module to name it from and an address (a location with neither lines nor an
+            // address is deleted by Pyroscope, with every sample that holds it). Else it is
+            // named what we know.
+            if location.module.is_some() && location.address != 0 {
+                Vec::new()
+            } else {
+                vec![protos::Line {
                     function_id: self.function(&location.to_string(), None),
                     line: 0,
-                }],
+                }]
             }
         } else {
             location
@@ -359,9 +376,44 @@ mod tests {
             .collect();
         assert_eq!(names, ["inlined_helper", "compute"]);
         assert_eq!(inl.line[0].line, 12);
-        // An unnamed user frame keeps its module and offset for server-side symbolization.
+        // An unnamed user frame keeps its module, link-time address and segment for
+        // server-side symbolization: address − start + offset is its file offset.
         let unnamed = p.location.iter().find(|l| l.line.is_empty()).unwrap();
         assert_eq!(unnamed.address, 0x4242);
-        assert_ne!(unnamed.mapping_id, 0);
+        let m = &p.mapping[unnamed.mapping_id as usize - 1];
+        assert_eq!(s(m.filename), "/usr/lib/libfoo.so");
+        assert_eq!(
+            (m.memory_start, m.memory_limit, m.file_offset),
+            (0x4000, 0x5000, 0x3000)
+        );
+        assert_eq!(unnamed.address - m.memory_start + m.file_offset, 0x3242);
+        // Every other location survives Pyroscope's sanitizer through a name.
+        for l in p.location.iter().filter(|l| l.id != unnamed.id) {
+            assert!(!l.line.is_empty(), "{l:?}");
+        }
+    }
+
+    #[test]
+    fn thread_labels_only_when_samples_carry_them_and_no_period_for_off_cpu() {
+        let mut profile = testdata::profile();
+        for s in &mut profile.samples {
+            s.tid = 0;
+            s.thread_name = std::sync::Arc::from("");
+        }
+        let p = to_proto(&profile);
+        let keys: std::collections::BTreeSet<&str> = p
+            .sample
+            .iter()
+            .flat_map(|x| &x.label)
+            .map(|l| p.string_table[l.key as usize].as_str())
+            .collect();
+        assert_eq!(keys, ["pid", "process_name"].into_iter().collect());
+
+        let off =
+            crate::ProfileBuilder::off_cpu(std::time::UNIX_EPOCH).finish(std::time::UNIX_EPOCH);
+        let p = to_proto(&off);
+        assert!(p.period_type.is_none());
+        assert_eq!(p.period, 0);
+        validate(&p).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! Pushing pprof profiles to a Grafana Pyroscope server through its ingest API:
 //! `POST /ingest?name=<service>{labels}&from=&until=&format=pprof` with the gzipped pprof as
-//! the body, one request per service, optional basic auth and `X-Scope-OrgID` tenant.
+//! the body, one request per series (service and labels), optional basic auth and
+//! `X-Scope-OrgID` tenant.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -36,7 +37,8 @@ impl PyroscopeConfig {
     }
 }
 
-/// Label values may not hold the characters of the `name{k=v,…}` syntax.
+/// Label values may not hold the characters of the `name{k=v,…}` syntax (Pyroscope reads a
+/// value up to the next `,` or `}`, with no escaping).
 fn label_value(v: &str) -> String {
     v.chars()
         .map(|c| {
@@ -49,33 +51,61 @@ fn label_value(v: &str) -> String {
         .collect()
 }
 
+/// The application name: Pyroscope accepts `[A-Za-z0-9_./-]` there.
+fn app_name(v: &str) -> String {
+    v.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Label names: Pyroscope accepts `[A-Za-z0-9_.]`.
+fn label_name(k: &str) -> String {
+    k.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The ingest `name` parameter: `service{service_name=service,k=v,…}`.
 pub fn ingest_name(service: &str, labels: &[(String, String)]) -> String {
-    let service = label_value(service);
-    let mut name = format!("{service}{{service_name={service}");
+    let app = app_name(service);
+    let mut name = format!("{app}{{service_name={}", label_value(service));
     for (k, v) in labels {
-        if k != "service_name" {
-            name.push_str(&format!(",{k}={}", label_value(v)));
+        if k != "service_name" && !k.starts_with("__") {
+            name.push_str(&format!(",{}={}", label_name(k), label_value(v)));
         }
     }
     name.push('}');
     name
 }
 
-/// Pushes `profile` split by service: `service_of` names each sample's service. Returns
-/// how many requests were accepted.
+/// One series of a push: its service and labels.
+pub type SeriesId = (String, Vec<(String, String)>);
+
+/// Pushes `profile` split by series: `series_of` names each sample's service and labels.
+/// Returns how many requests were accepted.
 pub fn push(
     config: &PyroscopeConfig,
     profile: &Profile,
-    service_of: impl Fn(&Sample) -> String,
-    labels: &[(String, String)],
+    series_of: impl Fn(&Sample) -> SeriesId,
 ) -> Result<usize, ExportError> {
-    let mut services: Vec<(String, Vec<Sample>)> = Vec::new();
+    let mut services: Vec<(SeriesId, Vec<Sample>)> = Vec::new();
     for s in &profile.samples {
-        let name = service_of(s);
-        match services.iter_mut().find(|(n, _)| *n == name) {
+        let id = series_of(s);
+        match services.iter_mut().find(|(n, _)| *n == id) {
             Some((_, v)) => v.push(s.clone()),
-            None => services.push((name, vec![s.clone()])),
+            None => services.push((id, vec![s.clone()])),
         }
     }
     let from = profile
@@ -91,7 +121,7 @@ pub fn push(
     // Every service is tried even when one fails; the first error is returned after.
     let mut accepted = 0;
     let mut first_error = None;
-    for (service, samples) in services {
+    for ((service, labels), samples) in services {
         let part = Profile {
             samples,
             ..profile.clone()
@@ -101,7 +131,7 @@ pub fn push(
         match send(
             &agent,
             config,
-            &ingest_name(&service, labels),
+            &ingest_name(&service, &labels),
             from,
             until,
             sample_rate(profile),
@@ -122,7 +152,11 @@ pub fn push(
 
 /// Samples per second of a sampled CPU profile (the ingest API's `sampleRate`).
 fn sample_rate(profile: &Profile) -> Option<i64> {
-    (profile.period_type.kind == "cpu" && profile.period > 0)
+    (profile
+        .period_type
+        .as_ref()
+        .is_some_and(|p| p.kind == "cpu")
+        && profile.period > 0)
         .then(|| 1_000_000_000 / profile.period)
 }
 
@@ -189,5 +223,16 @@ mod tests {
             "checkout{service_name=checkout,host=node-1}"
         );
         assert_eq!(ingest_name("a{b}", &[]), "a_b_{service_name=a_b_}");
+        assert_eq!(
+            ingest_name(
+                "ns/web app",
+                &[
+                    ("k8s.pod.name".into(), "web-1,2".into()),
+                    ("bad key".into(), "v".into()),
+                    ("__name__".into(), "x".into())
+                ]
+            ),
+            "ns/web_app{service_name=ns/web app,k8s.pod.name=web-1_2,bad_key=v}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use emberprof_symbolizer::{Frame, FrameKind, Location, Module, Stack};
+use emberprof_symbolizer::{Frame, FrameKind, Location, Module, Segment, Stack};
 
 use crate::{Profile, ProfileBuilder};
 
@@ -16,10 +16,17 @@ fn frame(name: &str, line: u32) -> Frame {
 }
 
 fn loc(kind: FrameKind, module: &Arc<Module>, address: u64, frames: Vec<Frame>) -> Arc<Location> {
+    // User code sits in one segment per module, placed so that file offset = address − 0x1000.
+    let segment = (kind == FrameKind::User).then_some(Segment {
+        start: address & !0xfff,
+        limit: (address & !0xfff) + 0x1000,
+        file_offset: (address & !0xfff) - 0x1000,
+    });
     Arc::new(Location {
         kind,
         module: Some(module.clone()),
         address,
+        segment,
         frames,
     })
 }
@@ -50,6 +57,7 @@ pub(crate) fn profile() -> Profile {
         kind: FrameKind::User,
         module: None,
         address: 0xdead,
+        segment: None,
         frames: vec![],
     });
     let write_k = loc(

@@ -19,7 +19,7 @@ struct {
 	__uint(max_entries, 65536);
 } ep_announced SEC(".maps");
 
-/* Thread-group ids of newly seen processes, for the user-space watcher. */
+/* struct ep_announcement of newly seen processes, for the user-space watcher. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
@@ -39,15 +39,20 @@ static __always_inline void ep_announce(struct task_struct *task, __u32 tgid)
 	/* BPF_NOEXIST: when two CPUs race, only the one that inserts announces. */
 	if (bpf_map_update_elem(&ep_announced, &tgid, &one, BPF_NOEXIST))
 		return;
-	__u32 *slot = bpf_ringbuf_reserve(&ep_new_processes, sizeof(__u32), 0);
-	if (!slot) {
+	struct ep_announcement *a = bpf_ringbuf_reserve(&ep_new_processes, sizeof(*a), 0);
+	if (!a) {
 		/* Try again at the next sample rather than never. */
 		bpf_map_delete_elem(&ep_announced, &tgid);
 		ep_announce_lost();
 		return;
 	}
-	*slot = tgid;
-	bpf_ringbuf_submit(slot, 0);
+	a->tgid = tgid;
+	a->exec_id = (__u32)BPF_CORE_READ(task, self_exec_id);
+	/* The leader's name is the process's; the sampled thread may have renamed itself. */
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	if (bpf_probe_read_kernel_str(a->comm, sizeof(a->comm), &leader->comm) < 0)
+		a->comm[0] = 0;
+	bpf_ringbuf_submit(a, 0);
 }
 
 /* An exec replaces every mapping: announce the process again at its next sample. */

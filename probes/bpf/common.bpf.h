@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * What every emberprof program shares: the PID filter (filled by the loader, see
- * kernel_maps.rs) and per-CPU counter increments. Include after vmlinux.h and bpf_helpers.h.
+ * kernel_maps.rs) and per-CPU counter increments. Include after vmlinux.h, bpf_helpers.h and bpf_core_read.h.
  */
 #ifndef EP_COMMON_BPF_H
 #define EP_COMMON_BPF_H
@@ -25,6 +25,15 @@ static __always_inline bool ep_pid_tracked(__u32 tgid)
 	if (ep_skip_tgid && tgid == ep_skip_tgid)
 		return false;
 	return !ep_filter_pids || bpf_map_lookup_elem(&ep_pid_filter, &tgid);
+}
+
+#define EP_PF_KTHREAD 0x00200000
+
+/* The image (exec generation) a task runs and whether it is a kernel thread (EP_KEY_*). */
+static __always_inline void ep_task_image(struct task_struct *task, __u32 *exec_id, __u32 *flags)
+{
+	*exec_id = (__u32)BPF_CORE_READ(task, self_exec_id);
+	*flags = (BPF_CORE_READ(task, flags) & EP_PF_KTHREAD) ? EP_KEY_KTHREAD : 0;
 }
 
 /* Adds one to entry `idx` of a per-CPU __u64 array. */

@@ -182,12 +182,14 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 		return 0;
 
 	ep_count(EP_CNT_SAMPLES);
-	ep_announce((struct task_struct *)bpf_get_current_task(), tgid);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	ep_announce(task, tgid);
 
 	struct ep_sample_key key = {};
 	key.tgid = tgid;
 	key.tid = tid;
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	ep_task_image(task, &key.exec_id, &key.flags);
 
 	if (*active)
 		ep_record(ctx, &key, &ep_stacks_1, &ep_counts_1);

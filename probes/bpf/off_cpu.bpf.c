@@ -98,6 +98,7 @@ static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev)
 	start->key.tgid = tgid;
 	start->key.tid = prev->pid;
 	bpf_get_current_comm(start->key.comm, sizeof(start->key.comm));
+	ep_task_image(prev, &start->key.exec_id, &start->key.flags);
 	/* We run as `prev`, so the current stacks are the blocked thread's. */
 	start->key.user_len = ep_frames(
 		bpf_get_stack(ctx, start->key.user, sizeof(start->key.user), BPF_F_USER_STACK));

@@ -37,6 +37,28 @@ struct ep_sample_key {
 	__s32 user_err;
 	__s32 kernel_err;
 	char comm[EP_COMM_LEN];
+	/*
+	 * The process image the sample belongs to: the task's self_exec_id, which every exec
+	 * advances. Samples taken before and after an exec in one drain are symbolized against
+	 * the mappings of their own image.
+	 */
+	__u32 exec_id;
+	/* EP_KEY_* bits. */
+	__u32 flags;
+};
+
+/* `flags` of a sample or off-CPU key: the thread is a kernel thread (PF_KTHREAD). */
+#define EP_KEY_KTHREAD 1u
+
+/*
+ * What the announcement ring carries for a newly sampled process (or one that exec'd): its
+ * image and the name of its group leader, so that a process gone before user space reads
+ * /proc is still named after what it ran.
+ */
+struct ep_announcement {
+	__u32 tgid;
+	__u32 exec_id;
+	char comm[EP_COMM_LEN];
 };
 
 /* Value of the stack maps: frames leaf first, zero after the last. */
@@ -74,6 +96,9 @@ struct ep_offcpu_key {
 	/* Number of valid entries in user[] and kernel[]; the rest are zero. */
 	__u32 user_len;
 	__u32 kernel_len;
+	/* As in struct ep_sample_key. */
+	__u32 exec_id;
+	__u32 flags;
 	__u64 user[EP_MAX_STACK_DEPTH];
 	__u64 kernel[EP_MAX_STACK_DEPTH];
 };

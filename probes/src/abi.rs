@@ -18,6 +18,46 @@ pub struct SampleKey {
     /// 0, or -errno: why the kernel stack is missing.
     pub kernel_err: i32,
     pub comm: [u8; COMM_LEN],
+    /// The process image (exec generation) the sample was taken in.
+    pub exec_id: u32,
+    /// `KEY_*` bits.
+    pub flags: u32,
+}
+
+/// `EP_KEY_KTHREAD`: the sampled thread is a kernel thread.
+pub const KEY_KTHREAD: u32 = 1;
+
+/// One process announced by the kernel (`struct ep_announcement`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Announcement {
+    pub tgid: u32,
+    /// The process image it was sampled in.
+    pub exec_id: u32,
+    /// Its group leader's name.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl Announcement {
+    /// The record as the ring buffer holds it, if it is whole.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Announcement> {
+        let u32_at = |at: usize| {
+            let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+            Some(u32::from_ne_bytes(raw))
+        };
+        let mut comm = [0u8; COMM_LEN];
+        comm.copy_from_slice(bytes.get(8..8 + COMM_LEN)?);
+        Some(Announcement {
+            tgid: u32_at(0)?,
+            exec_id: u32_at(4)?,
+            comm,
+        })
+    }
+
+    /// The leader's name up to its NUL, lossily decoded.
+    pub fn comm_str(&self) -> String {
+        comm_str(&self.comm)
+    }
 }
 
 /// `EP_STACK_ERR_MAP_FULL`: the stack map had no room.
@@ -103,6 +143,9 @@ pub struct OffCpuKey {
     pub comm: [u8; COMM_LEN],
     pub user_len: u32,
     pub kernel_len: u32,
+    /// As in [`SampleKey`].
+    pub exec_id: u32,
+    pub flags: u32,
     pub user: [u64; MAX_STACK_DEPTH],
     pub kernel: [u64; MAX_STACK_DEPTH],
 }
@@ -115,6 +158,8 @@ impl Default for OffCpuKey {
             comm: [0; COMM_LEN],
             user_len: 0,
             kernel_len: 0,
+            exec_id: 0,
+            flags: 0,
             user: [0; MAX_STACK_DEPTH],
             kernel: [0; MAX_STACK_DEPTH],
         }
@@ -314,6 +359,25 @@ mod tests {
             c::EP_SAMPLE_KEY_KERNEL_ERR_OFFSET
         );
         assert_eq!(offset_of!(SampleKey, comm), c::EP_SAMPLE_KEY_COMM_OFFSET);
+        assert_eq!(
+            offset_of!(SampleKey, exec_id),
+            c::EP_SAMPLE_KEY_EXEC_ID_OFFSET
+        );
+        assert_eq!(offset_of!(SampleKey, flags), c::EP_SAMPLE_KEY_FLAGS_OFFSET);
+        assert_eq!(KEY_KTHREAD, c::EP_KEY_KTHREAD);
+        assert_eq!(size_of::<Announcement>(), c::EP_ANNOUNCEMENT_SIZE);
+        assert_eq!(
+            offset_of!(Announcement, tgid),
+            c::EP_ANNOUNCEMENT_TGID_OFFSET
+        );
+        assert_eq!(
+            offset_of!(Announcement, exec_id),
+            c::EP_ANNOUNCEMENT_EXEC_ID_OFFSET
+        );
+        assert_eq!(
+            offset_of!(Announcement, comm),
+            c::EP_ANNOUNCEMENT_COMM_OFFSET
+        );
         assert_eq!(size_of::<StackTrace>(), c::EP_STACK_SIZE);
         assert_eq!(offset_of!(StackTrace, ips), c::EP_STACK_IPS_OFFSET);
     }
@@ -349,6 +413,11 @@ mod tests {
             offset_of!(OffCpuKey, kernel_len),
             c::EP_OFFCPU_KEY_KERNEL_LEN_OFFSET
         );
+        assert_eq!(
+            offset_of!(OffCpuKey, exec_id),
+            c::EP_OFFCPU_KEY_EXEC_ID_OFFSET
+        );
+        assert_eq!(offset_of!(OffCpuKey, flags), c::EP_OFFCPU_KEY_FLAGS_OFFSET);
         assert_eq!(offset_of!(OffCpuKey, user), c::EP_OFFCPU_KEY_USER_OFFSET);
         assert_eq!(
             offset_of!(OffCpuKey, kernel),
@@ -386,6 +455,20 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
+    }
+
+    #[test]
+    fn announcements_decode_whole_records_only() {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&42u32.to_ne_bytes());
+        raw.extend_from_slice(&7u32.to_ne_bytes());
+        raw.extend_from_slice(b"worker\0\0\0\0\0\0\0\0\0\0");
+        let a = Announcement::from_bytes(&raw).unwrap();
+        assert_eq!(
+            (a.tgid, a.exec_id, a.comm_str().as_str()),
+            (42, 7, "worker")
+        );
+        assert_eq!(Announcement::from_bytes(&raw[..20]), None);
     }
 
     #[test]

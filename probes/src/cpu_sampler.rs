@@ -13,7 +13,7 @@ use aya::programs::perf_event::{
 use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::abi::{Counter, SampleKey, StackTrace, STACK_ERR_MAP_FULL, STACK_ERR_NONE};
+use crate::abi::{Counter, SampleKey, StackTrace, KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE};
 use crate::kernel_maps::{
     check_start, drain_hash, drain_hash_each, skip_tgid, sync_pid_filter, take, take_hash,
     DoubleBuffer,
@@ -90,6 +90,10 @@ pub struct StackCount {
     pub tgid: u32,
     pub tid: u32,
     pub thread_name: String,
+    /// The process image (exec generation) the stacks were taken in.
+    pub exec_id: u32,
+    /// The thread is a kernel thread.
+    pub kernel_thread: bool,
     pub user: Stack,
     pub kernel: Stack,
     /// Samples (CPU profile) or blocked nanoseconds (off-CPU profile).
@@ -325,6 +329,8 @@ impl CpuSampler {
                 tgid: key.tgid,
                 tid: key.tid,
                 thread_name: key.comm_str(),
+                exec_id: key.exec_id,
+                kernel_thread: key.flags & KEY_KTHREAD != 0,
                 user: stack_of(&stacks, key.user_stack, key.user_err),
                 kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
                 value: count,

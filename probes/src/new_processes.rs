@@ -8,6 +8,7 @@ use aya::maps::{MapData, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf};
 
+use crate::abi::Announcement;
 use crate::ProbeError;
 
 /// Programs that keep the announcements right across exec and exit:
@@ -80,9 +81,9 @@ impl NewProcesses {
         NewProcesses { ring }
     }
 
-    /// Waits up to `timeout` for announcements and returns the process ids (tgids) that
-    /// arrived, in order. An interrupted or failed wait returns what is there.
-    pub fn wait(&mut self, timeout: Duration) -> Vec<u32> {
+    /// Waits up to `timeout` for announcements and returns those that arrived, in order. An
+    /// interrupted or failed wait returns what is there.
+    pub fn wait(&mut self, timeout: Duration) -> Vec<Announcement> {
         let mut out = self.take();
         if !out.is_empty() {
             return out;
@@ -99,13 +100,12 @@ impl NewProcesses {
         out
     }
 
-    fn take(&mut self) -> Vec<u32> {
+    fn take(&mut self) -> Vec<Announcement> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
-            if let Some(bytes) = item.get(..4) {
-                let mut raw = [0u8; 4];
-                raw.copy_from_slice(bytes);
-                out.push(u32::from_ne_bytes(raw));
+            match Announcement::from_bytes(&item) {
+                Some(a) => out.push(a),
+                None => tracing::debug!(len = item.len(), "short announcement record"),
             }
         }
         out

@@ -246,6 +246,8 @@ impl OffCpuProfiler {
                 tgid: key.tgid,
                 tid: key.tid,
                 thread_name: key.comm_str(),
+                exec_id: key.exec_id,
+                kernel_thread: key.flags & crate::abi::KEY_KTHREAD != 0,
                 user: stack(key.user_frames()),
                 kernel: stack(key.kernel_frames()),
                 value: value.total_ns,

@@ -89,12 +89,8 @@ fn start(exe: &Path) -> (Child, u64) {
 }
 
 fn symbolize(s: &mut Symbolizer, pid: u32, addr: u64) -> Stack {
-    s.symbolize(&[StackRequest {
-        pid,
-        user: &[addr],
-        kernel: &[],
-    }])
-    .remove(0)
+    s.symbolize(&[StackRequest::new(pid, &[addr], &[])])
+        .remove(0)
 }
 
 fn config(debug_dirs: Vec<PathBuf>) -> SymbolizerConfig {
@@ -349,11 +345,7 @@ fn a_library_shared_by_many_processes_is_parsed_once() {
         requests.push((pid, [libc_text.start + 0x1000]));
     }
     for (pid, user) in &requests {
-        s.symbolize(&[StackRequest {
-            pid: *pid,
-            user,
-            kernel: &[],
-        }]);
+        s.symbolize(&[StackRequest::new(*pid, user, &[])]);
     }
     for c in &mut children {
         let _ = c.kill();

@@ -68,10 +68,21 @@ impl ElfInfo {
     /// The link-time address of a file offset, which is what a separate debug file (same
     /// layout, no code bytes) is indexed by.
     pub(crate) fn virtual_address(&self, file_offset: u64) -> Option<u64> {
-        self.segments
+        self.placed(file_offset).map(|(vaddr, _)| vaddr)
+    }
+
+    /// The link-time address of a file offset and the segment holding it.
+    pub(crate) fn placed(&self, file_offset: u64) -> Option<(u64, crate::location::Segment)> {
+        let s = self
+            .segments
             .iter()
-            .find(|s| file_offset >= s.file_offset && file_offset - s.file_offset < s.file_size)
-            .map(|s| file_offset - s.file_offset + s.vaddr)
+            .find(|s| file_offset >= s.file_offset && file_offset - s.file_offset < s.file_size)?;
+        let segment = crate::location::Segment {
+            start: s.vaddr,
+            limit: s.vaddr.saturating_add(s.file_size),
+            file_offset: s.file_offset,
+        };
+        Some((file_offset - s.file_offset + s.vaddr, segment))
     }
 }
 

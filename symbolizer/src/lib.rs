@@ -19,7 +19,7 @@ mod symbolizer;
 
 pub use debug_files::DEFAULT_DEBUG_DIRS;
 pub use debuginfod::{default_cache_dir, parse_urls, DebuginfodConfig};
-pub use location::{Frame, FrameKind, Location, Module, Stack};
+pub use location::{Frame, FrameKind, Location, Module, Segment, Stack};
 pub use maps::{parse_maps, MapsEntry};
 pub use process::ProcessSnapshot;
 pub use symbolizer::{

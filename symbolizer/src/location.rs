@@ -26,6 +26,18 @@ impl Module {
     }
 }
 
+/// An executable ELF segment in link-time addresses: where a user frame's `address` lies
+/// (pprof's mapping start, limit and file offset), the same in every process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Segment {
+    /// Link-time address of the segment's first byte.
+    pub start: u64,
+    /// Link-time address just past its bytes in the file.
+    pub limit: u64,
+    /// Where its bytes start in the file.
+    pub file_offset: u64,
+}
+
 /// One function at one address: a real function, or a function inlined into it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {
@@ -40,9 +52,14 @@ pub struct Frame {
 pub struct Location {
     pub kind: FrameKind,
     pub module: Option<Arc<Module>>,
-    /// File offset in `module` for user code (stable across processes and ASLR); the
-    /// absolute address for kernel code or when no module is known.
+    /// User code in a file: its link-time (ELF virtual) address, the same in every process
+    /// whatever the load address, and what debuggers and backend symbolizers look up (the
+    /// file offset when the file's headers cannot be read). Kernel code and anonymous
+    /// memory: the absolute address.
     pub address: u64,
+    /// User code in a file: the segment holding `address`, so that address − start +
+    /// file_offset is the file offset. `None` elsewhere.
+    pub segment: Option<Segment>,
     /// Innermost first: inlined callees before the function they were inlined into.
     /// Empty when the address could not be named.
     pub frames: Vec<Frame>,
@@ -55,6 +72,7 @@ impl Location {
             kind,
             module: None,
             address: 0,
+            segment: None,
             frames: vec![Frame {
                 function: Arc::from(text),
                 file: None,
@@ -69,7 +87,7 @@ impl Location {
     }
 }
 
-/// Frame names of an unnamed location: `module+0xoffset`, or `[unknown]`.
+/// Frame names of an unnamed location: `module+0xaddress`, or `[unknown]`.
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.frames.first(), &self.module) {

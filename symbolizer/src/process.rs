@@ -1,5 +1,6 @@
-//! What we remember of each process: its name and executable mappings, captured when it is
-//! first seen so that its samples can be symbolized after it exits.
+//! What we remember of each process: the name and executable mappings of each image it ran
+//! (an exec starts a new one), captured when it is first seen so that its samples can be
+//! symbolized after it exits, and those of an image it exec'd away from after the exec.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -19,12 +20,25 @@ pub struct ProcessSnapshot {
     pub(crate) alive: bool,
     /// The process's PID inside its own namespace, which names its perf map.
     pub(crate) ns_pid: Option<u32>,
+    /// The image (exec generation) the kernel announced, when captured for an announcement.
+    pub(crate) exec_id: Option<u32>,
 }
 
 impl ProcessSnapshot {
     /// Reads /proc/PID/{comm,maps,status} and opens every executable mapped file.
     pub fn capture(pid: u32) -> ProcessSnapshot {
         Self::read(pid, true)
+    }
+
+    /// Like [`capture`](Self::capture), for the image `exec_id` the kernel announced with the
+    /// leader's name `comm`: the name stays known even if the process is already gone.
+    pub fn capture_announced(pid: u32, exec_id: u32, comm: &str) -> ProcessSnapshot {
+        let mut s = Self::read(pid, true);
+        s.exec_id = Some(exec_id);
+        if s.name.is_none() && !comm.is_empty() {
+            s.name = Some(Arc::from(comm));
+        }
+        s
     }
 
     /// The process's name (comm) when captured.
@@ -37,6 +51,12 @@ impl ProcessSnapshot {
         self.alive
     }
 
+    /// Reads /proc/PID/{comm,maps,status} without opening the mapped files (they are opened
+    /// by path when resolved).
+    pub(crate) fn read_unopened(pid: u32) -> ProcessSnapshot {
+        Self::read(pid, false)
+    }
+
     fn read(pid: u32, open_files: bool) -> ProcessSnapshot {
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .ok()
@@ -47,6 +67,7 @@ impl ProcessSnapshot {
                 entries: Vec::new(),
                 alive: false,
                 ns_pid: None,
+                exec_id: None,
             };
         };
         let entries = parse_maps(&text)
@@ -66,6 +87,7 @@ impl ProcessSnapshot {
             entries,
             alive: true,
             ns_pid: ns_pid(pid),
+            exec_id: None,
         }
     }
 }
@@ -87,19 +109,40 @@ pub(crate) struct Mapping {
     pub(crate) module: Option<Arc<Module>>,
 }
 
-pub(crate) struct Process {
+/// Images kept per process: enough for the samples of a drain to find theirs when a process
+/// execs several times a second.
+const MAX_IMAGES: usize = 4;
+
+/// What one process ran between two execs.
+pub(crate) struct Image {
+    /// The kernel's exec generation, when the image was captured for an announcement.
+    pub(crate) exec_id: Option<u32>,
     pub(crate) name: Option<Arc<str>>,
     /// Executable mappings, sorted by start address.
     pub(crate) mappings: Vec<Mapping>,
     /// Whether /proc/PID/maps could be read at all.
     pub(crate) seen_alive: bool,
+}
+
+impl Image {
+    pub(crate) fn find(&self, addr: u64) -> Option<&Mapping> {
+        let i = self.mappings.partition_point(|m| m.start <= addr);
+        let m = self.mappings.get(i.checked_sub(1)?)?;
+        (addr < m.end).then_some(m)
+    }
+}
+
+pub(crate) struct Process {
+    /// Oldest first; the last is the newest known.
+    pub(crate) images: Vec<Image>,
     /// Where JIT compilers write symbols for this process (`/tmp/perf-NSPID.map` inside
     /// its root), read when an address falls in anonymous executable memory.
     pub(crate) perf_map: Option<PerfMap>,
+    perf_map_path: Option<PathBuf>,
 }
 
 impl Process {
-    /// Reads /proc/PID/{comm,maps}; a process that is gone yields an empty snapshot.
+    /// Reads /proc/PID/{comm,maps}; a process that is gone yields an empty image.
     pub(crate) fn snapshot(pid: u32, files: &mut FileTable) -> Process {
         Self::from_snapshot(pid, ProcessSnapshot::read(pid, false), files)
     }
@@ -110,53 +153,94 @@ impl Process {
         snapshot: ProcessSnapshot,
         files: &mut FileTable,
     ) -> Process {
-        let mut mappings: Vec<Mapping> = snapshot
-            .entries
-            .into_iter()
-            .map(|(e, opened)| {
-                let file = if e.is_file() {
-                    files.resolve(pid, &e, opened)
-                } else {
-                    None
-                };
-                let module = match file {
-                    Some(id) => Some(files.get(id).module.clone()),
-                    None if e.path.is_empty() => None,
-                    None => Some(Arc::new(Module {
-                        path: Arc::from(e.path.trim_end_matches(" (deleted)")),
-                        build_id: None,
-                    })),
-                };
-                Mapping {
-                    start: e.start,
-                    end: e.end,
-                    offset: e.offset,
-                    file,
-                    module,
-                }
-            })
-            .collect();
-        mappings.sort_by_key(|m| m.start);
-        // A process in the host's PID namespace writes /tmp/perf-PID.map on the host, which
-        // stays readable after it exits; others are reached through their root.
-        let perf_map = snapshot.ns_pid.map(|ns| {
-            PerfMap::new(PathBuf::from(if ns == pid {
+        let mut p = Process {
+            images: Vec::new(),
+            perf_map: None,
+            perf_map_path: None,
+        };
+        p.add(pid, snapshot, files);
+        p
+    }
+
+    /// Adds a snapshot as the newest image: it replaces an image of the same exec
+    /// generation, and an untagged newest image (what a re-read of /proc found); the oldest
+    /// go beyond `MAX_IMAGES`.
+    pub(crate) fn add(&mut self, pid: u32, snapshot: ProcessSnapshot, files: &mut FileTable) {
+        let exec_id = snapshot.exec_id;
+        if let Some(ns) = snapshot.ns_pid {
+            // A process in the host's PID namespace writes /tmp/perf-PID.map on the host,
+            // which stays readable after it exits; others are reached through their root.
+            let path = PathBuf::from(if ns == pid {
                 format!("/tmp/perf-{pid}.map")
             } else {
                 format!("/proc/{pid}/root/tmp/perf-{ns}.map")
-            }))
-        });
-        Process {
-            name: snapshot.name,
-            mappings,
-            seen_alive: snapshot.alive,
-            perf_map,
+            });
+            if self.perf_map_path.as_ref() != Some(&path) {
+                self.perf_map = Some(PerfMap::new(path.clone()));
+                self.perf_map_path = Some(path);
+            }
+        }
+        let image = image_of(pid, snapshot, files);
+        self.images
+            .retain(|i| exec_id.is_none() || i.exec_id != exec_id);
+        if self.images.last().is_some_and(|i| i.exec_id.is_none()) {
+            self.images.pop();
+        }
+        self.images.push(image);
+        if self.images.len() > MAX_IMAGES {
+            self.images.remove(0);
         }
     }
 
-    pub(crate) fn find(&self, addr: u64) -> Option<&Mapping> {
-        let i = self.mappings.partition_point(|m| m.start <= addr);
-        let m = self.mappings.get(i.checked_sub(1)?)?;
-        (addr < m.end).then_some(m)
+    /// The image a sample of exec generation `exec_id` was taken in: the one captured for
+    /// it, else the newest.
+    pub(crate) fn image_index(&self, exec_id: Option<u32>) -> Option<usize> {
+        let newest = self.images.len().checked_sub(1)?;
+        Some(
+            exec_id
+                .and_then(|e| self.images.iter().rposition(|i| i.exec_id == Some(e)))
+                .unwrap_or(newest),
+        )
+    }
+
+    /// The newest image.
+    pub(crate) fn newest(&self) -> Option<&Image> {
+        self.images.last()
+    }
+}
+
+fn image_of(pid: u32, snapshot: ProcessSnapshot, files: &mut FileTable) -> Image {
+    let mut mappings: Vec<Mapping> = snapshot
+        .entries
+        .into_iter()
+        .map(|(e, opened)| {
+            let file = if e.is_file() {
+                files.resolve(pid, &e, opened)
+            } else {
+                None
+            };
+            let module = match file {
+                Some(id) => Some(files.get(id).module.clone()),
+                None if e.path.is_empty() => None,
+                None => Some(Arc::new(Module {
+                    path: Arc::from(e.path.trim_end_matches(" (deleted)")),
+                    build_id: None,
+                })),
+            };
+            Mapping {
+                start: e.start,
+                end: e.end,
+                offset: e.offset,
+                file,
+                module,
+            }
+        })
+        .collect();
+    mappings.sort_by_key(|m| m.start);
+    Image {
+        exec_id: snapshot.exec_id,
+        name: snapshot.name,
+        mappings,
+        seen_alive: snapshot.alive,
     }
 }

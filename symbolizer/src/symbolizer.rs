@@ -111,8 +111,23 @@ impl Default for SymbolizerConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct StackRequest<'a> {
     pub pid: u32,
+    /// The process image (the kernel's exec generation) the sample was taken in, when
+    /// known: its user addresses are looked up in that image's mappings.
+    pub exec_id: Option<u32>,
     pub user: &'a [u64],
     pub kernel: &'a [u64],
+}
+
+impl<'a> StackRequest<'a> {
+    /// A request for the newest known image of `pid`.
+    pub fn new(pid: u32, user: &'a [u64], kernel: &'a [u64]) -> Self {
+        StackRequest {
+            pid,
+            exec_id: None,
+            user,
+            kernel,
+        }
+    }
 }
 
 /// Where one address resolves: a cache key or a fixed location.
@@ -181,6 +196,7 @@ impl Symbolizer {
                 kind: FrameKind::User,
                 module: None,
                 address: 0,
+                segment: None,
                 frames: Vec::new(),
             }),
             stats: SymbolizerStats::default(),
@@ -264,29 +280,36 @@ impl Symbolizer {
         if !self.processes.contains_key(&pid) {
             let process = Process::snapshot(pid, &mut self.files);
             self.stats.processes += 1;
-            if !process.seen_alive {
+            if !process.newest().is_some_and(|i| i.seen_alive) {
                 self.stats.processes_gone += 1;
             }
             self.processes.insert(pid, process);
         }
     }
 
-    /// Takes a snapshot made by a watcher when the process was first seen (it may be gone
-    /// now); it replaces what was known of that PID, since an exec changes every mapping.
+    /// Takes a snapshot made by a watcher when the process (or its new image after an exec)
+    /// was first sampled; it may be gone now, and then only its announced name is kept. The
+    /// images it replaces stay for samples taken before the exec.
     pub fn adopt(&mut self, pid: u32, snapshot: ProcessSnapshot) {
-        if !snapshot.alive() {
+        if !snapshot.alive() && snapshot.name().is_none() {
             return;
         }
-        let process = Process::from_snapshot(pid, snapshot, &mut self.files);
         self.stats.processes += 1;
         self.stats.processes_adopted += 1;
         self.gone_once.remove(&pid);
-        self.processes.insert(pid, process);
+        match self.processes.get_mut(&pid) {
+            Some(p) => p.add(pid, snapshot, &mut self.files),
+            None => {
+                let process = Process::from_snapshot(pid, snapshot, &mut self.files);
+                self.processes.insert(pid, process);
+            }
+        }
     }
 
-    /// The process's name (its /proc/PID/comm when first observed), if known.
-    pub fn process_name(&self, pid: u32) -> Option<Arc<str>> {
-        self.processes.get(&pid)?.name.clone()
+    /// The name (comm) of the process's image `exec_id` (else its newest), if known.
+    pub fn process_name(&self, pid: u32, exec_id: Option<u32>) -> Option<Arc<str>> {
+        let p = self.processes.get(&pid)?;
+        p.images.get(p.image_index(exec_id)?)?.name.clone()
     }
 
     /// Symbolizes stacks, one output per request, each leaf first (kernel then user).
@@ -297,16 +320,24 @@ impl Symbolizer {
         let mut refreshed = HashSet::new();
         for r in requests {
             self.observe(r.pid);
-            // A leaf outside every known mapping means the process mapped code since we
-            // looked (dlopen, exec): look again, once per batch. Callers are not checked:
-            // frame-pointer walks through code built without them yield garbage there.
+            // A leaf outside every mapping of the newest image means the process mapped code
+            // since we looked (dlopen, or an exec not announced): look again, once per
+            // batch. An older image (the sample's own, exec'd away from) is what it was.
+            // Callers are not checked: frame-pointer walks through code built without them
+            // yield garbage there.
             let stale = self.processes.get(&r.pid).is_some_and(|p| {
-                p.seen_alive && r.user.first().is_some_and(|&a| p.find(a).is_none())
+                let newest = p.images.len().checked_sub(1);
+                p.image_index(r.exec_id) == newest
+                    && p.newest().is_some_and(|i| {
+                        i.seen_alive && r.user.first().is_some_and(|&a| i.find(a).is_none())
+                    })
             });
             if stale && refreshed.insert(r.pid) {
-                let process = Process::snapshot(r.pid, &mut self.files);
-                if process.seen_alive {
-                    self.processes.insert(r.pid, process);
+                let snapshot = ProcessSnapshot::read_unopened(r.pid);
+                if snapshot.alive() {
+                    if let Some(p) = self.processes.get_mut(&r.pid) {
+                        p.add(r.pid, snapshot, &mut self.files);
+                    }
                 }
             }
         }
@@ -402,13 +433,14 @@ impl Symbolizer {
         );
         let unknown = self.unknown.clone();
         let mut process = self.processes.get_mut(&r.pid);
+        let image = process.as_deref().and_then(|p| p.image_index(r.exec_id));
         for (i, &addr) in r.user.iter().enumerate() {
             let addr = adjust(i, addr);
-            let Some(p) = process.as_deref_mut() else {
+            let (Some(p), Some(image)) = (process.as_deref_mut(), image) else {
                 out.push(Err(unknown));
                 break;
             };
-            let Some(m) = p.find(addr) else {
+            let Some(m) = p.images[image].find(addr) else {
                 // Nothing is executable there: the walk has left the real stack (a frame
                 // without a frame pointer). One [unknown] ends it, so that garbage tails
                 // do not split one stack into many.
@@ -428,6 +460,7 @@ impl Symbolizer {
                         kind: FrameKind::User,
                         module: None,
                         address: addr,
+                        segment: None,
                         frames: name
                             .map(|function| {
                                 vec![Frame {
@@ -443,6 +476,7 @@ impl Symbolizer {
                     kind: FrameKind::User,
                     module,
                     address: offset,
+                    segment: None,
                     frames: Vec::new(),
                 })),
             });
@@ -593,7 +627,34 @@ impl Symbolizer {
                 Vec::new()
             }
         };
-        named(&results, offsets, FrameKind::User, |_| Some(module.clone()))
+        // Addresses go out as link-time addresses in their segment (file offsets when the
+        // headers could not be read): the same in every process, and what a backend
+        // symbolizer looks up by build ID.
+        let info = match &self.files.get(id).info {
+            Some(Ok(info)) => Some(info),
+            _ => None,
+        };
+        offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &offset)| {
+                let (address, segment) = match info.and_then(|info| info.placed(offset)) {
+                    Some((vaddr, segment)) => (vaddr, Some(segment)),
+                    None => (offset, None),
+                };
+                let frames = match results.get(i) {
+                    Some(Symbolized::Sym(sym)) => frames_of(sym),
+                    _ => Vec::new(),
+                };
+                Arc::new(Location {
+                    kind: FrameKind::User,
+                    module: Some(module.clone()),
+                    address,
+                    segment,
+                    frames,
+                })
+            })
+            .collect()
     }
 
     fn fill_kernel(&mut self, kernel: HashSet<u64>) {
@@ -620,6 +681,7 @@ impl Symbolizer {
             let location = match self.kallsyms.lookup(addr) {
                 Some(sym) => Location {
                     kind: FrameKind::Kernel,
+                    segment: None,
                     module: Some(match sym.module {
                         None => self.kernel_module.clone(),
                         Some(m) => Arc::new(Module {
@@ -639,6 +701,7 @@ impl Symbolizer {
                     kind: FrameKind::Kernel,
                     module: Some(self.kernel_module.clone()),
                     address: addr,
+                    segment: None,
                     frames: Vec::new(),
                 },
             };
@@ -657,32 +720,6 @@ fn checked<'a>(
         Ok(r) => Err(format!("{} results for {expected} addresses", r.len())),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Locations for a batch of addresses of one module; addresses without a result stay
-/// unnamed but keep their module and offset.
-fn named(
-    results: &[Symbolized<'_>],
-    addrs: &[u64],
-    kind: FrameKind,
-    module: impl Fn(u64) -> Option<Arc<Module>>,
-) -> Vec<Arc<Location>> {
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, &addr)| {
-            let frames = match results.get(i) {
-                Some(Symbolized::Sym(sym)) => frames_of(sym),
-                _ => Vec::new(),
-            };
-            Arc::new(Location {
-                kind,
-                module: module(addr),
-                address: addr,
-                frames,
-            })
-        })
-        .collect()
 }
 
 /// The frames of one symbol, innermost inlined function first.
@@ -713,7 +750,8 @@ mod tests {
     }
 
     fn symbolize_one(s: &mut Symbolizer, pid: u32, user: &[u64], kernel: &[u64]) -> Stack {
-        s.symbolize(&[StackRequest { pid, user, kernel }]).remove(0)
+        s.symbolize(&[StackRequest::new(pid, user, kernel)])
+            .remove(0)
     }
 
     #[test]
@@ -869,9 +907,83 @@ mod tests {
         let stack = symbolize_one(&mut s, pid, &[addr], &[]);
         let module = stack[0].module.as_ref().expect("module known after exit");
         assert!(module.path.ends_with("/sleep"));
-        assert_eq!(stack[0].address, addr - text_map.start + text_map.offset);
+        // The address is link-time; with its segment it gives back the file offset.
+        let segment = stack[0].segment.expect("a readable ELF has segments");
+        assert_eq!(
+            stack[0].address - segment.start + segment.file_offset,
+            addr - text_map.start + text_map.offset
+        );
+        assert!((segment.start..segment.limit).contains(&stack[0].address));
         assert_ne!(stack[0].to_string(), "[unknown]");
-        assert_eq!(s.process_name(pid).as_deref(), Some("sleep"));
+        assert_eq!(s.process_name(pid, None).as_deref(), Some("sleep"));
+    }
+
+    #[test]
+    fn samples_of_an_image_exec_d_away_from_use_that_image() {
+        // Two images of one PID, as after an exec: ours (exec 1), then sleep's (exec 2).
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{}/maps", child.id()))
+            .is_ok_and(|m| m.contains(exe.to_str().unwrap()))
+        {
+            assert!(std::time::Instant::now() < deadline, "sleep never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let pid = u32::MAX - 11; // stands for the process that exec'd
+        let mut s = Symbolizer::new();
+        s.adopt(
+            pid,
+            ProcessSnapshot::capture_announced(std::process::id(), 1, "before"),
+        );
+        s.adopt(
+            pid,
+            ProcessSnapshot::capture_announced(child.id(), 2, "after"),
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
+        let request = |exec_id| StackRequest {
+            exec_id,
+            ..StackRequest::new(pid, std::slice::from_ref(&addr), &[])
+        };
+        let stacks = s.symbolize(&[request(Some(1)), request(Some(2)), request(None)]);
+        assert!(
+            stacks[0][0]
+                .frames
+                .last()
+                .is_some_and(|f| f.function.ends_with("marker_function_for_symbolizer_test")),
+            "the sample of the first image is named from it: {:?}",
+            stacks[0]
+        );
+        for other in &stacks[1..] {
+            assert!(other[0].is_unknown(), "{other:?}");
+        }
+        let own = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(
+            s.process_name(pid, Some(1)).as_deref(),
+            Some(own.trim_end())
+        );
+        assert_eq!(s.process_name(pid, Some(2)).as_deref(), Some("sleep"));
+        assert_eq!(s.process_name(pid, Some(9)).as_deref(), Some("sleep"));
+    }
+
+    #[test]
+    fn a_process_gone_before_capture_keeps_its_announced_name() {
+        let pid = u32::MAX - 12; // never existed: gone before the watcher read /proc
+        let mut s = Symbolizer::new();
+        s.adopt(
+            pid,
+            ProcessSnapshot::capture_announced(pid, 3, "short-lived"),
+        );
+        assert_eq!(s.process_name(pid, Some(3)).as_deref(), Some("short-lived"));
+        let stack = symbolize_one(&mut s, pid, &[0x401000], &[]);
+        assert!(stack[0].is_unknown());
     }
 
     #[test]
@@ -923,7 +1035,9 @@ mod tests {
         let pid = std::process::id();
         s.observe(pid);
         // Forget what was captured, as if the code had been mapped afterwards.
-        s.processes.get_mut(&pid).unwrap().mappings.clear();
+        s.processes.get_mut(&pid).unwrap().images[0]
+            .mappings
+            .clear();
         let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
         let stack = symbolize_one(&mut s, pid, &[addr], &[]);
         assert!(!stack[0].is_unknown(), "maps were not re-read");

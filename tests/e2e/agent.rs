@@ -344,6 +344,8 @@ fn include_and_exclude_rules_decide_which_processes_appear() {
             "^ep(workload|other)$",
             "--exclude-pid",
             &excluded_pid,
+            "--extra-attributes",
+            "process.pid",
             "--interval",
             "1s",
             "--frequency",

@@ -185,7 +185,14 @@ fn pprof_output_decodes_with_consistent_tables() {
     let w = Workload::start(&["cpu-split"]);
     let rec = record(
         "cpu.pb.gz",
-        &["--pid", &w.pid().to_string(), "--duration", "2"],
+        &[
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "2",
+            "--extra-attributes",
+            "thread.id,thread.name",
+        ],
     );
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(std::fs::File::open(&rec.file).unwrap())

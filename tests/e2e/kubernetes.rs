@@ -127,6 +127,8 @@ fn profiles_carry_pod_and_container_attributes() {
         "49",
         "--cpu",
         "--histograms",
+        "--extra-attributes",
+        "process.pid",
         "--otlp-endpoint",
     ];
     let endpoint = collector.endpoint();
@@ -247,6 +249,8 @@ fn the_agent_skips_pods_annotated_enabled_false() {
             &endpoint,
             "--http-listen",
             &listen,
+            "--extra-attributes",
+            "process.pid",
         ],
         &[
             ("NODE_NAME", "node-a"),

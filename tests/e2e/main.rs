@@ -1,11 +1,13 @@
 //! End-to-end tests: real probes, real workloads, the real `emberprof` binary.
 //! They need root (or CAP_BPF + CAP_PERFMON); with `CI` set they fail without it.
 
+mod addresses;
 mod agent;
 #[path = "../support/collector.rs"]
 mod collector;
 mod cpu_profile;
 mod histograms;
+mod interop;
 #[path = "../support/kube_api.rs"]
 mod kube_api;
 mod kubernetes;

@@ -47,6 +47,8 @@ fn cpu_profile_reaches_the_collector_with_names_proportions_and_attributes() {
             "gzip",
             "--otlp-header",
             "x-scope-orgid=team-a",
+            "--extra-attributes",
+            "all",
         ],
     );
     drop(w);

@@ -141,12 +141,8 @@ fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
     use emberprof_symbolizer::{StackRequest, Symbolizer};
     let mut s = Symbolizer::new();
     let kernel_symbol = |s: &mut Symbolizer, addr: u64| {
-        s.symbolize(&[StackRequest {
-            pid: std::process::id(),
-            user: &[],
-            kernel: &[addr],
-        }])
-        .remove(0)
+        s.symbolize(&[StackRequest::new(std::process::id(), &[], &[addr])])
+            .remove(0)
     };
     let before = std::time::Instant::now();
     // Any kernel address makes it read kallsyms now.
@@ -227,6 +223,29 @@ fn off_cpu_only_recordings_name_a_short_lived_process_too() {
     assert!(
         blocked_ns >= 150_000_000,
         "expected ~200 ms under sleep_in_nanosleep, got {blocked_ns} ns:\n{}",
+        std::fs::read_to_string(&rec.file).unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_process_that_execs_every_quarter_second_keeps_its_frames() {
+    let Some(_serial) = bpf_test() else { return };
+    // A new image (new addresses) every 250 ms under one PID: samples of the image before
+    // an exec and after it meet in one drain, and each must be named from its own image.
+    let w = Workload::start(&["exec-loop", "40", "250"]);
+    let pid = w.pid().to_string();
+    let rec = record(
+        "exec-loop.folded",
+        &["--pid", &pid, "--duration", "3", "--frequency", "199"],
+    );
+    drop(w);
+    let lines = read_folded(&rec.file);
+    let total: u64 = lines.iter().map(|l| l.count).sum();
+    let named = total_under(&lines, "burn_heavy");
+    assert!(total > 200, "{total} samples:\n{}", rec.stderr);
+    assert!(
+        named as f64 >= 0.9 * total as f64,
+        "{named} of {total} samples named in burn_heavy:\n{}",
         std::fs::read_to_string(&rec.file).unwrap_or_default()
     );
 }

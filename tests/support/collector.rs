@@ -1,13 +1,17 @@
 //! An in-test OTLP collector: a real gRPC server for the profiles and metrics services that
 //! records what it receives and can be told to fail first. Shared by the exporters' tests
-//! and the end-to-end tests.
+//! and the end-to-end tests. Every profiles request it receives is also held to Grafana
+//! Pyroscope's ingest rules (`emberprof_exporters::otlp::pyroscope_check`): reading what was
+//! received fails the test if Pyroscope would refuse or cut any of it.
 
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use emberprof_exporters::otlp::pyroscope_check;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -33,6 +37,10 @@ pub struct Received {
     pub headers: Vec<Vec<(String, String)>>,
     /// Calls answered with an error.
     pub failed_calls: usize,
+    /// What Pyroscope would make of each profiles request, in order of arrival.
+    pub pyroscope: Vec<pyroscope_check::Report>,
+    /// When each profiles request arrived.
+    pub profile_arrivals: Vec<Instant>,
 }
 
 #[derive(Clone, Default)]
@@ -73,11 +81,13 @@ impl ProfilesService for Collector {
         request: Request<ExportProfilesServiceRequest>,
     ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
         self.call(&request)?;
-        self.received
-            .lock()
-            .unwrap()
-            .profiles
-            .push(request.into_inner());
+        let request = request.into_inner();
+        let report = pyroscope_check::check(&request, SystemTime::now());
+        let mut received = self.received.lock().unwrap();
+        received.pyroscope.push(report);
+        received.profiles.push(request);
+        received.profile_arrivals.push(Instant::now());
+        drop(received);
         let rejected = *self.rejected.lock().unwrap();
         Ok(Response::new(ExportProfilesServiceResponse {
             partial_success: (rejected > 0).then(|| ExportProfilesPartialSuccess {
@@ -213,9 +223,28 @@ impl TestCollector {
         *self.collector.rejected.lock().unwrap() = n;
     }
 
-    /// What was received so far.
+    /// What was received so far. Panics if Pyroscope would refuse or cut any profiles
+    /// request received, naming why.
     pub fn received(&self) -> std::sync::MutexGuard<'_, Received> {
-        self.collector.received.lock().unwrap()
+        let received = self.collector.received.lock().unwrap();
+        if let Some((i, report)) = received
+            .pyroscope
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !r.lossless())
+        {
+            let lossy: Vec<_> = report
+                .series
+                .iter()
+                .filter(|s| s.samples_kept != s.samples_sent || s.value_kept != s.value_sent)
+                .collect();
+            let (problems, lossy) = (report.problems.clone(), format!("{lossy:#?}"));
+            drop(received);
+            panic!(
+                "profiles request {i} would not arrive whole in Pyroscope: {problems:?}; series losing samples: {lossy}"
+            );
+        }
+        received
     }
 
     /// Waits until `done` holds for what was received, or `timeout` passes.

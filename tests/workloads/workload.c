@@ -22,6 +22,12 @@
  *   workload tree-burn FIRST COUNT US
  *                             the same walk, burning US microseconds of CPU at each leaf
  *                             (many unique on-CPU stacks)
+ *   workload unwalkable       burns CPU in burn_unwalkable, whose frame record points at a
+ *                             return address no mapping holds (a walk that ends in [unknown])
+ *   workload short-many N MS  N child processes one after another, each burning MS ms of CPU
+ *                             in short_lived_burn and exiting (processes gone by the next drain)
+ *   workload exec-loop N MS   burns MS ms of CPU in burn_heavy, then execs itself with N-1,
+ *                             until N is 0 (the same PID, a new image every MS ms)
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
  * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
@@ -35,6 +41,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define UNIT 400000L /* loop iterations in one unit of work, about a millisecond */
@@ -418,10 +425,65 @@ static void *busy_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Burns CPU with the frame pointer on a fake frame record whose return address is 0x10,
+ * inside no mapping: a frame-pointer walk reports that address and ends there, as walks
+ * through code built without frame pointers end in garbage.
+ */
+__attribute__((noinline)) void burn_unwalkable(void)
+{
+	static unsigned long fake_frame[2] = { 0, 0x10 };
+	while (running) {
+		long n = 50 * UNIT;
+		__asm__ volatile("push %%rbp\n\t"
+				 "mov %1, %%rbp\n\t"
+				 "1: dec %0\n\t"
+				 "jnz 1b\n\t"
+				 "pop %%rbp\n\t"
+				 : "+r"(n)
+				 : "r"(fake_frame)
+				 : "memory", "cc");
+		sink++;
+	}
+}
+
+/* N children, one after another, each a process that lives MS ms of CPU time. */
+static int short_many(long n, long ms)
+{
+	for (long i = 0; i < n; i++) {
+		pid_t pid = fork();
+		if (pid < 0)
+			return 1;
+		if (pid == 0) {
+			short_lived_burn(ms);
+			_exit(0);
+		}
+		waitpid(pid, NULL, 0);
+	}
+	return 0;
+}
+
+/* Burns `ms` ms in burn_heavy, then runs this program again in place with n - 1. */
+static int exec_loop(long n, long ms, char *self)
+{
+	by_time = 1;
+	burn_heavy(ms * 1000000L / TIME_UNIT_NS);
+	if (n <= 0)
+		return 0;
+	char next[32];
+	char ms_arg[32];
+	snprintf(next, sizeof(next), "%ld", n - 1);
+	snprintf(ms_arg, sizeof(ms_arg), "%ld", ms);
+	char *args[] = { self, "exec-loop", next, ms_arg, NULL };
+	execv("/proc/self/exe", args);
+	perror("execv");
+	return 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -470,6 +532,13 @@ int main(int argc, char **argv)
 		return tree_sleep(atol(argv[2]), atol(argv[3]), atol(argv[4]));
 	} else if (strcmp(argv[1], "tree-sleep") == 0 && argc > 4) {
 		return tree_sleep(atol(argv[2]), atol(argv[3]), atol(argv[4]));
+	} else if (strcmp(argv[1], "unwalkable") == 0) {
+		burn_unwalkable();
+		return 0;
+	} else if (strcmp(argv[1], "short-many") == 0 && argc > 3) {
+		return short_many(atol(argv[2]), atol(argv[3]));
+	} else if (strcmp(argv[1], "exec-loop") == 0 && argc > 3) {
+		return exec_loop(atol(argv[2]), atol(argv[3]), argv[0]);
 	} else if (strcmp(argv[1], "short") == 0 && argc > 2) {
 		short_lived_burn(atol(argv[2]));
 		return 0;

@@ -8,7 +8,7 @@ use emberprof_exporters::{pprof, svg, ProfileBuilder};
 use emberprof_probes::{CpuSampler, CpuSamplerConfig};
 use emberprof_symbolizer::Symbolizer;
 
-use crate::collect::{self, Collected};
+use crate::collect::{self, Collected, ThreadDetail};
 
 /// Longest profile one request may ask for.
 const MAX_SECONDS: u64 = 300;
@@ -69,7 +69,13 @@ pub fn profile(params: &Params, svg_output: bool) -> anyhow::Result<Vec<u8>> {
     }
     let mut builder = ProfileBuilder::cpu(params.hz, start);
     let mut collected = Collected::default();
-    collect::add(&counts, &mut symbolizer, &mut builder, &mut collected);
+    collect::add(
+        &counts,
+        &mut symbolizer,
+        &mut builder,
+        &mut collected,
+        ThreadDetail::ALL,
+    );
     let profile = builder.finish(SystemTime::now());
     let mut out = Vec::new();
     if svg_output {

@@ -9,10 +9,28 @@ use emberprof_exporters::otlp::{AttrValue, Attributes};
 /// `process.command_line` is capped: some command lines are megabytes long.
 const MAX_COMMAND_LINE: usize = 1024;
 
+/// `service.name` of every kernel thread: one service, whatever the thread.
+pub const KERNEL_SERVICE: &str = "kernel";
+
+/// `PF_KTHREAD` in the flags of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 /// Resource attributes of one process, per the semantic conventions, with its pod's when it
-/// runs in one on this node.
-pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
+/// runs in one on this node. `fallback_name` (what the kernel called it) names a process
+/// that is gone before its executable could be read; `kernel_thread` says the kernel flagged
+/// it as a kernel thread (it is also checked here while the thread runs).
+pub fn process_attributes(pid: u32, fallback_name: &str, kernel_thread: bool) -> Attributes {
     let proc_dir = Path::new("/proc").join(pid.to_string());
+    if kernel_thread || is_kernel_thread(&proc_dir) {
+        return vec![
+            ("service.name".into(), AttrValue::Str(KERNEL_SERVICE.into())),
+            ("process.pid".into(), AttrValue::Int(i64::from(pid))),
+            (
+                "process.executable.name".into(),
+                AttrValue::Str(kernel_thread_kind(fallback_name).to_string()),
+            ),
+        ];
+    }
     let exe_path = std::fs::read_link(proc_dir.join("exe")).ok().map(|p| {
         p.to_string_lossy()
             .trim_end_matches(" (deleted)")
@@ -20,9 +38,7 @@ pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
     });
     let exe_name = exe_path
         .as_deref()
-        .and_then(|p| p.rsplit('/').next())
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
+        .and_then(executable_name)
         .unwrap_or_else(|| fallback_name.to_string());
     let own_service = std::fs::read(proc_dir.join("environ"))
         .ok()
@@ -54,6 +70,51 @@ pub fn process_attributes(pid: u32, fallback_name: &str) -> Attributes {
         }
     }
     attrs
+}
+
+/// Whether /proc/PID/stat flags the task as a kernel thread.
+fn is_kernel_thread(proc_dir: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    // The flags are the 9th field; the 2nd (comm, in parentheses) may hold spaces.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// What a kernel thread is, without its instance: `kworker/u8:2-events_unbound` and
+/// `kworker/1:0H` are `kworker`, `ksoftirqd/0` is `ksoftirqd`, `kswapd0` is `kswapd`,
+/// `jbd2/vda1-8` is `jbd2`, `scsi_eh_1` is `scsi_eh`. A bounded set of names, stable across
+/// restarts.
+pub fn kernel_thread_kind(comm: &str) -> &str {
+    // `kind/instance`: the kind as it is (`jbd2`); else a trailing instance number.
+    if let Some((head, _)) = comm.split_once(['/', ':']) {
+        if !head.is_empty() {
+            return head;
+        }
+    }
+    let head = comm;
+    let trimmed = head.trim_end_matches(|c: char| c.is_ascii_digit());
+    let trimmed = trimmed.trim_end_matches(['_', '-']);
+    if trimmed.is_empty() {
+        head
+    } else {
+        trimmed
+    }
+}
+
+/// The executable's name from its path: its base name, and for an executable run from a
+/// memfd (`/memfd:runc_cloned:/proc/self/exe`) the memfd's own name up to its first colon.
+fn executable_name(path: &str) -> Option<String> {
+    if let Some(memfd) = path.strip_prefix("/memfd:") {
+        let name = memfd.split(':').next().unwrap_or(memfd).trim();
+        return (!name.is_empty()).then(|| name.to_string());
+    }
+    path.rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
 }
 
 /// This host's name: in Kubernetes the node's (`NODE_NAME`; inside a pod the kernel's
@@ -137,8 +198,54 @@ mod tests {
     }
 
     #[test]
+    fn kernel_threads_are_one_service_of_stable_kinds() {
+        for (comm, kind) in [
+            ("kworker/u8:2-events_unbound", "kworker"),
+            ("kworker/1:0H-kblockd", "kworker"),
+            ("ksoftirqd/0", "ksoftirqd"),
+            ("migration/1", "migration"),
+            ("rcu_preempt", "rcu_preempt"),
+            ("kswapd0", "kswapd"),
+            ("jbd2/vda1-8", "jbd2"),
+            ("scsi_eh_1", "scsi_eh"),
+            ("irq/24-ahci[0000:00:1f.2]", "irq"),
+            ("0", "0"),
+        ] {
+            assert_eq!(kernel_thread_kind(comm), kind, "{comm}");
+        }
+        let attrs = process_attributes(u32::MAX - 3, "kworker/u8:0-ext4-rsv-conver", true);
+        assert_eq!(
+            attrs[0],
+            ("service.name".into(), AttrValue::Str("kernel".into()))
+        );
+        assert!(attrs.contains(&(
+            "process.executable.name".into(),
+            AttrValue::Str("kworker".into())
+        )));
+        // kthreadd (PID 2) is flagged by /proc too.
+        let kthreadd = process_attributes(2, "kthreadd", false);
+        assert_eq!(
+            kthreadd[0],
+            ("service.name".into(), AttrValue::Str("kernel".into()))
+        );
+    }
+
+    #[test]
+    fn memfd_executables_are_named_by_their_memfd() {
+        assert_eq!(
+            executable_name("/memfd:runc_cloned:/proc/self/exe").as_deref(),
+            Some("runc_cloned")
+        );
+        assert_eq!(
+            executable_name("/usr/bin/python3.11").as_deref(),
+            Some("python3.11")
+        );
+        assert_eq!(executable_name("/"), None);
+    }
+
+    #[test]
     fn own_process_has_its_attributes() {
-        let attrs = process_attributes(std::process::id(), "fallback");
+        let attrs = process_attributes(std::process::id(), "fallback", false);
         let get = |k: &str| {
             attrs
                 .iter()
@@ -155,7 +262,7 @@ mod tests {
 
     #[test]
     fn exited_process_falls_back_to_its_name() {
-        let attrs = process_attributes(u32::MAX - 1, "gone");
+        let attrs = process_attributes(u32::MAX - 1, "gone", false);
         assert_eq!(
             attrs[0],
             ("service.name".into(), AttrValue::Str("gone".into()))

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use emberprof_symbolizer::{FrameKind, Location, Module};
+use emberprof_symbolizer::{FrameKind, Location, Module, Segment};
 
 use super::proto::profiles::v1development as pb;
 use super::AttrValue;
@@ -13,7 +13,7 @@ pub struct DictionaryBuilder {
     dict: pb::ProfilesDictionary,
     strings: HashMap<String, i32>,
     functions: HashMap<(i32, i32), i32>,
-    mappings: HashMap<(String, Option<String>), i32>,
+    mappings: HashMap<(String, Option<String>, Option<Segment>, FrameKind), i32>,
     locations: HashMap<Location, i32>,
     stacks: HashMap<Vec<i32>, i32>,
     attributes: HashMap<(String, AttrValue), i32>,
@@ -100,10 +100,12 @@ impl DictionaryBuilder {
         i
     }
 
-    fn mapping(&mut self, module: &Module) -> i32 {
+    fn mapping(&mut self, module: &Module, segment: Option<Segment>, kind: FrameKind) -> i32 {
         let id = (
             module.path.to_string(),
             module.build_id.as_deref().map(str::to_string),
+            segment,
+            kind,
         );
         if let Some(&i) = self.mappings.get(&id) {
             return i;
@@ -117,12 +119,21 @@ impl DictionaryBuilder {
             None => Vec::new(),
         };
         let i = self.dict.mapping_table.len() as i32;
-        // Addresses are file offsets (user) or kernel addresses: the mapping covers the
-        // whole file, so start, limit and offset stay 0.
+        // User addresses are link-time addresses in their segment, so that address − start +
+        // offset is the file offset (pprof's rule) and the address is what Pyroscope's
+        // symbolizer looks up; without a segment they are file offsets (identity mapping);
+        // kernel addresses are absolute.
+        let (memory_start, memory_limit, file_offset) = match (segment, kind) {
+            (Some(s), _) => (s.start, s.limit, s.file_offset),
+            (None, FrameKind::Kernel) => (0, u64::MAX, 0),
+            (None, FrameKind::User) => (0, 0, 0),
+        };
         self.dict.mapping_table.push(pb::Mapping {
+            memory_start,
+            memory_limit,
+            file_offset,
             filename_strindex,
             attribute_indices,
-            ..Default::default()
         });
         self.mappings.insert(id, i);
         i
@@ -133,8 +144,11 @@ impl DictionaryBuilder {
         if let Some(&i) = self.locations.get(loc) {
             return i;
         }
-        let mapping_index = loc.module.as_deref().map_or(0, |m| self.mapping(m));
-        let lines = loc
+        let mapping_index = loc
+            .module
+            .as_deref()
+            .map_or(0, |m| self.mapping(m, loc.segment, loc.kind));
+        let mut lines: Vec<pb::Line> = loc
             .frames
             .iter()
             .map(|f| pb::Line {
@@ -143,8 +157,18 @@ impl DictionaryBuilder {
                 column: 0,
             })
             .collect();
-        // The frame type the OpenTelemetry eBPF profiler sets; Pyroscope and the Collector
-        // use it to tell kernel frames apart.
+        // Pyroscope deletes a location with neither lines nor an address, and every sample
+        // that holds it: an unnamed frame keeps only its address for a backend to name when
+        // it has a module to name it from, and is otherwise named what we know.
+        if lines.is_empty() && (loc.module.is_none() || loc.address == 0) {
+            lines.push(pb::Line {
+                function_index: self.function(&loc.to_string(), None),
+                line: 0,
+                column: 0,
+            });
+        }
+        // The frame type of the OpenTelemetry semantic conventions (the eBPF profiler sets
+        // it too). Pyroscope ignores location attributes; other consumers may not.
         let frame_type = match loc.kind {
             FrameKind::User => "native",
             FrameKind::Kernel => "kernel",
@@ -196,6 +220,7 @@ mod tests {
                 build_id: Some(Arc::from("abcd")),
             })),
             address: addr,
+            segment: None,
             frames: vec![Frame {
                 function: Arc::from(name),
                 file: Some(Arc::from("app.c")),

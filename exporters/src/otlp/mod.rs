@@ -4,6 +4,7 @@
 pub mod dictionary;
 pub mod metrics;
 pub mod profiles;
+pub mod pyroscope_check;
 mod resource;
 pub mod validate;
 

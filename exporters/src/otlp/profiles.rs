@@ -16,7 +16,10 @@ use crate::Profile;
 /// `OTEL_RESOURCE_ATTRIBUTES` says) unless the process already has that key.
 ///
 /// The OTLP sample type of each profile is the model's first sample type (`samples/count`
-/// for CPU, `off_cpu/nanoseconds` for off-CPU), with the model's period type and period.
+/// for CPU, `off_cpu/nanoseconds` for off-CPU), with the model's period type and period
+/// (none for off-CPU). Samples carry `thread.id` and `thread.name` only when the model's
+/// samples have them (an opt-in: consumers make series of sample attributes), and samples
+/// with the same stack and attributes are merged.
 pub fn request(
     profiles: &[&Profile],
     processes: &HashMap<u32, Attributes>,
@@ -29,22 +32,41 @@ pub fn request(
     // pid -> one profile per kind, in the order given.
     let mut by_pid: BTreeMap<u32, Vec<pb::Profile>> = BTreeMap::new();
     for profile in profiles {
+        // pid -> (stack, attributes) -> value, in first-seen order.
         let mut samples: BTreeMap<u32, Vec<pb::Sample>> = BTreeMap::new();
+        let mut index: HashMap<(u32, i32, Vec<i32>), usize> = HashMap::new();
         for s in &profile.samples {
-            let Some(&value) = s.values.first() else {
+            // A zero or negative value is dropped by Pyroscope's sanitizer: never sent.
+            let Some(&value) = s.values.first().filter(|&&v| v > 0) else {
                 continue;
             };
-            let attribute_indices = vec![
-                dict.attribute(thread_id, AttrValue::Int(i64::from(s.tid))),
-                dict.attribute(thread_name, AttrValue::Str(s.thread_name.to_string())),
-            ];
-            samples.entry(s.pid).or_default().push(pb::Sample {
-                stack_index: dict.stack(&s.stack),
-                attribute_indices,
-                link_index: 0,
-                values: vec![value],
-                timestamps_unix_nano: Vec::new(),
-            });
+            let mut attribute_indices = Vec::new();
+            if s.tid != 0 {
+                attribute_indices.push(dict.attribute(thread_id, AttrValue::Int(i64::from(s.tid))));
+            }
+            if !s.thread_name.is_empty() {
+                attribute_indices
+                    .push(dict.attribute(thread_name, AttrValue::Str(s.thread_name.to_string())));
+            }
+            let stack_index = dict.stack(&s.stack);
+            let of_pid = samples.entry(s.pid).or_default();
+            match index.entry((s.pid, stack_index, attribute_indices)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let v = &mut of_pid[*e.get()].values[0];
+                    *v = v.saturating_add(value);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let attribute_indices = e.key().2.clone();
+                    e.insert(of_pid.len());
+                    of_pid.push(pb::Sample {
+                        stack_index,
+                        attribute_indices,
+                        link_index: 0,
+                        values: vec![value],
+                        timestamps_unix_nano: Vec::new(),
+                    });
+                }
+            }
         }
         let Some(sample_type) = profile.sample_types.first() else {
             continue;
@@ -54,9 +76,9 @@ pub fn request(
                 type_strindex: dict.string(&sample_type.kind),
                 unit_strindex: dict.string(&sample_type.unit),
             });
-            let period_type = Some(pb::ValueType {
-                type_strindex: dict.string(&profile.period_type.kind),
-                unit_strindex: dict.string(&profile.period_type.unit),
+            let period_type = profile.period_type.as_ref().map(|p| pb::ValueType {
+                type_strindex: dict.string(&p.kind),
+                unit_strindex: dict.string(&p.unit),
             });
             by_pid.entry(pid).or_default().push(pb::Profile {
                 sample_type,
@@ -114,6 +136,10 @@ pub fn requests(
 ) -> Vec<ExportProfilesServiceRequest> {
     use prost::Message;
     let whole = request(profiles, processes, common);
+    // Nothing to send: Pyroscope refuses a request without resource profiles.
+    if whole.resource_profiles.is_empty() {
+        return Vec::new();
+    }
     if whole.encoded_len() <= max_bytes || whole.resource_profiles.len() < 2 {
         return vec![whole];
     }
@@ -186,6 +212,12 @@ mod tests {
     #[test]
     fn large_requests_split_by_process_and_keep_every_sample() {
         use prost::Message;
+        let mut empty = testdata::profile();
+        empty.samples.clear();
+        assert!(
+            requests(&[&empty], &HashMap::new(), &Vec::new(), 10).is_empty(),
+            "an interval without samples sends no profiles request"
+        );
         let profile = testdata::profile();
         let whole = request(&[&profile], &HashMap::new(), &Vec::new());
         assert!(whole.resource_profiles.len() >= 2);
