@@ -130,6 +130,7 @@ fn http_endpoints_report_health_metrics_and_profiles() {
             &collector.endpoint(),
             "--http-listen",
             &listen,
+            "--debug-pprof",
         ],
         "agent running",
     );

@@ -5,6 +5,7 @@ mod agent;
 #[path = "../support/collector.rs"]
 mod collector;
 mod cpu_profile;
+mod debug_access;
 mod histograms;
 #[path = "../support/kube_api.rs"]
 mod kube_api;
