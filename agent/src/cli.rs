@@ -96,9 +96,12 @@ pub struct AgentArgs {
     /// --pprof-dir: delete files older than this.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub pprof_max_age: Duration,
-    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, /debug/pprof/...).
+    /// Address of the HTTP endpoints (/metrics, /healthz, /readyz, and /debug/pprof/... with
+    /// --debug-pprof).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7071")]
     pub http_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub debug: DebugArgs,
     /// On SIGTERM, how long the final export may take before emberprof exits anyway.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -222,6 +225,21 @@ pub struct WaitArgs {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub histogram_keys: u32,
+}
+
+/// The on-demand profiles at /debug/pprof/* on --http-listen.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct DebugArgs {
+    /// Serve /debug/pprof/profile, /flamegraph and /self: profiles of the whole host on
+    /// request (process names, paths, build IDs). Without --debug-pprof-token-file every
+    /// local user can fetch them on a loopback --http-listen, and any other address is
+    /// refused.
+    #[arg(long)]
+    pub debug_pprof: bool,
+    /// File holding the bearer token /debug/pprof requests must send (`Authorization: Bearer
+    /// TOKEN`); read at start, at least 16 characters, not readable by others (chmod 600).
+    #[arg(long, value_name = "FILE", requires = "debug_pprof")]
+    pub debug_pprof_token_file: Option<PathBuf>,
 }
 
 /// Sizes and timing of the kernel maps (tuning and tests; hidden from --help).
@@ -396,6 +414,23 @@ mod tests {
         assert_eq!(args.frequency, 19);
         assert_eq!(args.interval, Duration::from_secs(15));
         assert!(Cli::try_parse_from(["emberprof", "agent", "--interval", "soon"]).is_err());
+        assert_eq!(
+            args.debug,
+            DebugArgs::default(),
+            "/debug/pprof is off by default"
+        );
+    }
+
+    #[test]
+    fn a_debug_token_file_needs_debug_pprof() {
+        let token = ["emberprof", "agent", "--debug-pprof-token-file", "/t"];
+        assert!(Cli::try_parse_from(token).is_err());
+        let cli = Cli::try_parse_from(token.iter().chain(&["--debug-pprof"])).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not an agent command");
+        };
+        assert!(args.debug.debug_pprof);
+        assert_eq!(args.debug.debug_pprof_token_file, Some(PathBuf::from("/t")));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         );
     }
     let status: SharedStatus = Arc::default();
-    crate::http::serve(args.http_listen, status.clone())?;
+    crate::http::serve(args.http_listen, &args.debug, status.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -405,8 +405,8 @@ fn apply_reload(
     if new.waits != args.waits {
         needs_restart.push("off_cpu/histograms");
     }
-    if new.http_listen != args.http_listen {
-        needs_restart.push("http_listen");
+    if new.http_listen != args.http_listen || new.debug != args.debug {
+        needs_restart.push("http_listen/debug_pprof");
     }
     match Selection::from_args(&new.pids, &new.select) {
         Ok(Some(s)) if selection.is_some() => *selection = Some(s),

@@ -370,6 +370,58 @@ class Tests:
         names = [e["name"] for e in self.render().container["env"]]
         assert "OTEL_EXPORTER_OTLP_HEADERS" not in names, "no Secret, no reference to one"
 
+    # -- /debug/pprof
+
+    def test_debug_pprof_is_off_by_default(self):
+        for vf in value_sets():
+            if vf == "debug-pprof.yaml":
+                continue
+            m = self.render(vf)
+            assert "debug_pprof" not in m.config, vf
+            assert all(v["name"] != "debug-pprof-token" for v in m.pod["spec"]["volumes"]), vf
+
+    def test_debug_pprof_token_is_an_owner_only_file_from_the_secret(self):
+        m = self.render("debug-pprof.yaml")
+        config = m.config
+        assert config["debug_pprof"] is True
+        mount = m.mount("debug-pprof-token")
+        assert mount["readOnly"] is True
+        assert config["debug_pprof_token_file"] == mount["mountPath"] + "/token", config
+        secret = m.one("Secret")
+        assert secret["stringData"]["debug-pprof-token"] == "0123456789abcdef0123456789abcdef"
+        volume = m.volume("debug-pprof-token")["secret"]
+        assert volume == {"secretName": secret["metadata"]["name"], "defaultMode": 0o400,
+                          "items": [{"key": "debug-pprof-token", "path": "token"}]}, volume
+        assert "0123456789abcdef" not in m.one("ConfigMap")["data"]["config.yaml"]
+        # The token is read at start: a new one must roll the pods.
+        a = m.pod["metadata"]["annotations"]["checksum/secret"]
+        b = self.helm.template("debug-pprof.yaml",
+                               sets=["secret.debugPprofToken=fedcba9876543210fedcba98"])
+        assert b.pod["metadata"]["annotations"]["checksum/secret"] != a
+        existing = self.helm.template("existing-secret.yaml", sets=["debugPprof.enabled=true"])
+        assert existing.volume("debug-pprof-token")["secret"]["secretName"] == \
+            "emberprof-credentials"
+        assert existing.config["debug_pprof_token_file"].endswith("/token")
+
+    def test_debug_pprof_is_never_exposed_without_a_token(self):
+        for sets in (["debugPprof.enabled=true"],
+                     ["debugPprof.enabled=true", "secret.create=true",
+                      "secret.otlpHeaders=a=b"],
+                     ["debugPprof.enabled=true", "http.host=[::]"],
+                     ["extraConfig.debug_pprof=true"],
+                     ["extraConfig.debug_pprof=true", "http.host=10.0.0.1"]):
+            out = self.helm.template(sets=sets, expect_ok=False)
+            assert out.returncode != 0, f"--set {sets} was accepted"
+            assert "without a token" in out.stderr and "debug-pprof-token" in out.stderr, \
+                (sets, out.stderr)
+        # Loopback reaches only the pod itself (no hostNetwork): allowed, as by the agent.
+        m = self.helm.template(sets=["debugPprof.enabled=true", "http.host=127.0.0.1"])
+        assert m.config["debug_pprof"] is True and "debug_pprof_token_file" not in m.config
+        for token in ("short", "has a space in it 0123456789"):
+            out = self.helm.template("debug-pprof.yaml", sets=[f"secret.debugPprofToken={token}"],
+                                     expect_ok=False)
+            assert out.returncode != 0 and "/secret/debugPprofToken" in out.stderr, out.stderr
+
     # -- metrics scraping
 
     def test_service_monitor_selects_the_agents(self):

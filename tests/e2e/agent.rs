@@ -7,8 +7,8 @@ use emberprof_exporters::otlp::validate::{sample_functions, validate_profiles};
 
 use crate::collector::TestCollector;
 use crate::support::{
-    bpf_test, decode_gz_pprof, get, loaded_bpf_programs, pprof_functions, prometheus_value,
-    spawn_until, terminate, Workload, EMBERPROF,
+    bpf_programs_held_by, bpf_test, decode_gz_pprof, get, loaded_bpf_programs, pprof_functions,
+    prometheus_value, spawn_until, terminate, Workload, EMBERPROF,
 };
 
 #[test]
@@ -33,16 +33,25 @@ fn intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everyth
         "agent running",
     );
     let running = Instant::now();
-    // The program listing sees the agent's probes while it runs (else the check after exit
-    // would prove nothing).
+    // This agent's programs, by id: other BPF users, another emberprof among them, may load
+    // and unload theirs meanwhile. The kernel hands out program ids cyclically, so an id
+    // still loaded after the exit is one of ours, not a newcomer's.
+    let mut mine = bpf_programs_held_by(agent.id());
+    let loaded = loaded_bpf_programs();
+    // The listing sees the agent's probes while it runs (else the check after exit would
+    // prove nothing).
     assert!(
-        loaded_bpf_programs().iter().any(|n| n.starts_with("ep_")),
-        "{:?}",
-        loaded_bpf_programs()
+        !mine.is_empty()
+            && mine
+                .iter()
+                .all(|id| loaded.get(id).is_some_and(|n| n.starts_with("ep_"))),
+        "the agent holds {mine:?}; loaded: {loaded:?}"
     );
     // Two full intervals, then SIGTERM in the middle of the third. Intervals count from
     // the agent's start, which is after `spawned` and before `running`.
     std::thread::sleep(Duration::from_millis(5000).saturating_sub(spawned.elapsed()));
+    // And whatever it loaded since.
+    mine.extend(bpf_programs_held_by(agent.id()));
     let terminated = Instant::now();
     // SAFETY: plain kill(2) of our child.
     assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
@@ -54,11 +63,12 @@ fn intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everyth
     assert!(status.success(), "agent exited with {status}:\n{log}");
     drop(w);
 
-    let mine: Vec<String> = loaded_bpf_programs()
-        .into_iter()
-        .filter(|n| n.starts_with("ep_"))
+    let loaded = loaded_bpf_programs();
+    let left: Vec<_> = mine
+        .iter()
+        .filter_map(|id| loaded.get_key_value(id))
         .collect();
-    assert!(mine.is_empty(), "still loaded after exit: {mine:?}");
+    assert!(left.is_empty(), "still loaded after exit: {left:?}");
 
     let received = collector.received();
     assert_eq!(
@@ -130,6 +140,7 @@ fn http_endpoints_report_health_metrics_and_profiles() {
             &collector.endpoint(),
             "--http-listen",
             &listen,
+            "--debug-pprof",
         ],
         "agent running",
     );

@@ -6,6 +6,7 @@ mod agent;
 #[path = "../support/collector.rs"]
 mod collector;
 mod cpu_profile;
+mod debug_access;
 mod histograms;
 mod interop;
 #[path = "../support/kube_api.rs"]

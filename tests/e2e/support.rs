@@ -1,6 +1,6 @@
 //! Shared helpers: the workload binary (built once), running emberprof, parsing output.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -315,8 +315,8 @@ pub fn sections<'a>(all: &'a [HistSection], prefix: &str) -> Vec<&'a HistSection
     all.iter().filter(|s| s.title.starts_with(prefix)).collect()
 }
 
-/// Names of the BPF programs loaded in the kernel now (the kernel keeps 15 characters).
-pub fn loaded_bpf_programs() -> Vec<String> {
+/// The BPF programs loaded in the kernel now: id and name (the kernel keeps 15 characters).
+pub fn loaded_bpf_programs() -> BTreeMap<u32, String> {
     const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -325,7 +325,7 @@ pub fn loaded_bpf_programs() -> Vec<String> {
         // SAFETY: attr is a zero-padded bpf_attr prefix the command reads and writes.
         unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 16) }
     };
-    let mut names = Vec::new();
+    let mut names = BTreeMap::new();
     let mut id = 0u32;
     loop {
         let mut attr = [id, 0, 0, 0];
@@ -349,9 +349,29 @@ pub fn loaded_bpf_programs() -> Vec<String> {
         if ok {
             let name = &info[NAME_OFFSET..NAME_OFFSET + 16];
             let end = name.iter().position(|&b| b == 0).unwrap_or(16);
-            names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+            names.insert(id, String::from_utf8_lossy(&name[..end]).into_owned());
         }
     }
+}
+
+/// Ids of the BPF programs process `pid` holds, as program fds or through links. A program
+/// records no owner, so the `prog_id:` lines of the process's fdinfo are what ties it to
+/// the process; other BPF users on the host (another emberprof) do not appear here.
+pub fn bpf_programs_held_by(pid: u32) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading fdinfo");
+    for entry in dir.flatten() {
+        // An fd closed since the listing has no fdinfo any more.
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
+    }
+    ids
 }
 
 /// Whether the kernel map named `map` (any loaded one) holds the 4-byte key `key`:

@@ -44,6 +44,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when /debug/pprof is on and a Secret provides its token, else "". */}}
+{{- define "emberprof.debugPprofToken" -}}
+{{- if and .Values.debugPprof.enabled (or .Values.secret.existingSecret (and .Values.secret.create .Values.secret.debugPprofToken)) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "emberprof.debugPprofTokenDir" -}}
+/etc/emberprof/debug-pprof
+{{- end -}}
+
 {{/*
 The capabilities the Dockerfile's setcap puts on /usr/local/bin/emberprof. A non-root
 process gains file capabilities at exec only if the bounding set (the container's
@@ -128,7 +139,20 @@ BPF PERFMON SYS_RESOURCE SYS_PTRACE DAC_READ_SEARCH CHECKPOINT_RESTORE SYSLOG
 {{- if $v.debuginfod.urls -}}
 {{- $_ := merge $c (dict "debuginfod_urls" $v.debuginfod.urls "debuginfod_cache" "/var/cache/emberprof/debuginfod") -}}
 {{- end -}}
-{{- toYaml (mustMergeOverwrite $c $v.extraConfig) -}}
+{{- if $v.debugPprof.enabled -}}
+{{- $_ := set $c "debug_pprof" true -}}
+{{- if include "emberprof.debugPprofToken" . -}}
+{{- $_ := set $c "debug_pprof_token_file" (printf "%s/token" (include "emberprof.debugPprofTokenDir" .)) -}}
+{{- end -}}
+{{- end -}}
+{{- $c = mustMergeOverwrite $c $v.extraConfig -}}
+{{- /* Checked on the final configuration, extraConfig included: the agent would refuse it
+       too, but only once running, in a crash loop. */ -}}
+{{- $listen := toString (get $c "http_listen") -}}
+{{- if and (get $c "debug_pprof") (not (get $c "debug_pprof_token_file")) (not (or (hasPrefix "127." $listen) (hasPrefix "[::1]:" $listen))) -}}
+{{- fail (printf "debug_pprof on %s without a token would give profiles of the whole node to anyone who reaches the pod's port: set secret.debugPprofToken (with secret.create) or secret.existingSecret holding the key debug-pprof-token" $listen) -}}
+{{- end -}}
+{{- toYaml $c -}}
 {{- end -}}
 
 {{/* OTEL_RESOURCE_ATTRIBUTES: the node's name (expanded by the kubelet from NODE_NAME, which
