@@ -7,6 +7,8 @@ use emberprof_exporters::ProfileBuilder;
 use emberprof_probes::{Stack as RawStack, StackCount, StackLoss};
 use emberprof_symbolizer::{FrameKind, Location, Stack, StackRequest, Symbolizer};
 
+use crate::metadata::process::kernel_thread_kind;
+
 /// Running totals of what was collected, for the summary line.
 #[derive(Default)]
 pub struct Collected {
@@ -68,7 +70,7 @@ pub fn add(
     for (c, stack) in counts.iter().zip(stacks) {
         let stack = with_loss_markers(without_probe_frames(stack), &c.user, &c.kernel);
         let thread_name: Arc<str> = Arc::from(c.thread_name.as_str());
-        let process_name = match symbolizer.process_name(c.tgid, Some(c.exec_id)) {
+        let mut process_name = match symbolizer.process_name(c.tgid, Some(c.exec_id)) {
             Some(name) => name,
             // Gone before anything was read of it: the sampled thread's name is all there is.
             None => collected
@@ -76,6 +78,10 @@ pub fn add(
                 .get(&c.tgid)
                 .map_or_else(|| thread_name.clone(), |s| s.name.clone()),
         };
+        if c.kernel_thread {
+            // `kworker/u8:2-events_unbound` is a kworker: one name per kind, not instance.
+            process_name = Arc::from(kernel_thread_kind(&process_name));
+        }
         let tid = if threads.id { c.tid } else { 0 };
         let shown_thread = if threads.name { &thread_name } else { &no_name };
         builder.add_periods(c.tgid, &process_name, tid, shown_thread, &stack, c.value);
@@ -141,4 +147,64 @@ fn with_loss_markers(stack: Stack, user: &RawStack, kernel: &RawStack) -> Stack 
         locations.push(Arc::new(Location::marker(FrameKind::User, "[no stack]")));
     }
     Arc::from(locations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn count(tgid: u32, tid: u32, comm: &str, kernel_thread: bool) -> StackCount {
+        StackCount {
+            tgid,
+            tid,
+            thread_name: comm.to_string(),
+            exec_id: 0,
+            kernel_thread,
+            user: RawStack::None,
+            kernel: RawStack::Lost(StackLoss::MapFull),
+            value: 2,
+        }
+    }
+
+    #[test]
+    fn names_come_from_the_kernel_and_threads_only_when_asked() {
+        // PIDs that do not exist: gone before anything was read of them.
+        let counts = [
+            count(u32::MAX - 20, 7, "kworker/u8:2-ev", true),
+            count(u32::MAX - 20, 8, "kworker/u8:3-ev", true),
+            count(u32::MAX - 21, 9, "short-lived", false),
+            count(u32::MAX - 21, 10, "short-lived", false),
+        ];
+        let mut symbolizer = Symbolizer::new();
+        let mut builder = ProfileBuilder::cpu(99, UNIX_EPOCH);
+        let mut collected = Collected::default();
+        add(
+            &counts,
+            &mut symbolizer,
+            &mut builder,
+            &mut collected,
+            ThreadDetail::default(),
+        );
+        let p = builder.finish(UNIX_EPOCH);
+        assert_eq!(p.samples.len(), 2, "threads merge without thread detail");
+        for s in &p.samples {
+            assert_eq!((s.tid, &*s.thread_name), (0, ""));
+            assert_eq!(s.values[0], 4);
+        }
+        let names: HashSet<&str> = p.samples.iter().map(|s| &*s.process_name).collect();
+        assert_eq!(names, HashSet::from(["kworker", "short-lived"]));
+        assert!(collected.pids[&(u32::MAX - 20)].kernel_thread);
+        assert_eq!(&*collected.pids[&(u32::MAX - 21)].name, "short-lived");
+
+        let mut builder = ProfileBuilder::cpu(99, UNIX_EPOCH);
+        add(
+            &counts,
+            &mut symbolizer,
+            &mut builder,
+            &mut Collected::default(),
+            ThreadDetail::ALL,
+        );
+        assert_eq!(builder.finish(UNIX_EPOCH).samples.len(), 4);
+    }
 }

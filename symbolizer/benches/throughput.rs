@@ -147,11 +147,7 @@ fn measure(variant: &str) {
                 for (pid, stacks) in &all {
                     let requests: Vec<StackRequest<'_>> = stacks
                         .iter()
-                        .map(|st| StackRequest {
-                            pid: *pid,
-                            user: st,
-                            kernel: &[],
-                        })
+                        .map(|st| StackRequest::new(*pid, st, &[]))
                         .collect();
                     std::hint::black_box(s.symbolize(&requests));
                 }

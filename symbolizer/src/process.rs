@@ -109,9 +109,9 @@ pub(crate) struct Mapping {
     pub(crate) module: Option<Arc<Module>>,
 }
 
-/// Images kept per process: enough for the samples of a drain to find theirs when a process
-/// execs several times a second.
-const MAX_IMAGES: usize = 4;
+/// Images kept per process at most. An image is dropped anyway once no sample of it can
+/// still come (see [`Process::prune`]); this bounds a process that execs many times a drain.
+const MAX_IMAGES: usize = 32;
 
 /// What one process ran between two execs.
 pub(crate) struct Image {
@@ -122,6 +122,8 @@ pub(crate) struct Image {
     pub(crate) mappings: Vec<Mapping>,
     /// Whether /proc/PID/maps could be read at all.
     pub(crate) seen_alive: bool,
+    /// The symbolize call before which a newer image was added, if one was.
+    pub(crate) superseded_at: Option<u64>,
 }
 
 impl Image {
@@ -158,14 +160,20 @@ impl Process {
             perf_map: None,
             perf_map_path: None,
         };
-        p.add(pid, snapshot, files);
+        p.add(pid, snapshot, files, 0);
         p
     }
 
-    /// Adds a snapshot as the newest image: it replaces an image of the same exec
-    /// generation, and an untagged newest image (what a re-read of /proc found); the oldest
-    /// go beyond `MAX_IMAGES`.
-    pub(crate) fn add(&mut self, pid: u32, snapshot: ProcessSnapshot, files: &mut FileTable) {
+    /// Adds a snapshot as the newest image, before symbolize call `tick`: it replaces an
+    /// image of the same exec generation, and an untagged newest image (what a re-read of
+    /// /proc found); the oldest go beyond `MAX_IMAGES`.
+    pub(crate) fn add(
+        &mut self,
+        pid: u32,
+        snapshot: ProcessSnapshot,
+        files: &mut FileTable,
+        tick: u64,
+    ) {
         let exec_id = snapshot.exec_id;
         if let Some(ns) = snapshot.ns_pid {
             // A process in the host's PID namespace writes /tmp/perf-PID.map on the host,
@@ -186,10 +194,22 @@ impl Process {
         if self.images.last().is_some_and(|i| i.exec_id.is_none()) {
             self.images.pop();
         }
+        if let Some(previous) = self.images.last_mut() {
+            previous.superseded_at.get_or_insert(tick);
+        }
         self.images.push(image);
         if self.images.len() > MAX_IMAGES {
             self.images.remove(0);
         }
+    }
+
+    /// Drops images that can have no more samples, at symbolize call `tick`. An exec ends
+    /// every thread of the old image, so its last samples are in the kernel maps before the
+    /// new image is announced; the drain after its successor was added reads them all. One
+    /// more drain is kept for slack.
+    pub(crate) fn prune(&mut self, tick: u64) {
+        self.images
+            .retain(|i| i.superseded_at.is_none_or(|at| at + 2 >= tick));
     }
 
     /// The image a sample of exec generation `exec_id` was taken in: the one captured for
@@ -242,5 +262,6 @@ fn image_of(pid: u32, snapshot: ProcessSnapshot, files: &mut FileTable) -> Image
         name: snapshot.name,
         mappings,
         seen_alive: snapshot.alive,
+        superseded_at: None,
     }
 }

@@ -298,7 +298,7 @@ impl Symbolizer {
         self.stats.processes_adopted += 1;
         self.gone_once.remove(&pid);
         match self.processes.get_mut(&pid) {
-            Some(p) => p.add(pid, snapshot, &mut self.files),
+            Some(p) => p.add(pid, snapshot, &mut self.files, self.tick),
             None => {
                 let process = Process::from_snapshot(pid, snapshot, &mut self.files);
                 self.processes.insert(pid, process);
@@ -317,6 +317,10 @@ impl Symbolizer {
     pub fn symbolize(&mut self, requests: &[StackRequest<'_>]) -> Vec<Stack> {
         self.tick += 1;
         self.take_fetched_debug_files();
+        let tick = self.tick;
+        for p in self.processes.values_mut() {
+            p.prune(tick);
+        }
         let mut refreshed = HashSet::new();
         for r in requests {
             self.observe(r.pid);
@@ -336,7 +340,7 @@ impl Symbolizer {
                 let snapshot = ProcessSnapshot::read_unopened(r.pid);
                 if snapshot.alive() {
                     if let Some(p) = self.processes.get_mut(&r.pid) {
-                        p.add(r.pid, snapshot, &mut self.files);
+                        p.add(r.pid, snapshot, &mut self.files, self.tick);
                     }
                 }
             }
@@ -971,6 +975,14 @@ mod tests {
         );
         assert_eq!(s.process_name(pid, Some(2)).as_deref(), Some("sleep"));
         assert_eq!(s.process_name(pid, Some(9)).as_deref(), Some("sleep"));
+        // Two drains after the exec no sample of the old image can come: it is let go.
+        s.symbolize(&[]);
+        assert!(s
+            .process_name(pid, Some(1))
+            .is_some_and(|n| *n == *own.trim_end()));
+        s.symbolize(&[]);
+        assert_eq!(s.process_name(pid, Some(1)).as_deref(), Some("sleep"));
+        assert_eq!(s.processes[&pid].images.len(), 1);
     }
 
     #[test]

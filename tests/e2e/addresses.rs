@@ -76,7 +76,11 @@ impl Symbols {
             .segments
             .iter()
             .find(|(o, size, _)| file_offset >= *o && file_offset < o + size)?;
-        let addr = file_offset - seg_offset + vaddr;
+        self.function_at_vaddr(file_offset - seg_offset + vaddr)
+    }
+
+    /// The function holding a link-time address.
+    fn function_at_vaddr(&self, addr: u64) -> Option<&str> {
         self.functions
             .iter()
             .find(|(start, size, _)| addr >= *start && addr < start + size)
@@ -84,16 +88,25 @@ impl Symbols {
     }
 }
 
-/// Checks one unnamed frame of the stripped binary; returns its function.
-fn resolve<'a>(symbols: &'a Symbols, address: u64, start: u64, limit: u64, offset: u64) -> &'a str {
+/// Checks one unnamed frame of the stripped binary; returns its function. The mapping must
+/// be filled in (a real range holding the address), address − start + offset must be a file
+/// offset in a function (pprof's rule), and the address itself must be that function's
+/// link-time address (what Pyroscope's symbolizer looks up).
+fn resolve(symbols: &Symbols, address: u64, start: u64, limit: u64, offset: u64) -> &str {
     assert!(
-        address >= start && (limit == 0 || address < limit),
+        start <= address && address < limit,
         "address {address:#x} outside its mapping {start:#x}..{limit:#x}"
     );
     let file_offset = address - start + offset;
-    symbols
+    let function = symbols
         .function_at(file_offset)
-        .unwrap_or_else(|| panic!("file offset {file_offset:#x} is in no function"))
+        .unwrap_or_else(|| panic!("file offset {file_offset:#x} is in no function"));
+    assert_eq!(
+        symbols.function_at_vaddr(address),
+        Some(function),
+        "address {address:#x} is not the link-time address of {function}"
+    );
+    function
 }
 
 fn check_variant(name: &str, flags: &[&str]) {

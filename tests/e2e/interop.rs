@@ -42,7 +42,7 @@ fn a_whole_host_recording_arrives_whole_with_named_bounded_services() {
     // many are gone before anything could be read of them.
     let unwalkable = Workload::start(&["unwalkable"]);
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-host.pb.gz");
-    let mut child = std::process::Command::new(EMBERPROF)
+    let child = std::process::Command::new(EMBERPROF)
         .args([
             "record",
             "--cpu",
@@ -59,6 +59,7 @@ fn a_whole_host_recording_arrives_whole_with_named_bounded_services() {
         ])
         .arg("--output")
         .arg(&file)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting emberprof");

@@ -26,6 +26,12 @@ pub fn request(
     common: &Attributes,
 ) -> ExportProfilesServiceRequest {
     let mut dict = DictionaryBuilder::new();
+    let profiles_of = |pid: u32| {
+        profiles
+            .iter()
+            .flat_map(|p| &p.samples)
+            .filter(move |s| s.pid == pid)
+    };
     let thread_id = "thread.id";
     let thread_name = "thread.name";
 
@@ -96,8 +102,12 @@ pub fn request(
     let resource_profiles = by_pid
         .into_iter()
         .map(|(pid, profiles)| {
+            // A process nothing was read of is still a service: the name its samples carry.
             let mut attrs = processes.get(&pid).cloned().unwrap_or_else(|| {
-                vec![("process.pid".to_string(), AttrValue::Int(i64::from(pid)))]
+                let name = profiles_of(pid)
+                    .next()
+                    .map_or_else(|| pid.to_string(), |s| s.process_name.to_string());
+                vec![("service.name".to_string(), AttrValue::Str(name))]
             });
             for (k, v) in common {
                 if !attrs.iter().any(|(key, _)| key == k) {
@@ -144,21 +154,16 @@ pub fn requests(
         return vec![whole];
     }
     // Group processes greedily by the size of their samples; half the budget is left for
-    // the dictionary each group needs.
+    // the dictionary each group needs. Resources are in the order of their PIDs.
+    let pids: std::collections::BTreeSet<u32> = profiles
+        .iter()
+        .flat_map(|p| &p.samples)
+        .filter(|s| s.values.first().is_some_and(|&v| v > 0))
+        .map(|s| s.pid)
+        .collect();
     let mut groups: Vec<Vec<u32>> = vec![Vec::new()];
     let mut size = 0;
-    for rp in &whole.resource_profiles {
-        let Some(pid) = rp
-            .resource
-            .as_ref()
-            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "process.pid"))
-            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                super::proto::common::v1::any_value::Value::IntValue(i) => u32::try_from(*i).ok(),
-                _ => None,
-            })
-        else {
-            continue;
-        };
+    for (rp, pid) in whole.resource_profiles.iter().zip(pids) {
         let len = rp.encoded_len();
         if size > 0 && size + len > max_bytes / 2 {
             groups.push(Vec::new());
