@@ -9,6 +9,7 @@ use crate::files::{FileId, FileTable};
 use crate::location::Module;
 use crate::maps::{parse_maps, MapsEntry};
 use crate::perf_map::PerfMap;
+use crate::perf_map_open::Owner;
 
 /// A process's name and executable mappings with their files already opened: taken by a
 /// watcher the moment a process is first sampled, so that one that exits before the next
@@ -19,6 +20,8 @@ pub struct ProcessSnapshot {
     pub(crate) alive: bool,
     /// The process's PID inside its own namespace, which names its perf map.
     pub(crate) ns_pid: Option<u32>,
+    /// The process's effective user and group: its perf map must be theirs.
+    pub(crate) owner: Option<Owner>,
 }
 
 impl ProcessSnapshot {
@@ -47,6 +50,7 @@ impl ProcessSnapshot {
                 entries: Vec::new(),
                 alive: false,
                 ns_pid: None,
+                owner: None,
             };
         };
         let entries = parse_maps(&text)
@@ -61,20 +65,34 @@ impl ProcessSnapshot {
                 (e, file)
             })
             .collect();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         ProcessSnapshot {
             name,
             entries,
             alive: true,
-            ns_pid: ns_pid(pid),
+            ns_pid: ns_pid(&status),
+            owner: owner(&status),
         }
     }
 }
 
 /// The innermost PID of /proc/PID/status's `NSpid:` line.
-fn ns_pid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+fn ns_pid(status: &str) -> Option<u32> {
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
     line.split_whitespace().last()?.parse().ok()
+}
+
+/// The effective user and group of /proc/PID/status (`Uid:`/`Gid:` are real, effective,
+/// saved, filesystem), as the host sees them.
+fn owner(status: &str) -> Option<Owner> {
+    let effective = |key: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    Some(Owner {
+        uid: effective("Uid:")?,
+        gid: effective("Gid:")?,
+    })
 }
 
 pub(crate) struct Mapping {
@@ -139,18 +157,30 @@ impl Process {
         mappings.sort_by_key(|m| m.start);
         // A process in the host's PID namespace writes /tmp/perf-PID.map on the host, which
         // stays readable after it exits; others are reached through their root.
-        let perf_map = snapshot.ns_pid.map(|ns| {
-            PerfMap::new(PathBuf::from(if ns == pid {
+        let perf_map = snapshot.ns_pid.zip(snapshot.owner).map(|(ns, owner)| {
+            let path = if ns == pid {
                 format!("/tmp/perf-{pid}.map")
             } else {
                 format!("/proc/{pid}/root/tmp/perf-{ns}.map")
-            }))
+            };
+            PerfMap::new(PathBuf::from(path), owner)
         });
         Process {
             name: snapshot.name,
             mappings,
             seen_alive: snapshot.alive,
             perf_map,
+        }
+    }
+
+    /// Keeps what `old` (the same process, read before) has read of its perf map: mappings
+    /// are read again whenever JIT code is mapped, and a big map must not be read again
+    /// from the start each time.
+    pub(crate) fn keep_perf_map(&mut self, old: Process) {
+        if let (Some(new), Some(old_map)) = (&self.perf_map, &old.perf_map) {
+            if new.same_source(old_map) {
+                self.perf_map = old.perf_map;
+            }
         }
     }
 

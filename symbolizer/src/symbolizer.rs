@@ -14,6 +14,7 @@ use crate::elf_info::ElfInfo;
 use crate::files::{parent_dir, FileId, FileTable, SymbolSource, LOCATION_BYTES};
 use crate::kallsyms::Kallsyms;
 use crate::location::{Frame, FrameKind, Location, Module, Stack};
+use crate::perf_map::{self, Budget, PerfMapStats};
 use crate::process::{Process, ProcessSnapshot};
 
 /// Counters of the symbolizer's work since it was created.
@@ -61,6 +62,8 @@ pub struct SymbolizerStats {
     pub debuginfod_errors: u64,
     /// debuginfod fetches under way now.
     pub debuginfod_pending: u64,
+    /// Perf maps refused, lines skipped, names cut, symbols dropped, memory held.
+    pub perf_maps: PerfMapStats,
 }
 
 /// Default bound on files held open.
@@ -139,6 +142,8 @@ pub struct Symbolizer {
     gone_once: HashSet<u32>,
     /// Counts symbolize calls, for least-recently-used eviction.
     tick: u64,
+    /// Symbols all perf maps hold, against a host-wide bound.
+    perf_map_budget: Arc<Budget>,
 }
 
 impl Default for Symbolizer {
@@ -186,6 +191,7 @@ impl Symbolizer {
             stats: SymbolizerStats::default(),
             gone_once: HashSet::new(),
             tick: 0,
+            perf_map_budget: Budget::new(perf_map::HOST_SYMBOLS),
         }
     }
 
@@ -212,6 +218,12 @@ impl Symbolizer {
         s.cache_entries = self.kernel_cache.len() as u64;
         s.cache_bytes = self.cache_bytes();
         s.processes_held = self.processes.len() as u64;
+        s.perf_maps.bytes = self
+            .processes
+            .values()
+            .filter_map(|p| p.perf_map.as_ref())
+            .map(|m| m.bytes())
+            .sum();
         if let Some(d) = &self.debuginfod {
             s.debuginfod_fetched = d.stats.fetched.load(Ordering::Relaxed);
             s.debuginfod_not_found = d.stats.not_found.load(Ordering::Relaxed);
@@ -304,8 +316,11 @@ impl Symbolizer {
                 p.seen_alive && r.user.first().is_some_and(|&a| p.find(a).is_none())
             });
             if stale && refreshed.insert(r.pid) {
-                let process = Process::snapshot(r.pid, &mut self.files);
+                let mut process = Process::snapshot(r.pid, &mut self.files);
                 if process.seen_alive {
+                    if let Some(old) = self.processes.remove(&r.pid) {
+                        process.keep_perf_map(old);
+                    }
                     self.processes.insert(r.pid, process);
                 }
             }
@@ -420,7 +435,12 @@ impl Symbolizer {
                 (Some(file), _) => Ok(Key::User(file, offset)),
                 (None, None) => {
                     // Anonymous executable memory: JIT code, named by the process's perf map.
-                    let name = p.perf_map.as_mut().and_then(|pm| pm.lookup(addr));
+                    let mut cx = perf_map::Context {
+                        stats: &mut self.stats.perf_maps,
+                        tick: self.tick,
+                        budget: &self.perf_map_budget,
+                    };
+                    let name = p.perf_map.as_mut().and_then(|pm| pm.lookup(addr, &mut cx));
                     if name.is_some() {
                         self.stats.jit_frames += 1;
                     }
