@@ -352,6 +352,12 @@ fn perf_map_counters(p: &PerfMapStats) -> Vec<HealthCounter> {
             p.names_cut,
         ),
         (
+            "emberprof.symbolizer.perf_map.read_bytes",
+            "Bytes read from perf maps (only what was appended since the last read)",
+            "By",
+            p.bytes_read,
+        ),
+        (
             "emberprof.symbolizer.perf_map.symbols.dropped",
             "Perf map symbols not kept: a process's or the host's bound was reached",
             "{symbol}",

@@ -27,6 +27,10 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// Bytes read per refresh: a big map is read over several drains rather than stalling one.
 const READ_BUDGET: u64 = 16 << 20;
 
+/// Bytes all perf maps together may read in one symbolize call (a drain): many processes
+/// with endless maps (a huge sparse file) must not stall it either.
+pub(crate) const READ_PER_CALL: u64 = 32 << 20;
+
 /// Bytes read per system call.
 const CHUNK: usize = 64 << 10;
 
@@ -60,6 +64,8 @@ pub struct PerfMapStats {
     pub names_cut: u64,
     /// Symbols not kept because a process's or the host's bound was reached.
     pub symbols_dropped: u64,
+    /// Bytes read from perf maps to index them (names read back are not counted).
+    pub bytes_read: u64,
     /// Memory the perf maps hold now (indexes and cached names), in bytes.
     pub bytes: u64,
 }
@@ -96,6 +102,8 @@ pub(crate) struct Context<'a> {
     /// on at the next call, not within the same one.
     pub(crate) tick: u64,
     pub(crate) budget: &'a Arc<Budget>,
+    /// Bytes perf maps may still read in this symbolize call (`READ_PER_CALL` at its start).
+    pub(crate) read_left: &'a mut u64,
 }
 
 /// One symbol: its start, and its size and line's offset packed in 64 bits.
@@ -105,11 +113,12 @@ struct Entry {
     packed: u64,
 }
 
-const SIZE_BITS: u32 = 24;
+/// Bits of `packed` for the size; the rest hold the line's offset.
+const SIZE_BITS: u32 = 28;
 
 impl Entry {
-    /// `None` past 1 TiB into the file. Sizes are clamped to 16 MiB: no JIT emits more code
-    /// for one function.
+    /// `None` past 64 GiB into the file. Sizes are clamped to 256 MiB, more than any JIT
+    /// region a map names.
     fn new(start: u64, size: u64, line_at: u64) -> Option<Entry> {
         (line_at < 1 << (64 - SIZE_BITS)).then(|| Entry {
             start,
@@ -150,8 +159,6 @@ pub(crate) struct PerfMap {
     refused: Option<(Refusal, Identity)>,
     /// The host-wide budget the index is counted in.
     charged: Option<Arc<Budget>>,
-    /// Bytes read from files since creation (what incremental reading saves).
-    read_total: u64,
     recheck: Duration,
     read_budget: u64,
     max_symbols: usize,
@@ -175,7 +182,6 @@ impl PerfMap {
             refreshed_tick: 0,
             refused: None,
             charged: None,
-            read_total: 0,
             recheck: RECHECK,
             read_budget: READ_BUDGET,
             max_symbols: PROCESS_SYMBOLS,
@@ -325,13 +331,17 @@ impl PerfMap {
         if size < self.offset || rewritten {
             self.forget();
         }
-        let end = size.min(self.offset.saturating_add(self.read_budget));
+        let allowance = self.read_budget.min(*cx.read_left);
+        let end = size.min(self.offset.saturating_add(allowance));
+        let mut read_now = 0u64;
         let mut buf = vec![0u8; CHUNK.min((end - self.offset) as usize)];
         let mut batch = Vec::new();
         while self.offset < end {
             let want = buf.len().min((end - self.offset) as usize);
             let n = read_at_most(&file, &mut buf[..want], self.offset);
-            self.read_total += n as u64;
+            read_now += n as u64;
+            // Nothing more may be read now: a partial line here waits for the next refresh.
+            let last = n < want || self.offset + n as u64 >= end;
             let data = &buf[..n];
             let mut pos = 0;
             while pos < n {
@@ -378,13 +388,14 @@ impl PerfMap {
                     self.merge(&mut batch, &budget);
                 }
             }
-            if pos == 0 {
-                // A partial line at the end of what may be read now.
+            self.offset += pos as u64;
+            if last || pos == 0 {
                 break;
             }
-            self.offset += pos as u64;
         }
         self.merge(&mut batch, &budget);
+        cx.stats.bytes_read += read_now;
+        *cx.read_left = cx.read_left.saturating_sub(read_now);
         self.more = end < size;
         self.file = Some((file, identity));
     }

@@ -40,6 +40,7 @@ struct Cx {
     stats: PerfMapStats,
     budget: Arc<Budget>,
     tick: u64,
+    read_per_call: u64,
 }
 
 impl Cx {
@@ -48,17 +49,29 @@ impl Cx {
             stats: PerfMapStats::default(),
             budget: Budget::new(HOST_SYMBOLS),
             tick: 0,
+            read_per_call: READ_PER_CALL,
         }
     }
 
     fn lookup(&mut self, map: &mut PerfMap, addr: u64) -> Option<String> {
+        self.lookups(&mut [(map, addr)]).remove(0)
+    }
+
+    /// Lookups in one symbolize call: they share its read allowance.
+    fn lookups(&mut self, each: &mut [(&mut PerfMap, u64)]) -> Vec<Option<String>> {
         self.tick += 1;
-        let mut cx = Context {
-            stats: &mut self.stats,
-            tick: self.tick,
-            budget: &self.budget,
-        };
-        map.lookup(addr, &mut cx).map(|n| n.to_string())
+        let mut read_left = self.read_per_call;
+        each.iter_mut()
+            .map(|(map, addr)| {
+                let mut cx = Context {
+                    stats: &mut self.stats,
+                    tick: self.tick,
+                    budget: &self.budget,
+                    read_left: &mut read_left,
+                };
+                map.lookup(*addr, &mut cx).map(|n| n.to_string())
+            })
+            .collect()
     }
 }
 
@@ -118,7 +131,7 @@ fn only_appended_bytes_are_read_and_a_partial_line_waits_for_its_end() {
     let mut cx = Cx::new();
     let mut map = eager(&path);
     assert_eq!(cx.lookup(&mut map, 0x1004).as_deref(), Some("first"));
-    assert_eq!(map.read_total, first.len() as u64);
+    assert_eq!(cx.stats.bytes_read, first.len() as u64);
     // A line being written: not indexed until its newline is there.
     append(&path, b"3000 10 thi");
     assert_eq!(cx.lookup(&mut map, 0x3004), None);
@@ -126,13 +139,13 @@ fn only_appended_bytes_are_read_and_a_partial_line_waits_for_its_end() {
     assert_eq!(cx.lookup(&mut map, 0x3004).as_deref(), Some("third"));
     // Read: the first two lines once, the partial line twice.
     assert_eq!(
-        map.read_total,
+        cx.stats.bytes_read,
         (first.len() + "3000 10 thi".len() + "3000 10 third\n".len()) as u64
     );
     // Names already indexed come from the index, without reading the file on.
-    let before = map.read_total;
+    let before = cx.stats.bytes_read;
     assert_eq!(cx.lookup(&mut map, 0x2004).as_deref(), Some("second"));
-    assert_eq!(map.read_total, before);
+    assert_eq!(cx.stats.bytes_read, before);
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -300,6 +313,32 @@ fn a_big_map_is_read_in_bounded_steps_and_indexed_compactly() {
 }
 
 #[test]
+fn maps_share_one_read_allowance_per_symbolize_call() {
+    let d = dir("shared");
+    let path = d.join("perf-1.map");
+    let lines: String = (0..1000)
+        .map(|i| format!("{:x} 10 f{i}\n", 0x1000 + i * 0x10))
+        .collect();
+    write_map(&path, &lines).unwrap();
+    let last = 0x1000 + 999 * 0x10 + 4;
+    let (mut a, mut b) = (eager(&path), eager(&path));
+    let mut cx = Cx::new();
+    // Room for most of one map per call: the second waits for the next call.
+    cx.read_per_call = lines.len() as u64 - 100;
+    let first = cx.lookups(&mut [(&mut a, last), (&mut b, last)]);
+    assert_eq!(first, [None, None]);
+    assert_eq!(cx.stats.bytes_read, lines.len() as u64 - 100);
+    assert!(a.offset > 0);
+    assert_eq!(b.offset, 0, "nothing left for the second map");
+    let second = cx.lookups(&mut [(&mut a, last), (&mut b, last)]);
+    assert_eq!(second[0].as_deref(), Some("f999"));
+    assert_eq!(second[1], None);
+    let third = cx.lookups(&mut [(&mut a, last), (&mut b, last)]);
+    assert_eq!(third[1].as_deref(), Some("f999"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn a_fifo_is_refused_without_blocking_and_counted_once() {
     let d = dir("fifo");
     let path = d.join("perf-1.map");
@@ -362,4 +401,24 @@ fn another_users_map_is_refused_and_counted_once() {
     std::os::unix::fs::chown(&path, Some(4242), Some(4242)).unwrap();
     assert_eq!(cx.lookup(&mut map, 0x1004).as_deref(), Some("forged"));
     let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn index_entries_pack_size_and_offset_into_16_bytes() {
+    assert_eq!(std::mem::size_of::<Entry>(), 16);
+    let e = Entry::new(0x7f00_0000_0000, 0x1c0, (1 << 36) - 1).unwrap();
+    assert_eq!(
+        (e.start, e.end(), e.line_at()),
+        (0x7f00_0000_0000, 0x7f00_0000_01c0, (1 << 36) - 1)
+    );
+    let huge = Entry::new(u64::MAX - 10, u64::MAX, 0).unwrap();
+    assert_eq!(huge.end(), u64::MAX, "clamped and saturated, not wrapped");
+    assert_eq!(
+        Entry::new(0x1000, 1 << 40, 7).unwrap().end(),
+        0x1000 + (1 << 28) - 1
+    );
+    assert!(
+        Entry::new(0x1000, 0x10, 1 << 36).is_none(),
+        "past 64 GiB into the file"
+    );
 }

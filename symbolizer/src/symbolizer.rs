@@ -144,6 +144,8 @@ pub struct Symbolizer {
     tick: u64,
     /// Symbols all perf maps hold, against a host-wide bound.
     perf_map_budget: Arc<Budget>,
+    /// Bytes perf maps may still read in this symbolize call.
+    perf_map_read_left: u64,
 }
 
 impl Default for Symbolizer {
@@ -192,6 +194,7 @@ impl Symbolizer {
             gone_once: HashSet::new(),
             tick: 0,
             perf_map_budget: Budget::new(perf_map::HOST_SYMBOLS),
+            perf_map_read_left: perf_map::READ_PER_CALL,
         }
     }
 
@@ -305,6 +308,7 @@ impl Symbolizer {
     /// Never fails: what cannot be named becomes `module+offset` or `[unknown]`.
     pub fn symbolize(&mut self, requests: &[StackRequest<'_>]) -> Vec<Stack> {
         self.tick += 1;
+        self.perf_map_read_left = perf_map::READ_PER_CALL;
         self.take_fetched_debug_files();
         let mut refreshed = HashSet::new();
         for r in requests {
@@ -439,6 +443,7 @@ impl Symbolizer {
                         stats: &mut self.stats.perf_maps,
                         tick: self.tick,
                         budget: &self.perf_map_budget,
+                        read_left: &mut self.perf_map_read_left,
                     };
                     let name = p.perf_map.as_mut().and_then(|pm| pm.lookup(addr, &mut cx));
                     if name.is_some() {
@@ -947,6 +952,41 @@ mod tests {
         let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
         let stack = symbolize_one(&mut s, pid, &[addr], &[]);
         assert!(!stack[0].is_unknown(), "maps were not re-read");
+    }
+
+    #[test]
+    fn mappings_read_again_keep_what_was_read_of_the_perf_map() {
+        // SAFETY: a fresh anonymous mapping, only looked up by address, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        let pid = std::process::id();
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        std::fs::write(&map, format!("{base:x} 80 Function:kept\n")).unwrap();
+        let mut s = Symbolizer::new();
+        let first = symbolize_one(&mut s, pid, &[base + 0x10], &[]);
+        let before = s.stats().perf_maps.bytes_read;
+        // New JIT code is mapped all the time, and mappings are read again each time: a
+        // big perf map must not be read again from the start.
+        s.processes.get_mut(&pid).unwrap().mappings.clear();
+        let again = symbolize_one(&mut s, pid, &[base + 0x20], &[]);
+        let after = s.stats().perf_maps.bytes_read;
+        let _ = std::fs::remove_file(&map);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(base as *mut libc::c_void, 4096) };
+        assert_eq!(first[0].to_string(), "Function:kept");
+        assert_eq!(again[0].to_string(), "Function:kept");
+        assert!(before > 0);
+        assert_eq!(after, before, "read again from the start");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -155,18 +154,14 @@ fn record_watched(name: &str, args: &[&str], limit: Duration, rss_cap_kib: u64) 
         let _ = pipe.read_to_string(&mut s);
         s
     });
-    let pid = child.id() as i32;
+    let pid = child.id();
     let started = Instant::now();
     let mut failure = None;
     let mut peak_rss_kib = 0;
     let status = loop {
-        let mut status = 0;
-        // SAFETY: waiting for our own child, with a valid out-pointer.
-        let done = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if done == pid {
-            break ExitStatus::from_raw(status);
+        if let Some(status) = child.try_wait().expect("waiting for emberprof") {
+            break status;
         }
-        assert_eq!(done, 0, "waitpid: {}", std::io::Error::last_os_error());
         // The peak as the kernel keeps it, read while it runs (ru_maxrss would count this
         // big test process, which emberprof is spawned from).
         let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -185,8 +180,8 @@ fn record_watched(name: &str, args: &[&str], limit: Duration, rss_cap_kib: u64) 
             failure = Some(format!("it was still running after {limit:?}"));
         }
         if failure.is_some() {
-            // SAFETY: plain kill(2) of our own child (reaped by the next waitpid).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // Reaped by the next try_wait.
+            let _ = child.kill();
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -198,7 +193,10 @@ fn record_watched(name: &str, args: &[&str], limit: Duration, rss_cap_kib: u64) 
         status.success(),
         "emberprof record {args:?} failed:\n{stderr}"
     );
-    eprintln!("record {name}: peak {peak_rss_kib} KiB in {:?}", started.elapsed());
+    eprintln!(
+        "record {name}: peak {peak_rss_kib} KiB in {:?}",
+        started.elapsed()
+    );
     Watched {
         status,
         stderr,
