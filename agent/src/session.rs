@@ -12,7 +12,7 @@ use emberprof_probes::{
     CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler, ProbeError,
     StackCount,
 };
-use emberprof_symbolizer::Symbolizer;
+use emberprof_symbolizer::{PerfMapStats, Symbolizer};
 use std::time::SystemTime;
 
 use crate::collect::{self, Collected, ThreadDetail};
@@ -326,7 +326,69 @@ pub fn health_counters(
         vec![],
         s.file_errors,
     ));
+    out.extend(perf_map_counters(&s.perf_maps));
     Ok(out)
+}
+
+/// What reading perf maps (JIT symbols) refused, skipped, cut or dropped, and holds.
+fn perf_map_counters(p: &PerfMapStats) -> Vec<HealthCounter> {
+    let mut out = by_label(
+        "emberprof.symbolizer.perf_map.refused",
+        "Perf maps not used: not a regular file, owned by another user, or writable by others",
+        "{file}",
+        "reason",
+        &[
+            ("not_regular", p.refused_not_regular),
+            ("owner", p.refused_owner),
+            ("writable", p.refused_writable),
+        ],
+    );
+    out.extend(by_label(
+        "emberprof.symbolizer.perf_map.lines.skipped",
+        "Perf map lines skipped",
+        "{line}",
+        "reason",
+        &[
+            ("not_utf8", p.lines_not_utf8),
+            ("malformed", p.lines_malformed),
+        ],
+    ));
+    for (name, description, unit, value) in [
+        (
+            "emberprof.symbolizer.perf_map.names.cut",
+            "Perf map names longer than the cap, cut",
+            "{name}",
+            p.names_cut,
+        ),
+        (
+            "emberprof.symbolizer.perf_map.read_bytes",
+            "Bytes read from perf maps (only what was appended since the last read)",
+            "By",
+            p.bytes_read,
+        ),
+        (
+            "emberprof.symbolizer.perf_map.symbols.dropped",
+            "Perf map symbols not kept: a process's or the host's bound was reached",
+            "{symbol}",
+            p.symbols_dropped,
+        ),
+    ] {
+        out.push(HealthCounter {
+            name,
+            description,
+            unit,
+            attributes: Vec::new(),
+            value: HealthValue::Count(value),
+        });
+    }
+    out.push(HealthCounter {
+        name: "emberprof.symbolizer.perf_map.bytes",
+        description: "Memory held for perf maps (symbol indexes and cached names)",
+        unit: "By",
+        attributes: Vec::new(),
+        value: HealthValue::Level(p.bytes as f64),
+    });
+    out
 }
 
 /// One counter per value of `label` (a reason, a result), all under one name.

@@ -309,6 +309,7 @@ fn perf_map_names_jit_code() {
     let mut s = Symbolizer::new();
     let hit = symbolize(&mut s, pid, base + 0x10);
     let miss = symbolize(&mut s, pid, base + 0x100);
+    assert!(s.stats().perf_maps.bytes > 0, "{:?}", s.stats().perf_maps);
     let _ = std::fs::remove_file(&map);
     // SAFETY: the mapping made above.
     unsafe { libc::munmap(base as *mut libc::c_void, 4096) };

@@ -14,6 +14,8 @@ mod kallsyms;
 mod location;
 mod maps;
 mod perf_map;
+mod perf_map_line;
+mod perf_map_open;
 mod process;
 mod symbolizer;
 
@@ -21,6 +23,7 @@ pub use debug_files::DEFAULT_DEBUG_DIRS;
 pub use debuginfod::{default_cache_dir, parse_urls, DebuginfodConfig};
 pub use location::{Frame, FrameKind, Location, Module, Segment, Stack};
 pub use maps::{parse_maps, MapsEntry};
+pub use perf_map::PerfMapStats;
 pub use process::ProcessSnapshot;
 pub use symbolizer::{
     StackRequest, Symbolizer, SymbolizerConfig, SymbolizerStats, DEFAULT_CACHE_BYTES,

@@ -10,6 +10,7 @@ use crate::files::{FileId, FileTable};
 use crate::location::Module;
 use crate::maps::{parse_maps, MapsEntry};
 use crate::perf_map::PerfMap;
+use crate::perf_map_open::Owner;
 
 /// A process's name and executable mappings with their files already opened: taken by a
 /// watcher the moment a process is first sampled, so that one that exits before the next
@@ -22,6 +23,8 @@ pub struct ProcessSnapshot {
     pub(crate) ns_pid: Option<u32>,
     /// The image (exec generation) the kernel announced, when captured for an announcement.
     pub(crate) exec_id: Option<u32>,
+    /// The process's effective user and group: its perf map must be theirs.
+    pub(crate) owner: Option<Owner>,
 }
 
 impl ProcessSnapshot {
@@ -68,6 +71,7 @@ impl ProcessSnapshot {
                 alive: false,
                 ns_pid: None,
                 exec_id: None,
+                owner: None,
             };
         };
         let entries = parse_maps(&text)
@@ -82,21 +86,35 @@ impl ProcessSnapshot {
                 (e, file)
             })
             .collect();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         ProcessSnapshot {
             name,
             entries,
             alive: true,
-            ns_pid: ns_pid(pid),
+            ns_pid: ns_pid(&status),
             exec_id: None,
+            owner: owner(&status),
         }
     }
 }
 
 /// The innermost PID of /proc/PID/status's `NSpid:` line.
-fn ns_pid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+fn ns_pid(status: &str) -> Option<u32> {
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
     line.split_whitespace().last()?.parse().ok()
+}
+
+/// The effective user and group of /proc/PID/status (`Uid:`/`Gid:` are real, effective,
+/// saved, filesystem), as the host sees them.
+fn owner(status: &str) -> Option<Owner> {
+    let effective = |key: &str| -> Option<u32> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(2)?.parse().ok()
+    };
+    Some(Owner {
+        uid: effective("Uid:")?,
+        gid: effective("Gid:")?,
+    })
 }
 
 pub(crate) struct Mapping {
@@ -140,7 +158,6 @@ pub(crate) struct Process {
     /// Where JIT compilers write symbols for this process (`/tmp/perf-NSPID.map` inside
     /// its root), read when an address falls in anonymous executable memory.
     pub(crate) perf_map: Option<PerfMap>,
-    perf_map_path: Option<PathBuf>,
 }
 
 impl Process {
@@ -158,7 +175,6 @@ impl Process {
         let mut p = Process {
             images: Vec::new(),
             perf_map: None,
-            perf_map_path: None,
         };
         p.add(pid, snapshot, files, 0);
         p
@@ -175,7 +191,7 @@ impl Process {
         tick: u64,
     ) {
         let exec_id = snapshot.exec_id;
-        if let Some(ns) = snapshot.ns_pid {
+        if let (Some(ns), Some(owner)) = (snapshot.ns_pid, snapshot.owner) {
             // A process in the host's PID namespace writes /tmp/perf-PID.map on the host,
             // which stays readable after it exits; others are reached through their root.
             let path = PathBuf::from(if ns == pid {
@@ -183,9 +199,11 @@ impl Process {
             } else {
                 format!("/proc/{pid}/root/tmp/perf-{ns}.map")
             });
-            if self.perf_map_path.as_ref() != Some(&path) {
-                self.perf_map = Some(PerfMap::new(path.clone()));
-                self.perf_map_path = Some(path);
+            let map = PerfMap::new(path, owner);
+            // Mappings are read again whenever JIT code is mapped: what was read of a big
+            // map is kept rather than read again from the start.
+            if !self.perf_map.as_ref().is_some_and(|m| m.same_source(&map)) {
+                self.perf_map = Some(map);
             }
         }
         let image = image_of(pid, snapshot, files);

@@ -14,6 +14,7 @@ use crate::elf_info::ElfInfo;
 use crate::files::{parent_dir, FileId, FileTable, SymbolSource, LOCATION_BYTES};
 use crate::kallsyms::Kallsyms;
 use crate::location::{Frame, FrameKind, Location, Module, Stack};
+use crate::perf_map::{self, Budget, PerfMapStats};
 use crate::process::{Process, ProcessSnapshot};
 
 /// Counters of the symbolizer's work since it was created.
@@ -61,6 +62,8 @@ pub struct SymbolizerStats {
     pub debuginfod_errors: u64,
     /// debuginfod fetches under way now.
     pub debuginfod_pending: u64,
+    /// Perf maps refused, lines skipped, names cut, symbols dropped, memory held.
+    pub perf_maps: PerfMapStats,
 }
 
 /// Default bound on files held open.
@@ -154,6 +157,10 @@ pub struct Symbolizer {
     gone_once: HashSet<u32>,
     /// Counts symbolize calls, for least-recently-used eviction.
     tick: u64,
+    /// Symbols all perf maps hold, against a host-wide bound.
+    perf_map_budget: Arc<Budget>,
+    /// Bytes perf maps may still read in this symbolize call.
+    perf_map_read_left: u64,
 }
 
 impl Default for Symbolizer {
@@ -202,6 +209,8 @@ impl Symbolizer {
             stats: SymbolizerStats::default(),
             gone_once: HashSet::new(),
             tick: 0,
+            perf_map_budget: Budget::new(perf_map::HOST_SYMBOLS),
+            perf_map_read_left: perf_map::READ_PER_CALL,
         }
     }
 
@@ -228,6 +237,12 @@ impl Symbolizer {
         s.cache_entries = self.kernel_cache.len() as u64;
         s.cache_bytes = self.cache_bytes();
         s.processes_held = self.processes.len() as u64;
+        s.perf_maps.bytes = self
+            .processes
+            .values()
+            .filter_map(|p| p.perf_map.as_ref())
+            .map(|m| m.bytes())
+            .sum();
         if let Some(d) = &self.debuginfod {
             s.debuginfod_fetched = d.stats.fetched.load(Ordering::Relaxed);
             s.debuginfod_not_found = d.stats.not_found.load(Ordering::Relaxed);
@@ -316,6 +331,7 @@ impl Symbolizer {
     /// Never fails: what cannot be named becomes `module+offset` or `[unknown]`.
     pub fn symbolize(&mut self, requests: &[StackRequest<'_>]) -> Vec<Stack> {
         self.tick += 1;
+        self.perf_map_read_left = perf_map::READ_PER_CALL;
         self.take_fetched_debug_files();
         let tick = self.tick;
         for p in self.processes.values_mut() {
@@ -456,7 +472,13 @@ impl Symbolizer {
                 (Some(file), _) => Ok(Key::User(file, offset)),
                 (None, None) => {
                     // Anonymous executable memory: JIT code, named by the process's perf map.
-                    let name = p.perf_map.as_mut().and_then(|pm| pm.lookup(addr));
+                    let mut cx = perf_map::Context {
+                        stats: &mut self.stats.perf_maps,
+                        tick: self.tick,
+                        budget: &self.perf_map_budget,
+                        read_left: &mut self.perf_map_read_left,
+                    };
+                    let name = p.perf_map.as_mut().and_then(|pm| pm.lookup(addr, &mut cx));
                     if name.is_some() {
                         self.stats.jit_frames += 1;
                     }
@@ -1053,6 +1075,48 @@ mod tests {
         let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
         let stack = symbolize_one(&mut s, pid, &[addr], &[]);
         assert!(!stack[0].is_unknown(), "maps were not re-read");
+    }
+
+    #[test]
+    fn mappings_read_again_keep_what_was_read_of_the_perf_map() {
+        // SAFETY: a fresh anonymous mapping, only looked up by address, unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base as u64;
+        let pid = std::process::id();
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        std::fs::write(&map, format!("{base:x} 80 Function:kept\n")).unwrap();
+        let mut s = Symbolizer::new();
+        let first = symbolize_one(&mut s, pid, &[base + 0x10], &[]);
+        let before = s.stats().perf_maps.bytes_read;
+        // New JIT code is mapped all the time, and mappings are read again each time: a
+        // big perf map must not be read again from the start.
+        s.processes
+            .get_mut(&pid)
+            .unwrap()
+            .images
+            .last_mut()
+            .unwrap()
+            .mappings
+            .clear();
+        let again = symbolize_one(&mut s, pid, &[base + 0x20], &[]);
+        let after = s.stats().perf_maps.bytes_read;
+        let _ = std::fs::remove_file(&map);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(base as *mut libc::c_void, 4096) };
+        assert_eq!(first[0].to_string(), "Function:kept");
+        assert_eq!(again[0].to_string(), "Function:kept");
+        assert!(before > 0);
+        assert_eq!(after, before, "read again from the start");
     }
 
     #[test]

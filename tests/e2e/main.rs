@@ -14,6 +14,7 @@ mod kube_api;
 mod kubernetes;
 mod off_cpu;
 mod otlp;
+mod perf_maps;
 mod privileges;
 mod pyroscope;
 mod soak;

@@ -28,6 +28,8 @@
  *                             in short_lived_burn and exiting (processes gone by the next drain)
  *   workload exec-loop N MS   burns MS ms of CPU in burn_heavy, then execs itself with N-1,
  *                             until N is 0 (the same PID, a new image every MS ms)
+ *   workload jit MS           runs machine code copied into anonymous executable memory (what
+ *                             a JIT makes) for MS ms, after printing "jit ADDR SIZE" of it
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
  * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
@@ -39,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -480,10 +483,52 @@ static int exec_loop(long n, long ms, char *self)
 	return 1;
 }
 
+/* A countdown loop with no frame of its own: the sampled IP is in the anonymous memory. */
+static const unsigned char jit_code[] = {
+#if defined(__x86_64__)
+	0x48, 0xff, 0xcf, /* dec %rdi */
+	0x75, 0xfb, /* jnz back to the dec */
+	0xc3, /* ret */
+#elif defined(__aarch64__)
+	0x00, 0x04, 0x00, 0xf1, /* subs x0, x0, #1 */
+	0xe1, 0xff, 0xff, 0x54, /* b.ne back to the subs */
+	0xc0, 0x03, 0x5f, 0xd6, /* ret */
+#else
+#define NO_JIT_CODE
+	0,
+#endif
+};
+
+static int jit(long ms)
+{
+#ifdef NO_JIT_CODE
+	fprintf(stderr, "jit: no machine code for this architecture\n");
+	return 2;
+#endif
+	long page = sysconf(_SC_PAGESIZE);
+	unsigned char *code = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (code == MAP_FAILED)
+		return 1;
+	memcpy(code, jit_code, sizeof(jit_code));
+	if (mprotect(code, page, PROT_READ | PROT_EXEC) != 0)
+		return 1;
+	__builtin___clear_cache((char *)code, (char *)code + sizeof(jit_code));
+	void (*spin)(long) = (void (*)(long))(void *)code;
+	printf("jit %lx %zx\n", (unsigned long)code, sizeof(jit_code));
+	fflush(stdout);
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do {
+		spin(1000000);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (running && (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -542,6 +587,8 @@ int main(int argc, char **argv)
 	} else if (strcmp(argv[1], "short") == 0 && argc > 2) {
 		short_lived_burn(atol(argv[2]));
 		return 0;
+	} else if (strcmp(argv[1], "jit") == 0 && argc > 2) {
+		return jit(atol(argv[2]));
 	} else if (strcmp(argv[1], "syscalls") == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		if (fd < 0) {
