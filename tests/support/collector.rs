@@ -1,8 +1,9 @@
 //! An in-test OTLP collector: a real gRPC server for the profiles and metrics services that
 //! records what it receives and can be told to fail first. Shared by the exporters' tests
 //! and the end-to-end tests. Every profiles request it receives is also held to Grafana
-//! Pyroscope's ingest rules (`emberprof_exporters::otlp::pyroscope_check`): reading what was
-//! received fails the test if Pyroscope would refuse or cut any of it.
+//! Pyroscope's ingest rules (`emberprof_exporters::otlp::pyroscope_check`) and the format's
+//! index rules (`validate`): reading what was received fails the test if a consumer would
+//! refuse or cut any of it.
 
 #![allow(dead_code)]
 
@@ -82,7 +83,11 @@ impl ProfilesService for Collector {
     ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
         self.call(&request)?;
         let request = request.into_inner();
-        let report = pyroscope_check::check(&request, SystemTime::now());
+        let mut report = pyroscope_check::check(&request, SystemTime::now());
+        // The format's and the Collector's index rules too.
+        if let Err(e) = emberprof_exporters::otlp::validate::validate_profiles(&request) {
+            report.problems.push(format!("invalid request: {e}"));
+        }
         let mut received = self.received.lock().unwrap();
         received.pyroscope.push(report);
         received.profiles.push(request);

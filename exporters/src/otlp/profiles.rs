@@ -106,7 +106,8 @@ pub fn request(
             let mut attrs = processes.get(&pid).cloned().unwrap_or_else(|| {
                 let name = profiles_of(pid)
                     .next()
-                    .map_or_else(|| pid.to_string(), |s| s.process_name.to_string());
+                    .map(|s| s.process_name.to_string())
+                    .unwrap_or_default();
                 vec![("service.name".to_string(), AttrValue::Str(name))]
             });
             for (k, v) in common {
