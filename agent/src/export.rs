@@ -32,39 +32,9 @@ impl Exporter {
     /// The exporter the environment (`OTEL_EXPORTER_OTLP_*`) and flags ask for, if any;
     /// flags win.
     pub fn from_args(args: &ExportArgs) -> anyhow::Result<Option<Exporter>> {
-        let mut config = OtlpConfig::from_env(|k| std::env::var(k).ok())?;
-        if let Some(e) = &args.otlp_endpoint {
-            config.set_endpoint(e, "--otlp-endpoint")?;
-        }
-        for h in &args.otlp_header {
-            config.add_header(h, "--otlp-header")?;
-        }
-        if let Some(c) = &args.otlp_compression {
-            config.set_compression(c, "--otlp-compression")?;
-        }
-        config.queue_bytes = args.otlp_queue_bytes;
-        if let Some(t) = args.otlp_timeout {
-            config.timeout = t;
-        }
-        if let Some(ca) = &args.otlp_ca {
-            config.ca_file = Some(ca.clone());
-        }
-        if let Some(cert) = &args.otlp_client_cert {
-            config.client_cert = Some(cert.clone());
-        }
-        if let Some(key) = &args.otlp_client_key {
-            config.client_key = Some(key.clone());
-        }
+        let config = otlp_config(args)?;
         if !config.enabled() {
             return Ok(None);
-        }
-        for path in [&config.ca_file, &config.client_cert, &config.client_key]
-            .into_iter()
-            .flatten()
-        {
-            if !path.is_file() {
-                bail!("OTLP TLS file {} does not exist", path.display());
-            }
         }
         let endpoint = config
             .profiles_endpoint
@@ -225,6 +195,49 @@ impl Exporter {
         }
         Ok(())
     }
+}
+
+/// The OTLP settings the environment (`OTEL_EXPORTER_OTLP_*`) and flags give, flags winning,
+/// checked (endpoints, headers, compression, TLS files) without connecting to anything.
+pub fn otlp_config(args: &ExportArgs) -> anyhow::Result<OtlpConfig> {
+    let mut config = OtlpConfig::from_env(|k| std::env::var(k).ok())?;
+    if let Some(e) = &args.otlp_endpoint {
+        config.set_endpoint(e, "--otlp-endpoint")?;
+    }
+    for h in &args.otlp_header {
+        config.add_header(h, "--otlp-header")?;
+    }
+    if let Some(c) = &args.otlp_compression {
+        config.set_compression(c, "--otlp-compression")?;
+    }
+    config.queue_bytes = args.otlp_queue_bytes;
+    if let Some(t) = args.otlp_timeout {
+        config.timeout = t;
+    }
+    if let Some(ca) = &args.otlp_ca {
+        config.ca_file = Some(ca.clone());
+    }
+    if let Some(cert) = &args.otlp_client_cert {
+        config.client_cert = Some(cert.clone());
+    }
+    if let Some(key) = &args.otlp_client_key {
+        config.client_key = Some(key.clone());
+    }
+    // The TLS files matter only when something is sent.
+    let tls_files = [&config.ca_file, &config.client_cert, &config.client_key];
+    for path in tls_files.into_iter().flatten().filter(|_| config.enabled()) {
+        if !path.is_file() {
+            bail!("OTLP TLS file {} does not exist", path.display());
+        }
+    }
+    Ok(config)
+}
+
+/// The export settings' checks that start nothing: what `config check` runs.
+pub fn check(args: &ExportArgs) -> anyhow::Result<()> {
+    otlp_config(args)?;
+    pyroscope_config(args)?;
+    Ok(())
 }
 
 /// The Pyroscope server `--pyroscope-url` names, with its tenant and credentials.

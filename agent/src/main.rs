@@ -3,6 +3,7 @@
 mod cli;
 mod collect;
 mod config;
+mod config_file;
 mod continuous;
 mod export;
 mod histograms;
@@ -63,7 +64,17 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         cli::Command::Record(args) => record::run(*args),
-        cli::Command::Agent(args) => continuous::run(*args),
+        cli::Command::Agent(args) => {
+            // What `config check` refuses, the agent refuses before it starts anything.
+            if let Err(e) = config::validate(&args) {
+                match file.map(|f| config::check(std::path::Path::new(&f))) {
+                    Some(Err(config_error)) => eprintln!("emberprof: error: {config_error}"),
+                    _ => eprintln!("emberprof: error: {e:#}"),
+                }
+                return ExitCode::from(USAGE_ERROR);
+            }
+            continuous::run(*args)
+        }
         cli::Command::Config(cli::ConfigCommand::Default) => {
             print!("{}", config::default_text());
             Ok(())
