@@ -1,8 +1,10 @@
 //! Where a profile is written: a file (default name from the time) or standard output.
 
-use std::fs::File;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -56,6 +58,53 @@ pub fn with_infix(path: &Path, infix: &str, format: Format) -> PathBuf {
     }
 }
 
+/// Paths [`write`] has written (a written file is never removed by [`Reserved`]).
+static WRITTEN: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+/// Output files opened before recording starts, so that a path that cannot be written fails
+/// in a second rather than after the whole recording. An existing file is opened without
+/// truncating it (a failed run leaves it as it was); a file created here and still empty and
+/// unwritten when this is dropped (the run failed) is removed again.
+pub struct Reserved {
+    created: Vec<PathBuf>,
+}
+
+/// Opens (or creates) every path for writing; `-` (standard output) needs nothing.
+pub fn reserve(paths: &[&Path]) -> anyhow::Result<Reserved> {
+    let mut reserved = Reserved {
+        created: Vec::new(),
+    };
+    for &path in paths {
+        if path == Path::new("-") {
+            continue;
+        }
+        let existed = path.exists();
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write the output {}", path.display()))?;
+        if !existed {
+            reserved.created.push(path.to_path_buf());
+        }
+    }
+    Ok(reserved)
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+        for path in &self.created {
+            let unwritten = written.as_ref().is_none_or(|w| !w.contains(path));
+            let empty = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+            if unwritten && empty {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
 /// Writes the profile to `path`, `-` meaning standard output.
 pub fn write(profile: &Profile, format: Format, path: &Path) -> anyhow::Result<()> {
     if path == Path::new("-") {
@@ -75,6 +124,11 @@ pub fn write(profile: &Profile, format: Format, path: &Path) -> anyhow::Result<(
         .with_context(|| format!("writing {}", path.display()))?;
     out.flush()
         .with_context(|| format!("writing {}", path.display()))?;
+    WRITTEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(path.to_path_buf());
     Ok(())
 }
 

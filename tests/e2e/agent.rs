@@ -196,6 +196,15 @@ fn a_bad_config_file_exits_with_status_2_naming_the_key_and_config_check_agrees(
         ("unknown.yaml", "intervall: 5s\n", "unknown key `intervall`"),
         ("type.yaml", "interval: soon\n", "key `interval`"),
         ("range.yaml", "frequency: 100000\n", "key `frequency`"),
+        // A value starting with '-' is a value, reported under its own key.
+        ("negative.yaml", "frequency: -19\n", "key `frequency`"),
+        // Refused by the agent's start checks, which config check runs too.
+        (
+            "endpoint.yaml",
+            "otlp_endpoint: ftp://collector:4317\n",
+            "key `otlp_endpoint`",
+        ),
+        ("regex.yaml", "include_exe: '(nginx'\n", "key `include_exe`"),
     ] {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();

@@ -6,6 +6,7 @@ mod agent;
 mod collector;
 mod cpu_profile;
 mod histograms;
+mod input;
 #[path = "../support/kube_api.rs"]
 mod kube_api;
 mod kubernetes;

@@ -1,0 +1,87 @@
+//! Bad input and unusual surroundings: a path that cannot be written, logs that are not
+//! read at a terminal, config values the agent refuses. None of these load BPF programs
+//! (they fail, or log, before anything is loaded).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::EMBERPROF;
+
+/// Runs `emberprof ARGS` for at most `limit`; `None` (after killing it) if it was still
+/// running then.
+fn run_within(args: &[&str], limit: Duration) -> Option<std::process::Output> {
+    let mut child = Command::new(EMBERPROF)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting emberprof");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().expect("waiting for emberprof").is_some() {
+            return Some(child.wait_with_output().expect("reading emberprof's output"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn an_output_that_cannot_be_written_fails_before_recording() {
+    for args in [
+        &["record", "-o", "/nonexistent/dir/x.pb.gz", "--duration", "30"][..],
+        // Both kinds: the second path (x.offcpu.pb.gz) is in the same missing directory.
+        &[
+            "record",
+            "--cpu",
+            "--off-cpu",
+            "-o",
+            "/nonexistent/dir/x.pb.gz",
+            "--duration",
+            "30",
+        ][..],
+    ] {
+        // Generous for a loaded machine, far below the 30 s of recording.
+        let out = run_within(args, Duration::from_secs(8))
+            .unwrap_or_else(|| panic!("{args:?} was still running after 8 s: it recorded first"));
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot write the output /nonexistent/dir/x.pb.gz")
+                && err.contains("No such file or directory"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn a_run_that_fails_leaves_no_empty_output_and_an_existing_file_untouched() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("input-leftover");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = dir.join("new.pb.gz");
+    let old = dir.join("old.pb.gz");
+    std::fs::write(&old, b"an earlier profile").unwrap();
+    for path in [&new, &old] {
+        // Refused after the outputs are opened, before any probe is loaded.
+        let out = run_within(
+            &[
+                "record",
+                "-o",
+                path.to_str().unwrap(),
+                "--otlp-endpoint",
+                "ftp://collector:4317",
+            ],
+            Duration::from_secs(8),
+        )
+        .expect("emberprof exits at once");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must start with http://"), "{err}");
+    }
+    assert!(!new.exists(), "an empty {} was left behind", new.display());
+    assert_eq!(std::fs::read(&old).unwrap(), b"an earlier profile");
+}
