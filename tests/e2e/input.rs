@@ -85,3 +85,22 @@ fn a_run_that_fails_leaves_no_empty_output_and_an_existing_file_untouched() {
     assert!(!new.exists(), "an empty {} was left behind", new.display());
     assert_eq!(std::fs::read(&old).unwrap(), b"an earlier profile");
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    // A warning logged before anything is loaded: NODE_NAME without a reachable cluster.
+    let out = Command::new(EMBERPROF)
+        .args(["record", "--pid", "999999999", "-o", "/dev/null"])
+        .env("NODE_NAME", "test-node")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("EMBERPROF_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("Kubernetes API is not usable"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "escape codes in a piped log: {err:?}");
+}
