@@ -19,7 +19,11 @@ fn run_within(args: &[&str], limit: Duration) -> Option<std::process::Output> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if child.try_wait().expect("waiting for emberprof").is_some() {
-            return Some(child.wait_with_output().expect("reading emberprof's output"));
+            return Some(
+                child
+                    .wait_with_output()
+                    .expect("reading emberprof's output"),
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -31,7 +35,13 @@ fn run_within(args: &[&str], limit: Duration) -> Option<std::process::Output> {
 #[test]
 fn an_output_that_cannot_be_written_fails_before_recording() {
     for args in [
-        &["record", "-o", "/nonexistent/dir/x.pb.gz", "--duration", "30"][..],
+        &[
+            "record",
+            "-o",
+            "/nonexistent/dir/x.pb.gz",
+            "--duration",
+            "30",
+        ][..],
         // Both kinds: the second path (x.offcpu.pb.gz) is in the same missing directory.
         &[
             "record",
@@ -102,5 +112,8 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         err.contains("WARN") && err.contains("Kubernetes API is not usable"),
         "{err}"
     );
-    assert!(!err.contains('\x1b'), "escape codes in a piped log: {err:?}");
+    assert!(
+        !err.contains('\x1b'),
+        "escape codes in a piped log: {err:?}"
+    );
 }
