@@ -143,6 +143,12 @@ fn http_endpoints_report_health_metrics_and_profiles() {
     assert!(prometheus_value(&first, "process_resident_memory_bytes") > 0.0);
     assert!(prometheus_value(&first, "emberprof_export_queue_limit") > 0.0);
     assert!(prometheus_value(&first, "emberprof_symbolizer_cache_entries") >= 0.0);
+    // One count for the process, not one per kernel map.
+    assert!(prometheus_value(&first, "emberprof_processes_announce_lost_total") >= 0.0);
+    assert!(
+        !first.contains("emberprof_processes_announce_lost_total{"),
+        "{first}"
+    );
     // The counter is refreshed at every drain (1 s); give a slow first symbolization time.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut after = before;
