@@ -117,3 +117,48 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         "escape codes in a piped log: {err:?}"
     );
 }
+
+#[test]
+fn without_cap_syslog_the_hidden_kernel_symbols_warning_names_the_real_cause() {
+    let Some(_serial) = crate::support::bpf_test() else {
+        return;
+    };
+    let sysctl = |name: &str| -> i64 {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (kptr_restrict, paranoid) = (sysctl("kptr_restrict"), sysctl("perf_event_paranoid"));
+    // Without CAP_SYSLOG, kallsyms hides addresses unless kptr_restrict is 0 and
+    // perf_event_paranoid at most 1 (then there is no warning to check).
+    let expected = match (kptr_restrict, paranoid) {
+        (0, p) if p <= 1 => {
+            eprintln!("kernel addresses are shown to every user here: nothing to check");
+            return;
+        }
+        (0, p) => format!("kernel.perf_event_paranoid is {p} and emberprof lacks CAP_SYSLOG"),
+        (1, _) => "kernel.kptr_restrict is 1 and emberprof lacks CAP_SYSLOG".to_string(),
+        (k, _) => format!("kernel.kptr_restrict is {k}"),
+    };
+    let w = crate::support::Workload::start(&["syscalls"]); // kernel frames in every sample
+    let caps = "-all,+bpf,+perfmon,+sys_ptrace,+dac_read_search";
+    let run = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(EMBERPROF)
+        .args(["record", "--duration", "2", "--pid", &w.pid().to_string()])
+        .args(["--format", "folded", "-o", "/dev/null"])
+        .env_remove("EMBERPROF_LOG")
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("kernel symbols are hidden"))
+        .unwrap_or_else(|| panic!("no warning about hidden kernel symbols: {err}"));
+    assert!(warning.contains(&expected), "{warning}");
+}
