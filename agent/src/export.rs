@@ -36,6 +36,14 @@ impl Exporter {
         if !config.enabled() {
             return Ok(None);
         }
+        for path in [&config.ca_file, &config.client_cert, &config.client_key]
+            .into_iter()
+            .flatten()
+        {
+            if !path.is_file() {
+                bail!("OTLP TLS file {} does not exist", path.display());
+            }
+        }
         let endpoint = config
             .profiles_endpoint
             .clone()
@@ -198,8 +206,8 @@ impl Exporter {
 }
 
 /// The OTLP settings the environment (`OTEL_EXPORTER_OTLP_*`) and flags give, flags winning,
-/// checked (endpoints, headers, compression, TLS files) without connecting to anything.
-pub fn otlp_config(args: &ExportArgs) -> anyhow::Result<OtlpConfig> {
+/// with endpoints, headers and compression checked.
+fn otlp_config(args: &ExportArgs) -> anyhow::Result<OtlpConfig> {
     let mut config = OtlpConfig::from_env(|k| std::env::var(k).ok())?;
     if let Some(e) = &args.otlp_endpoint {
         config.set_endpoint(e, "--otlp-endpoint")?;
@@ -223,20 +231,24 @@ pub fn otlp_config(args: &ExportArgs) -> anyhow::Result<OtlpConfig> {
     if let Some(key) = &args.otlp_client_key {
         config.client_key = Some(key.clone());
     }
-    // The TLS files matter only when something is sent.
-    let tls_files = [&config.ca_file, &config.client_cert, &config.client_key];
-    for path in tls_files.into_iter().flatten().filter(|_| config.enabled()) {
-        if !path.is_file() {
-            bail!("OTLP TLS file {} does not exist", path.display());
-        }
-    }
     Ok(config)
 }
 
-/// The export settings' checks that start nothing: what `config check` runs.
+/// The checks of the export settings that hold wherever the agent runs (not TLS files'
+/// presence, nor a password that may come from the environment there): what `config
+/// check` runs.
 pub fn check(args: &ExportArgs) -> anyhow::Result<()> {
     otlp_config(args)?;
-    pyroscope_config(args)?;
+    if let Some(url) = &args.pyroscope_url {
+        check_pyroscope_url(url)?;
+    }
+    Ok(())
+}
+
+fn check_pyroscope_url(url: &str) -> anyhow::Result<()> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--pyroscope-url {url:?} must start with http:// or https://");
+    }
     Ok(())
 }
 
@@ -245,9 +257,7 @@ pub fn pyroscope_config(args: &ExportArgs) -> anyhow::Result<Option<PyroscopeCon
     let Some(url) = &args.pyroscope_url else {
         return Ok(None);
     };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bail!("--pyroscope-url {url:?} must start with http:// or https://");
-    }
+    check_pyroscope_url(url)?;
     let mut config = PyroscopeConfig::new(url);
     config.tenant = args.pyroscope_tenant.clone();
     config.basic_auth = match (&args.pyroscope_user, &args.pyroscope_password) {
