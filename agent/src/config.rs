@@ -9,7 +9,8 @@ use std::fmt;
 use std::path::Path;
 
 use clap::ArgAction;
-use serde_yaml::Value;
+
+use crate::config_file::{Scalar, Value};
 
 /// A configuration problem: emberprof exits with status 2.
 #[derive(Debug)]
@@ -40,38 +41,41 @@ fn keys(cmd: &clap::Command) -> Vec<(String, clap::Arg)> {
         .collect()
 }
 
+/// Most items a list key may hold (or entries a map key): more is a mistake, and would
+/// only cost memory.
+const MAX_LIST_ITEMS: usize = 256;
+
+/// Most items of `key`: the PID lists are bounded by what the kernel's PID filter holds.
+fn max_items(key: &str) -> usize {
+    match key {
+        "pid" | "exclude_pid" => emberprof_probes::cpu_sampler::MAX_FILTER_PIDS,
+        _ => MAX_LIST_ITEMS,
+    }
+}
+
 /// The flags `file` stands for, minus those `argv` (the real command line) or the
-/// environment already give.
+/// environment already give. Each value is one `--flag=VALUE` argument, so that a value
+/// starting with `-` is not taken for a flag.
 pub fn file_args(file: &Path, argv: &[OsString]) -> Result<Vec<String>, ConfigError> {
     let where_ = file.display().to_string();
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError(format!("config {where_}: cannot read it: {e}")))?;
-    let doc: Value = serde_yaml::from_str(&text)
-        .map_err(|e| ConfigError(format!("config {where_}: not valid YAML: {e}")))?;
-    let map = match doc {
-        Value::Null => return Ok(Vec::new()),
-        Value::Mapping(m) => m,
-        _ => {
-            return Err(ConfigError(format!(
-                "config {where_}: expected a mapping of keys to values"
-            )))
-        }
-    };
     let cmd = agent_command();
     let known = keys(&cmd);
+    let accepted = |key: &str| {
+        if known.iter().any(|(name, _)| name == key) {
+            return Ok(max_items(key));
+        }
+        let names: Vec<&str> = known.iter().map(|(n, _)| n.as_str()).collect();
+        Err(format!(
+            "unknown key `{key}` (accepted: {})",
+            names.join(", ")
+        ))
+    };
+    let entries = crate::config_file::read(file, &accepted)
+        .map_err(|e| ConfigError(format!("config {where_}: {e}")))?;
     let mut out = Vec::new();
-    for (k, v) in map {
-        let Value::String(key) = k else {
-            return Err(ConfigError(format!(
-                "config {where_}: keys must be strings"
-            )));
-        };
+    for (key, v) in entries {
         let Some((_, arg)) = known.iter().find(|(name, _)| *name == key) else {
-            let names: Vec<&str> = known.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(ConfigError(format!(
-                "config {where_}: unknown key `{key}` (accepted: {})",
-                names.join(", ")
-            )));
+            continue;
         };
         let long = arg.get_long().unwrap_or_default().to_string();
         let flag = format!("--{long}");
@@ -86,43 +90,42 @@ pub fn file_args(file: &Path, argv: &[OsString]) -> Result<Vec<String>, ConfigEr
         let bad = |what: &str| ConfigError(format!("config {where_}: key `{key}`: {what}"));
         let is_flag = matches!(arg.get_action(), ArgAction::SetTrue);
         match v {
-            Value::Null => {}
-            Value::Bool(b) if is_flag => {
+            Value::Scalar(Scalar::Null) => {}
+            Value::Scalar(Scalar::Bool(b)) if is_flag => {
                 if b {
                     out.push(flag);
                 }
             }
             _ if is_flag => return Err(bad("expected true or false")),
-            Value::Sequence(items) => {
+            Value::List(items) => {
                 for item in items {
-                    out.push(flag.clone());
-                    out.push(scalar(&item).ok_or_else(|| bad("list items must be plain values"))?);
+                    let item =
+                        scalar(&item).ok_or_else(|| bad("list items must be plain values"))?;
+                    out.push(format!("{flag}={item}"));
                 }
             }
-            Value::Mapping(pairs) => {
+            Value::Map(pairs) => {
                 for (k, v) in pairs {
                     let (Some(k), Some(v)) = (scalar(&k), scalar(&v)) else {
                         return Err(bad("map entries must be plain values"));
                     };
-                    out.push(flag.clone());
-                    out.push(format!("{k}={v}"));
+                    out.push(format!("{flag}={k}={v}"));
                 }
             }
-            other => {
-                out.push(flag);
-                out.push(scalar(&other).ok_or_else(|| bad("expected a plain value"))?);
+            Value::Scalar(other) => {
+                let value = scalar(&other).ok_or_else(|| bad("expected a plain value"))?;
+                out.push(format!("{flag}={value}"));
             }
         }
     }
     Ok(out)
 }
 
-fn scalar(v: &Value) -> Option<String> {
+fn scalar(v: &Scalar) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+        Scalar::Text(s) => Some(s.clone()),
+        Scalar::Bool(b) => Some(b.to_string()),
+        Scalar::Null => None,
     }
 }
 
@@ -159,12 +162,14 @@ pub fn merged_argv(argv: Vec<OsString>) -> Result<Vec<OsString>, ConfigError> {
     Ok(merged)
 }
 
-/// `config check FILE`: the file alone must make a valid agent command line.
+/// `config check FILE`: the file alone must make a valid agent command line, and one that
+/// passes the checks the agent makes before it starts ([`validate`]).
 pub fn check(file: &Path) -> Result<(), ConfigError> {
+    use clap::FromArgMatches;
     let args = file_args(file, &[])?;
     let mut argv = vec!["emberprof".to_string(), "agent".to_string()];
     argv.extend(args);
-    crate::cli::command()
+    let matches = crate::cli::command()
         .try_get_matches_from(&argv)
         .map_err(|e| {
             let which = e
@@ -185,7 +190,49 @@ pub fn check(file: &Path) -> Result<(), ConfigError> {
                 .trim_start_matches("error: ");
             ConfigError(format!("config {}: key `{key}`: {first}", file.display()))
         })?;
+    let refused = |e: String| ConfigError(format!("config {}: {e}", file.display()));
+    match crate::cli::Cli::from_arg_matches(&matches) {
+        Ok(crate::cli::Cli {
+            command: crate::cli::Command::Agent(agent),
+        }) => validate(&agent).map_err(|e| refused(keyed(&format!("{e:#}")))),
+        Ok(_) => Err(refused("not an agent command line".to_string())),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// What the agent checks of its settings before it starts, without starting anything or
+/// needing privileges: exporters (endpoints, headers, compression, the Pyroscope URL) and
+/// process selection (regexes). `config check` runs the same. What depends on the machine
+/// (TLS files, a password from the environment) is checked as the agent starts.
+pub fn validate(args: &crate::cli::AgentArgs) -> anyhow::Result<()> {
+    crate::export::check(&args.export)?;
+    crate::selection::Selection::from_args(&args.pids, &args.select)?;
     Ok(())
+}
+
+/// A check's message, led by the config key of the first agent flag it names (`--otlp-header:
+/// ...` becomes ``key `otlp_header`: ...``).
+fn keyed(message: &str) -> String {
+    let named = keys(&agent_command())
+        .into_iter()
+        .filter_map(|(key, arg)| {
+            let flag = format!("--{}", arg.get_long()?);
+            let at = message.match_indices(&flag).map(|(i, _)| i).find(|&i| {
+                !message[i + flag.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+            })?;
+            Some((at, key, flag))
+        })
+        .min_by_key(|(at, _, _)| *at);
+    match named {
+        Some((_, key, flag)) => {
+            let rest = message
+                .strip_prefix(&format!("{flag}: "))
+                .unwrap_or(message);
+            format!("key `{key}`: {rest}")
+        }
+        None => message.to_string(),
+    }
 }
 
 /// `config default`: every key with its default and its help as a comment.
@@ -252,15 +299,11 @@ mod tests {
         assert_eq!(
             args,
             [
-                "--interval",
-                "30s",
+                "--interval=30s",
                 "--off-cpu",
-                "--pid",
-                "1",
-                "--pid",
-                "2",
-                "--otlp-header",
-                "authorization=Bearer x"
+                "--pid=1",
+                "--pid=2",
+                "--otlp-header=authorization=Bearer x"
             ]
         );
         check(&p).unwrap();
@@ -293,7 +336,7 @@ mod tests {
         let p = write("env", "pprof_max_files: 3\ninterval: 30s\n");
         let args = file_args(&p, &[]).unwrap();
         std::env::remove_var("EMBERPROF_PPROF_MAX_FILES");
-        assert_eq!(args, ["--interval", "30s"]);
+        assert_eq!(args, ["--interval=30s"]);
     }
 
     #[test]
@@ -306,8 +349,109 @@ mod tests {
         assert!(e.contains("key `frequency`"), "{e}");
         let e = check(&write("bool", "off_cpu: 3\n")).unwrap_err().0;
         assert!(e.contains("key `off_cpu`: expected true or false"), "{e}");
-        let e = check(&write("yaml", "a: [\n")).unwrap_err().0;
+        let e = check(&write("yaml", "pid: [\n")).unwrap_err().0;
         assert!(e.contains("not valid YAML"), "{e}");
+    }
+
+    fn agent_args(file: &Path) -> crate::cli::AgentArgs {
+        use clap::FromArgMatches;
+        let mut argv = vec!["emberprof".to_string(), "agent".to_string()];
+        argv.extend(file_args(file, &[]).unwrap());
+        let matches = crate::cli::command().try_get_matches_from(argv).unwrap();
+        match crate::cli::Cli::from_arg_matches(&matches).unwrap().command {
+            crate::cli::Command::Agent(args) => *args,
+            _ => panic!("not agent"),
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_the_agent_would_refuse_at_start() {
+        for (name, text, want) in [
+            (
+                "regex",
+                "include_exe: '(nginx'\n",
+                "key `include_exe`: --include-exe \"(nginx\" is not a valid regex (unclosed group)",
+            ),
+            (
+                "endpoint",
+                "otlp_endpoint: ftp://collector:4317\n",
+                "key `otlp_endpoint`: \"ftp://collector:4317\" must start with http://",
+            ),
+            (
+                "header-list",
+                "otlp_endpoint: http://collector:4317\notlp_header: [authorization, Bearer x]\n",
+                "key `otlp_header`: \"authorization\" is not KEY=VALUE",
+            ),
+            (
+                "compression",
+                "otlp_compression: zstd\n",
+                "key `otlp_compression`: \"zstd\": use gzip or none",
+            ),
+            (
+                "pyroscope",
+                "pyroscope_url: pyroscope:4040\n",
+                "key `pyroscope_url`: --pyroscope-url \"pyroscope:4040\" must start with http://",
+            ),
+        ] {
+            let e = check(&write(name, text)).unwrap_err().0;
+            assert!(e.contains(want), "{name}: {e}");
+            assert_eq!(e.lines().count(), 1, "{name}: {e}");
+            // The agent runs the same checks before it starts.
+            let p = write(name, text);
+            assert!(validate(&agent_args(&p)).is_err(), "{name}");
+        }
+        let ok = "otlp_endpoint: http://collector:4317\notlp_header: [authorization=Bearer x]\n\
+                  include_exe: '^(nginx|java)$'\npyroscope_url: http://pyroscope:4040\n";
+        check(&write("valid", ok)).unwrap();
+        // What depends on the machine the agent runs on is left to its start: TLS files
+        // mounted there, a password from EMBERPROF_PYROSCOPE_PASSWORD there.
+        let elsewhere =
+            "otlp_endpoint: https://collector:4317\notlp_ca: /etc/emberprof/tls/ca.pem\n\
+                         pyroscope_url: http://pyroscope:4040\npyroscope_user: ember\n";
+        check(&write("elsewhere", elsewhere)).unwrap();
+    }
+
+    #[test]
+    fn values_starting_with_a_dash_stay_values() {
+        let e = check(&write("negative", "frequency: -19\n")).unwrap_err().0;
+        assert!(e.contains("key `frequency`: invalid value '-19'"), "{e}");
+        let p = write(
+            "dash",
+            "pyroscope_url: http://pyroscope:4040\npyroscope_user: u\npyroscope_password: -s3cret\n\
+             include_exe: -weird\n",
+        );
+        check(&p).unwrap();
+        let args = agent_args(&p);
+        assert_eq!(args.export.pyroscope_password.as_deref(), Some("-s3cret"));
+        assert_eq!(args.select.include_exe.as_deref(), Some("-weird"));
+    }
+
+    #[test]
+    fn list_sizes_and_the_file_size_are_bounded() {
+        let max = emberprof_probes::cpu_sampler::MAX_FILTER_PIDS;
+        let pids = |n: usize| format!("pid: [{}]\n", vec!["1"; n].join(", "));
+        check(&write("pids-ok", &pids(max))).unwrap();
+        let e = check(&write("pids", &pids(max + 1))).unwrap_err().0;
+        assert!(
+            e.contains(&format!("key `pid`: more than {max} items")),
+            "{e}"
+        );
+        let cgroups = format!("exclude_cgroup: [{}]\n", vec!["/a"; 1000].join(", "));
+        let e = check(&write("cgroups", &cgroups)).unwrap_err().0;
+        assert!(
+            e.contains("key `exclude_cgroup`: more than 256 items"),
+            "{e}"
+        );
+        // 5 million PIDs, one a line (about 20 MB): refused before it is read.
+        let p = write("huge", "");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&p).unwrap());
+        std::io::Write::write_all(&mut f, b"pid:\n").unwrap();
+        for _ in 0..5_000_000 {
+            std::io::Write::write_all(&mut f, b"- 1\n").unwrap();
+        }
+        drop(f);
+        let e = check(&p).unwrap_err().0;
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
     }
 
     #[test]

@@ -32,29 +32,7 @@ impl Exporter {
     /// The exporter the environment (`OTEL_EXPORTER_OTLP_*`) and flags ask for, if any;
     /// flags win.
     pub fn from_args(args: &ExportArgs) -> anyhow::Result<Option<Exporter>> {
-        let mut config = OtlpConfig::from_env(|k| std::env::var(k).ok())?;
-        if let Some(e) = &args.otlp_endpoint {
-            config.set_endpoint(e, "--otlp-endpoint")?;
-        }
-        for h in &args.otlp_header {
-            config.add_header(h, "--otlp-header")?;
-        }
-        if let Some(c) = &args.otlp_compression {
-            config.set_compression(c, "--otlp-compression")?;
-        }
-        config.queue_bytes = args.otlp_queue_bytes;
-        if let Some(t) = args.otlp_timeout {
-            config.timeout = t;
-        }
-        if let Some(ca) = &args.otlp_ca {
-            config.ca_file = Some(ca.clone());
-        }
-        if let Some(cert) = &args.otlp_client_cert {
-            config.client_cert = Some(cert.clone());
-        }
-        if let Some(key) = &args.otlp_client_key {
-            config.client_key = Some(key.clone());
-        }
+        let config = otlp_config(args)?;
         if !config.enabled() {
             return Ok(None);
         }
@@ -227,14 +205,59 @@ impl Exporter {
     }
 }
 
+/// The OTLP settings the environment (`OTEL_EXPORTER_OTLP_*`) and flags give, flags winning,
+/// with endpoints, headers and compression checked.
+fn otlp_config(args: &ExportArgs) -> anyhow::Result<OtlpConfig> {
+    let mut config = OtlpConfig::from_env(|k| std::env::var(k).ok())?;
+    if let Some(e) = &args.otlp_endpoint {
+        config.set_endpoint(e, "--otlp-endpoint")?;
+    }
+    for h in &args.otlp_header {
+        config.add_header(h, "--otlp-header")?;
+    }
+    if let Some(c) = &args.otlp_compression {
+        config.set_compression(c, "--otlp-compression")?;
+    }
+    config.queue_bytes = args.otlp_queue_bytes;
+    if let Some(t) = args.otlp_timeout {
+        config.timeout = t;
+    }
+    if let Some(ca) = &args.otlp_ca {
+        config.ca_file = Some(ca.clone());
+    }
+    if let Some(cert) = &args.otlp_client_cert {
+        config.client_cert = Some(cert.clone());
+    }
+    if let Some(key) = &args.otlp_client_key {
+        config.client_key = Some(key.clone());
+    }
+    Ok(config)
+}
+
+/// The checks of the export settings that hold wherever the agent runs (not TLS files'
+/// presence, nor a password that may come from the environment there): what `config
+/// check` runs.
+pub fn check(args: &ExportArgs) -> anyhow::Result<()> {
+    otlp_config(args)?;
+    if let Some(url) = &args.pyroscope_url {
+        check_pyroscope_url(url)?;
+    }
+    Ok(())
+}
+
+fn check_pyroscope_url(url: &str) -> anyhow::Result<()> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--pyroscope-url {url:?} must start with http:// or https://");
+    }
+    Ok(())
+}
+
 /// The Pyroscope server `--pyroscope-url` names, with its tenant and credentials.
 pub fn pyroscope_config(args: &ExportArgs) -> anyhow::Result<Option<PyroscopeConfig>> {
     let Some(url) = &args.pyroscope_url else {
         return Ok(None);
     };
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        bail!("--pyroscope-url {url:?} must start with http:// or https://");
-    }
+    check_pyroscope_url(url)?;
     let mut config = PyroscopeConfig::new(url);
     config.tenant = args.pyroscope_tenant.clone();
     config.basic_auth = match (&args.pyroscope_user, &args.pyroscope_password) {

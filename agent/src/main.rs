@@ -3,6 +3,7 @@
 mod cli;
 mod collect;
 mod config;
+mod config_file;
 mod continuous;
 mod export;
 mod histograms;
@@ -20,6 +21,7 @@ mod symbols;
 mod timings;
 mod watcher;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::FromArgMatches;
@@ -57,6 +59,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EMBERPROF_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -64,7 +68,17 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         cli::Command::Record(args) => record::run(*args),
-        cli::Command::Agent(args) => continuous::run(*args),
+        cli::Command::Agent(args) => {
+            // What `config check` refuses, the agent refuses before it starts anything.
+            if let Err(e) = config::validate(&args) {
+                match file.map(|f| config::check(std::path::Path::new(&f))) {
+                    Some(Err(config_error)) => eprintln!("emberprof: error: {config_error}"),
+                    _ => eprintln!("emberprof: error: {e:#}"),
+                }
+                return ExitCode::from(USAGE_ERROR);
+            }
+            continuous::run(*args)
+        }
         cli::Command::Config(cli::ConfigCommand::Default) => {
             print!("{}", config::default_text());
             Ok(())

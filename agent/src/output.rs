@@ -1,11 +1,14 @@
 //! Where a profile is written: a file (default name from the time) or standard output.
 
-use std::fs::File;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use anyhow::Context;
+use emberprof_exporters::utc::UtcTime;
 use emberprof_exporters::{Format, Profile};
 
 use crate::cli::FormatArg;
@@ -56,6 +59,53 @@ pub fn with_infix(path: &Path, infix: &str, format: Format) -> PathBuf {
     }
 }
 
+/// Paths [`write`] has written (a written file is never removed by [`Reserved`]).
+static WRITTEN: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+/// Output files opened before recording starts, so that a path that cannot be written fails
+/// in a second rather than after the whole recording. An existing file is opened without
+/// truncating it (a failed run leaves it as it was); a file created here and still empty and
+/// unwritten when this is dropped (the run failed) is removed again.
+pub struct Reserved {
+    created: Vec<PathBuf>,
+}
+
+/// Opens (or creates) every path for writing; `-` (standard output) needs nothing.
+pub fn reserve(paths: &[&Path]) -> anyhow::Result<Reserved> {
+    let mut reserved = Reserved {
+        created: Vec::new(),
+    };
+    for &path in paths {
+        if path == Path::new("-") {
+            continue;
+        }
+        let existed = path.exists();
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write the output {}", path.display()))?;
+        if !existed {
+            reserved.created.push(path.to_path_buf());
+        }
+    }
+    Ok(reserved)
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+        for path in &self.created {
+            let unwritten = written.as_ref().is_none_or(|w| !w.contains(path));
+            let empty = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0);
+            if unwritten && empty {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
 /// Writes the profile to `path`, `-` meaning standard output.
 pub fn write(profile: &Profile, format: Format, path: &Path) -> anyhow::Result<()> {
     if path == Path::new("-") {
@@ -75,35 +125,27 @@ pub fn write(profile: &Profile, format: Format, path: &Path) -> anyhow::Result<(
         .with_context(|| format!("writing {}", path.display()))?;
     out.flush()
         .with_context(|| format!("writing {}", path.display()))?;
+    WRITTEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(path.to_path_buf());
     Ok(())
 }
 
 /// `YYYYMMDDTHHMMSSZ` in UTC.
 pub fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Days since the epoch to a civil date (proleptic Gregorian calendar).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let u = UtcTime::of(t);
     format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        u.year, u.month, u.day, u.hour, u.minute, u.second
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn stamps() {

@@ -43,6 +43,19 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let format = output::choose_format(args.format, args.output.as_deref());
     let start = SystemTime::now();
     let (cpu_path, off_cpu_path) = output_paths(&args, format, start, want_cpu, want_off_cpu)?;
+    // A path that cannot be written fails now, not after the recording.
+    let mut destinations: Vec<&Path> = Vec::new();
+    if want_cpu {
+        destinations.push(&cpu_path);
+    }
+    if want_off_cpu {
+        destinations.push(&off_cpu_path);
+    }
+    if !(want_cpu || want_off_cpu) {
+        // Only histograms: they go to --output.
+        destinations.extend(args.output.as_deref());
+    }
+    let _reserved = output::reserve(&destinations)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

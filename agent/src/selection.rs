@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use anyhow::Context;
 use regex::Regex;
 
 use crate::cli::SelectArgs;
@@ -33,7 +32,18 @@ pub struct ProcessFacts {
 fn regex(pattern: &Option<String>, flag: &str) -> anyhow::Result<Option<Regex>> {
     pattern
         .as_deref()
-        .map(|p| Regex::new(p).with_context(|| format!("{flag} {p:?} is not a valid regex")))
+        .map(|p| {
+            Regex::new(p).map_err(|e| {
+                // The parser draws a caret under the pattern over several lines; its last
+                // line says what is wrong.
+                let text = e.to_string();
+                let why = text.lines().last().unwrap_or_default().trim();
+                anyhow::anyhow!(
+                    "{flag} {p:?} is not a valid regex ({})",
+                    why.trim_start_matches("error: ")
+                )
+            })
+        })
         .transpose()
 }
 

@@ -84,6 +84,7 @@ pub fn health_counters(
         value: HealthValue::Count(value),
     };
     let mut out = Vec::new();
+    let mut announce_lost = 0;
     for run in runs {
         let map = match &run.profiler {
             Profiler::Cpu(_) => "cpu_counts",
@@ -98,18 +99,13 @@ pub fn health_counters(
                 run.collected.max_drained as f64 / f64::from(count_map_entries.max(1)),
             ),
         });
-        let announce_lost = match &run.profiler {
+        // One count for emberprof: only the profiler that announces counts (the CPU
+        // sampler, else the off-CPU profiler); the others add zero.
+        announce_lost += match &run.profiler {
             Profiler::Cpu(p) => p.counters().map(|k| k.announce_lost),
             Profiler::OffCpu(p) => p.counters().map(|k| k.announce_lost),
         }
         .context("reading the probes' counters")?;
-        out.push(c(
-            "emberprof.processes.announce_lost",
-            "New processes not announced at their first sample (ring full); read at the next drain",
-            "{process}",
-            vec![("map", map)],
-            announce_lost,
-        ));
         match &run.profiler {
             Profiler::Cpu(p) => {
                 let k = p.counters().context("reading the CPU sampler's counters")?;
@@ -162,6 +158,15 @@ pub fn health_counters(
                 ));
             }
         }
+    }
+    if !runs.is_empty() {
+        out.push(c(
+            "emberprof.processes.announce_lost",
+            "New processes not announced at their first sample (ring full); read at the next drain",
+            "{process}",
+            vec![],
+            announce_lost,
+        ));
     }
     if let Some(h) = histograms {
         let k = h.counters()?;

@@ -58,7 +58,9 @@ pub fn send_once(
             let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
                 .map_err(|_| SendError::Setup(format!("header name {k:?} is not valid")))?;
             let value = AsciiMetadataValue::try_from(v.as_str()).map_err(|_| {
-                SendError::Setup(format!("header {k:?} has a value that is not ASCII"))
+                SendError::Setup(format!(
+                    "header {k:?} has a value gRPC cannot send (not ASCII, or a control character)"
+                ))
             })?;
             metadata.insert(key, value);
         }

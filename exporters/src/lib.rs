@@ -17,6 +17,7 @@ mod random;
 pub mod svg;
 #[cfg(test)]
 mod testdata;
+pub mod utc;
 
 pub use error::ExportError;
 pub use model::{Profile, ProfileBuilder, Sample, ValueType};

@@ -177,6 +177,63 @@ impl Kallsyms {
     }
 }
 
+/// `CAP_SYSLOG`'s bit in the effective capability set.
+const CAP_SYSLOG: u32 = 34;
+
+/// Why /proc/kallsyms shows us zero addresses, and the fix, read from the sysctls and our
+/// capabilities (for the warning that kernel frames stay unnamed).
+pub(crate) fn hidden_cause() -> String {
+    let sysctl = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    let syslog = emberprof_probes::preflight::own_capabilities()
+        .ok()
+        .map(|eff| eff & (1 << CAP_SYSLOG) != 0);
+    explain_hidden(
+        sysctl("kptr_restrict"),
+        sysctl("perf_event_paranoid"),
+        syslog,
+    )
+}
+
+/// The kernel's rule (kallsyms_show_value): with kptr_restrict 0, addresses are shown when
+/// perf_event_paranoid is at most 1 or the reader has CAP_SYSLOG; with 1, only with
+/// CAP_SYSLOG (in the host's user namespace); with 2, never.
+fn explain_hidden(
+    kptr_restrict: Option<i64>,
+    paranoid: Option<i64>,
+    syslog: Option<bool>,
+) -> String {
+    const GRANT: &str = "grant emberprof CAP_SYSLOG";
+    match (kptr_restrict, paranoid, syslog) {
+        (Some(k), _, _) if k >= 2 => format!(
+            "kernel.kptr_restrict is {k}, which hides kernel addresses from everyone \
+             (set it to 1 and {GRANT}, or to 0)"
+        ),
+        (Some(1), _, Some(true)) => "kernel.kptr_restrict is 1 and CAP_SYSLOG is not held in \
+             the host's user namespace (run emberprof in the host's user namespace)"
+            .to_string(),
+        (Some(1), _, _) => {
+            format!("kernel.kptr_restrict is 1 and emberprof lacks CAP_SYSLOG ({GRANT})")
+        }
+        (Some(0), Some(p), Some(false) | None) if p > 1 => format!(
+            "kernel.perf_event_paranoid is {p} and emberprof lacks CAP_SYSLOG \
+             ({GRANT}, or set kernel.perf_event_paranoid to 1 or less)"
+        ),
+        (k, p, _) => {
+            let shown = |v: Option<i64>| v.map_or("unreadable".to_string(), |v| v.to_string());
+            format!(
+                "kernel.kptr_restrict is {}, kernel.perf_event_paranoid is {} ({GRANT}, \
+                 in the host's user namespace)",
+                shown(k),
+                shown(p)
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +275,30 @@ ffffffffc0100400 t nft_other\t[nf_tables]
             None,
             "last of its module"
         );
+    }
+
+    #[test]
+    fn the_warning_names_the_real_cause_of_hidden_addresses() {
+        // kptr_restrict 0: shown to all while perf_event_paranoid <= 1, so a higher
+        // paranoia without CAP_SYSLOG is the cause, not kptr_restrict.
+        let e = explain_hidden(Some(0), Some(2), Some(false));
+        assert!(e.contains("kernel.perf_event_paranoid is 2"), "{e}");
+        assert!(e.contains("lacks CAP_SYSLOG"), "{e}");
+        assert!(!e.contains("kptr_restrict"), "{e}");
+        let e = explain_hidden(Some(1), Some(2), Some(false));
+        assert!(
+            e.contains("kernel.kptr_restrict is 1 and emberprof lacks CAP_SYSLOG"),
+            "{e}"
+        );
+        let e = explain_hidden(Some(1), Some(-1), Some(true));
+        assert!(e.contains("user namespace"), "{e}");
+        let e = explain_hidden(Some(2), Some(1), Some(true));
+        assert!(
+            e.contains("kernel.kptr_restrict is 2") && e.contains("from everyone"),
+            "{e}"
+        );
+        let e = explain_hidden(None, None, None);
+        assert!(e.contains("unreadable") && e.contains("CAP_SYSLOG"), "{e}");
     }
 
     #[test]

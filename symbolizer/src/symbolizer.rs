@@ -692,7 +692,8 @@ impl Symbolizer {
             self.kallsyms.load();
             if !self.kallsyms.usable() {
                 tracing::warn!(
-                    "kernel symbols are hidden (kptr_restrict); kernel frames stay unnamed"
+                    "kernel symbols are hidden: {}; kernel frames stay unnamed",
+                    crate::kallsyms::hidden_cause()
                 );
             }
         }

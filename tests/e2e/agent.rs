@@ -154,6 +154,12 @@ fn http_endpoints_report_health_metrics_and_profiles() {
     assert!(prometheus_value(&first, "process_resident_memory_bytes") > 0.0);
     assert!(prometheus_value(&first, "emberprof_export_queue_limit") > 0.0);
     assert!(prometheus_value(&first, "emberprof_symbolizer_cache_entries") >= 0.0);
+    // One count for the process, not one per kernel map.
+    assert!(prometheus_value(&first, "emberprof_processes_announce_lost_total") >= 0.0);
+    assert!(
+        !first.contains("emberprof_processes_announce_lost_total{"),
+        "{first}"
+    );
     // The counter is refreshed at every drain (1 s); give a slow first symbolization time.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut after = before;
@@ -207,6 +213,15 @@ fn a_bad_config_file_exits_with_status_2_naming_the_key_and_config_check_agrees(
         ("unknown.yaml", "intervall: 5s\n", "unknown key `intervall`"),
         ("type.yaml", "interval: soon\n", "key `interval`"),
         ("range.yaml", "frequency: 100000\n", "key `frequency`"),
+        // A value starting with '-' is a value, reported under its own key.
+        ("negative.yaml", "frequency: -19\n", "key `frequency`"),
+        // Refused by the agent's start checks, which config check runs too.
+        (
+            "endpoint.yaml",
+            "otlp_endpoint: ftp://collector:4317\n",
+            "key `otlp_endpoint`",
+        ),
+        ("regex.yaml", "include_exe: '(nginx'\n", "key `include_exe`"),
     ] {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();

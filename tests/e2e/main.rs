@@ -8,6 +8,7 @@ mod collector;
 mod cpu_profile;
 mod debug_access;
 mod histograms;
+mod input;
 mod interop;
 #[path = "../support/kube_api.rs"]
 mod kube_api;

@@ -64,7 +64,9 @@ impl OtlpClient {
                 let key = AsciiMetadataKey::from_str(&k.to_ascii_lowercase())
                     .map_err(|_| SendError::Setup(format!("header name {k:?} is not valid")))?;
                 let value = AsciiMetadataValue::try_from(v.as_str()).map_err(|_| {
-                    SendError::Setup(format!("header {k:?} has a value that is not ASCII"))
+                    SendError::Setup(format!(
+                        "header {k:?} has a value gRPC cannot send (not ASCII, or a control character)"
+                    ))
                 })?;
                 Ok((key, value))
             })

@@ -88,7 +88,7 @@ impl OtlpConfig {
             c.metrics_endpoint = Some(check_endpoint(&e, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")?);
         }
         if let Some(h) = non_empty("OTEL_EXPORTER_OTLP_HEADERS") {
-            c.headers = parse_pairs(&h, "OTEL_EXPORTER_OTLP_HEADERS")?;
+            c.headers = parse_headers(&h, "OTEL_EXPORTER_OTLP_HEADERS")?;
         }
         if let Some(v) = non_empty("OTEL_EXPORTER_OTLP_COMPRESSION") {
             c.gzip = parse_compression(&v, "OTEL_EXPORTER_OTLP_COMPRESSION")?;
@@ -125,7 +125,7 @@ impl OtlpConfig {
 
     /// Adds `KEY=VALUE` headers (`--otlp-header`).
     pub fn add_header(&mut self, pair: &str, name: &str) -> Result<(), ConfigError> {
-        self.headers.extend(parse_pairs(pair, name)?);
+        self.headers.extend(parse_headers(pair, name)?);
         Ok(())
     }
 
@@ -161,6 +161,38 @@ fn parse_compression(v: &str, name: &str) -> Result<bool, ConfigError> {
         "none" | "" => Ok(false),
         other => Err(invalid(name, format!("{other:?}: use gzip or none"))),
     }
+}
+
+/// Headers as `parse_pairs` reads them, each one gRPC can send: checked here, so that a
+/// bad one is a configuration error named for what is wrong with it.
+fn parse_headers(text: &str, name: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let headers = parse_pairs(text, name)?;
+    for (k, v) in &headers {
+        // HTTP allows a tab inside a value; no other control character.
+        if k.chars()
+            .chain(v.chars())
+            .any(|c| c.is_control() && c != '\t')
+        {
+            return Err(invalid(
+                name,
+                format!("header {k:?} contains a newline or another control character"),
+            ));
+        }
+        if tonic::metadata::AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()).is_err()
+        {
+            return Err(invalid(
+                name,
+                format!("header name {k:?} is not valid (use letters, digits, '-', '_', '.')"),
+            ));
+        }
+        if !v.is_ascii() {
+            return Err(invalid(
+                name,
+                format!("header {k:?} has a value that is not ASCII"),
+            ));
+        }
+    }
+    Ok(headers)
 }
 
 /// `k1=v1,k2=v2` with percent-encoded values, as the OTel specification defines.
@@ -277,6 +309,33 @@ mod tests {
             .to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
         assert!(OtlpConfig::from_env(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")])).is_err());
+    }
+
+    #[test]
+    fn headers_grpc_cannot_send_are_named_for_their_fault() {
+        let mut c = OtlpConfig::default();
+        for (pair, fault) in [
+            ("authorization=Bearer x\nX-Evil: 1", "contains a newline"),
+            ("authorization=Bearer%0D%0Ax", "contains a newline"),
+            ("authorization=a\u{7f}b", "another control character"),
+            ("bad header=x", "header name \"bad header\" is not valid"),
+            ("authorization=caf\u{e9}", "not ASCII"),
+        ] {
+            let e = c.add_header(pair, "--otlp-header").unwrap_err().to_string();
+            assert!(e.starts_with("--otlp-header: "), "{e}");
+            assert!(e.contains(fault), "{pair:?}: {e}");
+            assert!(
+                !e.contains("Bearer"),
+                "the value stays out of the message: {e}"
+            );
+        }
+        let e = OtlpConfig::from_env(env(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=x%0Ay")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("contains a newline"), "{e}");
+        c.add_header("authorization=Bearer\tx, x-tenant=t1", "--otlp-header")
+            .unwrap();
+        assert_eq!(c.headers.len(), 2);
     }
 
     #[test]
