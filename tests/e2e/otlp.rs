@@ -290,10 +290,15 @@ fn a_collector_that_comes_up_late_still_receives_the_recording() {
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("late.pb.gz");
     let file_arg = file.to_string_lossy().into_owned();
     let endpoint = format!("http://127.0.0.1:{port}");
+    // Something to record: an idle host gives no samples, and nothing is sent then.
+    let w = Workload::start(&["cpu-split"]);
+    let pid = w.pid().to_string();
     // The collector comes up only once emberprof has failed to reach it.
     let (mut child, mut stderr, mut log) = spawn_until(
         &[
             "record",
+            "--pid",
+            &pid,
             "--duration",
             "1",
             "--otlp-endpoint",
