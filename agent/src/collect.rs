@@ -3,9 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use emberprof_exporters::ProfileBuilder;
-use emberprof_probes::{Stack as RawStack, StackCount, StackLoss};
-use emberprof_symbolizer::{FrameKind, Location, Stack, StackRequest, Symbolizer};
+use emberprof_model::{
+    CapturedStack, FrameKind, KernelSample, Location, ProfileBuilder, Stack, StackLoss,
+};
+use emberprof_symbolizer::Symbolizer;
 
 use crate::metadata::process::kernel_thread_kind;
 
@@ -50,32 +51,25 @@ impl ThreadDetail {
 
 /// Symbolizes one drain's worth of counts and adds them to the profile.
 pub fn add(
-    counts: &[StackCount],
+    counts: &[KernelSample],
     symbolizer: &mut Symbolizer,
     builder: &mut ProfileBuilder,
     collected: &mut Collected,
     threads: ThreadDetail,
 ) {
-    let requests: Vec<StackRequest<'_>> = counts
-        .iter()
-        .map(|c| StackRequest {
-            exec_id: Some(c.exec_id),
-            ..StackRequest::new(c.tgid, addrs(&c.user), addrs(&c.kernel))
-        })
-        .collect();
-    let stacks = symbolizer.symbolize(&requests);
+    let stacks = symbolizer.symbolize(counts);
     collected.max_drained = collected.max_drained.max(counts.len());
     let no_name: Arc<str> = Arc::from("");
 
     for (c, stack) in counts.iter().zip(stacks) {
         let stack = with_loss_markers(without_probe_frames(stack), &c.user, &c.kernel);
         let thread_name: Arc<str> = Arc::from(c.thread_name.as_str());
-        let mut process_name = match symbolizer.process_name(c.tgid, Some(c.exec_id)) {
+        let mut process_name = match symbolizer.process_name(c.pid, Some(c.exec_id)) {
             Some(name) => name,
             // Gone before anything was read of it: the sampled thread's name is all there is.
             None => collected
                 .pids
-                .get(&c.tgid)
+                .get(&c.pid)
                 .map_or_else(|| thread_name.clone(), |s| s.name.clone()),
         };
         if c.kernel_thread {
@@ -84,10 +78,10 @@ pub fn add(
         }
         let tid = if threads.id { c.tid } else { 0 };
         let shown_thread = if threads.name { &thread_name } else { &no_name };
-        builder.add_periods(c.tgid, &process_name, tid, shown_thread, &stack, c.value);
+        builder.add_periods(c.pid, &process_name, tid, shown_thread, &stack, c.value);
         collected.total += c.value;
         collected.pids.insert(
-            c.tgid,
+            c.pid,
             Seen {
                 name: process_name,
                 kernel_thread: c.kernel_thread,
@@ -116,35 +110,25 @@ fn without_probe_frames(stack: Stack) -> Stack {
     }
 }
 
-fn addrs(stack: &RawStack) -> &[u64] {
-    match stack {
-        RawStack::Addrs(a) => a,
-        _ => &[],
-    }
-}
-
 /// Makes lost stacks visible in the profile instead of silently shortening it.
-fn with_loss_markers(stack: Stack, user: &RawStack, kernel: &RawStack) -> Stack {
-    let marker = |kind: FrameKind, what: &str, loss: &StackLoss| {
+fn with_loss_markers(stack: Stack, user: &CapturedStack, kernel: &CapturedStack) -> Stack {
+    let marker = |what: &str, loss: &StackLoss| {
         let why = match loss {
             StackLoss::MapFull => "stack map full".to_string(),
             StackLoss::Error(errno) => format!("error {errno}"),
         };
-        Arc::new(Location::marker(
-            kind,
-            &format!("[{what} stack lost: {why}]"),
-        ))
+        Arc::new(Location::marker(&format!("[{what} stack lost: {why}]")))
     };
     let mut locations: Vec<Arc<Location>> = Vec::with_capacity(stack.len() + 1);
-    if let RawStack::Lost(loss) = kernel {
-        locations.push(marker(FrameKind::Kernel, "kernel", loss));
+    if let CapturedStack::Lost(loss) = kernel {
+        locations.push(marker("kernel", loss));
     }
     locations.extend(stack.iter().cloned());
-    if let RawStack::Lost(loss) = user {
-        locations.push(marker(FrameKind::User, "user", loss));
+    if let CapturedStack::Lost(loss) = user {
+        locations.push(marker("user", loss));
     }
     if locations.is_empty() {
-        locations.push(Arc::new(Location::marker(FrameKind::User, "[no stack]")));
+        locations.push(Arc::new(Location::marker("[no stack]")));
     }
     Arc::from(locations)
 }
@@ -154,15 +138,15 @@ mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
 
-    fn count(tgid: u32, tid: u32, comm: &str, kernel_thread: bool) -> StackCount {
-        StackCount {
-            tgid,
+    fn count(pid: u32, tid: u32, comm: &str, kernel_thread: bool) -> KernelSample {
+        KernelSample {
+            pid,
             tid,
             thread_name: comm.to_string(),
             exec_id: 0,
             kernel_thread,
-            user: RawStack::None,
-            kernel: RawStack::Lost(StackLoss::MapFull),
+            user: CapturedStack::None,
+            kernel: CapturedStack::Lost(StackLoss::MapFull),
             value: 2,
         }
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_exporters::otlp::Attributes;
-use emberprof_exporters::Profile;
+use emberprof_model::Attributes;
+use emberprof_model::Profile;
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 use emberprof_symbolizer::Symbolizer;
 

@@ -8,9 +8,10 @@ use anyhow::{bail, Context};
 use emberprof_exporters::delivery::{Batch, OtlpConfig, Pipeline};
 use emberprof_exporters::health::{self, HealthCounter, HealthValue};
 use emberprof_exporters::otlp::metrics::{self, HistogramPoint, Temporality};
-use emberprof_exporters::otlp::{profiles, AttrValue, Attributes};
+use emberprof_exporters::otlp::profiles;
 use emberprof_exporters::pyroscope::{self, PyroscopeConfig};
-use emberprof_exporters::Profile;
+use emberprof_model::Profile;
+use emberprof_model::{AttrValue, Attributes};
 
 use crate::cli::{ExportArgs, TemporalityArg};
 use crate::metadata::process::host_attributes;
@@ -280,7 +281,7 @@ pub fn push_to_pyroscope(
         AttrValue::Int(i) => i.to_string(),
     };
     let host = host_attributes();
-    let series_of = |s: &emberprof_exporters::Sample| {
+    let series_of = |s: &emberprof_model::Sample| {
         let attrs = processes.get(&s.pid);
         let service = attrs
             .and_then(|attrs| {
@@ -303,8 +304,13 @@ pub fn push_to_pyroscope(
     };
     let mut pushed = 0;
     for profile in profiles {
-        pushed += pyroscope::push(config, profile, series_of)
-            .with_context(|| format!("pushing the {} profile to {}", profile.name, config.url))?;
+        pushed += pyroscope::push(config, profile, series_of).with_context(|| {
+            format!(
+                "pushing the {} profile to {}",
+                profile.kind.title(),
+                config.url
+            )
+        })?;
     }
     eprintln!(
         "emberprof: Pyroscope {}: {pushed} profiles pushed",

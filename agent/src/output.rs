@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use emberprof_exporters::utc::UtcTime;
-use emberprof_exporters::{Format, Profile};
+use emberprof_exporters::Format;
+use emberprof_model::Profile;
 
 use crate::cli::FormatArg;
 

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use emberprof_exporters::{Format, Profile};
+use emberprof_exporters::Format;
+use emberprof_model::Profile;
 
 use crate::output;
 
@@ -121,8 +122,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let d = PprofDir::new(&dir, 2, u64::MAX, Duration::from_secs(3600)).unwrap();
         std::fs::write(dir.join("unrelated.txt"), "keep me").unwrap();
-        let profile = emberprof_exporters::ProfileBuilder::cpu(99, SystemTime::now())
-            .finish(SystemTime::now());
+        let profile =
+            emberprof_model::ProfileBuilder::cpu(99, SystemTime::now()).finish(SystemTime::now());
         let mut written = Vec::new();
         for _ in 0..4 {
             written.push(d.write(&profile, "cpu", SystemTime::now()).unwrap());

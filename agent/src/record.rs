@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_exporters::otlp::Attributes;
-use emberprof_exporters::{Format, Profile, ProfileBuilder};
+use emberprof_exporters::Format;
+use emberprof_model::Attributes;
+use emberprof_model::{Profile, ProfileBuilder};
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 
 use crate::cli::RecordArgs;

@@ -6,11 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use emberprof_exporters::health::{HealthCounter, HealthValue};
-use emberprof_exporters::otlp::Attributes;
-use emberprof_exporters::ProfileBuilder;
+use emberprof_model::{Attributes, KernelSample, ProfileBuilder};
 use emberprof_probes::{
     CpuSampler, CpuSamplerConfig, LatencyConfig, OffCpuConfig, OffCpuProfiler, ProbeError,
-    StackCount,
 };
 use emberprof_symbolizer::{PerfMapStats, Symbolizer};
 use std::time::SystemTime;
@@ -26,7 +24,7 @@ pub enum Profiler {
 }
 
 impl Profiler {
-    pub fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+    pub fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
         match self {
             Profiler::Cpu(p) => p.drain(),
             Profiler::OffCpu(p) => p.drain(),
@@ -41,7 +39,7 @@ impl Profiler {
         }
     }
 
-    pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+    pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
         match self {
             Profiler::Cpu(p) => p.stop(),
             Profiler::OffCpu(p) => p.stop(),
@@ -60,7 +58,7 @@ pub struct Run {
 impl Run {
     /// Closes the span being filled at `end` and starts the next one there, so that
     /// consecutive spans neither overlap nor leave gaps.
-    pub fn take_span(&mut self, end: SystemTime) -> emberprof_exporters::Profile {
+    pub fn take_span(&mut self, end: SystemTime) -> emberprof_model::Profile {
         let next = self.builder.fresh(end);
         std::mem::replace(&mut self.builder, next).finish(end)
     }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use emberprof_exporters::otlp::Attributes;
 use emberprof_exporters::pyroscope::PyroscopeConfig;
-use emberprof_exporters::Profile;
+use emberprof_model::Attributes;
+use emberprof_model::Profile;
 
 use crate::cli::ExportArgs;
 use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
@@ -68,8 +68,7 @@ impl Sinks {
         tracing::info!(samples, "exporting an interval");
         if let Some(dir) = &self.pprof_dir {
             for p in profiles {
-                let kind = if p.name == "CPU" { "cpu" } else { "offcpu" };
-                if let Err(e) = dir.write(p, kind, end) {
+                if let Err(e) = dir.write(p, p.kind.id(), end) {
                     tracing::warn!(error = %format!("{e:#}"), "writing the interval's pprof file");
                 }
             }

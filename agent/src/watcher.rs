@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use emberprof_exporters::otlp::Attributes;
+use emberprof_model::Attributes;
 use emberprof_probes::NewProcesses;
 use emberprof_symbolizer::{ProcessSnapshot, Symbolizer};
 

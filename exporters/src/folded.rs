@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use emberprof_symbolizer::FrameKind;
+use emberprof_model::FrameKind;
 
-use crate::{ExportError, Profile, Sample};
+use crate::ExportError;
+use emberprof_model::{Profile, Sample};
 
 /// Writes one line per unique process + stack, sorted, with the summed value.
 pub fn write(

@@ -12,7 +12,7 @@ use opentelemetry_sdk::Resource;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 
 use crate::delivery::{OtlpConfig, SendError};
-use crate::otlp::{AttrValue, Attributes};
+use emberprof_model::{AttrValue, Attributes};
 
 /// A health value: a monotonic total, or a level such as how full a map got.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -11,7 +11,7 @@
 
 use std::fmt::Write;
 
-use emberprof_probes::Log2Histogram;
+use emberprof_model::Log2Histogram;
 
 const BAR_WIDTH: usize = 40;
 

@@ -1,4 +1,5 @@
-//! The in-memory profile model and the formats it is written in; latency histograms as text.
+//! The outputs: profiles as pprof, folded stacks, SVG flame graphs, OTLP and Pyroscope
+//! pushes; latency histograms as OTLP metrics and text; delivery to collectors.
 
 // The shared test collector names this crate as its users do.
 #[cfg(test)]
@@ -9,7 +10,6 @@ mod error;
 pub mod folded;
 pub mod health;
 pub mod histogram_text;
-mod model;
 pub mod otlp;
 pub mod pprof;
 pub mod pyroscope;
@@ -20,7 +20,8 @@ mod testdata;
 pub mod utc;
 
 pub use error::ExportError;
-pub use model::{Profile, ProfileBuilder, Sample, ValueType};
+
+use emberprof_model::Profile;
 
 /// Output formats for a recorded profile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use emberprof_symbolizer::{FrameKind, Location, Module, Segment};
+use emberprof_model::{FrameKind, Location, Module, Segment};
 use flate2::write::GzEncoder;
 use pprof::protos::{self, Message};
 
-use crate::{ExportError, Profile};
+use crate::ExportError;
+use emberprof_model::Profile;
 
 /// Writes the profile as gzipped protobuf, what `go tool pprof` and Pyroscope read.
 pub fn write(profile: &Profile, out: impl Write) -> Result<(), ExportError> {
@@ -166,7 +167,7 @@ impl<'p> Tables<'p> {
         let (memory_start, memory_limit, file_offset) = match (segment, kind) {
             (Some(s), _) => (s.start, s.limit, s.file_offset),
             (None, FrameKind::Kernel) => (0, u64::MAX, 0),
-            (None, FrameKind::User) => (0, 0, 0),
+            (None, _) => (0, 0, 0),
         };
         self.mappings.push(protos::Mapping {
             id,
@@ -409,8 +410,8 @@ mod tests {
             .collect();
         assert_eq!(keys, ["pid", "process_name"].into_iter().collect());
 
-        let off =
-            crate::ProfileBuilder::off_cpu(std::time::UNIX_EPOCH).finish(std::time::UNIX_EPOCH);
+        let off = emberprof_model::ProfileBuilder::off_cpu(std::time::UNIX_EPOCH)
+            .finish(std::time::UNIX_EPOCH);
         let p = to_proto(&off);
         assert!(p.period_type.is_none());
         assert_eq!(p.period, 0);

@@ -7,7 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 
-use crate::{pprof, ExportError, Profile, Sample};
+use crate::{pprof, ExportError};
+use emberprof_model::{Profile, Sample};
 
 /// Where and how to push.
 #[derive(Clone, Debug)]

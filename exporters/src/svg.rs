@@ -5,14 +5,15 @@ use std::io::Write;
 use inferno::flamegraph::{self, Options};
 
 use crate::utc::UtcTime;
-use crate::{folded, ExportError, Profile};
+use crate::{folded, ExportError};
+use emberprof_model::Profile;
 
 /// Draws a flame graph of one value of the profile.
 pub fn write(profile: &Profile, value_index: usize, out: impl Write) -> Result<(), ExportError> {
     let lines = folded::lines(profile, value_index)?;
     let value_type = &profile.sample_types[value_index];
     let mut options = Options::default();
-    options.title = format!("{} profile (emberprof)", profile.name);
+    options.title = format!("{} profile (emberprof)", profile.kind.title());
     options.subtitle = Some(format!(
         "{}, {:.1} s, {}; value: {} ({})",
         UtcTime::of(profile.start),
@@ -85,7 +86,7 @@ mod tests {
         assert!(!svg.contains("1700000000"), "raw Unix seconds in {svg}");
 
         let p = testdata::profile();
-        let mut b = crate::ProfileBuilder::off_cpu(p.start);
+        let mut b = emberprof_model::ProfileBuilder::off_cpu(p.start);
         for s in &p.samples {
             b.add(
                 s.pid,

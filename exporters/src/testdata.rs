@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use emberprof_symbolizer::{Frame, FrameKind, Location, Module, Segment, Stack};
+use emberprof_model::{Frame, FrameKind, Location, Module, Segment, Stack};
 
-use crate::{Profile, ProfileBuilder};
+use emberprof_model::{Profile, ProfileBuilder};
 
 fn frame(name: &str, line: u32) -> Frame {
     Frame {
@@ -17,7 +17,7 @@ fn frame(name: &str, line: u32) -> Frame {
 
 fn loc(kind: FrameKind, module: &Arc<Module>, address: u64, frames: Vec<Frame>) -> Arc<Location> {
     // User code sits in one segment per module, placed so that file offset = address − 0x1000.
-    let segment = (kind == FrameKind::User).then_some(Segment {
+    let segment = (kind == FrameKind::Native).then_some(Segment {
         start: address & !0xfff,
         limit: (address & !0xfff) + 0x1000,
         file_offset: (address & !0xfff) - 0x1000,
@@ -45,16 +45,16 @@ pub(crate) fn profile() -> Profile {
         path: Arc::from("[kernel.kallsyms]"),
         build_id: None,
     });
-    let main = loc(FrameKind::User, &app, 0x1100, vec![frame("main", 30)]);
+    let main = loc(FrameKind::Native, &app, 0x1100, vec![frame("main", 30)]);
     let compute = loc(
-        FrameKind::User,
+        FrameKind::Native,
         &app,
         0x1200,
         vec![frame("inlined_helper", 12), frame("compute", 20)],
     );
-    let unnamed = loc(FrameKind::User, &libfoo, 0x4242, vec![]);
+    let unnamed = loc(FrameKind::Native, &libfoo, 0x4242, vec![]);
     let unknown = Arc::new(Location {
-        kind: FrameKind::User,
+        kind: FrameKind::Native,
         module: None,
         address: 0xdead,
         segment: None,

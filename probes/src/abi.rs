@@ -221,8 +221,8 @@ impl OffCpuCounter {
     ];
 }
 
-/// Slots of a kernel histogram (`EP_HIST_SLOTS`).
-pub const HIST_SLOTS: usize = 64;
+/// Slots of a kernel histogram (`EP_HIST_SLOTS`): the model's histogram holds as many.
+pub const HIST_SLOTS: usize = emberprof_model::HIST_SLOTS;
 
 /// What a histogram measures (`enum ep_hist_kind`).
 #[repr(u32)]
@@ -534,5 +534,9 @@ mod tests {
         assert_eq!(slot_of(10_000_000), Some(24));
         assert_eq!(slot_of(20_000_000), Some(25));
         assert_eq!(slot_of(u64::MAX), Some(HIST_SLOTS - 1));
+        // User space puts a value in the slot the kernel does.
+        for &(v, slot) in c::SLOT_SAMPLES.iter().filter(|s| s.0 > 0) {
+            assert_eq!(emberprof_model::Log2Histogram::slot_of(v), slot, "{v}");
+        }
     }
 }

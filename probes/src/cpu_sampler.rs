@@ -20,6 +20,7 @@ use crate::kernel_maps::{
 };
 use crate::new_processes::NewProcesses;
 use crate::ProbeError;
+use emberprof_model::{CapturedStack, KernelSample, StackLoss};
 
 static CPU_SAMPLER_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
@@ -62,42 +63,6 @@ impl CpuSamplerConfig {
             count_map_entries: 16384,
         }
     }
-}
-
-/// Why a stack could not be captured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StackLoss {
-    /// The stack map had no room for it.
-    MapFull,
-    /// bpf_get_stack or the map update failed, or the stack was gone when read (errno).
-    Error(i32),
-}
-
-/// One stack as captured by the kernel, leaf first.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Stack {
-    /// No stack of this kind (a kernel thread's user stack, or a sample taken in user mode).
-    None,
-    /// Instruction pointers, leaf first.
-    Addrs(Arc<[u64]>),
-    /// The sample was counted but its stack was lost.
-    Lost(StackLoss),
-}
-
-/// What the kernel aggregated for one {process, thread, user stack, kernel stack}.
-#[derive(Clone, Debug)]
-pub struct StackCount {
-    pub tgid: u32,
-    pub tid: u32,
-    pub thread_name: String,
-    /// The process image (exec generation) the stacks were taken in.
-    pub exec_id: u32,
-    /// The thread is a kernel thread.
-    pub kernel_thread: bool,
-    pub user: Stack,
-    pub kernel: Stack,
-    /// Samples (CPU profile) or blocked nanoseconds (off-CPU profile).
-    pub value: u64,
 }
 
 /// Totals of what the kernel side saw, summed over CPUs, since load.
@@ -254,13 +219,13 @@ impl CpuSampler {
     }
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
-    pub fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+    pub fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
         let old = self.buffers.switch()?;
         self.read_buffer(old)
     }
 
     /// Detaches from every CPU and returns everything still in the kernel.
-    pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+    pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
         if let Some(program) = self.ebpf.program_mut(PROGRAM) {
             let program: &mut PerfEvent =
                 program.try_into().map_err(|source| ProbeError::Program {
@@ -310,7 +275,7 @@ impl CpuSampler {
         })
     }
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<StackCount>, ProbeError> {
+    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<KernelSample>, ProbeError> {
         let entries: Vec<(SampleKey, u64)> =
             drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
         // Emptied with the counts that reference it, so the next round of this buffer has
@@ -325,8 +290,8 @@ impl CpuSampler {
         )?;
         let out = entries
             .into_iter()
-            .map(|(key, count)| StackCount {
-                tgid: key.tgid,
+            .map(|(key, count)| KernelSample {
+                pid: key.tgid,
                 tid: key.tid,
                 thread_name: key.comm_str(),
                 exec_id: key.exec_id,
@@ -341,20 +306,20 @@ impl CpuSampler {
 }
 
 /// The stack a sample key refers to: its frames, or why there are none.
-fn stack_of(stacks: &HashMap<u64, Arc<[u64]>>, hash: u64, err: i32) -> Stack {
+fn stack_of(stacks: &HashMap<u64, Arc<[u64]>>, hash: u64, err: i32) -> CapturedStack {
     if hash == 0 {
         return match err {
-            0 | STACK_ERR_NONE => Stack::None,
-            STACK_ERR_MAP_FULL => Stack::Lost(StackLoss::MapFull),
-            e => Stack::Lost(StackLoss::Error(-e)),
+            0 | STACK_ERR_NONE => CapturedStack::None,
+            STACK_ERR_MAP_FULL => CapturedStack::Lost(StackLoss::MapFull),
+            e => CapturedStack::Lost(StackLoss::Error(-e)),
         };
     }
     match stacks.get(&hash) {
-        Some(frames) if frames.is_empty() => Stack::None,
-        Some(frames) => Stack::Addrs(frames.clone()),
+        Some(frames) if frames.is_empty() => CapturedStack::None,
+        Some(frames) => CapturedStack::Addrs(frames.clone()),
         None => {
             tracing::debug!(hash, "stack gone before it was read");
-            Stack::Lost(StackLoss::Error(libc::ENOENT))
+            CapturedStack::Lost(StackLoss::Error(libc::ENOENT))
         }
     }
 }
@@ -373,20 +338,23 @@ mod tests {
         .collect();
         assert_eq!(
             stack_of(&stacks, 7, 0),
-            Stack::Addrs(Arc::from(&[0x10u64, 0x20][..]))
+            CapturedStack::Addrs(Arc::from(&[0x10u64, 0x20][..]))
         );
-        assert_eq!(stack_of(&stacks, 9, 0), Stack::None);
-        assert_eq!(stack_of(&stacks, 0, STACK_ERR_NONE), Stack::None);
-        assert_eq!(stack_of(&stacks, 0, 0), Stack::None);
+        assert_eq!(stack_of(&stacks, 9, 0), CapturedStack::None);
+        assert_eq!(stack_of(&stacks, 0, STACK_ERR_NONE), CapturedStack::None);
+        assert_eq!(stack_of(&stacks, 0, 0), CapturedStack::None);
         assert_eq!(
             stack_of(&stacks, 0, STACK_ERR_MAP_FULL),
-            Stack::Lost(StackLoss::MapFull)
+            CapturedStack::Lost(StackLoss::MapFull)
         );
-        assert_eq!(stack_of(&stacks, 0, -16), Stack::Lost(StackLoss::Error(16)));
+        assert_eq!(
+            stack_of(&stacks, 0, -16),
+            CapturedStack::Lost(StackLoss::Error(16))
+        );
         // A key whose stack was drained with an earlier round.
         assert_eq!(
             stack_of(&stacks, 8, 0),
-            Stack::Lost(StackLoss::Error(libc::ENOENT))
+            CapturedStack::Lost(StackLoss::Error(libc::ENOENT))
         );
     }
 }

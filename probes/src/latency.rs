@@ -8,9 +8,9 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{Hist, HistCounter, HistKey, HistKind};
-use crate::histogram::Log2Histogram;
 use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
 use crate::ProbeError;
+use emberprof_model::Log2Histogram;
 
 static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
 
@@ -222,7 +222,7 @@ impl LatencyHistograms {
         let mut drain = HistogramDrain::default();
         for (key, value) in entries {
             let mut h = Log2Histogram::new();
-            h.add_kernel(&value);
+            h.add_slots(&value.slots, value.zero, value.sum_ns);
             drain.keyed.push((key, h));
         }
 
@@ -235,7 +235,9 @@ impl LatencyHistograms {
                 .get(&(kind as u32), 0)
                 .map_err(map_err(overflow_name))?;
             let mut h = Log2Histogram::new();
-            per_cpu.iter().for_each(|cpu| h.add_kernel(cpu));
+            per_cpu
+                .iter()
+                .for_each(|cpu| h.add_slots(&cpu.slots, cpu.zero, cpu.sum_ns));
             if h.is_empty() {
                 continue;
             }

@@ -5,7 +5,6 @@ pub mod abi;
 mod bpf_map;
 pub mod cpu_sampler;
 mod error;
-pub mod histogram;
 mod kernel_maps;
 pub mod latency;
 mod new_processes;
@@ -13,9 +12,8 @@ pub mod off_cpu;
 pub mod preflight;
 pub mod syscalls;
 
-pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters, Stack, StackCount, StackLoss};
+pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters};
 pub use error::ProbeError;
-pub use histogram::{Log2Histogram, OtlpExponentialBuckets};
 pub use kernel_maps::set_profile_self;
 pub use latency::{HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;

@@ -10,9 +10,9 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{OffCpuCounter, OffCpuKey, OffCpuValue};
-use crate::cpu_sampler::{Stack, StackCount};
 use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
 use crate::ProbeError;
+use emberprof_model::{CapturedStack, KernelSample};
 
 static OFF_CPU_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/off_cpu.bpf.o"));
 
@@ -173,14 +173,14 @@ impl OffCpuProfiler {
 
     /// Switches the kernel to the other buffer and returns what the previous one holds;
     /// values are blocked nanoseconds.
-    pub fn drain(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+    pub fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
         let old = self.buffers.switch()?;
         self.read_buffer(old)
     }
 
     /// Detaches from the scheduler and returns everything still in the kernel. Threads
     /// still blocked at that moment are not counted: their block has not ended.
-    pub fn stop(&mut self) -> Result<Vec<StackCount>, ProbeError> {
+    pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
         crate::new_processes::unload_lifecycle(&mut self.ebpf);
         if self.attached {
             if let Some(program) = self.ebpf.program_mut(PROGRAM) {
@@ -230,20 +230,20 @@ impl OffCpuProfiler {
         })
     }
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<StackCount>, ProbeError> {
+    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<KernelSample>, ProbeError> {
         let entries: Vec<(OffCpuKey, OffCpuValue)> =
             drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
         let stack = |frames: &[u64]| {
             if frames.is_empty() {
-                Stack::None
+                CapturedStack::None
             } else {
-                Stack::Addrs(Arc::from(frames))
+                CapturedStack::Addrs(Arc::from(frames))
             }
         };
         Ok(entries
             .into_iter()
-            .map(|(key, value)| StackCount {
-                tgid: key.tgid,
+            .map(|(key, value)| KernelSample {
+                pid: key.tgid,
                 tid: key.tid,
                 thread_name: key.comm_str(),
                 exec_id: key.exec_id,

@@ -100,13 +100,8 @@ pub fn check() -> Result<(), PreflightError> {
 
 /// The effective capability bits in the text of /proc/PID/status.
 pub fn effective_capabilities(status: &str) -> Result<u64, PreflightError> {
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(str::trim)
-        .ok_or_else(|| PreflightError::Status("no CapEff line".into()))?;
-    u64::from_str_radix(hex, 16)
-        .map_err(|e| PreflightError::Status(format!("bad CapEff {hex:?}: {e}")))
+    emberprof_model::effective_capabilities(status)
+        .ok_or_else(|| PreflightError::Status("no readable CapEff line".into()))
 }
 
 /// This process's effective capability bits.

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use blazesym::symbolize::source::{Process, Source};
 use blazesym::symbolize::{Input, Symbolizer as Blaze};
-use emberprof_symbolizer::{parse_maps, StackRequest, Symbolizer};
+use emberprof_model::KernelSample;
+use emberprof_symbolizer::{parse_maps, Symbolizer};
 
 const PROCESSES: usize = 40;
 const STACKS_PER_PROCESS: usize = 100;
@@ -145,9 +146,9 @@ fn measure(variant: &str) {
             let mut pass = || {
                 let t = Instant::now();
                 for (pid, stacks) in &all {
-                    let requests: Vec<StackRequest<'_>> = stacks
+                    let requests: Vec<KernelSample> = stacks
                         .iter()
-                        .map(|st| StackRequest::new(*pid, st, &[]))
+                        .map(|st| KernelSample::of(*pid, st, &[]))
                         .collect();
                     std::hint::black_box(s.symbolize(&requests));
                 }

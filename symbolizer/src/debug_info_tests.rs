@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{DebuginfodConfig, Stack, StackRequest, Symbolizer, SymbolizerConfig};
+use crate::{DebuginfodConfig, Symbolizer, SymbolizerConfig};
+use emberprof_model::{KernelSample, Stack};
 
 const PROGRAM: &str = r#"#include <stdio.h>
 #include <unistd.h>
@@ -89,7 +90,7 @@ fn start(exe: &Path) -> (Child, u64) {
 }
 
 fn symbolize(s: &mut Symbolizer, pid: u32, addr: u64) -> Stack {
-    s.symbolize(&[StackRequest::new(pid, &[addr], &[])])
+    s.symbolize(&[KernelSample::of(pid, &[addr], &[])])
         .remove(0)
 }
 
@@ -346,7 +347,7 @@ fn a_library_shared_by_many_processes_is_parsed_once() {
         requests.push((pid, [libc_text.start + 0x1000]));
     }
     for (pid, user) in &requests {
-        s.symbolize(&[StackRequest::new(*pid, user, &[])]);
+        s.symbolize(&[KernelSample::of(*pid, user, &[])]);
     }
     for c in &mut children {
         let _ = c.kill();

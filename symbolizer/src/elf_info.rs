@@ -72,12 +72,12 @@ impl ElfInfo {
     }
 
     /// The link-time address of a file offset and the segment holding it.
-    pub(crate) fn placed(&self, file_offset: u64) -> Option<(u64, crate::location::Segment)> {
+    pub(crate) fn placed(&self, file_offset: u64) -> Option<(u64, emberprof_model::Segment)> {
         let s = self
             .segments
             .iter()
             .find(|s| file_offset >= s.file_offset && file_offset - s.file_offset < s.file_size)?;
-        let segment = crate::location::Segment {
+        let segment = emberprof_model::Segment {
             start: s.vaddr,
             limit: s.vaddr.saturating_add(s.file_size),
             file_offset: s.file_offset,

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::elf_info::{hex, ElfInfo};
-use crate::location::{Location, Module};
 use crate::maps::MapsEntry;
+use emberprof_model::{Location, Module};
 
 /// Index of an opened file in the table; never reused.
 pub(crate) type FileId = usize;

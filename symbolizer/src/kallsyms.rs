@@ -188,8 +188,9 @@ pub(crate) fn hidden_cause() -> String {
             .ok()
             .and_then(|v| v.trim().parse::<i64>().ok())
     };
-    let syslog = emberprof_probes::preflight::own_capabilities()
+    let syslog = std::fs::read_to_string("/proc/self/status")
         .ok()
+        .and_then(|status| emberprof_model::effective_capabilities(&status))
         .map(|eff| eff & (1 << CAP_SYSLOG) != 0);
     explain_hidden(
         sysctl("kptr_restrict"),

@@ -11,7 +11,6 @@ mod debuginfod;
 mod elf_info;
 mod files;
 mod kallsyms;
-mod location;
 mod maps;
 mod perf_map;
 mod perf_map_line;
@@ -21,11 +20,10 @@ mod symbolizer;
 
 pub use debug_files::DEFAULT_DEBUG_DIRS;
 pub use debuginfod::{default_cache_dir, parse_urls, DebuginfodConfig};
-pub use location::{Frame, FrameKind, Location, Module, Segment, Stack};
 pub use maps::{parse_maps, MapsEntry};
 pub use perf_map::PerfMapStats;
 pub use process::ProcessSnapshot;
 pub use symbolizer::{
-    StackRequest, Symbolizer, SymbolizerConfig, SymbolizerStats, DEFAULT_CACHE_BYTES,
-    DEFAULT_FILE_LIMIT, DEFAULT_MIN_IDLE_CALLS,
+    Symbolizer, SymbolizerConfig, SymbolizerStats, DEFAULT_CACHE_BYTES, DEFAULT_FILE_LIMIT,
+    DEFAULT_MIN_IDLE_CALLS,
 };

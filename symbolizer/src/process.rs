@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::files::{FileId, FileTable};
-use crate::location::Module;
 use crate::maps::{parse_maps, MapsEntry};
 use crate::perf_map::PerfMap;
 use crate::perf_map_open::Owner;
+use emberprof_model::Module;
 
 /// A process's name and executable mappings with their files already opened: taken by a
 /// watcher the moment a process is first sampled, so that one that exits before the next

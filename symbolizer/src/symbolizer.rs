@@ -13,9 +13,9 @@ use crate::debuginfod::{Debuginfod, DebuginfodConfig, Lookup};
 use crate::elf_info::ElfInfo;
 use crate::files::{parent_dir, FileId, FileTable, SymbolSource, LOCATION_BYTES};
 use crate::kallsyms::Kallsyms;
-use crate::location::{Frame, FrameKind, Location, Module, Stack};
 use crate::perf_map::{self, Budget, PerfMapStats};
 use crate::process::{Process, ProcessSnapshot};
+use emberprof_model::{Frame, FrameKind, KernelSample, Location, Module, Stack};
 
 /// Counters of the symbolizer's work since it was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,29 +110,6 @@ impl Default for SymbolizerConfig {
     }
 }
 
-/// One stack to symbolize: the addresses of one sample, leaf first.
-#[derive(Clone, Copy, Debug)]
-pub struct StackRequest<'a> {
-    pub pid: u32,
-    /// The process image (the kernel's exec generation) the sample was taken in, when
-    /// known: its user addresses are looked up in that image's mappings.
-    pub exec_id: Option<u32>,
-    pub user: &'a [u64],
-    pub kernel: &'a [u64],
-}
-
-impl<'a> StackRequest<'a> {
-    /// A request for the newest known image of `pid`.
-    pub fn new(pid: u32, user: &'a [u64], kernel: &'a [u64]) -> Self {
-        StackRequest {
-            pid,
-            exec_id: None,
-            user,
-            kernel,
-        }
-    }
-}
-
 /// Where one address resolves: a cache key or a fixed location.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
@@ -200,7 +177,7 @@ impl Symbolizer {
                 build_id: None,
             }),
             unknown: Arc::new(Location {
-                kind: FrameKind::User,
+                kind: FrameKind::Native,
                 module: None,
                 address: 0,
                 segment: None,
@@ -327,9 +304,10 @@ impl Symbolizer {
         p.images.get(p.image_index(exec_id)?)?.name.clone()
     }
 
-    /// Symbolizes stacks, one output per request, each leaf first (kernel then user).
-    /// Never fails: what cannot be named becomes `module+offset` or `[unknown]`.
-    pub fn symbolize(&mut self, requests: &[StackRequest<'_>]) -> Vec<Stack> {
+    /// Symbolizes the stacks of samples, one output per sample, each leaf first (kernel then
+    /// user); user addresses are looked up in the mappings of the sample's own process
+    /// image. Never fails: what cannot be named becomes `module+offset` or `[unknown]`.
+    pub fn symbolize(&mut self, requests: &[KernelSample]) -> Vec<Stack> {
         self.tick += 1;
         self.perf_map_read_left = perf_map::READ_PER_CALL;
         self.take_fetched_debug_files();
@@ -347,9 +325,9 @@ impl Symbolizer {
             // yield garbage there.
             let stale = self.processes.get(&r.pid).is_some_and(|p| {
                 let newest = p.images.len().checked_sub(1);
-                p.image_index(r.exec_id) == newest
+                p.image_index(Some(r.exec_id)) == newest
                     && p.newest().is_some_and(|i| {
-                        i.seen_alive && r.user.first().is_some_and(|&a| i.find(a).is_none())
+                        i.seen_alive && r.user.addrs().first().is_some_and(|&a| i.find(a).is_none())
                     })
             });
             if stale && refreshed.insert(r.pid) {
@@ -441,20 +419,23 @@ impl Symbolizer {
     }
 
     /// Cache keys for a stack, or a fixed location for addresses outside any known file.
-    fn keys(&mut self, r: &StackRequest<'_>) -> Vec<Result<Key, Arc<Location>>> {
+    fn keys(&mut self, r: &KernelSample) -> Vec<Result<Key, Arc<Location>>> {
         // Callers' addresses are return addresses: the call is the instruction before.
         let adjust = |i: usize, addr: u64| if i == 0 { addr } else { addr.saturating_sub(1) };
-        let mut out = Vec::with_capacity(r.kernel.len() + r.user.len());
+        let (user, kernel) = (r.user.addrs(), r.kernel.addrs());
+        let mut out = Vec::with_capacity(kernel.len() + user.len());
         out.extend(
-            r.kernel
+            kernel
                 .iter()
                 .enumerate()
                 .map(|(i, &a)| Ok(Key::Kernel(adjust(i, a)))),
         );
         let unknown = self.unknown.clone();
         let mut process = self.processes.get_mut(&r.pid);
-        let image = process.as_deref().and_then(|p| p.image_index(r.exec_id));
-        for (i, &addr) in r.user.iter().enumerate() {
+        let image = process
+            .as_deref()
+            .and_then(|p| p.image_index(Some(r.exec_id)));
+        for (i, &addr) in user.iter().enumerate() {
             let addr = adjust(i, addr);
             let (Some(p), Some(image)) = (process.as_deref_mut(), image) else {
                 out.push(Err(unknown));
@@ -483,7 +464,7 @@ impl Symbolizer {
                         self.stats.jit_frames += 1;
                     }
                     Err(Arc::new(Location {
-                        kind: FrameKind::User,
+                        kind: FrameKind::Native,
                         module: None,
                         address: addr,
                         segment: None,
@@ -499,7 +480,7 @@ impl Symbolizer {
                     }))
                 }
                 (None, module) => Err(Arc::new(Location {
-                    kind: FrameKind::User,
+                    kind: FrameKind::Native,
                     module,
                     address: offset,
                     segment: None,
@@ -673,7 +654,7 @@ impl Symbolizer {
                     _ => Vec::new(),
                 };
                 Arc::new(Location {
-                    kind: FrameKind::User,
+                    kind: FrameKind::Native,
                     module: Some(module.clone()),
                     address,
                     segment,
@@ -777,7 +758,7 @@ mod tests {
     }
 
     fn symbolize_one(s: &mut Symbolizer, pid: u32, user: &[u64], kernel: &[u64]) -> Stack {
-        s.symbolize(&[StackRequest::new(pid, user, kernel)])
+        s.symbolize(&[KernelSample::of(pid, user, kernel)])
             .remove(0)
     }
 
@@ -787,7 +768,7 @@ mod tests {
         let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
         let stack = symbolize_one(&mut s, std::process::id(), &[addr], &[]);
         let loc = &stack[0];
-        assert_eq!(loc.kind, FrameKind::User);
+        assert_eq!(loc.kind, FrameKind::Native);
         let frame = loc.frames.last().expect("named");
         assert!(
             frame
@@ -975,11 +956,11 @@ mod tests {
         child.wait().unwrap();
 
         let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
-        let request = |exec_id| StackRequest {
+        let request = |exec_id| KernelSample {
             exec_id,
-            ..StackRequest::new(pid, std::slice::from_ref(&addr), &[])
+            ..KernelSample::of(pid, std::slice::from_ref(&addr), &[])
         };
-        let stacks = s.symbolize(&[request(Some(1)), request(Some(2)), request(None)]);
+        let stacks = s.symbolize(&[request(1), request(2), request(7)]);
         assert!(
             stacks[0][0]
                 .frames

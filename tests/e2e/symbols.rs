@@ -138,10 +138,11 @@ fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
     // While a recording runs, its BPF programs are in kallsyms as `bpf_prog_<tag>_<name>
     // [bpf]`, the same way kernel modules' symbols are listed. The symbolizer reads kallsyms
     // before they are loaded, so naming them needs its re-read (at most every 5 s).
-    use emberprof_symbolizer::{StackRequest, Symbolizer};
+    use emberprof_model::KernelSample;
+    use emberprof_symbolizer::Symbolizer;
     let mut s = Symbolizer::new();
     let kernel_symbol = |s: &mut Symbolizer, addr: u64| {
-        s.symbolize(&[StackRequest::new(std::process::id(), &[], &[addr])])
+        s.symbolize(&[KernelSample::of(std::process::id(), &[], &[addr])])
             .remove(0)
     };
     let before = std::time::Instant::now();

@@ -6,10 +6,10 @@ mod series;
 use anyhow::Context;
 use emberprof_exporters::histogram_text;
 use emberprof_exporters::otlp::metrics::HistogramPoint;
-use emberprof_exporters::otlp::{AttrValue, Attributes};
+use emberprof_model::{AttrValue, Attributes, Log2Histogram};
 use emberprof_probes::abi::{BlockOp, HistKey, HistKind};
 use emberprof_probes::{
-    syscalls, HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms, Log2Histogram,
+    syscalls, HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms,
 };
 
 use crate::metadata::cgroups::CgroupNames;

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use emberprof_model::Log2Histogram;
 use emberprof_probes::abi::HistKind;
-use emberprof_probes::Log2Histogram;
 
 use super::Target;
 

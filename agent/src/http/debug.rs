@@ -4,7 +4,8 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_exporters::{pprof, svg, ProfileBuilder};
+use emberprof_exporters::{pprof, svg};
+use emberprof_model::ProfileBuilder;
 use emberprof_probes::{CpuSampler, CpuSamplerConfig};
 use emberprof_symbolizer::Symbolizer;
 

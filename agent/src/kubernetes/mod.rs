@@ -8,7 +8,7 @@ mod watch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use emberprof_exporters::otlp::{AttrValue, Attributes};
+use emberprof_model::{AttrValue, Attributes};
 
 pub use cgroup::{parse_path, parse_proc_cgroup, ContainerRef};
 pub use pods::PodCache;

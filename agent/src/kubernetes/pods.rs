@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use emberprof_exporters::otlp::{AttrValue, Attributes};
+use emberprof_model::{AttrValue, Attributes};
 use k8s_openapi::api::core::v1::Pod;
 
 use super::cgroup::ContainerRef;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use emberprof_exporters::otlp::Attributes;
+use emberprof_model::Attributes;
 
 use crate::collect::ThreadDetail;
 
@@ -77,7 +77,7 @@ pub fn parse_extra(v: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use emberprof_exporters::otlp::AttrValue;
+    use emberprof_model::AttrValue;
 
     fn attrs() -> Attributes {
         [

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use emberprof_exporters::otlp::{AttrValue, Attributes};
+use emberprof_model::{AttrValue, Attributes};
 
 /// `process.command_line` is capped: some command lines are megabytes long.
 const MAX_COMMAND_LINE: usize = 1024;

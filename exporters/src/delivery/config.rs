@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::otlp::{AttrValue, Attributes};
+use emberprof_model::{AttrValue, Attributes};
 
 /// A setting that cannot be used, named as the user wrote it.
 #[derive(Debug, Error)]

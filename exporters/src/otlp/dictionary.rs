@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
-use emberprof_symbolizer::{FrameKind, Location, Module, Segment};
+use emberprof_model::{FrameKind, Location, Module, Segment};
 
 use super::proto::profiles::v1development as pb;
-use super::AttrValue;
+use super::resource::to_any;
+use emberprof_model::AttrValue;
 
 /// Builds the dictionary; every `*_index` it returns points into it.
 pub struct DictionaryBuilder {
@@ -77,7 +78,7 @@ impl DictionaryBuilder {
         let i = self.dict.attribute_table.len() as i32;
         self.dict.attribute_table.push(pb::KeyValueAndUnit {
             key_strindex,
-            value: Some(id.1.to_any()),
+            value: Some(to_any(&id.1)),
             unit_strindex: 0,
         });
         self.attributes.insert(id, i);
@@ -126,7 +127,7 @@ impl DictionaryBuilder {
         let (memory_start, memory_limit, file_offset) = match (segment, kind) {
             (Some(s), _) => (s.start, s.limit, s.file_offset),
             (None, FrameKind::Kernel) => (0, u64::MAX, 0),
-            (None, FrameKind::User) => (0, 0, 0),
+            (None, _) => (0, 0, 0),
         };
         self.dict.mapping_table.push(pb::Mapping {
             memory_start,
@@ -169,10 +170,7 @@ impl DictionaryBuilder {
         }
         // The frame type of the OpenTelemetry semantic conventions (the eBPF profiler sets
         // it too). Pyroscope ignores location attributes; other consumers may not.
-        let frame_type = match loc.kind {
-            FrameKind::User => "native",
-            FrameKind::Kernel => "kernel",
-        };
+        let frame_type = loc.kind.otel_frame_type();
         let attribute_indices =
             vec![self.attribute("profile.frame.type", AttrValue::Str(frame_type.to_string()))];
         let i = self.dict.location_table.len() as i32;
@@ -209,12 +207,12 @@ impl DictionaryBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use emberprof_symbolizer::Frame;
+    use emberprof_model::Frame;
     use std::sync::Arc;
 
     fn loc(name: &str, addr: u64) -> Arc<Location> {
         Arc::new(Location {
-            kind: FrameKind::User,
+            kind: FrameKind::Native,
             module: Some(Arc::new(Module {
                 path: Arc::from("/bin/app"),
                 build_id: Some(Arc::from("abcd")),

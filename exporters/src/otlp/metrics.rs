@@ -1,15 +1,24 @@
 //! Latency histograms as OTLP exponential histograms at scale 0, with the kernel's bucket
-//! counts carried over exactly (see `emberprof_probes::histogram` for the mapping).
+//! counts carried over exactly.
+//!
+//! An OpenTelemetry `ExponentialHistogramDataPoint` at scale 0 has base 2 and bucket index
+//! `i` covering `(2^i, 2^(i+1)]` (lower bound exclusive, upper inclusive). The model's slot
+//! `s` covers `(2^(s-1), 2^s]` ns, so slot `s` is OTLP index `s - 1`:
+//! - `zero_count` = [`Log2Histogram::zero_count`]; `zero_threshold` = 0;
+//! - `positive.offset` = -1 + the first non-empty slot, `positive.bucket_counts` = the
+//!   slots from there to the last non-empty one; `negative` is empty (no negative durations);
+//! - `count` = [`Log2Histogram::count`], `sum` = [`Log2Histogram::sum_ns`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use emberprof_probes::Log2Histogram;
+use emberprof_model::Log2Histogram;
 
 use super::proto::collector::metrics::v1::ExportMetricsServiceRequest;
 use super::proto::metrics::v1 as pb;
 use super::proto::resource::v1::Resource;
 use super::resource::key_values;
-use super::{scope, Attributes};
+use super::scope;
+use emberprof_model::Attributes;
 
 /// OTLP aggregation temporality of the exported histograms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +55,7 @@ pub fn request(
     };
     let mut metrics: Vec<pb::Metric> = Vec::new();
     for p in points {
-        let otlp = p.histogram.to_otlp();
+        let otlp = buckets(&p.histogram);
         let point = pb::ExponentialHistogramDataPoint {
             attributes: key_values(&p.attributes),
             start_time_unix_nano: nanos(start),
@@ -105,11 +114,99 @@ pub fn request(
     }
 }
 
+/// Buckets of an OTLP exponential histogram data point (scale 0, positive range only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExponentialBuckets {
+    /// Always 0: base 2.
+    pub scale: i32,
+    /// Count of zero durations.
+    pub zero_count: u64,
+    /// OTLP index of `bucket_counts[0]`.
+    pub offset: i32,
+    /// Counts of consecutive buckets from `offset`.
+    pub bucket_counts: Vec<u64>,
+    /// Total count, zero bucket included.
+    pub count: u64,
+    /// Sum of all durations, ns.
+    pub sum: u64,
+}
+
+/// A histogram as OTLP buckets at scale 0 (see the module docs).
+pub fn buckets(h: &Log2Histogram) -> ExponentialBuckets {
+    let slots = h.slots();
+    let first = slots.iter().position(|&c| c != 0);
+    let last = slots.iter().rposition(|&c| c != 0);
+    let (offset, bucket_counts) = match (first, last) {
+        (Some(first), Some(last)) => (first as i32 - 1, slots[first..=last].to_vec()),
+        _ => (0, Vec::new()),
+    };
+    ExponentialBuckets {
+        scale: 0,
+        zero_count: h.zero_count(),
+        offset,
+        bucket_counts,
+        count: h.count(),
+        sum: h.sum_ns(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::AttrValue;
+    use emberprof_model::AttrValue;
     use std::time::Duration;
+
+    /// OTLP's own definition at scale 0: the index of the bucket (2^i, 2^(i+1)] holding v,
+    /// computed independently of the model's slots with exact integer powers.
+    fn otlp_index(v: u64) -> i32 {
+        assert!(v > 0);
+        let mut i = -1i32;
+        // Smallest i with v <= 2^(i+1).
+        while u128::from(v) > 1u128 << (i + 1) {
+            i += 1;
+        }
+        i
+    }
+
+    #[test]
+    fn slot_is_otlp_index_plus_one() {
+        let mut values = vec![1u64, 2, 3, 4, 5, 1000, 1023, 1024, 1025, 10_000_000];
+        for k in 1..62 {
+            values.extend([(1u64 << k) - 1, 1u64 << k, (1u64 << k) + 1]);
+        }
+        for v in values {
+            let mut h = Log2Histogram::new();
+            h.record(v);
+            let b = buckets(&h);
+            assert_eq!(b.offset, otlp_index(v), "value {v}");
+            assert_eq!(b.bucket_counts, [1], "value {v}");
+        }
+    }
+
+    #[test]
+    fn otlp_buckets_round_trip_boundaries() {
+        let mut h = Log2Histogram::new();
+        for v in [0, 3, 4, 5, 1024, 1025] {
+            h.record(v);
+        }
+        let otlp = buckets(&h);
+        assert_eq!(otlp.scale, 0);
+        assert_eq!(otlp.zero_count, 1);
+        assert_eq!(otlp.count, 6);
+        assert_eq!(otlp.sum, 3 + 4 + 5 + 1024 + 1025);
+        // 3 and 4 are in (2, 4] = index 1; 5 in (4, 8] = index 2; 1024 in index 9; 1025 in 10.
+        assert_eq!(otlp.offset, 1);
+        let at = |index: i32| otlp.bucket_counts[(index - otlp.offset) as usize];
+        assert_eq!(at(1), 2);
+        assert_eq!(at(2), 1);
+        assert_eq!(at(9), 1);
+        assert_eq!(at(10), 1);
+        assert_eq!(
+            otlp.bucket_counts.iter().sum::<u64>() + otlp.zero_count,
+            otlp.count
+        );
+        assert!(buckets(&Log2Histogram::new()).bucket_counts.is_empty());
+    }
 
     #[test]
     fn kernel_buckets_are_carried_over_exactly() {

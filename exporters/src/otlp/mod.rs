@@ -9,7 +9,6 @@ mod resource;
 pub mod validate;
 
 pub use opentelemetry_proto::tonic as proto;
-pub use resource::{AttrValue, Attributes};
 
 /// The instrumentation scope every emberprof message carries.
 pub(crate) fn scope() -> proto::common::v1::InstrumentationScope {

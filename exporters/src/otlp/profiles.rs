@@ -8,8 +8,9 @@ use super::proto::collector::profiles::v1development::ExportProfilesServiceReque
 use super::proto::profiles::v1development as pb;
 use super::proto::resource::v1::Resource;
 use super::resource::key_values;
-use super::{scope, AttrValue, Attributes};
+use super::scope;
 use crate::Profile;
+use emberprof_model::{AttrValue, Attributes};
 
 /// Builds the request. `processes` gives each PID's resource attributes (service.name,
 /// process.*, container.id); `common` is added to every resource (host.*, and what

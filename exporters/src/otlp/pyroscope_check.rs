@@ -548,16 +548,16 @@ fn build_id(dict: &pb::ProfilesDictionary, mapping: &pb::Mapping) -> Result<Stri
 mod tests {
     use super::*;
     use crate::otlp::profiles::request;
-    use crate::otlp::AttrValue;
     use crate::testdata;
+    use emberprof_model::AttrValue;
 
-    fn now_profile() -> crate::Profile {
+    fn now_profile() -> emberprof_model::Profile {
         let mut p = testdata::profile();
         p.start = SystemTime::now() - Duration::from_secs(10);
         p
     }
 
-    fn processes() -> HashMap<u32, crate::otlp::Attributes> {
+    fn processes() -> HashMap<u32, emberprof_model::Attributes> {
         [100u32, 200]
             .into_iter()
             .map(|pid| {
@@ -599,7 +599,7 @@ mod tests {
 
     #[test]
     fn off_cpu_without_a_period_type_is_off_cpu() {
-        let mut off = crate::ProfileBuilder::off_cpu(SystemTime::now());
+        let mut off = emberprof_model::ProfileBuilder::off_cpu(SystemTime::now());
         let p = now_profile();
         for s in &p.samples {
             off.add(

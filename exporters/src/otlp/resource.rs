@@ -1,34 +1,25 @@
-//! Attribute lists as the exporters receive them, before they become OTLP key-values.
+//! The model's attributes as OTLP key-values.
+
+use emberprof_model::{AttrValue, Attributes};
 
 use super::proto::common::v1::{any_value, AnyValue, KeyValue};
 
-/// A string or integer attribute value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AttrValue {
-    Str(String),
-    Int(i64),
-}
-
-impl AttrValue {
-    pub(crate) fn to_any(&self) -> AnyValue {
-        AnyValue {
-            value: Some(match self {
-                AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
-                AttrValue::Int(i) => any_value::Value::IntValue(*i),
-            }),
-        }
+/// An attribute value as OTLP's `AnyValue`.
+pub(crate) fn to_any(v: &AttrValue) -> AnyValue {
+    AnyValue {
+        value: Some(match v {
+            AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+            AttrValue::Int(i) => any_value::Value::IntValue(*i),
+        }),
     }
 }
-
-/// Ordered (key, value) attributes, keys unique.
-pub type Attributes = Vec<(String, AttrValue)>;
 
 pub(crate) fn key_values(attrs: &Attributes) -> Vec<KeyValue> {
     attrs
         .iter()
         .map(|(k, v)| KeyValue {
             key: k.clone(),
-            value: Some(v.to_any()),
+            value: Some(to_any(v)),
             ..Default::default()
         })
         .collect()

@@ -1,13 +1,32 @@
-//! The symbolized form of a stack, as handed to the exporters.
+//! Stacks as the symbolizer names them and the exporters write them: frames, locations,
+//! the modules they are in.
 
 use std::fmt;
 use std::sync::Arc;
 
-/// Whether an address is in the kernel or in a user process.
+/// What a location is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FrameKind {
-    User,
+    /// Machine code of a user process (compiled, or JIT code).
+    Native,
+    /// Kernel code.
     Kernel,
+    /// A function of an interpreter's own program (a Python function, say).
+    Interpreted,
+    /// Not code: a marker standing where a stack was lost or cut.
+    Synthetic,
+}
+
+impl FrameKind {
+    /// The OpenTelemetry `profile.frame.type` of this kind.
+    pub fn otel_frame_type(self) -> &'static str {
+        match self {
+            FrameKind::Native => "native",
+            FrameKind::Kernel => "kernel",
+            FrameKind::Interpreted => "interpreted",
+            FrameKind::Synthetic => "abort-marker",
+        }
+    }
 }
 
 /// A mapped file (or the kernel image) that code was executed from.
@@ -67,9 +86,9 @@ pub struct Location {
 
 impl Location {
     /// A location that stands for something that is not code, such as a lost stack.
-    pub fn marker(kind: FrameKind, text: &str) -> Self {
+    pub fn marker(text: &str) -> Self {
         Location {
-            kind,
+            kind: FrameKind::Synthetic,
             module: None,
             address: 0,
             segment: None,

@@ -1,10 +1,42 @@
-//! A small profile model: symbolized stacks with values and labels, aggregated.
+//! Profiles: symbolized stacks with values, per process and thread, of one kind, over one
+//! time range.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use emberprof_symbolizer::Stack;
+use crate::frame::Stack;
+
+/// What a profile measures. Adding a kind is a variant here and a probe that drains into
+/// [`crate::KernelSample`]s of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProfileKind {
+    /// CPU samples; a drained value is a number of samples.
+    Cpu,
+    /// Where threads waited; a drained value is nanoseconds blocked.
+    OffCpu,
+}
+
+impl ProfileKind {
+    /// Every kind.
+    pub const ALL: [ProfileKind; 2] = [ProfileKind::Cpu, ProfileKind::OffCpu];
+
+    /// Human name, for titles and messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "CPU",
+            ProfileKind::OffCpu => "Off-CPU",
+        }
+    }
+
+    /// Short name in file names, metrics and labels (`cpu`, `offcpu`).
+    pub fn id(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "cpu",
+            ProfileKind::OffCpu => "offcpu",
+        }
+    }
+}
 
 /// What a value measures, in pprof's (type, unit) terms, e.g. ("cpu", "nanoseconds").
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +70,7 @@ pub struct Sample {
 /// A profile over one time range.
 #[derive(Clone, Debug)]
 pub struct Profile {
-    /// Human name of what was profiled, e.g. "CPU"; used in titles.
-    pub name: String,
+    pub kind: ProfileKind,
     pub sample_types: Vec<ValueType>,
     /// What one sampling period measures, for sampled profiles (CPU: `cpu/nanoseconds`);
     /// `None` for measured ones (off-CPU), as the consumers expect.
@@ -55,7 +86,7 @@ impl Profile {
     /// A copy of everything but the samples.
     fn clone_empty(&self) -> Profile {
         Profile {
-            name: self.name.clone(),
+            kind: self.kind,
             sample_types: self.sample_types.clone(),
             period_type: self.period_type.clone(),
             period: self.period,
@@ -103,7 +134,7 @@ impl ProfileBuilder {
     pub fn cpu(frequency_hz: u64, start: SystemTime) -> Self {
         let period = 1_000_000_000 / frequency_hz.max(1) as i64;
         ProfileBuilder::new(Profile {
-            name: "CPU".into(),
+            kind: ProfileKind::Cpu,
             sample_types: vec![
                 ValueType::new("samples", "count"),
                 ValueType::new("cpu", "nanoseconds"),
@@ -121,7 +152,7 @@ impl ProfileBuilder {
     /// `off_cpu/nanoseconds` without one as the `off_cpu` type other senders use.
     pub fn off_cpu(start: SystemTime) -> Self {
         ProfileBuilder::new(Profile {
-            name: "Off-CPU".into(),
+            kind: ProfileKind::OffCpu,
             sample_types: vec![ValueType::new("off_cpu", "nanoseconds")],
             period_type: None,
             period: 0,
@@ -129,6 +160,14 @@ impl ProfileBuilder {
             duration: Duration::ZERO,
             samples: Vec::new(),
         })
+    }
+
+    /// An empty profile of `kind` from `start`; `frequency_hz` is the CPU sampling rate.
+    pub fn of_kind(kind: ProfileKind, frequency_hz: u64, start: SystemTime) -> Self {
+        match kind {
+            ProfileKind::Cpu => Self::cpu(frequency_hz, start),
+            ProfileKind::OffCpu => Self::off_cpu(start),
+        }
     }
 
     /// A builder around an empty profile with the given metadata.

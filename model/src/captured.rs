@@ -1,0 +1,72 @@
+//! What the probes capture: stacks of addresses and what the kernel aggregated for them.
+
+use std::sync::Arc;
+
+/// Why a stack could not be captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StackLoss {
+    /// The stack map had no room for it.
+    MapFull,
+    /// Capturing or storing it failed, or it was gone when read (errno).
+    Error(i32),
+}
+
+/// One stack as a probe captured it, leaf first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CapturedStack {
+    /// No stack of this kind (a kernel thread's user stack, or a sample taken in user mode).
+    None,
+    /// Instruction pointers, leaf first.
+    Addrs(Arc<[u64]>),
+    /// The sample was counted but its stack was lost.
+    Lost(StackLoss),
+}
+
+impl CapturedStack {
+    /// The addresses, leaf first; none when there is no stack or it was lost.
+    pub fn addrs(&self) -> &[u64] {
+        match self {
+            CapturedStack::Addrs(a) => a,
+            _ => &[],
+        }
+    }
+}
+
+/// What the kernel aggregated for one {process image, thread, user stack, kernel stack}:
+/// samples (CPU) or blocked nanoseconds (off-CPU), per [`crate::ProfileKind`].
+#[derive(Clone, Debug)]
+pub struct KernelSample {
+    pub pid: u32,
+    pub tid: u32,
+    pub thread_name: String,
+    /// The process image (the kernel's exec generation) the stacks were taken in.
+    pub exec_id: u32,
+    /// The thread is a kernel thread.
+    pub kernel_thread: bool,
+    pub user: CapturedStack,
+    pub kernel: CapturedStack,
+    pub value: u64,
+}
+
+impl KernelSample {
+    /// A sample of `pid`'s newest known image with these stacks (tests, benchmarks).
+    pub fn of(pid: u32, user: &[u64], kernel: &[u64]) -> KernelSample {
+        let stack = |a: &[u64]| {
+            if a.is_empty() {
+                CapturedStack::None
+            } else {
+                CapturedStack::Addrs(Arc::from(a))
+            }
+        };
+        KernelSample {
+            pid,
+            tid: pid,
+            thread_name: String::new(),
+            exec_id: 0,
+            kernel_thread: false,
+            user: stack(user),
+            kernel: stack(kernel),
+            value: 1,
+        }
+    }
+}
