@@ -132,6 +132,10 @@ pub struct RecordArgs {
     /// Output file, or - for standard output [default: emberprof-<UTC time>.<ext>].
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also write the end-of-run summary (per profile: samples, drops, processes, unique
+    /// stacks, output; histogram totals) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
     #[command(flatten)]
     pub export: ExportArgs,
     /// With --otlp-endpoint or --pyroscope-url: send what was recorded every this long while

@@ -41,8 +41,9 @@ pub struct ThreadDetail {
     pub name: bool,
 }
 
+#[cfg(test)]
 impl ThreadDetail {
-    /// Thread ids and names both (local, on-demand profiles).
+    /// Thread ids and names both.
     pub const ALL: ThreadDetail = ThreadDetail {
         id: true,
         name: true,

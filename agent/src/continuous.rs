@@ -1,33 +1,23 @@
-//! `emberprof agent`: profile until stopped, and every interval hand one batch (the
-//! interval's profiles, the histograms) to the sinks (sinks.rs). Sampling never waits on
-//! export. On SIGTERM/SIGINT the final partial interval is exported within
+//! `emberprof agent`: profile until stopped, and every interval hand one span (the
+//! interval's profiles, the histograms, emberprof's health) to the sinks. Sampling never
+//! waits on export. On SIGTERM/SIGINT the final partial interval is exported within
 //! --shutdown-timeout and every probe is detached before exit.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_model::Attributes;
-use emberprof_model::Profile;
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
-use emberprof_symbolizer::Symbolizer;
 
 use crate::cli::AgentArgs;
-use crate::collect::{self, Collected, ThreadDetail};
-use crate::export::Exporter;
-use crate::histograms::Histograms;
 use crate::http::SharedStatus;
+use crate::metadata::attributes::ExtraAttributes;
 use crate::pprof_dir::PprofDir;
 use crate::selection::Selection;
-use crate::session::{
-    health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Run,
-};
+use crate::session::{Session, SessionConfig};
 use crate::sinks::Sinks;
-use crate::timings::{IntervalSize, IntervalTimings};
-use crate::watcher::ProcessWatcher;
 
 /// How often the loop wakes to check for signals.
 const TICK: Duration = Duration::from_millis(100);
@@ -39,7 +29,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let mut sinks = sinks_of(&args)?;
-    if sinks.exporter.is_none() && sinks.pyroscope.is_none() && sinks.pprof_dir.is_none() {
+    if sinks.is_empty() {
         // Still useful: /metrics and the on-demand /debug/pprof endpoints.
         tracing::warn!(
             "no exporter configured: intervals are dropped; set --otlp-endpoint (or \
@@ -67,31 +57,40 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     crate::kubernetes::init(args.select.k8s_opt_in);
     emberprof_probes::set_profile_self(args.symbols.profile_self);
     let mut selection = Selection::from_args(&args.pids, &args.select)?;
-    let agent_start = SystemTime::now();
-    let mut interval_start = agent_start;
-    let mut runs = start_profilers(&args, selection.is_some(), interval_start)?;
-    let watcher = ProcessWatcher::start(&mut runs);
-    let want_histograms = args.waits.histograms || args.waits.syscall_latency;
-    let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
-        syscalls: args.waits.syscall_latency,
-        max_keys: args.waits.histogram_keys,
-        filter_pids: selection.is_some(),
-        ..LatencyConfig::new(args.pids.clone())
-    }))?;
-    select(selection.as_ref(), &mut runs, histograms.as_mut());
+    let filter_pids = selection.is_some();
     let mut symbolizer = crate::symbols::symbolizer(&args.symbols, raise_open_file_limit());
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
-    let mut processes: HashMap<u32, Attributes> = HashMap::new();
-    publish(
-        &status,
-        &runs,
-        histograms.as_ref(),
-        &symbolizer,
-        sinks.exporter.as_ref(),
-        &args,
-    )?;
+    let want_histograms = args.waits.histograms || args.waits.syscall_latency;
+    let mut session = Session::start(SessionConfig {
+        cpu: Some(CpuSamplerConfig {
+            stack_map_entries: args.maps.stack_map_entries,
+            count_map_entries: args.maps.count_map_entries,
+            filter_pids,
+            ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
+        }),
+        off_cpu: args.waits.off_cpu.then(|| OffCpuConfig {
+            include_preempted: args.waits.include_preempted,
+            min_block: args.waits.min_block,
+            count_map_entries: args.maps.count_map_entries,
+            filter_pids,
+            ..OffCpuConfig::new(args.pids.clone())
+        }),
+        latency: want_histograms.then(|| LatencyConfig {
+            syscalls: args.waits.syscall_latency,
+            max_keys: args.waits.histogram_keys,
+            filter_pids,
+            ..LatencyConfig::new(args.pids.clone())
+        }),
+        symbolizer,
+        extra: extra_attributes(&args)?,
+        attributes: true,
+        start: SystemTime::now(),
+        count_map_entries: args.maps.count_map_entries,
+    })?;
+    select(selection.as_ref(), &mut session);
+    publish(&status, &session, &sinks)?;
     status.lock().unwrap_or_else(|e| e.into_inner()).attached = true;
     tracing::info!(
         frequency = args.frequency,
@@ -106,13 +105,12 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let mut next_export = args.interval;
     let mut interval_began = Duration::ZERO;
     let mut intervals = 0u64;
-    let mut timings = IntervalTimings::default();
     while !stop.load(Ordering::Relaxed) {
         let elapsed = started.elapsed();
         if reload.swap(false, Ordering::Relaxed) {
             match reloaded() {
                 Ok(new) => {
-                    apply_reload(&mut args, *new, &mut sinks, &mut selection);
+                    apply_reload(&mut args, *new, &mut sinks, &mut selection, &mut session);
                     next_export = interval_began + args.interval;
                 }
                 Err(e) => tracing::warn!(
@@ -122,117 +120,48 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             }
         }
         if elapsed >= next_drain || elapsed >= next_export {
-            if let Some(w) = &watcher {
-                w.deliver(&mut symbolizer, Some(&mut processes));
-            }
-            drain(
-                &mut runs,
-                histograms.as_mut(),
-                &mut symbolizer,
-                &mut processes,
-                &mut timings,
-                sinks.extra.threads(),
-            )?;
-            select(selection.as_ref(), &mut runs, histograms.as_mut());
-            publish(
-                &status,
-                &runs,
-                histograms.as_ref(),
-                &symbolizer,
-                sinks.exporter.as_ref(),
-                &args,
-            )?;
+            session.drain()?;
+            select(selection.as_ref(), &mut session);
+            publish(&status, &session, &sinks)?;
             next_drain = elapsed + args.maps.drain_interval;
         }
         if elapsed >= next_export {
-            let now = SystemTime::now();
-            let size = IntervalSize::of(&runs);
             let closing = Instant::now();
-            let profiles = finish_interval(&mut runs, now);
-            sinks.ship(
-                &profiles,
-                histograms.as_mut(),
-                &processes,
-                agent_start,
-                interval_start,
-                now,
-            );
-            timings.finish(size, closing.elapsed());
+            let span = session.end_span(SystemTime::now());
+            let data = session.package(span, true);
+            sinks.submit(&data.span());
+            session.end_histogram_interval(sinks.delta_histograms());
+            session.forget_interval(closing.elapsed());
             intervals += 1;
-            interval_start = now;
             interval_began = elapsed;
             next_export = elapsed + args.interval;
-            // Only processes of the next interval need attributes; exited ones go, from
-            // the symbolizer too (their samples are symbolized by now).
-            processes.clear();
-            symbolizer.forget_exited();
         }
         std::thread::sleep(TICK);
     }
 
     status.lock().unwrap_or_else(|e| e.into_inner()).attached = false;
     // Stopping: detach everything, then export what the last partial interval holds.
-    if let Some(w) = &watcher {
-        w.deliver(&mut symbolizer, Some(&mut processes));
-    }
-    stop_all(
-        &mut runs,
-        histograms.as_mut(),
-        &mut symbolizer,
-        sinks.extra.threads(),
-    )?;
-    drop(watcher);
-    observe(&mut processes, &runs);
-    let now = SystemTime::now();
-    let health = health_counters(
-        &runs,
-        histograms.as_ref(),
-        &symbolizer,
-        args.maps.count_map_entries,
-    )?;
-    let profiles = finish_interval(&mut runs, now);
-    drop(runs);
-    sinks.ship(
-        &profiles,
-        histograms.as_mut(),
-        &processes,
-        agent_start,
-        interval_start,
-        now,
-    );
+    session.stop()?;
+    let span = session.end_span(SystemTime::now());
+    let data = session.package(span, true);
+    sinks.submit(&data.span());
     intervals += 1;
-    sinks.wait_for_push(args.shutdown_timeout);
     eprintln!("emberprof: agent stopped after {intervals} intervals");
-    if let Some(mut e) = sinks.exporter {
-        e.set_flush_timeout(args.shutdown_timeout);
-        e.finish(health)?;
-    }
-    Ok(())
+    sinks.flush(args.shutdown_timeout)
 }
 
 /// Refreshes what the HTTP endpoints show.
-fn publish(
-    status: &SharedStatus,
-    runs: &[Run],
-    histograms: Option<&Histograms>,
-    symbolizer: &Symbolizer,
-    exporter: Option<&Exporter>,
-    args: &AgentArgs,
-) -> anyhow::Result<()> {
-    let mut counters = health_counters(runs, histograms, symbolizer, args.maps.count_map_entries)?;
-    let mut export_ok = true;
-    if let Some(e) = exporter {
-        counters.extend(e.health());
-        export_ok = !e.stats().last_failed;
-    }
+fn publish(status: &SharedStatus, session: &Session, sinks: &Sinks) -> anyhow::Result<()> {
+    let mut counters = session.health()?;
+    counters.extend(sinks.health());
     let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
     s.counters = counters;
-    s.export_ok = export_ok;
+    s.export_ok = sinks.healthy();
     Ok(())
 }
 
 /// Points the probes' PID filters at what the selection rules pick now.
-fn select(selection: Option<&Selection>, runs: &mut [Run], histograms: Option<&mut Histograms>) {
+fn select(selection: Option<&Selection>, session: &mut Session) {
     let Some(selection) = selection else {
         return;
     };
@@ -252,85 +181,14 @@ fn select(selection: Option<&Selection>, runs: &mut [Run], histograms: Option<&m
             .take(emberprof_probes::cpu_sampler::MAX_FILTER_PIDS)
             .collect();
     }
-    // A failed update keeps the previous filter: profiling goes on, and the next drain
-    // tries again.
-    for run in runs.iter_mut() {
-        if let Err(e) = run.profiler.set_pids(&pids) {
-            tracing::warn!(error = %e, "updating the PID filter");
-        }
-    }
-    if let Some(h) = histograms {
-        if let Err(e) = h.set_pids(&pids) {
-            tracing::warn!(error = %format!("{e:#}"), "updating the PID filter");
-        }
-    }
+    session.set_pids(&pids);
 }
 
-fn start_profilers(
-    args: &AgentArgs,
-    filter_pids: bool,
-    start: SystemTime,
-) -> anyhow::Result<Vec<Run>> {
-    let config = CpuSamplerConfig {
-        stack_map_entries: args.maps.stack_map_entries,
-        count_map_entries: args.maps.count_map_entries,
-        filter_pids,
-        ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
-    };
-    let mut runs = vec![start_cpu(&config, start, None)?];
-    if args.waits.off_cpu {
-        let config = OffCpuConfig {
-            include_preempted: args.waits.include_preempted,
-            min_block: args.waits.min_block,
-            count_map_entries: args.maps.count_map_entries,
-            filter_pids,
-            ..OffCpuConfig::new(args.pids.clone())
-        };
-        runs.push(start_off_cpu(&config, start, None)?);
-    }
-    Ok(runs)
-}
-
-fn drain(
-    runs: &mut [Run],
-    histograms: Option<&mut Histograms>,
-    symbolizer: &mut Symbolizer,
-    processes: &mut HashMap<u32, Attributes>,
-    timings: &mut IntervalTimings,
-    threads: ThreadDetail,
-) -> anyhow::Result<()> {
-    for run in runs.iter_mut() {
-        let counts = timings
-            .drain(|| run.profiler.drain())
-            .context("draining the kernel maps")?;
-        timings.symbolize(counts.len(), || {
-            collect::add(
-                &counts,
-                symbolizer,
-                &mut run.builder,
-                &mut run.collected,
-                threads,
-            )
-        });
-    }
-    if let Some(h) = histograms {
-        timings.drain(|| h.drain())?;
-    }
-    observe(processes, runs);
-    Ok(())
-}
-
-/// Closes the interval's profiles at `end` and starts the next ones there, so that
-/// consecutive intervals neither overlap nor leave gaps.
-fn finish_interval(runs: &mut [Run], end: SystemTime) -> Vec<Profile> {
-    runs.iter_mut()
-        .map(|run| {
-            // Per-interval bookkeeping starts over too, so that a months-long run does not
-            // accumulate every stack and PID it ever saw.
-            run.collected = Collected::default();
-            run.take_span(end)
-        })
-        .collect()
+/// `--extra-attributes`, checked.
+fn extra_attributes(args: &AgentArgs) -> anyhow::Result<ExtraAttributes> {
+    ExtraAttributes::parse(&args.export.extra_attributes)
+        .map_err(anyhow::Error::msg)
+        .context("--extra-attributes")
 }
 
 /// Raises the soft open-file limit to the hard one (the symbolizer keeps files open) and
@@ -360,21 +218,21 @@ fn raise_open_file_limit() -> usize {
         .max(64)
 }
 
-/// The agent's sinks: the exporters its arguments ask for, and the pprof directory.
+/// The agent's sinks: the pprof directory, and the exporters its arguments ask for.
 fn sinks_of(args: &AgentArgs) -> anyhow::Result<Sinks> {
-    let pprof_dir = args
-        .pprof_dir
-        .as_deref()
-        .map(|d| {
-            PprofDir::new(
-                d,
-                args.pprof_max_files,
-                args.pprof_max_bytes,
-                args.pprof_max_age,
-            )
-        })
-        .transpose()?;
-    Sinks::from_args(&args.export, pprof_dir)
+    let mut sinks = Sinks::default();
+    if let Some(d) = args.pprof_dir.as_deref() {
+        sinks.push(Box::new(PprofDir::new(
+            d,
+            args.pprof_max_files,
+            args.pprof_max_bytes,
+            args.pprof_max_age,
+        )?));
+    }
+    for sink in crate::export::remote_sinks(&args.export)? {
+        sinks.push(sink);
+    }
+    Ok(sinks)
 }
 
 /// The agent's arguments as the command line and the config file say now.
@@ -397,6 +255,7 @@ fn apply_reload(
     new: AgentArgs,
     sinks: &mut Sinks,
     selection: &mut Option<Selection>,
+    session: &mut Session,
 ) {
     let mut needs_restart = Vec::new();
     if new.frequency != args.frequency {
@@ -424,16 +283,13 @@ fn apply_reload(
         || new.pprof_max_bytes != args.pprof_max_bytes
         || new.pprof_max_age != args.pprof_max_age;
     if sinks_changed {
-        match sinks_of(&new) {
-            Ok(fresh) => {
-                let old = std::mem::replace(sinks, fresh);
-                sinks.pyroscope_push = old.pyroscope_push;
-                if let Some(e) = old.exporter {
-                    // Off the sampling thread: the kernel maps must keep being drained.
-                    std::thread::spawn(move || e.close(Duration::from_secs(5)));
-                }
+        match (sinks_of(&new), extra_attributes(&new)) {
+            (Ok(fresh), Ok(extra)) => {
+                // Off the sampling thread: the kernel maps must keep being drained.
+                std::mem::replace(sinks, fresh).close_in_background(Duration::from_secs(5));
+                session.set_extra(extra);
             }
-            Err(e) => {
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "SIGHUP: keeping the old exporters")
             }
         }

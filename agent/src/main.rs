@@ -6,6 +6,7 @@ mod config;
 mod config_file;
 mod continuous;
 mod export;
+mod health;
 mod histograms;
 mod http;
 mod kubernetes;

@@ -8,9 +8,10 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use anyhow::Context;
+use emberprof_exporters::sinks::{Sink, Span};
 use emberprof_exporters::utc::UtcTime;
-use emberprof_exporters::Format;
-use emberprof_model::Profile;
+use emberprof_exporters::{ExportError, Format};
+use emberprof_model::{Profile, ProfileBuilder, ProfileKind};
 
 use crate::cli::FormatArg;
 
@@ -132,6 +133,66 @@ pub fn write(profile: &Profile, format: Format, path: &Path) -> anyhow::Result<(
         .get_or_insert_with(HashSet::new)
         .insert(path.to_path_buf());
     Ok(())
+}
+
+/// `record`'s output files: the spans of each profile kind merged into one profile covering
+/// the whole recording, written (to a file or standard output) when flushed.
+pub struct Files {
+    format: Format,
+    paths: Vec<(ProfileKind, PathBuf)>,
+    whole: Vec<(ProfileKind, ProfileBuilder)>,
+    end: Option<SystemTime>,
+}
+
+impl Files {
+    /// Profiles of each kind go to its path, in `format`.
+    pub fn new(format: Format, paths: Vec<(ProfileKind, PathBuf)>) -> Files {
+        Files {
+            format,
+            paths,
+            whole: Vec::new(),
+            end: None,
+        }
+    }
+}
+
+impl Sink for Files {
+    fn describe(&self) -> String {
+        let paths: Vec<String> = self
+            .paths
+            .iter()
+            .map(|(_, p)| p.display().to_string())
+            .collect();
+        format!("files {}", paths.join(", "))
+    }
+
+    fn submit(&mut self, span: &Span<'_>) {
+        for p in span.profiles {
+            match self.whole.iter_mut().find(|(k, _)| *k == p.kind) {
+                Some((_, whole)) => whole.merge(p),
+                None => {
+                    let mut whole = ProfileBuilder::empty_like(p);
+                    whole.merge(p);
+                    self.whole.push((p.kind, whole));
+                }
+            }
+        }
+        self.end = Some(span.end);
+    }
+
+    fn flush(&mut self, _timeout: std::time::Duration) -> Result<(), ExportError> {
+        let Some(end) = self.end else {
+            return Ok(());
+        };
+        for (kind, whole) in std::mem::take(&mut self.whole) {
+            let Some((_, path)) = self.paths.iter().find(|(k, _)| *k == kind) else {
+                continue;
+            };
+            write(&whole.finish(end), self.format, path)
+                .map_err(|e| ExportError::Undelivered(format!("{e:#}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// `YYYYMMDDTHHMMSSZ` in UTC.

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use emberprof_exporters::Format;
+use emberprof_exporters::sinks::{Sink, Span};
+use emberprof_exporters::{ExportError, Format};
 use emberprof_model::Profile;
 
 use crate::output;
@@ -109,6 +110,24 @@ impl PprofDir {
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot rotate out"),
             }
         }
+    }
+}
+
+impl Sink for PprofDir {
+    fn describe(&self) -> String {
+        format!("pprof directory {}", self.dir.display())
+    }
+
+    fn submit(&mut self, span: &Span<'_>) {
+        for p in span.profiles {
+            if let Err(e) = self.write(p, p.kind.id(), span.end) {
+                tracing::warn!(error = %format!("{e:#}"), "writing the interval's pprof file");
+            }
+        }
+    }
+
+    fn flush(&mut self, _timeout: std::time::Duration) -> Result<(), ExportError> {
+        Ok(())
     }
 }
 

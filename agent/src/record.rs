@@ -4,28 +4,24 @@
 //! profile is older than a span when it arrives (Pyroscope refuses profiles over an hour
 //! old); the files still cover the whole recording.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
+use emberprof_exporters::sinks::Sink;
 use emberprof_exporters::Format;
-use emberprof_model::Attributes;
-use emberprof_model::{Profile, ProfileBuilder};
+use emberprof_model::ProfileKind;
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 
 use crate::cli::RecordArgs;
-use crate::collect;
 use crate::histograms::Histograms;
-use crate::output;
+use crate::metadata::attributes::ExtraAttributes;
+use crate::output::{self, Files};
 use crate::progress::Progress;
-use crate::session::{
-    health_counters, observe, start_cpu, start_histograms, start_off_cpu, stop_all, Profiler, Run,
-};
+use crate::session::{Profiler, Run, Session, SessionConfig};
 use crate::sinks::Sinks;
-use crate::watcher::ProcessWatcher;
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
 const TICK: Duration = Duration::from_millis(100);
@@ -44,18 +40,20 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let format = output::choose_format(args.format, args.output.as_deref());
     let start = SystemTime::now();
     let (cpu_path, off_cpu_path) = output_paths(&args, format, start, want_cpu, want_off_cpu)?;
-    // A path that cannot be written fails now, not after the recording.
-    let mut destinations: Vec<&Path> = Vec::new();
+    let mut paths = Vec::new();
     if want_cpu {
-        destinations.push(&cpu_path);
+        paths.push((ProfileKind::Cpu, cpu_path));
     }
     if want_off_cpu {
-        destinations.push(&off_cpu_path);
+        paths.push((ProfileKind::OffCpu, off_cpu_path));
     }
-    if !(want_cpu || want_off_cpu) {
+    // A path that cannot be written fails now, not after the recording.
+    let mut destinations: Vec<&Path> = paths.iter().map(|(_, p)| p.as_path()).collect();
+    if paths.is_empty() {
         // Only histograms: they go to --output.
         destinations.extend(args.output.as_deref());
     }
+    destinations.extend(args.summary_json.as_deref());
     let _reserved = output::reserve(&destinations)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -63,44 +61,43 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone())
             .context("installing the Ctrl-C handler")?;
     }
-    let mut sinks = Sinks::from_args(&args.export, None)?;
-    let threads = sinks.extra.threads();
-    // Resource attributes of the processes profiled, read while they run, for the exports.
-    let mut processes: Option<HashMap<u32, Attributes>> = sinks.remote().then(HashMap::new);
+    let extra = ExtraAttributes::parse(&args.export.extra_attributes)
+        .map_err(anyhow::Error::msg)
+        .context("--extra-attributes")?;
+    let mut sinks = Sinks::default();
+    for sink in crate::export::remote_sinks(&args.export)? {
+        sinks.push(sink);
+    }
+    let mut files = Files::new(format, paths.clone());
     let mut symbolizer = crate::symbols::symbolizer(&args.symbols, usize::MAX);
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
-
-    let mut runs = Vec::new();
-    if want_cpu {
-        let config = CpuSamplerConfig {
+    let mut session = Session::start(SessionConfig {
+        cpu: want_cpu.then(|| CpuSamplerConfig {
             stack_map_entries: args.maps.stack_map_entries,
             count_map_entries: args.maps.count_map_entries,
             ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
-        };
-        runs.push(start_cpu(&config, start, Some(cpu_path))?);
-    }
-    if want_off_cpu {
-        let config = OffCpuConfig {
+        }),
+        off_cpu: want_off_cpu.then(|| OffCpuConfig {
             include_preempted: args.waits.include_preempted,
             min_block: args.waits.min_block,
             count_map_entries: args.maps.count_map_entries,
             // Without a CPU sampler, the off-CPU profiler announces new processes.
             announce: !want_cpu,
             ..OffCpuConfig::new(args.pids.clone())
-        };
-        runs.push(start_off_cpu(&config, start, Some(off_cpu_path))?);
-    }
-    let mut histograms = start_histograms(want_histograms.then(|| LatencyConfig {
-        syscalls: args.waits.syscall_latency,
-        max_keys: args.waits.histogram_keys,
-        ..LatencyConfig::new(args.pids.clone())
-    }))?;
-    let watcher = ProcessWatcher::start(&mut runs);
-    // The whole recording, for the files; the runs' builders hold the current span.
-    let mut whole: Vec<ProfileBuilder> = runs.iter().map(|r| r.builder.fresh(start)).collect();
-    let mut span_start = start;
+        }),
+        latency: want_histograms.then(|| LatencyConfig {
+            syscalls: args.waits.syscall_latency,
+            max_keys: args.waits.histogram_keys,
+            ..LatencyConfig::new(args.pids.clone())
+        }),
+        symbolizer,
+        extra,
+        attributes: !sinks.is_empty(),
+        start,
+        count_map_entries: args.maps.count_map_entries,
+    })?;
     let started = Instant::now();
     tracing::info!(
         cpu = want_cpu,
@@ -119,39 +116,21 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             break;
         }
         if elapsed >= next_drain {
-            if let Some(w) = &watcher {
-                w.deliver(&mut symbolizer, processes.as_mut());
-            }
-            for run in &mut runs {
-                let counts = run.profiler.drain().context("draining the kernel maps")?;
-                collect::add(
-                    &counts,
-                    &mut symbolizer,
-                    &mut run.builder,
-                    &mut run.collected,
-                    threads,
-                );
-            }
-            if let Some(h) = &mut histograms {
-                h.drain()?;
-            }
-            if let Some(p) = &mut processes {
-                observe(p, &runs);
-            }
+            session.drain()?;
             next_drain = elapsed + args.maps.drain_interval;
-            if let (Some(p), true) = (&processes, elapsed >= next_span) {
-                let end = SystemTime::now();
-                let spans = end_span(&mut runs, &mut whole, end);
+            if !sinks.is_empty() && elapsed >= next_span {
+                let span = session.end_span(SystemTime::now());
                 // Histograms go out once, at the end: they are totals since the start.
-                sinks.ship(&spans, None, p, start, span_start, end);
-                span_start = end;
+                let data = session.package(span, false);
+                files.submit(&data.span());
+                sinks.submit(&data.span());
                 next_span = elapsed + args.export_interval;
             }
         }
         progress.update(
             elapsed,
             args.duration,
-            &live_counts(&runs, histograms.as_ref()),
+            &live_counts(session.runs(), session.histograms()),
         );
         let until_next = next_drain
             .saturating_sub(elapsed)
@@ -161,82 +140,45 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 .min(until_next),
         );
     }
-    if let Some(w) = &watcher {
-        w.deliver(&mut symbolizer, processes.as_mut());
-    }
-    stop_all(&mut runs, histograms.as_mut(), &mut symbolizer, threads)?;
-    drop(watcher);
-    if let Some(p) = &mut processes {
-        observe(p, &runs);
-    }
+    session.stop()?;
     let end = SystemTime::now();
     progress.finish();
 
-    let runs_written = runs.len();
-    let health = match &sinks.exporter {
-        Some(_) => health_counters(
-            &runs,
-            histograms.as_ref(),
-            &symbolizer,
-            args.maps.count_map_entries,
-        )?,
-        None => Vec::new(),
-    };
-    let last_spans = end_span(&mut runs, &mut whole, end);
-    for (run, whole) in runs.into_iter().zip(whole) {
-        let summary = summary(&run)?;
-        let Run { profiler, path, .. } = run;
-        drop(profiler);
-        let profile = whole.finish(end);
-        let path = path.context("a recorded profile has a destination")?;
-        output::write(&profile, format, &path)?;
-        eprintln!(
-            "{summary} in {:.1} s -> {}",
-            profile.duration.as_secs_f64(),
-            shown(&path)
-        );
+    let last = session.end_span(end);
+    let data = session.package(last, !sinks.is_empty());
+    files.submit(&data.span());
+    files.flush(args.export.otlp_flush_timeout)?;
+    let seconds = end.duration_since(start).unwrap_or_default().as_secs_f64();
+    let mut json = Vec::new();
+    for (run, (_, path)) in session.runs().iter().zip(&paths) {
+        let (line, mut value) = summary(run)?;
+        eprintln!("{line} in {seconds:.1} s -> {}", shown(path));
+        value["seconds"] = serde_json::json!(seconds);
+        value["output"] = serde_json::json!(path);
+        json.push(value);
     }
-    if let Some(h) = &mut histograms {
+    let mut histograms_json = None;
+    if let Some(h) = session.histograms_mut() {
         let report = h.report()?;
-        print_report(&report, &args, runs_written)?;
+        print_report(&report, &args, paths.len())?;
+        let c = h.counters()?;
+        histograms_json = Some(serde_json::json!({
+            "recorded": c.recorded + c.overflowed,
+            "overflowed": c.overflowed,
+            "lost": c.start_full,
+        }));
     }
-    if let Some(processes) = &processes {
-        // The last span must not be skipped for a push still running.
-        sinks.wait_for_push(args.export.otlp_flush_timeout);
-        sinks.ship(
-            &last_spans,
-            histograms.as_mut(),
-            processes,
-            start,
-            span_start,
-            end,
-        );
-        sinks.wait_for_push(args.export.otlp_flush_timeout);
+    if let Some(path) = &args.summary_json {
+        write_summary_json(path, json, histograms_json)?;
     }
-    // Every sink gets its data even when another fails; the first failure is reported.
-    if let Some(e) = sinks.exporter.take() {
-        e.finish(health)?;
+    if !sinks.is_empty() {
+        // The last span must not be skipped for a push still under way.
+        sinks.settle(args.export.otlp_flush_timeout);
+        sinks.submit(&data.span());
+        sinks.flush(args.export.otlp_flush_timeout)?;
     }
-    let failed_pushes = sinks
-        .pyroscope_failures
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if failed_pushes > 0 {
-        bail!("{failed_pushes} Pyroscope pushes failed (see above)");
-    }
-    tracing::debug!(stats = ?symbolizer.stats(), "symbolizer");
+    tracing::debug!(stats = ?session.symbolizer().stats(), "symbolizer");
     Ok(())
-}
-
-/// Ends every run's span at `end`: the spans, also added to the whole recording.
-fn end_span(runs: &mut [Run], whole: &mut [ProfileBuilder], end: SystemTime) -> Vec<Profile> {
-    runs.iter_mut()
-        .zip(whole.iter_mut())
-        .map(|(run, whole)| {
-            let span = run.take_span(end);
-            whole.merge(&span);
-            span
-        })
-        .collect()
 }
 
 /// Histograms go to --output when no profile took it, else to standard output (standard
@@ -301,7 +243,9 @@ fn live_counts(runs: &[Run], histograms: Option<&Histograms>) -> String {
 }
 
 /// The summary line of one run, without its duration and destination.
-fn summary(run: &Run) -> anyhow::Result<String> {
+/// What one run recorded: the summary line (without its duration and destination) and the
+/// same as JSON.
+fn summary(run: &Run) -> anyhow::Result<(String, serde_json::Value)> {
     let c = &run.collected;
     Ok(match &run.profiler {
         Profiler::Cpu(p) => {
@@ -312,14 +256,25 @@ fn summary(run: &Run) -> anyhow::Result<String> {
                     "the kernel's count map was full; those samples are missing from the profile"
                 );
             }
-            format!(
-                "emberprof: {} samples (kernel counted {}, {} dropped, {} stacks lost) from {} processes, {} unique stacks",
-                c.total,
-                k.samples,
-                k.dropped(),
-                k.stacks_lost(),
-                c.pids.len(),
-                c.stacks.len()
+            (
+                format!(
+                    "emberprof: {} samples (kernel counted {}, {} dropped, {} stacks lost) from {} processes, {} unique stacks",
+                    c.total,
+                    k.samples,
+                    k.dropped(),
+                    k.stacks_lost(),
+                    c.pids.len(),
+                    c.stacks.len()
+                ),
+                serde_json::json!({
+                    "kind": "cpu",
+                    "samples": c.total,
+                    "kernel_counted": k.samples,
+                    "dropped": k.dropped(),
+                    "stacks_lost": k.stacks_lost(),
+                    "processes": c.pids.len(),
+                    "unique_stacks": c.stacks.len(),
+                }),
             )
         }
         Profiler::OffCpu(p) => {
@@ -332,17 +287,43 @@ fn summary(run: &Run) -> anyhow::Result<String> {
                     "the kernel's off-CPU maps were full; those blocks are missing from the profile"
                 );
             }
-            format!(
-                "emberprof: off-CPU {:.3} s blocked ({} blocks, {} dropped, {} shorter than the minimum) from {} processes, {} unique stacks",
-                c.total as f64 / 1e9,
-                k.blocks,
-                k.dropped(),
-                k.short,
-                c.pids.len(),
-                c.stacks.len()
+            (
+                format!(
+                    "emberprof: off-CPU {:.3} s blocked ({} blocks, {} dropped, {} shorter than the minimum) from {} processes, {} unique stacks",
+                    c.total as f64 / 1e9,
+                    k.blocks,
+                    k.dropped(),
+                    k.short,
+                    c.pids.len(),
+                    c.stacks.len()
+                ),
+                serde_json::json!({
+                    "kind": "offcpu",
+                    "blocked_ns": c.total,
+                    "blocks": k.blocks,
+                    "dropped": k.dropped(),
+                    "short": k.short,
+                    "processes": c.pids.len(),
+                    "unique_stacks": c.stacks.len(),
+                }),
             )
         }
     })
+}
+
+/// Writes the run's summary as JSON (`--summary-json`).
+fn write_summary_json(
+    path: &Path,
+    profiles: Vec<serde_json::Value>,
+    histograms: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let mut doc = serde_json::json!({ "profiles": profiles });
+    if let Some(h) = histograms {
+        doc["histograms"] = h;
+    }
+    let text = serde_json::to_string_pretty(&doc).context("encoding the JSON summary")?;
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("writing the JSON summary to {}", path.display()))
 }
 
 fn shown(path: &Path) -> String {

@@ -1,133 +1,88 @@
-//! Where finished spans of profiling go, for `agent` (every interval) and `record` (every
-//! `--export-interval` while it records, and at the end): OTLP through the background
-//! pipeline, Pyroscope pushes on their own thread, pprof files in a directory. Handing a span
-//! over never waits on the network.
+//! The sinks of a run, one list whatever they are (files, a pprof directory, OTLP,
+//! Pyroscope): every span goes to each, and each reports its own health and end-of-run line.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use anyhow::Context;
-use emberprof_exporters::pyroscope::PyroscopeConfig;
-use emberprof_model::Attributes;
-use emberprof_model::Profile;
+use emberprof_exporters::sinks::{Sink, Span};
+use emberprof_model::HealthCounter;
 
-use crate::cli::ExportArgs;
-use crate::export::{push_to_pyroscope, pyroscope_config, Exporter};
-use crate::histograms::Histograms;
-use crate::metadata::attributes::ExtraAttributes;
-use crate::pprof_dir::PprofDir;
-
-/// The configured outputs of spans.
+/// Every configured output.
+#[derive(Default)]
 pub struct Sinks {
-    pub exporter: Option<Exporter>,
-    pub pyroscope: Option<PyroscopeConfig>,
-    /// The Pyroscope push in flight: at most one, so a slow server cannot pile them up.
-    pub pyroscope_push: Option<std::thread::JoinHandle<()>>,
-    /// Pushes that failed (each logged).
-    pub pyroscope_failures: Arc<AtomicU64>,
-    pub pprof_dir: Option<PprofDir>,
-    /// Which per-process attributes go out.
-    pub extra: ExtraAttributes,
+    sinks: Vec<Box<dyn Sink>>,
 }
 
 impl Sinks {
-    /// The sinks `args` ask for, and `pprof_dir` if given.
-    pub fn from_args(args: &ExportArgs, pprof_dir: Option<PprofDir>) -> anyhow::Result<Sinks> {
-        Ok(Sinks {
-            exporter: Exporter::from_args(args)?,
-            pyroscope: pyroscope_config(args)?,
-            pyroscope_push: None,
-            pyroscope_failures: Arc::default(),
-            pprof_dir,
-            extra: ExtraAttributes::parse(&args.extra_attributes)
-                .map_err(anyhow::Error::msg)
-                .context("--extra-attributes")?,
-        })
+    /// Adds an output.
+    pub fn push(&mut self, sink: Box<dyn Sink>) {
+        self.sinks.push(sink);
     }
 
-    /// Whether anything is sent over the network (OTLP or Pyroscope).
-    pub fn remote(&self) -> bool {
-        self.exporter.is_some() || self.pyroscope.is_some()
+    /// Whether there is no output at all.
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
     }
 
-    /// Hands one span (`profiles`, the histograms, from `span_start` to `end`) to every
-    /// sink without waiting for delivery; local files are written before returning.
-    /// Cumulative histograms count from `run_start`.
-    pub fn ship(
-        &mut self,
-        profiles: &[Profile],
-        mut histograms: Option<&mut Histograms>,
-        processes: &HashMap<u32, Attributes>,
-        run_start: SystemTime,
-        span_start: SystemTime,
-        end: SystemTime,
-    ) {
-        let samples: usize = profiles.iter().map(|p| p.samples.len()).sum();
-        tracing::info!(samples, "exporting an interval");
-        if let Some(dir) = &self.pprof_dir {
-            for p in profiles {
-                if let Err(e) = dir.write(p, p.kind.id(), end) {
-                    tracing::warn!(error = %format!("{e:#}"), "writing the interval's pprof file");
-                }
+    /// Hands one span to every sink; none waits on the network.
+    pub fn submit(&mut self, span: &Span<'_>) {
+        for s in &mut self.sinks {
+            s.submit(span);
+        }
+    }
+
+    /// Waits up to `timeout` for deliveries under way, reporting nothing (failures show at
+    /// the final [`flush`](Self::flush)).
+    pub fn settle(&mut self, timeout: Duration) {
+        let _ = self.flush_and_report(timeout, false);
+    }
+
+    /// Gives every sink up to `timeout` to deliver what it holds, all of them even when one
+    /// fails; prints each sink's end-of-run line. The first failure is returned.
+    pub fn flush(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.flush_and_report(timeout, true)
+    }
+
+    fn flush_and_report(&mut self, timeout: Duration, report: bool) -> anyhow::Result<()> {
+        let mut first = None;
+        for s in &mut self.sinks {
+            let result = s.flush(timeout);
+            if let (true, Some(line)) = (report, s.summary()) {
+                eprintln!("{line}");
+            }
+            if let Err(e) = result {
+                tracing::warn!(sink = %s.describe(), error = %e, "not everything was delivered");
+                first.get_or_insert(e);
             }
         }
-        let processes: HashMap<u32, Attributes> = processes
-            .iter()
-            .map(|(pid, attrs)| (*pid, self.extra.filter(attrs)))
-            .collect();
-        if let Some(config) = &self.pyroscope {
-            if self
-                .pyroscope_push
-                .as_ref()
-                .is_some_and(|h| !h.is_finished())
-            {
-                tracing::warn!(
-                    "the previous Pyroscope push is still running; this interval is not pushed"
-                );
-            } else {
-                let (config, profiles, processes) =
-                    (config.clone(), profiles.to_vec(), processes.clone());
-                let failures = self.pyroscope_failures.clone();
-                // A slow Pyroscope must not hold up sampling.
-                self.pyroscope_push = Some(std::thread::spawn(move || {
-                    if let Err(e) = push_to_pyroscope(&config, &profiles, &processes) {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %format!("{e:#}"), "Pyroscope push failed");
-                    }
-                }));
-            }
-        }
-        let delta = self.exporter.as_ref().is_some_and(|e| e.delta());
-        if let Some(e) = &mut self.exporter {
-            let points = histograms
-                .as_deref_mut()
-                .map(Histograms::points)
-                .unwrap_or_default();
-            let start = if delta { span_start } else { run_start };
-            let refs: Vec<&Profile> = profiles.iter().collect();
-            e.export(&refs, &processes, &points, start, end);
-        }
-        // Also without an exporter, so that series of removed cgroups do not pile up.
-        if let Some(h) = histograms {
-            h.end_interval(delta);
+        match first {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
     }
 
-    /// Waits up to `timeout` for the Pyroscope push in flight; false if it did not finish.
-    pub fn wait_for_push(&mut self, timeout: Duration) -> bool {
-        let Some(push) = self.pyroscope_push.take() else {
-            return true;
-        };
-        let deadline = Instant::now() + timeout;
-        while !push.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !push.is_finished() {
-            tracing::warn!("the last Pyroscope push did not finish within --shutdown-timeout");
-            return false;
-        }
-        push.join().is_ok()
+    /// The sinks' own health.
+    pub fn health(&self) -> Vec<HealthCounter> {
+        self.sinks.iter().flat_map(|s| s.health()).collect()
+    }
+
+    /// Whether every sink's last delivery went through.
+    pub fn healthy(&self) -> bool {
+        self.sinks.iter().all(|s| s.healthy())
+    }
+
+    /// Whether a sink exports histograms as deltas.
+    pub fn delta_histograms(&self) -> bool {
+        self.sinks.iter().any(|s| s.delta_histograms())
+    }
+
+    /// Lets the current sinks go (replaced on a reload), giving them `timeout` to deliver
+    /// what they hold, off the calling thread.
+    pub fn close_in_background(self, timeout: Duration) {
+        std::thread::spawn(move || {
+            let mut sinks = self;
+            if let Err(e) = sinks.flush_and_report(timeout, false) {
+                tracing::warn!(error = %format!("{e:#}"), "old exporters closed with data undelivered");
+            }
+        });
     }
 }

@@ -14,7 +14,7 @@ use emberprof_probes::NewProcesses;
 use emberprof_symbolizer::{ProcessSnapshot, Symbolizer};
 
 use crate::metadata::process::process_attributes;
-use crate::session::{Profiler, Run};
+use crate::session::Run;
 
 /// What was read of one process while it ran.
 struct Captured {
@@ -34,10 +34,9 @@ impl ProcessWatcher {
     /// Starts watching the announcements of the profiler among `runs` that makes them (the
     /// CPU sampler, else an off-CPU profiler started with `announce`).
     pub fn start(runs: &mut [Run]) -> Option<ProcessWatcher> {
-        let announcements = runs.iter_mut().find_map(|r| match &mut r.profiler {
-            Profiler::Cpu(p) => p.take_new_processes(),
-            Profiler::OffCpu(p) => p.take_new_processes(),
-        })?;
+        let announcements = runs
+            .iter_mut()
+            .find_map(|r| r.profiler.take_new_processes())?;
         let (send, captured) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();

@@ -13,4 +13,7 @@ pub enum ExportError {
     NoSuchValue(usize),
     #[error("pushing to Pyroscope: {0}")]
     Push(String),
+    /// A sink could not deliver everything it was given.
+    #[error("{0}")]
+    Undelivered(String),
 }

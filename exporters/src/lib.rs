@@ -8,12 +8,12 @@ extern crate self as emberprof_exporters;
 pub mod delivery;
 mod error;
 pub mod folded;
-pub mod health;
 pub mod histogram_text;
 pub mod otlp;
 pub mod pprof;
 pub mod pyroscope;
 mod random;
+pub mod sinks;
 pub mod svg;
 #[cfg(test)]
 mod testdata;

@@ -6,6 +6,7 @@
 mod attributes;
 mod captured;
 mod frame;
+mod health;
 mod histogram;
 mod process;
 mod profile;
@@ -13,6 +14,7 @@ mod profile;
 pub use attributes::{AttrValue, Attributes};
 pub use captured::{CapturedStack, KernelSample, StackLoss};
 pub use frame::{Frame, FrameKind, Location, Module, Segment, Stack};
+pub use health::{HealthCounter, HealthValue};
 pub use histogram::{Log2Histogram, HIST_SLOTS};
 pub use process::effective_capabilities;
 pub use profile::{Profile, ProfileBuilder, ProfileKind, Sample, ValueType};

@@ -199,6 +199,11 @@ impl ProfileBuilder {
         })
     }
 
+    /// An empty builder with `profile`'s kind, types and start: what spans of it merge into.
+    pub fn empty_like(profile: &Profile) -> ProfileBuilder {
+        ProfileBuilder::new(profile.clone_empty())
+    }
+
     /// Adds every sample of `other` (a profile of the same kind).
     pub fn merge(&mut self, other: &Profile) {
         for s in &other.samples {

@@ -7,6 +7,7 @@ mod agent;
 mod collector;
 mod cpu_profile;
 mod debug_access;
+mod health;
 mod histograms;
 mod input;
 mod interop;

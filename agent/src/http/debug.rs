@@ -5,11 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use emberprof_exporters::{pprof, svg};
-use emberprof_model::ProfileBuilder;
-use emberprof_probes::{CpuSampler, CpuSamplerConfig};
+use emberprof_probes::CpuSamplerConfig;
 use emberprof_symbolizer::Symbolizer;
 
-use crate::collect::{self, Collected, ThreadDetail};
+use crate::metadata::attributes::ExtraAttributes;
+use crate::session::{Session, SessionConfig};
 
 /// Longest profile one request may ask for.
 const MAX_SECONDS: u64 = 300;
@@ -58,31 +58,34 @@ impl Params {
 /// Samples the machine (or one process) and returns a gzipped pprof, or an SVG.
 pub fn profile(params: &Params, svg_output: bool) -> anyhow::Result<Vec<u8>> {
     let pids: Vec<u32> = params.pid.into_iter().collect();
-    let mut sampler = CpuSampler::start(&CpuSamplerConfig::new(params.hz, pids.clone()))
-        .context("starting a CPU sampler for the request")?;
-    let start = SystemTime::now();
-    std::thread::sleep(Duration::from_secs(params.seconds));
-    let counts = sampler.stop().context("stopping the request's sampler")?;
-    drop(sampler);
     let mut symbolizer = Symbolizer::new();
     for pid in &pids {
         symbolizer.observe(*pid);
     }
-    let mut builder = ProfileBuilder::cpu(params.hz, start);
-    let mut collected = Collected::default();
-    collect::add(
-        &counts,
-        &mut symbolizer,
-        &mut builder,
-        &mut collected,
-        ThreadDetail::ALL,
-    );
-    let profile = builder.finish(SystemTime::now());
+    let start = SystemTime::now();
+    let mut session = Session::start(SessionConfig {
+        cpu: Some(CpuSamplerConfig::new(params.hz, pids)),
+        off_cpu: None,
+        latency: None,
+        symbolizer,
+        // An on-demand local profile: thread ids and names included.
+        extra: ExtraAttributes::parse(&["all".to_string()]).map_err(anyhow::Error::msg)?,
+        attributes: false,
+        start,
+        count_map_entries: CpuSamplerConfig::new(params.hz, Vec::new()).count_map_entries,
+    })
+    .context("starting a CPU sampler for the request")?;
+    std::thread::sleep(Duration::from_secs(params.seconds));
+    session.stop().context("stopping the request's sampler")?;
+    let span = session.end_span(SystemTime::now());
+    drop(session);
     let mut out = Vec::new();
-    if svg_output {
-        svg::write(&profile, 0, &mut out)?;
-    } else {
-        pprof::write(&profile, &mut out)?;
+    for profile in &span.profiles {
+        if svg_output {
+            svg::write(profile, 0, &mut out)?;
+        } else {
+            pprof::write(profile, &mut out)?;
+        }
     }
     Ok(out)
 }

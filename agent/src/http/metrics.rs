@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use emberprof_exporters::health::{HealthCounter, HealthValue};
+use emberprof_model::{HealthCounter, HealthValue};
 
 /// `emberprof.cpu.samples` -> `emberprof_cpu_samples`.
 fn metric_name(name: &str) -> String {

@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 
-use emberprof_exporters::health::HealthCounter;
+use emberprof_model::HealthCounter;
 
 use crate::cli::DebugArgs;
 use access::{DebugAccess, Denied};

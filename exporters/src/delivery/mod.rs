@@ -8,7 +8,6 @@ pub(crate) mod pipeline;
 mod queue;
 mod retry;
 
-pub(crate) use client::channel;
 pub use client::{OtlpClient, SendError};
 pub use config::{ConfigError, OtlpConfig};
 pub use pipeline::{Batch, Pipeline, PipelineStats};

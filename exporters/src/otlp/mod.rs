@@ -2,6 +2,7 @@
 //! opentelemetry-proto 1.10.0) and latency histograms as exponential-histogram metrics.
 
 pub mod dictionary;
+pub mod health;
 pub mod metrics;
 pub mod profiles;
 pub mod pyroscope_check;

@@ -1,0 +1,458 @@
+//! emberprof's health catalogue: every metric it reports about itself (besides its sinks'
+//! own, which each sink reports), as one table of data. A row names the metric, says what it
+//! is, and reads its value from the session's sources; a source that is not there (no
+//! off-CPU profiler, no Kubernetes) leaves its rows out. Adding a metric is adding a row.
+
+use std::sync::atomic::Ordering;
+
+use emberprof_model::{HealthCounter, HealthValue, ProfileKind};
+use emberprof_probes::{KernelCounters, LatencyCounters, OffCpuCounters};
+use emberprof_symbolizer::SymbolizerStats;
+
+use crate::kubernetes::Kubernetes;
+
+/// What the values are read from.
+pub struct Sources<'a> {
+    pub cpu: Option<KernelCounters>,
+    pub off_cpu: Option<OffCpuCounters>,
+    pub latency: Option<LatencyCounters>,
+    /// Highest share of each kind's kernel count map in use at a drain.
+    pub map_fill: &'a [(ProfileKind, f64)],
+    pub symbolizer: &'a SymbolizerStats,
+    pub k8s: Option<&'a Kubernetes>,
+}
+
+/// One metric (or one labelled series of it).
+struct Row {
+    name: &'static str,
+    description: &'static str,
+    unit: &'static str,
+    /// The label telling series of one metric apart (a reason, a result), if any.
+    label: Option<(&'static str, &'static str)>,
+    value: fn(&Sources<'_>) -> Option<HealthValue>,
+}
+
+use HealthValue::{Count, Level};
+
+fn fill(s: &Sources<'_>, kind: ProfileKind) -> Option<HealthValue> {
+    s.map_fill
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, f)| Level(*f))
+}
+
+fn pods(s: &Sources<'_>) -> Option<HealthValue> {
+    s.k8s.map(|k| Level(k.pods() as f64))
+}
+
+const CATALOGUE: &[Row] = &[
+    Row {
+        name: "emberprof.map.fill",
+        description: "Highest share of a kernel count map in use at a drain",
+        unit: "1",
+        label: Some(("map", "cpu_counts")),
+        value: |s| fill(s, ProfileKind::Cpu),
+    },
+    Row {
+        name: "emberprof.map.fill",
+        description: "Highest share of a kernel count map in use at a drain",
+        unit: "1",
+        label: Some(("map", "offcpu_counts")),
+        value: |s| fill(s, ProfileKind::OffCpu),
+    },
+    Row {
+        name: "emberprof.cpu.samples",
+        description: "CPU samples taken of profiled processes",
+        unit: "{sample}",
+        label: None,
+        value: |s| s.cpu.map(|k| Count(k.samples)),
+    },
+    Row {
+        name: "emberprof.cpu.samples.dropped",
+        description: "CPU samples the kernel could not record",
+        unit: "{sample}",
+        label: Some(("reason", "count_map_full")),
+        value: |s| s.cpu.map(|k| Count(k.count_map_full)),
+    },
+    Row {
+        name: "emberprof.cpu.stacks.lost",
+        description:
+            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
+        unit: "{stack}",
+        label: Some(("reason", "user_stack_map_full")),
+        value: |s| s.cpu.map(|k| Count(k.user_stack_map_full)),
+    },
+    Row {
+        name: "emberprof.cpu.stacks.lost",
+        description:
+            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
+        unit: "{stack}",
+        label: Some(("reason", "kernel_stack_map_full")),
+        value: |s| s.cpu.map(|k| Count(k.kernel_stack_map_full)),
+    },
+    Row {
+        name: "emberprof.cpu.stacks.lost",
+        description:
+            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
+        unit: "{stack}",
+        label: Some(("reason", "stack_error")),
+        value: |s| s.cpu.map(|k| Count(k.stack_errors)),
+    },
+    Row {
+        name: "emberprof.offcpu.blocks",
+        description: "Blocks credited to a stack",
+        unit: "{block}",
+        label: None,
+        value: |s| s.off_cpu.map(|k| Count(k.blocks)),
+    },
+    Row {
+        name: "emberprof.offcpu.blocks.dropped",
+        description: "Blocks the kernel could not record",
+        unit: "{block}",
+        label: Some(("reason", "start_full")),
+        value: |s| s.off_cpu.map(|k| Count(k.start_full)),
+    },
+    Row {
+        name: "emberprof.offcpu.blocks.dropped",
+        description: "Blocks the kernel could not record",
+        unit: "{block}",
+        label: Some(("reason", "count_map_full")),
+        value: |s| s.off_cpu.map(|k| Count(k.count_full)),
+    },
+    Row {
+        name: "emberprof.processes.announce_lost",
+        description:
+            "New processes not announced at their first sample (ring full); read at the next drain",
+        unit: "{process}",
+        label: None,
+        // One count for emberprof: only the profiler that announces counts (the CPU
+        // sampler, else the off-CPU profiler); the other adds zero.
+        value: |s| match (s.cpu, s.off_cpu) {
+            (None, None) => None,
+            (cpu, off) => Some(Count(
+                cpu.map_or(0, |k| k.announce_lost) + off.map_or(0, |k| k.announce_lost),
+            )),
+        },
+    },
+    Row {
+        name: "emberprof.histogram.durations",
+        description: "Durations recorded into latency histograms",
+        unit: "{duration}",
+        label: None,
+        value: |s| s.latency.map(|k| Count(k.recorded + k.overflowed)),
+    },
+    Row {
+        name: "emberprof.histogram.durations.overflowed",
+        description: "Durations beyond the histogram key cap",
+        unit: "{duration}",
+        label: None,
+        value: |s| s.latency.map(|k| Count(k.overflowed)),
+    },
+    Row {
+        name: "emberprof.histogram.durations.lost",
+        description: "Waits that could not be tracked",
+        unit: "{duration}",
+        label: None,
+        value: |s| s.latency.map(|k| Count(k.start_full)),
+    },
+    Row {
+        name: "emberprof.symbolizer.lookups",
+        description: "Addresses symbolized, by cache result",
+        unit: "{address}",
+        label: Some(("result", "hit")),
+        value: |s| Some(Count(s.symbolizer.cache_hits)),
+    },
+    Row {
+        name: "emberprof.symbolizer.lookups",
+        description: "Addresses symbolized, by cache result",
+        unit: "{address}",
+        label: Some(("result", "miss")),
+        value: |s| Some(Count(s.symbolizer.cache_misses)),
+    },
+    Row {
+        name: "emberprof.symbolizer.cache.entries",
+        description: "Kernel addresses held resolved in the symbolizer's cache",
+        unit: "1",
+        label: None,
+        value: |s| Some(Level(s.symbolizer.cache_entries as f64)),
+    },
+    Row {
+        name: "emberprof.symbolizer.cache.bytes",
+        description:
+            "Memory the symbolizer's caches account for (parsed files, resolved addresses)",
+        unit: "By",
+        label: None,
+        value: |s| Some(Level(s.symbolizer.cache_bytes as f64)),
+    },
+    Row {
+        name: "emberprof.symbolizer.processes",
+        description: "Processes whose mappings the symbolizer holds",
+        unit: "1",
+        label: None,
+        value: |s| Some(Level(s.symbolizer.processes_held as f64)),
+    },
+    Row {
+        name: "emberprof.symbolizer.files",
+        description: "Files the symbolizer holds open",
+        unit: "1",
+        label: None,
+        value: |s| Some(Level(s.symbolizer.files as f64)),
+    },
+    Row {
+        name: "emberprof.symbolizer.debuginfod.pending",
+        description: "Debug files being fetched from debuginfod",
+        unit: "1",
+        label: None,
+        value: |s| Some(Level(s.symbolizer.debuginfod_pending as f64)),
+    },
+    Row {
+        name: "emberprof.symbolizer.files.resets",
+        description: "Times the symbolizer's open files passed their limit and were all let go",
+        unit: "1",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.file_resets)),
+    },
+    Row {
+        name: "emberprof.symbolizer.cache.resets",
+        description: "Times the kernel address cache reached its limit and started over",
+        unit: "1",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.cache_resets)),
+    },
+    Row {
+        name: "emberprof.symbolizer.files.parsed",
+        description: "Times a file's symbols were loaded (again after an eviction)",
+        unit: "1",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.files_parsed)),
+    },
+    Row {
+        name: "emberprof.symbolizer.evictions",
+        description: "Files whose parsed symbols were let go to stay under the memory bound",
+        unit: "1",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.evictions)),
+    },
+    Row {
+        name: "emberprof.symbolizer.debug_files",
+        description: "Files named from a separate debug file",
+        unit: "1",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.debug_files)),
+    },
+    Row {
+        name: "emberprof.symbolizer.jit_frames",
+        description: "Frames named from a perf map (JIT code)",
+        unit: "1",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.jit_frames)),
+    },
+    Row {
+        name: "emberprof.symbolizer.processes.adopted",
+        description: "Processes captured when first sampled, before the next drain",
+        unit: "1",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.processes_adopted)),
+    },
+    Row {
+        name: "emberprof.symbolizer.debuginfod.requests",
+        description: "debuginfod lookups by outcome",
+        unit: "1",
+        label: Some(("result", "fetched")),
+        value: |s| Some(Count(s.symbolizer.debuginfod_fetched)),
+    },
+    Row {
+        name: "emberprof.symbolizer.debuginfod.requests",
+        description: "debuginfod lookups by outcome",
+        unit: "1",
+        label: Some(("result", "not_found")),
+        value: |s| Some(Count(s.symbolizer.debuginfod_not_found)),
+    },
+    Row {
+        name: "emberprof.symbolizer.debuginfod.requests",
+        description: "debuginfod lookups by outcome",
+        unit: "1",
+        label: Some(("result", "error")),
+        value: |s| Some(Count(s.symbolizer.debuginfod_errors)),
+    },
+    Row {
+        name: "emberprof.symbolizer.file_errors",
+        description: "Files whose symbols could not be read",
+        unit: "{file}",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.file_errors)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.refused",
+        description:
+            "Perf maps not used: not a regular file, owned by another user, or writable by others",
+        unit: "{file}",
+        label: Some(("reason", "not_regular")),
+        value: |s| Some(Count(s.symbolizer.perf_maps.refused_not_regular)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.refused",
+        description:
+            "Perf maps not used: not a regular file, owned by another user, or writable by others",
+        unit: "{file}",
+        label: Some(("reason", "owner")),
+        value: |s| Some(Count(s.symbolizer.perf_maps.refused_owner)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.refused",
+        description:
+            "Perf maps not used: not a regular file, owned by another user, or writable by others",
+        unit: "{file}",
+        label: Some(("reason", "writable")),
+        value: |s| Some(Count(s.symbolizer.perf_maps.refused_writable)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.lines.skipped",
+        description: "Perf map lines skipped",
+        unit: "{line}",
+        label: Some(("reason", "not_utf8")),
+        value: |s| Some(Count(s.symbolizer.perf_maps.lines_not_utf8)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.lines.skipped",
+        description: "Perf map lines skipped",
+        unit: "{line}",
+        label: Some(("reason", "malformed")),
+        value: |s| Some(Count(s.symbolizer.perf_maps.lines_malformed)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.names.cut",
+        description: "Perf map names longer than the cap, cut",
+        unit: "{name}",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.perf_maps.names_cut)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.read_bytes",
+        description: "Bytes read from perf maps (only what was appended since the last read)",
+        unit: "By",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.perf_maps.bytes_read)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.symbols.dropped",
+        description: "Perf map symbols not kept: a process's or the host's bound was reached",
+        unit: "{symbol}",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.perf_maps.symbols_dropped)),
+    },
+    Row {
+        name: "emberprof.symbolizer.perf_map.bytes",
+        description: "Memory held for perf maps (symbol indexes and cached names)",
+        unit: "By",
+        label: None,
+        value: |s| Some(Level(s.symbolizer.perf_maps.bytes as f64)),
+    },
+    Row {
+        name: "emberprof.k8s.pods",
+        description: "Pods of this node held from the Kubernetes API",
+        unit: "1",
+        label: None,
+        value: pods,
+    },
+    Row {
+        name: "emberprof.k8s.lists",
+        description: "Complete pod lists received (first and re-lists)",
+        unit: "1",
+        label: None,
+        value: |s| s.k8s.map(|k| Count(k.stats.lists.load(Ordering::Relaxed))),
+    },
+    Row {
+        name: "emberprof.k8s.events",
+        description: "Pod changes received from the watch",
+        unit: "1",
+        label: None,
+        value: |s| s.k8s.map(|k| Count(k.stats.events.load(Ordering::Relaxed))),
+    },
+    Row {
+        name: "emberprof.k8s.errors",
+        description: "Pod watch errors (each retried with backoff)",
+        unit: "1",
+        label: None,
+        value: |s| s.k8s.map(|k| Count(k.stats.errors.load(Ordering::Relaxed))),
+    },
+];
+
+/// Every metric of the catalogue that `sources` has a value for.
+pub fn counters(sources: &Sources<'_>) -> Vec<HealthCounter> {
+    CATALOGUE
+        .iter()
+        .filter_map(|row| {
+            Some(HealthCounter {
+                name: row.name,
+                description: row.description,
+                unit: row.unit,
+                attributes: row
+                    .label
+                    .map(|(k, v)| vec![(k, v.to_string())])
+                    .unwrap_or_default(),
+                value: (row.value)(sources)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_missing_sources_are_left_out_and_each_series_is_unique() {
+        let stats = SymbolizerStats {
+            cache_hits: 5,
+            ..Default::default()
+        };
+        let only_cpu = Sources {
+            cpu: Some(KernelCounters {
+                samples: 9,
+                announce_lost: 2,
+                ..Default::default()
+            }),
+            off_cpu: None,
+            latency: None,
+            map_fill: &[(ProfileKind::Cpu, 0.5)],
+            symbolizer: &stats,
+            k8s: None,
+        };
+        let all = counters(&only_cpu);
+        let get = |name: &str, label: Option<&str>| {
+            all.iter()
+                .find(|c| c.name == name && c.attributes.first().map(|(_, v)| v.as_str()) == label)
+                .map(|c| c.value)
+        };
+        assert_eq!(get("emberprof.cpu.samples", None), Some(Count(9)));
+        assert_eq!(
+            get("emberprof.processes.announce_lost", None),
+            Some(Count(2))
+        );
+        assert_eq!(
+            get("emberprof.map.fill", Some("cpu_counts")),
+            Some(Level(0.5))
+        );
+        assert_eq!(get("emberprof.map.fill", Some("offcpu_counts")), None);
+        assert_eq!(get("emberprof.offcpu.blocks", None), None);
+        assert_eq!(
+            get("emberprof.symbolizer.lookups", Some("hit")),
+            Some(Count(5))
+        );
+        assert!(all.iter().all(|c| !c.name.starts_with("emberprof.k8s")));
+        // A metric's rows agree on description and unit, and no series repeats.
+        let mut seen = std::collections::HashSet::new();
+        for row in CATALOGUE {
+            let first = CATALOGUE.iter().find(|r| r.name == row.name).unwrap();
+            assert_eq!((first.description, first.unit), (row.description, row.unit));
+            let key = (
+                row.name,
+                row.label
+                    .map(|(k, v)| vec![(k, v.to_string())])
+                    .unwrap_or_default(),
+            );
+            assert!(seen.insert(key), "{} repeated", row.name);
+        }
+    }
+}
