@@ -4,26 +4,47 @@
 //! file or a debuginfod server, and JIT frames from perf maps. Files are cached host-wide
 //! by identity, so a library shared by many processes is parsed once, within a memory bound.
 
+mod config;
 mod debug_files;
 #[cfg(test)]
 mod debug_info_tests;
 mod debuginfod;
 mod elf_info;
+mod elf_symbols;
+#[cfg(test)]
+mod elf_symbols_tests;
+mod eviction;
+#[cfg(test)]
+mod eviction_tests;
 mod files;
 mod kallsyms;
+mod kernel_symbols;
+#[cfg(test)]
+mod kernel_symbols_tests;
+mod location_cache;
+#[cfg(test)]
+mod location_cache_tests;
 mod maps;
 mod perf_map;
 mod perf_map_line;
 mod perf_map_open;
 mod process;
+mod process_table;
+#[cfg(test)]
+mod process_table_tests;
+mod stats;
+mod symbol_source;
 mod symbolizer;
+#[cfg(test)]
+mod test_support;
 
+pub use config::{
+    SymbolizerConfig, DEFAULT_CACHE_BYTES, DEFAULT_FILE_LIMIT, DEFAULT_MIN_IDLE_CALLS,
+};
 pub use debug_files::DEFAULT_DEBUG_DIRS;
 pub use debuginfod::{default_cache_dir, parse_urls, DebuginfodConfig};
 pub use maps::{parse_maps, MapsEntry};
 pub use perf_map::PerfMapStats;
 pub use process::ProcessSnapshot;
-pub use symbolizer::{
-    Symbolizer, SymbolizerConfig, SymbolizerStats, DEFAULT_CACHE_BYTES, DEFAULT_FILE_LIMIT,
-    DEFAULT_MIN_IDLE_CALLS,
-};
+pub use stats::SymbolizerStats;
+pub use symbolizer::Symbolizer;
