@@ -8,6 +8,7 @@ use emberprof_model::{
 };
 use emberprof_symbolizer::Symbolizer;
 
+use crate::metadata::attributes::ThreadDetail;
 use crate::metadata::process::kernel_thread_kind;
 
 /// Running totals of what was collected, for the summary line.
@@ -30,24 +31,6 @@ pub struct Seen {
     pub name: Arc<str>,
     /// It is a kernel thread.
     pub kernel_thread: bool,
-}
-
-/// Which thread details samples keep: thread ids and names make a series per thread in
-/// Pyroscope (sample attributes and pprof string labels become series labels), so they are
-/// kept only when asked for. Samples without them merge across threads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadDetail {
-    pub id: bool,
-    pub name: bool,
-}
-
-#[cfg(test)]
-impl ThreadDetail {
-    /// Thread ids and names both.
-    pub const ALL: ThreadDetail = ThreadDetail {
-        id: true,
-        name: true,
-    };
 }
 
 /// Symbolizes one drain's worth of counts and adds them to the profile.

@@ -162,7 +162,10 @@ impl Session {
             });
         }
         let histograms = config.latency.as_ref().map(Histograms::start).transpose()?;
-        let watcher = ProcessWatcher::start(&mut runs);
+        let watcher = runs
+            .iter_mut()
+            .find_map(|r| r.profiler.take_new_processes())
+            .and_then(ProcessWatcher::start);
         Ok(Session {
             runs,
             histograms,
@@ -331,7 +334,15 @@ impl Session {
     /// not accumulate every stack and PID it ever saw; exited processes are let go, from
     /// the symbolizer too (their samples are symbolized by now).
     pub fn forget_interval(&mut self, closing: Duration) {
-        let size = IntervalSize::of(&self.runs);
+        let processes: std::collections::HashSet<u32> = self
+            .runs
+            .iter()
+            .flat_map(|r| r.collected.pids.keys().copied())
+            .collect();
+        let size = IntervalSize {
+            stacks: self.runs.iter().map(|r| r.collected.stacks.len()).sum(),
+            processes: processes.len(),
+        };
         self.timings.finish(size, closing);
         for run in &mut self.runs {
             run.collected = Collected::default();

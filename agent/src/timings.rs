@@ -3,10 +3,7 @@
 //! and handing it to the sinks). One debug event per interval, target `emberprof::timings`
 //! (`EMBERPROF_LOG=emberprof::timings=debug`); the scale benchmark in bench/ reads it.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-use crate::session::Run;
 
 /// Wall time of each phase since the interval began.
 #[derive(Default)]
@@ -19,21 +16,10 @@ pub struct IntervalTimings {
 
 /// What an interval's profiles hold, read before they are closed.
 pub struct IntervalSize {
-    stacks: usize,
-    processes: usize,
-}
-
-impl IntervalSize {
-    pub fn of(runs: &[Run]) -> IntervalSize {
-        let processes: HashSet<u32> = runs
-            .iter()
-            .flat_map(|r| r.collected.pids.keys().copied())
-            .collect();
-        IntervalSize {
-            stacks: runs.iter().map(|r| r.collected.stacks.len()).sum(),
-            processes: processes.len(),
-        }
-    }
+    /// Unique stacks over all profiles.
+    pub stacks: usize,
+    /// Distinct processes over all profiles.
+    pub processes: usize,
 }
 
 impl IntervalTimings {

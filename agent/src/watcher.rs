@@ -14,7 +14,6 @@ use emberprof_probes::NewProcesses;
 use emberprof_symbolizer::{ProcessSnapshot, Symbolizer};
 
 use crate::metadata::process::process_attributes;
-use crate::session::Run;
 
 /// What was read of one process while it ran.
 struct Captured {
@@ -31,12 +30,9 @@ pub struct ProcessWatcher {
 }
 
 impl ProcessWatcher {
-    /// Starts watching the announcements of the profiler among `runs` that makes them (the
-    /// CPU sampler, else an off-CPU profiler started with `announce`).
-    pub fn start(runs: &mut [Run]) -> Option<ProcessWatcher> {
-        let announcements = runs
-            .iter_mut()
-            .find_map(|r| r.profiler.take_new_processes())?;
+    /// Starts watching announcements (the CPU sampler's, else an off-CPU profiler's started
+    /// with `announce`).
+    pub fn start(announcements: NewProcesses) -> Option<ProcessWatcher> {
         let (send, captured) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();

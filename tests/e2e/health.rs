@@ -56,7 +56,11 @@ fn the_agent_sends_its_health_every_interval() {
     });
     let counts = samples_counts(&collector);
     terminate(&mut agent, &log);
-    assert!(arrived, "health of only {} intervals: {counts:?}", counts.len());
+    assert!(
+        arrived,
+        "health of only {} intervals: {counts:?}",
+        counts.len()
+    );
     assert!(
         counts.windows(2).all(|w| w[0] <= w[1]) && counts.last() > counts.first(),
         "totals since start grow: {counts:?}"

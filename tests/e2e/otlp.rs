@@ -166,7 +166,10 @@ fn cpu_profile_reaches_the_collector_with_names_proportions_and_attributes() {
     let samples = health("emberprof.cpu.samples", None).expect("a samples counter");
     assert!(samples as u64 >= total, "{samples} < {total}");
     for result in ["sent", "retried"] {
-        assert!(health("emberprof.export.batches", Some(result)).is_some(), "{result}");
+        assert!(
+            health("emberprof.export.batches", Some(result)).is_some(),
+            "{result}"
+        );
     }
     assert_eq!(health("emberprof.export.batches", Some("failed")), Some(0));
     assert_eq!(health("emberprof.export.batches", Some("dropped")), Some(0));

@@ -9,7 +9,23 @@ use std::collections::BTreeSet;
 
 use emberprof_model::Attributes;
 
-use crate::collect::ThreadDetail;
+/// Which thread details samples keep: thread ids and names make a series per thread in
+/// Pyroscope (sample attributes and pprof string labels become series labels), so they are
+/// kept only when asked for. Samples without them merge across threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadDetail {
+    pub id: bool,
+    pub name: bool,
+}
+
+#[cfg(test)]
+impl ThreadDetail {
+    /// Thread ids and names both.
+    pub const ALL: ThreadDetail = ThreadDetail {
+        id: true,
+        name: true,
+    };
+}
 
 /// Attributes sent only when named in `--extra-attributes` (or with `all`).
 pub const EXTRA: [&str; 5] = [
