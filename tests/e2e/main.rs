@@ -3,15 +3,11 @@
 
 mod addresses;
 mod agent;
-#[path = "../support/collector.rs"]
-mod collector;
 mod cpu_profile;
 mod debug_access;
 mod histograms;
 mod input;
 mod interop;
-#[path = "../support/kube_api.rs"]
-mod kube_api;
 mod kubernetes;
 mod off_cpu;
 mod otlp;
@@ -21,3 +17,5 @@ mod pyroscope;
 mod soak;
 mod support;
 mod symbols;
+
+use emberprof_test_support::{collector, kube_api};

@@ -188,15 +188,18 @@ fn an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_aga
                 .expect("running the short workload");
             short_pid = child.id();
             std::thread::sleep(Duration::from_millis(100));
-            let while_running = bpf_map_has_u32_key("ep_announced", short_pid);
+            let while_running = bpf_map_has_u32_key::<u8>("ep_announced", short_pid);
             assert!(child.wait().expect("waiting").success());
             std::thread::sleep(Duration::from_millis(100));
             seen = (
                 while_running,
-                bpf_map_has_u32_key("ep_announced", short_pid),
+                bpf_map_has_u32_key::<u8>("ep_announced", short_pid),
             );
             // The long-running process stays announced: the lookup can see entries.
-            assert_eq!(bpf_map_has_u32_key("ep_announced", busy.pid()), Some(true));
+            assert_eq!(
+                bpf_map_has_u32_key::<u8>("ep_announced", busy.pid()),
+                Some(true)
+            );
         },
     );
     assert_eq!(
