@@ -17,16 +17,30 @@ pub const EMBERPROF: &str = env!("CARGO_BIN_EXE_emberprof");
 /// Profiling tests run one at a time: they measure CPU shares on a 2-CPU machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Takes the serial lock, or returns `None` (skip) when BPF cannot be used here.
-/// Under CI a missing privilege is a failure, never a skip.
-pub fn bpf_test() -> Option<MutexGuard<'static, ()>> {
+/// Why end-to-end BPF tests cannot run here, if they cannot.
+fn bpf_unavailable() -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root {
+    (!root).then_some("end-to-end BPF tests need root")
+}
+
+/// Says loudly, once, that the BPF tests will be reported as ignored rather than run.
+pub fn bpf_banner() {
+    if let (Some(why), None) = (bpf_unavailable(), std::env::var_os("CI")) {
+        eprintln!(
+            "!!!!! {why}: NOT RUNNING THEM, each is reported as ignored (run as root; with CI set they fail) !!!!!"
+        );
+    }
+}
+
+/// Takes the serial lock, or returns `None` when BPF cannot be used here: the test returns
+/// and is reported as ignored. Under CI a missing privilege is a failure, never a skip.
+pub fn bpf_test() -> Option<MutexGuard<'static, ()>> {
+    if let Some(why) = bpf_unavailable() {
         if std::env::var_os("CI").is_some() {
-            panic!("end-to-end BPF tests need root in CI");
+            panic!("{why} in CI");
         }
-        eprintln!("skipping: end-to-end BPF tests need root");
+        crate::harness::skip(why);
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
