@@ -1,5 +1,6 @@
 //! Compiles the test workload (tests/workloads/workload.c) once per build, with frame
-//! pointers everywhere so that every stack the tests expect can be walked.
+//! pointers everywhere so that every stack the tests expect can be walked (bench/workloads.py
+//! builds it with the same flags).
 
 use std::path::PathBuf;
 use std::process::Command;
