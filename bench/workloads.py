@@ -10,7 +10,7 @@ from typing import Callable, List
 from common import BUILD_DIR, CPUS, ROOT, BenchError, reaped, spawn
 
 SOURCE = os.path.join(ROOT, "tests", "workloads", "workload.c")
-# The e2e tests' flags (tests/e2e/support.rs): frame pointers everywhere and no sibling
+# The e2e tests' flags (tests/support/build.rs): frame pointers everywhere and no sibling
 # calls, so that every profiler can walk every stack of the workload.
 CFLAGS = ["-O2", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer",
           "-fno-optimize-sibling-calls", "-pthread", "-Wall"]

@@ -1,10 +1,6 @@
 //! The outputs: profiles as pprof, folded stacks, SVG flame graphs, OTLP and Pyroscope
 //! pushes; latency histograms as OTLP metrics and text; delivery to collectors.
 
-// The shared test collector names this crate as its users do.
-#[cfg(test)]
-extern crate self as emberprof_exporters;
-
 pub mod delivery;
 mod error;
 pub mod folded;

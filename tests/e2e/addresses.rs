@@ -218,13 +218,16 @@ impl Drop for Guard {
     }
 }
 
-#[test]
+crate::harness::tests![
+    unnamed_frames_of_a_stripped_pie_give_back_their_function,
+    unnamed_frames_of_a_stripped_non_pie_give_back_their_function,
+];
+
 fn unnamed_frames_of_a_stripped_pie_give_back_their_function() {
     let Some(_serial) = bpf_test() else { return };
     check_variant("epw-stripped-pie", &["-fPIE", "-pie"]);
 }
 
-#[test]
 fn unnamed_frames_of_a_stripped_non_pie_give_back_their_function() {
     let Some(_serial) = bpf_test() else { return };
     check_variant("epw-stripped-nopie", &["-fno-pie", "-no-pie"]);

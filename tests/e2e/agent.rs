@@ -11,7 +11,18 @@ use crate::support::{
     prometheus_value, spawn_until, terminate, Workload, EMBERPROF,
 };
 
-#[test]
+crate::harness::tests![
+    intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everything,
+    without_an_exporter_the_agent_runs_and_says_so,
+    http_endpoints_report_health_metrics_and_profiles,
+    a_bad_config_file_exits_with_status_2_naming_the_key_and_config_check_agrees,
+    the_config_file_drives_the_agent_and_flags_override_it,
+    as_nobody_with_the_documented_capabilities_it_profiles_a_root_process,
+    include_and_exclude_rules_decide_which_processes_appear,
+    a_pprof_directory_gets_every_interval_and_is_rotated,
+    sighup_reloads_the_config_file_without_losing_an_interval,
+];
+
 fn intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everything() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -109,7 +120,6 @@ fn intervals_are_contiguous_and_sigterm_exports_the_last_one_and_unloads_everyth
     assert!(log.contains("agent stopped after 3 intervals"), "{log}");
 }
 
-#[test]
 fn without_an_exporter_the_agent_runs_and_says_so() {
     let Some(_serial) = bpf_test() else { return };
     let listen = format!("127.0.0.1:{}", crate::collector::free_port());
@@ -119,7 +129,6 @@ fn without_an_exporter_the_agent_runs_and_says_so() {
     assert!(log.contains("no exporter configured"), "{log}");
 }
 
-#[test]
 fn http_endpoints_report_health_metrics_and_profiles() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -206,7 +215,6 @@ fn http_endpoints_report_health_metrics_and_profiles() {
     assert!(agent.wait().unwrap().success());
 }
 
-#[test]
 fn a_bad_config_file_exits_with_status_2_naming_the_key_and_config_check_agrees() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     for (name, text, key) in [
@@ -264,7 +272,6 @@ fn a_bad_config_file_exits_with_status_2_naming_the_key_and_config_check_agrees(
     );
 }
 
-#[test]
 fn the_config_file_drives_the_agent_and_flags_override_it() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -301,7 +308,6 @@ fn the_config_file_drives_the_agent_and_flags_override_it() {
 /// The capabilities the README documents for running as a non-root user.
 const AGENT_CAPS: &str = "+bpf,+perfmon,+sys_ptrace,+dac_read_search,+syslog";
 
-#[test]
 fn as_nobody_with_the_documented_capabilities_it_profiles_a_root_process() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -352,7 +358,6 @@ fn as_nobody_with_the_documented_capabilities_it_profiles_a_root_process() {
     assert!(found, "no named frames of the root workload: {log}");
 }
 
-#[test]
 fn include_and_exclude_rules_decide_which_processes_appear() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -425,7 +430,6 @@ fn include_and_exclude_rules_decide_which_processes_appear() {
     );
 }
 
-#[test]
 fn a_pprof_directory_gets_every_interval_and_is_rotated() {
     let Some(_serial) = bpf_test() else { return };
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof-dir");
@@ -475,7 +479,6 @@ fn a_pprof_directory_gets_every_interval_and_is_rotated() {
     }
 }
 
-#[test]
 fn sighup_reloads_the_config_file_without_losing_an_interval() {
     let Some(_serial) = bpf_test() else { return };
     let first = TestCollector::start();

@@ -23,7 +23,20 @@ fn assert_within(what: &str, got: u64, expected: f64, tolerance: f64) {
     );
 }
 
-#[test]
+crate::harness::tests![
+    cpu_split_matches_known_ratio_and_sample_rate,
+    deep_recursion_appears_at_full_depth,
+    syscall_heavy_workload_shows_kernel_frames_under_user_frames,
+    pid_filter_excludes_every_other_process,
+    pprof_output_decodes_with_consistent_tables,
+    no_sample_is_lost_across_fast_drains,
+    ctrl_c_ends_the_recording_and_still_writes_it,
+    a_full_count_map_is_counted_as_dropped_and_reported,
+    a_full_stack_map_keeps_the_sample_and_marks_the_lost_stack,
+    shows_progress_on_a_terminal_only,
+    thousands_of_distinct_stacks_are_all_kept,
+];
+
 fn cpu_split_matches_known_ratio_and_sample_rate() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["cpu-split"]);
@@ -57,7 +70,6 @@ fn cpu_split_matches_known_ratio_and_sample_rate() {
     ])));
 }
 
-#[test]
 fn deep_recursion_appears_at_full_depth() {
     let Some(_serial) = bpf_test() else { return };
     let depth = 30;
@@ -90,7 +102,6 @@ fn deep_recursion_appears_at_full_depth() {
     );
 }
 
-#[test]
 fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["syscalls"]);
@@ -143,7 +154,6 @@ fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
     );
 }
 
-#[test]
 fn pid_filter_excludes_every_other_process() {
     let Some(_serial) = bpf_test() else { return };
     let target = Workload::start(&["cpu-split"]);
@@ -179,7 +189,6 @@ fn pid_filter_excludes_every_other_process() {
         .any(|l| l.frames[0] == other_prefix));
 }
 
-#[test]
 fn pprof_output_decodes_with_consistent_tables() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["cpu-split"]);
@@ -250,7 +259,6 @@ fn pprof_output_decodes_with_consistent_tables() {
     );
 }
 
-#[test]
 fn no_sample_is_lost_across_fast_drains() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["cpu-split"]);
@@ -276,7 +284,6 @@ fn no_sample_is_lost_across_fast_drains() {
     assert_eq!(rec.summary_number(" dropped"), 0, "{}", rec.stderr);
 }
 
-#[test]
 fn ctrl_c_ends_the_recording_and_still_writes_it() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["cpu-split"]);
@@ -313,7 +320,6 @@ fn ctrl_c_ends_the_recording_and_still_writes_it() {
     assert!(total >= 50, "only {total} samples written after Ctrl-C");
 }
 
-#[test]
 fn a_full_count_map_is_counted_as_dropped_and_reported() {
     let Some(_serial) = bpf_test() else { return };
     let _busy = Workload::start(&["cpu-split"]);
@@ -345,7 +351,6 @@ fn a_full_count_map_is_counted_as_dropped_and_reported() {
     );
 }
 
-#[test]
 fn a_full_stack_map_keeps_the_sample_and_marks_the_lost_stack() {
     let Some(_serial) = bpf_test() else { return };
     let _busy = Workload::start(&["syscalls"]);
@@ -380,7 +385,6 @@ fn a_full_stack_map_keeps_the_sample_and_marks_the_lost_stack() {
     );
 }
 
-#[test]
 fn shows_progress_on_a_terminal_only() {
     let Some(_serial) = bpf_test() else { return };
     let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tty.folded");
@@ -422,7 +426,6 @@ fn lost_stacks(lines: &[crate::support::FoldedLine]) -> u64 {
         .sum()
 }
 
-#[test]
 fn thousands_of_distinct_stacks_are_all_kept() {
     let Some(_serial) = bpf_test() else { return };
     // 4096 paths of 14 calls, 40 us of CPU at each leaf. A bucketed stack-trace map of 16384

@@ -66,7 +66,11 @@ fn code_as_nobody(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
     (code, String::from_utf8_lossy(&body).into_owned())
 }
 
-#[test]
+crate::harness::tests![
+    an_unprivileged_user_gets_no_profile_unless_switched_on_and_holding_the_token,
+    without_a_token_debug_pprof_is_refused_beyond_loopback_and_warned_about_on_it,
+];
+
 fn an_unprivileged_user_gets_no_profile_unless_switched_on_and_holding_the_token() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["cpu-split"]);
@@ -136,7 +140,6 @@ fn an_unprivileged_user_gets_no_profile_unless_switched_on_and_holding_the_token
     assert!(!log.contains("every user of this host"), "{log}");
 }
 
-#[test]
 fn without_a_token_debug_pprof_is_refused_beyond_loopback_and_warned_about_on_it() {
     let Some(_serial) = bpf_test() else { return };
     let port = crate::collector::free_port();

@@ -28,7 +28,8 @@ fn samples_counts(collector: &TestCollector) -> Vec<i64> {
         .collect()
 }
 
-#[test]
+crate::harness::tests![the_agent_sends_its_health_every_interval];
+
 fn the_agent_sends_its_health_every_interval() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();

@@ -17,7 +17,15 @@ use crate::support::{
 /// The row of the bucket (2^23, 2^24] ns, which holds 10 ms.
 const ROW_10MS: (&str, &str) = ("8.39 ms", "16.8 ms");
 
-#[test]
+crate::harness::tests![
+    nanosleep_syscall_latency_lands_in_the_10ms_bucket,
+    histogram_totals_survive_frequent_drains,
+    oversubscribed_cpus_move_run_queue_latency_into_milliseconds,
+    direct_io_is_counted_per_disk_and_direction,
+    keys_beyond_the_cap_go_to_an_overflow_histogram_and_are_counted,
+    series_of_a_removed_cgroup_are_exported_then_let_go,
+];
+
 fn nanosleep_syscall_latency_lands_in_the_10ms_bucket() {
     let Some(_serial) = bpf_test() else { return };
     let n = 40;
@@ -64,7 +72,6 @@ fn nanosleep_syscall_latency_lands_in_the_10ms_bucket() {
     );
 }
 
-#[test]
 fn histogram_totals_survive_frequent_drains() {
     let Some(_serial) = bpf_test() else { return };
     // 100 sleeps of 3 ms, each in (2.1 ms, 4.19 ms], read out by ~15 drains.
@@ -114,7 +121,6 @@ fn run_queue_of_busy_threads(threads: usize) -> (u64, f64, u64) {
     (count, sum, slow)
 }
 
-#[test]
 fn oversubscribed_cpus_move_run_queue_latency_into_milliseconds() {
     let Some(_serial) = bpf_test() else { return };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -166,7 +172,6 @@ fn disk_of(path: &Path) -> String {
     disk.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-#[test]
 fn direct_io_is_counted_per_disk_and_direction() {
     let Some(_serial) = bpf_test() else { return };
     let n = 64;
@@ -188,7 +193,6 @@ fn direct_io_is_counted_per_disk_and_direction() {
     }
 }
 
-#[test]
 fn keys_beyond_the_cap_go_to_an_overflow_histogram_and_are_counted() {
     let Some(_serial) = bpf_test() else { return };
     // A quiet host can go a second without a finished syscall, so the workload makes its own
@@ -265,7 +269,6 @@ impl Drop for TestCgroup {
     }
 }
 
-#[test]
 fn series_of_a_removed_cgroup_are_exported_then_let_go() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();

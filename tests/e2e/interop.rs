@@ -34,7 +34,11 @@ fn resources(req: &ExportProfilesServiceRequest) -> Vec<HashMap<String, String>>
         .collect()
 }
 
-#[test]
+crate::harness::tests![
+    a_whole_host_recording_arrives_whole_with_named_bounded_services,
+    a_long_recording_is_sent_span_by_span_while_it_records,
+];
+
 fn a_whole_host_recording_arrives_whole_with_named_bounded_services() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -141,7 +145,6 @@ fn a_whole_host_recording_arrives_whole_with_named_bounded_services() {
     assert!(types.contains("off_cpu:off_cpu:nanoseconds::"), "{types:?}");
 }
 
-#[test]
 fn a_long_recording_is_sent_span_by_span_while_it_records() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();

@@ -101,7 +101,11 @@ fn two_pods(
     (api, kubeconfig, web_cg, pay_cg)
 }
 
-#[test]
+crate::harness::tests![
+    profiles_carry_pod_and_container_attributes,
+    the_agent_skips_pods_annotated_enabled_false,
+];
+
 fn profiles_carry_pod_and_container_attributes() {
     let Some(_serial) = bpf_test() else { return };
     let (api, kubeconfig, web_cg, pay_cg) = two_pods(
@@ -223,7 +227,6 @@ fn profiles_carry_pod_and_container_attributes() {
     drop((web_cg, pay_cg));
 }
 
-#[test]
 fn the_agent_skips_pods_annotated_enabled_false() {
     let Some(_serial) = bpf_test() else { return };
     let (_api, kubeconfig, web_cg, pay_cg) = two_pods(

@@ -1,18 +1,19 @@
 //! End-to-end tests: real probes, real workloads, the real `emberprof` binary.
-//! They need root (or CAP_BPF + CAP_PERFMON); with `CI` set they fail without it.
+//! They need root (or CAP_BPF + CAP_PERFMON); without it they are reported as ignored, and
+//! with `CI` set they fail.
+
+// A test function left out of its module's `tests![...]` would never run (harness.rs).
+#![deny(dead_code)]
 
 mod addresses;
 mod agent;
-#[path = "../support/collector.rs"]
-mod collector;
 mod cpu_profile;
 mod debug_access;
+mod harness;
 mod health;
 mod histograms;
 mod input;
 mod interop;
-#[path = "../support/kube_api.rs"]
-mod kube_api;
 mod kubernetes;
 mod off_cpu;
 mod otlp;
@@ -22,3 +23,34 @@ mod pyroscope;
 mod soak;
 mod support;
 mod symbols;
+
+use std::process::ExitCode;
+
+use emberprof_test_support::{collector, kube_api};
+
+fn main() -> ExitCode {
+    let (args, filters) = harness::arguments();
+    if !args.list {
+        support::bpf_banner();
+    }
+    let modules = [
+        addresses::TESTS,
+        agent::TESTS,
+        cpu_profile::TESTS,
+        debug_access::TESTS,
+        health::TESTS,
+        histograms::TESTS,
+        input::TESTS,
+        interop::TESTS,
+        kubernetes::TESTS,
+        off_cpu::TESTS,
+        otlp::TESTS,
+        perf_maps::TESTS,
+        privileges::TESTS,
+        pyroscope::TESTS,
+        soak::TESTS,
+        symbols::TESTS,
+    ];
+    let trials = harness::trials(&modules, &args, &filters);
+    libtest_mimic::run(&args, trials).exit_code()
+}

@@ -20,7 +20,15 @@ fn assert_ns_within(what: &str, got: u64, expected: u64, tolerance: f64) {
     );
 }
 
-#[test]
+crate::harness::tests![
+    nanosleep_time_is_attributed_to_the_sleeping_function,
+    pipe_wait_is_attributed_to_the_reading_function,
+    preempted_time_counts_only_with_the_flag,
+    cpu_and_off_cpu_together_write_two_profiles,
+    off_cpu_flame_graph_is_titled_as_off_cpu,
+    repeated_blocks_on_one_stack_share_one_kernel_entry,
+];
+
 fn nanosleep_time_is_attributed_to_the_sleeping_function() {
     let Some(_serial) = bpf_test() else { return };
     let mut w = Workload::start_paused(&["sleep", "50", "20"]);
@@ -55,7 +63,6 @@ fn nanosleep_time_is_attributed_to_the_sleeping_function() {
     );
 }
 
-#[test]
 fn pipe_wait_is_attributed_to_the_reading_function() {
     let Some(_serial) = bpf_test() else { return };
     let mut w = Workload::start_paused(&["pipe-wait", "50", "20"]);
@@ -74,7 +81,6 @@ fn pipe_wait_is_attributed_to_the_reading_function() {
     );
 }
 
-#[test]
 fn preempted_time_counts_only_with_the_flag() {
     let Some(_serial) = bpf_test() else { return };
     // Four busy threads on two CPUs wait runnable about half the time, never blocked.
@@ -119,7 +125,6 @@ fn preempted_time_counts_only_with_the_flag() {
     );
 }
 
-#[test]
 fn cpu_and_off_cpu_together_write_two_profiles() {
     let Some(_serial) = bpf_test() else { return };
     let mut w = Workload::start_paused(&["sleep", "20", "20"]);
@@ -165,7 +170,6 @@ fn cpu_and_off_cpu_together_write_two_profiles() {
     );
 }
 
-#[test]
 fn off_cpu_flame_graph_is_titled_as_off_cpu() {
     let Some(_serial) = bpf_test() else { return };
     let mut w = Workload::start_paused(&["sleep", "10", "10"]);
@@ -178,7 +182,6 @@ fn off_cpu_flame_graph_is_titled_as_off_cpu() {
 
 /// Keys hold whole stack buffers: unless every byte past the frames is rewritten on each
 /// block, equal stacks would not aggregate and every block would take its own entry.
-#[test]
 fn repeated_blocks_on_one_stack_share_one_kernel_entry() {
     let Some(_serial) = bpf_test() else { return };
     let mut w = Workload::start_paused(&["sleep", "50", "2"]);

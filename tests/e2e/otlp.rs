@@ -28,7 +28,12 @@ fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
         .map(|kv| text(&kv.value))
 }
 
-#[test]
+crate::harness::tests![
+    cpu_profile_reaches_the_collector_with_names_proportions_and_attributes,
+    syscall_histogram_points_carry_the_kernel_buckets_exactly,
+    a_collector_that_comes_up_late_still_receives_the_recording,
+];
+
 fn cpu_profile_reaches_the_collector_with_names_proportions_and_attributes() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -193,7 +198,6 @@ fn cpu_profile_reaches_the_collector_with_names_proportions_and_attributes() {
     assert!(fill > 0.0 && fill < 0.01, "{fill}");
 }
 
-#[test]
 fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
     let Some(_serial) = bpf_test() else { return };
     let collector = TestCollector::start();
@@ -292,7 +296,6 @@ fn syscall_histogram_points_carry_the_kernel_buckets_exactly() {
     }
 }
 
-#[test]
 fn a_collector_that_comes_up_late_still_receives_the_recording() {
     let Some(_serial) = bpf_test() else { return };
     let port = free_port();

@@ -257,7 +257,14 @@ fn pid_args<'a>(pids: &'a [String], rest: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-#[test]
+crate::harness::tests![
+    a_fifo_as_perf_map_hangs_neither_record_nor_the_agent,
+    huge_perf_maps_keep_record_small_and_long_names_are_cut,
+    a_jvm_sized_perf_map_still_names_jit_frames,
+    a_perf_map_from_another_user_or_writable_by_others_is_refused,
+    a_line_that_is_not_utf8_does_not_void_the_perf_map,
+];
+
 fn a_fifo_as_perf_map_hangs_neither_record_nor_the_agent() {
     let Some(_serial) = bpf_test() else { return };
     let jit = JitProcess::start(Some(JIT_UID));
@@ -339,7 +346,6 @@ fn a_fifo_as_perf_map_hangs_neither_record_nor_the_agent() {
     assert!(status.success(), "agent exited with {status}:\n{log}");
 }
 
-#[test]
 fn huge_perf_maps_keep_record_small_and_long_names_are_cut() {
     let Some(_serial) = bpf_test() else { return };
     // One map is a symlink to /dev/zero (endless), the other names the code with 70 MB.
@@ -411,7 +417,6 @@ fn huge_perf_maps_keep_record_small_and_long_names_are_cut() {
     );
 }
 
-#[test]
 fn a_jvm_sized_perf_map_still_names_jit_frames() {
     let Some(_serial) = bpf_test() else { return };
     let jit = JitProcess::start(Some(JIT_UID));
@@ -463,7 +468,6 @@ fn a_jvm_sized_perf_map_still_names_jit_frames() {
     );
 }
 
-#[test]
 fn a_perf_map_from_another_user_or_writable_by_others_is_refused() {
     let Some(_serial) = bpf_test() else { return };
     // The same map, owned by the process's user: used.
@@ -532,7 +536,6 @@ fn a_perf_map_from_another_user_or_writable_by_others_is_refused() {
     }
 }
 
-#[test]
 fn a_line_that_is_not_utf8_does_not_void_the_perf_map() {
     let Some(_serial) = bpf_test() else { return };
     let jit = JitProcess::start(Some(JIT_UID));

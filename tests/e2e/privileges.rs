@@ -4,7 +4,11 @@ use std::process::Command;
 
 use crate::support::EMBERPROF;
 
-#[test]
+crate::harness::tests![
+    unprivileged_run_names_what_is_missing,
+    a_pid_that_does_not_exist_is_a_clear_error,
+];
+
 fn unprivileged_run_names_what_is_missing() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -40,7 +44,6 @@ fn unprivileged_run_names_what_is_missing() {
     );
 }
 
-#[test]
 fn a_pid_that_does_not_exist_is_a_clear_error() {
     let out = Command::new(EMBERPROF)
         .args(["record", "--pid", "999999999", "--output", "/dev/null"])

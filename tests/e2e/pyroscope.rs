@@ -49,7 +49,8 @@ fn serve_one(listener: TcpListener, tx: mpsc::Sender<Captured>) {
     .expect("hand over");
 }
 
-#[test]
+crate::harness::tests![cpu_profile_is_pushed_to_pyroscope_with_service_name,];
+
 fn cpu_profile_is_pushed_to_pyroscope_with_service_name() {
     let Some(_serial) = bpf_test() else { return };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -17,7 +17,8 @@ fn metric(port: u16, name: &str) -> f64 {
     prometheus_value(&String::from_utf8_lossy(&get(port, "/metrics").1), name)
 }
 
-#[test]
+crate::harness::tests![under_process_churn_memory_stays_bounded_and_no_interval_is_lost,];
+
 fn under_process_churn_memory_stays_bounded_and_no_interval_is_lost() {
     let Some(_serial) = bpf_test() else { return };
     let secs: u64 = std::env::var("EMBERPROF_SOAK_SECS")

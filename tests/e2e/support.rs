@@ -1,109 +1,49 @@
-//! Shared helpers: the workload binary (built once), running emberprof, parsing output.
+//! e2e helpers: running emberprof, parsing its output; the workload and BPF listings come
+//! from emberprof-test-support.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+
+pub use emberprof_test_support::bpf::{
+    bpf_map_has_u32_key, bpf_programs_held_by, loaded_bpf_programs,
+};
+pub use emberprof_test_support::workload::{workload_binary, Workload};
 
 pub const EMBERPROF: &str = env!("CARGO_BIN_EXE_emberprof");
 
 /// Profiling tests run one at a time: they measure CPU shares on a 2-CPU machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Takes the serial lock, or returns `None` (skip) when BPF cannot be used here.
-/// Under CI a missing privilege is a failure, never a skip.
-pub fn bpf_test() -> Option<MutexGuard<'static, ()>> {
+/// Why end-to-end BPF tests cannot run here, if they cannot.
+fn bpf_unavailable() -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root {
+    (!root).then_some("end-to-end BPF tests need root")
+}
+
+/// Says loudly, once, that the BPF tests will be reported as ignored rather than run.
+pub fn bpf_banner() {
+    if let (Some(why), None) = (bpf_unavailable(), std::env::var_os("CI")) {
+        eprintln!(
+            "!!!!! {why}: NOT RUNNING THEM, each is reported as ignored (run as root; with CI set they fail) !!!!!"
+        );
+    }
+}
+
+/// Takes the serial lock, or returns `None` when BPF cannot be used here: the test returns
+/// and is reported as ignored. Under CI a missing privilege is a failure, never a skip.
+pub fn bpf_test() -> Option<MutexGuard<'static, ()>> {
+    if let Some(why) = bpf_unavailable() {
         if std::env::var_os("CI").is_some() {
-            panic!("end-to-end BPF tests need root in CI");
+            panic!("{why} in CI");
         }
-        eprintln!("skipping: end-to-end BPF tests need root");
+        crate::harness::skip(why);
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// The test workload, compiled once per test run with frame pointers.
-pub fn workload_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/workload.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("epworkload");
-        let status = Command::new("cc")
-            .args([
-                "-O2",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-mno-omit-leaf-frame-pointer",
-            ])
-            .args(["-fno-optimize-sibling-calls", "-pthread", "-Wall", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("running cc");
-        assert!(status.success(), "building {}", src.display());
-        out
-    })
-}
-
-/// A running workload, killed when dropped.
-pub struct Workload {
-    child: Child,
-}
-
-impl Workload {
-    /// Starts a workload that waits for a line on its stdin before working (see `go`).
-    pub fn start_paused(args: &[&str]) -> Workload {
-        let child = Command::new(workload_binary())
-            .args(args)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("starting the workload");
-        Workload { child }
-    }
-
-    /// Lets a paused workload start, and waits until it has finished.
-    pub fn go_and_wait(&mut self) {
-        let mut stdin = self.child.stdin.take().expect("a paused workload");
-        stdin
-            .write_all(b"go\n")
-            .expect("telling the workload to go");
-        drop(stdin);
-        let status = self.child.wait().expect("waiting for the workload");
-        assert!(status.success(), "workload failed: {status}");
-    }
-
-    pub fn start(args: &[&str]) -> Workload {
-        Workload::start_with_env(args, &[])
-    }
-
-    /// Like `start`, with extra environment variables.
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Workload {
-        let child = Command::new(workload_binary())
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting the workload");
-        // Let it reach its steady state before sampling starts.
-        std::thread::sleep(Duration::from_millis(200));
-        Workload { child }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A finished `emberprof record` run.
@@ -313,137 +253,6 @@ pub fn read_histograms(path: &Path) -> Vec<HistSection> {
 /// The sections whose title starts with `prefix`.
 pub fn sections<'a>(all: &'a [HistSection], prefix: &str) -> Vec<&'a HistSection> {
     all.iter().filter(|s| s.title.starts_with(prefix)).collect()
-}
-
-/// The BPF programs loaded in the kernel now: id and name (the kernel keeps 15 characters).
-pub fn loaded_bpf_programs() -> BTreeMap<u32, String> {
-    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
-    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const NAME_OFFSET: usize = 64; // struct bpf_prog_info.name
-    let bpf = |cmd: libc::c_long, attr: &mut [u32; 4]| {
-        // SAFETY: attr is a zero-padded bpf_attr prefix the command reads and writes.
-        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 16) }
-    };
-    let mut names = BTreeMap::new();
-    let mut id = 0u32;
-    loop {
-        let mut attr = [id, 0, 0, 0];
-        if bpf(BPF_PROG_GET_NEXT_ID, &mut attr) != 0 {
-            return names;
-        }
-        id = attr[1];
-        let mut attr = [id, 0, 0, 0];
-        let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr);
-        if fd < 0 {
-            continue; // unloaded meanwhile
-        }
-        let mut info = [0u8; 256];
-        let mut attr = [fd as u32, info.len() as u32, 0, 0];
-        let ptr = info.as_mut_ptr() as u64;
-        attr[2] = ptr as u32;
-        attr[3] = (ptr >> 32) as u32;
-        let ok = bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0;
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd as i32) };
-        if ok {
-            let name = &info[NAME_OFFSET..NAME_OFFSET + 16];
-            let end = name.iter().position(|&b| b == 0).unwrap_or(16);
-            names.insert(id, String::from_utf8_lossy(&name[..end]).into_owned());
-        }
-    }
-}
-
-/// Ids of the BPF programs process `pid` holds, as program fds or through links. A program
-/// records no owner, so the `prog_id:` lines of the process's fdinfo are what ties it to
-/// the process; other BPF users on the host (another emberprof) do not appear here.
-pub fn bpf_programs_held_by(pid: u32) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading fdinfo");
-    for entry in dir.flatten() {
-        // An fd closed since the listing has no fdinfo any more.
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        ids.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("prog_id:"))
-                .filter_map(|v| v.trim().parse::<u32>().ok()),
-        );
-    }
-    ids
-}
-
-/// Whether the kernel map named `map` (any loaded one) holds the 4-byte key `key`:
-/// `None` when no such map is loaded.
-pub fn bpf_map_has_u32_key(map: &str, key: u32) -> Option<bool> {
-    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
-    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const NAME_OFFSET: usize = 24; // struct bpf_map_info.name
-    const VALUE_SIZE_OFFSET: usize = 12;
-    let bpf = |cmd: libc::c_long, attr: &mut [u32; 8]| {
-        // SAFETY: attr is a zero-padded bpf_attr prefix the command reads and writes.
-        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 32) }
-    };
-    let mut id = 0u32;
-    loop {
-        let mut attr = [id, 0, 0, 0, 0, 0, 0, 0];
-        if bpf(BPF_MAP_GET_NEXT_ID, &mut attr) != 0 {
-            return None;
-        }
-        id = attr[1];
-        let mut attr = [id, 0, 0, 0, 0, 0, 0, 0];
-        let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr);
-        if fd < 0 {
-            continue;
-        }
-        let mut info = [0u8; 128];
-        let ptr = info.as_mut_ptr() as u64;
-        let mut attr = [
-            fd as u32,
-            info.len() as u32,
-            ptr as u32,
-            (ptr >> 32) as u32,
-            0,
-            0,
-            0,
-            0,
-        ];
-        let named = bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) == 0 && {
-            let name = &info[NAME_OFFSET..NAME_OFFSET + 16];
-            let end = name.iter().position(|&b| b == 0).unwrap_or(16);
-            &name[..end] == map.as_bytes()
-        };
-        let mut found = None;
-        if named {
-            let value_size = u32::from_ne_bytes(
-                info[VALUE_SIZE_OFFSET..VALUE_SIZE_OFFSET + 4]
-                    .try_into()
-                    .unwrap(),
-            );
-            let mut value = vec![0u8; value_size as usize];
-            let k = key.to_ne_bytes();
-            let (kp, vp) = (k.as_ptr() as u64, value.as_mut_ptr() as u64);
-            let mut attr = [
-                fd as u32,
-                0,
-                kp as u32,
-                (kp >> 32) as u32,
-                vp as u32,
-                (vp >> 32) as u32,
-                0,
-                0,
-            ];
-            found = Some(bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) == 0);
-        }
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd as i32) };
-        if found.is_some() {
-            return found;
-        }
-    }
 }
 
 /// The cpu-split workload's functions.

@@ -7,7 +7,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-#[test]
+crate::harness::tests![
+    process_that_lives_200ms_between_drains_is_named,
+    binary_inside_a_private_mount_namespace_is_named,
+    inlined_functions_are_their_own_pprof_lines,
+    bpf_programs_in_kernel_stacks_are_named_from_kallsyms,
+    an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_again,
+    off_cpu_only_recordings_name_a_short_lived_process_too,
+    a_process_that_execs_every_quarter_second_keeps_its_frames,
+];
+
 fn process_that_lives_200ms_between_drains_is_named() {
     let Some(_serial) = bpf_test() else { return };
     let mut exited = false;
@@ -41,7 +50,6 @@ fn process_that_lives_200ms_between_drains_is_named() {
     assert!(main_too, "the whole stack is named, up to main");
 }
 
-#[test]
 fn binary_inside_a_private_mount_namespace_is_named() {
     let Some(_serial) = bpf_test() else { return };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mntns-root");
@@ -93,7 +101,6 @@ fn binary_inside_a_private_mount_namespace_is_named() {
     );
 }
 
-#[test]
 fn inlined_functions_are_their_own_pprof_lines() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["cpu-split"]);
@@ -132,7 +139,6 @@ fn inlined_functions_are_their_own_pprof_lines() {
     assert!(!profile.string_table[mapping.build_id as usize].is_empty());
 }
 
-#[test]
 fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
     let Some(_serial) = bpf_test() else { return };
     // While a recording runs, its BPF programs are in kallsyms as `bpf_prog_<tag>_<name>
@@ -172,7 +178,6 @@ fn bpf_programs_in_kernel_stacks_are_named_from_kallsyms() {
     assert!(found.is_some());
 }
 
-#[test]
 fn an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_again() {
     let Some(_serial) = bpf_test() else { return };
     let busy = Workload::start(&["busy", "1"]);
@@ -188,15 +193,18 @@ fn an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_aga
                 .expect("running the short workload");
             short_pid = child.id();
             std::thread::sleep(Duration::from_millis(100));
-            let while_running = bpf_map_has_u32_key("ep_announced", short_pid);
+            let while_running = bpf_map_has_u32_key::<u8>("ep_announced", short_pid);
             assert!(child.wait().expect("waiting").success());
             std::thread::sleep(Duration::from_millis(100));
             seen = (
                 while_running,
-                bpf_map_has_u32_key("ep_announced", short_pid),
+                bpf_map_has_u32_key::<u8>("ep_announced", short_pid),
             );
             // The long-running process stays announced: the lookup can see entries.
-            assert_eq!(bpf_map_has_u32_key("ep_announced", busy.pid()), Some(true));
+            assert_eq!(
+                bpf_map_has_u32_key::<u8>("ep_announced", busy.pid()),
+                Some(true)
+            );
         },
     );
     assert_eq!(
@@ -206,7 +214,6 @@ fn an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_aga
     );
 }
 
-#[test]
 fn off_cpu_only_recordings_name_a_short_lived_process_too() {
     let Some(_serial) = bpf_test() else { return };
     let rec = record_around(
@@ -228,7 +235,6 @@ fn off_cpu_only_recordings_name_a_short_lived_process_too() {
     );
 }
 
-#[test]
 fn a_process_that_execs_every_quarter_second_keeps_its_frames() {
     let Some(_serial) = bpf_test() else { return };
     // A new image (new addresses) every 250 ms under one PID: samples of the image before

@@ -151,13 +151,9 @@ impl Kubernetes {
 }
 
 #[cfg(test)]
-#[path = "../../../tests/support/kube_api.rs"]
-mod kube_api;
-
-#[cfg(test)]
 mod tests {
-    use super::kube_api::{pod, FakeApi};
     use super::*;
+    use emberprof_test_support::kube_api::{pod, FakeApi};
     use std::time::{Duration, Instant};
 
     const ID1: &str = "1111111111111111111111111111111111111111111111111111111111111111";

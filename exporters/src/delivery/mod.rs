@@ -14,7 +14,4 @@ pub use pipeline::{Batch, Pipeline, PipelineStats};
 pub use queue::ByteQueue;
 
 #[cfg(test)]
-#[path = "../../../tests/support/collector.rs"]
-mod collector;
-#[cfg(test)]
 mod tests;

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use emberprof_test_support::collector::{free_port, TestCollector};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 use tonic::Status;
 
-use super::collector::{free_port, TestCollector};
 use super::{Batch, OtlpConfig, Pipeline};
 
 fn config(endpoint: &str) -> OtlpConfig {

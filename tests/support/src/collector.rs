@@ -5,8 +5,6 @@
 //! index rules (`validate`): reading what was received fails the test if a consumer would
 //! refuse or cut any of it.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,6 @@
 //! `Expired` error for a resource version it does not have), and can be stopped and
 //! started again on the same port to act out an API server restart.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

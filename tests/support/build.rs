@@ -1,0 +1,28 @@
+//! Compiles the test workload (tests/workloads/workload.c) once per build, with frame
+//! pointers everywhere so that every stack the tests expect can be walked (bench/workloads.py
+//! builds it with the same flags).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let src = manifest.join("../workloads/workload.c");
+    // The tests look for this name: it is the workload's comm and its mapping's file name.
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("epworkload");
+    println!("cargo:rerun-if-changed={}", src.display());
+    let status = Command::new("cc")
+        .args([
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-mno-omit-leaf-frame-pointer",
+        ])
+        .args(["-fno-optimize-sibling-calls", "-pthread", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("running cc (the C compiler) for the test workload");
+    assert!(status.success(), "building {}", src.display());
+    println!("cargo:rustc-env=EMBERPROF_TEST_WORKLOAD={}", out.display());
+}

@@ -1,0 +1,70 @@
+//! The test workload (tests/workloads/workload.c): CPU, off-CPU and I/O patterns with known
+//! shapes, built by this crate's build script.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The workload binary, built with frame pointers; its file name is `epworkload`.
+pub fn workload_binary() -> &'static Path {
+    Path::new(env!("EMBERPROF_TEST_WORKLOAD"))
+}
+
+/// A running workload, killed when dropped.
+pub struct Workload {
+    child: Child,
+}
+
+impl Workload {
+    /// Starts a workload that waits for a line on its stdin before working (see `go`).
+    pub fn start_paused(args: &[&str]) -> Workload {
+        let child = Command::new(workload_binary())
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("starting the workload");
+        Workload { child }
+    }
+
+    /// Lets a paused workload start, and waits until it has finished.
+    pub fn go_and_wait(&mut self) {
+        let mut stdin = self.child.stdin.take().expect("a paused workload");
+        stdin
+            .write_all(b"go\n")
+            .expect("telling the workload to go");
+        drop(stdin);
+        let status = self.child.wait().expect("waiting for the workload");
+        assert!(status.success(), "workload failed: {status}");
+    }
+
+    /// Starts a workload and gives it time to reach its steady state.
+    pub fn start(args: &[&str]) -> Workload {
+        Workload::start_with_env(args, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Workload {
+        let child = Command::new(workload_binary())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the workload");
+        // Let it reach its steady state before sampling starts.
+        std::thread::sleep(Duration::from_millis(200));
+        Workload { child }
+    }
+
+    /// The workload's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
