@@ -50,37 +50,45 @@ pub fn bpf_test() -> Option<MutexGuard<'static, ()>> {
 pub struct Recording {
     pub stderr: String,
     pub file: PathBuf,
+    /// Its `--summary-json`.
+    pub summary: serde_json::Value,
 }
 
 impl Recording {
-    fn summary_line(&self) -> &str {
-        self.stderr
-            .lines()
-            .find(|l| l.starts_with("emberprof: ") && l.contains(" samples ("))
-            .unwrap_or_else(|| panic!("no summary line in stderr:\n{}", self.stderr))
+    fn read(stderr: String, file: PathBuf, summary: &Path) -> Recording {
+        let text = std::fs::read_to_string(summary)
+            .unwrap_or_else(|e| panic!("no JSON summary ({e}); stderr:\n{stderr}"));
+        let summary = serde_json::from_str(&text).expect("a JSON summary");
+        Recording {
+            stderr,
+            file,
+            summary,
+        }
     }
 
-    /// The number just before `marker` in the summary line, e.g. `" dropped"`.
-    pub fn summary_number(&self, marker: &str) -> u64 {
-        let line = self.summary_line();
-        let head = &line[..line
-            .find(marker)
-            .unwrap_or_else(|| panic!("{marker:?} not in {line}"))];
-        head.rsplit([' ', '(']).next().unwrap().parse().unwrap()
+    /// A number of the summary of the profile of `kind` (`cpu`, `offcpu`).
+    pub fn summary_of(&self, kind: &str, field: &str) -> u64 {
+        self.summary["profiles"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["kind"] == kind))
+            .and_then(|p| p[field].as_u64())
+            .unwrap_or_else(|| panic!("no {kind} {field} in {}", self.summary))
     }
 
-    /// The summary line's "N samples" and "kernel counted M".
+    /// The CPU profile's samples read and the kernel's own count of them.
     pub fn summary_counts(&self) -> (u64, u64) {
-        let line = self.summary_line();
-        let samples = self.summary_number(" samples (");
-        let kernel = line
-            .split("kernel counted ")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .expect("kernel counted N");
-        (samples, kernel)
+        (
+            self.summary_of("cpu", "samples"),
+            self.summary_of("cpu", "kernel_counted"),
+        )
     }
+}
+
+/// Where a recording's JSON summary goes.
+fn summary_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".summary.json");
+    PathBuf::from(name)
 }
 
 /// Runs `emberprof record ARGS -o <tmp>/NAME` and checks it succeeded.
@@ -91,13 +99,17 @@ pub fn record(name: &str, args: &[&str]) -> Recording {
 /// `record` with extra environment variables.
 pub fn record_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Recording {
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let summary = summary_path(&file);
     let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&summary);
     let output = Command::new(EMBERPROF)
         .envs(env.iter().copied())
         .arg("record")
         .args(args)
         .arg("--output")
         .arg(&file)
+        .arg("--summary-json")
+        .arg(&summary)
         .output()
         .expect("running emberprof");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -105,7 +117,7 @@ pub fn record_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Recor
         output.status.success(),
         "emberprof record {args:?} failed:\n{stderr}"
     );
-    Recording { stderr, file }
+    Recording::read(stderr, file, &summary)
 }
 
 /// One line of folded output: frames root first, and the count.
@@ -147,11 +159,15 @@ pub fn self_counts(lines: &[FoldedLine], names: &[&str]) -> HashMap<String, u64>
 /// `during`, then ends the recording with Ctrl-C.
 pub fn record_around(name: &str, args: &[&str], during: impl FnOnce()) -> Recording {
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let summary = summary_path(&file);
     let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&summary);
     let file_arg = file.to_string_lossy().into_owned();
+    let summary_arg = summary.to_string_lossy().into_owned();
     let mut all = vec!["record"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--duration", "60", "--output", &file_arg]);
+    all.extend_from_slice(&["--summary-json", &summary_arg]);
     let (mut child, mut stderr, mut log) = spawn_until(&all, "recording");
     during();
     // SAFETY: plain kill(2) of our own child.
@@ -161,7 +177,7 @@ pub fn record_around(name: &str, args: &[&str], during: impl FnOnce()) -> Record
     log.push_str(&rest);
     let status = child.wait().expect("waiting for emberprof");
     assert!(status.success(), "emberprof {args:?} failed:\n{log}");
-    Recording { stderr: log, file }
+    Recording::read(log, file, &summary)
 }
 
 /// Sum of values of the folded lines that contain `frame`.
