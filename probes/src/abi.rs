@@ -134,6 +134,12 @@ pub enum Counter {
     AnnounceLost = 6,
 }
 
+impl From<Counter> for u32 {
+    fn from(c: Counter) -> u32 {
+        c as u32
+    }
+}
+
 impl Counter {
     /// Every counter, in index order.
     pub const ALL: [Counter; 7] = [
@@ -225,6 +231,12 @@ pub enum OffCpuCounter {
     AnnounceLost = 5,
 }
 
+impl From<OffCpuCounter> for u32 {
+    fn from(c: OffCpuCounter) -> u32 {
+        c as u32
+    }
+}
+
 impl OffCpuCounter {
     /// Every counter, in index order.
     pub const ALL: [OffCpuCounter; 6] = [
@@ -248,6 +260,12 @@ pub enum HistKind {
     OffCpu = 1,
     BlockIo = 2,
     Syscall = 3,
+}
+
+impl From<HistKind> for u32 {
+    fn from(c: HistKind) -> u32 {
+        c as u32
+    }
 }
 
 impl HistKind {
@@ -328,6 +346,12 @@ pub enum HistCounter {
     Recorded = 0,
     Overflowed = 1,
     StartFull = 2,
+}
+
+impl From<HistCounter> for u32 {
+    fn from(c: HistCounter) -> u32 {
+        c as u32
+    }
 }
 
 impl HistCounter {

@@ -3,13 +3,16 @@
 
 use std::os::fd::AsFd;
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::abi::{Hist, HistCounter, HistKey, HistKind};
-use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
-use crate::ProbeError;
+use crate::abi::{Hist, HistCounter, HistKey, HistKind, DEFAULT_HIST_KEYS};
+use crate::double_buffer::DoubleBuffer;
+use crate::error::ProbeError;
+use crate::loader::check_start;
+use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
+use crate::pid_filter::{self, PidFilter};
 use emberprof_model::Log2Histogram;
 
 static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
@@ -49,13 +52,13 @@ pub struct LatencyConfig {
 }
 
 impl LatencyConfig {
-    /// Scheduler and block I/O histograms, up to 1024 keys.
+    /// Scheduler and block I/O histograms, up to 1024 keys (`DEFAULT_HIST_KEYS`).
     pub fn new(pids: Vec<u32>) -> Self {
         LatencyConfig {
             pids,
             filter_pids: false,
             syscalls: false,
-            max_keys: 1024,
+            max_keys: DEFAULT_HIST_KEYS,
         }
     }
 }
@@ -70,6 +73,17 @@ pub struct LatencyCounters {
     /// Waits not tracked (no task storage for the thread, or too many block requests in
     /// flight): those durations are lost.
     pub start_full: u64,
+}
+
+impl LatencyCounters {
+    /// The field that totals `counter`.
+    fn field(&mut self, counter: HistCounter) -> &mut u64 {
+        match counter {
+            HistCounter::Recorded => &mut self.recorded,
+            HistCounter::Overflowed => &mut self.overflowed,
+            HistCounter::StartFull => &mut self.start_full,
+        }
+    }
 }
 
 /// What one drain read: histograms by key, and per kind what did not fit the key cap.
@@ -87,7 +101,7 @@ pub struct LatencyHistograms {
     hists: [MapData; 2],
     overflow: [PerCpuArray<MapData, Hist>; 2],
     buffers: DoubleBuffer,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuCounters,
     attached: Vec<&'static str>,
     cpus: usize,
 }
@@ -106,37 +120,31 @@ impl LatencyHistograms {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
 
-        let filter = u8::from(config.filter_pids || !config.pids.is_empty());
+        let filter = PidFilter::new(&config.pids, config.filter_pids);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let skip = crate::kernel_maps::skip_tgid(&config.pids);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             // Task-local storage (ep_marks) is a map type aya has no wrapper for; it is
             // only used by the programs.
-            .allow_unsupported_maps()
-            .set_global("ep_filter_pids", &filter, true)
-            .set_global("ep_skip_tgid", &skip, true);
+            .allow_unsupported_maps();
+        filter.set_globals(&mut loader);
         for name in HIST_MAPS {
             loader.set_max_entries(name, config.max_keys);
         }
         let mut ebpf = loader.load(LATENCY_OBJ)?;
-        sync_pid_filter(&mut ebpf, &config.pids.iter().copied().collect())?;
+        pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
 
         let hists = [
             take_hash(&mut ebpf, HIST_MAPS[0])?,
             take_hash(&mut ebpf, HIST_MAPS[1])?,
         ];
         let overflow = [
-            PerCpuArray::try_from(take(&mut ebpf, OVERFLOW_MAPS[0])?)
-                .map_err(map_err(OVERFLOW_MAPS[0]))?,
-            PerCpuArray::try_from(take(&mut ebpf, OVERFLOW_MAPS[1])?)
-                .map_err(map_err(OVERFLOW_MAPS[1]))?,
+            take_as(&mut ebpf, OVERFLOW_MAPS[0])?,
+            take_as(&mut ebpf, OVERFLOW_MAPS[1])?,
         ];
-        let control = Array::try_from(take(&mut ebpf, "ep_hist_control")?)
-            .map_err(map_err("ep_hist_control"))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "ep_hist_counters")?)
-            .map_err(map_err("ep_hist_counters"))?;
+        let control = take_as(&mut ebpf, "ep_hist_control")?;
+        let counters = PerCpuCounters::take(&mut ebpf, "ep_hist_counters")?;
 
         let mut programs: Vec<(&'static str, &'static str)> = CORE_PROGRAMS.to_vec();
         if config.syscalls {
@@ -196,24 +204,16 @@ impl LatencyHistograms {
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        sync_pid_filter(&mut self.ebpf, pids)
+        pid_filter::sync(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.
     pub fn counters(&self) -> Result<LatencyCounters, ProbeError> {
-        let mut totals = [0u64; HistCounter::ALL.len()];
-        for (i, total) in totals.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err("ep_hist_counters"))?;
-            *total = per_cpu.iter().sum();
+        let mut totals = LatencyCounters::default();
+        for (counter, total) in self.counters.totals(&HistCounter::ALL)? {
+            *totals.field(counter) = total;
         }
-        Ok(LatencyCounters {
-            recorded: totals[HistCounter::Recorded as usize],
-            overflowed: totals[HistCounter::Overflowed as usize],
-            start_full: totals[HistCounter::StartFull as usize],
-        })
+        Ok(totals)
     }
 
     fn read_buffer(&mut self, buffer: usize) -> Result<HistogramDrain, ProbeError> {
