@@ -54,7 +54,12 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         );
     }
     let status: SharedStatus = Arc::default();
-    crate::http::serve(args.http_listen, &args.debug, status.clone())?;
+    crate::http::serve(
+        args.http_listen,
+        &args.debug,
+        args.symbols.profile_self,
+        status.clone(),
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -65,7 +70,6 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
 
     crate::kubernetes::init(args.select.k8s_opt_in);
-    emberprof_probes::set_profile_self(args.symbols.profile_self);
     let mut selection = Selection::from_args(&args.pids, &args.select)?;
     let agent_start = SystemTime::now();
     let mut interval_start = agent_start;
@@ -76,6 +80,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         syscalls: args.waits.syscall_latency,
         max_keys: args.waits.histogram_keys,
         filter_pids: selection.is_some(),
+        profile_self: args.symbols.profile_self,
         ..LatencyConfig::new(args.pids.clone())
     }))?;
     select(selection.as_ref(), &mut runs, histograms.as_mut());
@@ -275,6 +280,7 @@ fn start_profilers(
         stack_map_entries: args.maps.stack_map_entries,
         count_map_entries: args.maps.count_map_entries,
         filter_pids,
+        profile_self: args.symbols.profile_self,
         ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
     };
     let mut runs = vec![start_cpu(&config, start, None)?];
@@ -284,6 +290,7 @@ fn start_profilers(
             min_block: args.waits.min_block,
             count_map_entries: args.maps.count_map_entries,
             filter_pids,
+            profile_self: args.symbols.profile_self,
             ..OffCpuConfig::new(args.pids.clone())
         };
         runs.push(start_off_cpu(&config, start, None)?);

@@ -47,6 +47,9 @@ pub struct CpuSamplerConfig {
     /// Filter by PID even while `pids` is empty: the set is changed at run time with
     /// `set_pids` (include/exclude rules).
     pub filter_pids: bool,
+    /// Also record emberprof's own process (left out by default: symbolizing its own
+    /// samples parses its own debug info and feeds back into what is measured).
+    pub profile_self: bool,
     /// Entries of each of the two stack maps (distinct stacks between drains).
     pub stack_map_entries: u32,
     /// Entries of each of the two count maps (distinct thread + stack keys between drains).
@@ -63,6 +66,7 @@ impl CpuSamplerConfig {
             filter_pids: false,
             stack_map_entries: DEFAULT_STACK_MAP_ENTRIES,
             count_map_entries: DEFAULT_COUNT_MAP_ENTRIES,
+            profile_self: false,
         }
     }
 }
@@ -137,7 +141,7 @@ impl CpuSampler {
             &config.pids,
         )?;
 
-        let filter = PidFilter::new(&config.pids, config.filter_pids);
+        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
         let mut loader = EbpfLoader::new();
         filter.set_globals(&mut loader);
         loader.set_global("ep_announce_on", &1u8, true);

@@ -44,6 +44,9 @@ pub struct LatencyConfig {
     /// Filter by PID even while `pids` is empty: the set is changed at run time with
     /// `set_pids` (include/exclude rules).
     pub filter_pids: bool,
+    /// Also record emberprof's own process (left out by default: symbolizing its own
+    /// samples parses its own debug info and feeds back into what is measured).
+    pub profile_self: bool,
     /// Also measure every syscall's latency (costs a few hundred ns per syscall).
     pub syscalls: bool,
     /// Distinct histograms (cgroup, disk, syscall keys) kept between drains; more go to the
@@ -57,6 +60,7 @@ impl LatencyConfig {
         LatencyConfig {
             pids,
             filter_pids: false,
+            profile_self: false,
             syscalls: false,
             max_keys: DEFAULT_HIST_KEYS,
         }
@@ -120,7 +124,7 @@ impl LatencyHistograms {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
 
-        let filter = PidFilter::new(&config.pids, config.filter_pids);
+        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader

@@ -32,4 +32,3 @@ pub use error::ProbeError;
 pub use latency::{HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
-pub use pid_filter::set_profile_self;

@@ -34,6 +34,9 @@ pub struct OffCpuConfig {
     /// Filter by PID even while `pids` is empty: the set is changed at run time with
     /// `set_pids` (include/exclude rules).
     pub filter_pids: bool,
+    /// Also record emberprof's own process (left out by default: symbolizing its own
+    /// samples parses its own debug info and feeds back into what is measured).
+    pub profile_self: bool,
     /// Also count time a runnable thread waited after being preempted.
     pub include_preempted: bool,
     /// Blocks shorter than this are not recorded (bounds the cost on busy hosts).
@@ -50,6 +53,7 @@ impl OffCpuConfig {
         OffCpuConfig {
             pids,
             filter_pids: false,
+            profile_self: false,
             include_preempted: false,
             min_block: Duration::from_nanos(DEFAULT_MIN_BLOCK_NS),
             count_map_entries: DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES,
@@ -112,7 +116,7 @@ impl OffCpuProfiler {
         crate::preflight::check_kernel("off-CPU profiling", (5, 18))?;
         check_start(&[("off-CPU count", config.count_map_entries)], &config.pids)?;
 
-        let filter = PidFilter::new(&config.pids, config.filter_pids);
+        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
         let preempted = u8::from(config.include_preempted);
         let min_block_ns = u64::try_from(config.min_block.as_nanos()).unwrap_or(u64::MAX);
         let announce = u8::from(config.announce);

@@ -8,15 +8,6 @@ use aya::{Ebpf, EbpfLoader};
 use crate::abi::MAX_FILTER_PIDS;
 use crate::error::ProbeError;
 
-static PROFILE_SELF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether probes loaded from now on record emberprof's own process. Off by default:
-/// symbolizing our own samples would parse our own (large) debug info and feed back into
-/// what we measure.
-pub fn set_profile_self(on: bool) {
-    PROFILE_SELF.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// The filter's settings a program is loaded with (read-only globals: the verifier prunes
 /// what they switch off).
 pub(crate) struct PidFilter {
@@ -28,11 +19,10 @@ pub(crate) struct PidFilter {
 
 impl PidFilter {
     /// On when `pids` are given or `filter_pids` asks for it (the set then comes with
-    /// `sync`); emberprof itself is skipped unless self-profiling is on or its PID was asked
-    /// for explicitly.
-    pub(crate) fn new(pids: &[u32], filter_pids: bool) -> Self {
+    /// `sync`); emberprof itself is skipped unless `profile_self` or its PID was asked for
+    /// explicitly.
+    pub(crate) fn new(pids: &[u32], filter_pids: bool, profile_self: bool) -> Self {
         let own = std::process::id();
-        let profile_self = PROFILE_SELF.load(std::sync::atomic::Ordering::Relaxed);
         PidFilter {
             on: u8::from(filter_pids || !pids.is_empty()),
             skip_tgid: if profile_self || pids.contains(&own) {
@@ -83,4 +73,24 @@ pub(crate) fn sync(ebpf: &mut Ebpf, pids: &BTreeSet<u32>) -> Result<(), ProbeErr
             .map_err(|source| ProbeError::Map { name: NAME, source })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emberprof_is_left_out_unless_asked_for() {
+        let own = std::process::id();
+        let f = PidFilter::new(&[], false, false);
+        assert_eq!((f.on, f.skip_tgid), (0, own));
+        let f = PidFilter::new(&[], false, true);
+        assert_eq!((f.on, f.skip_tgid), (0, 0));
+        let f = PidFilter::new(&[own], false, false);
+        assert_eq!((f.on, f.skip_tgid), (1, 0));
+        let f = PidFilter::new(&[own + 1], false, false);
+        assert_eq!((f.on, f.skip_tgid), (1, own));
+        let f = PidFilter::new(&[], true, false);
+        assert_eq!((f.on, f.skip_tgid), (1, own));
+    }
 }

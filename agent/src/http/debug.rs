@@ -55,11 +55,16 @@ impl Params {
     }
 }
 
-/// Samples the machine (or one process) and returns a gzipped pprof, or an SVG.
-pub fn profile(params: &Params, svg_output: bool) -> anyhow::Result<Vec<u8>> {
+/// Samples the machine (or one process) and returns a gzipped pprof, or an SVG; emberprof
+/// itself only with `profile_self` (or its PID).
+pub fn profile(params: &Params, svg_output: bool, profile_self: bool) -> anyhow::Result<Vec<u8>> {
     let pids: Vec<u32> = params.pid.into_iter().collect();
-    let mut sampler = CpuSampler::start(&CpuSamplerConfig::new(params.hz, pids.clone()))
-        .context("starting a CPU sampler for the request")?;
+    let config = CpuSamplerConfig {
+        profile_self,
+        ..CpuSamplerConfig::new(params.hz, pids.clone())
+    };
+    let mut sampler =
+        CpuSampler::start(&config).context("starting a CPU sampler for the request")?;
     let start = SystemTime::now();
     std::thread::sleep(Duration::from_secs(params.seconds));
     let counts = sampler.stop().context("stopping the request's sampler")?;
