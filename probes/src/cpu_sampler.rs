@@ -17,10 +17,10 @@ use crate::abi::{
     Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES,
     KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE,
 };
-use crate::double_buffer::DoubleBuffer;
+use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
 use crate::loader::check_start;
-use crate::maps::{drain_hash, drain_hash_each, take_as, take_hash, PerCpuCounters};
+use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter::{self, PidFilter};
 use emberprof_model::{CapturedStack, KernelSample, StackLoss};
@@ -115,9 +115,7 @@ impl KernelCounters {
 /// The loaded and attached CPU sampler. Dropping it detaches and unloads everything.
 pub struct CpuSampler {
     ebpf: Ebpf,
-    counts: [MapData; 2],
-    stacks: [MapData; 2],
-    buffers: DoubleBuffer,
+    buffers: DoubleBuffer<SampleBuffer>,
     counters: PerCpuCounters,
     links: Vec<PerfEventLinkId>,
     cpus: usize,
@@ -155,23 +153,17 @@ impl CpuSampler {
 
         pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
 
-        let counts = [
-            take_hash(&mut ebpf, COUNT_MAPS[0])?,
-            take_hash(&mut ebpf, COUNT_MAPS[1])?,
+        let buffers = [
+            SampleBuffer::take(&mut ebpf, 0)?,
+            SampleBuffer::take(&mut ebpf, 1)?,
         ];
-        let stacks = [
-            take_hash(&mut ebpf, STACK_MAPS[0])?,
-            take_hash(&mut ebpf, STACK_MAPS[1])?,
-        ];
-        let control = take_as(&mut ebpf, "ep_control")?;
+        let buffers = DoubleBuffer::take(&mut ebpf, "ep_control", buffers)?;
         let counters = PerCpuCounters::take(&mut ebpf, "ep_counters")?;
         let new_processes = new_processes::take_ring(&mut ebpf)?;
 
         let mut sampler = CpuSampler {
             ebpf,
-            counts,
-            stacks,
-            buffers: DoubleBuffer::new(control, "ep_control"),
+            buffers,
             counters,
             links: Vec::new(),
             cpus: 0,
@@ -225,29 +217,29 @@ impl CpuSampler {
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
     pub fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        let old = self.buffers.switch()?;
-        self.read_buffer(old)
+        self.buffers.drain()
     }
 
     /// Detaches from every CPU and returns everything still in the kernel.
     pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        if let Some(program) = self.ebpf.program_mut(PROGRAM) {
-            let program: &mut PerfEvent =
-                program.try_into().map_err(|source| ProbeError::Program {
-                    name: PROGRAM,
-                    source,
-                })?;
-            for link in self.links.drain(..) {
-                program.detach(link).map_err(|source| ProbeError::Program {
-                    name: PROGRAM,
-                    source,
-                })?;
+        let (ebpf, links) = (&mut self.ebpf, &mut self.links);
+        self.buffers.stop(|| {
+            if let Some(program) = ebpf.program_mut(PROGRAM) {
+                let program: &mut PerfEvent =
+                    program.try_into().map_err(|source| ProbeError::Program {
+                        name: PROGRAM,
+                        source,
+                    })?;
+                for link in links.drain(..) {
+                    program.detach(link).map_err(|source| ProbeError::Program {
+                        name: PROGRAM,
+                        source,
+                    })?;
+                }
             }
-        }
-        new_processes::unload_lifecycle(&mut self.ebpf);
-        let mut all = self.read_buffer(0)?;
-        all.extend(self.read_buffer(1)?);
-        Ok(all)
+            new_processes::unload_lifecycle(ebpf);
+            Ok(())
+        })
     }
 
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
@@ -264,34 +256,55 @@ impl CpuSampler {
         }
         Ok(totals)
     }
+}
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<KernelSample>, ProbeError> {
+/// One buffer: the sample counts and the stacks they refer to.
+struct SampleBuffer {
+    counts: MapData,
+    stacks: MapData,
+    counts_name: &'static str,
+    stacks_name: &'static str,
+}
+
+impl SampleBuffer {
+    /// Takes buffer `i`'s maps out of the loaded object.
+    fn take(ebpf: &mut Ebpf, i: usize) -> Result<Self, ProbeError> {
+        Ok(SampleBuffer {
+            counts: take_hash(ebpf, COUNT_MAPS[i])?,
+            stacks: take_hash(ebpf, STACK_MAPS[i])?,
+            counts_name: COUNT_MAPS[i],
+            stacks_name: STACK_MAPS[i],
+        })
+    }
+}
+
+impl Buffer for SampleBuffer {
+    type Drained = Vec<KernelSample>;
+
+    fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
         let entries: Vec<(SampleKey, u64)> =
-            drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
+            drain_hash(self.counts.fd().as_fd(), self.counts_name)?;
         // Emptied with the counts that reference it, so the next round of this buffer has
         // the whole map.
         let mut stacks: HashMap<u64, Arc<[u64]>> = HashMap::new();
         drain_hash_each(
-            self.stacks[buffer].fd().as_fd(),
-            STACK_MAPS[buffer],
+            self.stacks.fd().as_fd(),
+            self.stacks_name,
             |hash: u64, trace: StackTrace| {
                 stacks.insert(hash, Arc::from(trace.frames()));
             },
         )?;
-        let out = entries
-            .into_iter()
-            .map(|(key, count)| KernelSample {
-                pid: key.tgid,
-                tid: key.tid,
-                thread_name: key.comm_str(),
-                exec_id: key.exec_id,
-                kernel_thread: key.flags & KEY_KTHREAD != 0,
-                user: stack_of(&stacks, key.user_stack, key.user_err),
-                kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
-                value: count,
-            })
-            .collect();
-        Ok(out)
+        out.extend(entries.into_iter().map(|(key, count)| KernelSample {
+            pid: key.tgid,
+            tid: key.tid,
+            thread_name: key.comm_str(),
+            exec_id: key.exec_id,
+            kernel_thread: key.flags & KEY_KTHREAD != 0,
+            user: stack_of(&stacks, key.user_stack, key.user_err),
+            kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
+            value: count,
+        }));
+        Ok(())
     }
 }
 

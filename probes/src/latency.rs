@@ -8,7 +8,7 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
 use crate::abi::{Hist, HistCounter, HistKey, HistKind, DEFAULT_HIST_KEYS};
-use crate::double_buffer::DoubleBuffer;
+use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
 use crate::loader::check_start;
 use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
@@ -102,12 +102,9 @@ pub struct HistogramDrain {
 /// The loaded and attached histogram programs. Dropping it detaches and unloads them.
 pub struct LatencyHistograms {
     ebpf: Ebpf,
-    hists: [MapData; 2],
-    overflow: [PerCpuArray<MapData, Hist>; 2],
-    buffers: DoubleBuffer,
+    buffers: DoubleBuffer<HistBuffer>,
     counters: PerCpuCounters,
     attached: Vec<&'static str>,
-    cpus: usize,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
@@ -139,15 +136,11 @@ impl LatencyHistograms {
         let mut ebpf = loader.load(LATENCY_OBJ)?;
         pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
 
-        let hists = [
-            take_hash(&mut ebpf, HIST_MAPS[0])?,
-            take_hash(&mut ebpf, HIST_MAPS[1])?,
+        let buffers = [
+            HistBuffer::take(&mut ebpf, 0, cpus)?,
+            HistBuffer::take(&mut ebpf, 1, cpus)?,
         ];
-        let overflow = [
-            take_as(&mut ebpf, OVERFLOW_MAPS[0])?,
-            take_as(&mut ebpf, OVERFLOW_MAPS[1])?,
-        ];
-        let control = take_as(&mut ebpf, "ep_hist_control")?;
+        let buffers = DoubleBuffer::take(&mut ebpf, "ep_hist_control", buffers)?;
         let counters = PerCpuCounters::take(&mut ebpf, "ep_hist_counters")?;
 
         let mut programs: Vec<(&'static str, &'static str)> = CORE_PROGRAMS.to_vec();
@@ -156,12 +149,9 @@ impl LatencyHistograms {
         }
         let mut histograms = LatencyHistograms {
             ebpf,
-            hists,
-            overflow,
-            buffers: DoubleBuffer::new(control, "ep_hist_control"),
+            buffers,
             counters,
             attached: Vec::new(),
-            cpus,
         };
         for (name, tracepoint) in programs {
             let program_err = |source| ProbeError::Program { name, source };
@@ -181,28 +171,26 @@ impl LatencyHistograms {
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
     pub fn drain(&mut self) -> Result<HistogramDrain, ProbeError> {
-        let old = self.buffers.switch()?;
-        self.read_buffer(old)
+        self.buffers.drain()
     }
 
     /// Detaches every program and returns everything still in the kernel. Waits still in
     /// progress at that moment are not counted: they have not ended.
     pub fn stop(&mut self) -> Result<HistogramDrain, ProbeError> {
-        for name in std::mem::take(&mut self.attached) {
-            if let Some(program) = self.ebpf.program_mut(name) {
-                let program: &mut BtfTracePoint = program
-                    .try_into()
-                    .map_err(|source| ProbeError::Program { name, source })?;
-                program
-                    .unload()
-                    .map_err(|source| ProbeError::Program { name, source })?;
+        let (ebpf, attached) = (&mut self.ebpf, &mut self.attached);
+        self.buffers.stop(|| {
+            for name in std::mem::take(attached) {
+                if let Some(program) = ebpf.program_mut(name) {
+                    let program: &mut BtfTracePoint = program
+                        .try_into()
+                        .map_err(|source| ProbeError::Program { name, source })?;
+                    program
+                        .unload()
+                        .map_err(|source| ProbeError::Program { name, source })?;
+                }
             }
-        }
-        let mut all = self.read_buffer(0)?;
-        let rest = self.read_buffer(1)?;
-        all.keyed.extend(rest.keyed);
-        all.overflow.extend(rest.overflow);
-        Ok(all)
+            Ok(())
+        })
     }
 
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
@@ -219,11 +207,36 @@ impl LatencyHistograms {
         }
         Ok(totals)
     }
+}
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<HistogramDrain, ProbeError> {
-        let name = HIST_MAPS[buffer];
-        let entries: Vec<(HistKey, Hist)> = drain_hash(self.hists[buffer].fd().as_fd(), name)?;
-        let mut drain = HistogramDrain::default();
+/// One buffer: the keyed histograms and, per kind, the overflow histogram.
+struct HistBuffer {
+    hists: MapData,
+    hists_name: &'static str,
+    overflow: PerCpuArray<MapData, Hist>,
+    overflow_name: &'static str,
+    /// Possible CPUs: the per-CPU values written back when zeroing an overflow histogram.
+    cpus: usize,
+}
+
+impl HistBuffer {
+    /// Takes buffer `i`'s maps out of the loaded object.
+    fn take(ebpf: &mut Ebpf, i: usize, cpus: usize) -> Result<Self, ProbeError> {
+        Ok(HistBuffer {
+            hists: take_hash(ebpf, HIST_MAPS[i])?,
+            hists_name: HIST_MAPS[i],
+            overflow: take_as(ebpf, OVERFLOW_MAPS[i])?,
+            overflow_name: OVERFLOW_MAPS[i],
+            cpus,
+        })
+    }
+}
+
+impl Buffer for HistBuffer {
+    type Drained = HistogramDrain;
+
+    fn drain_into(&mut self, drain: &mut HistogramDrain) -> Result<(), ProbeError> {
+        let entries: Vec<(HistKey, Hist)> = drain_hash(self.hists.fd().as_fd(), self.hists_name)?;
         for (key, value) in entries {
             let mut h = Log2Histogram::new();
             h.add_slots(&value.slots, value.zero, value.sum_ns);
@@ -232,8 +245,8 @@ impl LatencyHistograms {
 
         // The buffer is quiet (switched away from, or detached), so reading then zeroing
         // each overflow entry loses nothing.
-        let overflow_name = OVERFLOW_MAPS[buffer];
-        let overflow = &mut self.overflow[buffer];
+        let overflow_name = self.overflow_name;
+        let overflow = &mut self.overflow;
         for kind in HistKind::ALL {
             let per_cpu = overflow
                 .get(&(kind as u32), 0)
@@ -258,6 +271,6 @@ impl LatencyHistograms {
                 .map_err(map_err(overflow_name))?;
             drain.overflow.push((kind, h));
         }
-        Ok(drain)
+        Ok(())
     }
 }

@@ -13,10 +13,10 @@ use crate::abi::{
     OffCpuCounter, OffCpuKey, OffCpuValue, DEFAULT_MIN_BLOCK_NS, DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES,
     KEY_KTHREAD,
 };
-use crate::double_buffer::DoubleBuffer;
+use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
 use crate::loader::check_start;
-use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
+use crate::maps::{drain_hash, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter::{self, PidFilter};
 use emberprof_model::{CapturedStack, KernelSample};
@@ -101,8 +101,7 @@ impl OffCpuCounters {
 /// The loaded and attached off-CPU profiler. Dropping it detaches and unloads everything.
 pub struct OffCpuProfiler {
     ebpf: Ebpf,
-    counts: [MapData; 2],
-    buffers: DoubleBuffer,
+    buffers: DoubleBuffer<BlockBuffer>,
     counters: PerCpuCounters,
     attached: bool,
     new_processes: Option<NewProcesses>,
@@ -138,11 +137,11 @@ impl OffCpuProfiler {
 
         pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
 
-        let counts = [
-            take_hash(&mut ebpf, COUNT_MAPS[0])?,
-            take_hash(&mut ebpf, COUNT_MAPS[1])?,
+        let buffers = [
+            BlockBuffer::take(&mut ebpf, 0)?,
+            BlockBuffer::take(&mut ebpf, 1)?,
         ];
-        let control = take_as(&mut ebpf, "ep_off_control")?;
+        let buffers = DoubleBuffer::take(&mut ebpf, "ep_off_control", buffers)?;
         let counters = PerCpuCounters::take(&mut ebpf, "ep_off_counters")?;
 
         let new_processes = if config.announce {
@@ -168,8 +167,7 @@ impl OffCpuProfiler {
 
         Ok(OffCpuProfiler {
             ebpf,
-            counts,
-            buffers: DoubleBuffer::new(control, "ep_off_control"),
+            buffers,
             counters,
             attached: true,
             new_processes,
@@ -184,31 +182,31 @@ impl OffCpuProfiler {
     /// Switches the kernel to the other buffer and returns what the previous one holds;
     /// values are blocked nanoseconds.
     pub fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        let old = self.buffers.switch()?;
-        self.read_buffer(old)
+        self.buffers.drain()
     }
 
     /// Detaches from the scheduler and returns everything still in the kernel. Threads
     /// still blocked at that moment are not counted: their block has not ended.
     pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        new_processes::unload_lifecycle(&mut self.ebpf);
-        if self.attached {
-            if let Some(program) = self.ebpf.program_mut(PROGRAM) {
-                let program: &mut BtfTracePoint =
-                    program.try_into().map_err(|source| ProbeError::Program {
+        let (ebpf, attached) = (&mut self.ebpf, &mut self.attached);
+        self.buffers.stop(|| {
+            new_processes::unload_lifecycle(ebpf);
+            if *attached {
+                if let Some(program) = ebpf.program_mut(PROGRAM) {
+                    let program: &mut BtfTracePoint =
+                        program.try_into().map_err(|source| ProbeError::Program {
+                            name: PROGRAM,
+                            source,
+                        })?;
+                    program.unload().map_err(|source| ProbeError::Program {
                         name: PROGRAM,
                         source,
                     })?;
-                program.unload().map_err(|source| ProbeError::Program {
-                    name: PROGRAM,
-                    source,
-                })?;
+                }
+                *attached = false;
             }
-            self.attached = false;
-        }
-        let mut all = self.read_buffer(0)?;
-        all.extend(self.read_buffer(1)?);
-        Ok(all)
+            Ok(())
+        })
     }
 
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
@@ -225,10 +223,30 @@ impl OffCpuProfiler {
         }
         Ok(totals)
     }
+}
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<KernelSample>, ProbeError> {
+/// One buffer: blocked time by thread and stacks.
+struct BlockBuffer {
+    counts: MapData,
+    name: &'static str,
+}
+
+impl BlockBuffer {
+    /// Takes buffer `i`'s map out of the loaded object.
+    fn take(ebpf: &mut Ebpf, i: usize) -> Result<Self, ProbeError> {
+        Ok(BlockBuffer {
+            counts: take_hash(ebpf, COUNT_MAPS[i])?,
+            name: COUNT_MAPS[i],
+        })
+    }
+}
+
+impl Buffer for BlockBuffer {
+    type Drained = Vec<KernelSample>;
+
+    fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
         let entries: Vec<(OffCpuKey, OffCpuValue)> =
-            drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
+            drain_hash(self.counts.fd().as_fd(), self.name)?;
         let stack = |frames: &[u64]| {
             if frames.is_empty() {
                 CapturedStack::None
@@ -236,18 +254,16 @@ impl OffCpuProfiler {
                 CapturedStack::Addrs(Arc::from(frames))
             }
         };
-        Ok(entries
-            .into_iter()
-            .map(|(key, value)| KernelSample {
-                pid: key.tgid,
-                tid: key.tid,
-                thread_name: key.comm_str(),
-                exec_id: key.exec_id,
-                kernel_thread: key.flags & KEY_KTHREAD != 0,
-                user: stack(key.user_frames()),
-                kernel: stack(key.kernel_frames()),
-                value: value.total_ns,
-            })
-            .collect())
+        out.extend(entries.into_iter().map(|(key, value)| KernelSample {
+            pid: key.tgid,
+            tid: key.tid,
+            thread_name: key.comm_str(),
+            exec_id: key.exec_id,
+            kernel_thread: key.flags & KEY_KTHREAD != 0,
+            user: stack(key.user_frames()),
+            kernel: stack(key.kernel_frames()),
+            value: value.total_ns,
+        }));
+        Ok(())
     }
 }
