@@ -15,6 +15,17 @@ use crate::maps::take_as;
 /// switch. BPF programs run for microseconds without sleeping; this is generous.
 const SWITCH_GRACE: Duration = Duration::from_millis(2);
 
+/// The control map: entry 0 names the buffer the kernel writes to.
+pub(crate) trait Control {
+    fn point_at(&mut self, buffer: u32) -> Result<(), aya::maps::MapError>;
+}
+
+impl Control for Array<MapData, u32> {
+    fn point_at(&mut self, buffer: u32) -> Result<(), aya::maps::MapError> {
+        self.set(0, buffer, 0)
+    }
+}
+
 /// One of the two buffers: the maps a program writes while the control map names it.
 pub(crate) trait Buffer {
     /// What draining yields; the two buffers' add up at stop.
@@ -25,8 +36,8 @@ pub(crate) trait Buffer {
 }
 
 /// Two buffers and the control map that names the one the kernel writes to.
-pub(crate) struct DoubleBuffer<B> {
-    control: Array<MapData, u32>,
+pub(crate) struct DoubleBuffer<B, C = Array<MapData, u32>> {
+    control: C,
     control_name: &'static str,
     /// Buffer the kernel is writing to.
     active: usize,
@@ -34,19 +45,29 @@ pub(crate) struct DoubleBuffer<B> {
 }
 
 impl<B: Buffer> DoubleBuffer<B> {
-    /// Takes the control map `control_name` out of the loaded object; the kernel starts on
-    /// buffer 0 (the control map's initial value).
+    /// Takes the control map `control_name` out of the loaded object.
     pub(crate) fn take(
         ebpf: &mut Ebpf,
         control_name: &'static str,
         buffers: [B; 2],
     ) -> Result<Self, ProbeError> {
-        Ok(DoubleBuffer {
-            control: take_as(ebpf, control_name)?,
+        Ok(DoubleBuffer::new(
+            take_as(ebpf, control_name)?,
+            control_name,
+            buffers,
+        ))
+    }
+}
+
+impl<B: Buffer, C: Control> DoubleBuffer<B, C> {
+    /// The kernel starts on buffer 0 (the control map's initial value).
+    fn new(control: C, control_name: &'static str, buffers: [B; 2]) -> Self {
+        DoubleBuffer {
+            control,
             control_name,
             active: 0,
             buffers,
-        })
+        }
     }
 
     /// Points the kernel at the other buffer and drains the one it was writing to.
@@ -54,7 +75,7 @@ impl<B: Buffer> DoubleBuffer<B> {
         let old = self.active;
         let new = 1 - old;
         self.control
-            .set(0, new as u32, 0)
+            .point_at(new as u32)
             .map_err(|source| ProbeError::Map {
                 name: self.control_name,
                 source,
@@ -78,5 +99,100 @@ impl<B: Buffer> DoubleBuffer<B> {
             buffer.drain_into(&mut out)?;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// What the kernel side saw, in order.
+    type Log = Rc<RefCell<Vec<String>>>;
+
+    struct FakeControl(Log);
+
+    impl Control for FakeControl {
+        fn point_at(&mut self, buffer: u32) -> Result<(), aya::maps::MapError> {
+            self.0.borrow_mut().push(format!("write to {buffer}"));
+            Ok(())
+        }
+    }
+
+    /// A buffer holding its name once per fill.
+    struct FakeBuffer {
+        name: &'static str,
+        filled: usize,
+        log: Log,
+    }
+
+    impl Buffer for FakeBuffer {
+        type Drained = Vec<&'static str>;
+
+        fn drain_into(&mut self, out: &mut Vec<&'static str>) -> Result<(), ProbeError> {
+            self.log.borrow_mut().push(format!("drain {}", self.name));
+            out.extend(std::iter::repeat_n(self.name, self.filled));
+            self.filled = 0;
+            Ok(())
+        }
+    }
+
+    fn double(log: &Log) -> DoubleBuffer<FakeBuffer, FakeControl> {
+        let buffer = |name| FakeBuffer {
+            name,
+            filled: 1,
+            log: log.clone(),
+        };
+        DoubleBuffer::new(
+            FakeControl(log.clone()),
+            "ep_test_control",
+            [buffer("a"), buffer("b")],
+        )
+    }
+
+    #[test]
+    fn each_drain_switches_first_then_reads_the_buffer_the_kernel_left() {
+        let log = Log::default();
+        let mut d = double(&log);
+        assert_eq!(d.drain().unwrap(), ["a"]);
+        assert_eq!(d.drain().unwrap(), ["b"]);
+        d.buffers[0].filled = 2;
+        assert_eq!(d.drain().unwrap(), ["a", "a"]);
+        assert_eq!(
+            *log.borrow(),
+            [
+                "write to 1",
+                "drain a",
+                "write to 0",
+                "drain b",
+                "write to 1",
+                "drain a"
+            ]
+        );
+    }
+
+    #[test]
+    fn stop_detaches_then_drains_both() {
+        let log = Log::default();
+        let mut d = double(&log);
+        let detach_log = log.clone();
+        let all = d
+            .stop(|| {
+                detach_log.borrow_mut().push("detach".into());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(all, ["a", "b"]);
+        assert_eq!(*log.borrow(), ["detach", "drain a", "drain b"]);
+    }
+
+    #[test]
+    fn a_failed_detach_drains_nothing() {
+        let log = Log::default();
+        let mut d = double(&log);
+        let err = d.stop(|| Err(ProbeError::MissingMap("ep_test_program")));
+        assert!(err.is_err());
+        assert!(log.borrow().is_empty());
     }
 }
