@@ -10,6 +10,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use crate::abi::{Hist, HistCounter, HistKey, HistKind, DEFAULT_HIST_KEYS};
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
+use crate::hist_series::HistSeries;
 use crate::loader::check_start;
 use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
 use crate::pid_filter::{self, PidFilter};
@@ -90,13 +91,15 @@ impl LatencyCounters {
     }
 }
 
-/// What one drain read: histograms by key, and per kind what did not fit the key cap.
+/// What one drain read: the histogram of each series present, overflow ones included.
 #[derive(Clone, Debug, Default)]
 pub struct HistogramDrain {
-    /// Keyed histograms, one entry per key present in the drained buffer.
-    pub keyed: Vec<(HistKey, Log2Histogram)>,
-    /// Non-empty overflow histograms.
-    pub overflow: Vec<(HistKind, Log2Histogram)>,
+    /// One entry per key present in the drained buffer, and one per non-empty overflow
+    /// histogram.
+    pub series: Vec<(HistSeries, Log2Histogram)>,
+    /// Durations under keys of a kind this build does not know (a kernel/user-space
+    /// mismatch): dropped, and counted here.
+    pub unknown_kind: u64,
 }
 
 /// The loaded and attached histogram programs. Dropping it detaches and unloads them.
@@ -240,7 +243,13 @@ impl Buffer for HistBuffer {
         for (key, value) in entries {
             let mut h = Log2Histogram::new();
             h.add_slots(&value.slots, value.zero, value.sum_ns);
-            drain.keyed.push((key, h));
+            match HistSeries::decode(&key) {
+                Some(series) => drain.series.push((series, h)),
+                None => {
+                    tracing::debug!(kind = key.kind, "histogram key of an unknown kind");
+                    drain.unknown_kind += h.count();
+                }
+            }
         }
 
         // The buffer is quiet (switched away from, or detached), so reading then zeroing
@@ -269,7 +278,7 @@ impl Buffer for HistBuffer {
             overflow
                 .set(kind as u32, zeros, 0)
                 .map_err(map_err(overflow_name))?;
-            drain.overflow.push((kind, h));
+            drain.series.push((HistSeries::Overflow(kind), h));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod preflight;
 pub mod syscalls;
 
 mod error;
+mod hist_series;
 
 // Map plumbing.
 mod bpf_map;
@@ -29,6 +30,7 @@ pub mod off_cpu;
 
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters};
 pub use error::ProbeError;
+pub use hist_series::HistSeries;
 pub use latency::{HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
