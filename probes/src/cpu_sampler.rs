@@ -25,6 +25,7 @@ use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter::{self, PidFilter};
 use emberprof_model::{CapturedStack, KernelSample, StackLoss};
 
+// The limits a sampler's configuration is checked against, where its users look for them.
 pub use crate::abi::MAX_FILTER_PIDS;
 pub use crate::loader::MAX_MAP_ENTRIES;
 
