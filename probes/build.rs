@@ -171,7 +171,41 @@ fn run(cmd: &mut Command) {
     }
 }
 
-/// Builds and runs a host program that prints the C layout as Rust constants.
+/// Names of the numeric constants `emberprof.h` defines: its object-like `#define EP_*`
+/// macros and its `EP_*` enumerators. Each one is printed for the test that checks every
+/// constant has a Rust twin of the same value.
+fn header_constants(header: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = Vec::new();
+    for line in header.lines().map(str::trim_start) {
+        let (name, rest) = match line.strip_prefix("#define") {
+            Some(def) => {
+                let def = def.trim_start();
+                let name = ident(def);
+                let rest = &def[name.len()..];
+                // Function-like and empty macros are not constants.
+                if rest.starts_with('(') || rest.trim().is_empty() {
+                    continue;
+                }
+                (name, "=")
+            }
+            None => {
+                let name = ident(line);
+                (name.clone(), line[name.len()..].trim_start())
+            }
+        };
+        if name.starts_with("EP_") && (rest.starts_with('=') || rest.starts_with(',')) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Builds and runs a host program that prints the C layout and constants as Rust constants.
 fn write_c_layout(clang: &str, include: &Path, out: &Path) {
     let mut c = String::from(
         "#include <stdio.h>\n#include <stddef.h>\n#include \"emberprof.h\"\nint main(void) {\n",
@@ -191,18 +225,16 @@ fn write_c_layout(clang: &str, include: &Path, out: &Path) {
             fu = f.to_uppercase()
         ));
     }
-    c.push_str(
-        "printf(\"pub const EP_CNT_MAX: usize = %d;\\n\", (int)EP_CNT_MAX);\n\
-printf(\"pub const EP_OFF_MAX: usize = %d;\\n\", (int)EP_OFF_MAX);\n\
-printf(\"pub const EP_HIST_COUNTER_MAX: usize = %d;\\n\", (int)EP_HIST_COUNTER_MAX);\n\
-printf(\"pub const EP_HIST_KINDS: usize = %d;\\n\", (int)EP_HIST_KINDS);\n\
-printf(\"pub const EP_HIST_SLOTS: usize = %d;\\n\", (int)EP_HIST_SLOTS);\n\
-printf(\"pub const EP_BLOCK_OTHER: u32 = %d;\\n\", (int)EP_BLOCK_OTHER);\n\
-printf(\"pub const EP_STACK_ERR_MAP_FULL: i32 = %d;\\n\", (int)EP_STACK_ERR_MAP_FULL);\n\
-printf(\"pub const EP_STACK_ERR_NONE: i32 = %d;\\n\", (int)EP_STACK_ERR_NONE);\n\
-printf(\"pub const EP_MAX_STACK_DEPTH: usize = %d;\\n\", (int)EP_MAX_STACK_DEPTH);\n\
-printf(\"pub const EP_KEY_KTHREAD: u32 = %u;\\n\", EP_KEY_KTHREAD);\n",
-    );
+    let header = include.join("emberprof.h");
+    let header = std::fs::read_to_string(&header)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", header.display()));
+    c.push_str("printf(\"pub const CONSTANTS: &[(&str, i64)] = &[\\n\");\n");
+    for name in header_constants(&header) {
+        c.push_str(&format!(
+            "printf(\"    (\\\"{name}\\\", %lld),\\n\", (long long)({name}));\n"
+        ));
+    }
+    c.push_str("printf(\"];\\n\");\n");
     c.push_str("printf(\"pub const SLOT_SAMPLES: &[(u64, usize)] = &[\\n\");\n");
     for v in SLOT_SAMPLES {
         c.push_str(&format!(

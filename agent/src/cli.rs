@@ -226,7 +226,7 @@ pub struct WaitArgs {
     pub syscall_latency: bool,
     /// Histograms kept between drains (cgroups x syscalls, disks); more are summed into an
     /// "other" histogram per kind and counted.
-    #[arg(long, value_name = "N", default_value_t = 1024,
+    #[arg(long, value_name = "N", default_value_t = emberprof_probes::abi::DEFAULT_HIST_KEYS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub histogram_keys: u32,
 }
@@ -253,10 +253,10 @@ pub struct MapArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, hide = true)]
     pub drain_interval: Duration,
     /// Entries in each of the kernel's two stack maps.
-    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    #[arg(long, value_name = "N", default_value_t = emberprof_probes::abi::DEFAULT_STACK_MAP_ENTRIES, hide = true)]
     pub stack_map_entries: u32,
     /// Entries in each of the kernel's two count maps.
-    #[arg(long, value_name = "N", default_value_t = 16384, hide = true)]
+    #[arg(long, value_name = "N", default_value_t = emberprof_probes::abi::DEFAULT_COUNT_MAP_ENTRIES, hide = true)]
     pub count_map_entries: u32,
 }
 

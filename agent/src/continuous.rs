@@ -44,7 +44,12 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         );
     }
     let status: SharedStatus = Arc::default();
-    crate::http::serve(args.http_listen, &args.debug, status.clone())?;
+    crate::http::serve(
+        args.http_listen,
+        &args.debug,
+        args.symbols.profile_self,
+        status.clone(),
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())
@@ -55,7 +60,6 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
 
     crate::kubernetes::init(args.select.k8s_opt_in);
-    emberprof_probes::set_profile_self(args.symbols.profile_self);
     let mut selection = Selection::from_args(&args.pids, &args.select)?;
     let filter_pids = selection.is_some();
     let mut symbolizer = crate::symbols::symbolizer(&args.symbols, raise_open_file_limit());
@@ -68,6 +72,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             stack_map_entries: args.maps.stack_map_entries,
             count_map_entries: args.maps.count_map_entries,
             filter_pids,
+            profile_self: args.symbols.profile_self,
             ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
         }),
         off_cpu: args.waits.off_cpu.then(|| OffCpuConfig {
@@ -75,12 +80,14 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             min_block: args.waits.min_block,
             count_map_entries: args.maps.count_map_entries,
             filter_pids,
+            profile_self: args.symbols.profile_self,
             ..OffCpuConfig::new(args.pids.clone())
         }),
         latency: want_histograms.then(|| LatencyConfig {
             syscalls: args.waits.syscall_latency,
             max_keys: args.waits.histogram_keys,
             filter_pids,
+            profile_self: args.symbols.profile_self,
             ..LatencyConfig::new(args.pids.clone())
         }),
         symbolizer,

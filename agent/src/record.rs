@@ -28,7 +28,6 @@ const TICK: Duration = Duration::from_millis(100);
 
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     crate::kubernetes::init(false);
-    emberprof_probes::set_profile_self(args.symbols.profile_self);
     for pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with PID {pid} (--pid)");
@@ -77,6 +76,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         cpu: want_cpu.then(|| CpuSamplerConfig {
             stack_map_entries: args.maps.stack_map_entries,
             count_map_entries: args.maps.count_map_entries,
+            profile_self: args.symbols.profile_self,
             ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
         }),
         off_cpu: want_off_cpu.then(|| OffCpuConfig {
@@ -85,11 +85,13 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             count_map_entries: args.maps.count_map_entries,
             // Without a CPU sampler, the off-CPU profiler announces new processes.
             announce: !want_cpu,
+            profile_self: args.symbols.profile_self,
             ..OffCpuConfig::new(args.pids.clone())
         }),
         latency: want_histograms.then(|| LatencyConfig {
             syscalls: args.waits.syscall_latency,
             max_keys: args.waits.histogram_keys,
+            profile_self: args.symbols.profile_self,
             ..LatencyConfig::new(args.pids.clone())
         }),
         symbolizer,

@@ -1,20 +1,25 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * What every emberprof program shares: the PID filter (filled by the loader, see
- * kernel_maps.rs) and per-CPU counter increments. Include after vmlinux.h, bpf_helpers.h and bpf_core_read.h.
+ * pid_filter.rs), per-CPU counter increments and the kernel constants vmlinux.h lacks.
+ * Include after vmlinux.h, bpf_helpers.h, bpf_core_read.h and emberprof.h.
  */
 #ifndef EP_COMMON_BPF_H
 #define EP_COMMON_BPF_H
 
+/* Task states (include/linux/sched.h): macros, so not in vmlinux.h. */
+#define TASK_RUNNING 0
+#define TASK_DEAD 0x80
+
 /* Set by the loader before verification: trace only the tgids in ep_pid_filter. */
 const volatile __u8 ep_filter_pids = 0;
 
-/* Thread-group ids to trace when ep_filter_pids is set (MAX_FILTER_PIDS in Rust). */
+/* Thread-group ids to trace when ep_filter_pids is set. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
 	__type(value, __u8);
-	__uint(max_entries, 4096);
+	__uint(max_entries, EP_PID_FILTER_ENTRIES);
 } ep_pid_filter SEC(".maps");
 
 /* Set by the loader: emberprof's own process, left out unless asked for (0: none). */

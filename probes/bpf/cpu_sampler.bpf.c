@@ -12,19 +12,6 @@
 #include "emberprof.h"
 #include "common.bpf.h"
 
-#define ENOENT 2
-#define E2BIG 7
-#define EFAULT 14
-#define EEXIST 17
-#define BPF_NOEXIST 1
-
-#ifndef EP_STACK_ENTRIES
-#define EP_STACK_ENTRIES 16384
-#endif
-#ifndef EP_COUNT_ENTRIES
-#define EP_COUNT_ENTRIES 16384
-#endif
-
 /* Distinct stacks by content hash (see struct ep_sample_key for why not a stack-trace map). */
 #define EP_STACK_MAP(name)                                    \
 	struct {                                              \
@@ -114,7 +101,7 @@ static __always_inline void ep_stack(void *ctx, void *stacks, __u64 flags, __u32
 	*err = 0;
 	if (!buf) {
 		/* Cannot happen with a one-entry per-CPU array; counted, never silent. */
-		*err = -ENOENT;
+		*err = -EP_ENOENT;
 		ep_count(EP_CNT_STACK_ERROR);
 		return;
 	}
@@ -122,15 +109,15 @@ static __always_inline void ep_stack(void *ctx, void *stacks, __u64 flags, __u32
 	long bytes = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), flags);
 	if (bytes <= 0) {
 		*err = bytes ? (__s32)bytes : EP_STACK_ERR_NONE;
-		if (bytes && bytes != -EFAULT)
+		if (bytes && bytes != -EP_EFAULT)
 			ep_count(EP_CNT_STACK_ERROR);
 		return;
 	}
 	__u64 h = ep_stack_hash(buf, (__u32)(bytes / sizeof(__u64)));
 	long r = bpf_map_update_elem(stacks, &h, buf, BPF_NOEXIST);
-	if (r && r != -EEXIST) {
+	if (r && r != -EP_EEXIST) {
 		*err = (__s32)r;
-		ep_count(r == -E2BIG ? full_counter : EP_CNT_STACK_ERROR);
+		ep_count(r == -EP_E2BIG ? full_counter : EP_CNT_STACK_ERROR);
 		return;
 	}
 	*id = h;
@@ -150,7 +137,7 @@ static __always_inline void ep_record(void *ctx, struct ep_sample_key *key, void
 	}
 	__u64 one = 1;
 	long err = bpf_map_update_elem(counts, key, &one, BPF_NOEXIST);
-	if (err == -EEXIST) {
+	if (err == -EP_EEXIST) {
 		/* Another CPU inserted the same key between our lookup and update. */
 		count = bpf_map_lookup_elem(counts, key);
 		if (count) {

@@ -17,20 +17,9 @@
 #include "emberprof.h"
 #include "common.bpf.h"
 
-#define EEXIST 17
-#define BPF_ANY 0
-#define BPF_NOEXIST 1
-#define TASK_RUNNING 0
-#define TASK_DEAD 0x80
-#define BPF_LOCAL_STORAGE_GET_F_CREATE 1
 #define REQ_OP_MASK 0xff
 #define REQ_OP_READ 0
 #define REQ_OP_WRITE 1
-
-#ifndef EP_HIST_KEYS
-#define EP_HIST_KEYS 1024
-#endif
-
 
 /*
  * What a tracked thread is waiting for, kept in task-local storage: lookups need no hash or
@@ -136,7 +125,7 @@ static __always_inline struct ep_hist *ep_hist_for(struct ep_hist_key *key)
 	if (!tmpl)
 		return 0;
 	long err = bpf_map_update_elem(hists, key, tmpl, BPF_NOEXIST);
-	if (!err || err == -EEXIST) {
+	if (!err || err == -EP_EEXIST) {
 		h = bpf_map_lookup_elem(hists, key);
 		if (h)
 			goto recorded;

@@ -12,20 +12,9 @@
 #include "emberprof.h"
 #include "common.bpf.h"
 
-#define EFAULT 14
-#define EEXIST 17
-#define BPF_NOEXIST 1
-#define TASK_RUNNING 0
-#define TASK_DEAD 0x80
-#define BPF_LOCAL_STORAGE_GET_F_CREATE 1
-
-#ifndef EP_OFF_COUNT_ENTRIES
-#define EP_OFF_COUNT_ENTRIES 16384
-#endif
-
 /* Set by the loader before verification. */
 const volatile __u8 ep_include_preempted = 0;
-const volatile __u64 ep_min_block_ns = 1000;
+const volatile __u64 ep_min_block_ns = EP_MIN_BLOCK_NS;
 
 /*
  * What each tracked thread was doing when it blocked, in task-local storage: no hash or lock
@@ -70,7 +59,7 @@ struct {
 static __always_inline __u32 ep_frames(long bytes)
 {
 	if (bytes < 0) {
-		if (bytes != -EFAULT)
+		if (bytes != -EP_EFAULT)
 			ep_off_count(EP_OFF_STACK_ERROR);
 		return 0;
 	}
@@ -114,7 +103,7 @@ static __always_inline void ep_credit(struct ep_offcpu_key *key, __u64 delta, vo
 	if (!v) {
 		struct ep_offcpu_value init = {};
 		long err = bpf_map_update_elem(counts, key, &init, BPF_NOEXIST);
-		if (err && err != -EEXIST) {
+		if (err && err != -EP_EEXIST) {
 			ep_off_count(EP_OFF_COUNT_FULL);
 			return;
 		}

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * Types shared between the eBPF programs and user space. The Rust twins live in
- * probes/src/abi.rs; a test there compares their layout with this header
- * (offsets are measured by build.rs compiling this file for the host).
+ * Types and constants shared between the eBPF programs and user space, each defined here
+ * once. The Rust twins live in probes/src/abi.rs; tests there compare their layout and
+ * values with this header (build.rs compiles a host program against it that prints them),
+ * and fail for any `EP_*` constant here that has no Rust twin.
  */
 #ifndef EMBERPROF_H
 #define EMBERPROF_H
@@ -16,11 +17,35 @@
 #define EP_MAX_STACK_DEPTH 127
 
 /*
+ * The errno values the programs test helper results against: BPF programs have no errno.h
+ * (user space compares them with libc's).
+ */
+#define EP_ENOENT 2
+#define EP_E2BIG 7
+#define EP_EFAULT 14
+#define EP_EEXIST 17
+
+/*
  * Why a sample's stack is missing, in `ep_sample_key.*_err`: the stack map had no room, or
  * the task has no such stack (-EFAULT from bpf_get_stack: a kernel thread's user stack).
  */
-#define EP_STACK_ERR_MAP_FULL (-7)  /* -E2BIG */
-#define EP_STACK_ERR_NONE (-14)     /* -EFAULT */
+#define EP_STACK_ERR_MAP_FULL (-EP_E2BIG)
+#define EP_STACK_ERR_NONE (-EP_EFAULT)
+
+/* Thread-group ids the PID filter `ep_pid_filter` can hold. */
+#define EP_PID_FILTER_ENTRIES 4096
+
+/*
+ * Default sizes of the double-buffered maps (entries per buffer); the loaders set the real
+ * sizes from their configuration before loading.
+ */
+#define EP_STACK_ENTRIES 16384
+#define EP_COUNT_ENTRIES 16384
+#define EP_OFF_COUNT_ENTRIES 16384
+#define EP_HIST_KEYS 1024
+
+/* Default shortest block the off-CPU profiler records (`ep_min_block_ns`). */
+#define EP_MIN_BLOCK_NS 1000
 
 /* Key of the in-kernel sample counts: one entry per distinct thread + stack pair. */
 struct ep_sample_key {

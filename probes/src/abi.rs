@@ -1,7 +1,23 @@
-//! `#[repr(C)]` twins of the structs in `include/emberprof.h`.
+//! `#[repr(C)]` twins of the structs in `include/emberprof.h`, and of its constants: each
+//! is defined once in the header, and the tests below fail when a Rust twin differs from it
+//! or is missing.
 
-/// Length of the kernel's task comm, including the NUL.
+/// Length of the kernel's task comm, including the NUL (`EP_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
+
+/// Most processes the kernel's PID filter holds (`EP_PID_FILTER_ENTRIES`).
+pub const MAX_FILTER_PIDS: usize = 4096;
+
+/// Default entries of each CPU-sampler stack map (`EP_STACK_ENTRIES`).
+pub const DEFAULT_STACK_MAP_ENTRIES: u32 = 16384;
+/// Default entries of each CPU-sampler count map (`EP_COUNT_ENTRIES`).
+pub const DEFAULT_COUNT_MAP_ENTRIES: u32 = 16384;
+/// Default entries of each off-CPU count map (`EP_OFF_COUNT_ENTRIES`).
+pub const DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES: u32 = 16384;
+/// Default number of keyed latency histograms per buffer (`EP_HIST_KEYS`).
+pub const DEFAULT_HIST_KEYS: u32 = 1024;
+/// Default shortest block the off-CPU profiler records, ns (`EP_MIN_BLOCK_NS`).
+pub const DEFAULT_MIN_BLOCK_NS: u64 = 1000;
 
 /// Key of the in-kernel sample counts (`struct ep_sample_key`).
 #[repr(C)]
@@ -61,9 +77,9 @@ impl Announcement {
 }
 
 /// `EP_STACK_ERR_MAP_FULL`: the stack map had no room.
-pub const STACK_ERR_MAP_FULL: i32 = -7;
+pub const STACK_ERR_MAP_FULL: i32 = -libc::E2BIG;
 /// `EP_STACK_ERR_NONE`: the task has no such stack.
-pub const STACK_ERR_NONE: i32 = -14;
+pub const STACK_ERR_NONE: i32 = -libc::EFAULT;
 
 /// Value of the stack maps (`struct ep_stack`): frames leaf first, zero after the last.
 #[repr(C)]
@@ -116,6 +132,12 @@ pub enum Counter {
     StackError = 4,
     CountMapFull = 5,
     AnnounceLost = 6,
+}
+
+impl From<Counter> for u32 {
+    fn from(c: Counter) -> u32 {
+        c as u32
+    }
 }
 
 impl Counter {
@@ -209,6 +231,12 @@ pub enum OffCpuCounter {
     AnnounceLost = 5,
 }
 
+impl From<OffCpuCounter> for u32 {
+    fn from(c: OffCpuCounter) -> u32 {
+        c as u32
+    }
+}
+
 impl OffCpuCounter {
     /// Every counter, in index order.
     pub const ALL: [OffCpuCounter; 6] = [
@@ -232,6 +260,12 @@ pub enum HistKind {
     OffCpu = 1,
     BlockIo = 2,
     Syscall = 3,
+}
+
+impl From<HistKind> for u32 {
+    fn from(c: HistKind) -> u32 {
+        c as u32
+    }
 }
 
 impl HistKind {
@@ -314,6 +348,12 @@ pub enum HistCounter {
     StartFull = 2,
 }
 
+impl From<HistCounter> for u32 {
+    fn from(c: HistCounter) -> u32 {
+        c as u32
+    }
+}
+
 impl HistCounter {
     /// Every counter, in index order.
     pub const ALL: [HistCounter; 3] = [
@@ -364,7 +404,6 @@ mod tests {
             c::EP_SAMPLE_KEY_EXEC_ID_OFFSET
         );
         assert_eq!(offset_of!(SampleKey, flags), c::EP_SAMPLE_KEY_FLAGS_OFFSET);
-        assert_eq!(KEY_KTHREAD, c::EP_KEY_KTHREAD);
         assert_eq!(size_of::<Announcement>(), c::EP_ANNOUNCEMENT_SIZE);
         assert_eq!(
             offset_of!(Announcement, tgid),
@@ -382,11 +421,99 @@ mod tests {
         assert_eq!(offset_of!(StackTrace, ips), c::EP_STACK_IPS_OFFSET);
     }
 
+    /// Every `EP_*` constant of the header, with its Rust twin (counter enums by variant, so
+    /// that each index is checked against its C enumerator, not just the count).
+    const TWINS: &[(&str, i64)] = &[
+        ("EP_COMM_LEN", COMM_LEN as i64),
+        ("EP_MAX_STACK_DEPTH", MAX_STACK_DEPTH as i64),
+        ("EP_ENOENT", libc::ENOENT as i64),
+        ("EP_E2BIG", libc::E2BIG as i64),
+        ("EP_EFAULT", libc::EFAULT as i64),
+        ("EP_EEXIST", libc::EEXIST as i64),
+        ("EP_STACK_ERR_MAP_FULL", STACK_ERR_MAP_FULL as i64),
+        ("EP_STACK_ERR_NONE", STACK_ERR_NONE as i64),
+        ("EP_PID_FILTER_ENTRIES", MAX_FILTER_PIDS as i64),
+        ("EP_STACK_ENTRIES", DEFAULT_STACK_MAP_ENTRIES as i64),
+        ("EP_COUNT_ENTRIES", DEFAULT_COUNT_MAP_ENTRIES as i64),
+        (
+            "EP_OFF_COUNT_ENTRIES",
+            DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES as i64,
+        ),
+        ("EP_HIST_KEYS", DEFAULT_HIST_KEYS as i64),
+        ("EP_MIN_BLOCK_NS", DEFAULT_MIN_BLOCK_NS as i64),
+        ("EP_KEY_KTHREAD", KEY_KTHREAD as i64),
+        ("EP_CNT_SAMPLES", Counter::Samples as i64),
+        ("EP_CNT_IDLE", Counter::Idle as i64),
+        (
+            "EP_CNT_USER_STACK_MAP_FULL",
+            Counter::UserStackMapFull as i64,
+        ),
+        (
+            "EP_CNT_KERNEL_STACK_MAP_FULL",
+            Counter::KernelStackMapFull as i64,
+        ),
+        ("EP_CNT_STACK_ERROR", Counter::StackError as i64),
+        ("EP_CNT_COUNT_MAP_FULL", Counter::CountMapFull as i64),
+        ("EP_CNT_ANNOUNCE_LOST", Counter::AnnounceLost as i64),
+        ("EP_CNT_MAX", Counter::ALL.len() as i64),
+        ("EP_OFF_BLOCKS", OffCpuCounter::Blocks as i64),
+        ("EP_OFF_SHORT", OffCpuCounter::Short as i64),
+        ("EP_OFF_START_FULL", OffCpuCounter::StartFull as i64),
+        ("EP_OFF_COUNT_FULL", OffCpuCounter::CountFull as i64),
+        ("EP_OFF_STACK_ERROR", OffCpuCounter::StackError as i64),
+        ("EP_OFF_ANNOUNCE_LOST", OffCpuCounter::AnnounceLost as i64),
+        ("EP_OFF_MAX", OffCpuCounter::ALL.len() as i64),
+        ("EP_HIST_SLOTS", HIST_SLOTS as i64),
+        ("EP_HIST_RUNQ", HistKind::RunQueue as i64),
+        ("EP_HIST_OFFCPU", HistKind::OffCpu as i64),
+        ("EP_HIST_BLOCK", HistKind::BlockIo as i64),
+        ("EP_HIST_SYSCALL", HistKind::Syscall as i64),
+        ("EP_HIST_KINDS", HistKind::ALL.len() as i64),
+        ("EP_BLOCK_READ", BlockOp::Read as i64),
+        ("EP_BLOCK_WRITE", BlockOp::Write as i64),
+        ("EP_BLOCK_OTHER", BlockOp::Other as i64),
+        ("EP_HIST_RECORDED", HistCounter::Recorded as i64),
+        ("EP_HIST_OVERFLOWED", HistCounter::Overflowed as i64),
+        ("EP_HIST_START_FULL", HistCounter::StartFull as i64),
+        ("EP_HIST_COUNTER_MAX", HistCounter::ALL.len() as i64),
+    ];
+
     #[test]
-    fn stack_constants_match_c() {
-        assert_eq!(STACK_ERR_MAP_FULL, c::EP_STACK_ERR_MAP_FULL);
-        assert_eq!(STACK_ERR_NONE, c::EP_STACK_ERR_NONE);
-        assert_eq!(MAX_STACK_DEPTH, c::EP_MAX_STACK_DEPTH);
+    fn every_c_constant_has_a_rust_twin_of_the_same_value() {
+        let mut wrong = Vec::new();
+        for (name, value) in c::CONSTANTS {
+            match TWINS.iter().find(|(n, _)| n == name) {
+                None => wrong.push(format!(
+                    "{name} (= {value}) in emberprof.h has no Rust twin: add one to abi.rs and to TWINS"
+                )),
+                Some((_, twin)) if twin != value => {
+                    wrong.push(format!("{name}: Rust says {twin}, C says {value}"))
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, _) in TWINS {
+            if !c::CONSTANTS.iter().any(|(n, _)| n == name) {
+                wrong.push(format!("{name} is not in emberprof.h"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn enums_list_their_variants_in_index_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        for (i, c) in OffCpuCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        for (i, k) in HistKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        for (i, k) in HistCounter::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
     }
 
     #[test]
@@ -432,10 +559,6 @@ mod tests {
             offset_of!(OffCpuValue, blocks),
             c::EP_OFFCPU_VALUE_BLOCKS_OFFSET
         );
-        assert_eq!(OffCpuCounter::ALL.len(), c::EP_OFF_MAX);
-        for (i, c) in OffCpuCounter::ALL.iter().enumerate() {
-            assert_eq!(*c as usize, i);
-        }
     }
 
     #[test]
@@ -447,14 +570,6 @@ mod tests {
         };
         assert_eq!(key.user_frames().len(), 3);
         assert_eq!(key.kernel_frames().len(), MAX_STACK_DEPTH);
-    }
-
-    #[test]
-    fn counters_match_c_enum() {
-        assert_eq!(Counter::ALL.len(), c::EP_CNT_MAX);
-        for (i, c) in Counter::ALL.iter().enumerate() {
-            assert_eq!(*c as usize, i);
-        }
     }
 
     #[test]
@@ -493,16 +608,6 @@ mod tests {
         assert_eq!(offset_of!(Hist, slots), c::EP_HIST_SLOTS_OFFSET);
         assert_eq!(offset_of!(Hist, zero), c::EP_HIST_ZERO_OFFSET);
         assert_eq!(offset_of!(Hist, sum_ns), c::EP_HIST_SUM_NS_OFFSET);
-        assert_eq!(HIST_SLOTS, c::EP_HIST_SLOTS);
-        assert_eq!(HistKind::ALL.len(), c::EP_HIST_KINDS);
-        assert_eq!(HistCounter::ALL.len(), c::EP_HIST_COUNTER_MAX);
-        for (i, k) in HistKind::ALL.iter().enumerate() {
-            assert_eq!(*k as usize, i);
-        }
-        for (i, k) in HistCounter::ALL.iter().enumerate() {
-            assert_eq!(*k as usize, i);
-        }
-        assert_eq!(BlockOp::Other as u32, c::EP_BLOCK_OTHER);
     }
 
     /// The kernel's slot for a value must be the OTLP scale-0 bucket (2^i, 2^(i+1)] that

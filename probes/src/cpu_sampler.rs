@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::MapData;
 
 use aya::programs::perf_event::{
     perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, PerfEventLinkId, PerfEventScope, PerfTypeId, SamplePolicy,
@@ -13,14 +13,21 @@ use aya::programs::perf_event::{
 use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::abi::{Counter, SampleKey, StackTrace, KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE};
-use crate::kernel_maps::{
-    check_start, drain_hash, drain_hash_each, skip_tgid, sync_pid_filter, take, take_hash,
-    DoubleBuffer,
+use crate::abi::{
+    Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES,
+    KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE,
 };
-use crate::new_processes::NewProcesses;
-use crate::ProbeError;
+use crate::double_buffer::{Buffer, DoubleBuffer};
+use crate::error::ProbeError;
+use crate::loader::check_start;
+use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
+use crate::new_processes::{self, NewProcesses};
+use crate::pid_filter::{self, PidFilter};
 use emberprof_model::{CapturedStack, KernelSample, StackLoss};
+
+// The limits a sampler's configuration is checked against, where its users look for them.
+pub use crate::abi::MAX_FILTER_PIDS;
+pub use crate::loader::MAX_MAP_ENTRIES;
 
 static CPU_SAMPLER_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
@@ -28,10 +35,6 @@ static CPU_SAMPLER_OBJ: &[u8] =
 const PROGRAM: &str = "ep_cpu_sample";
 const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
 const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
-/// Size of `ep_pid_filter` in the C program.
-pub const MAX_FILTER_PIDS: usize = 4096;
-/// Largest stack or count map accepted (per buffer).
-pub const MAX_MAP_ENTRIES: u32 = 1 << 20;
 /// Highest frequency accepted; the kernel clamps higher values to perf_event_max_sample_rate.
 pub const MAX_FREQUENCY_HZ: u64 = 10_000;
 
@@ -45,6 +48,9 @@ pub struct CpuSamplerConfig {
     /// Filter by PID even while `pids` is empty: the set is changed at run time with
     /// `set_pids` (include/exclude rules).
     pub filter_pids: bool,
+    /// Also record emberprof's own process (left out by default: symbolizing its own
+    /// samples parses its own debug info and feeds back into what is measured).
+    pub profile_self: bool,
     /// Entries of each of the two stack maps (distinct stacks between drains).
     pub stack_map_entries: u32,
     /// Entries of each of the two count maps (distinct thread + stack keys between drains).
@@ -59,8 +65,9 @@ impl CpuSamplerConfig {
             frequency_hz,
             pids,
             filter_pids: false,
-            stack_map_entries: 16384,
-            count_map_entries: 16384,
+            stack_map_entries: DEFAULT_STACK_MAP_ENTRIES,
+            count_map_entries: DEFAULT_COUNT_MAP_ENTRIES,
+            profile_self: false,
         }
     }
 }
@@ -82,6 +89,19 @@ pub struct KernelCounters {
 }
 
 impl KernelCounters {
+    /// The field that totals `counter`.
+    fn field(&mut self, counter: Counter) -> &mut u64 {
+        match counter {
+            Counter::Samples => &mut self.samples,
+            Counter::Idle => &mut self.idle,
+            Counter::UserStackMapFull => &mut self.user_stack_map_full,
+            Counter::KernelStackMapFull => &mut self.kernel_stack_map_full,
+            Counter::StackError => &mut self.stack_errors,
+            Counter::CountMapFull => &mut self.count_map_full,
+            Counter::AnnounceLost => &mut self.announce_lost,
+        }
+    }
+
     /// Samples the kernel could not record at all.
     pub fn dropped(&self) -> u64 {
         self.count_map_full
@@ -96,10 +116,8 @@ impl KernelCounters {
 /// The loaded and attached CPU sampler. Dropping it detaches and unloads everything.
 pub struct CpuSampler {
     ebpf: Ebpf,
-    counts: [MapData; 2],
-    stacks: [MapData; 2],
-    buffers: DoubleBuffer,
-    counters: PerCpuArray<MapData, u64>,
+    buffers: DoubleBuffer<SampleBuffer>,
+    counters: PerCpuCounters,
     links: Vec<PerfEventLinkId>,
     cpus: usize,
     new_processes: Option<NewProcesses>,
@@ -122,13 +140,10 @@ impl CpuSampler {
             &config.pids,
         )?;
 
-        let filter: u8 = u8::from(config.filter_pids || !config.pids.is_empty());
-        let skip = skip_tgid(&config.pids);
+        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
         let mut loader = EbpfLoader::new();
-        loader
-            .set_global("ep_filter_pids", &filter, true)
-            .set_global("ep_skip_tgid", &skip, true)
-            .set_global("ep_announce_on", &1u8, true);
+        filter.set_globals(&mut loader);
+        loader.set_global("ep_announce_on", &1u8, true);
         for name in STACK_MAPS {
             loader.set_max_entries(name, config.stack_map_entries);
         }
@@ -137,42 +152,25 @@ impl CpuSampler {
         }
         let mut ebpf = loader.load(CPU_SAMPLER_OBJ)?;
 
-        sync_pid_filter(&mut ebpf, &config.pids.iter().copied().collect())?;
+        pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
 
-        let counts = [
-            take_hash(&mut ebpf, COUNT_MAPS[0])?,
-            take_hash(&mut ebpf, COUNT_MAPS[1])?,
+        let buffers = [
+            SampleBuffer::take(&mut ebpf, 0)?,
+            SampleBuffer::take(&mut ebpf, 1)?,
         ];
-        let stacks = [
-            take_hash(&mut ebpf, STACK_MAPS[0])?,
-            take_hash(&mut ebpf, STACK_MAPS[1])?,
-        ];
-        let control =
-            Array::try_from(take(&mut ebpf, "ep_control")?).map_err(|source| ProbeError::Map {
-                name: "ep_control",
-                source,
-            })?;
-        let counters =
-            PerCpuArray::try_from(take(&mut ebpf, "ep_counters")?).map_err(|source| {
-                ProbeError::Map {
-                    name: "ep_counters",
-                    source,
-                }
-            })?;
-
-        let new_processes = crate::new_processes::take_ring(&mut ebpf)?;
+        let buffers = DoubleBuffer::take(&mut ebpf, "ep_control", buffers)?;
+        let counters = PerCpuCounters::take(&mut ebpf, "ep_counters")?;
+        let new_processes = new_processes::take_ring(&mut ebpf)?;
 
         let mut sampler = CpuSampler {
             ebpf,
-            counts,
-            stacks,
-            buffers: DoubleBuffer::new(control, "ep_control"),
+            buffers,
             counters,
             links: Vec::new(),
             cpus: 0,
             new_processes: Some(new_processes),
         };
-        crate::new_processes::attach_lifecycle(&mut sampler.ebpf);
+        new_processes::attach_lifecycle(&mut sampler.ebpf);
         sampler.attach(config.frequency_hz)?;
         Ok(sampler)
     }
@@ -220,88 +218,94 @@ impl CpuSampler {
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
     pub fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        let old = self.buffers.switch()?;
-        self.read_buffer(old)
+        self.buffers.drain()
     }
 
     /// Detaches from every CPU and returns everything still in the kernel.
     pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        if let Some(program) = self.ebpf.program_mut(PROGRAM) {
-            let program: &mut PerfEvent =
-                program.try_into().map_err(|source| ProbeError::Program {
-                    name: PROGRAM,
-                    source,
-                })?;
-            for link in self.links.drain(..) {
-                program.detach(link).map_err(|source| ProbeError::Program {
-                    name: PROGRAM,
-                    source,
-                })?;
+        let (ebpf, links) = (&mut self.ebpf, &mut self.links);
+        self.buffers.stop(|| {
+            if let Some(program) = ebpf.program_mut(PROGRAM) {
+                let program: &mut PerfEvent =
+                    program.try_into().map_err(|source| ProbeError::Program {
+                        name: PROGRAM,
+                        source,
+                    })?;
+                for link in links.drain(..) {
+                    program.detach(link).map_err(|source| ProbeError::Program {
+                        name: PROGRAM,
+                        source,
+                    })?;
+                }
             }
-        }
-        crate::new_processes::unload_lifecycle(&mut self.ebpf);
-        let mut all = self.read_buffer(0)?;
-        all.extend(self.read_buffer(1)?);
-        Ok(all)
+            new_processes::unload_lifecycle(ebpf);
+            Ok(())
+        })
     }
 
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        sync_pid_filter(&mut self.ebpf, pids)
+        pid_filter::sync(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let mut totals = [0u64; Counter::ALL.len()];
-        for (i, total) in totals.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "ep_counters",
-                    source,
-                })?;
-            *total = per_cpu.iter().sum();
+        let mut totals = KernelCounters::default();
+        for (counter, total) in self.counters.totals(&Counter::ALL)? {
+            *totals.field(counter) = total;
         }
-        Ok(KernelCounters {
-            samples: totals[Counter::Samples as usize],
-            idle: totals[Counter::Idle as usize],
-            user_stack_map_full: totals[Counter::UserStackMapFull as usize],
-            kernel_stack_map_full: totals[Counter::KernelStackMapFull as usize],
-            stack_errors: totals[Counter::StackError as usize],
-            count_map_full: totals[Counter::CountMapFull as usize],
-            announce_lost: totals[Counter::AnnounceLost as usize],
+        Ok(totals)
+    }
+}
+
+/// One buffer: the sample counts and the stacks they refer to.
+struct SampleBuffer {
+    counts: MapData,
+    stacks: MapData,
+    counts_name: &'static str,
+    stacks_name: &'static str,
+}
+
+impl SampleBuffer {
+    /// Takes buffer `i`'s maps out of the loaded object.
+    fn take(ebpf: &mut Ebpf, i: usize) -> Result<Self, ProbeError> {
+        Ok(SampleBuffer {
+            counts: take_hash(ebpf, COUNT_MAPS[i])?,
+            stacks: take_hash(ebpf, STACK_MAPS[i])?,
+            counts_name: COUNT_MAPS[i],
+            stacks_name: STACK_MAPS[i],
         })
     }
+}
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<KernelSample>, ProbeError> {
+impl Buffer for SampleBuffer {
+    type Drained = Vec<KernelSample>;
+
+    fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
         let entries: Vec<(SampleKey, u64)> =
-            drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
+            drain_hash(self.counts.fd().as_fd(), self.counts_name)?;
         // Emptied with the counts that reference it, so the next round of this buffer has
         // the whole map.
         let mut stacks: HashMap<u64, Arc<[u64]>> = HashMap::new();
         drain_hash_each(
-            self.stacks[buffer].fd().as_fd(),
-            STACK_MAPS[buffer],
+            self.stacks.fd().as_fd(),
+            self.stacks_name,
             |hash: u64, trace: StackTrace| {
                 stacks.insert(hash, Arc::from(trace.frames()));
             },
         )?;
-        let out = entries
-            .into_iter()
-            .map(|(key, count)| KernelSample {
-                pid: key.tgid,
-                tid: key.tid,
-                thread_name: key.comm_str(),
-                exec_id: key.exec_id,
-                kernel_thread: key.flags & KEY_KTHREAD != 0,
-                user: stack_of(&stacks, key.user_stack, key.user_err),
-                kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
-                value: count,
-            })
-            .collect();
-        Ok(out)
+        out.extend(entries.into_iter().map(|(key, count)| KernelSample {
+            pid: key.tgid,
+            tid: key.tid,
+            thread_name: key.comm_str(),
+            exec_id: key.exec_id,
+            kernel_thread: key.flags & KEY_KTHREAD != 0,
+            user: stack_of(&stacks, key.user_stack, key.user_err),
+            kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
+            value: count,
+        }));
+        Ok(())
     }
 }
 

@@ -3,13 +3,17 @@
 
 use std::os::fd::AsFd;
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::abi::{Hist, HistCounter, HistKey, HistKind};
-use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
-use crate::ProbeError;
+use crate::abi::{Hist, HistCounter, HistKey, HistKind, DEFAULT_HIST_KEYS};
+use crate::double_buffer::{Buffer, DoubleBuffer};
+use crate::error::ProbeError;
+use crate::hist_series::HistSeries;
+use crate::loader::check_start;
+use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
+use crate::pid_filter::{self, PidFilter};
 use emberprof_model::Log2Histogram;
 
 static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
@@ -41,6 +45,9 @@ pub struct LatencyConfig {
     /// Filter by PID even while `pids` is empty: the set is changed at run time with
     /// `set_pids` (include/exclude rules).
     pub filter_pids: bool,
+    /// Also record emberprof's own process (left out by default: symbolizing its own
+    /// samples parses its own debug info and feeds back into what is measured).
+    pub profile_self: bool,
     /// Also measure every syscall's latency (costs a few hundred ns per syscall).
     pub syscalls: bool,
     /// Distinct histograms (cgroup, disk, syscall keys) kept between drains; more go to the
@@ -49,13 +56,14 @@ pub struct LatencyConfig {
 }
 
 impl LatencyConfig {
-    /// Scheduler and block I/O histograms, up to 1024 keys.
+    /// Scheduler and block I/O histograms, up to 1024 keys (`DEFAULT_HIST_KEYS`).
     pub fn new(pids: Vec<u32>) -> Self {
         LatencyConfig {
             pids,
             filter_pids: false,
+            profile_self: false,
             syscalls: false,
-            max_keys: 1024,
+            max_keys: DEFAULT_HIST_KEYS,
         }
     }
 }
@@ -72,24 +80,34 @@ pub struct LatencyCounters {
     pub start_full: u64,
 }
 
-/// What one drain read: histograms by key, and per kind what did not fit the key cap.
+impl LatencyCounters {
+    /// The field that totals `counter`.
+    fn field(&mut self, counter: HistCounter) -> &mut u64 {
+        match counter {
+            HistCounter::Recorded => &mut self.recorded,
+            HistCounter::Overflowed => &mut self.overflowed,
+            HistCounter::StartFull => &mut self.start_full,
+        }
+    }
+}
+
+/// What one drain read: the histogram of each series present, overflow ones included.
 #[derive(Clone, Debug, Default)]
 pub struct HistogramDrain {
-    /// Keyed histograms, one entry per key present in the drained buffer.
-    pub keyed: Vec<(HistKey, Log2Histogram)>,
-    /// Non-empty overflow histograms.
-    pub overflow: Vec<(HistKind, Log2Histogram)>,
+    /// One entry per key present in the drained buffer, and one per non-empty overflow
+    /// histogram.
+    pub series: Vec<(HistSeries, Log2Histogram)>,
+    /// Durations under keys of a kind this build does not know (a kernel/user-space
+    /// mismatch): dropped, and counted here.
+    pub unknown_kind: u64,
 }
 
 /// The loaded and attached histogram programs. Dropping it detaches and unloads them.
 pub struct LatencyHistograms {
     ebpf: Ebpf,
-    hists: [MapData; 2],
-    overflow: [PerCpuArray<MapData, Hist>; 2],
-    buffers: DoubleBuffer,
-    counters: PerCpuArray<MapData, u64>,
+    buffers: DoubleBuffer<HistBuffer>,
+    counters: PerCpuCounters,
     attached: Vec<&'static str>,
-    cpus: usize,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
@@ -106,37 +124,27 @@ impl LatencyHistograms {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
 
-        let filter = u8::from(config.filter_pids || !config.pids.is_empty());
+        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let skip = crate::kernel_maps::skip_tgid(&config.pids);
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             // Task-local storage (ep_marks) is a map type aya has no wrapper for; it is
             // only used by the programs.
-            .allow_unsupported_maps()
-            .set_global("ep_filter_pids", &filter, true)
-            .set_global("ep_skip_tgid", &skip, true);
+            .allow_unsupported_maps();
+        filter.set_globals(&mut loader);
         for name in HIST_MAPS {
             loader.set_max_entries(name, config.max_keys);
         }
         let mut ebpf = loader.load(LATENCY_OBJ)?;
-        sync_pid_filter(&mut ebpf, &config.pids.iter().copied().collect())?;
+        pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
 
-        let hists = [
-            take_hash(&mut ebpf, HIST_MAPS[0])?,
-            take_hash(&mut ebpf, HIST_MAPS[1])?,
+        let buffers = [
+            HistBuffer::take(&mut ebpf, 0, cpus)?,
+            HistBuffer::take(&mut ebpf, 1, cpus)?,
         ];
-        let overflow = [
-            PerCpuArray::try_from(take(&mut ebpf, OVERFLOW_MAPS[0])?)
-                .map_err(map_err(OVERFLOW_MAPS[0]))?,
-            PerCpuArray::try_from(take(&mut ebpf, OVERFLOW_MAPS[1])?)
-                .map_err(map_err(OVERFLOW_MAPS[1]))?,
-        ];
-        let control = Array::try_from(take(&mut ebpf, "ep_hist_control")?)
-            .map_err(map_err("ep_hist_control"))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "ep_hist_counters")?)
-            .map_err(map_err("ep_hist_counters"))?;
+        let buffers = DoubleBuffer::take(&mut ebpf, "ep_hist_control", buffers)?;
+        let counters = PerCpuCounters::take(&mut ebpf, "ep_hist_counters")?;
 
         let mut programs: Vec<(&'static str, &'static str)> = CORE_PROGRAMS.to_vec();
         if config.syscalls {
@@ -144,12 +152,9 @@ impl LatencyHistograms {
         }
         let mut histograms = LatencyHistograms {
             ebpf,
-            hists,
-            overflow,
-            buffers: DoubleBuffer::new(control, "ep_hist_control"),
+            buffers,
             counters,
             attached: Vec::new(),
-            cpus,
         };
         for (name, tracepoint) in programs {
             let program_err = |source| ProbeError::Program { name, source };
@@ -169,67 +174,88 @@ impl LatencyHistograms {
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
     pub fn drain(&mut self) -> Result<HistogramDrain, ProbeError> {
-        let old = self.buffers.switch()?;
-        self.read_buffer(old)
+        self.buffers.drain()
     }
 
     /// Detaches every program and returns everything still in the kernel. Waits still in
     /// progress at that moment are not counted: they have not ended.
     pub fn stop(&mut self) -> Result<HistogramDrain, ProbeError> {
-        for name in std::mem::take(&mut self.attached) {
-            if let Some(program) = self.ebpf.program_mut(name) {
-                let program: &mut BtfTracePoint = program
-                    .try_into()
-                    .map_err(|source| ProbeError::Program { name, source })?;
-                program
-                    .unload()
-                    .map_err(|source| ProbeError::Program { name, source })?;
+        let (ebpf, attached) = (&mut self.ebpf, &mut self.attached);
+        self.buffers.stop(|| {
+            for name in std::mem::take(attached) {
+                if let Some(program) = ebpf.program_mut(name) {
+                    let program: &mut BtfTracePoint = program
+                        .try_into()
+                        .map_err(|source| ProbeError::Program { name, source })?;
+                    program
+                        .unload()
+                        .map_err(|source| ProbeError::Program { name, source })?;
+                }
             }
-        }
-        let mut all = self.read_buffer(0)?;
-        let rest = self.read_buffer(1)?;
-        all.keyed.extend(rest.keyed);
-        all.overflow.extend(rest.overflow);
-        Ok(all)
+            Ok(())
+        })
     }
 
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        sync_pid_filter(&mut self.ebpf, pids)
+        pid_filter::sync(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.
     pub fn counters(&self) -> Result<LatencyCounters, ProbeError> {
-        let mut totals = [0u64; HistCounter::ALL.len()];
-        for (i, total) in totals.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err("ep_hist_counters"))?;
-            *total = per_cpu.iter().sum();
+        let mut totals = LatencyCounters::default();
+        for (counter, total) in self.counters.totals(&HistCounter::ALL)? {
+            *totals.field(counter) = total;
         }
-        Ok(LatencyCounters {
-            recorded: totals[HistCounter::Recorded as usize],
-            overflowed: totals[HistCounter::Overflowed as usize],
-            start_full: totals[HistCounter::StartFull as usize],
+        Ok(totals)
+    }
+}
+
+/// One buffer: the keyed histograms and, per kind, the overflow histogram.
+struct HistBuffer {
+    hists: MapData,
+    hists_name: &'static str,
+    overflow: PerCpuArray<MapData, Hist>,
+    overflow_name: &'static str,
+    /// Possible CPUs: the per-CPU values written back when zeroing an overflow histogram.
+    cpus: usize,
+}
+
+impl HistBuffer {
+    /// Takes buffer `i`'s maps out of the loaded object.
+    fn take(ebpf: &mut Ebpf, i: usize, cpus: usize) -> Result<Self, ProbeError> {
+        Ok(HistBuffer {
+            hists: take_hash(ebpf, HIST_MAPS[i])?,
+            hists_name: HIST_MAPS[i],
+            overflow: take_as(ebpf, OVERFLOW_MAPS[i])?,
+            overflow_name: OVERFLOW_MAPS[i],
+            cpus,
         })
     }
+}
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<HistogramDrain, ProbeError> {
-        let name = HIST_MAPS[buffer];
-        let entries: Vec<(HistKey, Hist)> = drain_hash(self.hists[buffer].fd().as_fd(), name)?;
-        let mut drain = HistogramDrain::default();
+impl Buffer for HistBuffer {
+    type Drained = HistogramDrain;
+
+    fn drain_into(&mut self, drain: &mut HistogramDrain) -> Result<(), ProbeError> {
+        let entries: Vec<(HistKey, Hist)> = drain_hash(self.hists.fd().as_fd(), self.hists_name)?;
         for (key, value) in entries {
             let mut h = Log2Histogram::new();
             h.add_slots(&value.slots, value.zero, value.sum_ns);
-            drain.keyed.push((key, h));
+            match HistSeries::decode(&key) {
+                Some(series) => drain.series.push((series, h)),
+                None => {
+                    tracing::debug!(kind = key.kind, "histogram key of an unknown kind");
+                    drain.unknown_kind += h.count();
+                }
+            }
         }
 
         // The buffer is quiet (switched away from, or detached), so reading then zeroing
         // each overflow entry loses nothing.
-        let overflow_name = OVERFLOW_MAPS[buffer];
-        let overflow = &mut self.overflow[buffer];
+        let overflow_name = self.overflow_name;
+        let overflow = &mut self.overflow;
         for kind in HistKind::ALL {
             let per_cpu = overflow
                 .get(&(kind as u32), 0)
@@ -252,8 +278,8 @@ impl LatencyHistograms {
             overflow
                 .set(kind as u32, zeros, 0)
                 .map_err(map_err(overflow_name))?;
-            drain.overflow.push((kind, h));
+            drain.series.push((HistSeries::Overflow(kind), h));
         }
-        Ok(drain)
+        Ok(())
     }
 }

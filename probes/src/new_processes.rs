@@ -9,7 +9,8 @@ use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf};
 
 use crate::abi::Announcement;
-use crate::ProbeError;
+use crate::error::ProbeError;
+use crate::maps;
 
 /// Programs that keep the announcements right across exec and exit:
 /// (program, BTF tracepoint).
@@ -20,11 +21,7 @@ const LIFECYCLE_PROGRAMS: [(&str, &str); 2] = [
 
 /// The announcement ring of a loaded object (see bpf/announce.bpf.h).
 pub(crate) fn take_ring(ebpf: &mut Ebpf) -> Result<NewProcesses, ProbeError> {
-    let map = crate::kernel_maps::take(ebpf, "ep_new_processes")?;
-    let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-        name: "ep_new_processes",
-        source,
-    })?;
+    let ring: RingBuf<MapData> = maps::take_as(ebpf, "ep_new_processes")?;
     Ok(NewProcesses::new(ring))
 }
 

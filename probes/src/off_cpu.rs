@@ -5,13 +5,20 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::maps::MapData;
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use crate::abi::{OffCpuCounter, OffCpuKey, OffCpuValue};
-use crate::kernel_maps::{check_start, drain_hash, sync_pid_filter, take, take_hash, DoubleBuffer};
-use crate::ProbeError;
+use crate::abi::{
+    OffCpuCounter, OffCpuKey, OffCpuValue, DEFAULT_MIN_BLOCK_NS, DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES,
+    KEY_KTHREAD,
+};
+use crate::double_buffer::{Buffer, DoubleBuffer};
+use crate::error::ProbeError;
+use crate::loader::check_start;
+use crate::maps::{drain_hash, take_hash, PerCpuCounters};
+use crate::new_processes::{self, NewProcesses};
+use crate::pid_filter::{self, PidFilter};
 use emberprof_model::{CapturedStack, KernelSample};
 
 static OFF_CPU_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/off_cpu.bpf.o"));
@@ -27,6 +34,9 @@ pub struct OffCpuConfig {
     /// Filter by PID even while `pids` is empty: the set is changed at run time with
     /// `set_pids` (include/exclude rules).
     pub filter_pids: bool,
+    /// Also record emberprof's own process (left out by default: symbolizing its own
+    /// samples parses its own debug info and feeds back into what is measured).
+    pub profile_self: bool,
     /// Also count time a runnable thread waited after being preempted.
     pub include_preempted: bool,
     /// Blocks shorter than this are not recorded (bounds the cost on busy hosts).
@@ -43,9 +53,10 @@ impl OffCpuConfig {
         OffCpuConfig {
             pids,
             filter_pids: false,
+            profile_self: false,
             include_preempted: false,
-            min_block: Duration::from_micros(1),
-            count_map_entries: 16384,
+            min_block: Duration::from_nanos(DEFAULT_MIN_BLOCK_NS),
+            count_map_entries: DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES,
             announce: false,
         }
     }
@@ -69,6 +80,18 @@ pub struct OffCpuCounters {
 }
 
 impl OffCpuCounters {
+    /// The field that totals `counter`.
+    fn field(&mut self, counter: OffCpuCounter) -> &mut u64 {
+        match counter {
+            OffCpuCounter::Blocks => &mut self.blocks,
+            OffCpuCounter::Short => &mut self.short,
+            OffCpuCounter::StartFull => &mut self.start_full,
+            OffCpuCounter::CountFull => &mut self.count_full,
+            OffCpuCounter::StackError => &mut self.stack_errors,
+            OffCpuCounter::AnnounceLost => &mut self.announce_lost,
+        }
+    }
+
     /// Blocks the kernel could not record.
     pub fn dropped(&self) -> u64 {
         self.start_full + self.count_full
@@ -78,11 +101,10 @@ impl OffCpuCounters {
 /// The loaded and attached off-CPU profiler. Dropping it detaches and unloads everything.
 pub struct OffCpuProfiler {
     ebpf: Ebpf,
-    counts: [MapData; 2],
-    buffers: DoubleBuffer,
-    counters: PerCpuArray<MapData, u64>,
+    buffers: DoubleBuffer<BlockBuffer>,
+    counters: PerCpuCounters,
     attached: bool,
-    new_processes: Option<crate::NewProcesses>,
+    new_processes: Option<NewProcesses>,
 }
 
 impl OffCpuProfiler {
@@ -93,10 +115,9 @@ impl OffCpuProfiler {
         crate::preflight::check_kernel("off-CPU profiling", (5, 18))?;
         check_start(&[("off-CPU count", config.count_map_entries)], &config.pids)?;
 
-        let filter = u8::from(config.filter_pids || !config.pids.is_empty());
+        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
         let preempted = u8::from(config.include_preempted);
         let min_block_ns = u64::try_from(config.min_block.as_nanos()).unwrap_or(u64::MAX);
-        let skip = crate::kernel_maps::skip_tgid(&config.pids);
         let announce = u8::from(config.announce);
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut loader = EbpfLoader::new();
@@ -105,39 +126,27 @@ impl OffCpuProfiler {
             // The blocked-thread records are task-local storage, a map type aya has no
             // wrapper for; only the program uses it.
             .allow_unsupported_maps()
-            .set_global("ep_filter_pids", &filter, true)
-            .set_global("ep_skip_tgid", &skip, true)
             .set_global("ep_announce_on", &announce, true)
             .set_global("ep_include_preempted", &preempted, true)
             .set_global("ep_min_block_ns", &min_block_ns, true);
+        filter.set_globals(&mut loader);
         for name in COUNT_MAPS {
             loader.set_max_entries(name, config.count_map_entries);
         }
         let mut ebpf = loader.load(OFF_CPU_OBJ)?;
 
-        sync_pid_filter(&mut ebpf, &config.pids.iter().copied().collect())?;
+        pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
 
-        let counts = [
-            take_hash(&mut ebpf, COUNT_MAPS[0])?,
-            take_hash(&mut ebpf, COUNT_MAPS[1])?,
+        let buffers = [
+            BlockBuffer::take(&mut ebpf, 0)?,
+            BlockBuffer::take(&mut ebpf, 1)?,
         ];
-        let control = Array::try_from(take(&mut ebpf, "ep_off_control")?).map_err(|source| {
-            ProbeError::Map {
-                name: "ep_off_control",
-                source,
-            }
-        })?;
-        let counters =
-            PerCpuArray::try_from(take(&mut ebpf, "ep_off_counters")?).map_err(|source| {
-                ProbeError::Map {
-                    name: "ep_off_counters",
-                    source,
-                }
-            })?;
+        let buffers = DoubleBuffer::take(&mut ebpf, "ep_off_control", buffers)?;
+        let counters = PerCpuCounters::take(&mut ebpf, "ep_off_counters")?;
 
         let new_processes = if config.announce {
-            let ring = crate::new_processes::take_ring(&mut ebpf)?;
-            crate::new_processes::attach_lifecycle(&mut ebpf);
+            let ring = new_processes::take_ring(&mut ebpf)?;
+            new_processes::attach_lifecycle(&mut ebpf);
             Some(ring)
         } else {
             None
@@ -158,8 +167,7 @@ impl OffCpuProfiler {
 
         Ok(OffCpuProfiler {
             ebpf,
-            counts,
-            buffers: DoubleBuffer::new(control, "ep_off_control"),
+            buffers,
             counters,
             attached: true,
             new_processes,
@@ -167,72 +175,78 @@ impl OffCpuProfiler {
     }
 
     /// The announcements of newly seen processes (with `announce`), for a watcher (once).
-    pub fn take_new_processes(&mut self) -> Option<crate::NewProcesses> {
+    pub fn take_new_processes(&mut self) -> Option<NewProcesses> {
         self.new_processes.take()
     }
 
     /// Switches the kernel to the other buffer and returns what the previous one holds;
     /// values are blocked nanoseconds.
     pub fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        let old = self.buffers.switch()?;
-        self.read_buffer(old)
+        self.buffers.drain()
     }
 
     /// Detaches from the scheduler and returns everything still in the kernel. Threads
     /// still blocked at that moment are not counted: their block has not ended.
     pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        crate::new_processes::unload_lifecycle(&mut self.ebpf);
-        if self.attached {
-            if let Some(program) = self.ebpf.program_mut(PROGRAM) {
-                let program: &mut BtfTracePoint =
-                    program.try_into().map_err(|source| ProbeError::Program {
+        let (ebpf, attached) = (&mut self.ebpf, &mut self.attached);
+        self.buffers.stop(|| {
+            new_processes::unload_lifecycle(ebpf);
+            if *attached {
+                if let Some(program) = ebpf.program_mut(PROGRAM) {
+                    let program: &mut BtfTracePoint =
+                        program.try_into().map_err(|source| ProbeError::Program {
+                            name: PROGRAM,
+                            source,
+                        })?;
+                    program.unload().map_err(|source| ProbeError::Program {
                         name: PROGRAM,
                         source,
                     })?;
-                program.unload().map_err(|source| ProbeError::Program {
-                    name: PROGRAM,
-                    source,
-                })?;
+                }
+                *attached = false;
             }
-            self.attached = false;
-        }
-        let mut all = self.read_buffer(0)?;
-        all.extend(self.read_buffer(1)?);
-        Ok(all)
+            Ok(())
+        })
     }
 
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        sync_pid_filter(&mut self.ebpf, pids)
+        pid_filter::sync(&mut self.ebpf, pids)
     }
 
     /// Kernel-side totals since load.
     pub fn counters(&self) -> Result<OffCpuCounters, ProbeError> {
-        let mut totals = [0u64; OffCpuCounter::ALL.len()];
-        for (i, total) in totals.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "ep_off_counters",
-                    source,
-                })?;
-            *total = per_cpu.iter().sum();
+        let mut totals = OffCpuCounters::default();
+        for (counter, total) in self.counters.totals(&OffCpuCounter::ALL)? {
+            *totals.field(counter) = total;
         }
-        Ok(OffCpuCounters {
-            blocks: totals[OffCpuCounter::Blocks as usize],
-            short: totals[OffCpuCounter::Short as usize],
-            start_full: totals[OffCpuCounter::StartFull as usize],
-            count_full: totals[OffCpuCounter::CountFull as usize],
-            stack_errors: totals[OffCpuCounter::StackError as usize],
-            announce_lost: totals[OffCpuCounter::AnnounceLost as usize],
+        Ok(totals)
+    }
+}
+
+/// One buffer: blocked time by thread and stacks.
+struct BlockBuffer {
+    counts: MapData,
+    name: &'static str,
+}
+
+impl BlockBuffer {
+    /// Takes buffer `i`'s map out of the loaded object.
+    fn take(ebpf: &mut Ebpf, i: usize) -> Result<Self, ProbeError> {
+        Ok(BlockBuffer {
+            counts: take_hash(ebpf, COUNT_MAPS[i])?,
+            name: COUNT_MAPS[i],
         })
     }
+}
 
-    fn read_buffer(&mut self, buffer: usize) -> Result<Vec<KernelSample>, ProbeError> {
+impl Buffer for BlockBuffer {
+    type Drained = Vec<KernelSample>;
+
+    fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
         let entries: Vec<(OffCpuKey, OffCpuValue)> =
-            drain_hash(self.counts[buffer].fd().as_fd(), COUNT_MAPS[buffer])?;
+            drain_hash(self.counts.fd().as_fd(), self.name)?;
         let stack = |frames: &[u64]| {
             if frames.is_empty() {
                 CapturedStack::None
@@ -240,18 +254,16 @@ impl OffCpuProfiler {
                 CapturedStack::Addrs(Arc::from(frames))
             }
         };
-        Ok(entries
-            .into_iter()
-            .map(|(key, value)| KernelSample {
-                pid: key.tgid,
-                tid: key.tid,
-                thread_name: key.comm_str(),
-                exec_id: key.exec_id,
-                kernel_thread: key.flags & crate::abi::KEY_KTHREAD != 0,
-                user: stack(key.user_frames()),
-                kernel: stack(key.kernel_frames()),
-                value: value.total_ns,
-            })
-            .collect())
+        out.extend(entries.into_iter().map(|(key, value)| KernelSample {
+            pid: key.tgid,
+            tid: key.tid,
+            thread_name: key.comm_str(),
+            exec_id: key.exec_id,
+            kernel_thread: key.flags & KEY_KTHREAD != 0,
+            user: stack(key.user_frames()),
+            kernel: stack(key.kernel_frames()),
+            value: value.total_ns,
+        }));
+        Ok(())
     }
 }

@@ -7,9 +7,9 @@ use anyhow::Context;
 use emberprof_exporters::histogram_text;
 use emberprof_exporters::otlp::metrics::HistogramPoint;
 use emberprof_model::{AttrValue, Attributes, Log2Histogram};
-use emberprof_probes::abi::{BlockOp, HistKey, HistKind};
+use emberprof_probes::abi::{BlockOp, HistKind};
 use emberprof_probes::{
-    syscalls, HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms,
+    syscalls, HistSeries, HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms,
 };
 
 use crate::metadata::cgroups::CgroupNames;
@@ -18,33 +18,6 @@ use series::SeriesTable;
 
 /// Series printed per kind, busiest first; the rest are summarised in one line.
 const MAX_SHOWN: usize = 20;
-
-/// Whom a histogram is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Target {
-    Cgroup(u64),
-    Disk {
-        major: u32,
-        minor: u32,
-        op: BlockOp,
-    },
-    Syscall {
-        nr: u32,
-        cgroup: u64,
-    },
-    /// Everything of a kind that found no room under the key cap.
-    Overflow,
-}
-
-impl Target {
-    /// The cgroup the series is about, if it is about one.
-    fn cgroup(self) -> Option<u64> {
-        match self {
-            Target::Cgroup(id) | Target::Syscall { cgroup: id, .. } => Some(id),
-            Target::Disk { .. } | Target::Overflow => None,
-        }
-    }
-}
 
 /// The histogram probes and everything drained from them so far.
 pub struct Histograms {
@@ -109,19 +82,14 @@ impl Histograms {
         // Name cgroups now: a container's cgroup may be gone by the end of the recording.
         self.cgroups.learn(
             drain
-                .keyed
+                .series
                 .iter()
-                .filter_map(|(k, _)| (k.kind != HistKind::BlockIo as u32).then_some(k.cgroup)),
+                .filter_map(|(series, _)| series.cgroup()),
         );
-        for (key, h) in drain.keyed {
-            match series_of(&key) {
-                Some(series) => self.series.merge(series, &h),
-                None => self.unknown_kinds += h.count(),
-            }
+        for (series, h) in drain.series {
+            self.series.merge(series, &h);
         }
-        for (kind, h) in drain.overflow {
-            self.series.merge((kind, Target::Overflow), &h);
-        }
+        self.unknown_kinds += drain.unknown_kind;
     }
 
     /// Closes an export interval: with delta export every series starts again from zero;
@@ -150,12 +118,12 @@ impl Histograms {
     /// Every series as an OTLP exponential-histogram point, totals since the start.
     pub fn points(&mut self) -> Vec<HistogramPoint> {
         let mut points = Vec::new();
-        for ((kind, target), h) in self.series.iter() {
-            let (metric, description) = metric_of(*kind);
+        for (series, h) in self.series.iter() {
+            let (metric, description) = metric_of(series.kind());
             points.push(HistogramPoint {
                 metric: metric.to_string(),
                 description: description.to_string(),
-                attributes: attributes(*target, &self.cgroups, &mut self.disks),
+                attributes: attributes(*series, &self.cgroups, &mut self.disks),
                 histogram: h.clone(),
             });
         }
@@ -169,11 +137,11 @@ impl Histograms {
             if kind == HistKind::Syscall && !self.syscalls {
                 continue;
             }
-            let mut series: Vec<(Target, &Log2Histogram)> = self
+            let mut series: Vec<(HistSeries, &Log2Histogram)> = self
                 .series
                 .iter()
-                .filter(|((k, _), _)| *k == kind)
-                .map(|((_, t), h)| (*t, h))
+                .filter(|(s, _)| s.kind() == kind)
+                .map(|(s, h)| (*s, h))
                 .collect();
             series.sort_by(|a, b| b.1.count().cmp(&a.1.count()).then(a.0.cmp(&b.0)));
             if series.is_empty() {
@@ -212,10 +180,12 @@ impl Histograms {
     }
 }
 
-fn label(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> String {
-    match target {
-        Target::Cgroup(id) => format!("cgroup {}", cgroups.name(id)),
-        Target::Disk { major, minor, op } => {
+fn label(series: HistSeries, cgroups: &CgroupNames, disks: &mut DiskNames) -> String {
+    match series {
+        HistSeries::RunQueue { cgroup } | HistSeries::OffCpu { cgroup } => {
+            format!("cgroup {}", cgroups.name(cgroup))
+        }
+        HistSeries::BlockIo { major, minor, op } => {
             let op = match op {
                 BlockOp::Read => "read",
                 BlockOp::Write => "write",
@@ -223,11 +193,11 @@ fn label(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> String
             };
             format!("disk {} {op}", disks.name(major, minor))
         }
-        Target::Syscall { nr, cgroup } => {
+        HistSeries::Syscall { nr, cgroup } => {
             let name = syscalls::name(nr).map_or_else(|| format!("syscall {nr}"), str::to_string);
             format!("{name}, cgroup {}", cgroups.name(cgroup))
         }
-        Target::Overflow => "other (beyond the key cap)".to_string(),
+        HistSeries::Overflow(_) => "other (beyond the key cap)".to_string(),
     }
 }
 
@@ -277,11 +247,13 @@ fn cgroup_attributes(id: u64, cgroups: &CgroupNames, attrs: &mut Attributes) {
     ));
 }
 
-fn attributes(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> Attributes {
+fn attributes(series: HistSeries, cgroups: &CgroupNames, disks: &mut DiskNames) -> Attributes {
     let mut attrs = Attributes::new();
-    match target {
-        Target::Cgroup(id) => cgroup_attributes(id, cgroups, &mut attrs),
-        Target::Disk { major, minor, op } => {
+    match series {
+        HistSeries::RunQueue { cgroup } | HistSeries::OffCpu { cgroup } => {
+            cgroup_attributes(cgroup, cgroups, &mut attrs)
+        }
+        HistSeries::BlockIo { major, minor, op } => {
             attrs.push((
                 "disk.device".into(),
                 AttrValue::Str(disks.name(major, minor)),
@@ -291,12 +263,12 @@ fn attributes(target: Target, cgroups: &CgroupNames, disks: &mut DiskNames) -> A
                 AttrValue::Str(direction(op).into()),
             ));
         }
-        Target::Syscall { nr, cgroup } => {
+        HistSeries::Syscall { nr, cgroup } => {
             let name = syscalls::name(nr).map_or_else(|| nr.to_string(), str::to_string);
             attrs.push(("syscall.name".into(), AttrValue::Str(name)));
             cgroup_attributes(cgroup, cgroups, &mut attrs);
         }
-        Target::Overflow => {
+        HistSeries::Overflow(_) => {
             attrs.push(("emberprof.overflow".into(), AttrValue::Str("true".into())));
         }
     }
@@ -309,64 +281,5 @@ fn title(kind: HistKind) -> &'static str {
         HistKind::OffCpu => "off-CPU duration",
         HistKind::BlockIo => "block I/O latency",
         HistKind::Syscall => "syscall latency",
-    }
-}
-
-fn series_of(key: &HistKey) -> Option<(HistKind, Target)> {
-    let kind = HistKind::from_index(key.kind)?;
-    let target = match kind {
-        HistKind::RunQueue | HistKind::OffCpu => Target::Cgroup(key.cgroup),
-        HistKind::BlockIo => Target::Disk {
-            major: key.major,
-            minor: key.minor,
-            op: BlockOp::from_index(key.detail),
-        },
-        HistKind::Syscall => Target::Syscall {
-            nr: key.detail,
-            cgroup: key.cgroup,
-        },
-    };
-    Some((kind, target))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_map_to_series() {
-        let key = HistKey {
-            kind: HistKind::BlockIo as u32,
-            detail: 1,
-            major: 254,
-            minor: 0,
-            cgroup: 0,
-        };
-        assert_eq!(
-            series_of(&key),
-            Some((
-                HistKind::BlockIo,
-                Target::Disk {
-                    major: 254,
-                    minor: 0,
-                    op: BlockOp::Write
-                }
-            ))
-        );
-        let key = HistKey {
-            kind: HistKind::Syscall as u32,
-            detail: 35,
-            cgroup: 7,
-            ..Default::default()
-        };
-        assert_eq!(
-            series_of(&key),
-            Some((HistKind::Syscall, Target::Syscall { nr: 35, cgroup: 7 }))
-        );
-        let key = HistKey {
-            kind: 99,
-            ..Default::default()
-        };
-        assert_eq!(series_of(&key), None);
     }
 }

@@ -3,12 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use emberprof_model::Log2Histogram;
-use emberprof_probes::abi::HistKind;
-
-use super::Target;
+use emberprof_probes::HistSeries;
 
 /// One series' identity: what it measures and whom it is about.
-pub type SeriesKey = (HistKind, Target);
+pub type SeriesKey = HistSeries;
 
 /// Series accumulated across drains, and which of them changed since the last export.
 #[derive(Default)]
@@ -54,7 +52,7 @@ impl SeriesTable {
         let mut verdicts: HashMap<u64, bool> = HashMap::new();
         let mut dropped = BTreeSet::new();
         self.series.retain(|key, _| {
-            let Some(cgroup) = key.1.cgroup() else {
+            let Some(cgroup) = key.cgroup() else {
                 return true;
             };
             if changed.contains(key) || !*verdicts.entry(cgroup).or_insert_with(|| gone(cgroup)) {
@@ -69,7 +67,7 @@ impl SeriesTable {
         });
         self.doomed = doomed_now;
         for key in self.series.keys() {
-            if let Some(cgroup) = key.1.cgroup() {
+            if let Some(cgroup) = key.cgroup() {
                 dropped.remove(&cgroup);
             }
         }
@@ -80,6 +78,7 @@ impl SeriesTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use emberprof_probes::abi::BlockOp;
 
     fn one() -> Log2Histogram {
         let mut h = Log2Histogram::new();
@@ -94,17 +93,14 @@ mod tests {
     #[test]
     fn a_gone_cgroup_is_dropped_after_two_unchanged_exports() {
         let mut t = SeriesTable::default();
-        let live = (HistKind::RunQueue, Target::Cgroup(5));
-        let dead = (HistKind::RunQueue, Target::Cgroup(6));
-        let dead_syscall = (HistKind::Syscall, Target::Syscall { nr: 0, cgroup: 6 });
-        let disk = (
-            HistKind::BlockIo,
-            Target::Disk {
-                major: 8,
-                minor: 0,
-                op: emberprof_probes::abi::BlockOp::Read,
-            },
-        );
+        let live = HistSeries::RunQueue { cgroup: 5 };
+        let dead = HistSeries::RunQueue { cgroup: 6 };
+        let dead_syscall = HistSeries::Syscall { nr: 0, cgroup: 6 };
+        let disk = HistSeries::BlockIo {
+            major: 8,
+            minor: 0,
+            op: BlockOp::Read,
+        };
         for k in [live, dead, dead_syscall, disk] {
             t.merge(k, &one());
         }
@@ -126,7 +122,7 @@ mod tests {
     #[test]
     fn a_late_wait_saves_a_doomed_series() {
         let mut t = SeriesTable::default();
-        let dead = (HistKind::OffCpu, Target::Cgroup(6));
+        let dead = HistSeries::OffCpu { cgroup: 6 };
         t.merge(dead, &one());
         assert!(t.prune(|_| true).is_empty());
         assert!(t.prune(|_| true).is_empty());
@@ -142,8 +138,8 @@ mod tests {
     #[test]
     fn a_cgroup_still_named_by_a_changed_series_is_not_reported() {
         let mut t = SeriesTable::default();
-        let runq = (HistKind::RunQueue, Target::Cgroup(6));
-        let offcpu = (HistKind::OffCpu, Target::Cgroup(6));
+        let runq = HistSeries::RunQueue { cgroup: 6 };
+        let offcpu = HistSeries::OffCpu { cgroup: 6 };
         t.merge(runq, &one());
         t.merge(offcpu, &one());
         assert!(t.prune(|_| true).is_empty());
@@ -162,8 +158,11 @@ mod tests {
     #[test]
     fn each_cgroup_is_checked_once_per_prune() {
         let mut t = SeriesTable::default();
-        for kind in [HistKind::RunQueue, HistKind::OffCpu] {
-            t.merge((kind, Target::Cgroup(9)), &one());
+        for series in [
+            HistSeries::RunQueue { cgroup: 9 },
+            HistSeries::OffCpu { cgroup: 9 },
+        ] {
+            t.merge(series, &one());
         }
         t.prune(|_| false);
         let checks = std::cell::Cell::new(0);

@@ -55,8 +55,9 @@ impl Params {
     }
 }
 
-/// Samples the machine (or one process) and returns a gzipped pprof, or an SVG.
-pub fn profile(params: &Params, svg_output: bool) -> anyhow::Result<Vec<u8>> {
+/// Samples the machine (or one process) and returns a gzipped pprof, or an SVG; emberprof
+/// itself only with `profile_self` (or its PID).
+pub fn profile(params: &Params, svg_output: bool, profile_self: bool) -> anyhow::Result<Vec<u8>> {
     let pids: Vec<u32> = params.pid.into_iter().collect();
     let mut symbolizer = Symbolizer::new();
     for pid in &pids {
@@ -64,7 +65,10 @@ pub fn profile(params: &Params, svg_output: bool) -> anyhow::Result<Vec<u8>> {
     }
     let start = SystemTime::now();
     let mut session = Session::start(SessionConfig {
-        cpu: Some(CpuSamplerConfig::new(params.hz, pids)),
+        cpu: Some(CpuSamplerConfig {
+            profile_self,
+            ..CpuSamplerConfig::new(params.hz, pids)
+        }),
         off_cpu: None,
         latency: None,
         symbolizer,

@@ -42,7 +42,13 @@ pub type SharedStatus = Arc<Mutex<Status>>;
 
 /// Binds `addr` now (so that a port in use is a start-up error) and serves on a thread.
 /// `/debug/pprof` is served as `debug` says; a token file it cannot use is a start-up error.
-pub fn serve(addr: SocketAddr, debug: &DebugArgs, status: SharedStatus) -> anyhow::Result<()> {
+/// Its profiles leave emberprof out unless `profile_self`, like the agent's own.
+pub fn serve(
+    addr: SocketAddr,
+    debug: &DebugArgs,
+    profile_self: bool,
+    status: SharedStatus,
+) -> anyhow::Result<()> {
     let access = Arc::new(DebugAccess::from_args(debug, addr)?);
     let listener = std::net::TcpListener::bind(addr).with_context(|| {
         format!("--http-listen {addr}: cannot listen there (is the port already in use?)")
@@ -57,7 +63,7 @@ pub fn serve(addr: SocketAddr, debug: &DebugArgs, status: SharedStatus) -> anyho
         .context("starting the HTTP runtime")?;
     std::thread::Builder::new()
         .name("emberprof-http".into())
-        .spawn(move || runtime.block_on(accept_loop(listener, status, access)))
+        .spawn(move || runtime.block_on(accept_loop(listener, status, access, profile_self)))
         .context("starting the HTTP thread")?;
     tracing::info!(%addr, "HTTP endpoints listening");
     Ok(())
@@ -67,6 +73,7 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     status: SharedStatus,
     access: Arc<DebugAccess>,
+    profile_self: bool,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -89,7 +96,7 @@ async fn accept_loop(
         let access = access.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                route(req, status.clone(), access.clone())
+                route(req, status.clone(), access.clone(), profile_self)
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -143,6 +150,7 @@ async fn route<B>(
     req: Request<B>,
     status: SharedStatus,
     access: Arc<DebugAccess>,
+    profile_self: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if is_debug(req.uri().path()) {
         // Before anything else, so that a refused client learns nothing, not even whether
@@ -205,7 +213,7 @@ async fn route<B>(
                 ),
                 Ok(params) => {
                     let result = tokio::task::spawn_blocking(move || {
-                        let r = debug::profile(&params, svg);
+                        let r = debug::profile(&params, svg, profile_self);
                         PROFILE_IN_PROGRESS.store(false, Ordering::Release);
                         r
                     })
@@ -276,7 +284,7 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let r = route(req, status, access.clone()).await.unwrap();
+            let r = route(req, status, access.clone(), false).await.unwrap();
             let challenge = r
                 .headers()
                 .get(hyper::header::WWW_AUTHENTICATE)
