@@ -18,6 +18,7 @@ run: build
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	python3 scripts/module_cycles.py
 
 test: lint
 	$(CARGO) test --workspace

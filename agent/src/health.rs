@@ -1,21 +1,17 @@
-//! emberprof's health catalogue: every metric it reports about itself (besides its sinks'
-//! own, which each sink reports), as one table of data. A row names the metric, says what it
+//! emberprof's health catalogue: every metric it reports about itself beyond what each probe
+//! (its kernel counters) and each sink (its deliveries) reports, as one table of data. A row names the metric, says what it
 //! is, and reads its value from the session's sources; a source that is not there (no
 //! off-CPU profiler, no Kubernetes) leaves its rows out. Adding a metric is adding a row.
 
 use std::sync::atomic::Ordering;
 
 use emberprof_model::{HealthCounter, HealthValue, ProfileKind};
-use emberprof_probes::{KernelCounters, LatencyCounters, OffCpuCounters};
 use emberprof_symbolizer::SymbolizerStats;
 
 use crate::kubernetes::Kubernetes;
 
 /// What the values are read from.
 pub struct Sources<'a> {
-    pub cpu: Option<KernelCounters>,
-    pub off_cpu: Option<OffCpuCounters>,
-    pub latency: Option<LatencyCounters>,
     /// Highest share of each kind's kernel count map in use at a drain.
     pub map_fill: &'a [(ProfileKind, f64)],
     pub symbolizer: &'a SymbolizerStats,
@@ -59,101 +55,6 @@ const CATALOGUE: &[Row] = &[
         unit: "1",
         label: Some(("map", "offcpu_counts")),
         value: |s| fill(s, ProfileKind::OffCpu),
-    },
-    Row {
-        name: "emberprof.cpu.samples",
-        description: "CPU samples taken of profiled processes",
-        unit: "{sample}",
-        label: None,
-        value: |s| s.cpu.map(|k| Count(k.samples)),
-    },
-    Row {
-        name: "emberprof.cpu.samples.dropped",
-        description: "CPU samples the kernel could not record",
-        unit: "{sample}",
-        label: Some(("reason", "count_map_full")),
-        value: |s| s.cpu.map(|k| Count(k.count_map_full)),
-    },
-    Row {
-        name: "emberprof.cpu.stacks.lost",
-        description:
-            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
-        unit: "{stack}",
-        label: Some(("reason", "user_stack_map_full")),
-        value: |s| s.cpu.map(|k| Count(k.user_stack_map_full)),
-    },
-    Row {
-        name: "emberprof.cpu.stacks.lost",
-        description:
-            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
-        unit: "{stack}",
-        label: Some(("reason", "kernel_stack_map_full")),
-        value: |s| s.cpu.map(|k| Count(k.kernel_stack_map_full)),
-    },
-    Row {
-        name: "emberprof.cpu.stacks.lost",
-        description:
-            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
-        unit: "{stack}",
-        label: Some(("reason", "stack_error")),
-        value: |s| s.cpu.map(|k| Count(k.stack_errors)),
-    },
-    Row {
-        name: "emberprof.offcpu.blocks",
-        description: "Blocks credited to a stack",
-        unit: "{block}",
-        label: None,
-        value: |s| s.off_cpu.map(|k| Count(k.blocks)),
-    },
-    Row {
-        name: "emberprof.offcpu.blocks.dropped",
-        description: "Blocks the kernel could not record",
-        unit: "{block}",
-        label: Some(("reason", "start_full")),
-        value: |s| s.off_cpu.map(|k| Count(k.start_full)),
-    },
-    Row {
-        name: "emberprof.offcpu.blocks.dropped",
-        description: "Blocks the kernel could not record",
-        unit: "{block}",
-        label: Some(("reason", "count_map_full")),
-        value: |s| s.off_cpu.map(|k| Count(k.count_full)),
-    },
-    Row {
-        name: "emberprof.processes.announce_lost",
-        description:
-            "New processes not announced at their first sample (ring full); read at the next drain",
-        unit: "{process}",
-        label: None,
-        // One count for emberprof: only the profiler that announces counts (the CPU
-        // sampler, else the off-CPU profiler); the other adds zero.
-        value: |s| match (s.cpu, s.off_cpu) {
-            (None, None) => None,
-            (cpu, off) => Some(Count(
-                cpu.map_or(0, |k| k.announce_lost) + off.map_or(0, |k| k.announce_lost),
-            )),
-        },
-    },
-    Row {
-        name: "emberprof.histogram.durations",
-        description: "Durations recorded into latency histograms",
-        unit: "{duration}",
-        label: None,
-        value: |s| s.latency.map(|k| Count(k.recorded + k.overflowed)),
-    },
-    Row {
-        name: "emberprof.histogram.durations.overflowed",
-        description: "Durations beyond the histogram key cap",
-        unit: "{duration}",
-        label: None,
-        value: |s| s.latency.map(|k| Count(k.overflowed)),
-    },
-    Row {
-        name: "emberprof.histogram.durations.lost",
-        description: "Waits that could not be tracked",
-        unit: "{duration}",
-        label: None,
-        value: |s| s.latency.map(|k| Count(k.start_full)),
     },
     Row {
         name: "emberprof.symbolizer.lookups",
@@ -408,13 +309,6 @@ mod tests {
             ..Default::default()
         };
         let only_cpu = Sources {
-            cpu: Some(KernelCounters {
-                samples: 9,
-                announce_lost: 2,
-                ..Default::default()
-            }),
-            off_cpu: None,
-            latency: None,
             map_fill: &[(ProfileKind::Cpu, 0.5)],
             symbolizer: &stats,
             k8s: None,
@@ -425,17 +319,11 @@ mod tests {
                 .find(|c| c.name == name && c.attributes.first().map(|(_, v)| v.as_str()) == label)
                 .map(|c| c.value)
         };
-        assert_eq!(get("emberprof.cpu.samples", None), Some(Count(9)));
-        assert_eq!(
-            get("emberprof.processes.announce_lost", None),
-            Some(Count(2))
-        );
         assert_eq!(
             get("emberprof.map.fill", Some("cpu_counts")),
             Some(Level(0.5))
         );
         assert_eq!(get("emberprof.map.fill", Some("offcpu_counts")), None);
-        assert_eq!(get("emberprof.offcpu.blocks", None), None);
         assert_eq!(
             get("emberprof.symbolizer.lookups", Some("hit")),
             Some(Count(5))

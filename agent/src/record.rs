@@ -16,11 +16,10 @@ use emberprof_model::ProfileKind;
 use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
 
 use crate::cli::RecordArgs;
-use crate::histograms::Histograms;
 use crate::metadata::attributes::ExtraAttributes;
 use crate::output::{self, Files};
 use crate::progress::Progress;
-use crate::session::{Profiler, Run, Session, SessionConfig};
+use crate::session::{Run, Session, SessionConfig};
 use crate::sinks::Sinks;
 
 /// How often the loop wakes to check for Ctrl-C and refresh the progress line.
@@ -129,11 +128,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 next_span = elapsed + args.export_interval;
             }
         }
-        progress.update(
-            elapsed,
-            args.duration,
-            &live_counts(session.runs(), session.histograms()),
-        );
+        progress.update(elapsed, args.duration, &live_counts(&session));
         let until_next = next_drain
             .saturating_sub(elapsed)
             .max(Duration::from_millis(1));
@@ -159,17 +154,16 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         value["output"] = serde_json::json!(path);
         json.push(value);
     }
-    let mut histograms_json = None;
-    if let Some(h) = session.histograms_mut() {
-        let report = h.report()?;
+    if let Some(report) = session.histogram_report()? {
         print_report(&report, &args, paths.len())?;
-        let c = h.counters()?;
-        histograms_json = Some(serde_json::json!({
-            "recorded": c.recorded + c.overflowed,
-            "overflowed": c.overflowed,
-            "lost": c.start_full,
-        }));
     }
+    let histograms_json = session.histogram_counts()?.map(|counts| {
+        let mut json = serde_json::json!({});
+        for (name, value) in counts {
+            json[name] = serde_json::json!(value);
+        }
+        json
+    });
     if let Some(path) = &args.summary_json {
         write_summary_json(path, json, histograms_json)?;
     }
@@ -230,87 +224,83 @@ fn output_paths(
     Ok((cpu_path, off_cpu_path))
 }
 
-fn live_counts(runs: &[Run], histograms: Option<&Histograms>) -> String {
-    let mut parts: Vec<String> = runs
+/// A probe's count by name, 0 when it has none of that name.
+fn count(counts: &[(&str, u64)], name: &str) -> u64 {
+    counts
         .iter()
-        .filter_map(|run| match &run.profiler {
-            Profiler::Cpu(p) => p.counters().ok().map(|c| format!("{} samples", c.samples)),
-            Profiler::OffCpu(p) => p.counters().ok().map(|c| format!("{} blocks", c.blocks)),
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, v)| *v)
+}
+
+fn live_counts(session: &Session) -> String {
+    let mut parts: Vec<String> = session
+        .runs()
+        .iter()
+        .filter_map(|run| {
+            let counts = run.profiler.counts().ok()?;
+            Some(match run.kind {
+                ProfileKind::Cpu => format!("{} samples", count(&counts, "kernel_counted")),
+                ProfileKind::OffCpu => format!("{} blocks", count(&counts, "blocks")),
+            })
         })
         .collect();
-    if let Some(c) = histograms.and_then(|h| h.counters().ok()) {
-        parts.push(format!("{} latencies", c.recorded + c.overflowed));
+    if let Ok(Some(counts)) = session.histogram_counts() {
+        parts.push(format!("{} latencies", count(&counts, "recorded")));
     }
     parts.join(", ")
 }
 
-/// The summary line of one run, without its duration and destination.
 /// What one run recorded: the summary line (without its duration and destination) and the
 /// same as JSON.
 fn summary(run: &Run) -> anyhow::Result<(String, serde_json::Value)> {
     let c = &run.collected;
-    Ok(match &run.profiler {
-        Profiler::Cpu(p) => {
-            let k = p.counters().context("reading the CPU sampler's counters")?;
-            if k.dropped() > 0 {
-                tracing::warn!(
-                    dropped = k.dropped(),
-                    "the kernel's count map was full; those samples are missing from the profile"
-                );
-            }
-            (
-                format!(
-                    "emberprof: {} samples (kernel counted {}, {} dropped, {} stacks lost) from {} processes, {} unique stacks",
-                    c.total,
-                    k.samples,
-                    k.dropped(),
-                    k.stacks_lost(),
-                    c.pids.len(),
-                    c.stacks.len()
-                ),
-                serde_json::json!({
-                    "kind": "cpu",
-                    "samples": c.total,
-                    "kernel_counted": k.samples,
-                    "dropped": k.dropped(),
-                    "stacks_lost": k.stacks_lost(),
-                    "processes": c.pids.len(),
-                    "unique_stacks": c.stacks.len(),
-                }),
+    let counts = run
+        .profiler
+        .counts()
+        .context("reading the probes' counters")?;
+    let n = |name| count(&counts, name);
+    if n("dropped") > 0 {
+        tracing::warn!(
+            dropped = n("dropped"),
+            kind = run.kind.title(),
+            "the kernel's count map was full; those samples are missing from the profile"
+        );
+    }
+    let mut json = serde_json::json!({
+        "kind": run.kind.id(),
+        "processes": c.pids.len(),
+        "unique_stacks": c.stacks.len(),
+    });
+    for (name, value) in &counts {
+        json[*name] = serde_json::json!(value);
+    }
+    let line = match run.kind {
+        ProfileKind::Cpu => {
+            json["samples"] = serde_json::json!(c.total);
+            format!(
+                "emberprof: {} samples (kernel counted {}, {} dropped, {} stacks lost) from {} processes, {} unique stacks",
+                c.total,
+                n("kernel_counted"),
+                n("dropped"),
+                n("stacks_lost"),
+                c.pids.len(),
+                c.stacks.len()
             )
         }
-        Profiler::OffCpu(p) => {
-            let k = p
-                .counters()
-                .context("reading the off-CPU profiler's counters")?;
-            if k.dropped() > 0 {
-                tracing::warn!(
-                    dropped = k.dropped(),
-                    "the kernel's off-CPU maps were full; those blocks are missing from the profile"
-                );
-            }
-            (
-                format!(
-                    "emberprof: off-CPU {:.3} s blocked ({} blocks, {} dropped, {} shorter than the minimum) from {} processes, {} unique stacks",
-                    c.total as f64 / 1e9,
-                    k.blocks,
-                    k.dropped(),
-                    k.short,
-                    c.pids.len(),
-                    c.stacks.len()
-                ),
-                serde_json::json!({
-                    "kind": "offcpu",
-                    "blocked_ns": c.total,
-                    "blocks": k.blocks,
-                    "dropped": k.dropped(),
-                    "short": k.short,
-                    "processes": c.pids.len(),
-                    "unique_stacks": c.stacks.len(),
-                }),
+        ProfileKind::OffCpu => {
+            json["blocked_ns"] = serde_json::json!(c.total);
+            format!(
+                "emberprof: off-CPU {:.3} s blocked ({} blocks, {} dropped, {} shorter than the minimum) from {} processes, {} unique stacks",
+                c.total as f64 / 1e9,
+                n("blocks"),
+                n("dropped"),
+                n("short"),
+                c.pids.len(),
+                c.stacks.len()
             )
         }
-    })
+    };
+    Ok((line, json))
 }
 
 /// Writes the run's summary as JSON (`--summary-json`).

@@ -10,11 +10,11 @@ use anyhow::Context;
 use emberprof_exporters::otlp::metrics::HistogramPoint;
 use emberprof_exporters::sinks::Span;
 use emberprof_model::{
-    Attributes, HealthCounter, KernelSample, Profile, ProfileBuilder, ProfileKind,
+    Attributes, HealthCounter, HealthValue, Profile, ProfileBuilder, ProfileKind,
 };
 use emberprof_probes::{
-    CpuSampler, CpuSamplerConfig, LatencyConfig, NewProcesses, OffCpuConfig, OffCpuProfiler,
-    ProbeError,
+    CpuSampler, CpuSamplerConfig, Drained, LatencyConfig, LatencyHistograms, OffCpuConfig,
+    OffCpuProfiler, Profiler,
 };
 use emberprof_symbolizer::Symbolizer;
 
@@ -26,54 +26,11 @@ use crate::metadata::process::process_attributes;
 use crate::timings::{IntervalSize, IntervalTimings};
 use crate::watcher::ProcessWatcher;
 
-/// One loaded profiler (boxed: they are large and moved around).
-pub enum Profiler {
-    Cpu(Box<CpuSampler>),
-    OffCpu(Box<OffCpuProfiler>),
-}
-
-impl Profiler {
-    fn kind(&self) -> ProfileKind {
-        match self {
-            Profiler::Cpu(_) => ProfileKind::Cpu,
-            Profiler::OffCpu(_) => ProfileKind::OffCpu,
-        }
-    }
-
-    fn drain(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        match self {
-            Profiler::Cpu(p) => p.drain(),
-            Profiler::OffCpu(p) => p.drain(),
-        }
-    }
-
-    fn set_pids(&mut self, pids: &BTreeSet<u32>) -> Result<(), ProbeError> {
-        match self {
-            Profiler::Cpu(p) => p.set_pids(pids),
-            Profiler::OffCpu(p) => p.set_pids(pids),
-        }
-    }
-
-    fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        match self {
-            Profiler::Cpu(p) => p.stop(),
-            Profiler::OffCpu(p) => p.stop(),
-        }
-    }
-
-    /// The announcements of newly sampled processes, if this profiler makes them.
-    pub fn take_new_processes(&mut self) -> Option<NewProcesses> {
-        match self {
-            Profiler::Cpu(p) => p.take_new_processes(),
-            Profiler::OffCpu(p) => p.take_new_processes(),
-        }
-    }
-}
-
 /// A profiler with the span of profile it fills, and what it collected since the totals
 /// were last reset.
 pub struct Run {
-    pub profiler: Profiler,
+    pub profiler: Box<dyn Profiler>,
+    pub kind: ProfileKind,
     pub builder: ProfileBuilder,
     pub collected: Collected,
 }
@@ -129,7 +86,8 @@ impl SpanData {
 /// The running session.
 pub struct Session {
     runs: Vec<Run>,
-    histograms: Option<Histograms>,
+    /// The histogram probes and what was drained from them.
+    histograms: Option<(Box<dyn Profiler>, Histograms)>,
     symbolizer: Symbolizer,
     watcher: Option<ProcessWatcher>,
     /// Resource attributes of the processes seen, when spans are shipped.
@@ -148,7 +106,8 @@ impl Session {
         if let Some(c) = &config.cpu {
             let sampler = CpuSampler::start(c).context("starting the CPU sampler")?;
             runs.push(Run {
-                profiler: Profiler::Cpu(Box::new(sampler)),
+                profiler: Box::new(sampler),
+                kind: ProfileKind::Cpu,
                 builder: ProfileBuilder::cpu(c.frequency_hz, config.start),
                 collected: Collected::default(),
             });
@@ -156,12 +115,21 @@ impl Session {
         if let Some(c) = &config.off_cpu {
             let profiler = OffCpuProfiler::start(c).context("starting the off-CPU profiler")?;
             runs.push(Run {
-                profiler: Profiler::OffCpu(Box::new(profiler)),
+                profiler: Box::new(profiler),
+                kind: ProfileKind::OffCpu,
                 builder: ProfileBuilder::off_cpu(config.start),
                 collected: Collected::default(),
             });
         }
-        let histograms = config.latency.as_ref().map(Histograms::start).transpose()?;
+        let histograms = match &config.latency {
+            Some(c) => {
+                let probe =
+                    LatencyHistograms::start(c).context("starting the latency histograms")?;
+                let probe: Box<dyn Profiler> = Box::new(probe);
+                Some((probe, Histograms::new(c.syscalls)))
+            }
+            None => None,
+        };
         let watcher = runs
             .iter_mut()
             .find_map(|r| r.profiler.take_new_processes())
@@ -185,14 +153,23 @@ impl Session {
         &self.runs
     }
 
-    /// The latency histograms, if recorded.
-    pub fn histograms(&self) -> Option<&Histograms> {
-        self.histograms.as_ref()
+    /// The latency histograms' probes' counts (`recorded`, `overflowed`, `lost`), if
+    /// recorded.
+    pub fn histogram_counts(&self) -> anyhow::Result<Option<Vec<(&'static str, u64)>>> {
+        self.histograms
+            .as_ref()
+            .map(|(probe, _)| probe.counts())
+            .transpose()
+            .context("reading the latency histograms' counters")
     }
 
-    /// The latency histograms, to report or export.
-    pub fn histograms_mut(&mut self) -> Option<&mut Histograms> {
-        self.histograms.as_mut()
+    /// The histogram text report, if recorded.
+    pub fn histogram_report(&mut self) -> anyhow::Result<Option<String>> {
+        let counts = self.histogram_counts()?;
+        Ok(self
+            .histograms
+            .as_mut()
+            .map(|(_, h)| h.report(counts.as_deref().unwrap_or_default())))
     }
 
     /// The symbolizer, e.g. to capture a process before its first sample.
@@ -205,28 +182,43 @@ impl Session {
         if let Some(w) = &self.watcher {
             w.deliver(&mut self.symbolizer, self.processes.as_mut());
         }
-        let threads = self.extra.threads();
-        for run in &mut self.runs {
-            let counts = self
+        for i in 0..self.runs.len() {
+            let drained = self
                 .timings
-                .drain(|| run.profiler.drain())
+                .drain(|| self.runs[i].profiler.drain())
                 .context("draining the kernel maps")?;
-            let symbolizer = &mut self.symbolizer;
-            self.timings.symbolize(counts.len(), || {
-                collect::add(
-                    &counts,
-                    symbolizer,
-                    &mut run.builder,
-                    &mut run.collected,
-                    threads,
-                )
-            });
+            self.add(i, drained);
         }
-        if let Some(h) = &mut self.histograms {
-            self.timings.drain(|| h.drain())?;
+        if let Some((probe, h)) = &mut self.histograms {
+            let drained = self
+                .timings
+                .drain(|| probe.drain())
+                .context("draining the latency histograms")?;
+            if let Drained::Histograms(d) = drained {
+                h.add(d);
+            }
         }
         self.observe();
         Ok(())
+    }
+
+    /// Adds what run `i` drained to its profile.
+    fn add(&mut self, i: usize, drained: Drained) {
+        let Drained::Samples(samples) = drained else {
+            return;
+        };
+        let threads = self.extra.threads();
+        let run = &mut self.runs[i];
+        let symbolizer = &mut self.symbolizer;
+        self.timings.symbolize(samples.len(), || {
+            collect::add(
+                &samples,
+                symbolizer,
+                &mut run.builder,
+                &mut run.collected,
+                threads,
+            )
+        });
     }
 
     /// Detaches every probe and adds what the kernel still held.
@@ -234,19 +226,19 @@ impl Session {
         if let Some(w) = &self.watcher {
             w.deliver(&mut self.symbolizer, self.processes.as_mut());
         }
-        let threads = self.extra.threads();
-        for run in &mut self.runs {
-            let counts = run.profiler.stop().context("stopping the probes")?;
-            collect::add(
-                &counts,
-                &mut self.symbolizer,
-                &mut run.builder,
-                &mut run.collected,
-                threads,
-            );
+        for i in 0..self.runs.len() {
+            let drained = self.runs[i]
+                .profiler
+                .stop()
+                .context("stopping the probes")?;
+            self.add(i, drained);
         }
-        if let Some(h) = &mut self.histograms {
-            h.stop()?;
+        if let Some((probe, h)) = &mut self.histograms {
+            if let Drained::Histograms(d) =
+                probe.stop().context("stopping the latency histograms")?
+            {
+                h.add(d);
+            }
         }
         self.watcher = None;
         self.observe();
@@ -306,7 +298,7 @@ impl Session {
             }
         };
         let histograms = match (&mut self.histograms, histograms) {
-            (Some(h), true) => h.points(),
+            (Some((_, h)), true) => h.points(),
             _ => Vec::new(),
         };
         SpanData {
@@ -325,7 +317,7 @@ impl Session {
     /// span that carried histograms, with or without an exporter, so that they do not pile
     /// up.
     pub fn end_histogram_interval(&mut self, delta: bool) {
-        if let Some(h) = &mut self.histograms {
+        if let Some((_, h)) = &mut self.histograms {
             h.end_interval(delta);
         }
     }
@@ -367,43 +359,55 @@ impl Session {
                 tracing::warn!(error = %e, "updating the PID filter");
             }
         }
-        if let Some(h) = &mut self.histograms {
-            if let Err(e) = h.set_pids(pids) {
-                tracing::warn!(error = %format!("{e:#}"), "updating the PID filter");
+        if let Some((probe, _)) = &mut self.histograms {
+            if let Err(e) = probe.set_pids(pids) {
+                tracing::warn!(error = %e, "updating the histograms' PID filter");
             }
         }
     }
 
-    /// emberprof's own counters now (the health catalogue; sinks report theirs).
+    /// emberprof's own counters now: the probes' and the health catalogue's (sinks report
+    /// theirs). A metric several probes report (announcements lost) is added up.
     pub fn health(&self) -> anyhow::Result<Vec<HealthCounter>> {
-        let (mut cpu, mut off_cpu) = (None, None);
-        let mut map_fill = Vec::new();
-        for run in &self.runs {
-            match &run.profiler {
-                Profiler::Cpu(p) => {
-                    cpu = Some(p.counters().context("reading the CPU sampler's counters")?)
-                }
-                Profiler::OffCpu(p) => {
-                    off_cpu = Some(
-                        p.counters()
-                            .context("reading the off-CPU profiler's counters")?,
-                    )
+        let mut out: Vec<HealthCounter> = Vec::new();
+        let probes = self
+            .runs
+            .iter()
+            .map(|r| &r.profiler)
+            .chain(self.histograms.iter().map(|(p, _)| p));
+        for probe in probes {
+            for c in probe.health().context("reading the probes' counters")? {
+                match out
+                    .iter_mut()
+                    .find(|o| o.name == c.name && o.attributes == c.attributes)
+                {
+                    Some(HealthCounter {
+                        value: HealthValue::Count(total),
+                        ..
+                    }) => {
+                        if let HealthValue::Count(n) = c.value {
+                            *total += n;
+                        }
+                    }
+                    _ => out.push(c),
                 }
             }
-            map_fill.push((
-                run.profiler.kind(),
-                run.collected.max_drained as f64 / f64::from(self.count_map_entries.max(1)),
-            ));
         }
-        let latency = self.histograms.as_ref().map(|h| h.counters()).transpose()?;
+        let map_fill: Vec<(ProfileKind, f64)> = self
+            .runs
+            .iter()
+            .map(|r| {
+                let fill =
+                    r.collected.max_drained as f64 / f64::from(self.count_map_entries.max(1));
+                (r.kind, fill)
+            })
+            .collect();
         let stats = self.symbolizer.stats();
-        Ok(health::counters(&Sources {
-            cpu,
-            off_cpu,
-            latency,
+        out.extend(health::counters(&Sources {
             map_fill: &map_fill,
             symbolizer: &stats,
             k8s: crate::kubernetes::get(),
-        }))
+        }));
+        Ok(out)
     }
 }

@@ -23,7 +23,8 @@ use crate::loader::check_start;
 use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter::{self, PidFilter};
-use emberprof_model::{CapturedStack, KernelSample, StackLoss};
+use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
+use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
 
 // The limits a sampler's configuration is checked against, where its users look for them.
 pub use crate::abi::MAX_FILTER_PIDS;
@@ -325,6 +326,84 @@ fn stack_of(stacks: &HashMap<u64, Arc<[u64]>>, hash: u64, err: i32) -> CapturedS
             tracing::debug!(hash, "stack gone before it was read");
             CapturedStack::Lost(StackLoss::Error(libc::ENOENT))
         }
+    }
+}
+
+/// The CPU sampler's health metrics.
+const HEALTH: &[HealthRow<KernelCounters>] = &[
+    HealthRow {
+        name: "emberprof.cpu.samples",
+        description: "CPU samples taken of profiled processes",
+        unit: "{sample}",
+        label: None,
+        value: |k| k.samples,
+    },
+    HealthRow {
+        name: "emberprof.cpu.samples.dropped",
+        description: "CPU samples the kernel could not record",
+        unit: "{sample}",
+        label: Some(("reason", "count_map_full")),
+        value: |k| k.count_map_full,
+    },
+    HealthRow {
+        name: "emberprof.cpu.stacks.lost",
+        description:
+            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
+        unit: "{stack}",
+        label: Some(("reason", "user_stack_map_full")),
+        value: |k| k.user_stack_map_full,
+    },
+    HealthRow {
+        name: "emberprof.cpu.stacks.lost",
+        description:
+            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
+        unit: "{stack}",
+        label: Some(("reason", "kernel_stack_map_full")),
+        value: |k| k.kernel_stack_map_full,
+    },
+    HealthRow {
+        name: "emberprof.cpu.stacks.lost",
+        description:
+            "User or kernel stacks of CPU samples that could not be kept (the samples are)",
+        unit: "{stack}",
+        label: Some(("reason", "stack_error")),
+        value: |k| k.stack_errors,
+    },
+    announce_lost(|k| k.announce_lost),
+];
+
+impl Profiler for CpuSampler {
+    fn kind(&self) -> Option<ProfileKind> {
+        Some(ProfileKind::Cpu)
+    }
+
+    fn drain(&mut self) -> Result<Drained, ProbeError> {
+        CpuSampler::drain(self).map(Drained::Samples)
+    }
+
+    fn stop(&mut self) -> Result<Drained, ProbeError> {
+        CpuSampler::stop(self).map(Drained::Samples)
+    }
+
+    fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        CpuSampler::set_pids(self, pids)
+    }
+
+    fn counts(&self) -> Result<Vec<(&'static str, u64)>, ProbeError> {
+        let k = self.counters()?;
+        Ok(vec![
+            ("kernel_counted", k.samples),
+            ("dropped", k.dropped()),
+            ("stacks_lost", k.stacks_lost()),
+        ])
+    }
+
+    fn health(&self) -> Result<Vec<HealthCounter>, ProbeError> {
+        Ok(health_of(HEALTH, &self.counters()?))
+    }
+
+    fn take_new_processes(&mut self) -> Option<NewProcesses> {
+        CpuSampler::take_new_processes(self)
     }
 }
 

@@ -3,7 +3,20 @@
 
 use std::cmp::Ordering;
 
+use emberprof_model::Log2Histogram;
+
 use crate::abi::{BlockOp, HistKey, HistKind};
+
+/// What one drain read: the histogram of each series present, overflow ones included.
+#[derive(Clone, Debug, Default)]
+pub struct HistogramDrain {
+    /// One entry per key present in the drained buffer, and one per non-empty overflow
+    /// histogram.
+    pub series: Vec<(HistSeries, Log2Histogram)>,
+    /// Durations under keys of a kind this build does not know (a kernel/user-space
+    /// mismatch): dropped, and counted here.
+    pub unknown_kind: u64,
+}
 
 /// One histogram series: what it measures, and of whom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

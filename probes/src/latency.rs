@@ -10,11 +10,12 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use crate::abi::{Hist, HistCounter, HistKey, HistKind, DEFAULT_HIST_KEYS};
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
-use crate::hist_series::HistSeries;
+use crate::hist_series::{HistSeries, HistogramDrain};
 use crate::loader::check_start;
 use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
 use crate::pid_filter::{self, PidFilter};
-use emberprof_model::Log2Histogram;
+use crate::profiler::{health_of, Drained, HealthRow, Profiler};
+use emberprof_model::{HealthCounter, Log2Histogram, ProfileKind};
 
 static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
 
@@ -89,17 +90,6 @@ impl LatencyCounters {
             HistCounter::StartFull => &mut self.start_full,
         }
     }
-}
-
-/// What one drain read: the histogram of each series present, overflow ones included.
-#[derive(Clone, Debug, Default)]
-pub struct HistogramDrain {
-    /// One entry per key present in the drained buffer, and one per non-empty overflow
-    /// histogram.
-    pub series: Vec<(HistSeries, Log2Histogram)>,
-    /// Durations under keys of a kind this build does not know (a kernel/user-space
-    /// mismatch): dropped, and counted here.
-    pub unknown_kind: u64,
 }
 
 /// The loaded and attached histogram programs. Dropping it detaches and unloads them.
@@ -281,5 +271,61 @@ impl Buffer for HistBuffer {
             drain.series.push((HistSeries::Overflow(kind), h));
         }
         Ok(())
+    }
+}
+
+/// The latency histograms' health metrics.
+const HEALTH: &[HealthRow<LatencyCounters>] = &[
+    HealthRow {
+        name: "emberprof.histogram.durations",
+        description: "Durations recorded into latency histograms",
+        unit: "{duration}",
+        label: None,
+        value: |k| k.recorded + k.overflowed,
+    },
+    HealthRow {
+        name: "emberprof.histogram.durations.overflowed",
+        description: "Durations beyond the histogram key cap",
+        unit: "{duration}",
+        label: None,
+        value: |k| k.overflowed,
+    },
+    HealthRow {
+        name: "emberprof.histogram.durations.lost",
+        description: "Waits that could not be tracked",
+        unit: "{duration}",
+        label: None,
+        value: |k| k.start_full,
+    },
+];
+
+impl Profiler for LatencyHistograms {
+    fn kind(&self) -> Option<ProfileKind> {
+        None
+    }
+
+    fn drain(&mut self) -> Result<Drained, ProbeError> {
+        LatencyHistograms::drain(self).map(Drained::Histograms)
+    }
+
+    fn stop(&mut self) -> Result<Drained, ProbeError> {
+        LatencyHistograms::stop(self).map(Drained::Histograms)
+    }
+
+    fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        LatencyHistograms::set_pids(self, pids)
+    }
+
+    fn counts(&self) -> Result<Vec<(&'static str, u64)>, ProbeError> {
+        let k = self.counters()?;
+        Ok(vec![
+            ("recorded", k.recorded + k.overflowed),
+            ("overflowed", k.overflowed),
+            ("lost", k.start_full),
+        ])
+    }
+
+    fn health(&self) -> Result<Vec<HealthCounter>, ProbeError> {
+        Ok(health_of(HEALTH, &self.counters()?))
     }
 }

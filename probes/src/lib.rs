@@ -22,6 +22,9 @@ mod double_buffer;
 mod loader;
 mod new_processes;
 
+// The contract the loaders fulfil.
+pub mod profiler;
+
 // The loaders.
 pub mod cpu_sampler;
 pub mod latency;
@@ -29,10 +32,11 @@ pub mod off_cpu;
 
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters};
 pub use error::ProbeError;
-pub use hist_series::HistSeries;
-pub use latency::{HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms};
+pub use hist_series::{HistSeries, HistogramDrain};
+pub use latency::{LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
+pub use profiler::{Drained, Profiler};
 
 #[cfg(test)]
 mod tests {

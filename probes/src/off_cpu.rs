@@ -19,7 +19,8 @@ use crate::loader::check_start;
 use crate::maps::{drain_hash, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter::{self, PidFilter};
-use emberprof_model::{CapturedStack, KernelSample};
+use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
+use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind};
 
 static OFF_CPU_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/off_cpu.bpf.o"));
 
@@ -265,5 +266,66 @@ impl Buffer for BlockBuffer {
             value: value.total_ns,
         }));
         Ok(())
+    }
+}
+
+/// The off-CPU profiler's health metrics.
+const HEALTH: &[HealthRow<OffCpuCounters>] = &[
+    HealthRow {
+        name: "emberprof.offcpu.blocks",
+        description: "Blocks credited to a stack",
+        unit: "{block}",
+        label: None,
+        value: |k| k.blocks,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.blocks.dropped",
+        description: "Blocks the kernel could not record",
+        unit: "{block}",
+        label: Some(("reason", "start_full")),
+        value: |k| k.start_full,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.blocks.dropped",
+        description: "Blocks the kernel could not record",
+        unit: "{block}",
+        label: Some(("reason", "count_map_full")),
+        value: |k| k.count_full,
+    },
+    announce_lost(|k| k.announce_lost),
+];
+
+impl Profiler for OffCpuProfiler {
+    fn kind(&self) -> Option<ProfileKind> {
+        Some(ProfileKind::OffCpu)
+    }
+
+    fn drain(&mut self) -> Result<Drained, ProbeError> {
+        OffCpuProfiler::drain(self).map(Drained::Samples)
+    }
+
+    fn stop(&mut self) -> Result<Drained, ProbeError> {
+        OffCpuProfiler::stop(self).map(Drained::Samples)
+    }
+
+    fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        OffCpuProfiler::set_pids(self, pids)
+    }
+
+    fn counts(&self) -> Result<Vec<(&'static str, u64)>, ProbeError> {
+        let k = self.counters()?;
+        Ok(vec![
+            ("blocks", k.blocks),
+            ("dropped", k.dropped()),
+            ("short", k.short),
+        ])
+    }
+
+    fn health(&self) -> Result<Vec<HealthCounter>, ProbeError> {
+        Ok(health_of(HEALTH, &self.counters()?))
+    }
+
+    fn take_new_processes(&mut self) -> Option<NewProcesses> {
+        OffCpuProfiler::take_new_processes(self)
     }
 }

@@ -3,14 +3,11 @@
 
 mod series;
 
-use anyhow::Context;
 use emberprof_exporters::histogram_text;
 use emberprof_exporters::otlp::metrics::HistogramPoint;
 use emberprof_model::{AttrValue, Attributes, Log2Histogram};
 use emberprof_probes::abi::{BlockOp, HistKind};
-use emberprof_probes::{
-    syscalls, HistSeries, HistogramDrain, LatencyConfig, LatencyCounters, LatencyHistograms,
-};
+use emberprof_probes::{syscalls, HistSeries, HistogramDrain};
 
 use crate::metadata::cgroups::CgroupNames;
 use crate::metadata::disks::DiskNames;
@@ -19,9 +16,8 @@ use series::SeriesTable;
 /// Series printed per kind, busiest first; the rest are summarised in one line.
 const MAX_SHOWN: usize = 20;
 
-/// The histogram probes and everything drained from them so far.
+/// Everything drained from the histogram probes so far, by series.
 pub struct Histograms {
-    probe: LatencyHistograms,
     syscalls: bool,
     series: SeriesTable,
     /// Keys with a kind this build does not know (a kernel/user-space mismatch).
@@ -31,54 +27,19 @@ pub struct Histograms {
 }
 
 impl Histograms {
-    /// Loads and attaches the histogram probes.
-    pub fn start(config: &LatencyConfig) -> anyhow::Result<Self> {
-        let probe = LatencyHistograms::start(config).context("starting the latency histograms")?;
-        Ok(Histograms {
-            probe,
-            syscalls: config.syscalls,
+    /// Empty; `syscalls` says whether syscall latency is recorded (and reported).
+    pub fn new(syscalls: bool) -> Self {
+        Histograms {
+            syscalls,
             series: SeriesTable::default(),
             unknown_kinds: 0,
             cgroups: CgroupNames::new(),
             disks: DiskNames::default(),
-        })
+        }
     }
 
-    /// Moves what the kernel holds into the series.
-    pub fn drain(&mut self) -> anyhow::Result<()> {
-        let drain = self
-            .probe
-            .drain()
-            .context("draining the latency histograms")?;
-        self.add(drain);
-        Ok(())
-    }
-
-    /// Detaches the probes and keeps what they still held.
-    pub fn stop(&mut self) -> anyhow::Result<()> {
-        let drain = self
-            .probe
-            .stop()
-            .context("stopping the latency histograms")?;
-        self.add(drain);
-        Ok(())
-    }
-
-    /// Replaces the processes whose waits are measured (the PID filter must be on).
-    pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> anyhow::Result<()> {
-        self.probe
-            .set_pids(pids)
-            .context("updating the histograms' PID filter")
-    }
-
-    /// Kernel-side counters.
-    pub fn counters(&self) -> anyhow::Result<LatencyCounters> {
-        self.probe
-            .counters()
-            .context("reading the latency histograms' counters")
-    }
-
-    fn add(&mut self, drain: HistogramDrain) {
+    /// Adds one drain of the probes.
+    pub fn add(&mut self, drain: HistogramDrain) {
         // Name cgroups now: a container's cgroup may be gone by the end of the recording.
         self.cgroups.learn(
             drain
@@ -130,8 +91,9 @@ impl Histograms {
         points
     }
 
-    /// The text report: every kind recorded, its busiest series, and the loss counters.
-    pub fn report(&mut self) -> anyhow::Result<String> {
+    /// The text report: every kind recorded, its busiest series, and the probes' counts
+    /// (`recorded`, `overflowed`, `lost`).
+    pub fn report(&mut self, counts: &[(&str, u64)]) -> String {
         let mut out = String::new();
         for kind in HistKind::ALL {
             if kind == HistKind::Syscall && !self.syscalls {
@@ -168,15 +130,20 @@ impl Histograms {
                 ));
             }
         }
-        let c = self.counters()?;
+        let count = |name: &str| {
+            counts
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |(_, v)| *v)
+        };
         out.push_str(&format!(
             "histograms: {} durations recorded, {} beyond the key cap (in the \"other\" histograms), {} lost (waits that could not be tracked), {} of unknown kind\n",
-            c.recorded + c.overflowed,
-            c.overflowed,
-            c.start_full,
+            count("recorded"),
+            count("overflowed"),
+            count("lost"),
             self.unknown_kinds
         ));
-        Ok(out)
+        out
     }
 }
 
