@@ -297,6 +297,10 @@ pub struct ExportArgs {
     /// Push the profiles to this Grafana Pyroscope server (e.g. http://pyroscope:4040).
     #[arg(long, value_name = "URL")]
     pub pyroscope_url: Option<String>,
+    /// Bytes of encoded profiles the Pyroscope push queue may hold; beyond it the oldest are
+    /// dropped (and counted).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub pyroscope_queue_bytes: usize,
     /// Pyroscope tenant (X-Scope-OrgID header).
     #[arg(long, value_name = "ID", requires = "pyroscope_url")]
     pub pyroscope_tenant: Option<String>,

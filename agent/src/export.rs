@@ -3,7 +3,7 @@
 //! settings that `config check` runs too.
 
 use anyhow::{bail, Context};
-use emberprof_exporters::delivery::OtlpConfig;
+use emberprof_exporters::delivery::{Limits, OtlpConfig};
 use emberprof_exporters::otlp::metrics::Temporality;
 use emberprof_exporters::pyroscope::PyroscopeConfig;
 use emberprof_exporters::sinks::{OtlpSink, PyroscopeSink, Sink};
@@ -39,7 +39,13 @@ pub fn remote_sinks(args: &ExportArgs) -> anyhow::Result<Vec<Box<dyn Sink>>> {
         sinks.push(Box::new(sink));
     }
     if let Some(config) = pyroscope_config(args)? {
-        sinks.push(Box::new(PyroscopeSink::new(config, host_attributes())));
+        let limits = Limits {
+            queue_bytes: args.pyroscope_queue_bytes,
+            ..Limits::from(&OtlpConfig::default())
+        };
+        let sink = PyroscopeSink::start(config, limits, host_attributes())
+            .context("starting the Pyroscope push")?;
+        sinks.push(Box::new(sink));
     }
     Ok(sinks)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 
+use crate::delivery::SendError;
 use crate::{pprof, ExportError};
 use emberprof_model::{Profile, Sample};
 
@@ -21,19 +22,16 @@ pub struct PyroscopeConfig {
     pub tenant: Option<String>,
     /// Deadline of one request.
     pub timeout: Duration,
-    /// Attempts per request on connection errors and 5xx answers.
-    pub attempts: u32,
 }
 
 impl PyroscopeConfig {
-    /// A server URL with 10 s requests and 3 attempts.
+    /// A server URL with 10 s requests.
     pub fn new(url: &str) -> Self {
         PyroscopeConfig {
             url: url.trim_end_matches('/').to_string(),
             basic_auth: None,
             tenant: None,
             timeout: Duration::from_secs(10),
-            attempts: 3,
         }
     }
 }
@@ -94,13 +92,24 @@ pub fn ingest_name(service: &str, labels: &[(String, String)]) -> String {
 /// One series of a push: its service and labels.
 pub type SeriesId = (String, Vec<(String, String)>);
 
-/// Pushes `profile` split by series: `series_of` names each sample's service and labels.
-/// Returns how many requests were accepted.
-pub fn push(
-    config: &PyroscopeConfig,
+/// One ingest request: a series' pprof of one profile kind.
+#[derive(Clone, Debug)]
+pub struct IngestRequest {
+    /// The `name` parameter: `service{labels}`.
+    pub name: String,
+    pub from: u64,
+    pub until: u64,
+    pub sample_rate: Option<i64>,
+    /// The gzipped pprof.
+    pub body: Vec<u8>,
+}
+
+/// The requests of `profile` split by series: `series_of` names each sample's service and
+/// labels.
+pub fn requests(
     profile: &Profile,
     series_of: impl Fn(&Sample) -> SeriesId,
-) -> Result<usize, ExportError> {
+) -> Result<Vec<IngestRequest>, ExportError> {
     let mut services: Vec<(SeriesId, Vec<Sample>)> = Vec::new();
     for s in &profile.samples {
         let id = series_of(s);
@@ -114,41 +123,24 @@ pub fn push(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let until = from + profile.duration.as_secs().max(1);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(config.timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    // Every service is tried even when one fails; the first error is returned after.
-    let mut accepted = 0;
-    let mut first_error = None;
-    for ((service, labels), samples) in services {
-        let part = Profile {
-            samples,
-            ..profile.clone()
-        };
-        let mut body = Vec::new();
-        pprof::write(&part, &mut body)?;
-        match send(
-            &agent,
-            config,
-            &ingest_name(&service, &labels),
-            from,
-            until,
-            sample_rate(profile),
-            &body,
-        ) {
-            Ok(()) => accepted += 1,
-            Err(e) => {
-                tracing::warn!(%service, error = %e, "Pyroscope push failed");
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(accepted),
-    }
+    services
+        .into_iter()
+        .map(|((service, labels), samples)| {
+            let part = Profile {
+                samples,
+                ..profile.clone()
+            };
+            let mut body = Vec::new();
+            pprof::write(&part, &mut body)?;
+            Ok(IngestRequest {
+                name: ingest_name(&service, &labels),
+                from,
+                until,
+                sample_rate: sample_rate(profile),
+                body,
+            })
+        })
+        .collect()
 }
 
 /// Samples per second of a sampled CPU profile (the ingest API's `sampleRate`).
@@ -161,56 +153,56 @@ fn sample_rate(profile: &Profile) -> Option<i64> {
         .then(|| 1_000_000_000 / profile.period)
 }
 
-fn send(
+/// An HTTP client for `config` (its timeout; HTTP errors are answers, not failures).
+pub fn agent(config: &PyroscopeConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// One attempt at sending `request`. A server error (5xx), 429 or no answer may pass on a
+/// later attempt; any other refusal will not.
+pub fn send(
     agent: &ureq::Agent,
     config: &PyroscopeConfig,
-    name: &str,
-    from: u64,
-    until: u64,
-    sample_rate: Option<i64>,
-    body: &[u8],
-) -> Result<(), ExportError> {
+    request: &IngestRequest,
+) -> Result<(), SendError> {
     let url = format!("{}/ingest", config.url);
-    let mut last = String::new();
-    for attempt in 0..config.attempts.max(1) {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(250 << attempt.min(6)));
-        }
-        let mut req = agent
-            .post(&url)
-            .query("name", name)
-            .query("from", from.to_string())
-            .query("until", until.to_string())
-            .query("format", "pprof")
-            .query("spyName", "emberprof")
-            .header("Content-Type", "application/octet-stream");
-        if let Some(rate) = sample_rate {
-            req = req.query("sampleRate", rate.to_string());
-        }
-        if let Some(t) = &config.tenant {
-            req = req.header("X-Scope-OrgID", t);
-        }
-        if let Some((user, password)) = &config.basic_auth {
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            req = req.header("Authorization", format!("Basic {token}"));
-        }
-        match req.send(body) {
-            Ok(resp) if resp.status().is_success() => return Ok(()),
-            Ok(resp) if resp.status().is_server_error() => {
-                last = format!("HTTP {}", resp.status());
-            }
-            Ok(resp) => {
-                return Err(ExportError::Push(format!(
-                    "{url} answered HTTP {} for {name}",
-                    resp.status()
-                )))
-            }
-            Err(e) => last = e.to_string(),
-        }
-        tracing::info!(%url, attempt, error = %last, "Pyroscope push failed; retrying");
+    let mut req = agent
+        .post(&url)
+        .query("name", &request.name)
+        .query("from", request.from.to_string())
+        .query("until", request.until.to_string())
+        .query("format", "pprof")
+        .query("spyName", "emberprof")
+        .header("Content-Type", "application/octet-stream");
+    if let Some(rate) = request.sample_rate {
+        req = req.query("sampleRate", rate.to_string());
     }
-    Err(ExportError::Push(format!("{url}: {last}")))
+    if let Some(t) = &config.tenant {
+        req = req.header("X-Scope-OrgID", t);
+    }
+    if let Some((user, password)) = &config.basic_auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        req = req.header("Authorization", format!("Basic {token}"));
+    }
+    match req.send(&request.body[..]) {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            Err(SendError::Http {
+                url,
+                code,
+                retryable: code >= 500 || code == 429,
+            })
+        }
+        Err(e) => Err(SendError::Unreachable {
+            url,
+            message: e.to_string(),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::mpsc;
+use std::time::Duration;
 
-use crate::support::{bpf_test, decode_gz_pprof, pprof_functions, record, Workload};
+use crate::support::{bpf_test, decode_gz_pprof, pprof_functions, record, spawn_until, Workload};
 
 struct Captured {
     request_line: String,
@@ -15,6 +16,11 @@ struct Captured {
 /// Serves one HTTP request, answers 200 and hands back what it read.
 fn serve_one(listener: TcpListener, tx: mpsc::Sender<Captured>) {
     let (stream, _) = listener.accept().expect("accept");
+    serve(stream, Duration::ZERO, &tx);
+}
+
+/// Reads one request from `stream`, answers 200 after `delay`, and hands it over.
+fn serve(stream: std::net::TcpStream, delay: Duration, tx: &mpsc::Sender<Captured>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut request_line = String::new();
     reader.read_line(&mut request_line).expect("request line");
@@ -37,19 +43,113 @@ fn serve_one(listener: TcpListener, tx: mpsc::Sender<Captured>) {
         .expect("a content-length header");
     let mut body = vec![0; len];
     reader.read_exact(&mut body).expect("body");
+    std::thread::sleep(delay);
     let mut stream = stream;
     stream
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         .expect("answer");
-    tx.send(Captured {
+    let _ = tx.send(Captured {
         request_line,
         headers,
         body,
-    })
-    .expect("hand over");
+    });
 }
 
-crate::harness::tests![cpu_profile_is_pushed_to_pyroscope_with_service_name,];
+/// A Pyroscope that takes `delay` to answer each push, one after another; stops when the
+/// receiver is gone.
+fn slow_pyroscope(delay: Duration) -> (String, mpsc::Receiver<Captured>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            serve(stream, delay, &tx);
+        }
+    });
+    (url, rx)
+}
+
+/// The intervals an agent said it exported, and its summary line for Pyroscope.
+fn agent_against(url: &str, extra: &[&str]) -> (u64, String, bool) {
+    let w = Workload::start(&["cpu-split"]);
+    let pid = w.pid().to_string();
+    let mut args = vec![
+        "agent",
+        "--pid",
+        &pid,
+        "--interval",
+        "1s",
+        "--pyroscope-url",
+        url,
+        "--shutdown-timeout",
+        "30s",
+    ];
+    args.extend_from_slice(extra);
+    let (mut agent, mut stderr, mut log) = spawn_until(&args, "agent running");
+    std::thread::sleep(Duration::from_millis(4500));
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) }, 0);
+    std::io::Read::read_to_string(&mut stderr, &mut log).expect("reading the log");
+    let ok = agent.wait().expect("waiting for the agent").success();
+    let intervals = log
+        .lines()
+        .find_map(|l| l.strip_prefix("emberprof: agent stopped after "))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no interval count in\n{log}"));
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("emberprof: Pyroscope "))
+        .unwrap_or_else(|| panic!("no Pyroscope summary in\n{log}"))
+        .to_string();
+    (intervals, summary, ok)
+}
+
+fn a_slow_pyroscope_loses_no_interval_while_the_queue_has_room() {
+    let Some(_serial) = bpf_test() else { return };
+    // Each push takes longer than an interval: pushes queue up behind it.
+    let (url, received) = slow_pyroscope(Duration::from_millis(1500));
+    let (intervals, summary, ok) = agent_against(&url, &[]);
+    assert!(ok, "{summary}");
+    let pushed: Vec<Captured> = received.try_iter().collect();
+    assert!(intervals >= 4, "{intervals} intervals");
+    assert_eq!(
+        pushed.len() as u64,
+        intervals,
+        "one push per interval: {summary}"
+    );
+    let mut starts: Vec<String> = pushed
+        .iter()
+        .map(|c| {
+            c.request_line
+                .split(['?', '&'])
+                .find_map(|p| p.strip_prefix("from="))
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    starts.sort();
+    starts.dedup();
+    assert_eq!(starts.len(), pushed.len(), "no interval pushed twice");
+    assert!(summary.contains(" 0 failed, 0 dropped"), "{summary}");
+}
+
+fn pushes_beyond_the_queue_are_dropped_and_counted() {
+    let Some(_serial) = bpf_test() else { return };
+    let (url, _received) = slow_pyroscope(Duration::from_millis(1500));
+    // No room for any profile: each is dropped, counted, and the run ends in an error.
+    let (intervals, summary, ok) = agent_against(&url, &["--pyroscope-queue-bytes", "1"]);
+    assert!(!ok, "lost data must fail the run: {summary}");
+    assert!(
+        summary.contains(&format!(" {intervals} dropped")),
+        "{intervals} intervals: {summary}"
+    );
+}
+
+crate::harness::tests![
+    cpu_profile_is_pushed_to_pyroscope_with_service_name,
+    a_slow_pyroscope_loses_no_interval_while_the_queue_has_room,
+    pushes_beyond_the_queue_are_dropped_and_counted,
+];
 
 fn cpu_profile_is_pushed_to_pyroscope_with_service_name() {
     let Some(_serial) = bpf_test() else { return };

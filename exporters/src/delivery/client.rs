@@ -28,6 +28,17 @@ pub enum SendError {
         /// The server's requested delay (RetryInfo).
         delay: Option<Duration>,
     },
+    /// An HTTP receiver's answer (Pyroscope's ingest API).
+    #[error("{url} answered HTTP {code}")]
+    Http {
+        url: String,
+        code: u16,
+        /// Whether sending again may succeed (5xx, 429).
+        retryable: bool,
+    },
+    /// The request did not get an answer (connection refused, reset, timed out).
+    #[error("{url}: {message}")]
+    Unreachable { url: String, message: String },
     #[error("OTLP exporter set-up: {0}")]
     Setup(String),
     #[error("no endpoint configured for {0}")]
@@ -35,6 +46,23 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// Whether sending the same batch again may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            SendError::Status { retryable, .. } | SendError::Http { retryable, .. } => *retryable,
+            SendError::Unreachable { .. } => true,
+            SendError::Setup(_) | SendError::NoEndpoint(_) => false,
+        }
+    }
+
+    /// The receiver's requested delay before trying again, if it gave one.
+    pub fn delay(&self) -> Option<Duration> {
+        match self {
+            SendError::Status { delay, .. } => *delay,
+            _ => None,
+        }
+    }
+
     fn from_status(s: tonic::Status) -> Self {
         let (retryable, delay) = retry::retryable(s.code(), s.details());
         SendError::Status {

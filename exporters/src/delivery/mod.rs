@@ -10,7 +10,7 @@ mod retry;
 
 pub use client::{OtlpClient, SendError};
 pub use config::{ConfigError, OtlpConfig};
-pub use pipeline::{Batch, Pipeline, PipelineStats};
+pub use pipeline::{Batch, Limits, OtlpTransport, Pipeline, PipelineStats, Transport};
 pub use queue::ByteQueue;
 
 #[cfg(test)]

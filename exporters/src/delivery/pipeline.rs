@@ -1,7 +1,9 @@
 //! The background exporter: callers hand batches to a byte-bounded queue and return at
 //! once; a worker thread sends them in order, retrying transient failures with backoff.
 //! When the queue is full the oldest batches are dropped and counted, so a collector that
-//! is down or slow costs bounded memory and never blocks the caller.
+//! is down or slow costs bounded memory and never blocks the caller. What a batch is and how
+//! one attempt sends it is the [`Transport`]'s: OTLP/gRPC here, Pyroscope's ingest API in
+//! `sinks::pyroscope`.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -16,18 +18,68 @@ use super::config::OtlpConfig;
 use super::queue::ByteQueue;
 use super::retry;
 
-/// One request to deliver.
+/// How a pipeline sends its batches.
+pub trait Transport: Send + 'static {
+    /// One request to deliver.
+    type Batch: Send + 'static;
+
+    /// Bytes the batch takes in the queue.
+    fn size(batch: &Self::Batch) -> usize;
+
+    /// One attempt at sending `batch`: how many items the receiver rejected, or why it did
+    /// not go through (and whether trying again may help).
+    fn send(
+        &mut self,
+        batch: &Self::Batch,
+    ) -> impl std::future::Future<Output = Result<u64, SendError>> + Send;
+}
+
+/// How long a pipeline holds on: its queue's bound and how it retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub queue_bytes: usize,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_retry_time: Duration,
+}
+
+impl From<&OtlpConfig> for Limits {
+    fn from(c: &OtlpConfig) -> Limits {
+        Limits {
+            queue_bytes: c.queue_bytes,
+            initial_backoff: c.initial_backoff,
+            max_backoff: c.max_backoff,
+            max_retry_time: c.max_retry_time,
+        }
+    }
+}
+
+/// One OTLP request to deliver.
 #[derive(Clone, Debug)]
 pub enum Batch {
     Profiles(ExportProfilesServiceRequest),
     Metrics(ExportMetricsServiceRequest),
 }
 
-impl Batch {
-    fn encoded_len(&self) -> usize {
-        match self {
+/// OTLP/gRPC to a collector.
+pub struct OtlpTransport {
+    client: OtlpClient,
+}
+
+impl Transport for OtlpTransport {
+    type Batch = Batch;
+
+    fn size(batch: &Batch) -> usize {
+        match batch {
             Batch::Profiles(r) => r.encoded_len(),
             Batch::Metrics(r) => r.encoded_len(),
+        }
+    }
+
+    async fn send(&mut self, batch: &Batch) -> Result<u64, SendError> {
+        match batch {
+            Batch::Profiles(r) => self.client.send_profiles(r.clone()).await,
+            Batch::Metrics(r) => self.client.send_metrics(r.clone()).await,
         }
     }
 }
@@ -59,40 +111,56 @@ pub struct PipelineStats {
     pub total_latency: std::time::Duration,
 }
 
-pub(super) struct State {
-    queue: ByteQueue<Batch>,
+pub(super) struct State<B> {
+    queue: ByteQueue<B>,
     in_flight: bool,
     pub(super) stats: PipelineStats,
     closing: bool,
 }
 
-pub(super) struct Shared {
-    state: Mutex<State>,
+pub(super) struct Shared<B> {
+    state: Mutex<State<B>>,
     wake: Condvar,
 }
 
 /// Handle to the worker. Dropping it interrupts the batch in flight (send or retry wait),
 /// counts what is still queued as dropped, and joins the worker.
-pub struct Pipeline {
-    pub(super) shared: Arc<Shared>,
+pub struct Pipeline<T: Transport = OtlpTransport> {
+    pub(super) shared: Arc<Shared<T::Batch>>,
     worker: Option<JoinHandle<()>>,
     closing: tokio::sync::watch::Sender<bool>,
 }
 
-impl Pipeline {
-    /// Starts the worker thread and its runtime.
+impl Pipeline<OtlpTransport> {
+    /// Starts the worker thread and its runtime, sending to the collector of `config`.
     pub fn start(config: OtlpConfig) -> Result<Pipeline, SendError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| SendError::Setup(format!("starting the export runtime: {e}")))?;
+        let runtime = runtime()?;
         let client = {
             let _guard = runtime.enter();
             OtlpClient::new(&config)?
         };
+        Pipeline::with_transport(OtlpTransport { client }, Limits::from(&config), runtime)
+    }
+}
+
+/// The worker's runtime: one thread, the worker's own.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, SendError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SendError::Setup(format!("starting the export runtime: {e}")))
+}
+
+impl<T: Transport> Pipeline<T> {
+    /// Starts the worker thread sending through `transport` on `runtime`.
+    pub fn with_transport(
+        transport: T,
+        limits: Limits,
+        runtime: tokio::runtime::Runtime,
+    ) -> Result<Pipeline<T>, SendError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                queue: ByteQueue::new(config.queue_bytes),
+                queue: ByteQueue::new(limits.queue_bytes),
                 in_flight: false,
                 stats: PipelineStats::default(),
                 closing: false,
@@ -103,7 +171,7 @@ impl Pipeline {
         let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let worker = std::thread::Builder::new()
             .name("emberprof-export".into())
-            .spawn(move || worker(runtime, client, config, worker_shared, closing_rx))
+            .spawn(move || worker(runtime, transport, limits, worker_shared, closing_rx))
             .map_err(|e| SendError::Setup(format!("starting the export thread: {e}")))?;
         Ok(Pipeline {
             shared,
@@ -113,8 +181,8 @@ impl Pipeline {
     }
 
     /// Queues a batch and returns at once.
-    pub fn submit(&self, batch: Batch) {
-        let size = batch.encoded_len();
+    pub fn submit(&self, batch: T::Batch) {
+        let size = T::size(&batch);
         let mut state = lock(&self.shared);
         let (n, bytes) = state.queue.push(batch, size);
         if n > 0 {
@@ -155,7 +223,7 @@ impl Pipeline {
     }
 }
 
-impl Drop for Pipeline {
+impl<T: Transport> Drop for Pipeline<T> {
     fn drop(&mut self) {
         {
             let mut state = lock(&self.shared);
@@ -179,15 +247,15 @@ impl Drop for Pipeline {
     }
 }
 
-pub(super) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
+pub(super) fn lock<B>(shared: &Shared<B>) -> std::sync::MutexGuard<'_, State<B>> {
     shared.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn worker(
+fn worker<T: Transport>(
     runtime: tokio::runtime::Runtime,
-    mut client: OtlpClient,
-    config: OtlpConfig,
-    shared: Arc<Shared>,
+    mut transport: T,
+    limits: Limits,
+    shared: Arc<Shared<T::Batch>>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -210,8 +278,8 @@ fn worker(
         };
         let began = Instant::now();
         let outcome = runtime.block_on(deliver(
-            &mut client,
-            &config,
+            &mut transport,
+            &limits,
             &shared,
             closing.clone(),
             batch,
@@ -240,46 +308,37 @@ fn worker(
 }
 
 /// Sends one batch, retrying while the error is transient and time remains.
-async fn deliver(
-    client: &mut OtlpClient,
-    config: &OtlpConfig,
-    shared: &Shared,
+async fn deliver<T: Transport>(
+    transport: &mut T,
+    limits: &Limits,
+    shared: &Shared<T::Batch>,
     mut closing: tokio::sync::watch::Receiver<bool>,
-    batch: Batch,
+    batch: T::Batch,
 ) -> Result<u64, SendError> {
     let started = Instant::now();
     let mut attempt = 0u32;
     let closed = || SendError::Setup("the exporter was closed with the batch in flight".into());
     loop {
-        let send = async {
-            match &batch {
-                Batch::Profiles(r) => client.send_profiles(r.clone()).await,
-                Batch::Metrics(r) => client.send_metrics(r.clone()).await,
-            }
-        };
+        let send = transport.send(&batch);
         let result = tokio::select! {
             r = send => r,
             _ = closing.wait_for(|c| *c) => return Err(closed()),
         };
         let delay = match &result {
-            Err(SendError::Status {
-                retryable: true,
-                delay,
-                ..
-            }) => {
+            Err(e) if e.retryable() => {
                 attempt += 1;
-                delay.unwrap_or_else(|| {
+                e.delay().unwrap_or_else(|| {
                     retry::backoff(
                         attempt,
-                        config.initial_backoff,
-                        config.max_backoff,
+                        limits.initial_backoff,
+                        limits.max_backoff,
                         retry::jitter_unit(),
                     )
                 })
             }
             _ => return result,
         };
-        if started.elapsed() + delay > config.max_retry_time || lock(shared).closing {
+        if started.elapsed() + delay > limits.max_retry_time || lock(shared).closing {
             return result;
         }
         if let Err(e) = &result {

@@ -1,143 +1,169 @@
-//! Grafana Pyroscope's ingest API: each span's profiles pushed as pprof, one request per
-//! series (service and labels) and kind, on a thread of its own so that a slow server never
-//! holds up sampling. At most one push runs at a time.
+//! Grafana Pyroscope's ingest API: each span's profiles as pprof, one request per series
+//! (service and labels) and kind, through the same byte-bounded queue and retrying worker as
+//! OTLP: a slow server delays pushes (and drops the oldest when the queue is full, counted)
+//! but never holds up sampling or skips an interval.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use emberprof_model::{AttrValue, Attributes, Profile, Sample};
+use emberprof_model::{AttrValue, Attributes, HealthCounter, HealthValue, Sample};
 
 use super::{Sink, Span};
-use crate::pyroscope::{self, PyroscopeConfig};
+use crate::delivery::{pipeline, Limits, Pipeline, PipelineStats, SendError, Transport};
+use crate::pyroscope::{self, IngestRequest, PyroscopeConfig};
 use crate::ExportError;
+
+/// Sends ingest requests, one attempt at a time.
+pub struct PyroscopeTransport {
+    agent: ureq::Agent,
+    config: PyroscopeConfig,
+}
+
+impl Transport for PyroscopeTransport {
+    type Batch = IngestRequest;
+
+    fn size(batch: &IngestRequest) -> usize {
+        batch.body.len() + batch.name.len()
+    }
+
+    async fn send(&mut self, batch: &IngestRequest) -> Result<u64, SendError> {
+        // The worker thread is this transport's alone: blocking it blocks nothing else.
+        pyroscope::send(&self.agent, &self.config, batch).map(|()| 0)
+    }
+}
 
 /// A Pyroscope server.
 pub struct PyroscopeSink {
-    config: PyroscopeConfig,
+    pipeline: Pipeline<PyroscopeTransport>,
+    url: String,
     /// Labels of every series: the host's attributes.
     common: Attributes,
-    push: Option<JoinHandle<()>>,
-    pushed: Arc<AtomicU64>,
-    failures: Arc<AtomicU64>,
 }
 
 impl PyroscopeSink {
-    /// A sink for `config`; `common` labels every series.
-    pub fn new(config: PyroscopeConfig, common: Attributes) -> PyroscopeSink {
-        PyroscopeSink {
+    /// Starts the delivery worker for `config`; `common` labels every series.
+    pub fn start(
+        config: PyroscopeConfig,
+        limits: Limits,
+        common: Attributes,
+    ) -> Result<PyroscopeSink, SendError> {
+        let url = config.url.clone();
+        let transport = PyroscopeTransport {
+            agent: pyroscope::agent(&config),
             config,
+        };
+        let pipeline = Pipeline::with_transport(transport, limits, pipeline::runtime()?)?;
+        Ok(PyroscopeSink {
+            pipeline,
+            url,
             common,
-            push: None,
-            pushed: Arc::default(),
-            failures: Arc::default(),
-        }
+        })
+    }
+
+    /// Delivery counters so far.
+    pub fn stats(&self) -> PipelineStats {
+        self.pipeline.stats()
     }
 }
 
 impl Sink for PyroscopeSink {
     fn describe(&self) -> String {
-        format!("Pyroscope {}", self.config.url)
+        format!("Pyroscope {}", self.url)
     }
 
     fn submit(&mut self, span: &Span<'_>) {
-        if self.push.as_ref().is_some_and(|h| !h.is_finished()) {
-            tracing::warn!(
-                "the previous Pyroscope push is still running; this interval is not pushed"
-            );
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let (config, profiles, processes, common) = (
-            self.config.clone(),
-            span.profiles.to_vec(),
-            span.processes.clone(),
-            self.common.clone(),
-        );
-        let (pushed, failures) = (self.pushed.clone(), self.failures.clone());
-        self.push = Some(std::thread::spawn(move || {
-            match push(&config, &profiles, &processes, &common) {
-                Ok(n) => {
-                    pushed.fetch_add(n as u64, Ordering::Relaxed);
-                    eprintln!("emberprof: Pyroscope {}: {n} profiles pushed", config.url);
-                }
-                Err(e) => {
-                    failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "Pyroscope push failed");
-                }
+        let series_of = |s: &Sample| series(s, span.processes, &self.common);
+        for profile in span.profiles {
+            match pyroscope::requests(profile, series_of) {
+                Ok(requests) => requests.into_iter().for_each(|r| self.pipeline.submit(r)),
+                Err(e) => tracing::warn!(error = %e, kind = profile.kind.title(),
+                    "cannot encode the profile for Pyroscope"),
             }
-        }));
+        }
     }
 
     fn flush(&mut self, timeout: Duration) -> Result<(), ExportError> {
-        if let Some(push) = self.push.take() {
-            let deadline = Instant::now() + timeout;
-            while !push.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if !push.is_finished() {
-                return Err(ExportError::Undelivered(format!(
-                    "the last push to Pyroscope {} did not finish within {timeout:?}",
-                    self.config.url
-                )));
-            }
-            let _ = push.join();
+        let done = self.pipeline.flush(timeout);
+        let s = self.pipeline.stats();
+        if !done {
+            return Err(ExportError::Undelivered(format!(
+                "the push to Pyroscope {} did not finish within {timeout:?} (is it up?)",
+                self.url
+            )));
         }
-        match self.failures.load(Ordering::Relaxed) {
-            0 => Ok(()),
-            n => Err(ExportError::Undelivered(format!(
-                "{n} Pyroscope pushes to {} failed or were skipped (see above)",
-                self.config.url
-            ))),
+        if s.failed > 0 || s.dropped > 0 {
+            return Err(ExportError::Undelivered(format!(
+                "the push to Pyroscope {} lost data ({} requests failed, {} dropped)",
+                self.url, s.failed, s.dropped
+            )));
         }
+        Ok(())
+    }
+
+    fn health(&self) -> Vec<HealthCounter> {
+        let s = self.pipeline.stats();
+        let mut out: Vec<HealthCounter> = [
+            ("sent", s.sent),
+            ("failed", s.failed),
+            ("dropped", s.dropped),
+            ("retried", s.retries),
+        ]
+        .into_iter()
+        .map(|(result, n)| HealthCounter {
+            name: "emberprof.pyroscope.requests",
+            description: "Pyroscope ingest requests, by outcome",
+            unit: "{request}",
+            attributes: vec![("result", result.to_string())],
+            value: HealthValue::Count(n),
+        })
+        .collect();
+        out.push(HealthCounter {
+            name: "emberprof.pyroscope.queue.bytes",
+            description: "Bytes waiting in the Pyroscope push queue",
+            unit: "By",
+            attributes: Vec::new(),
+            value: HealthValue::Level(s.queued_bytes as f64),
+        });
+        out
     }
 
     fn healthy(&self) -> bool {
-        self.failures.load(Ordering::Relaxed) == 0
+        !self.pipeline.stats().last_failed
+    }
+
+    fn summary(&self) -> Option<String> {
+        let s = self.pipeline.stats();
+        Some(format!(
+            "emberprof: Pyroscope {}: {} profiles pushed, {} retries, {} failed, {} dropped",
+            self.url, s.sent, s.retries, s.failed, s.dropped
+        ))
     }
 }
 
-/// One push per profile kind and series: the service is the process's `service.name`, the
-/// labels its other resource attributes (as sent over OTLP) and `common`. Returns how many
-/// requests were accepted.
-fn push(
-    config: &PyroscopeConfig,
-    profiles: &[Profile],
+/// A sample's series: the service is its process's `service.name`, the labels its other
+/// resource attributes (as sent over OTLP) and `common`.
+fn series(
+    s: &Sample,
     processes: &HashMap<u32, Attributes>,
     common: &Attributes,
-) -> Result<usize, ExportError> {
-    let series_of = |s: &Sample| {
-        let attrs = processes.get(&s.pid);
-        let service = attrs
-            .and_then(|attrs| {
-                attrs.iter().find_map(|(k, v)| match v {
-                    AttrValue::Str(name) if k == "service.name" => Some(name.clone()),
-                    _ => None,
-                })
+) -> pyroscope::SeriesId {
+    let attrs = processes.get(&s.pid);
+    let service = attrs
+        .and_then(|attrs| {
+            attrs.iter().find_map(|(k, v)| match v {
+                AttrValue::Str(name) if k == "service.name" => Some(name.clone()),
+                _ => None,
             })
-            .unwrap_or_else(|| s.process_name.to_string());
-        let mut labels: Vec<(String, String)> = attrs
-            .into_iter()
-            .flatten()
-            .chain(common)
-            .filter(|(k, _)| k != "service.name")
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect();
-        labels.sort();
-        labels.dedup_by(|a, b| a.0 == b.0);
-        (service, labels)
-    };
-    let mut pushed = 0;
-    for profile in profiles {
-        pushed += pyroscope::push(config, profile, series_of).map_err(|e| {
-            ExportError::Push(format!(
-                "the {} profile to {}: {e}",
-                profile.kind.title(),
-                config.url
-            ))
-        })?;
-    }
-    Ok(pushed)
+        })
+        .unwrap_or_else(|| s.process_name.to_string());
+    let mut labels: Vec<(String, String)> = attrs
+        .into_iter()
+        .flatten()
+        .chain(common)
+        .filter(|(k, _)| k != "service.name")
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    labels.sort();
+    labels.dedup_by(|a, b| a.0 == b.0);
+    (service, labels)
 }
