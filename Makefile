@@ -19,6 +19,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	python3 scripts/module_cycles.py
+	python3 scripts/crate_layers.py
 
 test: lint
 	$(CARGO) test --workspace
