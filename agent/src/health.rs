@@ -12,8 +12,6 @@ use crate::kubernetes::Kubernetes;
 
 /// What the values are read from.
 pub struct Sources<'a> {
-    /// Highest share of each kind's kernel count map in use at a drain.
-    pub map_fill: &'a [(ProfileKind, f64)],
     pub symbolizer: &'a SymbolizerStats,
     pub k8s: Option<&'a Kubernetes>,
 }
@@ -30,32 +28,11 @@ struct Row {
 
 use HealthValue::{Count, Level};
 
-fn fill(s: &Sources<'_>, kind: ProfileKind) -> Option<HealthValue> {
-    s.map_fill
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, f)| Level(*f))
-}
-
 fn pods(s: &Sources<'_>) -> Option<HealthValue> {
     s.k8s.map(|k| Level(k.pods() as f64))
 }
 
 const CATALOGUE: &[Row] = &[
-    Row {
-        name: "emberprof.map.fill",
-        description: "Highest share of a kernel count map in use at a drain",
-        unit: "1",
-        label: Some(("map", "cpu_counts")),
-        value: |s| fill(s, ProfileKind::Cpu),
-    },
-    Row {
-        name: "emberprof.map.fill",
-        description: "Highest share of a kernel count map in use at a drain",
-        unit: "1",
-        label: Some(("map", "offcpu_counts")),
-        value: |s| fill(s, ProfileKind::OffCpu),
-    },
     Row {
         name: "emberprof.symbolizer.lookups",
         description: "Addresses symbolized, by cache result",
@@ -279,6 +256,18 @@ const CATALOGUE: &[Row] = &[
     },
 ];
 
+/// How full a profile kind's kernel count map got: the highest share in use at a drain. One
+/// series per profile kind the session runs (`map=cpu_counts`, `offcpu_counts`, …).
+pub fn map_fill(kind: ProfileKind, fill: f64) -> HealthCounter {
+    HealthCounter {
+        name: "emberprof.map.fill",
+        description: "Highest share of a kernel count map in use at a drain",
+        unit: "1",
+        attributes: vec![("map", format!("{}_counts", kind.id()))],
+        value: Level(fill),
+    }
+}
+
 /// Every metric of the catalogue that `sources` has a value for.
 pub fn counters(sources: &Sources<'_>) -> Vec<HealthCounter> {
     CATALOGUE
@@ -308,22 +297,16 @@ mod tests {
             cache_hits: 5,
             ..Default::default()
         };
-        let only_cpu = Sources {
-            map_fill: &[(ProfileKind::Cpu, 0.5)],
+        let without_k8s = Sources {
             symbolizer: &stats,
             k8s: None,
         };
-        let all = counters(&only_cpu);
+        let all = counters(&without_k8s);
         let get = |name: &str, label: Option<&str>| {
             all.iter()
                 .find(|c| c.name == name && c.attributes.first().map(|(_, v)| v.as_str()) == label)
                 .map(|c| c.value)
         };
-        assert_eq!(
-            get("emberprof.map.fill", Some("cpu_counts")),
-            Some(Level(0.5))
-        );
-        assert_eq!(get("emberprof.map.fill", Some("offcpu_counts")), None);
         assert_eq!(
             get("emberprof.symbolizer.lookups", Some("hit")),
             Some(Count(5))
@@ -341,6 +324,15 @@ mod tests {
                     .unwrap_or_default(),
             );
             assert!(seen.insert(key), "{} repeated", row.name);
+        }
+        // The count maps keep the names the dashboards know.
+        for (kind, label) in [
+            (ProfileKind::Cpu, "cpu_counts"),
+            (ProfileKind::OffCpu, "offcpu_counts"),
+        ] {
+            let c = map_fill(kind, 0.5);
+            assert_eq!(c.attributes, vec![("map", label.to_string())]);
+            assert_eq!(c.value, Level(0.5));
         }
     }
 }

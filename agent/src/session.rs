@@ -393,18 +393,12 @@ impl Session {
                 }
             }
         }
-        let map_fill: Vec<(ProfileKind, f64)> = self
-            .runs
-            .iter()
-            .map(|r| {
-                let fill =
-                    r.collected.max_drained as f64 / f64::from(self.count_map_entries.max(1));
-                (r.kind, fill)
-            })
-            .collect();
+        out.extend(self.runs.iter().map(|r| {
+            let fill = r.collected.max_drained as f64 / f64::from(self.count_map_entries.max(1));
+            health::map_fill(r.kind, fill)
+        }));
         let stats = self.symbolizer.stats();
         out.extend(health::counters(&Sources {
-            map_fill: &map_fill,
             symbolizer: &stats,
             k8s: crate::kubernetes::get(),
         }));
