@@ -18,6 +18,7 @@ use crate::pprof_dir::PprofDir;
 use crate::selection::Selection;
 use crate::session::{Session, SessionConfig};
 use crate::sinks::Sinks;
+use crate::stop_signal::StopSignal;
 
 /// How often the loop wakes to check for signals.
 const TICK: Duration = Duration::from_millis(100);
@@ -50,11 +51,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         args.symbols.profile_self,
         status.clone(),
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("installing the signal handlers")?;
-    }
+    let stop = StopSignal::install()?;
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing the SIGHUP handler")?;
@@ -112,7 +109,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let mut next_export = args.interval;
     let mut interval_began = Duration::ZERO;
     let mut intervals = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.requested() {
         let elapsed = started.elapsed();
         if reload.swap(false, Ordering::Relaxed) {
             match reloaded() {
@@ -146,6 +143,8 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         std::thread::sleep(TICK);
     }
 
+    // The whole shutdown, detaching included, fits in --shutdown-timeout from the signal.
+    let deadline = stop.deadline(args.shutdown_timeout);
     status.lock().unwrap_or_else(|e| e.into_inner()).attached = false;
     // Stopping: detach everything, then export what the last partial interval holds.
     session.stop()?;
@@ -154,7 +153,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     sinks.submit(&data.span());
     intervals += 1;
     eprintln!("emberprof: agent stopped after {intervals} intervals");
-    sinks.flush(args.shutdown_timeout)
+    sinks.close(deadline)
 }
 
 /// Refreshes what the HTTP endpoints show.
@@ -293,7 +292,7 @@ fn apply_reload(
         match (sinks_of(&new), extra_attributes(&new)) {
             (Ok(fresh), Ok(extra)) => {
                 // Off the sampling thread: the kernel maps must keep being drained.
-                std::mem::replace(sinks, fresh).close_in_background(Duration::from_secs(5));
+                sinks.replace(fresh);
                 session.set_extra(extra);
             }
             (Err(e), _) | (_, Err(e)) => {

@@ -18,6 +18,7 @@ mod record;
 mod selection;
 mod session;
 mod sinks;
+mod stop_signal;
 mod symbols;
 mod timings;
 mod watcher;

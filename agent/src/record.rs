@@ -168,10 +168,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         write_summary_json(path, json, histograms_json)?;
     }
     if !sinks.is_empty() {
-        // The last span must not be skipped for a push still under way.
-        sinks.settle(args.export.otlp_flush_timeout);
         sinks.submit(&data.span());
-        sinks.flush(args.export.otlp_flush_timeout)?;
+        sinks.close(Instant::now() + args.export.otlp_flush_timeout)?;
     }
     tracing::debug!(stats = ?session.symbolizer().stats(), "symbolizer");
     Ok(())

@@ -9,6 +9,7 @@ mod addresses;
 mod agent;
 mod cpu_profile;
 mod debug_access;
+mod delivery;
 mod harness;
 mod health;
 mod histograms;
@@ -29,6 +30,8 @@ use std::process::ExitCode;
 use emberprof_test_support::{collector, kube_api};
 
 fn main() -> ExitCode {
+    // The child collector of `delivery.rs`'s crash test runs here and never returns.
+    emberprof_test_support::collector_process::serve_if_asked();
     let (args, filters) = harness::arguments();
     if !args.list {
         support::bpf_banner();
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         agent::TESTS,
         cpu_profile::TESTS,
         debug_access::TESTS,
+        delivery::TESTS,
         health::TESTS,
         histograms::TESTS,
         input::TESTS,

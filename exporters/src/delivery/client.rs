@@ -15,6 +15,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::config::OtlpConfig;
 use super::retry;
+use super::transport_fault::{transport_fault, TransportFault};
 
 /// Why an export did not go through.
 #[derive(Debug, Error)]
@@ -39,6 +40,10 @@ pub enum SendError {
     /// The request did not get an answer (connection refused, reset, timed out).
     #[error("{url}: {message}")]
     Unreachable { url: String, message: String },
+    /// The endpoint answers, but not as its URL says it should (TLS against a plaintext
+    /// port, an HTTP/1 server, an untrusted certificate). Retried, in case it is fixed.
+    #[error("{url}: {problem}")]
+    Misconfigured { url: String, problem: String },
     #[error("OTLP exporter set-up: {0}")]
     Setup(String),
     #[error("no endpoint configured for {0}")]
@@ -50,7 +55,7 @@ impl SendError {
     pub fn retryable(&self) -> bool {
         match self {
             SendError::Status { retryable, .. } | SendError::Http { retryable, .. } => *retryable,
-            SendError::Unreachable { .. } => true,
+            SendError::Unreachable { .. } | SendError::Misconfigured { .. } => true,
             SendError::Setup(_) | SendError::NoEndpoint(_) => false,
         }
     }
@@ -63,7 +68,24 @@ impl SendError {
         }
     }
 
-    fn from_status(s: tonic::Status) -> Self {
+    /// What a failed call to `url` means: a collector's answer, or a transport failure
+    /// whatever code tonic gave it.
+    fn from_status(s: tonic::Status, url: &str) -> Self {
+        match transport_fault(&s) {
+            Some(TransportFault::Unreachable(message)) => {
+                return SendError::Unreachable {
+                    url: url.to_string(),
+                    message,
+                }
+            }
+            Some(TransportFault::Misconfigured(problem)) => {
+                return SendError::Misconfigured {
+                    url: url.to_string(),
+                    problem,
+                }
+            }
+            None => {}
+        }
         let (retryable, delay) = retry::retryable(s.code(), s.details());
         SendError::Status {
             code: s.code(),
@@ -78,6 +100,8 @@ impl SendError {
 pub struct OtlpClient {
     profiles: Option<ProfilesServiceClient<Channel>>,
     metrics: Option<MetricsServiceClient<Channel>>,
+    profiles_url: String,
+    metrics_url: String,
     headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
 }
 
@@ -123,6 +147,8 @@ impl OtlpClient {
         Ok(OtlpClient {
             profiles,
             metrics,
+            profiles_url: config.profiles_endpoint.clone().unwrap_or_default(),
+            metrics_url: config.metrics_endpoint.clone().unwrap_or_default(),
             headers,
         })
     }
@@ -149,7 +175,7 @@ impl OtlpClient {
         let response = client
             .export(request)
             .await
-            .map_err(SendError::from_status)?;
+            .map_err(|s| SendError::from_status(s, &self.profiles_url))?;
         let partial = response.into_inner().partial_success;
         if let Some(p) = partial.filter(|p| p.rejected_profiles > 0 || !p.error_message.is_empty())
         {
@@ -176,7 +202,7 @@ impl OtlpClient {
         let response = client
             .export(request)
             .await
-            .map_err(SendError::from_status)?;
+            .map_err(|s| SendError::from_status(s, &self.metrics_url))?;
         let partial = response.into_inner().partial_success;
         if let Some(p) =
             partial.filter(|p| p.rejected_data_points > 0 || !p.error_message.is_empty())

@@ -7,6 +7,7 @@ mod config;
 pub(crate) mod pipeline;
 mod queue;
 mod retry;
+mod transport_fault;
 
 pub use client::{OtlpClient, SendError};
 pub use config::{ConfigError, OtlpConfig};

@@ -105,6 +105,9 @@ pub struct PipelineStats {
     pub queued_bytes: u64,
     /// Whether the most recently finished batch was given up (not delivered).
     pub last_failed: bool,
+    /// Whether the latest attempt failed because the endpoint is set up wrong (TLS to a
+    /// plaintext port, not HTTP/2): cleared by the next delivery.
+    pub misconfigured: bool,
     /// Time from the first attempt to delivery of the last delivered batch, retries included.
     pub last_latency: std::time::Duration,
     /// The same, summed over every delivered batch.
@@ -116,6 +119,11 @@ pub(super) struct State<B> {
     in_flight: bool,
     pub(super) stats: PipelineStats,
     closing: bool,
+    /// The batch in flight was counted as failed when the pipeline closed: the worker must
+    /// not count it again.
+    in_flight_counted: bool,
+    /// The worker has returned.
+    finished: bool,
 }
 
 pub(super) struct Shared<B> {
@@ -164,6 +172,8 @@ impl<T: Transport> Pipeline<T> {
                 in_flight: false,
                 stats: PipelineStats::default(),
                 closing: false,
+                in_flight_counted: false,
+                finished: false,
             }),
             wake: Condvar::new(),
         });
@@ -223,8 +233,23 @@ impl<T: Transport> Pipeline<T> {
     }
 }
 
-impl<T: Transport> Drop for Pipeline<T> {
-    fn drop(&mut self) {
+impl<T: Transport> Pipeline<T> {
+    /// Gives the queue up to `timeout` to drain, then stops: what is still queued is counted
+    /// as dropped, a batch in flight as failed, so that the counters hold everything ever
+    /// submitted. Returns true when everything was delivered or given up in time.
+    pub fn close(&mut self, timeout: Duration) -> bool {
+        let done = self.flush(timeout);
+        self.stop();
+        done
+    }
+
+    /// Stops the worker now (see [`close`](Self::close)). A transport that blocks (an
+    /// HTTP call without a runtime) cannot be interrupted: the worker is then left to end on
+    /// its own, after at most its request timeout, and not waited for.
+    fn stop(&mut self) {
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
         {
             let mut state = lock(&self.shared);
             state.closing = true;
@@ -238,12 +263,39 @@ impl<T: Transport> Drop for Pipeline<T> {
                 state.stats.dropped += lost.0;
                 state.stats.dropped_bytes += lost.1;
             }
+            state.stats.queued_bytes = 0;
+            if state.in_flight {
+                tracing::warn!("exporter closing: the batch in flight is given up");
+                state.stats.failed += 1;
+                state.stats.last_failed = true;
+                state.in_flight_counted = true;
+            }
         }
         let _ = self.closing.send(true);
         self.shared.wake.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut state = lock(&self.shared);
+        while !state.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = match self.shared.wake.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
+        drop(state);
+        let _ = worker.join();
+    }
+}
+
+/// How long stopping waits for the worker to notice.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+
+impl<T: Transport> Drop for Pipeline<T> {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -253,14 +305,27 @@ pub(super) fn lock<B>(shared: &Shared<B>) -> std::sync::MutexGuard<'_, State<B>>
 
 fn worker<T: Transport>(
     runtime: tokio::runtime::Runtime,
-    mut transport: T,
+    transport: T,
     limits: Limits,
     shared: Arc<Shared<T::Batch>>,
     closing: tokio::sync::watch::Receiver<bool>,
 ) {
+    run_worker(runtime, transport, limits, &shared, closing);
+    lock(&shared).finished = true;
+    shared.wake.notify_all();
+}
+
+fn run_worker<T: Transport>(
+    runtime: tokio::runtime::Runtime,
+    mut transport: T,
+    limits: Limits,
+    shared: &Shared<T::Batch>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut warned: Option<String> = None;
     loop {
         let (batch, size) = {
-            let mut state = lock(&shared);
+            let mut state = lock(shared);
             loop {
                 if state.closing {
                     return;
@@ -280,13 +345,17 @@ fn worker<T: Transport>(
         let outcome = runtime.block_on(deliver(
             &mut transport,
             &limits,
-            &shared,
+            shared,
             closing.clone(),
+            &mut warned,
             batch,
         ));
         let took = began.elapsed();
-        let mut state = lock(&shared);
+        let mut state = lock(shared);
         state.in_flight = false;
+        if std::mem::take(&mut state.in_flight_counted) {
+            return;
+        }
         match outcome {
             Ok(rejected) => {
                 state.stats.last_failed = false;
@@ -307,12 +376,15 @@ fn worker<T: Transport>(
     }
 }
 
-/// Sends one batch, retrying while the error is transient and time remains.
+/// Sends one batch, retrying while the error is transient and time remains. A
+/// misconfigured endpoint is said once in a WARN line (`warned` holds what was said) and
+/// marks the pipeline not ready until a batch goes through.
 async fn deliver<T: Transport>(
     transport: &mut T,
     limits: &Limits,
     shared: &Shared<T::Batch>,
     mut closing: tokio::sync::watch::Receiver<bool>,
+    warned: &mut Option<String>,
     batch: T::Batch,
 ) -> Result<u64, SendError> {
     let started = Instant::now();
@@ -324,6 +396,21 @@ async fn deliver<T: Transport>(
             r = send => r,
             _ = closing.wait_for(|c| *c) => return Err(closed()),
         };
+        match &result {
+            Err(e @ SendError::Misconfigured { .. }) => {
+                let said = e.to_string();
+                if warned.as_deref() != Some(said.as_str()) {
+                    tracing::warn!("{said}");
+                    *warned = Some(said);
+                }
+                lock(shared).stats.misconfigured = true;
+            }
+            Ok(_) => {
+                *warned = None;
+                lock(shared).stats.misconfigured = false;
+            }
+            Err(_) => {}
+        }
         let delay = match &result {
             Err(e) if e.retryable() => {
                 attempt += 1;

@@ -7,7 +7,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 use tonic::Status;
 
-use super::{Batch, OtlpConfig, Pipeline};
+use emberprof_test_support::wrong_servers::WrongServer;
+
+use super::{Batch, OtlpConfig, Pipeline, Transport};
 
 fn config(endpoint: &str) -> OtlpConfig {
     let mut c = OtlpConfig {
@@ -264,6 +266,7 @@ fn mutual_tls_with_a_ca_file_and_client_certificate() {
     assert!(untrusting.flush(Duration::from_secs(10)));
     assert_eq!(untrusting.stats().sent, 0);
     assert_eq!(untrusting.stats().failed, 1);
+    assert!(untrusting.stats().misconfigured, "{:?}", untrusting.stats());
     assert_eq!(names(&collector), ["secret"]);
 }
 
@@ -316,4 +319,93 @@ fn resource_exhausted_is_retried_only_when_the_server_says_when() {
         "{stats:?}"
     );
     assert_eq!(collector.received().failed_calls, 2);
+}
+
+#[test]
+fn a_collector_restarting_costs_retries_not_batches() {
+    let mut collector = TestCollector::start();
+    let pipeline = Pipeline::start(config(&collector.endpoint())).unwrap();
+    pipeline.submit(batch("before"));
+    assert!(pipeline.flush(Duration::from_secs(10)));
+    // The connection the pipeline holds is closed under it: tonic reports the next call as
+    // `Unknown: transport error`, which must be retried like UNAVAILABLE.
+    collector.kill();
+    pipeline.submit(batch("during"));
+    std::thread::sleep(Duration::from_millis(400));
+    collector.restart();
+    pipeline.submit(batch("after"));
+    assert!(pipeline.flush(Duration::from_secs(10)));
+    assert_eq!(names(&collector), ["before", "during", "after"]);
+    let stats = pipeline.stats();
+    assert_eq!(
+        (stats.sent, stats.failed, stats.dropped),
+        (3, 0, 0),
+        "{stats:?}"
+    );
+    assert!(stats.retries >= 1, "{stats:?}");
+}
+
+#[test]
+fn an_http1_server_is_a_misconfiguration_retried_until_fixed() {
+    let server = WrongServer::http1();
+    let mut c = config(&server.http_url());
+    c.max_retry_time = Duration::from_secs(60);
+    let pipeline = Pipeline::start(c).unwrap();
+    pipeline.submit(batch("lost"));
+    let began = std::time::Instant::now();
+    while !(pipeline.stats().misconfigured && pipeline.stats().retries >= 2)
+        && began.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = pipeline.stats();
+    assert!(stats.misconfigured && stats.retries >= 2, "{stats:?}");
+    assert_eq!(stats.failed, 0, "{stats:?}");
+}
+
+/// A transport that blocks its thread for a minute on every send (as a blocking HTTP
+/// client does on a server that never answers).
+struct Stuck;
+
+impl Transport for Stuck {
+    type Batch = u32;
+
+    fn size(_: &u32) -> usize {
+        100
+    }
+
+    async fn send(&mut self, _: &u32) -> Result<u64, super::SendError> {
+        std::thread::sleep(Duration::from_secs(60));
+        Ok(0)
+    }
+}
+
+#[test]
+fn closing_does_not_wait_for_a_transport_that_blocks_and_counts_everything() {
+    let limits = super::Limits {
+        queue_bytes: 1 << 20,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(50),
+        max_retry_time: Duration::from_secs(1),
+    };
+    let runtime = super::pipeline::runtime().unwrap();
+    let mut pipeline = Pipeline::with_transport(Stuck, limits, runtime).unwrap();
+    for i in 0..3 {
+        pipeline.submit(i);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let began = std::time::Instant::now();
+    assert!(!pipeline.close(Duration::from_millis(100)));
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        began.elapsed()
+    );
+    let stats = pipeline.stats();
+    assert_eq!(
+        (stats.sent, stats.failed, stats.dropped),
+        (0, 1, 2),
+        "{stats:?}"
+    );
+    assert_eq!(stats.queued_bytes, 0);
 }

@@ -1,10 +1,11 @@
 //! The one contract every output implements: a sink takes finished spans of profiling
 //! (profiles, latency histograms, emberprof's health) without waiting on the network, and
-//! can be flushed at the end. `agent` hands it every interval, `record` every
+//! can be flushed and closed at the end. `agent` hands it every interval, `record` every
 //! `--export-interval` and at the end. Adding an output is one type implementing [`Sink`].
 
 mod otlp;
 mod pyroscope;
+mod tally;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -16,6 +17,7 @@ use crate::ExportError;
 
 pub use otlp::OtlpSink;
 pub use pyroscope::PyroscopeSink;
+pub use tally::Tally;
 
 /// Everything one span of profiling produced.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +49,12 @@ pub trait Sink: Send {
     /// was lost or is still undelivered.
     fn flush(&mut self, timeout: Duration) -> Result<(), ExportError>;
 
+    /// The end: delivers what it can within `timeout`, then stops, counting whatever is
+    /// left as lost so that its [`tally`](Self::tally) covers everything it was given.
+    fn close(&mut self, timeout: Duration) -> Result<(), ExportError> {
+        self.flush(timeout)
+    }
+
     /// The sink's own health (delivery outcomes, queue).
     fn health(&self) -> Vec<HealthCounter> {
         Vec::new()
@@ -63,8 +71,8 @@ pub trait Sink: Send {
         false
     }
 
-    /// One line for the end of a run, if the sink has something to report.
-    fn summary(&self) -> Option<String> {
+    /// What it delivered so far, if it delivers over the network (for the end-of-run line).
+    fn tally(&self) -> Option<Tally> {
         None
     }
 }

@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use emberprof_model::{AttrValue, Attributes, HealthCounter, HealthValue};
 
-use super::{Sink, Span};
+use super::tally::{delivery_result, health_rows};
+use super::{Sink, Span, Tally};
 use crate::delivery::{Batch, OtlpConfig, Pipeline, PipelineStats, SendError};
 use crate::otlp::metrics::{self, Temporality};
 use crate::otlp::{health, profiles};
 use crate::ExportError;
+
+/// What the summary calls a delivered request.
+const NOUN: &str = "batches sent";
 
 /// Largest profiles request sent: collectors refuse gRPC messages over 4 MiB by default.
 const MAX_REQUEST_BYTES: usize = 3 << 20;
@@ -102,39 +106,25 @@ impl Sink for OtlpSink {
 
     fn flush(&mut self, timeout: Duration) -> Result<(), ExportError> {
         let done = self.pipeline.flush(timeout);
-        let s = self.pipeline.stats();
-        if !done {
-            return Err(ExportError::Undelivered(format!(
-                "the OTLP export to {} did not finish within {timeout:?} (is the collector up?)",
-                self.endpoint
-            )));
-        }
-        if s.failed > 0 || s.dropped > 0 {
-            return Err(ExportError::Undelivered(format!(
-                "the OTLP export to {} lost data ({} batches failed, {} dropped)",
-                self.endpoint, s.failed, s.dropped
-            )));
-        }
-        Ok(())
+        let tally = Tally::of(NOUN, &self.pipeline.stats(), true);
+        delivery_result(&self.describe(), &tally, done, timeout)
+    }
+
+    fn close(&mut self, timeout: Duration) -> Result<(), ExportError> {
+        let done = self.pipeline.close(timeout);
+        let tally = Tally::of(NOUN, &self.pipeline.stats(), true);
+        delivery_result(&self.describe(), &tally, done, timeout)
     }
 
     fn health(&self) -> Vec<HealthCounter> {
         let s = self.pipeline.stats();
-        let mut out: Vec<HealthCounter> = [
-            ("sent", s.sent),
-            ("failed", s.failed),
-            ("dropped", s.dropped),
-            ("retried", s.retries),
-        ]
-        .into_iter()
-        .map(|(result, n)| HealthCounter {
-            name: "emberprof.export.batches",
-            description: "OTLP export batches, by outcome",
-            unit: "{batch}",
-            attributes: vec![("result", result.to_string())],
-            value: HealthValue::Count(n),
-        })
-        .collect();
+        let mut out = health_rows(
+            &s,
+            "emberprof.export.batches",
+            "OTLP export batches, by outcome",
+            "{batch}",
+            "emberprof.export.queue.bytes",
+        );
         out.push(HealthCounter {
             name: "emberprof.export.latency.last",
             description: "Seconds the last delivered batch took, retries included",
@@ -158,29 +148,19 @@ impl Sink for OtlpSink {
             attributes: Vec::new(),
             value: HealthValue::Level(self.config.queue_bytes as f64),
         });
-        out.push(HealthCounter {
-            name: "emberprof.export.queue.bytes",
-            description: "Encoded bytes waiting in the export queue",
-            unit: "By",
-            attributes: Vec::new(),
-            value: HealthValue::Level(s.queued_bytes as f64),
-        });
         out
     }
 
     fn healthy(&self) -> bool {
-        !self.pipeline.stats().last_failed
+        let s = self.pipeline.stats();
+        !(s.last_failed || s.misconfigured)
     }
 
     fn delta_histograms(&self) -> bool {
         self.temporality == Temporality::Delta
     }
 
-    fn summary(&self) -> Option<String> {
-        let s = self.pipeline.stats();
-        Some(format!(
-            "emberprof: OTLP {}: {} batches sent ({} bytes), {} retries, {} failed, {} dropped, {} items rejected",
-            self.endpoint, s.sent, s.sent_bytes, s.retries, s.failed, s.dropped, s.rejected_items
-        ))
+    fn tally(&self) -> Option<Tally> {
+        Some(Tally::of(NOUN, &self.pipeline.stats(), true))
     }
 }

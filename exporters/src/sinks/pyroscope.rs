@@ -6,12 +6,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use emberprof_model::{AttrValue, Attributes, HealthCounter, HealthValue, Sample};
+use emberprof_model::{AttrValue, Attributes, HealthCounter, Sample};
 
-use super::{Sink, Span};
+use super::tally::{delivery_result, health_rows};
+use super::{Sink, Span, Tally};
 use crate::delivery::{pipeline, Limits, Pipeline, PipelineStats, SendError, Transport};
 use crate::pyroscope::{self, IngestRequest, PyroscopeConfig};
 use crate::ExportError;
+
+/// What the summary calls a delivered request.
+const NOUN: &str = "profiles pushed";
 
 /// Sends ingest requests, one attempt at a time.
 pub struct PyroscopeTransport {
@@ -84,59 +88,33 @@ impl Sink for PyroscopeSink {
 
     fn flush(&mut self, timeout: Duration) -> Result<(), ExportError> {
         let done = self.pipeline.flush(timeout);
-        let s = self.pipeline.stats();
-        if !done {
-            return Err(ExportError::Undelivered(format!(
-                "the push to Pyroscope {} did not finish within {timeout:?} (is it up?)",
-                self.url
-            )));
-        }
-        if s.failed > 0 || s.dropped > 0 {
-            return Err(ExportError::Undelivered(format!(
-                "the push to Pyroscope {} lost data ({} requests failed, {} dropped)",
-                self.url, s.failed, s.dropped
-            )));
-        }
-        Ok(())
+        let tally = Tally::of(NOUN, &self.pipeline.stats(), false);
+        delivery_result(&self.describe(), &tally, done, timeout)
+    }
+
+    fn close(&mut self, timeout: Duration) -> Result<(), ExportError> {
+        let done = self.pipeline.close(timeout);
+        let tally = Tally::of(NOUN, &self.pipeline.stats(), false);
+        delivery_result(&self.describe(), &tally, done, timeout)
     }
 
     fn health(&self) -> Vec<HealthCounter> {
-        let s = self.pipeline.stats();
-        let mut out: Vec<HealthCounter> = [
-            ("sent", s.sent),
-            ("failed", s.failed),
-            ("dropped", s.dropped),
-            ("retried", s.retries),
-        ]
-        .into_iter()
-        .map(|(result, n)| HealthCounter {
-            name: "emberprof.pyroscope.requests",
-            description: "Pyroscope ingest requests, by outcome",
-            unit: "{request}",
-            attributes: vec![("result", result.to_string())],
-            value: HealthValue::Count(n),
-        })
-        .collect();
-        out.push(HealthCounter {
-            name: "emberprof.pyroscope.queue.bytes",
-            description: "Bytes waiting in the Pyroscope push queue",
-            unit: "By",
-            attributes: Vec::new(),
-            value: HealthValue::Level(s.queued_bytes as f64),
-        });
-        out
+        health_rows(
+            &self.pipeline.stats(),
+            "emberprof.pyroscope.requests",
+            "Pyroscope ingest requests, by outcome",
+            "{request}",
+            "emberprof.pyroscope.queue.bytes",
+        )
     }
 
     fn healthy(&self) -> bool {
-        !self.pipeline.stats().last_failed
+        let s = self.pipeline.stats();
+        !(s.last_failed || s.misconfigured)
     }
 
-    fn summary(&self) -> Option<String> {
-        let s = self.pipeline.stats();
-        Some(format!(
-            "emberprof: Pyroscope {}: {} profiles pushed, {} retries, {} failed, {} dropped",
-            self.url, s.sent, s.retries, s.failed, s.dropped
-        ))
+    fn tally(&self) -> Option<Tally> {
+        Some(Tally::of(NOUN, &self.pipeline.stats(), false))
     }
 }
 

@@ -6,6 +6,7 @@
 //! refuse or cut any of it.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,9 +50,38 @@ struct Collector {
     failures: Arc<Mutex<VecDeque<Status>>>,
     /// Items to report as rejected (partial success) in every OK answer.
     rejected: Arc<Mutex<i64>>,
+    /// While set, calls hang before anything is recorded (a collector that stopped
+    /// answering).
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    /// Where each profiles request is also written, length-prefixed, before it is answered
+    /// (a collector in a child process reports to its parent this way).
+    mirror: Arc<Mutex<Option<Box<dyn std::io::Write + Send>>>>,
 }
 
 impl Collector {
+    /// Never returns while the collector is stalled.
+    async fn wait_unless_stalled(&self) {
+        while self.stalled.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes `request` to the mirror, if any: a tag byte, a little-endian u32 length and
+    /// the encoded request.
+    fn mirror(&self, tag: u8, request: &impl prost::Message) -> Result<(), Status> {
+        let mut mirror = self.mirror.lock().unwrap();
+        let Some(out) = mirror.as_mut() else {
+            return Ok(());
+        };
+        let bytes = request.encode_to_vec();
+        out.write_all(&[tag])
+            .and_then(|()| out.write_all(&(bytes.len() as u32).to_le_bytes()))
+            .and_then(|()| out.write_all(&bytes))
+            .and_then(|()| out.flush())
+            // The parent is gone: answer nothing, as a dead collector would.
+            .map_err(|_| Status::unavailable("the test that started this collector is gone"))
+    }
+
     fn call<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let headers = request
             .metadata()
@@ -79,8 +109,10 @@ impl ProfilesService for Collector {
         &self,
         request: Request<ExportProfilesServiceRequest>,
     ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
+        self.wait_unless_stalled().await;
         self.call(&request)?;
         let request = request.into_inner();
+        self.mirror(b'P', &request)?;
         let mut report = pyroscope_check::check(&request, SystemTime::now());
         // The format's and the Collector's index rules too.
         if let Err(e) = emberprof_exporters::otlp::validate::validate_profiles(&request) {
@@ -107,12 +139,11 @@ impl MetricsService for Collector {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.wait_unless_stalled().await;
         self.call(&request)?;
-        self.received
-            .lock()
-            .unwrap()
-            .metrics
-            .push(request.into_inner());
+        let request = request.into_inner();
+        self.mirror(b'M', &request)?;
+        self.received.lock().unwrap().metrics.push(request);
         let rejected = *self.rejected.lock().unwrap();
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: (rejected > 0).then(|| ExportMetricsPartialSuccess {
@@ -127,8 +158,72 @@ impl MetricsService for Collector {
 pub struct TestCollector {
     pub addr: SocketAddr,
     collector: Collector,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Option<Server>,
+}
+
+/// The serving thread of a collector.
+struct Server {
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    /// Serves `collector` on `addr` until stopped.
+    fn start(
+        addr: SocketAddr,
+        collector: Collector,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Server {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let svc = collector;
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                ready_tx.send(()).unwrap();
+                let incoming = tokio_stream_from(listener);
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    builder = builder.tls_config(tls).unwrap();
+                }
+                let server = builder
+                    .add_service(
+                        ProfilesServiceServer::new(svc.clone())
+                            .accept_compressed(CompressionEncoding::Gzip)
+                            .max_decoding_message_size(64 << 20),
+                    )
+                    .add_service(
+                        MetricsServiceServer::new(svc).accept_compressed(CompressionEncoding::Gzip),
+                    )
+                    .serve_with_incoming(incoming);
+                // Not a graceful shutdown: that would wait for clients to hang up.
+                tokio::select! {
+                    _ = server => {}
+                    _ = rx => {}
+                }
+            });
+            // Connections and calls under way are dropped, not finished: what a killed
+            // collector's clients see (their sockets closed under them).
+            rt.shutdown_background();
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("collector started");
+        Server {
+            shutdown: tx,
+            thread,
+        }
+    }
+
+    fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.thread.join();
+    }
 }
 
 /// A loopback port that is free now (for a collector started later).
@@ -165,50 +260,40 @@ impl TestCollector {
     fn start_with(port: u16, tls: Option<tonic::transport::ServerTlsConfig>) -> TestCollector {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let collector = Collector::default();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let svc = collector.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-                ready_tx.send(()).unwrap();
-                let incoming = tokio_stream_from(listener);
-                let mut builder = tonic::transport::Server::builder();
-                if let Some(tls) = tls {
-                    builder = builder.tls_config(tls).unwrap();
-                }
-                let server = builder
-                    .add_service(
-                        ProfilesServiceServer::new(svc.clone())
-                            .accept_compressed(CompressionEncoding::Gzip)
-                            .max_decoding_message_size(64 << 20),
-                    )
-                    .add_service(
-                        MetricsServiceServer::new(svc).accept_compressed(CompressionEncoding::Gzip),
-                    )
-                    .serve_with_incoming(incoming);
-                // Not a graceful shutdown: that would wait for clients to hang up.
-                tokio::select! {
-                    _ = server => {}
-                    _ = rx => {}
-                }
-            });
-            rt.shutdown_timeout(Duration::from_millis(100));
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("collector started");
         TestCollector {
             addr,
+            server: Some(Server::start(addr, collector.clone(), tls)),
             collector,
-            shutdown: Some(tx),
-            thread: Some(thread),
         }
+    }
+
+    /// Stops serving at once, like a collector killed with SIGKILL: its listening socket
+    /// and every connection are closed, calls under way get no answer. What it received
+    /// so far is kept.
+    pub fn kill(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+
+    /// Serves again on the same port (plaintext) after [`kill`](Self::kill), keeping
+    /// what was received before.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.server = Some(Server::start(self.addr, self.collector.clone(), None));
+    }
+
+    /// Also writes every request to `out` before answering it: `P` (profiles) or `M`
+    /// (metrics), a little-endian u32 length, the encoded request.
+    pub fn mirror_to(&self, out: Box<dyn std::io::Write + Send>) {
+        *self.collector.mirror.lock().unwrap() = Some(out);
+    }
+
+    /// Makes calls hang (true) before anything is recorded, or answer again (false).
+    pub fn stall(&self, stalled: bool) {
+        self.collector
+            .stalled
+            .store(stalled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -265,12 +350,8 @@ impl TestCollector {
 
 impl Drop for TestCollector {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stall(false);
+        self.kill();
     }
 }
 
