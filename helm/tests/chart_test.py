@@ -503,8 +503,8 @@ class Tests:
         dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text())
         exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
         assert len(exprs) >= 8, exprs
-        source = "".join(p.read_text() for d in ("agent/src", "exporters/src", "symbolizer/src")
-                         for p in (ROOT / d).rglob("*.rs"))
+        crates = ("agent/src", "probes/src", "exporters/src", "symbolizer/src")
+        source = "".join(p.read_text() for d in crates for p in (ROOT / d).rglob("*.rs"))
         known = {n.replace(".", "_") for n in re.findall(r'"(emberprof(?:\.[a-z_]+)+)"', source)}
         known |= set(re.findall(r"\b(process_[a-z_]+)\b", source))
         used = set()
