@@ -6,7 +6,7 @@ machine and the date. Reports; never asserts on timings.
 Needs root, target/release/emberprof, perf and bpftrace: `make bench` installs and builds
 everything, then runs this. Takes about 8 minutes on 2 cores; --quick about 2.
 
-Usage: bench/run.py [--quick] [--rounds N] [--phases overhead,accuracy,scale]
+Usage: bench/run.py [--quick] [--rounds N] [--phases overhead,accuracy,scale,memory]
                     [--configs KEY,...] [--output FILE]"""
 
 import argparse
@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import accuracy  # noqa: E402
 import measure  # noqa: E402
+import memory  # noqa: E402
 import overhead  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
@@ -29,7 +30,7 @@ import workloads  # noqa: E402
 from common import BUILD_DIR, ROOT, BenchError, kill_children, log  # noqa: E402
 from profilers import EXTRA_CONFIGS, find_tools, standard_configs  # noqa: E402
 
-PHASES = ("overhead", "accuracy", "scale")
+PHASES = ("overhead", "accuracy", "scale", "memory")
 ACCURACY_CONFIGS = ("ember-99-cpu", "perf-99", "bpftrace-99")
 
 
@@ -92,6 +93,8 @@ def run_phases(args, run, tools, exe, workdir):
         run.accuracy_seconds = args.accuracy_seconds
     if "scale" in args.phases:
         run.scale = scale.run(exe, workdir, args.quick)
+    if "memory" in args.phases:
+        run.memory = memory.run(workdir, args.quick)
 
 
 def main():

@@ -170,7 +170,7 @@ pub struct SymbolArgs {
     pub debuginfod_cache: Option<PathBuf>,
     /// Memory the symbol caches may use, in MiB (parsed files and resolved addresses; least
     /// recently used files are let go first).
-    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    #[arg(long, value_name = "MIB", default_value_t = 48)]
     pub symbol_cache_mib: u64,
     /// Files the symbolizer keeps open; past it, all are let go at the end of an interval
     /// and reopened as needed.
@@ -286,7 +286,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "FILE")]
     pub otlp_client_key: Option<PathBuf>,
     /// Bytes of encoded batches the OTLP queue may hold; beyond it the oldest are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20)]
     pub otlp_queue_bytes: usize,
     /// Temporality of the exported histograms.
     #[arg(long, value_enum, default_value = "cumulative")]
@@ -299,7 +299,7 @@ pub struct ExportArgs {
     pub pyroscope_url: Option<String>,
     /// Bytes of encoded profiles the Pyroscope push queue may hold; beyond it the oldest are
     /// dropped (and counted).
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20)]
     pub pyroscope_queue_bytes: usize,
     /// Pyroscope tenant (X-Scope-OrgID header).
     #[arg(long, value_name = "ID", requires = "pyroscope_url")]

@@ -31,6 +31,11 @@ use clap::FromArgMatches;
 /// Exit status of a usage or configuration error, as clap uses.
 const USAGE_ERROR: u8 = 2;
 
+/// Counts heap per thread so that the symbolizer measures what its caches hold.
+#[global_allocator]
+static ALLOCATOR: emberprof_symbolizer::heap::CountingAllocator =
+    emberprof_symbolizer::heap::CountingAllocator;
+
 fn main() -> ExitCode {
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let file = config::config_file(&raw);

@@ -165,7 +165,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         json
     });
     if let Some(path) = &args.summary_json {
-        write_summary_json(path, json, histograms_json)?;
+        let memory = memory_json(&session.symbolizer().stats());
+        write_summary_json(path, json, histograms_json, memory)?;
     }
     if !sinks.is_empty() {
         sinks.submit(&data.span());
@@ -306,14 +307,48 @@ fn write_summary_json(
     path: &Path,
     profiles: Vec<serde_json::Value>,
     histograms: Option<serde_json::Value>,
+    memory: serde_json::Value,
 ) -> anyhow::Result<()> {
-    let mut doc = serde_json::json!({ "profiles": profiles });
+    let mut doc = serde_json::json!({ "profiles": profiles, "memory": memory });
     if let Some(h) = histograms {
         doc["histograms"] = h;
     }
     let text = serde_json::to_string_pretty(&doc).context("encoding the JSON summary")?;
     std::fs::write(path, text + "\n")
         .with_context(|| format!("writing the JSON summary to {}", path.display()))
+}
+
+/// Where the memory went: this process's RSS now and at its peak, and the symbolizer's
+/// caches by part with what keeping them bounded cost.
+fn memory_json(st: &emberprof_symbolizer::SymbolizerStats) -> serde_json::Value {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    };
+    serde_json::json!({
+        "rss_bytes": kib("VmRSS:").map(|k| k * 1024),
+        "peak_rss_bytes": kib("VmHWM:").map(|k| k * 1024),
+        "symbolizer": {
+            "cache_bytes": st.cache_bytes,
+            "parsed_heap_bytes": st.parsed_heap_bytes,
+            "mapped_resident_bytes": st.mapped_resident_bytes,
+            "mapped_peak_bytes": st.mapped_peak_bytes,
+            "location_bytes": st.location_bytes,
+            "kernel_bytes": st.kernel_bytes,
+            "files": st.files,
+            "files_parsed": st.files_parsed,
+            "reparses": st.reparses,
+            "parse_seconds": st.parse_ns as f64 / 1e9,
+            "parsed_released": st.parsed_released,
+            "locations_released": st.evictions,
+        },
+    })
 }
 
 fn shown(path: &Path) -> String {

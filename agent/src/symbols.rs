@@ -16,7 +16,6 @@ pub fn symbolizer(args: &SymbolArgs, open_files: usize) -> Symbolizer {
         debuginfod: debuginfod(args),
         cache_bytes: args.symbol_cache_mib.saturating_mul(1 << 20),
         file_limit: args.symbol_files.min(open_files).max(1),
-        ..SymbolizerConfig::default()
     })
 }
 

@@ -9,10 +9,7 @@ use crate::debuginfod::DebuginfodConfig;
 pub const DEFAULT_FILE_LIMIT: usize = 4096;
 
 /// Default memory bound of the symbol caches.
-pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
-
-/// Default idle time, in symbolize calls, before a file may be let go (a minute of 1 s drains).
-pub const DEFAULT_MIN_IDLE_CALLS: u64 = 60;
+pub const DEFAULT_CACHE_BYTES: u64 = 48 << 20;
 
 /// How the symbolizer finds symbols and how much it may keep.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,16 +19,11 @@ pub struct SymbolizerConfig {
     pub debug_dirs: Vec<PathBuf>,
     /// Fetch missing debug files by build ID; `None` to never ask.
     pub debuginfod: Option<DebuginfodConfig>,
-    /// Memory the caches may hold: parsed files and resolved locations, least recently used
-    /// let go first.
+    /// Memory the caches may hold: parsed files (heap and resident mapped pages), resolved
+    /// locations and kernel symbols. Parsed state is let go first, then locations.
     pub cache_bytes: u64,
     /// Files held open before every file is let go and opened again as needed.
     pub file_limit: usize,
-    /// A file is let go for the memory bound only after this many symbolize calls (drains)
-    /// without use: the working set stays even past the bound, since letting it go would
-    /// parse it again at every drain (and a binary bigger than the bound would never stop
-    /// being parsed).
-    pub min_idle_calls: u64,
 }
 
 impl Default for SymbolizerConfig {
@@ -41,7 +33,6 @@ impl Default for SymbolizerConfig {
             debuginfod: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             file_limit: DEFAULT_FILE_LIMIT,
-            min_idle_calls: DEFAULT_MIN_IDLE_CALLS,
         }
     }
 }

@@ -2,17 +2,22 @@
 //! source chosen for it (symbol_source.rs), become locations with their inlined frames.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Sym, Symbolized};
 
 use crate::files::{FileId, SymbolSource};
+use crate::heap::HeapDelta;
 use crate::symbolizer::Symbolizer;
 use emberprof_model::{Frame, FrameKind, Location};
 
 impl Symbolizer {
     /// Names for file offsets of one file; unnamed (module+offset) where nothing is known.
     pub(crate) fn symbolize_in_file(&mut self, id: FileId, offsets: &[u64]) -> Vec<Arc<Location>> {
+        let cold = !self.files.get(id).is_parsed();
+        let started = Instant::now();
+        let whole = HeapDelta::start();
         self.prepare(id);
         let file = self.files.get(id);
         let module = file.module.clone();
@@ -66,6 +71,31 @@ impl Symbolizer {
                 Vec::new()
             }
         };
+        if cold {
+            self.stats.parse_ns += started.elapsed().as_nanos() as u64;
+        }
+        let made = HeapDelta::start();
+        let located = self.locations_of(id, offsets, &results);
+        let location_heap = made.kept();
+        drop(results);
+        // What blazesym kept: all this call kept, less the locations it returns.
+        let parse_heap = whole.kept() - location_heap;
+        let file = self.files.get_mut(id);
+        if crate::heap::counting() {
+            file.parsed_heap = file.parsed_heap.saturating_add_signed(parse_heap);
+        }
+        file.locations_heap = file.locations_heap.saturating_add_signed(location_heap);
+        located
+    }
+
+    /// Locations of `offsets` in file `id`, named from blazesym's `results`.
+    fn locations_of(
+        &self,
+        id: FileId,
+        offsets: &[u64],
+        results: &[Symbolized<'_>],
+    ) -> Vec<Arc<Location>> {
+        let module = self.files.get(id).module.clone();
         // Addresses go out as link-time addresses in their segment (file offsets when the
         // headers could not be read): the same in every process, and what a backend
         // symbolizer looks up by build ID.

@@ -1,5 +1,6 @@
-//! Keeping the caches within their bounds: past the byte bound the files used least recently
-//! let their parsed symbols and locations go; past the file limit every file goes.
+//! Keeping the caches within their bounds: past the byte bound the files parsed least
+//! recently let their parsed state go, then, if needed, the files used least recently their
+//! locations; past the file limit every file goes.
 
 use crate::files::{FileId, SymbolSource, LOCATION_BYTES};
 use crate::symbolizer::Symbolizer;
@@ -16,12 +17,8 @@ impl Symbolizer {
         self.config.cache_bytes = bytes.max(1);
     }
 
-    /// Calls without use after which a file may be let go for the memory bound.
-    pub fn set_min_idle_calls(&mut self, calls: u64) {
-        self.config.min_idle_calls = calls;
-    }
-
-    /// Bytes the caches hold now: parsed files, their locations, kernel locations and symbols.
+    /// Bytes the caches hold now: each file's parsed state (heap and resident mapped
+    /// pages) and locations, kernel locations and symbols.
     pub(crate) fn cache_bytes(&self) -> u64 {
         let files: u64 = (0..self.files.len())
             .map(|id| self.files.get(id).bytes())
@@ -29,15 +26,15 @@ impl Symbolizer {
         files + self.kernel_cache.len() as u64 * LOCATION_BYTES + self.kallsyms.bytes()
     }
 
-    /// Lets a file's parsed symbols and locations go; they are read again at its next use.
-    pub(crate) fn unload(&mut self, id: FileId) {
+    /// Lets blazesym's parsed state of a file go (heap and mapping); its locations stay.
+    pub(crate) fn release_parsed(&mut self, id: FileId) {
         let file = self.files.get_mut(id);
         let path = match &file.source {
             Some(SymbolSource::DebugFile(p)) => Some(p.clone()),
             Some(SymbolSource::Itself) => Some(file.path.clone()),
             None => None,
         };
-        file.unload();
+        file.release_parsed();
         if let Some(path) = path {
             let evict =
                 blazesym::symbolize::evict::Evict::Elf(blazesym::symbolize::evict::Elf::new(path));
@@ -47,26 +44,81 @@ impl Symbolizer {
         }
     }
 
-    /// Lets the least recently used files go until the caches fit their bound, sparing
-    /// files used within the last `min_idle_calls` calls.
-    pub(crate) fn evict_to_bound(&mut self) {
-        let idle_before = self.tick.saturating_sub(self.config.min_idle_calls);
-        let mut total = self.cache_bytes();
-        if total <= self.config.cache_bytes {
-            return;
-        }
-        let mut by_age: Vec<(u64, FileId, u64)> = self
+    /// Gives back the pages of parsed files that blazesym touched in this call. They were
+    /// read in place and are not needed to answer from the parsed state; whatever is read
+    /// next faults in again from the page cache (which belongs to no process). What stays
+    /// resident (a file also mapped otherwise, e.g. a library we run) is counted.
+    fn drop_mapped_pages(&mut self) {
+        let mut parsed = self
             .files
             .iter_mut()
-            .map(|(id, f)| (f.last_used, id, f.bytes()))
-            .filter(|&(used, _, bytes)| bytes > 0 && used < self.tick && used <= idle_before)
-            .collect();
-        by_age.sort_unstable();
-        for (_, id, bytes) in by_age {
-            if total <= self.config.cache_bytes {
-                break;
+            .filter(|(_, f)| f.is_parsed())
+            .peekable();
+        if parsed.peek().is_none() {
+            return;
+        }
+        let mut mapped = crate::resident::mapped_files();
+        let mut touched = 0;
+        for (_, f) in parsed {
+            let Some(m) = f.parsed_inode.and_then(|i| mapped.remove(&i)) else {
+                f.resident = 0;
+                continue;
+            };
+            touched += m.resident;
+            for range in &m.shared_read_only {
+                crate::resident::drop_pages(*range);
             }
-            self.unload(id);
+            f.resident = if m.shared_read_only.is_empty() {
+                m.resident
+            } else {
+                0
+            };
+        }
+        self.stats.mapped_peak_bytes = self.stats.mapped_peak_bytes.max(touched);
+    }
+
+    /// Keeps the caches within their bound. Parsed state goes first, least recently
+    /// parsed first: the locations already resolved keep answering, and only an address
+    /// never seen before parses the file again. If that is not enough, the locations of
+    /// the least recently used files go too.
+    pub(crate) fn evict_to_bound(&mut self) {
+        self.drop_mapped_pages();
+        if self.cache_bytes() > self.config.cache_bytes {
+            self.let_go_to_bound();
+            give_back_freed_heap();
+        }
+    }
+
+    fn let_go_to_bound(&mut self) {
+        let bound = self.config.cache_bytes;
+        let mut total = self.cache_bytes();
+        let mut parsed: Vec<(u64, FileId, u64)> = self
+            .files
+            .iter_mut()
+            .filter(|(_, f)| f.is_parsed())
+            .map(|(id, f)| (f.last_parsed, id, f.parsed_bytes()))
+            .collect();
+        parsed.sort_unstable();
+        for (_, id, bytes) in parsed {
+            if total <= bound {
+                return;
+            }
+            self.release_parsed(id);
+            self.stats.parsed_released += 1;
+            total = total.saturating_sub(bytes);
+        }
+        let mut located: Vec<(u64, FileId, u64)> = self
+            .files
+            .iter_mut()
+            .filter(|(_, f)| !f.locations.is_empty())
+            .map(|(id, f)| (f.last_used, id, f.locations_bytes()))
+            .collect();
+        located.sort_unstable();
+        for (_, id, bytes) in located {
+            if total <= bound {
+                return;
+            }
+            self.files.get_mut(id).forget_locations();
             self.stats.evictions += 1;
             total = total.saturating_sub(bytes);
         }
@@ -83,5 +135,16 @@ impl Symbolizer {
             fresh.stats.file_resets += 1;
             *self = fresh;
         }
+    }
+}
+
+/// Returns the heap just freed to the system. glibc keeps freed memory for reuse, and its
+/// mmap threshold grows after large frees, so tens of MiB of a parse let go would otherwise
+/// stay in our RSS until reused.
+fn give_back_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

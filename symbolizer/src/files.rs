@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::elf_info::{hex, ElfInfo};
 use crate::maps::MapsEntry;
+use crate::resident::Inode;
 use emberprof_model::{Location, Module};
 
 /// Index of an opened file in the table; never reused.
@@ -27,7 +28,8 @@ pub(crate) enum SymbolSource {
     DebugFile(PathBuf),
 }
 
-/// Rough heap cost of one resolved location, for the memory bound.
+/// Heap cost of one resolved location where the heap is not measured (the program did not
+/// install `heap::CountingAllocator`).
 pub(crate) const LOCATION_BYTES: u64 = 256;
 
 pub(crate) struct OpenFile {
@@ -41,31 +43,70 @@ pub(crate) struct OpenFile {
     pub(crate) root: Option<PathBuf>,
     /// Headers, read at the first symbolization.
     pub(crate) info: Option<Result<ElfInfo, String>>,
-    /// `None` until first used, and again after eviction.
+    /// Where its names come from while blazesym holds it parsed: `None` until first used,
+    /// and again once the parsed state is let go.
     pub(crate) source: Option<SymbolSource>,
     /// The names are provisional: a debuginfod fetch for this file is under way.
     pub(crate) awaiting_debuginfo: bool,
     /// Its symbols could not be read: frames stay `module+offset`.
     pub(crate) broken: bool,
     pub(crate) locations: HashMap<u64, Arc<Location>>,
-    /// Bytes of the mapped file blazesym parses, while its parsed state is held.
-    pub(crate) parsed_bytes: u64,
-    /// Tick of the last symbolization that used it.
+    /// Device and inode of the file blazesym maps for it (itself or its debug file).
+    pub(crate) parsed_inode: Option<Inode>,
+    /// Heap blazesym keeps for it (parsed symbol tables, DWARF units, line tables), as
+    /// measured around each call; the file's size where the heap is not measured.
+    pub(crate) parsed_heap: u64,
+    /// Pages of the mapped file resident in our memory, as of the last look.
+    pub(crate) resident: u64,
+    /// Heap of the resolved locations, measured as they were made.
+    pub(crate) locations_heap: u64,
+    /// Symbolize call (tick) that last looked an address up in it, for the locations.
     pub(crate) last_used: u64,
+    /// Symbolize call that last asked blazesym (an address not yet resolved), for the
+    /// parsed state.
+    pub(crate) last_parsed: u64,
+    /// It was parsed before: parsing it again is a re-parse, the price of the bound.
+    pub(crate) ever_parsed: bool,
 }
 
 impl OpenFile {
-    /// What this file costs in memory now: the file blazesym maps and parses, and the
-    /// locations kept.
+    /// What this file costs in memory now: blazesym's parsed state, its mapped pages in
+    /// our memory, and the locations kept.
     pub(crate) fn bytes(&self) -> u64 {
-        self.parsed_bytes + self.locations.len() as u64 * LOCATION_BYTES
+        self.parsed_bytes() + self.locations_bytes()
     }
 
-    /// Forgets the parsed state and the resolved locations; the file stays open.
-    pub(crate) fn unload(&mut self) {
+    /// Memory of the parsed state: heap and resident mapped pages.
+    pub(crate) fn parsed_bytes(&self) -> u64 {
+        self.parsed_heap + self.resident
+    }
+
+    /// Memory of the resolved locations.
+    pub(crate) fn locations_bytes(&self) -> u64 {
+        if crate::heap::counting() {
+            self.locations_heap
+        } else {
+            self.locations.len() as u64 * LOCATION_BYTES
+        }
+    }
+
+    /// Whether blazesym holds it parsed now.
+    pub(crate) fn is_parsed(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// Forgets the parsed state (the caller evicts it from blazesym); the locations and
+    /// the open file stay.
+    pub(crate) fn release_parsed(&mut self) {
         self.source = None;
-        self.parsed_bytes = 0;
+        self.parsed_heap = 0;
+        self.resident = 0;
+    }
+
+    /// Forgets the resolved locations.
+    pub(crate) fn forget_locations(&mut self) {
         self.locations = HashMap::new();
+        self.locations_heap = 0;
     }
 }
 
@@ -182,8 +223,13 @@ impl FileTable {
             awaiting_debuginfo: false,
             broken: false,
             locations: HashMap::new(),
-            parsed_bytes: 0,
+            parsed_inode: None,
+            parsed_heap: 0,
+            resident: 0,
+            locations_heap: 0,
             last_used: 0,
+            last_parsed: 0,
+            ever_parsed: false,
         });
         Some(id)
     }

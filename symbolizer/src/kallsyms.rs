@@ -87,9 +87,14 @@ impl Kallsyms {
             rows.push((addr, name, module));
         }
         rows.sort_by_key(|r| r.0);
+        // Sized exactly: grown by doubling, the table would hold up to twice its ~5 MiB.
         let mut k = Kallsyms {
             modules,
             hidden: !any_nonzero,
+            addrs: Vec::with_capacity(rows.len()),
+            name_starts: Vec::with_capacity(rows.len()),
+            names: String::with_capacity(rows.iter().map(|r| r.1.len()).sum()),
+            module_of: Vec::with_capacity(rows.len()),
             ..Kallsyms::default()
         };
         for (start, end) in [("_stext", "_etext"), ("_sinittext", "_einittext")] {

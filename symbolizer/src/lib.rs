@@ -17,6 +17,7 @@ mod eviction;
 #[cfg(test)]
 mod eviction_tests;
 mod files;
+pub mod heap;
 mod kallsyms;
 mod kernel_symbols;
 #[cfg(test)]
@@ -32,15 +33,19 @@ mod process;
 mod process_table;
 #[cfg(test)]
 mod process_table_tests;
+mod resident;
 mod stats;
 mod symbol_source;
 mod symbolizer;
 #[cfg(test)]
 mod test_support;
 
-pub use config::{
-    SymbolizerConfig, DEFAULT_CACHE_BYTES, DEFAULT_FILE_LIMIT, DEFAULT_MIN_IDLE_CALLS,
-};
+// The tests measure what parsing keeps, as the agent does.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: heap::CountingAllocator = heap::CountingAllocator;
+
+pub use config::{SymbolizerConfig, DEFAULT_CACHE_BYTES, DEFAULT_FILE_LIMIT};
 pub use debug_files::DEFAULT_DEBUG_DIRS;
 pub use debuginfod::{default_cache_dir, parse_urls, DebuginfodConfig};
 pub use maps::{parse_maps, MapsEntry};

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::files::FileId;
+use crate::heap::HeapDelta;
 use crate::perf_map;
 use crate::symbolizer::Symbolizer;
 use emberprof_model::{Frame, FrameKind, KernelSample, Location, Stack};
@@ -147,9 +148,13 @@ impl Symbolizer {
             self.stats.cache_misses += offsets.len() as u64;
             let named = self.symbolize_in_file(file, &offsets);
             let f = self.files.get_mut(file);
+            f.last_parsed = self.tick;
+            let held = HeapDelta::start();
             for (offset, location) in offsets.iter().zip(named) {
                 f.locations.insert(*offset, location);
             }
+            // The map's growth; the locations themselves were measured as they were made.
+            f.locations_heap = f.locations_heap.saturating_add_signed(held.kept());
         }
         if !kernel.is_empty() {
             self.fill_kernel(kernel);

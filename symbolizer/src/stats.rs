@@ -11,13 +11,33 @@ pub struct SymbolizerStats {
     pub cache_misses: u64,
     /// Distinct files opened (one per build ID, else per device, inode and mtime).
     pub files: u64,
-    /// Times a file's symbols were loaded and parsed (again after an eviction).
+    /// Times a file's symbols were loaded and parsed (the first time and re-parses).
     pub files_parsed: u64,
     /// Files named from a separate debug file (debug directory, debug link or debuginfod).
     pub debug_files: u64,
-    /// Bytes the caches account for now: parsed files, resolved locations, kernel symbols.
+    /// Memory the caches hold now, the sum of the four parts below (measured where the
+    /// program installed `heap::CountingAllocator`, else estimated from file sizes).
     pub cache_bytes: u64,
-    /// Files whose parsed symbols and locations were let go to stay under the byte bound.
+    /// Heap blazesym keeps for the files it holds parsed: symbol tables, DWARF units, lines.
+    pub parsed_heap_bytes: u64,
+    /// Pages of the files blazesym maps that stay resident in our memory between calls
+    /// (those it touched are given back after each call unless the file is also mapped
+    /// otherwise).
+    pub mapped_resident_bytes: u64,
+    /// The most mapped pages one call touched before they were given back.
+    pub mapped_peak_bytes: u64,
+    /// Heap of the resolved user locations.
+    pub location_bytes: u64,
+    /// Kernel symbols (kallsyms) and resolved kernel locations.
+    pub kernel_bytes: u64,
+    /// Times a file's parsed state was let go to stay under the byte bound.
+    pub parsed_released: u64,
+    /// Times a file had to be parsed again after its parsed state was let go.
+    pub reparses: u64,
+    /// Nanoseconds spent in symbolize calls on files not held parsed (first parses and
+    /// re-parses), the CPU cost of the bound.
+    pub parse_ns: u64,
+    /// Files whose resolved locations were let go to stay under the byte bound.
     pub evictions: u64,
     /// Processes whose mappings were captured.
     pub processes: u64,

@@ -2,6 +2,8 @@
 //! this host (or in the process's root), or one fetched from debuginfod, after which the
 //! file is named again from it.
 
+use std::os::unix::fs::MetadataExt;
+
 use crate::debug_files::DebugSearch;
 use crate::debuginfod::Lookup;
 use crate::elf_info::ElfInfo;
@@ -16,7 +18,8 @@ impl Symbolizer {
         };
         for build_id in d.arrived() {
             if let Some(id) = self.files.by_build_id(&build_id) {
-                self.unload(id);
+                self.release_parsed(id);
+                self.files.get_mut(id).forget_locations();
             }
         }
     }
@@ -62,12 +65,21 @@ impl Symbolizer {
             SymbolSource::Itself => &file.path,
             SymbolSource::DebugFile(p) => p,
         };
-        file.parsed_bytes = std::fs::metadata(parsed).map_or(0, |m| m.len());
+        let meta = std::fs::metadata(parsed).ok();
+        file.parsed_inode = meta.as_ref().map(|m| (m.dev(), m.ino()));
+        if !crate::heap::counting() {
+            // Nothing measures the heap: count the whole file, as blazesym maps it whole.
+            file.parsed_heap = meta.as_ref().map_or(0, |m| m.len());
+        }
         if matches!(source, SymbolSource::DebugFile(_)) {
             self.stats.debug_files += 1;
         }
         self.stats.files_parsed += 1;
-        tracing::debug!(module = %file.module.path, ?source, bytes = file.parsed_bytes, "loading symbols");
+        if file.ever_parsed {
+            self.stats.reparses += 1;
+        }
+        file.ever_parsed = true;
+        tracing::debug!(module = %file.module.path, ?source, "loading symbols");
         file.source = Some(source);
     }
 }

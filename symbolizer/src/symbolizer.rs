@@ -96,6 +96,14 @@ impl Symbolizer {
         let mut s = self.stats;
         s.files = self.files.len() as u64;
         s.cache_entries = self.kernel_cache.len() as u64;
+        for id in 0..self.files.len() {
+            let f = self.files.get(id);
+            s.parsed_heap_bytes += f.parsed_heap;
+            s.mapped_resident_bytes += f.resident;
+            s.location_bytes += f.locations_bytes();
+        }
+        s.kernel_bytes =
+            self.kernel_cache.len() as u64 * crate::files::LOCATION_BYTES + self.kallsyms.bytes();
         s.cache_bytes = self.cache_bytes();
         s.processes_held = self.processes.len() as u64;
         s.perf_maps.bytes = self

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use crate::collector::TestCollector;
 use crate::support::{bpf_test, get, prometheus_value, spawn_until, workload_binary};
 
-/// The RSS bound the README states for the agent.
-const RSS_BOUND: f64 = 256.0 * 1024.0 * 1024.0;
+/// The RSS bound the README states for the agent in steady state (the export queue, empty
+/// here, comes on top).
+const RSS_BOUND: f64 = 64.0 * 1024.0 * 1024.0;
 
 /// An unlabelled value from the agent's /metrics.
 fn metric(port: u16, name: &str) -> f64 {
@@ -72,6 +73,11 @@ fn under_process_churn_memory_stays_bounded_and_no_interval_is_lost() {
         peak = peak.max(r);
         samples.push(r);
     }
+    let cache = String::from_utf8_lossy(&get(port, "/metrics").1)
+        .lines()
+        .filter(|l| l.starts_with("emberprof_symbolizer_cache_bytes{"))
+        .collect::<Vec<_>>()
+        .join(", ");
     stop.store(true, Ordering::Relaxed);
     let processes = churn.join().unwrap();
     // SAFETY: plain kill(2) of our child.
@@ -79,7 +85,7 @@ fn under_process_churn_memory_stays_bounded_and_no_interval_is_lost() {
     assert!(agent.wait().unwrap().success(), "{log}");
     let ran = started.elapsed().as_secs_f64();
     eprintln!(
-        "soak: {secs} s, {processes} processes, RSS peak {:.1} MiB, samples {:?}",
+        "soak: {secs} s, {processes} processes, RSS peak {:.1} MiB, samples {:?}; {cache}",
         peak / 1048576.0,
         samples
             .iter()
@@ -88,8 +94,8 @@ fn under_process_churn_memory_stays_bounded_and_no_interval_is_lost() {
     );
     assert!(processes > 100, "only {processes} processes were started");
     assert!(
-        peak < RSS_BOUND,
-        "RSS peaked at {:.1} MiB",
+        peak <= RSS_BOUND,
+        "RSS peaked at {:.1} MiB; the symbolizer's cache: {cache}",
         peak / 1048576.0
     );
 

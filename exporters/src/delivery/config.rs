@@ -63,7 +63,7 @@ impl Default for OtlpConfig {
             client_cert: None,
             client_key: None,
             resource_attributes: Vec::new(),
-            queue_bytes: 64 << 20,
+            queue_bytes: 32 << 20,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             max_retry_time: Duration::from_secs(300),

@@ -56,6 +56,8 @@ struct Collector {
     /// Where each profiles request is also written, length-prefixed, before it is answered
     /// (a collector in a child process reports to its parent this way).
     mirror: Arc<Mutex<Option<Box<dyn std::io::Write + Send>>>>,
+    /// Answers OK and keeps nothing (a benchmark's endpoint, which must not grow).
+    forgetful: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Collector {
@@ -110,6 +112,9 @@ impl ProfilesService for Collector {
         request: Request<ExportProfilesServiceRequest>,
     ) -> Result<Response<ExportProfilesServiceResponse>, Status> {
         self.wait_unless_stalled().await;
+        if self.forgetful.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Response::new(ExportProfilesServiceResponse::default()));
+        }
         self.call(&request)?;
         let request = request.into_inner();
         self.mirror(b'P', &request)?;
@@ -140,6 +145,9 @@ impl MetricsService for Collector {
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         self.wait_unless_stalled().await;
+        if self.forgetful.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Response::new(ExportMetricsServiceResponse::default()));
+        }
         self.call(&request)?;
         let request = request.into_inner();
         self.mirror(b'M', &request)?;
@@ -287,6 +295,13 @@ impl TestCollector {
     /// (metrics), a little-endian u32 length, the encoded request.
     pub fn mirror_to(&self, out: Box<dyn std::io::Write + Send>) {
         *self.collector.mirror.lock().unwrap() = Some(out);
+    }
+
+    /// Answers every call OK from now on and keeps nothing of it.
+    pub fn keep_nothing(&self) {
+        self.collector
+            .forgetful
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes calls hang (true) before anything is recorded, or answer again (false).
