@@ -39,6 +39,7 @@ mod symbol_source;
 mod symbolizer;
 #[cfg(test)]
 mod test_support;
+pub mod unwind;
 
 // The tests measure what parsing keeps, as the agent does.
 #[cfg(test)]
