@@ -40,6 +40,7 @@ mod symbolizer;
 #[cfg(test)]
 mod test_support;
 pub mod unwind;
+mod vdso;
 
 // The tests measure what parsing keeps, as the agent does.
 #[cfg(test)]

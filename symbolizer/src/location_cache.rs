@@ -107,6 +107,29 @@ impl Symbolizer {
                             .unwrap_or_default(),
                     }))
                 }
+                (None, Some(module)) if &*module.path == "[vdso]" => {
+                    let vdso = self
+                        .vdso
+                        .get_or_init(crate::vdso::Vdso::own)
+                        .as_ref()
+                        .filter(|v| v.len == m.end - m.start);
+                    let name = vdso.and_then(|v| v.lookup(offset));
+                    Err(Arc::new(Location {
+                        kind: FrameKind::Native,
+                        module: Some(vdso.map_or(module, |v| v.module.clone())),
+                        address: offset,
+                        segment: None,
+                        frames: name
+                            .map(|function| {
+                                vec![Frame {
+                                    function,
+                                    file: None,
+                                    line: 0,
+                                }]
+                            })
+                            .unwrap_or_default(),
+                    }))
+                }
                 (None, module) => Err(Arc::new(Location {
                     kind: FrameKind::Native,
                     module,

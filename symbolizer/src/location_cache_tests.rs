@@ -40,3 +40,30 @@ fn garbage_callers_end_the_stack_in_one_unknown_frame() {
     assert!(!stack[0].is_unknown());
     assert_eq!(stack[1].to_string(), "[unknown]");
 }
+
+/// A frame in the vdso is named from the vdso's own symbols, where glibc's loader finds
+/// the same function.
+#[test]
+fn a_frame_in_the_vdso_is_named() {
+    // SAFETY: looking up an object the loader already has (RTLD_NOLOAD) and a symbol in it.
+    let f = unsafe {
+        let h = libc::dlopen(
+            c"linux-vdso.so.1".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_NOLOAD,
+        );
+        assert!(!h.is_null(), "glibc lists the vdso as linux-vdso.so.1");
+        libc::dlsym(h, c"__vdso_clock_gettime".as_ptr()) as u64
+    };
+    assert_ne!(f, 0);
+    let mut s = Symbolizer::new();
+    let stack = symbolize_one(&mut s, std::process::id(), &[f + 1], &[]);
+    let leaf = &stack[0];
+    assert_eq!(
+        leaf.frames.first().map(|f| &*f.function),
+        Some("__vdso_clock_gettime"),
+        "{leaf}"
+    );
+    let module = leaf.module.as_ref().unwrap();
+    assert_eq!(&*module.path, "[vdso]");
+    assert!(module.build_id.is_some());
+}

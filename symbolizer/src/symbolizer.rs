@@ -38,6 +38,8 @@ pub struct Symbolizer {
     pub(crate) perf_map_budget: Arc<Budget>,
     /// Bytes perf maps may still read in this symbolize call.
     pub(crate) perf_map_read_left: u64,
+    /// The vdso's functions, read from our own memory at the first vdso frame.
+    pub(crate) vdso: std::cell::OnceCell<Option<crate::vdso::Vdso>>,
 }
 
 impl Default for Symbolizer {
@@ -88,6 +90,7 @@ impl Symbolizer {
             tick: 0,
             perf_map_budget: Budget::new(perf_map::HOST_SYMBOLS),
             perf_map_read_left: perf_map::READ_PER_CALL,
+            vdso: std::cell::OnceCell::new(),
         }
     }
 

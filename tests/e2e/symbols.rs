@@ -15,6 +15,7 @@ crate::harness::tests![
     an_exited_process_is_forgotten_by_the_kernel_so_a_reused_pid_is_announced_again,
     off_cpu_only_recordings_name_a_short_lived_process_too,
     a_process_that_execs_every_quarter_second_keeps_its_frames,
+    frames_in_the_vdso_are_named,
 ];
 
 fn process_that_lives_200ms_between_drains_is_named() {
@@ -254,5 +255,49 @@ fn a_process_that_execs_every_quarter_second_keeps_its_frames() {
         named as f64 >= 0.9 * total as f64,
         "{named} of {total} samples named in burn_heavy:\n{}",
         std::fs::read_to_string(&rec.file).unwrap_or_default()
+    );
+}
+
+/// A program reading the clock in a loop spends most of its time in the vdso: those frames
+/// carry the vdso's function names (`[vdso]+0x…` before), under a `[vdso]` mapping.
+fn frames_in_the_vdso_are_named() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["vdso", "6000"]);
+    let pid = w.pid().to_string();
+    let rec = record(
+        "vdso.pb.gz",
+        &["--pid", &pid, "--duration", "2", "--frequency", "99"],
+    );
+    drop(w);
+    let profile = decode_gz_pprof(&std::fs::read(&rec.file).expect("reading the profile"));
+    let functions = crate::support::pprof_functions(&profile);
+    assert!(
+        !functions.iter().any(|f| f.starts_with("[vdso]")),
+        "unnamed vdso frames: {functions:?}"
+    );
+    let leaf_name = |sample: &pprof::protos::Sample| -> Option<(String, String)> {
+        let leaf = *sample.location_id.first()?;
+        let loc = profile.location.iter().find(|l| l.id == leaf)?;
+        let function_id = loc.line.first()?.function_id;
+        let function = profile.function.iter().find(|f| f.id == function_id)?;
+        let mapping = profile.mapping.iter().find(|m| m.id == loc.mapping_id)?;
+        Some((
+            profile.string_table[function.name as usize].clone(),
+            profile.string_table[mapping.filename as usize].clone(),
+        ))
+    };
+    // Weighed by samples (the first value), not by distinct stacks.
+    let weight = |s: &pprof::protos::Sample| s.value.first().copied().unwrap_or(0);
+    let total: i64 = profile.sample.iter().map(weight).sum();
+    let in_vdso: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| leaf_name(s).is_some_and(|(f, m)| f == "__vdso_clock_gettime" && m == "[vdso]"))
+        .map(weight)
+        .sum();
+    eprintln!("vdso: {in_vdso} of {total} samples end in __vdso_clock_gettime");
+    assert!(
+        total >= 50 && in_vdso * 4 >= total,
+        "{in_vdso} of {total} samples end in __vdso_clock_gettime: {functions:?}"
     );
 }

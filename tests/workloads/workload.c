@@ -525,10 +525,20 @@ static int jit(long ms)
 	return 0;
 }
 
+/* Reads the clock in a loop: most of the time is in the vdso's __vdso_clock_gettime. */
+__attribute__((noinline)) static void read_clock_in_vdso(long ms)
+{
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (running && (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -589,6 +599,9 @@ int main(int argc, char **argv)
 		return 0;
 	} else if (strcmp(argv[1], "jit") == 0 && argc > 2) {
 		return jit(atol(argv[2]));
+	} else if (strcmp(argv[1], "vdso") == 0 && argc > 2) {
+		read_clock_in_vdso(atol(argv[2]));
+		return 0;
 	} else if (strcmp(argv[1], "syscalls") == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		if (fd < 0) {
