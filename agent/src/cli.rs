@@ -168,8 +168,9 @@ pub struct SymbolArgs {
     /// $XDG_CACHE_HOME/emberprof/debuginfod].
     #[arg(long, value_name = "DIR")]
     pub debuginfod_cache: Option<PathBuf>,
-    /// Memory the symbol caches may use, in MiB (parsed files and resolved addresses; least
-    /// recently used files are let go first).
+    /// Memory the symbol caches may hold, in MiB, measured: parsed files, resolved addresses
+    /// and kernel symbols. Past it, parsed files are let go first (and parsed again when a
+    /// new address needs them), then resolved addresses.
     #[arg(long, value_name = "MIB", default_value_t = 48)]
     pub symbol_cache_mib: u64,
     /// Files the symbolizer keeps open; past it, all are let go at the end of an interval
