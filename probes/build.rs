@@ -42,6 +42,19 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_hist", "slots"),
     ("ep_hist", "zero"),
     ("ep_hist", "sum_ns"),
+    ("ep_unwind_rule", "kind"),
+    ("ep_unwind_rule", "rbp_saved"),
+    ("ep_unwind_rule", "cfa_offset"),
+    ("ep_unwind_rule", "rbp_offset"),
+    ("ep_unwind_entry", "pc"),
+    ("ep_unwind_entry", "rule"),
+    ("ep_unwind_mapping", "start"),
+    ("ep_unwind_mapping", "end"),
+    ("ep_unwind_mapping", "bias"),
+    ("ep_unwind_mapping", "first"),
+    ("ep_unwind_mapping", "count"),
+    ("ep_unwind_proc", "count"),
+    ("ep_unwind_proc", "mappings"),
 ];
 
 /// Durations whose C histogram slot the layout program prints, for the bucket-mapping test.

@@ -21,6 +21,7 @@ mod sinks;
 mod stop_signal;
 mod symbols;
 mod timings;
+mod unwind_loader;
 mod watcher;
 
 use std::io::IsTerminal;

@@ -97,14 +97,24 @@ pub struct Session {
     span_start: SystemTime,
     count_map_entries: u32,
     timings: IntervalTimings,
+    /// The unwind tables written to the CPU sampler.
+    unwind: crate::unwind_loader::UnwindLoader,
 }
 
 impl Session {
     /// Loads and attaches the profilers asked for and starts the process watcher.
     pub fn start(config: SessionConfig) -> anyhow::Result<Session> {
         let mut runs = Vec::new();
+        let mut symbolizer = config.symbolizer;
+        let mut unwind = crate::unwind_loader::UnwindLoader::default();
         if let Some(c) = &config.cpu {
-            let sampler = CpuSampler::start(c).context("starting the CPU sampler")?;
+            let mut sampler = CpuSampler::load(c).context("starting the CPU sampler")?;
+            // Tables of the processes known now before the first sample, so that none of
+            // theirs is walked without.
+            unwind.sync(&mut symbolizer, &mut sampler);
+            sampler
+                .start_sampling(c)
+                .context("starting the CPU sampler")?;
             runs.push(Run {
                 profiler: Box::new(sampler),
                 kind: ProfileKind::Cpu,
@@ -134,10 +144,10 @@ impl Session {
             .iter_mut()
             .find_map(|r| r.profiler.take_new_processes())
             .and_then(ProcessWatcher::start);
-        Ok(Session {
+        let mut session = Session {
             runs,
             histograms,
-            symbolizer: config.symbolizer,
+            symbolizer,
             watcher,
             processes: config.attributes.then(HashMap::new),
             extra: config.extra,
@@ -145,7 +155,10 @@ impl Session {
             span_start: config.start,
             count_map_entries: config.count_map_entries,
             timings: IntervalTimings::default(),
-        })
+            unwind,
+        };
+        session.load_unwind_tables();
+        Ok(session)
     }
 
     /// The profilers and what they collected.
@@ -177,11 +190,21 @@ impl Session {
         &mut self.symbolizer
     }
 
+    /// Loads the unwind tables of processes the symbolizer met since the last call.
+    fn load_unwind_tables(&mut self) {
+        for run in &mut self.runs {
+            if let Some(target) = run.profiler.unwind_target() {
+                self.unwind.sync(&mut self.symbolizer, target);
+            }
+        }
+    }
+
     /// Reads what the kernel aggregated since the last drain into the spans' profiles.
     pub fn drain(&mut self) -> anyhow::Result<()> {
         if let Some(w) = &self.watcher {
             w.deliver(&mut self.symbolizer, self.processes.as_mut());
         }
+        self.load_unwind_tables();
         for i in 0..self.runs.len() {
             let drained = self
                 .timings

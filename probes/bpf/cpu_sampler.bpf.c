@@ -64,6 +64,7 @@ static __always_inline void ep_announce_lost(void)
 }
 
 #include "announce.bpf.h"
+#include "unwind.bpf.h"
 
 /* 64-bit multiply-rotate mix per frame, then a finalizer, seeded with the depth. */
 static __always_inline __u64 ep_stack_hash(const struct ep_stack *s, __u32 frames)
@@ -91,8 +92,8 @@ static __always_inline __u64 ep_stack_hash(const struct ep_stack *s, __u32 frame
  * Captures one stack and stores it under its hash: *id is the hash, or 0 with *err set to
  * why there is none.
  */
-static __always_inline void ep_stack(void *ctx, void *stacks, __u64 flags, __u32 full_counter,
-				     __u64 *id, __s32 *err)
+static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 flags,
+				     __u32 full_counter, __u64 *id, __s32 *err)
 {
 	__u32 zero = 0;
 	struct ep_stack *buf = bpf_map_lookup_elem(&ep_stack_scratch, &zero);
@@ -105,8 +106,18 @@ static __always_inline void ep_stack(void *ctx, void *stacks, __u64 flags, __u32
 		ep_count(EP_CNT_STACK_ERROR);
 		return;
 	}
+	long bytes = 0;
+	if (flags & BPF_F_USER_STACK) {
+		/* By the process's unwind tables, if it has any (0 frames: it has none). */
+		__u32 end = 0;
+		long n = ep_unwind_user(buf, tgid, &end);
+		if (end)
+			ep_count(EP_CNT_UNWIND_NO_RULE + end - EP_WALK_NO_RULE);
+		bytes = n > 0 ? n * (long)sizeof(__u64) : n;
+	}
 	/* Zero-fills past the last frame, so equal stacks are equal values. */
-	long bytes = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), flags);
+	if (!bytes)
+		bytes = bpf_get_stack(ctx, buf->ips, sizeof(buf->ips), flags);
 	if (bytes <= 0) {
 		*err = bytes ? (__s32)bytes : EP_STACK_ERR_NONE;
 		if (bytes && bytes != -EP_EFAULT)
@@ -125,9 +136,9 @@ static __always_inline void ep_stack(void *ctx, void *stacks, __u64 flags, __u32
 
 static __always_inline void ep_record(void *ctx, struct ep_sample_key *key, void *stacks, void *counts)
 {
-	ep_stack(ctx, stacks, BPF_F_USER_STACK, EP_CNT_USER_STACK_MAP_FULL, &key->user_stack,
-		 &key->user_err);
-	ep_stack(ctx, stacks, 0, EP_CNT_KERNEL_STACK_MAP_FULL, &key->kernel_stack,
+	ep_stack(ctx, key->tgid, stacks, BPF_F_USER_STACK, EP_CNT_USER_STACK_MAP_FULL,
+		 &key->user_stack, &key->user_err);
+	ep_stack(ctx, key->tgid, stacks, 0, EP_CNT_KERNEL_STACK_MAP_FULL, &key->kernel_stack,
 		 &key->kernel_err);
 
 	__u64 *count = bpf_map_lookup_elem(counts, key);

@@ -107,7 +107,11 @@ enum ep_counter {
 	EP_CNT_COUNT_MAP_FULL = 5,
 	/* New processes that could not be announced to user space (ring buffer full). */
 	EP_CNT_ANNOUNCE_LOST = 6,
-	EP_CNT_MAX = 7,
+	/* User-stack walks that ended at a pc without a rule, a failed read, or the depth. */
+	EP_CNT_UNWIND_NO_RULE = 7,
+	EP_CNT_UNWIND_BAD_READ = 8,
+	EP_CNT_UNWIND_DEPTH = 9,
+	EP_CNT_MAX = 10,
 };
 
 /*
@@ -240,5 +244,61 @@ static inline __u32 ep_hist_slot(__u64 v)
 	r += 1;
 	return r < EP_HIST_SLOTS ? r : EP_HIST_SLOTS - 1;
 }
+
+
+/*
+ * Unwind tables (issue 17): user stacks walked from .eh_frame rules where a process's
+ * mapping has a table, by frame pointers elsewhere.
+ *
+ * Rules are few and shared by every file (a few thousand distinct on a whole host);
+ * entries are a file's sorted ranges, each the start of a range (relative to the file's
+ * table base) and its rule; a process lists its executable mappings, each pointing at its
+ * file's entries.
+ */
+#define EP_UNWIND_RULES 16384
+#define EP_UNWIND_ENTRIES (1 << 21)
+#define EP_UNWIND_PROCS 4096
+#define EP_UNWIND_MAPPINGS 64
+
+/* ep_unwind_rule.kind */
+#define EP_RULE_NONE 0     /* no rule: the walk ends with a marker */
+#define EP_RULE_CFA_RSP 1  /* CFA = RSP + cfa_offset */
+#define EP_RULE_CFA_RBP 2  /* CFA = RBP + cfa_offset */
+#define EP_RULE_STOP 3     /* the outermost frame: the walk is complete */
+#define EP_RULE_PLT 4      /* CFA = RSP + 8, + 8 from byte 11 of each 16-byte PLT entry */
+#define EP_RULE_SIGNAL 5   /* the signal trampoline: registers in the ucontext */
+
+struct ep_unwind_rule {
+	__u8 kind;
+	/* Whether the caller's RBP is saved at CFA + rbp_offset (else it is unchanged). */
+	__u8 rbp_saved;
+	__u16 reserved;
+	__s32 cfa_offset;
+	__s32 rbp_offset;
+};
+
+struct ep_unwind_entry {
+	/* Start of the range, relative to the file's table base. */
+	__u32 pc;
+	/* Index into ep_unwind_rules. */
+	__u32 rule;
+};
+
+struct ep_unwind_mapping {
+	__u64 start;
+	__u64 end;
+	/* Runtime address minus this is the table-relative pc. */
+	__u64 bias;
+	/* The file's entries: ep_unwind_entries[first, first + count). */
+	__u32 first;
+	__u32 count;
+};
+
+struct ep_unwind_proc {
+	__u32 count;
+	__u32 reserved;
+	/* Sorted by start. */
+	struct ep_unwind_mapping mappings[EP_UNWIND_MAPPINGS];
+};
 
 #endif

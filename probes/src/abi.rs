@@ -132,6 +132,9 @@ pub enum Counter {
     StackError = 4,
     CountMapFull = 5,
     AnnounceLost = 6,
+    UnwindNoRule = 7,
+    UnwindBadRead = 8,
+    UnwindDepth = 9,
 }
 
 impl From<Counter> for u32 {
@@ -142,7 +145,7 @@ impl From<Counter> for u32 {
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Samples,
         Counter::Idle,
         Counter::UserStackMapFull,
@@ -150,8 +153,76 @@ impl Counter {
         Counter::StackError,
         Counter::CountMapFull,
         Counter::AnnounceLost,
+        Counter::UnwindNoRule,
+        Counter::UnwindBadRead,
+        Counter::UnwindDepth,
     ];
 }
+
+/// Distinct unwind rules the kernel holds (`EP_UNWIND_RULES`).
+pub const UNWIND_RULES: usize = 16384;
+/// Unwind table entries the kernel holds, all files together (`EP_UNWIND_ENTRIES`).
+pub const UNWIND_ENTRIES: usize = 1 << 21;
+/// Processes with unwind tables (`EP_UNWIND_PROCS`).
+pub const UNWIND_PROCS: usize = 4096;
+/// Executable mappings listed per process (`EP_UNWIND_MAPPINGS`).
+pub const UNWIND_MAPPINGS: usize = 64;
+
+/// `ep_unwind_rule.kind`.
+pub mod rule_kind {
+    pub const NONE: u8 = 0;
+    pub const CFA_RSP: u8 = 1;
+    pub const CFA_RBP: u8 = 2;
+    pub const STOP: u8 = 3;
+    pub const PLT: u8 = 4;
+    pub const SIGNAL: u8 = 5;
+}
+
+/// One unwind rule (`struct ep_unwind_rule`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRule {
+    pub kind: u8,
+    pub rbp_saved: u8,
+    pub reserved: u16,
+    pub cfa_offset: i32,
+    pub rbp_offset: i32,
+}
+
+/// One range of a file's table (`struct ep_unwind_entry`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindEntry {
+    pub pc: u32,
+    pub rule: u32,
+}
+
+/// One executable mapping of a process (`struct ep_unwind_mapping`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub first: u32,
+    pub count: u32,
+}
+
+/// A process's mappings with tables (`struct ep_unwind_proc`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindProc {
+    pub count: u32,
+    pub reserved: u32,
+    pub mappings: [UnwindMapping; UNWIND_MAPPINGS],
+}
+
+// SAFETY: plain integers, laid out as the C structs (checked by the layout tests).
+unsafe impl aya::Pod for UnwindRule {}
+// SAFETY: as above.
+unsafe impl aya::Pod for UnwindEntry {}
+// SAFETY: as above.
+unsafe impl aya::Pod for UnwindProc {}
 
 /// Frames per stack the kernel records (`EP_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -455,6 +526,19 @@ mod tests {
         ("EP_CNT_STACK_ERROR", Counter::StackError as i64),
         ("EP_CNT_COUNT_MAP_FULL", Counter::CountMapFull as i64),
         ("EP_CNT_ANNOUNCE_LOST", Counter::AnnounceLost as i64),
+        ("EP_CNT_UNWIND_NO_RULE", Counter::UnwindNoRule as i64),
+        ("EP_CNT_UNWIND_BAD_READ", Counter::UnwindBadRead as i64),
+        ("EP_CNT_UNWIND_DEPTH", Counter::UnwindDepth as i64),
+        ("EP_UNWIND_RULES", UNWIND_RULES as i64),
+        ("EP_UNWIND_ENTRIES", UNWIND_ENTRIES as i64),
+        ("EP_UNWIND_PROCS", UNWIND_PROCS as i64),
+        ("EP_UNWIND_MAPPINGS", UNWIND_MAPPINGS as i64),
+        ("EP_RULE_NONE", rule_kind::NONE as i64),
+        ("EP_RULE_CFA_RSP", rule_kind::CFA_RSP as i64),
+        ("EP_RULE_CFA_RBP", rule_kind::CFA_RBP as i64),
+        ("EP_RULE_STOP", rule_kind::STOP as i64),
+        ("EP_RULE_PLT", rule_kind::PLT as i64),
+        ("EP_RULE_SIGNAL", rule_kind::SIGNAL as i64),
         ("EP_CNT_MAX", Counter::ALL.len() as i64),
         ("EP_OFF_BLOCKS", OffCpuCounter::Blocks as i64),
         ("EP_OFF_SHORT", OffCpuCounter::Short as i64),
@@ -594,6 +678,60 @@ mod tests {
         assert_eq!(key.comm_str(), "abc");
         key.comm = [b'a'; COMM_LEN];
         assert_eq!(key.comm_str().len(), COMM_LEN);
+    }
+
+    #[test]
+    fn unwind_types_match_c_layout() {
+        assert_eq!(size_of::<UnwindRule>(), c::EP_UNWIND_RULE_SIZE);
+        assert_eq!(offset_of!(UnwindRule, kind), c::EP_UNWIND_RULE_KIND_OFFSET);
+        assert_eq!(
+            offset_of!(UnwindRule, rbp_saved),
+            c::EP_UNWIND_RULE_RBP_SAVED_OFFSET
+        );
+        assert_eq!(
+            offset_of!(UnwindRule, cfa_offset),
+            c::EP_UNWIND_RULE_CFA_OFFSET_OFFSET
+        );
+        assert_eq!(
+            offset_of!(UnwindRule, rbp_offset),
+            c::EP_UNWIND_RULE_RBP_OFFSET_OFFSET
+        );
+        assert_eq!(size_of::<UnwindEntry>(), c::EP_UNWIND_ENTRY_SIZE);
+        assert_eq!(offset_of!(UnwindEntry, pc), c::EP_UNWIND_ENTRY_PC_OFFSET);
+        assert_eq!(
+            offset_of!(UnwindEntry, rule),
+            c::EP_UNWIND_ENTRY_RULE_OFFSET
+        );
+        assert_eq!(size_of::<UnwindMapping>(), c::EP_UNWIND_MAPPING_SIZE);
+        assert_eq!(
+            offset_of!(UnwindMapping, start),
+            c::EP_UNWIND_MAPPING_START_OFFSET
+        );
+        assert_eq!(
+            offset_of!(UnwindMapping, end),
+            c::EP_UNWIND_MAPPING_END_OFFSET
+        );
+        assert_eq!(
+            offset_of!(UnwindMapping, bias),
+            c::EP_UNWIND_MAPPING_BIAS_OFFSET
+        );
+        assert_eq!(
+            offset_of!(UnwindMapping, first),
+            c::EP_UNWIND_MAPPING_FIRST_OFFSET
+        );
+        assert_eq!(
+            offset_of!(UnwindMapping, count),
+            c::EP_UNWIND_MAPPING_COUNT_OFFSET
+        );
+        assert_eq!(size_of::<UnwindProc>(), c::EP_UNWIND_PROC_SIZE);
+        assert_eq!(
+            offset_of!(UnwindProc, count),
+            c::EP_UNWIND_PROC_COUNT_OFFSET
+        );
+        assert_eq!(
+            offset_of!(UnwindProc, mappings),
+            c::EP_UNWIND_PROC_MAPPINGS_OFFSET
+        );
     }
 
     #[test]

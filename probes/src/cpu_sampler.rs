@@ -14,8 +14,9 @@ use aya::programs::PerfEvent;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{
-    Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES,
-    KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE,
+    Counter, SampleKey, StackTrace, UnwindEntry, UnwindMapping, UnwindRule,
+    DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, STACK_ERR_MAP_FULL,
+    STACK_ERR_NONE,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
@@ -23,7 +24,7 @@ use crate::loader::check_start;
 use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter::{self, PidFilter};
-use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
+use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler, UnwindTarget};
 use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
 
 // The limits a sampler's configuration is checked against, where its users look for them.
@@ -87,6 +88,12 @@ pub struct KernelCounters {
     /// New processes not announced to user space (ring buffer full); they are captured
     /// at the next drain instead, or retried at their next sample.
     pub announce_lost: u64,
+    /// User-stack walks by unwind tables that ended at a pc without a rule.
+    pub unwind_no_rule: u64,
+    /// ... that ended because a return address or RBP could not be read.
+    pub unwind_bad_read: u64,
+    /// ... that reached the frame limit.
+    pub unwind_depth: u64,
 }
 
 impl KernelCounters {
@@ -100,6 +107,9 @@ impl KernelCounters {
             Counter::StackError => &mut self.stack_errors,
             Counter::CountMapFull => &mut self.count_map_full,
             Counter::AnnounceLost => &mut self.announce_lost,
+            Counter::UnwindNoRule => &mut self.unwind_no_rule,
+            Counter::UnwindBadRead => &mut self.unwind_bad_read,
+            Counter::UnwindDepth => &mut self.unwind_depth,
         }
     }
 
@@ -127,6 +137,14 @@ pub struct CpuSampler {
 impl CpuSampler {
     /// Checks privileges, loads the program and attaches it to every online CPU.
     pub fn start(config: &CpuSamplerConfig) -> Result<Self, ProbeError> {
+        let mut sampler = CpuSampler::load(config)?;
+        sampler.attach(config.frequency_hz)?;
+        Ok(sampler)
+    }
+
+    /// Checks privileges and loads the program without sampling yet, so that unwind
+    /// tables can be loaded first (`UnwindTarget`); `start_sampling` attaches it.
+    pub fn load(config: &CpuSamplerConfig) -> Result<Self, ProbeError> {
         if config.frequency_hz == 0 || config.frequency_hz > MAX_FREQUENCY_HZ {
             return Err(ProbeError::Frequency {
                 got: config.frequency_hz,
@@ -172,8 +190,12 @@ impl CpuSampler {
             new_processes: Some(new_processes),
         };
         new_processes::attach_lifecycle(&mut sampler.ebpf);
-        sampler.attach(config.frequency_hz)?;
         Ok(sampler)
+    }
+
+    /// Attaches a loaded sampler to every online CPU.
+    pub fn start_sampling(&mut self, config: &CpuSamplerConfig) -> Result<(), ProbeError> {
+        self.attach(config.frequency_hz)
     }
 
     fn attach(&mut self, frequency_hz: u64) -> Result<(), ProbeError> {
@@ -369,6 +391,27 @@ const HEALTH: &[HealthRow<KernelCounters>] = &[
         label: Some(("reason", "stack_error")),
         value: |k| k.stack_errors,
     },
+    HealthRow {
+        name: "emberprof.cpu.unwind.cut",
+        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
+        unit: "{stack}",
+        label: Some(("reason", "no_rule")),
+        value: |k| k.unwind_no_rule,
+    },
+    HealthRow {
+        name: "emberprof.cpu.unwind.cut",
+        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
+        unit: "{stack}",
+        label: Some(("reason", "bad_read")),
+        value: |k| k.unwind_bad_read,
+    },
+    HealthRow {
+        name: "emberprof.cpu.unwind.cut",
+        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
+        unit: "{stack}",
+        label: Some(("reason", "depth")),
+        value: |k| k.unwind_depth,
+    },
     announce_lost(|k| k.announce_lost),
 ];
 
@@ -404,6 +447,28 @@ impl Profiler for CpuSampler {
 
     fn take_new_processes(&mut self) -> Option<NewProcesses> {
         CpuSampler::take_new_processes(self)
+    }
+
+    fn unwind_target(&mut self) -> Option<&mut dyn UnwindTarget> {
+        Some(self)
+    }
+}
+
+impl UnwindTarget for CpuSampler {
+    fn set_rule(&mut self, index: u32, rule: UnwindRule) -> Result<(), ProbeError> {
+        crate::unwind_maps::set_rule(&mut self.ebpf, index, rule)
+    }
+
+    fn set_entries(&mut self, first: u32, entries: &[UnwindEntry]) -> Result<(), ProbeError> {
+        crate::unwind_maps::set_entries(&mut self.ebpf, first, entries)
+    }
+
+    fn set_process(&mut self, pid: u32, mappings: &[UnwindMapping]) -> Result<(), ProbeError> {
+        crate::unwind_maps::set_process(&mut self.ebpf, pid, mappings)
+    }
+
+    fn forget_process(&mut self, pid: u32) {
+        crate::unwind_maps::forget_process(&mut self.ebpf, pid)
     }
 }
 

@@ -16,6 +16,7 @@ mod hist_series;
 // Typed map access, and the PID filter every program shares.
 mod maps;
 mod pid_filter;
+mod unwind_maps;
 
 // What the loaders share: the buffer switch, process announcements, start checks.
 mod double_buffer;
@@ -36,7 +37,7 @@ pub use hist_series::{HistSeries, HistogramDrain};
 pub use latency::{LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
-pub use profiler::{Drained, Profiler};
+pub use profiler::{Drained, Profiler, UnwindTarget};
 
 #[cfg(test)]
 mod tests {

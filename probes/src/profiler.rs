@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use emberprof_model::{HealthCounter, HealthValue, KernelSample, ProfileKind};
 
+use crate::abi::{UnwindEntry, UnwindMapping, UnwindRule};
 use crate::error::ProbeError;
 use crate::hist_series::HistogramDrain;
 use crate::new_processes::NewProcesses;
@@ -43,6 +44,23 @@ pub trait Profiler {
     fn take_new_processes(&mut self) -> Option<NewProcesses> {
         None
     }
+
+    /// Where to load unwind tables, if it walks user stacks by them.
+    fn unwind_target(&mut self) -> Option<&mut dyn UnwindTarget> {
+        None
+    }
+}
+
+/// A profiler that walks user stacks by unwind tables (`unwind.bpf.h`).
+pub trait UnwindTarget {
+    /// Sets rule `index`, shared by every file's table.
+    fn set_rule(&mut self, index: u32, rule: UnwindRule) -> Result<(), ProbeError>;
+    /// Writes table entries from index `first` on.
+    fn set_entries(&mut self, first: u32, entries: &[UnwindEntry]) -> Result<(), ProbeError>;
+    /// Lists a process's mappings with tables.
+    fn set_process(&mut self, pid: u32, mappings: &[UnwindMapping]) -> Result<(), ProbeError>;
+    /// Forgets a process's mappings.
+    fn forget_process(&mut self, pid: u32);
 }
 
 /// One health metric read from a loader's counters: each loader lists its own.

@@ -67,6 +67,8 @@ pub(crate) struct OpenFile {
     pub(crate) last_parsed: u64,
     /// It was parsed before: parsing it again is a re-parse, the price of the bound.
     pub(crate) ever_parsed: bool,
+    /// Device, inode and modification time: what names this file across resets.
+    pub(crate) identity: Identity,
 }
 
 impl OpenFile {
@@ -110,7 +112,7 @@ impl OpenFile {
     }
 }
 
-type Identity = (u64, u64, i64, i64);
+pub(crate) type Identity = (u64, u64, i64, i64);
 
 #[derive(Default)]
 pub(crate) struct FileTable {
@@ -159,7 +161,7 @@ impl FileTable {
         }
         let file = file.or_else(|| candidates.iter().find_map(|p| File::open(p).ok()));
         let id = match file {
-            Some(file) => self.insert(pid, shown, file),
+            Some(file) => self.insert(pid, shown, file, identity),
             None => {
                 tracing::debug!(pid, path = %shown, "cannot open mapped file");
                 None
@@ -192,7 +194,7 @@ impl FileTable {
         self.by_build_id.get(build_id).copied()
     }
 
-    fn insert(&mut self, pid: u32, shown: &str, file: File) -> Option<FileId> {
+    fn insert(&mut self, pid: u32, shown: &str, file: File, identity: Identity) -> Option<FileId> {
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let build_id: Option<Arc<str>> = match blazesym::helper::read_elf_build_id(&path) {
             Ok(Some(id)) => Some(Arc::from(hex(&id))),
@@ -230,6 +232,7 @@ impl FileTable {
             last_used: 0,
             last_parsed: 0,
             ever_parsed: false,
+            identity,
         });
         Some(id)
     }

@@ -40,6 +40,7 @@ mod symbolizer;
 #[cfg(test)]
 mod test_support;
 pub mod unwind;
+mod unwind_plan;
 mod vdso;
 
 // The tests measure what parsing keeps, as the agent does.
@@ -55,3 +56,4 @@ pub use perf_map::PerfMapStats;
 pub use process::ProcessSnapshot;
 pub use stats::SymbolizerStats;
 pub use symbolizer::Symbolizer;
+pub use unwind_plan::UnwindMapping;

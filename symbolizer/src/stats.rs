@@ -37,6 +37,8 @@ pub struct SymbolizerStats {
     /// Nanoseconds spent in symbolize calls on files not held parsed (first parses and
     /// re-parses), the CPU cost of the bound.
     pub parse_ns: u64,
+    /// Unwind tables compiled (one per file, however many processes map it).
+    pub unwind_tables: u64,
     /// Files whose resolved locations were let go to stay under the byte bound.
     pub evictions: u64,
     /// Processes whose mappings were captured.

@@ -24,6 +24,7 @@ mod pyroscope;
 mod soak;
 mod support;
 mod symbols;
+mod unwinding;
 
 use std::process::ExitCode;
 
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         pyroscope::TESTS,
         soak::TESTS,
         symbols::TESTS,
+        unwinding::TESTS,
     ];
     let trials = harness::trials(&modules, &args, &filters);
     libtest_mimic::run(&args, trials).exit_code()

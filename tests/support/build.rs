@@ -1,6 +1,6 @@
 //! Compiles the test workload (tests/workloads/workload.c) once per build, with frame
 //! pointers everywhere so that every stack the tests expect can be walked (bench/workloads.py
-//! builds it with the same flags).
+//! builds it with the same flags), and once without them, for the unwinding tests.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,18 +11,29 @@ fn main() {
     // The tests look for this name: it is the workload's comm and its mapping's file name.
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("epworkload");
     println!("cargo:rerun-if-changed={}", src.display());
+    build(
+        &src,
+        &out,
+        &["-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"],
+    );
+    println!("cargo:rustc-env=EMBERPROF_TEST_WORKLOAD={}", out.display());
+    // The same program as most software is built: no frame pointers, only .eh_frame.
+    let nofp = out.with_file_name("epworkload-nofp");
+    build(&src, &nofp, &["-fomit-frame-pointer"]);
+    println!(
+        "cargo:rustc-env=EMBERPROF_TEST_WORKLOAD_NOFP={}",
+        nofp.display()
+    );
+}
+
+fn build(src: &std::path::Path, out: &std::path::Path, frame_pointers: &[&str]) {
     let status = Command::new("cc")
-        .args([
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-mno-omit-leaf-frame-pointer",
-        ])
+        .args(["-O2", "-g"])
+        .args(frame_pointers)
         .args(["-fno-optimize-sibling-calls", "-pthread", "-Wall", "-o"])
-        .arg(&out)
-        .arg(&src)
+        .arg(out)
+        .arg(src)
         .status()
         .expect("running cc (the C compiler) for the test workload");
     assert!(status.success(), "building {}", src.display());
-    println!("cargo:rustc-env=EMBERPROF_TEST_WORKLOAD={}", out.display());
 }

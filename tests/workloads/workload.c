@@ -525,6 +525,31 @@ static int jit(long ms)
 	return 0;
 }
 
+/* A comparator libc's qsort calls back: its samples belong under sort_numbers. */
+__attribute__((noinline)) static int compare_numbers(const void *a, const void *b)
+{
+	unsigned x = *(const unsigned *)a, y = *(const unsigned *)b;
+	/* Some work per call, so that most samples land here rather than in qsort. */
+	for (int i = 0; i < 20; i++)
+		x = x * 2654435761u + i, y = y * 2654435761u + i;
+	return (x > y) - (x < y);
+}
+
+/* Sorts shuffled numbers with libc's qsort (no frame pointers in Debian's libc). */
+__attribute__((noinline)) static void sort_numbers(long ms)
+{
+	enum { N = 4096 };
+	static unsigned numbers[N];
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do {
+		for (unsigned i = 0; i < N; i++)
+			numbers[i] = i * 2654435761u;
+		qsort(numbers, N, sizeof(numbers[0]), compare_numbers);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (running && (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+}
+
 /* Reads the clock in a loop: most of the time is in the vdso's __vdso_clock_gettime. */
 __attribute__((noinline)) static void read_clock_in_vdso(long ms)
 {
@@ -538,7 +563,7 @@ __attribute__((noinline)) static void read_clock_in_vdso(long ms)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -599,6 +624,9 @@ int main(int argc, char **argv)
 		return 0;
 	} else if (strcmp(argv[1], "jit") == 0 && argc > 2) {
 		return jit(atol(argv[2]));
+	} else if (strcmp(argv[1], "qsort") == 0 && argc > 2) {
+		sort_numbers(atol(argv[2]));
+		return 0;
 	} else if (strcmp(argv[1], "vdso") == 0 && argc > 2) {
 		read_clock_in_vdso(atol(argv[2]));
 		return 0;

@@ -88,6 +88,11 @@ impl UnwindTable {
         self.rules.push(rule);
     }
 
+    /// The lowest address with an entry: the kernel's copy holds addresses relative to it.
+    pub fn base(&self) -> u64 {
+        self.starts.first().copied().unwrap_or(0)
+    }
+
     /// The rule at `address`; `None` outside every FDE.
     pub fn lookup(&self, address: u64) -> Option<Rule> {
         let i = self

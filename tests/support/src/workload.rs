@@ -11,6 +11,12 @@ pub fn workload_binary() -> &'static Path {
     Path::new(env!("EMBERPROF_TEST_WORKLOAD"))
 }
 
+/// The same workload built without frame pointers (`-O2 -fomit-frame-pointer`); its file
+/// name is `epworkload-nofp`.
+pub fn workload_binary_nofp() -> &'static Path {
+    Path::new(env!("EMBERPROF_TEST_WORKLOAD_NOFP"))
+}
+
 /// A running workload, killed when dropped.
 pub struct Workload {
     child: Child,
@@ -43,9 +49,18 @@ impl Workload {
         Workload::start_with_env(args, &[])
     }
 
+    /// Like `start`, with the build without frame pointers.
+    pub fn start_nofp(args: &[&str]) -> Workload {
+        Workload::start_binary(workload_binary_nofp(), args, &[])
+    }
+
     /// Like `start`, with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Workload {
-        let child = Command::new(workload_binary())
+        Workload::start_binary(workload_binary(), args, env)
+    }
+
+    fn start_binary(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Workload {
+        let child = Command::new(binary)
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -1,0 +1,237 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The user-stack walker (issue 17, prototype): from the task's user registers, each frame
+ * finds its mapping in the process's list, the rule of its pc by binary search over the
+ * file's entries, computes the CFA, and reads the return address and, if saved, RBP.
+ * Addresses outside every listed mapping are walked by frame pointers. bpf_loop carries
+ * the 127 frames (a plain loop of that length is rejected by the verifier).
+ * Include after common.bpf.h.
+ */
+#ifndef EP_UNWIND_BPF_H
+#define EP_UNWIND_BPF_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ep_unwind_rule);
+	__uint(max_entries, EP_UNWIND_RULES);
+} ep_unwind_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ep_unwind_entry);
+	__uint(max_entries, EP_UNWIND_ENTRIES);
+} ep_unwind_entries SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct ep_unwind_proc);
+	__uint(max_entries, EP_UNWIND_PROCS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ep_unwind_procs SEC(".maps");
+
+/* Why a walk ended (in ep_walk.end). */
+#define EP_WALK_OK 0        /* the outermost frame was reached, or frame pointers ran out */
+#define EP_WALK_NO_RULE 1   /* a pc whose file has no rule there */
+#define EP_WALK_BAD_READ 2  /* the return address or RBP could not be read */
+#define EP_WALK_DEPTH 3     /* EP_MAX_STACK_DEPTH frames */
+
+struct ep_walk {
+	__u64 pc;
+	__u64 sp;
+	__u64 bp;
+	struct ep_stack *buf;
+	struct ep_unwind_proc *proc;
+	__u32 n;
+	__u32 end;
+};
+
+struct ep_mapping_search {
+	struct ep_unwind_proc *proc;
+	__u64 pc;
+	__u32 lo;
+	__u32 hi;
+};
+
+/* One halving over the process's sorted mappings: keeps the last starting at or below pc. */
+static long ep_mapping_step(__u32 i, void *arg)
+{
+	struct ep_mapping_search *s = arg;
+
+	if (s->lo + 1 >= s->hi)
+		return 1;
+	__u32 mid = s->lo + (s->hi - s->lo) / 2;
+	if (s->proc->mappings[mid & (EP_UNWIND_MAPPINGS - 1)].start <= s->pc)
+		s->lo = mid;
+	else
+		s->hi = mid;
+	return 0;
+}
+
+/*
+ * The mapping holding pc, or NULL. The halvings run in their own bpf_loop, like the rule
+ * search below: unrolled in the frame callback they multiply the states the verifier
+ * explores (seconds of verification at every start).
+ */
+static __always_inline struct ep_unwind_mapping *ep_mapping_of(struct ep_unwind_proc *p, __u64 pc)
+{
+	struct ep_mapping_search s = { .proc = p, .pc = pc, .lo = 0, .hi = p->count };
+
+	if (s.hi > EP_UNWIND_MAPPINGS || s.hi == 0)
+		return NULL;
+	/* 64 mappings: 7 halvings always suffice. */
+	bpf_loop(7, ep_mapping_step, &s, 0);
+	struct ep_unwind_mapping *m = &p->mappings[s.lo & (EP_UNWIND_MAPPINGS - 1)];
+	return pc >= m->start && pc < m->end ? m : NULL;
+}
+
+struct ep_bsearch {
+	__u32 lo;
+	__u32 hi;
+	__u32 rel;
+	__u32 failed;
+};
+
+/* One halving: keeps the last entry whose start is at or below rel in [lo, hi). */
+static long ep_bsearch_step(__u32 i, void *arg)
+{
+	struct ep_bsearch *b = arg;
+
+	if (b->lo + 1 >= b->hi)
+		return 1;
+	__u32 mid = b->lo + (b->hi - b->lo) / 2;
+	struct ep_unwind_entry *e = bpf_map_lookup_elem(&ep_unwind_entries, &mid);
+	if (!e) {
+		b->failed = 1;
+		return 1;
+	}
+	if (e->pc <= b->rel)
+		b->lo = mid;
+	else
+		b->hi = mid;
+	return 0;
+}
+
+/*
+ * The rule of table-relative pc `rel` among count entries from first (the last whose start
+ * is at or below rel). The halvings run in their own bpf_loop: as a plain loop inside the
+ * frame callback they took the verifier past its 1M-instruction limit.
+ */
+static __always_inline struct ep_unwind_rule *ep_rule_of(__u32 first, __u32 count, __u32 rel)
+{
+	struct ep_bsearch b = { .lo = first, .hi = first + count, .rel = rel };
+
+	/* 2^21 entries: 22 halvings always suffice. */
+	bpf_loop(22, ep_bsearch_step, &b, 0);
+	if (b.failed)
+		return NULL;
+	__u32 lo = b.lo;
+	struct ep_unwind_entry *e = bpf_map_lookup_elem(&ep_unwind_entries, &lo);
+	if (!e || e->pc > rel)
+		return NULL;
+	__u32 rule = e->rule;
+	return bpf_map_lookup_elem(&ep_unwind_rules, &rule);
+}
+
+static long ep_unwind_step(__u32 i, void *arg)
+{
+	struct ep_walk *w = arg;
+	/*
+	 * The frame's index is the loop's, which the verifier knows nothing of: a count kept
+	 * in `w` would be tracked exactly, every frame a new state to verify (a second of
+	 * verification at every start).
+	 */
+	__u32 n = i;
+
+	if (n >= EP_MAX_STACK_DEPTH) {
+		w->end = EP_WALK_DEPTH;
+		return 1;
+	}
+	w->buf->ips[n] = w->pc;
+	w->n = n + 1;
+	/* A return address is looked up one byte back: the call may be a function's last
+	 * instruction. The leaf's pc is where it is. */
+	__u64 at = n ? w->pc - 1 : w->pc;
+	struct ep_unwind_mapping *m = ep_mapping_of(w->proc, at);
+	__u64 cfa, ra, bp = w->bp;
+
+	if (!m) {
+		/* No table here (JIT code, a file without CFI): frame pointers. */
+		if (!w->bp || bpf_probe_read_user(&ra, sizeof(ra), (void *)(w->bp + 8)) ||
+		    bpf_probe_read_user(&bp, sizeof(bp), (void *)w->bp))
+			return 1;
+		cfa = w->bp + 16;
+	} else {
+		struct ep_unwind_rule *r = ep_rule_of(m->first, m->count, (__u32)(at - m->bias));
+		if (!r) {
+			w->end = EP_WALK_NO_RULE;
+			return 1;
+		}
+		switch (r->kind) {
+		case EP_RULE_CFA_RSP:
+			cfa = w->sp + (__s64)r->cfa_offset;
+			break;
+		case EP_RULE_CFA_RBP:
+			cfa = w->bp + (__s64)r->cfa_offset;
+			break;
+		case EP_RULE_PLT:
+			cfa = w->sp + 8 + (((w->pc & 15) >= 11) ? 8 : 0);
+			break;
+		case EP_RULE_STOP:
+			return 1;
+		default:
+			w->end = EP_WALK_NO_RULE;
+			return 1;
+		}
+		if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8))) {
+			w->end = EP_WALK_BAD_READ;
+			return 1;
+		}
+		if (r->rbp_saved &&
+		    bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + (__s64)r->rbp_offset))) {
+			w->end = EP_WALK_BAD_READ;
+			return 1;
+		}
+	}
+	if (!ra)
+		return 1;
+	w->pc = ra;
+	w->sp = cfa;
+	w->bp = bp;
+	return 0;
+}
+
+/*
+ * Walks the current task's user stack into buf by its process's tables. Returns the
+ * number of frames, 0 if the process has no tables (the caller falls back to
+ * bpf_get_stack), or a negative errno.
+ */
+static __always_inline long ep_unwind_user(struct ep_stack *buf, __u32 tgid, __u32 *end)
+{
+	struct ep_unwind_proc *proc = bpf_map_lookup_elem(&ep_unwind_procs, &tgid);
+
+	if (!proc)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	if (!task->mm)
+		return -EP_EFAULT;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return -EP_EFAULT;
+	struct ep_walk w = {
+		.pc = regs->ip,
+		.sp = regs->sp,
+		.bp = regs->bp,
+		.buf = buf,
+		.proc = proc,
+	};
+	bpf_loop(EP_MAX_STACK_DEPTH, ep_unwind_step, &w, 0);
+	*end = w.end;
+	if (w.n < EP_MAX_STACK_DEPTH)
+		buf->ips[w.n] = 0;
+	return w.n;
+}
+
+#endif
