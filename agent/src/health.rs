@@ -132,6 +132,13 @@ const CATALOGUE: &[Row] = &[
         value: |s| Some(Count(s.symbolizer.reparses)),
     },
     Row {
+        name: "emberprof.unwind.tables",
+        description: "Unwind tables compiled for the CPU sampler: one per file, however many processes map it",
+        unit: "{table}",
+        label: None,
+        value: |s| Some(Count(s.symbolizer.unwind_tables)),
+    },
+    Row {
         name: "emberprof.symbolizer.parse.nanoseconds",
         description: "Time spent symbolizing in files not held parsed (first parses and re-parses)",
         unit: "ns",

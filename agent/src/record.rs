@@ -165,7 +165,16 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         json
     });
     if let Some(path) = &args.summary_json {
-        let memory = memory_json(&session.symbolizer().stats());
+        let stats = session.symbolizer().stats();
+        let mut memory = memory_json(&stats);
+        let u = session.unwind();
+        memory["unwind"] = serde_json::json!({
+            "tables_compiled": stats.unwind_tables,
+            "files_written": u.files_written,
+            "processes_listed": u.processes_listed,
+            "entries": u.entries(),
+            "entries_full": u.entries_full,
+        });
         write_summary_json(path, json, histograms_json, memory)?;
     }
     if !sinks.is_empty() {

@@ -185,6 +185,11 @@ impl Session {
             .map(|(_, h)| h.report(counts.as_deref().unwrap_or_default())))
     }
 
+    /// What the unwind tables written to the CPU sampler hold.
+    pub fn unwind(&self) -> &crate::unwind_loader::UnwindLoader {
+        &self.unwind
+    }
+
     /// The symbolizer, e.g. to capture a process before its first sample.
     pub fn symbolizer(&mut self) -> &mut Symbolizer {
         &mut self.symbolizer

@@ -33,6 +33,17 @@ pub struct UnwindLoader {
     listed: HashMap<u32, (Option<u32>, usize)>,
     /// Table entries that found no room in the kernel's array.
     pub entries_full: u64,
+    /// Times a process's mappings were listed (again after an exec).
+    pub processes_listed: u64,
+    /// Files whose tables were written.
+    pub files_written: u64,
+}
+
+impl UnwindLoader {
+    /// Table entries written to the kernel's array so far.
+    pub fn entries(&self) -> u32 {
+        self.next_entry
+    }
 }
 
 /// The kernel's form of a rule.
@@ -104,6 +115,7 @@ impl UnwindLoader {
                 target.forget_process(pid);
                 Ok(())
             } else {
+                self.processes_listed += 1;
                 target.set_process(pid, &mappings)
             };
             if let Err(e) = listed {
@@ -159,6 +171,7 @@ impl UnwindLoader {
         let first = self.next_entry;
         target.set_entries(first, &entries).ok()?;
         self.next_entry += count;
+        self.files_written += 1;
         Some(Loaded { first, count, base })
     }
 }

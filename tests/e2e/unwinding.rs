@@ -10,6 +10,7 @@ crate::harness::tests![
     without_frame_pointers_stacks_reach_the_entry_and_keep_the_known_split,
     without_frame_pointers_deep_recursion_is_intact,
     a_comparator_called_back_by_libc_stays_under_its_caller,
+    one_table_per_file_however_many_processes_map_it,
 ];
 
 /// Lines with user frames: kernel-only stacks (a sample while exiting) have none to walk.
@@ -149,4 +150,26 @@ fn a_comparator_called_back_by_libc_stays_under_its_caller() {
         lost.is_empty(),
         "comparator samples not under main;sort_numbers;qsort: {lost:#?}"
     );
+}
+
+/// Three processes of one binary: its table, libc's and the loader's are compiled and
+/// written once each, and the three processes are listed.
+fn one_table_per_file_however_many_processes_map_it() {
+    let Some(_serial) = bpf_test() else { return };
+    let ws: Vec<Workload> = (0..3)
+        .map(|_| Workload::start_nofp(&["cpu-split"]))
+        .collect();
+    let pids: Vec<String> = ws.iter().map(|w| w.pid().to_string()).collect();
+    let mut args: Vec<&str> = pids.iter().flat_map(|p| ["--pid", p.as_str()]).collect();
+    args.extend(["--duration", "1", "--format", "folded"]);
+    let rec = record("nofp-three.folded", &args);
+    drop(ws);
+    let unwind = &rec.summary["memory"]["unwind"];
+    assert_eq!(unwind["processes_listed"], 3, "{unwind}");
+    assert_eq!(
+        unwind["files_written"], 3,
+        "the workload, libc and ld.so: {unwind}"
+    );
+    assert_eq!(unwind["tables_compiled"], 3, "{unwind}");
+    assert_eq!(unwind["entries_full"], 0, "{unwind}");
 }
