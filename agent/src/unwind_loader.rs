@@ -77,6 +77,15 @@ impl UnwindLoader {
     /// Lists the processes new to the symbolizer (or with a new image), forgets those it
     /// let go.
     pub fn sync(&mut self, symbolizer: &mut Symbolizer, target: &mut dyn UnwindTarget) {
+        let written = self.files_written;
+        self.list_new(symbolizer, target);
+        if self.files_written != written {
+            // A large binary's table takes tens of MiB while it is compiled.
+            emberprof_symbolizer::heap::give_back_freed();
+        }
+    }
+
+    fn list_new(&mut self, symbolizer: &mut Symbolizer, target: &mut dyn UnwindTarget) {
         let pids = symbolizer.pids();
         let gone: Vec<u32> = self
             .listed

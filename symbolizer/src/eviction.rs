@@ -85,7 +85,7 @@ impl Symbolizer {
         self.drop_mapped_pages();
         if self.cache_bytes() > self.config.cache_bytes {
             self.let_go_to_bound();
-            give_back_freed_heap();
+            crate::heap::give_back_freed();
         }
     }
 
@@ -135,16 +135,5 @@ impl Symbolizer {
             fresh.stats.file_resets += 1;
             *self = fresh;
         }
-    }
-}
-
-/// Returns the heap just freed to the system. glibc keeps freed memory for reuse, and its
-/// mmap threshold grows after large frees, so tens of MiB of a parse let go would otherwise
-/// stay in our RSS until reused.
-fn give_back_freed_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is touched.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -74,6 +74,17 @@ pub fn thread_net() -> i64 {
     NET.try_with(Cell::get).unwrap_or(0)
 }
 
+/// Returns the heap just freed to the system. glibc keeps freed memory for reuse, and its
+/// mmap threshold grows after large frees, so tens of MiB of a parse or an unwind table
+/// compiled and let go would otherwise stay in our RSS until reused.
+pub fn give_back_freed() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What a piece of work on this thread kept on the heap: bytes allocated and not freed
 /// between `start()` and `kept()`.
 pub(crate) struct HeapDelta(i64);

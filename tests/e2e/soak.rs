@@ -10,8 +10,14 @@ use crate::collector::TestCollector;
 use crate::support::{bpf_test, get, prometheus_value, spawn_until, workload_binary};
 
 /// The RSS bound the README states for the agent in steady state (the export queue, empty
-/// here, comes on top).
-const RSS_BOUND: f64 = 64.0 * 1024.0 * 1024.0;
+/// here, comes on top): the symbol cache's 48 MiB plus 16 MiB for the rest. A debug build's
+/// rest is bigger: its own code takes 26 MiB resident instead of 11, and its unoptimised
+/// heap use more, so its bound is 88 MiB (it measured 54–73). The release build is measured
+/// with a large binary busy by `make bench` (phase memory).
+const RSS_BOUND: f64 = if cfg!(debug_assertions) { 88.0 } else { 64.0 } * 1024.0 * 1024.0;
+
+/// Growth allowed over the second half of the run: steady state does not grow.
+const RSS_GROWTH: f64 = 4.0 * 1024.0 * 1024.0;
 
 /// An unlabelled value from the agent's /metrics.
 fn metric(port: u16, name: &str) -> f64 {
@@ -97,6 +103,14 @@ fn under_process_churn_memory_stays_bounded_and_no_interval_is_lost() {
         peak <= RSS_BOUND,
         "RSS peaked at {:.1} MiB; the symbolizer's cache: {cache}",
         peak / 1048576.0
+    );
+    let half = samples[samples.len() / 2];
+    let last = samples[samples.len() - 1];
+    assert!(
+        last - half <= RSS_GROWTH,
+        "RSS grew from {:.1} to {:.1} MiB in the second half: {cache}",
+        half / 1048576.0,
+        last / 1048576.0
     );
 
     // Every interval arrived, back to back.
