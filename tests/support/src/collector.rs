@@ -352,14 +352,7 @@ impl TestCollector {
 
     /// Waits until `done` holds for what was received, or `timeout` passes.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&Received) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if done(&self.received()) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        done(&self.received())
+        crate::poll_until(timeout, || done(&self.received()))
     }
 }
 

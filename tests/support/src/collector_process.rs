@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
@@ -132,14 +132,7 @@ impl CollectorProcess {
 
     /// Waits until `done` holds for what was answered, or `timeout` passes.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&Answered) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if done(&self.received()) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        done(&self.received())
+        crate::poll_until(timeout, || done(&self.received()))
     }
 }
 

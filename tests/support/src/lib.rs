@@ -9,3 +9,15 @@ pub mod collector_process;
 pub mod kube_api;
 pub mod workload;
 pub mod wrong_servers;
+
+/// Polls `done` every 20 ms until it holds or `timeout` passes; whether it held.
+pub fn poll_until(timeout: std::time::Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    done()
+}
