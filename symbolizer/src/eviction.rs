@@ -49,10 +49,13 @@ impl Symbolizer {
     /// next faults in again from the page cache (which belongs to no process). What stays
     /// resident (a file also mapped otherwise, e.g. a library we run) is counted.
     fn drop_mapped_pages(&mut self) {
+        // Only files blazesym read in this call can have pages resident again: most drains
+        // are answered from the location cache and need no look at smaps.
+        let tick = self.tick;
         let mut parsed = self
             .files
             .iter_mut()
-            .filter(|(_, f)| f.is_parsed())
+            .filter(|(_, f)| f.is_parsed() && f.last_parsed == tick)
             .peekable();
         if parsed.peek().is_none() {
             return;
