@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// BPF programs built from `bpf/<name>.bpf.c` into `$OUT_DIR/<name>.bpf.o`.
-const PROGRAMS: &[&str] = &["cpu_sampler", "off_cpu", "latency"];
+const PROGRAMS: &[&str] = &["stacks", "latency"];
 
 /// Fields whose offsets the layout test checks: (struct, field).
 const LAYOUT_FIELDS: &[(&str, &str)] = &[

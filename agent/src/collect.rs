@@ -108,8 +108,14 @@ fn with_loss_markers(stack: Stack, user: &CapturedStack, kernel: &CapturedStack)
         locations.push(marker("kernel", loss));
     }
     locations.extend(stack.iter().cloned());
-    if let CapturedStack::Lost(loss) = user {
-        locations.push(marker("user", loss));
+    match user {
+        CapturedStack::Lost(loss) => locations.push(marker("user", loss)),
+        // Where the walk stopped, and why: never a stack that looks whole but is not.
+        CapturedStack::Cut(_, why) => locations.push(Arc::new(Location::marker(&format!(
+            "[user stack cut: {}]",
+            why.describe()
+        )))),
+        CapturedStack::None | CapturedStack::Addrs(_) => {}
     }
     if locations.is_empty() {
         locations.push(Arc::new(Location::marker("[no stack]")));
@@ -174,5 +180,22 @@ mod tests {
             ThreadDetail::ALL,
         );
         assert_eq!(builder.finish(UNIX_EPOCH).samples.len(), 4);
+    }
+
+    #[test]
+    fn a_cut_user_stack_ends_in_a_marker_naming_why() {
+        let frame = |name: &str| Arc::new(Location::marker(name));
+        let stack: Stack = Arc::from(vec![frame("leaf"), frame("caller")]);
+        let user = CapturedStack::Cut(Arc::from(&[1u64, 2][..]), emberprof_model::StackCut::NoRule);
+        let marked = with_loss_markers(stack, &user, &CapturedStack::None);
+        let names: Vec<&str> = marked
+            .iter()
+            .map(|l| l.frames.first().map_or("", |f| &*f.function))
+            .collect();
+        assert_eq!(
+            names,
+            ["leaf", "caller", "[user stack cut: no unwind rule]"]
+        );
+        assert_eq!(marked[2].kind, FrameKind::Synthetic);
     }
 }

@@ -70,8 +70,11 @@ fn main() -> ExitCode {
         // Colour codes only for a person at a terminal, never in a log file or a pipe.
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBERPROF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("EMBERPROF_LOG").unwrap_or_else(|_| {
+                // aya warns at every load that it has no wrapper for the off-CPU program's
+                // task storage (which only the program uses): nothing a user can act on.
+                tracing_subscriber::EnvFilter::new("warn,aya::bpf=error")
+            }),
         )
         .init();
     let result = match cli.command {

@@ -13,8 +13,8 @@ use emberprof_model::{
     Attributes, HealthCounter, HealthValue, Profile, ProfileBuilder, ProfileKind,
 };
 use emberprof_probes::{
-    CpuSampler, CpuSamplerConfig, Drained, LatencyConfig, LatencyHistograms, OffCpuConfig,
-    OffCpuProfiler, Profiler,
+    CpuSamplerConfig, Drained, LatencyConfig, LatencyHistograms, OffCpuConfig, Profiler,
+    StackProbes, UnwindMaps,
 };
 use emberprof_symbolizer::Symbolizer;
 
@@ -97,8 +97,10 @@ pub struct Session {
     span_start: SystemTime,
     count_map_entries: u32,
     timings: IntervalTimings,
-    /// The unwind tables written to the CPU sampler.
+    /// The unwind tables written to the kernel's walker.
     unwind: crate::unwind_loader::UnwindLoader,
+    /// The walker's maps, shared by the CPU sampler and the off-CPU profiler.
+    unwind_maps: Option<UnwindMaps>,
 }
 
 impl Session {
@@ -107,29 +109,39 @@ impl Session {
         let mut runs = Vec::new();
         let mut symbolizer = config.symbolizer;
         let mut unwind = crate::unwind_loader::UnwindLoader::default();
-        if let Some(c) = &config.cpu {
-            let mut sampler = CpuSampler::load(c).context("starting the CPU sampler")?;
-            // Tables of the processes known now before the first sample, so that none of
-            // theirs is walked without.
-            unwind.sync(&mut symbolizer, &mut sampler);
-            sampler
-                .start_sampling(c)
-                .context("starting the CPU sampler")?;
-            runs.push(Run {
-                profiler: Box::new(sampler),
-                kind: ProfileKind::Cpu,
-                builder: ProfileBuilder::cpu(c.frequency_hz, config.start),
-                collected: Collected::default(),
-            });
-        }
-        if let Some(c) = &config.off_cpu {
-            let profiler = OffCpuProfiler::start(c).context("starting the off-CPU profiler")?;
-            runs.push(Run {
-                profiler: Box::new(profiler),
-                kind: ProfileKind::OffCpu,
-                builder: ProfileBuilder::off_cpu(config.start),
-                collected: Collected::default(),
-            });
+        let mut unwind_maps = None;
+        if config.cpu.is_some() || config.off_cpu.is_some() {
+            let what = match (&config.cpu, &config.off_cpu) {
+                (Some(_), Some(_)) => "starting the CPU sampler and the off-CPU profiler",
+                (Some(_), None) => "starting the CPU sampler",
+                _ => "starting the off-CPU profiler",
+            };
+            let mut probes =
+                StackProbes::load(config.cpu.as_ref(), config.off_cpu.as_ref()).context(what)?;
+            // Tables of the processes known now before the first stack is taken, so that
+            // none of theirs is walked without.
+            unwind.sync(&mut symbolizer, &mut probes.unwind);
+            if let (Some(mut sampler), Some(c)) = (probes.cpu, &config.cpu) {
+                sampler
+                    .start_sampling(c)
+                    .context("starting the CPU sampler")?;
+                runs.push(Run {
+                    profiler: Box::new(sampler),
+                    kind: ProfileKind::Cpu,
+                    builder: ProfileBuilder::cpu(c.frequency_hz, config.start),
+                    collected: Collected::default(),
+                });
+            }
+            if let Some(mut profiler) = probes.off_cpu {
+                profiler.attach().context("starting the off-CPU profiler")?;
+                runs.push(Run {
+                    profiler: Box::new(profiler),
+                    kind: ProfileKind::OffCpu,
+                    builder: ProfileBuilder::off_cpu(config.start),
+                    collected: Collected::default(),
+                });
+            }
+            unwind_maps = Some(probes.unwind);
         }
         let histograms = match &config.latency {
             Some(c) => {
@@ -156,6 +168,7 @@ impl Session {
             count_map_entries: config.count_map_entries,
             timings: IntervalTimings::default(),
             unwind,
+            unwind_maps,
         };
         session.load_unwind_tables();
         Ok(session)
@@ -185,7 +198,7 @@ impl Session {
             .map(|(_, h)| h.report(counts.as_deref().unwrap_or_default())))
     }
 
-    /// What the unwind tables written to the CPU sampler hold.
+    /// What the unwind tables written to the kernel's walker hold.
     pub fn unwind(&self) -> &crate::unwind_loader::UnwindLoader {
         &self.unwind
     }
@@ -197,10 +210,8 @@ impl Session {
 
     /// Loads the unwind tables of processes the symbolizer met since the last call.
     fn load_unwind_tables(&mut self) {
-        for run in &mut self.runs {
-            if let Some(target) = run.profiler.unwind_target() {
-                self.unwind.sync(&mut self.symbolizer, target);
-            }
+        if let Some(maps) = &mut self.unwind_maps {
+            self.unwind.sync(&mut self.symbolizer, maps);
         }
     }
 

@@ -11,6 +11,28 @@ pub enum StackLoss {
     Error(i32),
 }
 
+/// Why a user stack walked by unwind tables ends before its outermost frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StackCut {
+    /// A pc in a file whose table has no rule there (or one the walker cannot follow).
+    NoRule,
+    /// A return address or saved register could not be read.
+    BadRead,
+    /// More frames than a stack holds.
+    Depth,
+}
+
+impl StackCut {
+    /// How the marker frame names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StackCut::NoRule => "no unwind rule",
+            StackCut::BadRead => "unreadable stack",
+            StackCut::Depth => "too deep",
+        }
+    }
+}
+
 /// One stack as a probe captured it, leaf first.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CapturedStack {
@@ -18,6 +40,8 @@ pub enum CapturedStack {
     None,
     /// Instruction pointers, leaf first.
     Addrs(Arc<[u64]>),
+    /// Instruction pointers, leaf first, of a walk that stopped before the outermost frame.
+    Cut(Arc<[u64]>, StackCut),
     /// The sample was counted but its stack was lost.
     Lost(StackLoss),
 }
@@ -26,7 +50,7 @@ impl CapturedStack {
     /// The addresses, leaf first; none when there is no stack or it was lost.
     pub fn addrs(&self) -> &[u64] {
         match self {
-            CapturedStack::Addrs(a) => a,
+            CapturedStack::Addrs(a) | CapturedStack::Cut(a, _) => a,
             _ => &[],
         }
     }

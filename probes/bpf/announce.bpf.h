@@ -2,8 +2,7 @@
 /*
  * Announcing processes to user space at their first sample, so that one which lives a few
  * hundred milliseconds is captured (mappings, files, attributes) while it still runs.
- * Include after vmlinux.h, bpf_helpers.h, bpf_tracing.h and bpf_core_read.h, and define
- * `ep_announce_lost()` (a counter increment) before including.
+ * Include after vmlinux.h, bpf_helpers.h, bpf_tracing.h, bpf_core_read.h and common.bpf.h.
  */
 #ifndef EP_ANNOUNCE_BPF_H
 #define EP_ANNOUNCE_BPF_H
@@ -27,7 +26,9 @@ struct {
 
 #define EP_PF_EXITING 0x00000004
 
-static __always_inline void ep_announce(struct task_struct *task, __u32 tgid)
+/* Announces tgid once; a full ring counts one at `lost_idx` of the per-CPU `lost_counters`. */
+static __always_inline void ep_announce(struct task_struct *task, __u32 tgid, void *lost_counters,
+					__u32 lost_idx)
 {
 	if (!ep_announce_on || bpf_map_lookup_elem(&ep_announced, &tgid))
 		return;
@@ -43,7 +44,7 @@ static __always_inline void ep_announce(struct task_struct *task, __u32 tgid)
 	if (!a) {
 		/* Try again at the next sample rather than never. */
 		bpf_map_delete_elem(&ep_announced, &tgid);
-		ep_announce_lost();
+		ep_percpu_inc(lost_counters, lost_idx);
 		return;
 	}
 	a->tgid = tgid;

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * The user-stack walker (issue 17, prototype): from the task's user registers, each frame
- * finds its mapping in the process's list, the rule of its pc by binary search over the
- * file's entries, computes the CFA, and reads the return address and, if saved, RBP.
- * Addresses outside every listed mapping are walked by frame pointers. bpf_loop carries
- * the 127 frames (a plain loop of that length is rejected by the verifier).
+ * The user-stack walker of the CPU sampler and the off-CPU switch: from the task's user
+ * registers, each frame finds its mapping in the process's list, the rule of its pc by
+ * binary search over the file's entries, computes the CFA, and reads the return address
+ * and, if saved, RBP. Addresses outside every listed mapping are walked by frame pointers.
+ * bpf_loop carries the frames (a plain loop of 127 is rejected by the verifier).
  * Include after common.bpf.h.
  */
 #ifndef EP_UNWIND_BPF_H
@@ -36,7 +36,16 @@ struct {
 #define EP_WALK_OK 0        /* the outermost frame was reached, or frame pointers ran out */
 #define EP_WALK_NO_RULE 1   /* a pc whose file has no rule there */
 #define EP_WALK_BAD_READ 2  /* the return address or RBP could not be read */
-#define EP_WALK_DEPTH 3     /* EP_MAX_STACK_DEPTH frames */
+#define EP_WALK_DEPTH 3     /* more frames than fit (the last slot holds the marker) */
+
+/*
+ * The signal frame (x86-64 rt_sigframe): when the handler returns into the restorer, RSP
+ * points at the ucontext; its uc_mcontext starts 40 bytes in, and RBP, RSP and RIP are
+ * its registers 10, 15 and 16 (struct sigcontext).
+ */
+#define EP_SIGFRAME_RBP (40 + 10 * 8)
+#define EP_SIGFRAME_RSP (40 + 15 * 8)
+#define EP_SIGFRAME_RIP (40 + 16 * 8)
 
 struct ep_walk {
 	__u64 pc;
@@ -46,6 +55,9 @@ struct ep_walk {
 	struct ep_unwind_proc *proc;
 	__u32 n;
 	__u32 end;
+	/* pc was not a return address (the leaf, or where a signal interrupted): look it up
+	 * where it is, not one byte back. */
+	__u32 exact;
 };
 
 struct ep_mapping_search {
@@ -145,18 +157,20 @@ static long ep_unwind_step(__u32 i, void *arg)
 	 */
 	__u32 n = i;
 
-	if (n >= EP_MAX_STACK_DEPTH) {
+	/* One slot stays free for the marker of a cut walk. */
+	if (n >= EP_MAX_STACK_DEPTH - 1) {
 		w->end = EP_WALK_DEPTH;
 		return 1;
 	}
 	w->buf->ips[n] = w->pc;
 	w->n = n + 1;
 	/* A return address is looked up one byte back: the call may be a function's last
-	 * instruction. The leaf's pc is where it is. */
-	__u64 at = n ? w->pc - 1 : w->pc;
+	 * instruction (and the signal trampoline's rule starts one byte early for this). */
+	__u64 at = w->exact ? w->pc : w->pc - 1;
 	struct ep_unwind_mapping *m = ep_mapping_of(w->proc, at);
 	__u64 cfa, ra, bp = w->bp;
 
+	w->exact = 0;
 	if (!m) {
 		/* No table here (JIT code, a file without CFI): frame pointers. */
 		if (!w->bp || bpf_probe_read_user(&ra, sizeof(ra), (void *)(w->bp + 8)) ||
@@ -179,6 +193,21 @@ static long ep_unwind_step(__u32 i, void *arg)
 		case EP_RULE_PLT:
 			cfa = w->sp + 8 + (((w->pc & 15) >= 11) ? 8 : 0);
 			break;
+		case EP_RULE_SIGNAL:
+			/* The interrupted code's registers, saved by the kernel. */
+			if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(w->sp + EP_SIGFRAME_RIP)) ||
+			    bpf_probe_read_user(&cfa, sizeof(cfa), (void *)(w->sp + EP_SIGFRAME_RSP)) ||
+			    bpf_probe_read_user(&bp, sizeof(bp), (void *)(w->sp + EP_SIGFRAME_RBP))) {
+				w->end = EP_WALK_BAD_READ;
+				return 1;
+			}
+			if (!ra)
+				return 1;
+			w->pc = ra;
+			w->sp = cfa;
+			w->bp = bp;
+			w->exact = 1;
+			return 0;
 		case EP_RULE_STOP:
 			return 1;
 		default:
@@ -205,8 +234,9 @@ static long ep_unwind_step(__u32 i, void *arg)
 
 /*
  * Walks the current task's user stack into buf by its process's tables. Returns the
- * number of frames, 0 if the process has no tables (the caller falls back to
- * bpf_get_stack), or a negative errno.
+ * number of frames (a cut walk's last is its EP_UNWIND_CUT marker), 0 if the process has
+ * no tables (the caller falls back to bpf_get_stack), or a negative errno. buf is
+ * terminated by a zero frame when there is room, not zero-filled.
  */
 static __always_inline long ep_unwind_user(struct ep_stack *buf, __u32 tgid, __u32 *end)
 {
@@ -226,12 +256,18 @@ static __always_inline long ep_unwind_user(struct ep_stack *buf, __u32 tgid, __u
 		.bp = regs->bp,
 		.buf = buf,
 		.proc = proc,
+		.exact = 1,
 	};
 	bpf_loop(EP_MAX_STACK_DEPTH, ep_unwind_step, &w, 0);
 	*end = w.end;
-	if (w.n < EP_MAX_STACK_DEPTH)
-		buf->ips[w.n] = 0;
-	return w.n;
+	__u32 n = w.n;
+	if (w.end != EP_WALK_OK && n < EP_MAX_STACK_DEPTH) {
+		buf->ips[n] = EP_UNWIND_CUT | w.end;
+		n++;
+	}
+	if (n < EP_MAX_STACK_DEPTH)
+		buf->ips[n] = 0;
+	return n;
 }
 
 #endif

@@ -158,7 +158,11 @@ enum ep_offcpu_counter {
 	EP_OFF_STACK_ERROR = 4,
 	/* New processes that could not be announced to user space (ring buffer full). */
 	EP_OFF_ANNOUNCE_LOST = 5,
-	EP_OFF_MAX = 6,
+	/* User-stack walks that ended at a pc without a rule, a failed read, or the depth. */
+	EP_OFF_UNWIND_NO_RULE = 6,
+	EP_OFF_UNWIND_BAD_READ = 7,
+	EP_OFF_UNWIND_DEPTH = 8,
+	EP_OFF_MAX = 9,
 };
 
 /*
@@ -259,6 +263,13 @@ static inline __u32 ep_hist_slot(__u64 v)
 #define EP_UNWIND_ENTRIES (1 << 21)
 #define EP_UNWIND_PROCS 4096
 #define EP_UNWIND_MAPPINGS 64
+
+/*
+ * A walk that could not be finished ends in this frame plus the reason (EP_WALK_*), in the
+ * last user frame: the top page is never user code (nor kernel code), so user space can
+ * tell it and name it, and stacks cut for different reasons stay apart.
+ */
+#define EP_UNWIND_CUT 0xfffffffffffff000ULL
 
 /* ep_unwind_rule.kind */
 #define EP_RULE_NONE 0     /* no rule: the walk ends with a marker */

@@ -168,6 +168,25 @@ pub const UNWIND_PROCS: usize = 4096;
 /// Executable mappings listed per process (`EP_UNWIND_MAPPINGS`).
 pub const UNWIND_MAPPINGS: usize = 64;
 
+/// The marker frame a cut walk ends in, plus its reason (`EP_UNWIND_CUT`).
+pub const UNWIND_CUT: u64 = 0xffff_ffff_ffff_f000;
+
+/// A stack's frames as captured, leaf first: a walk cut short ends in its marker frame,
+/// which becomes the reason.
+pub fn captured_stack(frames: &[u64]) -> emberprof_model::CapturedStack {
+    use emberprof_model::{CapturedStack, StackCut};
+    let Some((&last, rest)) = frames.split_last() else {
+        return CapturedStack::None;
+    };
+    let cut = match last.checked_sub(UNWIND_CUT) {
+        Some(1) => StackCut::NoRule,
+        Some(2) => StackCut::BadRead,
+        Some(3) => StackCut::Depth,
+        _ => return CapturedStack::Addrs(std::sync::Arc::from(frames)),
+    };
+    CapturedStack::Cut(std::sync::Arc::from(rest), cut)
+}
+
 /// `ep_unwind_rule.kind`.
 pub mod rule_kind {
     pub const NONE: u8 = 0;
@@ -300,6 +319,9 @@ pub enum OffCpuCounter {
     CountFull = 3,
     StackError = 4,
     AnnounceLost = 5,
+    UnwindNoRule = 6,
+    UnwindBadRead = 7,
+    UnwindDepth = 8,
 }
 
 impl From<OffCpuCounter> for u32 {
@@ -310,13 +332,16 @@ impl From<OffCpuCounter> for u32 {
 
 impl OffCpuCounter {
     /// Every counter, in index order.
-    pub const ALL: [OffCpuCounter; 6] = [
+    pub const ALL: [OffCpuCounter; 9] = [
         OffCpuCounter::Blocks,
         OffCpuCounter::Short,
         OffCpuCounter::StartFull,
         OffCpuCounter::CountFull,
         OffCpuCounter::StackError,
         OffCpuCounter::AnnounceLost,
+        OffCpuCounter::UnwindNoRule,
+        OffCpuCounter::UnwindBadRead,
+        OffCpuCounter::UnwindDepth,
     ];
 }
 
@@ -546,6 +571,13 @@ mod tests {
         ("EP_OFF_COUNT_FULL", OffCpuCounter::CountFull as i64),
         ("EP_OFF_STACK_ERROR", OffCpuCounter::StackError as i64),
         ("EP_OFF_ANNOUNCE_LOST", OffCpuCounter::AnnounceLost as i64),
+        ("EP_OFF_UNWIND_NO_RULE", OffCpuCounter::UnwindNoRule as i64),
+        (
+            "EP_OFF_UNWIND_BAD_READ",
+            OffCpuCounter::UnwindBadRead as i64,
+        ),
+        ("EP_OFF_UNWIND_DEPTH", OffCpuCounter::UnwindDepth as i64),
+        ("EP_UNWIND_CUT", UNWIND_CUT as i64),
         ("EP_OFF_MAX", OffCpuCounter::ALL.len() as i64),
         ("EP_HIST_SLOTS", HIST_SLOTS as i64),
         ("EP_HIST_RUNQ", HistKind::RunQueue as i64),

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use aya::maps::MapData;
 
@@ -11,32 +10,30 @@ use aya::programs::perf_event::{
     perf_sw_ids::PERF_COUNT_SW_CPU_CLOCK, PerfEventLinkId, PerfEventScope, PerfTypeId, SamplePolicy,
 };
 use aya::programs::PerfEvent;
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 
 use crate::abi::{
-    Counter, SampleKey, StackTrace, UnwindEntry, UnwindMapping, UnwindRule,
-    DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, STACK_ERR_MAP_FULL,
-    STACK_ERR_NONE,
+    captured_stack, Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES,
+    DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
-use crate::loader::check_start;
 use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
-use crate::pid_filter::{self, PidFilter};
-use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler, UnwindTarget};
+use crate::pid_filter;
+use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
+use crate::shared_ebpf::SharedEbpf;
+#[cfg(test)]
+use emberprof_model::StackCut;
 use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
 
 // The limits a sampler's configuration is checked against, where its users look for them.
 pub use crate::abi::MAX_FILTER_PIDS;
 pub use crate::loader::MAX_MAP_ENTRIES;
 
-static CPU_SAMPLER_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cpu_sampler.bpf.o"));
-
 const PROGRAM: &str = "ep_cpu_sample";
-const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
-const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
+pub(crate) const COUNT_MAPS: [&str; 2] = ["ep_counts_0", "ep_counts_1"];
+pub(crate) const STACK_MAPS: [&str; 2] = ["ep_stacks_0", "ep_stacks_1"];
 /// Highest frequency accepted; the kernel clamps higher values to perf_event_max_sample_rate.
 pub const MAX_FREQUENCY_HZ: u64 = 10_000;
 
@@ -126,7 +123,7 @@ impl KernelCounters {
 
 /// The loaded and attached CPU sampler. Dropping it detaches and unloads everything.
 pub struct CpuSampler {
-    ebpf: Ebpf,
+    ebpf: SharedEbpf,
     buffers: DoubleBuffer<SampleBuffer>,
     counters: PerCpuCounters,
     links: Vec<PerfEventLinkId>,
@@ -135,62 +132,47 @@ pub struct CpuSampler {
 }
 
 impl CpuSampler {
-    /// Checks privileges, loads the program and attaches it to every online CPU.
-    pub fn start(config: &CpuSamplerConfig) -> Result<Self, ProbeError> {
-        let mut sampler = CpuSampler::load(config)?;
-        sampler.attach(config.frequency_hz)?;
-        Ok(sampler)
-    }
-
-    /// Checks privileges and loads the program without sampling yet, so that unwind
-    /// tables can be loaded first (`UnwindTarget`); `start_sampling` attaches it.
-    pub fn load(config: &CpuSamplerConfig) -> Result<Self, ProbeError> {
+    /// Checks the configuration a sampler is loaded with (before anything is loaded).
+    pub(crate) fn check(config: &CpuSamplerConfig) -> Result<(), ProbeError> {
         if config.frequency_hz == 0 || config.frequency_hz > MAX_FREQUENCY_HZ {
             return Err(ProbeError::Frequency {
                 got: config.frequency_hz,
                 max: MAX_FREQUENCY_HZ,
             });
         }
-        check_start(
+        crate::loader::check_start(
             &[
                 ("stack", config.stack_map_entries),
                 ("count", config.count_map_entries),
             ],
             &config.pids,
-        )?;
+        )
+    }
 
-        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
-        let mut loader = EbpfLoader::new();
-        filter.set_globals(&mut loader);
-        loader.set_global("ep_announce_on", &1u8, true);
-        for name in STACK_MAPS {
-            loader.set_max_entries(name, config.stack_map_entries);
-        }
-        for name in COUNT_MAPS {
-            loader.set_max_entries(name, config.count_map_entries);
-        }
-        let mut ebpf = loader.load(CPU_SAMPLER_OBJ)?;
-
-        pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
-
-        let buffers = [
-            SampleBuffer::take(&mut ebpf, 0)?,
-            SampleBuffer::take(&mut ebpf, 1)?,
-        ];
-        let buffers = DoubleBuffer::take(&mut ebpf, "ep_control", buffers)?;
-        let counters = PerCpuCounters::take(&mut ebpf, "ep_counters")?;
-        let new_processes = new_processes::take_ring(&mut ebpf)?;
-
-        let mut sampler = CpuSampler {
+    /// Takes the sampler's maps out of a loaded object, without sampling yet (see
+    /// `StackProbes`); `start_sampling` attaches it.
+    pub(crate) fn loaded(
+        ebpf: SharedEbpf,
+        new_processes: Option<NewProcesses>,
+    ) -> Result<Self, ProbeError> {
+        let (buffers, counters) = {
+            let mut object = ebpf.lock();
+            let buffers = [
+                SampleBuffer::take(&mut object, 0)?,
+                SampleBuffer::take(&mut object, 1)?,
+            ];
+            let buffers = DoubleBuffer::take(&mut object, "ep_control", buffers)?;
+            let counters = PerCpuCounters::take(&mut object, "ep_counters")?;
+            (buffers, counters)
+        };
+        Ok(CpuSampler {
             ebpf,
             buffers,
             counters,
             links: Vec::new(),
             cpus: 0,
-            new_processes: Some(new_processes),
-        };
-        new_processes::attach_lifecycle(&mut sampler.ebpf);
-        Ok(sampler)
+            new_processes,
+        })
     }
 
     /// Attaches a loaded sampler to every online CPU.
@@ -205,8 +187,8 @@ impl CpuSampler {
         };
         let cpus = aya::util::online_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
-        let program: &mut PerfEvent = self
-            .ebpf
+        let mut object = self.ebpf.lock();
+        let program: &mut PerfEvent = object
             .program_mut(PROGRAM)
             .ok_or(ProbeError::MissingMap(PROGRAM))?
             .try_into()
@@ -224,6 +206,7 @@ impl CpuSampler {
                 .map_err(program_err)?;
             self.links.push(link);
         }
+        drop(object);
         self.cpus = self.links.len();
         tracing::debug!(cpus = self.cpus, frequency_hz, "CPU sampler attached");
         Ok(())
@@ -246,8 +229,9 @@ impl CpuSampler {
 
     /// Detaches from every CPU and returns everything still in the kernel.
     pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        let (ebpf, links) = (&mut self.ebpf, &mut self.links);
+        let (ebpf, links) = (&self.ebpf, &mut self.links);
         self.buffers.stop(|| {
+            let mut ebpf = ebpf.lock();
             if let Some(program) = ebpf.program_mut(PROGRAM) {
                 let program: &mut PerfEvent =
                     program.try_into().map_err(|source| ProbeError::Program {
@@ -261,7 +245,7 @@ impl CpuSampler {
                     })?;
                 }
             }
-            new_processes::unload_lifecycle(ebpf);
+            new_processes::unload_lifecycle(&mut ebpf);
             Ok(())
         })
     }
@@ -269,7 +253,7 @@ impl CpuSampler {
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        pid_filter::sync(&mut self.ebpf, pids)
+        pid_filter::sync(&mut self.ebpf.lock(), pids)
     }
 
     /// Kernel-side totals since load.
@@ -310,12 +294,12 @@ impl Buffer for SampleBuffer {
             drain_hash(self.counts.fd().as_fd(), self.counts_name)?;
         // Emptied with the counts that reference it, so the next round of this buffer has
         // the whole map.
-        let mut stacks: HashMap<u64, Arc<[u64]>> = HashMap::new();
+        let mut stacks: HashMap<u64, CapturedStack> = HashMap::new();
         drain_hash_each(
             self.stacks.fd().as_fd(),
             self.stacks_name,
             |hash: u64, trace: StackTrace| {
-                stacks.insert(hash, Arc::from(trace.frames()));
+                stacks.insert(hash, captured_stack(trace.frames()));
             },
         )?;
         out.extend(entries.into_iter().map(|(key, count)| KernelSample {
@@ -333,7 +317,7 @@ impl Buffer for SampleBuffer {
 }
 
 /// The stack a sample key refers to: its frames, or why there are none.
-fn stack_of(stacks: &HashMap<u64, Arc<[u64]>>, hash: u64, err: i32) -> CapturedStack {
+fn stack_of(stacks: &HashMap<u64, CapturedStack>, hash: u64, err: i32) -> CapturedStack {
     if hash == 0 {
         return match err {
             0 | STACK_ERR_NONE => CapturedStack::None,
@@ -342,8 +326,7 @@ fn stack_of(stacks: &HashMap<u64, Arc<[u64]>>, hash: u64, err: i32) -> CapturedS
         };
     }
     match stacks.get(&hash) {
-        Some(frames) if frames.is_empty() => CapturedStack::None,
-        Some(frames) => CapturedStack::Addrs(frames.clone()),
+        Some(stack) => stack.clone(),
         None => {
             tracing::debug!(hash, "stack gone before it was read");
             CapturedStack::Lost(StackLoss::Error(libc::ENOENT))
@@ -448,39 +431,22 @@ impl Profiler for CpuSampler {
     fn take_new_processes(&mut self) -> Option<NewProcesses> {
         CpuSampler::take_new_processes(self)
     }
-
-    fn unwind_target(&mut self) -> Option<&mut dyn UnwindTarget> {
-        Some(self)
-    }
-}
-
-impl UnwindTarget for CpuSampler {
-    fn set_rule(&mut self, index: u32, rule: UnwindRule) -> Result<(), ProbeError> {
-        crate::unwind_maps::set_rule(&mut self.ebpf, index, rule)
-    }
-
-    fn set_entries(&mut self, first: u32, entries: &[UnwindEntry]) -> Result<(), ProbeError> {
-        crate::unwind_maps::set_entries(&mut self.ebpf, first, entries)
-    }
-
-    fn set_process(&mut self, pid: u32, mappings: &[UnwindMapping]) -> Result<(), ProbeError> {
-        crate::unwind_maps::set_process(&mut self.ebpf, pid, mappings)
-    }
-
-    fn forget_process(&mut self, pid: u32) {
-        crate::unwind_maps::forget_process(&mut self.ebpf, pid)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn sample_keys_name_their_stack_or_why_it_is_missing() {
-        let stacks: HashMap<u64, Arc<[u64]>> = [
-            (7u64, Arc::from(&[0x10u64, 0x20][..])),
-            (9u64, Arc::from(&[][..])),
+        let stacks: HashMap<u64, CapturedStack> = [
+            (7u64, captured_stack(&[0x10u64, 0x20])),
+            (9u64, captured_stack(&[])),
+            (
+                11u64,
+                captured_stack(&[0x10u64, crate::abi::UNWIND_CUT + 1]),
+            ),
         ]
         .into_iter()
         .collect();
@@ -489,6 +455,10 @@ mod tests {
             CapturedStack::Addrs(Arc::from(&[0x10u64, 0x20][..]))
         );
         assert_eq!(stack_of(&stacks, 9, 0), CapturedStack::None);
+        assert_eq!(
+            stack_of(&stacks, 11, 0),
+            CapturedStack::Cut(Arc::from(&[0x10u64][..]), StackCut::NoRule)
+        );
         assert_eq!(stack_of(&stacks, 0, STACK_ERR_NONE), CapturedStack::None);
         assert_eq!(stack_of(&stacks, 0, 0), CapturedStack::None);
         assert_eq!(

@@ -8,6 +8,7 @@
 pub mod abi;
 mod bpf_map;
 pub mod preflight;
+mod shared_ebpf;
 pub mod syscalls;
 
 mod error;
@@ -16,12 +17,13 @@ mod hist_series;
 // Typed map access, and the PID filter every program shares.
 mod maps;
 mod pid_filter;
-mod unwind_maps;
 
-// What the loaders share: the buffer switch, process announcements, start checks.
+// What the loaders share: the buffer switch, process announcements, start checks, the
+// unwinder's maps.
 mod double_buffer;
 mod loader;
 mod new_processes;
+pub mod unwind_maps;
 
 // The contract the loaders fulfil.
 pub mod profiler;
@@ -31,6 +33,9 @@ pub mod cpu_sampler;
 pub mod latency;
 pub mod off_cpu;
 
+// The one object of the loaders that take user stacks.
+pub mod stacks;
+
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters};
 pub use error::ProbeError;
 pub use hist_series::{HistSeries, HistogramDrain};
@@ -38,6 +43,8 @@ pub use latency::{LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
 pub use profiler::{Drained, Profiler, UnwindTarget};
+pub use stacks::StackProbes;
+pub use unwind_maps::UnwindMaps;
 
 #[cfg(test)]
 mod tests {

@@ -2,30 +2,27 @@
 //! time it aggregates per thread and stack.
 
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::MapData;
 use aya::programs::BtfTracePoint;
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf};
 
 use crate::abi::{
-    OffCpuCounter, OffCpuKey, OffCpuValue, DEFAULT_MIN_BLOCK_NS, DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES,
-    KEY_KTHREAD,
+    captured_stack, OffCpuCounter, OffCpuKey, OffCpuValue, DEFAULT_MIN_BLOCK_NS,
+    DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES, KEY_KTHREAD,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
-use crate::loader::check_start;
 use crate::maps::{drain_hash, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
-use crate::pid_filter::{self, PidFilter};
+use crate::pid_filter;
 use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
-use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind};
-
-static OFF_CPU_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/off_cpu.bpf.o"));
+use crate::shared_ebpf::SharedEbpf;
+use emberprof_model::{HealthCounter, KernelSample, ProfileKind};
 
 const PROGRAM: &str = "ep_sched_switch";
-const COUNT_MAPS: [&str; 2] = ["ep_off_counts_0", "ep_off_counts_1"];
+pub(crate) const COUNT_MAPS: [&str; 2] = ["ep_off_counts_0", "ep_off_counts_1"];
 
 /// What to record.
 #[derive(Clone, Debug)]
@@ -78,6 +75,12 @@ pub struct OffCpuCounters {
     pub stack_errors: u64,
     /// New processes not announced to user space (ring buffer full).
     pub announce_lost: u64,
+    /// User-stack walks by unwind tables that ended at a pc without a rule.
+    pub unwind_no_rule: u64,
+    /// ... that ended because a return address or RBP could not be read.
+    pub unwind_bad_read: u64,
+    /// ... that reached the frame limit.
+    pub unwind_depth: u64,
 }
 
 impl OffCpuCounters {
@@ -90,6 +93,9 @@ impl OffCpuCounters {
             OffCpuCounter::CountFull => &mut self.count_full,
             OffCpuCounter::StackError => &mut self.stack_errors,
             OffCpuCounter::AnnounceLost => &mut self.announce_lost,
+            OffCpuCounter::UnwindNoRule => &mut self.unwind_no_rule,
+            OffCpuCounter::UnwindBadRead => &mut self.unwind_bad_read,
+            OffCpuCounter::UnwindDepth => &mut self.unwind_depth,
         }
     }
 
@@ -101,7 +107,7 @@ impl OffCpuCounters {
 
 /// The loaded and attached off-CPU profiler. Dropping it detaches and unloads everything.
 pub struct OffCpuProfiler {
-    ebpf: Ebpf,
+    ebpf: SharedEbpf,
     buffers: DoubleBuffer<BlockBuffer>,
     counters: PerCpuCounters,
     attached: bool,
@@ -109,70 +115,57 @@ pub struct OffCpuProfiler {
 }
 
 impl OffCpuProfiler {
-    /// Checks privileges, loads the program and attaches it to sched_switch.
-    pub fn start(config: &OffCpuConfig) -> Result<Self, ProbeError> {
+    /// Checks the kernel and the configuration (before anything is loaded).
+    pub(crate) fn check(config: &OffCpuConfig) -> Result<(), ProbeError> {
         // sched_switch's prev_state argument (BTF tracepoint) and task storage in tracing
         // programs.
         crate::preflight::check_kernel("off-CPU profiling", (5, 18))?;
-        check_start(&[("off-CPU count", config.count_map_entries)], &config.pids)?;
+        crate::loader::check_start(&[("off-CPU count", config.count_map_entries)], &config.pids)
+    }
 
-        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
-        let preempted = u8::from(config.include_preempted);
-        let min_block_ns = u64::try_from(config.min_block.as_nanos()).unwrap_or(u64::MAX);
-        let announce = u8::from(config.announce);
-        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let mut loader = EbpfLoader::new();
-        loader
-            .btf(Some(&btf))
-            // The blocked-thread records are task-local storage, a map type aya has no
-            // wrapper for; only the program uses it.
-            .allow_unsupported_maps()
-            .set_global("ep_announce_on", &announce, true)
-            .set_global("ep_include_preempted", &preempted, true)
-            .set_global("ep_min_block_ns", &min_block_ns, true);
-        filter.set_globals(&mut loader);
-        for name in COUNT_MAPS {
-            loader.set_max_entries(name, config.count_map_entries);
-        }
-        let mut ebpf = loader.load(OFF_CPU_OBJ)?;
-
-        pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
-
-        let buffers = [
-            BlockBuffer::take(&mut ebpf, 0)?,
-            BlockBuffer::take(&mut ebpf, 1)?,
-        ];
-        let buffers = DoubleBuffer::take(&mut ebpf, "ep_off_control", buffers)?;
-        let counters = PerCpuCounters::take(&mut ebpf, "ep_off_counters")?;
-
-        let new_processes = if config.announce {
-            let ring = new_processes::take_ring(&mut ebpf)?;
-            new_processes::attach_lifecycle(&mut ebpf);
-            Some(ring)
-        } else {
-            None
+    /// Takes the profiler's maps out of a loaded object, without attaching yet (see
+    /// `StackProbes`); `attach` attaches it.
+    pub(crate) fn loaded(
+        ebpf: SharedEbpf,
+        new_processes: Option<NewProcesses>,
+    ) -> Result<Self, ProbeError> {
+        let (buffers, counters) = {
+            let mut object = ebpf.lock();
+            let buffers = [
+                BlockBuffer::take(&mut object, 0)?,
+                BlockBuffer::take(&mut object, 1)?,
+            ];
+            let buffers = DoubleBuffer::take(&mut object, "ep_off_control", buffers)?;
+            let counters = PerCpuCounters::take(&mut object, "ep_off_counters")?;
+            (buffers, counters)
         };
+        Ok(OffCpuProfiler {
+            ebpf,
+            buffers,
+            counters,
+            attached: false,
+            new_processes,
+        })
+    }
 
+    /// Loads the program and attaches it to sched_switch.
+    pub fn attach(&mut self) -> Result<(), ProbeError> {
         let program_err = |source| ProbeError::Program {
             name: PROGRAM,
             source,
         };
-        let program: &mut BtfTracePoint = ebpf
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let mut object = self.ebpf.lock();
+        let program: &mut BtfTracePoint = object
             .program_mut(PROGRAM)
             .ok_or(ProbeError::MissingMap(PROGRAM))?
             .try_into()
             .map_err(program_err)?;
         program.load("sched_switch", &btf).map_err(program_err)?;
         program.attach().map_err(program_err)?;
-        tracing::debug!(?config, "off-CPU profiler attached");
-
-        Ok(OffCpuProfiler {
-            ebpf,
-            buffers,
-            counters,
-            attached: true,
-            new_processes,
-        })
+        self.attached = true;
+        tracing::debug!("off-CPU profiler attached");
+        Ok(())
     }
 
     /// The announcements of newly seen processes (with `announce`), for a watcher (once).
@@ -189,9 +182,10 @@ impl OffCpuProfiler {
     /// Detaches from the scheduler and returns everything still in the kernel. Threads
     /// still blocked at that moment are not counted: their block has not ended.
     pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
-        let (ebpf, attached) = (&mut self.ebpf, &mut self.attached);
+        let (ebpf, attached) = (&self.ebpf, &mut self.attached);
         self.buffers.stop(|| {
-            new_processes::unload_lifecycle(ebpf);
+            let mut ebpf = ebpf.lock();
+            new_processes::unload_lifecycle(&mut ebpf);
             if *attached {
                 if let Some(program) = ebpf.program_mut(PROGRAM) {
                     let program: &mut BtfTracePoint =
@@ -213,7 +207,7 @@ impl OffCpuProfiler {
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        pid_filter::sync(&mut self.ebpf, pids)
+        pid_filter::sync(&mut self.ebpf.lock(), pids)
     }
 
     /// Kernel-side totals since load.
@@ -248,21 +242,14 @@ impl Buffer for BlockBuffer {
     fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
         let entries: Vec<(OffCpuKey, OffCpuValue)> =
             drain_hash(self.counts.fd().as_fd(), self.name)?;
-        let stack = |frames: &[u64]| {
-            if frames.is_empty() {
-                CapturedStack::None
-            } else {
-                CapturedStack::Addrs(Arc::from(frames))
-            }
-        };
         out.extend(entries.into_iter().map(|(key, value)| KernelSample {
             pid: key.tgid,
             tid: key.tid,
             thread_name: key.comm_str(),
             exec_id: key.exec_id,
             kernel_thread: key.flags & KEY_KTHREAD != 0,
-            user: stack(key.user_frames()),
-            kernel: stack(key.kernel_frames()),
+            user: captured_stack(key.user_frames()),
+            kernel: captured_stack(key.kernel_frames()),
             value: value.total_ns,
         }));
         Ok(())
@@ -293,6 +280,27 @@ const HEALTH: &[HealthRow<OffCpuCounters>] = &[
         value: |k| k.count_full,
     },
     announce_lost(|k| k.announce_lost),
+    HealthRow {
+        name: "emberprof.offcpu.unwind.cut",
+        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
+        unit: "{stack}",
+        label: Some(("reason", "no_rule")),
+        value: |k| k.unwind_no_rule,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.unwind.cut",
+        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
+        unit: "{stack}",
+        label: Some(("reason", "bad_read")),
+        value: |k| k.unwind_bad_read,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.unwind.cut",
+        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
+        unit: "{stack}",
+        label: Some(("reason", "depth")),
+        value: |k| k.unwind_depth,
+    },
 ];
 
 impl Profiler for OffCpuProfiler {

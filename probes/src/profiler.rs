@@ -44,14 +44,9 @@ pub trait Profiler {
     fn take_new_processes(&mut self) -> Option<NewProcesses> {
         None
     }
-
-    /// Where to load unwind tables, if it walks user stacks by them.
-    fn unwind_target(&mut self) -> Option<&mut dyn UnwindTarget> {
-        None
-    }
 }
 
-/// A profiler that walks user stacks by unwind tables (`unwind.bpf.h`).
+/// Where unwind tables are loaded for the kernel's user-stack walker (`unwind.bpf.h`).
 pub trait UnwindTarget {
     /// Sets rule `index`, shared by every file's table.
     fn set_rule(&mut self, index: u32, rule: UnwindRule) -> Result<(), ProbeError>;

@@ -1,90 +1,94 @@
-//! Writing unwind tables into the CPU sampler's maps (`unwind.bpf.h`): the shared rules,
-//! the entries of every file, and each process's list of mappings with tables.
+//! The unwinder's maps (`unwind.bpf.h`), taken out of the loaded object: the shared rules,
+//! the entries of every file, and each process's list of mappings with tables. Whoever
+//! holds them decides what the kernel walks by.
 
-use aya::maps::{Array, HashMap};
 use std::os::fd::AsFd;
 
+use aya::maps::{Array, HashMap, MapData};
 use aya::Ebpf;
 
 use crate::abi::{UnwindEntry, UnwindMapping, UnwindProc, UnwindRule, UNWIND_MAPPINGS};
 use crate::error::ProbeError;
+use crate::maps;
 
 const RULES: &str = "ep_unwind_rules";
 const ENTRIES: &str = "ep_unwind_entries";
 const PROCS: &str = "ep_unwind_procs";
 
-fn array<'a, T: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a mut aya::maps::MapData, T>, ProbeError> {
-    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
-    Array::try_from(map).map_err(|source| ProbeError::Map { name, source })
+/// The unwinder's maps of one loaded object.
+pub struct UnwindMaps {
+    rules: Array<MapData, UnwindRule>,
+    entries: MapData,
+    procs: HashMap<MapData, u32, UnwindProc>,
 }
 
-/// Sets rule `index`.
-pub(crate) fn set_rule(ebpf: &mut Ebpf, index: u32, rule: UnwindRule) -> Result<(), ProbeError> {
-    array::<UnwindRule>(ebpf, RULES)?
-        .set(index, rule, 0)
-        .map_err(|source| ProbeError::Map {
-            name: RULES,
-            source,
+impl UnwindMaps {
+    /// Takes the three maps out of a loaded object.
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let rules =
+            Array::try_from(maps::take(ebpf, RULES)?).map_err(|source| ProbeError::Map {
+                name: RULES,
+                source,
+            })?;
+        let entries = match maps::take(ebpf, ENTRIES)? {
+            aya::maps::Map::Array(data) => data,
+            _ => return Err(ProbeError::MissingMap(ENTRIES)),
+        };
+        let procs =
+            HashMap::try_from(maps::take(ebpf, PROCS)?).map_err(|source| ProbeError::Map {
+                name: PROCS,
+                source,
+            })?;
+        Ok(UnwindMaps {
+            rules,
+            entries,
+            procs,
         })
-}
-
-/// Writes `entries` from index `first` on.
-pub(crate) fn set_entries(
-    ebpf: &mut Ebpf,
-    first: u32,
-    entries: &[UnwindEntry],
-) -> Result<(), ProbeError> {
-    let map = ebpf.map(ENTRIES).ok_or(ProbeError::MissingMap(ENTRIES))?;
-    let aya::maps::Map::Array(data) = map else {
-        return Err(ProbeError::MissingMap(ENTRIES));
-    };
-    crate::bpf_map::update_array_batch(data.fd().as_fd(), first, entries).map_err(|source| {
-        ProbeError::MapSyscall {
-            name: ENTRIES,
-            op: "batch update",
-            source,
-        }
-    })
-}
-
-/// Lists the mappings with tables of process `pid` (sorted by start; at most 64 kept).
-pub(crate) fn set_process(
-    ebpf: &mut Ebpf,
-    pid: u32,
-    mappings: &[UnwindMapping],
-) -> Result<(), ProbeError> {
-    let map = ebpf.map_mut(PROCS).ok_or(ProbeError::MissingMap(PROCS))?;
-    let mut procs: HashMap<_, u32, UnwindProc> =
-        HashMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: PROCS,
-            source,
-        })?;
-    let mut value = UnwindProc {
-        count: 0,
-        reserved: 0,
-        mappings: [UnwindMapping::default(); UNWIND_MAPPINGS],
-    };
-    for (slot, m) in value.mappings.iter_mut().zip(mappings) {
-        *slot = *m;
-        value.count += 1;
     }
-    procs
-        .insert(pid, value, 0)
-        .map_err(|source| ProbeError::Map {
-            name: PROCS,
-            source,
-        })
-}
 
-/// Forgets process `pid`'s mappings (its samples are walked by frame pointers again).
-pub(crate) fn forget_process(ebpf: &mut Ebpf, pid: u32) {
-    if let Some(map) = ebpf.map_mut(PROCS) {
-        if let Ok(mut procs) = HashMap::<_, u32, UnwindProc>::try_from(map) {
-            // Already gone is fine.
-            let _ = procs.remove(&pid);
+    /// Sets rule `index`, shared by every file's table.
+    pub fn set_rule(&mut self, index: u32, rule: UnwindRule) -> Result<(), ProbeError> {
+        self.rules
+            .set(index, rule, 0)
+            .map_err(|source| ProbeError::Map {
+                name: RULES,
+                source,
+            })
+    }
+
+    /// Writes `entries` from index `first` on, in one batch.
+    pub fn set_entries(&mut self, first: u32, entries: &[UnwindEntry]) -> Result<(), ProbeError> {
+        crate::bpf_map::update_array_batch(self.entries.fd().as_fd(), first, entries).map_err(
+            |source| ProbeError::MapSyscall {
+                name: ENTRIES,
+                op: "batch update",
+                source,
+            },
+        )
+    }
+
+    /// Lists the mappings with tables of process `pid` (sorted by start; at most 64 kept).
+    pub fn set_process(&mut self, pid: u32, mappings: &[UnwindMapping]) -> Result<(), ProbeError> {
+        let mut value = UnwindProc {
+            count: 0,
+            reserved: 0,
+            mappings: [UnwindMapping::default(); UNWIND_MAPPINGS],
+        };
+        for (slot, m) in value.mappings.iter_mut().zip(mappings) {
+            *slot = *m;
+            value.count += 1;
         }
+        self.procs
+            .insert(pid, value, 0)
+            .map_err(|source| ProbeError::Map {
+                name: PROCS,
+                source,
+            })
+    }
+
+    /// Forgets process `pid`'s mappings (its stacks are walked by frame pointers again).
+    pub fn forget_process(&mut self, pid: u32) {
+        // Already gone is fine.
+        let _ = self.procs.remove(&pid);
     }
 }

@@ -27,6 +27,7 @@ crate::harness::tests![
     cpu_and_off_cpu_together_write_two_profiles,
     off_cpu_flame_graph_is_titled_as_off_cpu,
     repeated_blocks_on_one_stack_share_one_kernel_entry,
+    waits_in_libc_wrappers_keep_their_caller,
 ];
 
 fn nanosleep_time_is_attributed_to_the_sleeping_function() {
@@ -199,4 +200,48 @@ fn repeated_blocks_on_one_stack_share_one_kernel_entry() {
     assert!(total >= 45 * 2 * MS, "{total} ns blocked");
     // The 50 sleeps, plus the wait for "go" and the exit path at most.
     assert!(main_thread.len() <= 4, "{} entries", main_thread.len());
+}
+
+/// The frame-pointer workload blocks through libc's nanosleep, read and pthread_cond_wait,
+/// which have none: walked by frame pointers, the calling function was lost (and the stack
+/// rootless); by the unwind tables each wait sits under its caller, whole.
+fn waits_in_libc_wrappers_keep_their_caller() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["libc-waits", "20", "25"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "libc-waits.folded",
+        &["--off-cpu", "--pid", &pid, "--format", "folded"],
+        || w.go_and_wait(),
+    );
+    let lines = read_folded(&rec.file);
+    for caller in [
+        "wait_in_libc_nanosleep",
+        "wait_in_libc_read",
+        "wait_in_libc_cond",
+    ] {
+        assert_ns_within(
+            &format!("off-CPU under {caller}"),
+            total_under(&lines, caller),
+            20 * 25 * MS,
+            0.10,
+        );
+        for l in lines
+            .iter()
+            .filter(|l| l.frames.iter().any(|f| f == caller))
+        {
+            let at = l.frames.iter().position(|f| f == caller).unwrap_or(0);
+            assert!(
+                l.frames.get(1).map(String::as_str) == Some("_start")
+                    && l.frames[..at].iter().any(|f| f == "main"),
+                "{caller} not under main and _start: {}",
+                l.frames.join(";")
+            );
+            assert!(
+                l.frames.len() > at + 1 && !l.frames[at + 1].ends_with("_[k]"),
+                "{caller} is the user leaf: libc's wrapper is missing: {}",
+                l.frames.join(";")
+            );
+        }
+    }
 }

@@ -11,6 +11,8 @@ crate::harness::tests![
     without_frame_pointers_deep_recursion_is_intact,
     a_comparator_called_back_by_libc_stays_under_its_caller,
     one_table_per_file_however_many_processes_map_it,
+    a_signal_handler_sits_on_the_signal_frame_over_the_interrupted_function,
+    a_stack_deeper_than_the_limit_ends_in_a_marker_saying_so,
 ];
 
 /// Lines with user frames: kernel-only stacks (a sample while exiting) have none to walk.
@@ -172,4 +174,87 @@ fn one_table_per_file_however_many_processes_map_it() {
     );
     assert_eq!(unwind["tables_compiled"], 3, "{unwind}");
     assert_eq!(unwind["entries_full"], 0, "{unwind}");
+}
+
+/// A timer signal's handler burns CPU: its samples go handler ← the signal trampoline's
+/// frame ← the function the signal interrupted (its registers come from the signal frame,
+/// its pc is looked up where it is, not one byte back) ← main ← _start.
+fn a_signal_handler_sits_on_the_signal_frame_over_the_interrupted_function() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start_nofp(&["signal", "60000"]);
+    let pid = w.pid().to_string();
+    let rec = record(
+        "nofp-signal.folded",
+        &[
+            "--pid",
+            &pid,
+            "--duration",
+            "3",
+            "--frequency",
+            "999",
+            "--format",
+            "folded",
+        ],
+    );
+    drop(w);
+    let lines = read_folded(&rec.file);
+    let handler: Vec<&FoldedLine> = user_lines(&lines)
+        .into_iter()
+        .filter(|l| l.frames.iter().any(|f| f == "burn_in_signal_handler"))
+        .collect();
+    let total: u64 = handler.iter().map(|l| l.count).sum();
+    assert!(total > 200, "{total} samples in the handler");
+    let whole: u64 = handler
+        .iter()
+        .filter(|l| {
+            let at = l
+                .frames
+                .iter()
+                .position(|f| f == "burn_in_signal_handler")
+                .unwrap_or(0);
+            at >= 3
+                && l.frames[at - 2] == "spin_until_signalled"
+                && l.frames[1] == "_start"
+                && l.frames[..at].iter().any(|f| f == "main")
+        })
+        .map(|l| l.count)
+        .sum();
+    let examples: Vec<String> = handler.iter().take(5).map(|l| l.frames.join(";")).collect();
+    assert!(
+        whole as f64 >= 0.95 * total as f64,
+        "{whole} of {total} handler samples sit on a signal frame over spin_until_signalled: {examples:#?}"
+    );
+}
+
+/// Recursion 200 deep is more than a stack holds: the walk keeps the 126 innermost frames
+/// and ends in a marker frame naming why, never a stack that looks whole.
+fn a_stack_deeper_than_the_limit_ends_in_a_marker_saying_so() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start_nofp(&["recurse", "200"]);
+    let rec = record(
+        "nofp-recurse-deep.folded",
+        &[
+            "--pid",
+            &w.pid().to_string(),
+            "--duration",
+            "2",
+            "--format",
+            "folded",
+        ],
+    );
+    drop(w);
+    let lines = read_folded(&rec.file);
+    let leaf: Vec<_> = user_lines(&lines)
+        .into_iter()
+        .filter(|l| l.frames.iter().any(|f| f == "recursion_leaf"))
+        .collect();
+    assert!(!leaf.is_empty(), "no samples in recursion_leaf");
+    for l in leaf {
+        let recursions = l.frames.iter().filter(|f| *f == "recurse").count();
+        assert!(
+            l.frames[1] == "[user stack cut: too deep]" && recursions == 125,
+            "{recursions} recurse frames: {}",
+            l.frames.join(";")
+        );
+    }
 }

@@ -30,6 +30,11 @@
  *                             until N is 0 (the same PID, a new image every MS ms)
  *   workload jit MS           runs machine code copied into anonymous executable memory (what
  *                             a JIT makes) for MS ms, after printing "jit ADDR SIZE" of it
+ *   workload libc-waits N MS  after a line on stdin: N waits of MS ms each through libc's
+ *                             nanosleep (wait_in_libc_nanosleep), read on a pipe
+ *                             (wait_in_libc_read) and pthread_cond_wait (wait_in_libc_cond)
+ *   workload signal MS        for MS ms, spin_until_signalled burns CPU while a 10 ms timer
+ *                             signal runs burn_in_signal_handler (about 3 ms each)
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
  * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
@@ -42,8 +47,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -560,10 +567,111 @@ __attribute__((noinline)) static void read_clock_in_vdso(long ms)
 	} while (running && (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
 }
 
+/*
+ * libc-waits: the waits of `sleep` and `pipe-wait`, and a condition variable's, through
+ * libc's wrappers (nanosleep, read, pthread_cond_wait), which have no frame pointers here.
+ */
+__attribute__((noinline)) void wait_in_libc_nanosleep(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+	sink++;
+}
+
+__attribute__((noinline)) void wait_in_libc_read(int fd)
+{
+	char byte;
+	sink += read(fd, &byte, 1);
+}
+
+static pthread_mutex_t cond_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond_ready = PTHREAD_COND_INITIALIZER;
+static long cond_given, cond_taken;
+
+__attribute__((noinline)) void wait_in_libc_cond(void)
+{
+	pthread_mutex_lock(&cond_lock);
+	while (cond_given == cond_taken)
+		pthread_cond_wait(&cond_ready, &cond_lock);
+	cond_taken++;
+	pthread_mutex_unlock(&cond_lock);
+	sink++;
+}
+
+/* Signals the condition n times, ms apart. */
+static void *cond_answerer(void *arg)
+{
+	struct answerer *a = arg;
+	for (long i = 0; i < a->n; i++) {
+		struct timespec ts = { a->ms / 1000, (a->ms % 1000) * 1000000L };
+		raw_syscall3(SYS_nanosleep, (long)&ts, 0, 0);
+		pthread_mutex_lock(&cond_lock);
+		cond_given++;
+		pthread_cond_signal(&cond_ready);
+		pthread_mutex_unlock(&cond_lock);
+	}
+	return NULL;
+}
+
+static int libc_waits(long n, long ms)
+{
+	int fds[2];
+	pthread_t helper;
+	struct answerer a = { 0, n, ms };
+	if (pipe(fds) != 0)
+		return 1;
+	a.fd = fds[1];
+	wait_for_go();
+	for (long i = 0; i < n; i++)
+		wait_in_libc_nanosleep(ms);
+	pthread_create(&helper, NULL, answerer_main, &a);
+	for (long i = 0; i < n; i++)
+		wait_in_libc_read(fds[0]);
+	pthread_join(helper, NULL);
+	pthread_create(&helper, NULL, cond_answerer, &a);
+	for (long i = 0; i < n; i++)
+		wait_in_libc_cond();
+	pthread_join(helper, NULL);
+	return 0;
+}
+
+/* signal MS: a timer signal every 10 ms, whose handler burns about 3 ms of CPU. */
+static volatile sig_atomic_t signals;
+
+__attribute__((noinline)) void burn_in_signal_handler(int sig)
+{
+	(void)sig;
+	BURN(3);
+	signals++;
+}
+
+/* What the signals interrupt: burns until MS ms worth of signals came. */
+__attribute__((noinline)) void spin_until_signalled(long ms)
+{
+	while (running && signals < ms / 10)
+		BURN(1);
+	sink++;
+}
+
+static int signal_burn(long ms)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = burn_in_signal_handler;
+	sa.sa_flags = SA_RESTART;
+	struct itimerval every = { { 0, 10000 }, { 0, 10000 } };
+	if (sigaction(SIGALRM, &sa, NULL) != 0 || setitimer(ITIMER_REAL, &every, NULL) != 0) {
+		perror("signal timer");
+		return 1;
+	}
+	spin_until_signalled(ms);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | signal MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -630,6 +738,10 @@ int main(int argc, char **argv)
 	} else if (strcmp(argv[1], "vdso") == 0 && argc > 2) {
 		read_clock_in_vdso(atol(argv[2]));
 		return 0;
+	} else if (strcmp(argv[1], "libc-waits") == 0 && argc > 3) {
+		return libc_waits(atol(argv[2]), atol(argv[3]));
+	} else if (strcmp(argv[1], "signal") == 0 && argc > 2) {
+		return signal_burn(atol(argv[2]));
 	} else if (strcmp(argv[1], "syscalls") == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		if (fd < 0) {

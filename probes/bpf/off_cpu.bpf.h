@@ -1,16 +1,12 @@
-// SPDX-License-Identifier: GPL-2.0-only
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * Off-CPU profiler on the sched_switch BTF tracepoint (no kprobes needed). It runs in the
+ * Off-CPU profiler (part of stacks.bpf.c) on the sched_switch BTF tracepoint (no kprobes needed). It runs in the
  * context of the thread leaving the CPU: that thread's stacks are captured then, and the
  * time it spent away is credited when it is switched back in. Counts are double-buffered
  * like the CPU sampler's; `ep_off_control[0]` names the buffer being filled.
  */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
-#include "emberprof.h"
-#include "common.bpf.h"
+#ifndef EP_OFF_CPU_BPF_H
+#define EP_OFF_CPU_BPF_H
 
 /* Set by the loader before verification. */
 const volatile __u8 ep_include_preempted = 0;
@@ -81,7 +77,8 @@ static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev)
 	/*
 	 * Every byte of the key is rewritten: the ids and lengths here, the comm NUL-padded by
 	 * the helper, and both stack buffers, which bpf_get_stack zero-fills past the frames it
-	 * writes (all of it on error). Equal stacks must give equal keys.
+	 * writes (all of it on error) and the walker's are zeroed first. Equal stacks must give
+	 * equal keys.
 	 */
 	start->ts = 0;
 	start->key.tgid = tgid;
@@ -89,8 +86,20 @@ static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev)
 	bpf_get_current_comm(start->key.comm, sizeof(start->key.comm));
 	ep_task_image(prev, &start->key.exec_id, &start->key.flags);
 	/* We run as `prev`, so the current stacks are the blocked thread's. */
-	start->key.user_len = ep_frames(
-		bpf_get_stack(ctx, start->key.user, sizeof(start->key.user), BPF_F_USER_STACK));
+	long user = 0;
+	if (bpf_map_lookup_elem(&ep_unwind_procs, &tgid)) {
+		/* The walker writes only its frames: the rest of the key must be zero too. */
+		__builtin_memset(start->key.user, 0, sizeof(start->key.user));
+		__u32 end = 0;
+		long n = ep_unwind_user((struct ep_stack *)start->key.user, tgid, &end);
+		if (end)
+			ep_off_count(EP_OFF_UNWIND_NO_RULE + end - EP_WALK_NO_RULE);
+		user = n > 0 ? n * (long)sizeof(__u64) : n;
+	}
+	/* By frame pointers when the process has no tables (zero-fills past its frames). */
+	if (!user)
+		user = bpf_get_stack(ctx, start->key.user, sizeof(start->key.user), BPF_F_USER_STACK);
+	start->key.user_len = ep_frames(user);
 	start->key.kernel_len = ep_frames(
 		bpf_get_stack(ctx, start->key.kernel, sizeof(start->key.kernel), 0));
 	/* Last, so that a half-filled record is never credited. */
@@ -116,13 +125,6 @@ static __always_inline void ep_credit(struct ep_offcpu_key *key, __u64 delta, vo
 	ep_off_count(EP_OFF_BLOCKS);
 }
 
-static __always_inline void ep_announce_lost(void)
-{
-	ep_off_count(EP_OFF_ANNOUNCE_LOST);
-}
-
-#include "announce.bpf.h"
-
 static __always_inline void ep_switch_in(struct task_struct *next)
 {
 	struct ep_offcpu_start *start = bpf_task_storage_get(&ep_off_start, next, 0, 0);
@@ -140,7 +142,7 @@ static __always_inline void ep_switch_in(struct task_struct *next)
 		ep_off_count(EP_OFF_SHORT);
 		return;
 	}
-	ep_announce(next, start->key.tgid);
+	ep_announce(next, start->key.tgid, &ep_off_counters, EP_OFF_ANNOUNCE_LOST);
 	__u32 zero = 0;
 	__u32 *active = bpf_map_lookup_elem(&ep_off_control, &zero);
 	if (!active)
@@ -167,4 +169,4 @@ int BPF_PROG(ep_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	return 0;
 }
 
-char LICENSE[] SEC("license") = "GPL";
+#endif

@@ -1,16 +1,12 @@
-// SPDX-License-Identifier: GPL-2.0-only
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * CPU sampler: runs on every tick of the software cpu-clock perf event and
+ * CPU sampler (part of stacks.bpf.c): runs on every tick of the software cpu-clock perf event and
  * aggregates {process, thread, user stack, kernel stack} -> sample count in the
  * kernel. Two buffers (stack map + count map each) let user space drain one
  * while the other keeps filling; `ep_control[0]` names the buffer being filled.
  */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
-#include "emberprof.h"
-#include "common.bpf.h"
+#ifndef EP_CPU_SAMPLER_BPF_H
+#define EP_CPU_SAMPLER_BPF_H
 
 /* Distinct stacks by content hash (see struct ep_sample_key for why not a stack-trace map). */
 #define EP_STACK_MAP(name)                                    \
@@ -57,14 +53,6 @@ struct {
 } ep_counters SEC(".maps");
 
 #define ep_count(idx) ep_percpu_inc(&ep_counters, (idx))
-
-static __always_inline void ep_announce_lost(void)
-{
-	ep_count(EP_CNT_ANNOUNCE_LOST);
-}
-
-#include "announce.bpf.h"
-#include "unwind.bpf.h"
 
 /* 64-bit multiply-rotate mix per frame, then a finalizer, seeded with the depth. */
 static __always_inline __u64 ep_stack_hash(const struct ep_stack *s, __u32 frames)
@@ -181,7 +169,7 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 
 	ep_count(EP_CNT_SAMPLES);
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	ep_announce(task, tgid);
+	ep_announce(task, tgid, &ep_counters, EP_CNT_ANNOUNCE_LOST);
 
 	struct ep_sample_key key = {};
 	key.tgid = tgid;
@@ -196,4 +184,4 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 	return 0;
 }
 
-char LICENSE[] SEC("license") = "GPL";
+#endif

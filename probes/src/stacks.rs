@@ -1,0 +1,154 @@
+//! The one BPF object of the loaders that take user stacks (`bpf/stacks.bpf.c`): the CPU
+//! sampler and the off-CPU profiler. Loaded once, so that both walk user stacks by the
+//! same unwind tables, written once.
+
+use aya::{Btf, EbpfLoader};
+
+use crate::abi::{UnwindEntry, UnwindMapping, UnwindRule};
+use crate::cpu_sampler::{self, CpuSampler, CpuSamplerConfig};
+use crate::error::ProbeError;
+use crate::new_processes;
+use crate::off_cpu::{self, OffCpuConfig, OffCpuProfiler};
+use crate::pid_filter::{self, PidFilter};
+use crate::profiler::UnwindTarget;
+use crate::shared_ebpf::SharedEbpf;
+use crate::unwind_maps::UnwindMaps;
+
+static STACKS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stacks.bpf.o"));
+
+/// The loaded stack-taking profilers, not attached yet, and the unwinder's maps they share.
+pub struct StackProbes {
+    /// The CPU sampler, if asked for; `start_sampling` attaches it.
+    pub cpu: Option<CpuSampler>,
+    /// The off-CPU profiler, if asked for; `attach` attaches it.
+    pub off_cpu: Option<OffCpuProfiler>,
+    /// Where unwind tables go: load them before attaching, so that no stack of the
+    /// processes known at start is walked without.
+    pub unwind: UnwindMaps,
+}
+
+impl StackProbes {
+    /// Checks privileges and the configurations, and loads the object for the profilers
+    /// asked for. With both, the CPU sampler's process selection is the object's (the
+    /// agent gives both the same).
+    pub fn load(
+        cpu: Option<&CpuSamplerConfig>,
+        off: Option<&OffCpuConfig>,
+    ) -> Result<Self, ProbeError> {
+        if let Some(c) = cpu {
+            CpuSampler::check(c)?;
+        }
+        if let Some(c) = off {
+            OffCpuProfiler::check(c)?;
+        }
+        let filter = match (cpu, off) {
+            (Some(c), _) => PidFilter::new(&c.pids, c.filter_pids, c.profile_self),
+            (None, Some(c)) => PidFilter::new(&c.pids, c.filter_pids, c.profile_self),
+            (None, None) => PidFilter::new(&[], false, false),
+        };
+        let pids: std::collections::BTreeSet<u32> = match (cpu, off) {
+            (Some(c), _) => c.pids.iter().copied().collect(),
+            (None, Some(c)) => c.pids.iter().copied().collect(),
+            (None, None) => Default::default(),
+        };
+        let announce = cpu.is_some() || off.is_some_and(|c| c.announce);
+        let announce_on = u8::from(announce);
+        // A profiler not asked for keeps its maps at one entry: the object is one, its
+        // memory need not be.
+        let stack_entries = cpu.map_or(1, |c| c.stack_map_entries);
+        let count_entries = cpu.map_or(1, |c| c.count_map_entries);
+        let off_entries = off.map_or(1, |c| c.count_map_entries);
+        let preempted = u8::from(off.is_some_and(|c| c.include_preempted));
+        let min_block_ns = off.map_or(0, |c| {
+            u64::try_from(c.min_block.as_nanos()).unwrap_or(u64::MAX)
+        });
+
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&btf))
+            // The off-CPU records are task-local storage, a map type aya has no wrapper
+            // for; only the program uses it.
+            .allow_unsupported_maps()
+            .set_global("ep_announce_on", &announce_on, true)
+            .set_global("ep_include_preempted", &preempted, true)
+            .set_global("ep_min_block_ns", &min_block_ns, true);
+        filter.set_globals(&mut loader);
+        for name in cpu_sampler::STACK_MAPS {
+            loader.set_max_entries(name, stack_entries);
+        }
+        for name in cpu_sampler::COUNT_MAPS {
+            loader.set_max_entries(name, count_entries);
+        }
+        for name in off_cpu::COUNT_MAPS {
+            loader.set_max_entries(name, off_entries);
+        }
+        let mut ebpf = loader.load(STACKS_OBJ)?;
+        pid_filter::sync(&mut ebpf, &pids)?;
+        let unwind = UnwindMaps::take(&mut ebpf)?;
+        let mut ring = if announce {
+            let ring = new_processes::take_ring(&mut ebpf)?;
+            new_processes::attach_lifecycle(&mut ebpf);
+            Some(ring)
+        } else {
+            None
+        };
+        let ebpf = SharedEbpf::new(ebpf);
+        let cpu = match cpu {
+            Some(_) => Some(CpuSampler::loaded(ebpf.clone(), ring.take())?),
+            None => None,
+        };
+        let off_cpu = match off {
+            Some(_) => Some(OffCpuProfiler::loaded(ebpf, ring.take())?),
+            None => None,
+        };
+        Ok(StackProbes {
+            cpu,
+            off_cpu,
+            unwind,
+        })
+    }
+}
+
+impl CpuSampler {
+    /// Checks privileges, loads the sampler alone and attaches it to every online CPU
+    /// (its user stacks are walked by frame pointers: it has no unwind tables).
+    pub fn start(config: &CpuSamplerConfig) -> Result<Self, ProbeError> {
+        let probes = StackProbes::load(Some(config), None)?;
+        let mut sampler = probes.cpu.ok_or(ProbeError::MissingMap("ep_cpu_sample"))?;
+        sampler.start_sampling(config)?;
+        Ok(sampler)
+    }
+}
+
+impl OffCpuProfiler {
+    /// Checks privileges, loads the off-CPU profiler alone and attaches it to
+    /// sched_switch (its user stacks are walked by frame pointers: it has no unwind
+    /// tables).
+    pub fn start(config: &OffCpuConfig) -> Result<Self, ProbeError> {
+        let probes = StackProbes::load(None, Some(config))?;
+        let mut profiler = probes
+            .off_cpu
+            .ok_or(ProbeError::MissingMap("ep_sched_switch"))?;
+        profiler.attach()?;
+        Ok(profiler)
+    }
+}
+
+impl UnwindTarget for UnwindMaps {
+    fn set_rule(&mut self, index: u32, rule: UnwindRule) -> Result<(), ProbeError> {
+        UnwindMaps::set_rule(self, index, rule)
+    }
+
+    fn set_entries(&mut self, first: u32, entries: &[UnwindEntry]) -> Result<(), ProbeError> {
+        UnwindMaps::set_entries(self, first, entries)
+    }
+
+    fn set_process(&mut self, pid: u32, mappings: &[UnwindMapping]) -> Result<(), ProbeError> {
+        UnwindMaps::set_process(self, pid, mappings)
+    }
+
+    fn forget_process(&mut self, pid: u32) {
+        UnwindMaps::forget_process(self, pid)
+    }
+}
