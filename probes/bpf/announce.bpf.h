@@ -2,7 +2,8 @@
 /*
  * Announcing processes to user space at their first sample, so that one which lives a few
  * hundred milliseconds is captured (mappings, files, attributes) while it still runs.
- * Include after vmlinux.h, bpf_helpers.h, bpf_tracing.h, bpf_core_read.h and common.bpf.h.
+ * Include after vmlinux.h, bpf_helpers.h, bpf_tracing.h, bpf_core_read.h, common.bpf.h and
+ * unwind.bpf.h.
  */
 #ifndef EP_ANNOUNCE_BPF_H
 #define EP_ANNOUNCE_BPF_H
@@ -56,12 +57,14 @@ static __always_inline void ep_announce(struct task_struct *task, __u32 tgid, vo
 	bpf_ringbuf_submit(a, 0);
 }
 
-/* An exec replaces every mapping: announce the process again at its next sample. */
+/* An exec replaces every mapping: announce the process again at its next sample, and
+ * stop walking it by the old image's tables (frame pointers until it is listed again). */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(ep_process_exec)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_map_delete_elem(&ep_announced, &tgid);
+	bpf_map_delete_elem(&ep_unwind_procs, &tgid);
 	return 0;
 }
 
@@ -71,8 +74,11 @@ int BPF_PROG(ep_process_exit)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if ((__u32)id == tgid)
+	if ((__u32)id == tgid) {
 		bpf_map_delete_elem(&ep_announced, &tgid);
+		/* A new process reusing the PID must not be walked by these mappings. */
+		bpf_map_delete_elem(&ep_unwind_procs, &tgid);
+	}
 	return 0;
 }
 

@@ -11,8 +11,8 @@
 #include <bpf/bpf_core_read.h>
 #include "emberprof.h"
 #include "common.bpf.h"
-#include "announce.bpf.h"
 #include "unwind.bpf.h"
+#include "announce.bpf.h"
 #include "cpu_sampler.bpf.h"
 #include "off_cpu.bpf.h"
 
