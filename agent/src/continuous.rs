@@ -140,6 +140,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             interval_began = elapsed;
             next_export = elapsed + args.interval;
         }
+        session.tick();
         std::thread::sleep(TICK);
     }
 

@@ -128,6 +128,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
                 next_span = elapsed + args.export_interval;
             }
         }
+        session.tick();
         progress.update(elapsed, args.duration, &live_counts(&session));
         let until_next = next_drain
             .saturating_sub(elapsed)

@@ -208,6 +208,17 @@ impl Session {
         &mut self.symbolizer
     }
 
+    /// Between drains (every tick of the run loop): hands the watcher's captures to the
+    /// symbolizer and loads the unwind tables of the processes met since, so that a new
+    /// process is walked by its tables a tick after its first sample, not a drain after
+    /// (a process that lives 300 ms would otherwise never be).
+    pub fn tick(&mut self) {
+        if let Some(w) = &self.watcher {
+            w.deliver(&mut self.symbolizer, self.processes.as_mut());
+        }
+        self.load_unwind_tables();
+    }
+
     /// Loads the unwind tables of processes the symbolizer met since the last call.
     fn load_unwind_tables(&mut self) {
         if let Some(maps) = &mut self.unwind_maps {

@@ -127,8 +127,9 @@ impl UnwindLoader {
                 self.processes_listed += 1;
                 target.set_process(pid, &mappings)
             };
-            if let Err(e) = listed {
-                tracing::debug!(pid, error = %e, "cannot list unwind mappings");
+            match listed {
+                Ok(()) => tracing::debug!(pid, mappings = mappings.len(), "unwind mappings listed"),
+                Err(e) => tracing::debug!(pid, error = %e, "cannot list unwind mappings"),
             }
         }
     }

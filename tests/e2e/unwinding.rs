@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use crate::support::{bpf_test, read_folded, record, FoldedLine, Workload, SPLIT_FUNCTIONS};
+use crate::support::{
+    bpf_test, read_folded, record, record_around, FoldedLine, Workload, SPLIT_FUNCTIONS,
+};
 
 crate::harness::tests![
     without_frame_pointers_stacks_reach_the_entry_and_keep_the_known_split,
@@ -13,6 +15,7 @@ crate::harness::tests![
     one_table_per_file_however_many_processes_map_it,
     a_signal_handler_sits_on_the_signal_frame_over_the_interrupted_function,
     a_stack_deeper_than_the_limit_ends_in_a_marker_saying_so,
+    short_lived_processes_are_walked_by_their_tables,
 ];
 
 /// Lines with user frames: kernel-only stacks (a sample while exiting) have none to walk.
@@ -257,4 +260,33 @@ fn a_stack_deeper_than_the_limit_ends_in_a_marker_saying_so() {
             l.frames.join(";")
         );
     }
+}
+
+/// Six processes of 400 ms each, forked one after another, none known at start: each is
+/// listed a tick (100 ms) after its first sample, not at the next drain (1 s), so most of
+/// their samples have whole stacks.
+fn short_lived_processes_are_walked_by_their_tables() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_nofp_paused(&["short-many", "6", "400"]);
+    let rec = record_around(
+        "nofp-short-many.folded",
+        &["--frequency", "999", "--format", "folded"],
+        || w.go_and_wait(),
+    );
+    let lines = read_folded(&rec.file);
+    let burn: Vec<&FoldedLine> = user_lines(&lines)
+        .into_iter()
+        .filter(|l| l.frames.iter().any(|f| f == "short_lived_burn"))
+        .collect();
+    let total: u64 = burn.iter().map(|l| l.count).sum();
+    let whole: u64 = burn
+        .iter()
+        .filter(|l| l.frames[1] == "_start" && l.frames.iter().any(|f| f == "short_many"))
+        .map(|l| l.count)
+        .sum();
+    assert!(total > 500, "{total} samples in short_lived_burn");
+    assert!(
+        whole as f64 >= 0.6 * total as f64,
+        "{whole} of {total} samples of the short-lived processes have whole stacks"
+    );
 }

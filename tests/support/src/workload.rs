@@ -25,7 +25,16 @@ pub struct Workload {
 impl Workload {
     /// Starts a workload that waits for a line on its stdin before working (see `go`).
     pub fn start_paused(args: &[&str]) -> Workload {
-        let child = Command::new(workload_binary())
+        Workload::start_paused_binary(workload_binary(), args)
+    }
+
+    /// `start_paused` for the build without frame pointers.
+    pub fn start_nofp_paused(args: &[&str]) -> Workload {
+        Workload::start_paused_binary(workload_binary_nofp(), args)
+    }
+
+    fn start_paused_binary(binary: &Path, args: &[&str]) -> Workload {
+        let child = Command::new(binary)
             .args(args)
             .stdin(Stdio::piped())
             .spawn()
