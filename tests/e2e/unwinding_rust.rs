@@ -47,14 +47,15 @@ fn rust_release_build_keeps_the_split_under_the_thread_entry() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start_rust(&["cpu-split"]);
     let pid = w.pid().to_string();
-    // 999 Hz for 5 s: thousands of samples, so that sampling noise is well under 1 point.
+    // 999 Hz for 8 s: over 1000 samples even when other builds hold most of the 2 CPUs
+    // (5 s gave 951 at a load of 6), so that sampling noise stays under the 2 points.
     let rec = record(
         "rust-split.folded",
         &[
             "--pid",
             &pid,
             "--duration",
-            "5",
+            "8",
             "--frequency",
             "999",
             "--format",
