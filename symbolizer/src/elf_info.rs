@@ -84,6 +84,29 @@ impl ElfInfo {
         };
         Some((file_offset - s.file_offset + s.vaddr, segment))
     }
+
+    /// The link-time address of the first byte of a mapping of `len` bytes from
+    /// `file_offset`, placed by the segment it maps the most of: a mapping starts at a page
+    /// boundary, and LLD starts a segment inside the page that ends the one before it, so
+    /// the offset alone may lie in the wrong segment.
+    pub(crate) fn mapping_address(&self, file_offset: u64, len: u64) -> Option<u64> {
+        let end = file_offset.saturating_add(len);
+        let s = self
+            .segments
+            .iter()
+            .filter_map(|s| {
+                let lo = file_offset.max(s.file_offset);
+                let hi = end.min(s.file_offset.saturating_add(s.file_size));
+                (hi > lo).then(|| (hi - lo, s))
+            })
+            .max_by_key(|(overlap, _)| *overlap)?
+            .1;
+        Some(
+            s.vaddr
+                .wrapping_sub(s.file_offset)
+                .wrapping_add(file_offset),
+        )
+    }
 }
 
 /// Lower-case hex of a build ID, as debug directories and debuginfod name it.
@@ -106,6 +129,33 @@ mod tests {
         let first = info.segments[0];
         assert_eq!(info.virtual_address(first.file_offset), Some(first.vaddr));
         assert_eq!(info.virtual_address(u64::MAX), None);
+    }
+
+    /// The layout rustc's LLD gives a PIE (the Rust test workload's headers): code from
+    /// 0x154a0 at 0x164a0, mapped from the page at 0x15000 to 0x16000.
+    #[test]
+    fn a_mapping_is_placed_by_the_segment_it_maps_most_of() {
+        let seg = |file_offset, file_size, vaddr| Segment {
+            file_offset,
+            file_size,
+            vaddr,
+        };
+        let info = ElfInfo {
+            segments: vec![
+                seg(0, 0x1549c, 0),
+                seg(0x154a0, 0x41660, 0x164a0),
+                seg(0x56b00, 0x2b40, 0x58b00),
+                seg(0x59640, 0x9c8, 0x5c640),
+            ],
+            ..ElfInfo::default()
+        };
+        assert_eq!(info.mapping_address(0, 0x16000), Some(0));
+        assert_eq!(info.mapping_address(0x15000, 0x42000), Some(0x16000));
+        // The offset alone lies in the read-only segment.
+        assert_eq!(info.virtual_address(0x15000), Some(0x15000));
+        assert_eq!(info.mapping_address(0x56000, 0x4000), Some(0x58000));
+        assert_eq!(info.mapping_address(0x59000, 0x2000), Some(0x5c000));
+        assert_eq!(info.mapping_address(0x60000, 0x1000), None);
     }
 
     #[test]

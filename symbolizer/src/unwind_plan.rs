@@ -52,7 +52,11 @@ impl Symbolizer {
         for (start, end, offset, file) in wanted {
             let f = self.files.get_mut(file);
             let info = f.info.get_or_insert_with(|| ElfInfo::read(&f.path));
-            let Some((vaddr, _)) = info.as_ref().ok().and_then(|i| i.placed(offset)) else {
+            let Some(vaddr) = info
+                .as_ref()
+                .ok()
+                .and_then(|i| i.mapping_address(offset, end.saturating_sub(start)))
+            else {
                 continue;
             };
             let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -1,6 +1,7 @@
 //! Compiles the test workload (tests/workloads/workload.c) once per build, with frame
 //! pointers everywhere so that every stack the tests expect can be walked (bench/workloads.py
-//! builds it with the same flags), and once without them, for the unwinding tests.
+//! builds it with the same flags), and once without them, for the unwinding tests; and the
+//! Rust workload (tests/workloads/workload.rs) as a release build, without frame pointers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,6 +25,39 @@ fn main() {
         "cargo:rustc-env=EMBERPROF_TEST_WORKLOAD_NOFP={}",
         nofp.display()
     );
+    let rust_src = manifest.join("../workloads/workload.rs");
+    let rust = out.with_file_name("epworkload-rust");
+    println!("cargo:rerun-if-changed={}", rust_src.display());
+    build_rust(&rust_src, &rust);
+    println!(
+        "cargo:rustc-env=EMBERPROF_TEST_WORKLOAD_RUST={}",
+        rust.display()
+    );
+}
+
+/// Builds the Rust workload with rustc itself: it is a program of its own (plain std), and
+/// a release profile's flags are what the tests are about, whatever profile builds the tests.
+fn build_rust(src: &std::path::Path, out: &std::path::Path) {
+    // Cargo gives build scripts the rustc it builds with.
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let status = Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "--crate-name",
+            "workload",
+            "--crate-type",
+            "bin",
+        ])
+        .args(["-C", "opt-level=3", "-C", "debuginfo=2"])
+        // The default for this target, said explicitly: the tests need a build without them.
+        .args(["-C", "force-frame-pointers=no"])
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .status()
+        .expect("running rustc for the Rust test workload");
+    assert!(status.success(), "building {}", src.display());
 }
 
 fn build(src: &std::path::Path, out: &std::path::Path, frame_pointers: &[&str]) {

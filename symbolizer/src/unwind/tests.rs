@@ -224,6 +224,25 @@ fn a_function_entry_is_rsp_plus_8() {
     assert_eq!(table.lookup(link_time), Some(AT_ENTRY));
 }
 
+/// The bias listed for this process's own code takes a runtime address to its table
+/// address. LLD starts the code segment inside the page that ends the read-only one, so the
+/// code mapping's file offset also lies in that segment: placed by it, every lookup was a
+/// page off.
+#[test]
+fn the_code_mapping_of_an_lld_build_is_placed_by_its_own_segment() {
+    let pid = std::process::id();
+    let f = crate::test_support::marker_function_for_symbolizer_test as *const () as usize as u64;
+    let mut s = crate::Symbolizer::new();
+    crate::test_support::symbolize_one(&mut s, pid, &[f], &[]);
+    let m = s
+        .unwind_mappings(pid)
+        .into_iter()
+        .find(|m| m.start <= f && f < m.end)
+        .expect("a mapping holds our own function");
+    let table = s.compile_unwind_table(m.file).expect("our own table");
+    assert_eq!(table.lookup(f.wrapping_sub(m.bias)), Some(AT_ENTRY));
+}
+
 #[test]
 fn gaps_between_functions_have_no_rule_and_lookups_outside_have_none() {
     let table = compile_file(&libc()).unwrap();

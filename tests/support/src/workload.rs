@@ -1,5 +1,5 @@
-//! The test workload (tests/workloads/workload.c): CPU, off-CPU and I/O patterns with known
-//! shapes, built by this crate's build script.
+//! The test workloads (tests/workloads/workload.c, and workload.rs for Rust release builds):
+//! CPU, off-CPU and I/O patterns with known shapes, built by this crate's build script.
 
 use std::io::Write;
 use std::path::Path;
@@ -15,6 +15,12 @@ pub fn workload_binary() -> &'static Path {
 /// name is `epworkload-nofp`.
 pub fn workload_binary_nofp() -> &'static Path {
     Path::new(env!("EMBERPROF_TEST_WORKLOAD_NOFP"))
+}
+
+/// The Rust workload (tests/workloads/workload.rs), built `-C opt-level=3` without frame
+/// pointers; its file name is `epworkload-rust`.
+pub fn workload_binary_rust() -> &'static Path {
+    Path::new(env!("EMBERPROF_TEST_WORKLOAD_RUST"))
 }
 
 /// A running workload, killed when dropped.
@@ -61,6 +67,11 @@ impl Workload {
     /// Like `start`, with the build without frame pointers.
     pub fn start_nofp(args: &[&str]) -> Workload {
         Workload::start_binary(workload_binary_nofp(), args, &[])
+    }
+
+    /// Starts the Rust workload (`cpu-split`, `recurse DEPTH`) like `start`.
+    pub fn start_rust(args: &[&str]) -> Workload {
+        Workload::start_binary(workload_binary_rust(), args, &[])
     }
 
     /// Like `start`, with extra environment variables.
