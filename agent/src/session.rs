@@ -106,7 +106,8 @@ impl Session {
     pub fn start(config: SessionConfig) -> anyhow::Result<Session> {
         let mut runs = Vec::new();
         let mut symbolizer = config.symbolizer;
-        let mut unwind = crate::unwind_loader::UnwindLoader::default();
+        let unwind_entries = config.cpu.as_ref().and_then(|c| c.unwind_entries);
+        let mut unwind = crate::unwind_loader::UnwindLoader::new(unwind_entries);
         if let Some(c) = &config.cpu {
             let mut sampler = CpuSampler::load(c).context("starting the CPU sampler")?;
             // Tables of the processes known now before the first sample, so that none of
@@ -429,6 +430,7 @@ impl Session {
         out.extend(health::counters(&Sources {
             symbolizer: &stats,
             k8s: crate::kubernetes::get(),
+            unwind: self.unwind.stats(),
         }));
         Ok(out)
     }

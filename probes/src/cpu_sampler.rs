@@ -15,8 +15,8 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::abi::{
     Counter, SampleKey, StackTrace, UnwindEntry, UnwindMapping, UnwindRule,
-    DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, STACK_ERR_MAP_FULL,
-    STACK_ERR_NONE,
+    DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, MAX_UNWIND_ENTRIES,
+    STACK_ERR_MAP_FULL, STACK_ERR_NONE, UNWIND_ENTRIES,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
@@ -57,11 +57,15 @@ pub struct CpuSamplerConfig {
     pub stack_map_entries: u32,
     /// Entries of each of the two count maps (distinct thread + stack keys between drains).
     pub count_map_entries: u32,
+    /// Entries of the unwind tables' array (all files together, 8 bytes each, allocated
+    /// at load), at most `MAX_UNWIND_ENTRIES`; `None`: user stacks are walked by frame
+    /// pointers only and the array is left at one entry.
+    pub unwind_entries: Option<u32>,
 }
 
 impl CpuSamplerConfig {
     /// Default map sizes: 16384 stacks and 16384 keys per buffer (about 17 MiB of kernel
-    /// memory per stack map).
+    /// memory per stack map), and unwind tables of 4 Mi entries (32 MiB).
     pub fn new(frequency_hz: u64, pids: Vec<u32>) -> Self {
         CpuSamplerConfig {
             frequency_hz,
@@ -70,6 +74,7 @@ impl CpuSamplerConfig {
             stack_map_entries: DEFAULT_STACK_MAP_ENTRIES,
             count_map_entries: DEFAULT_COUNT_MAP_ENTRIES,
             profile_self: false,
+            unwind_entries: Some(UNWIND_ENTRIES as u32),
         }
     }
 }
@@ -158,6 +163,14 @@ impl CpuSampler {
             ],
             &config.pids,
         )?;
+        let unwind_entries = config.unwind_entries.unwrap_or(1);
+        if !(1..=MAX_UNWIND_ENTRIES).contains(&unwind_entries) {
+            return Err(ProbeError::MapSize {
+                what: "unwind table",
+                got: unwind_entries,
+                max: MAX_UNWIND_ENTRIES,
+            });
+        }
 
         let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
         let mut loader = EbpfLoader::new();
@@ -169,6 +182,8 @@ impl CpuSampler {
         for name in COUNT_MAPS {
             loader.set_max_entries(name, config.count_map_entries);
         }
+        // Preallocated and charged to emberprof's memory cgroup whether used or not.
+        loader.set_max_entries(crate::unwind_maps::ENTRIES, unwind_entries);
         let mut ebpf = loader.load(CPU_SAMPLER_OBJ)?;
 
         pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;

@@ -10,7 +10,8 @@ use crate::abi::{UnwindEntry, UnwindMapping, UnwindProc, UnwindRule, UNWIND_MAPP
 use crate::error::ProbeError;
 
 const RULES: &str = "ep_unwind_rules";
-const ENTRIES: &str = "ep_unwind_entries";
+/// The entries array, sized at load.
+pub(crate) const ENTRIES: &str = "ep_unwind_entries";
 const PROCS: &str = "ep_unwind_procs";
 
 fn array<'a, T: aya::Pod>(

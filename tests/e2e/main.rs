@@ -24,6 +24,7 @@ mod pyroscope;
 mod soak;
 mod support;
 mod symbols;
+mod unwind_switches;
 mod unwinding;
 
 use std::process::ExitCode;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         pyroscope::TESTS,
         soak::TESTS,
         symbols::TESTS,
+        unwind_switches::TESTS,
         unwinding::TESTS,
     ];
     let trials = harness::trials(&modules, &args, &filters);
