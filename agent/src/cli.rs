@@ -84,6 +84,8 @@ pub struct AgentArgs {
     pub export: ExportArgs,
     #[command(flatten)]
     pub symbols: SymbolArgs,
+    #[command(flatten)]
+    pub unwind: UnwindArgs,
     /// Also write every interval's profiles as pprof files into this directory.
     #[arg(long, value_name = "DIR")]
     pub pprof_dir: Option<PathBuf>,
@@ -145,6 +147,8 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub symbols: SymbolArgs,
     #[command(flatten)]
+    pub unwind: UnwindArgs,
+    #[command(flatten)]
     pub maps: MapArgs,
 }
 
@@ -177,6 +181,50 @@ pub struct SymbolArgs {
     /// and reopened as needed.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub symbol_files: usize,
+}
+
+/// Bytes of one unwind table entry in the kernel's array.
+const UNWIND_ENTRY_BYTES: u64 = std::mem::size_of::<emberprof_probes::abi::UnwindEntry>() as u64;
+/// The default --unwind-table-mib: a few hundred distinct files at the measured mean of
+/// 9,600 entries (75 KB) per file, with room for a couple of LLVM-sized libraries (9 MiB).
+pub const DEFAULT_UNWIND_TABLE_MIB: u32 = 32;
+/// The largest --unwind-table-mib: what the kernel's rule search covers.
+const MAX_UNWIND_TABLE_MIB: i64 =
+    ((emberprof_probes::abi::MAX_UNWIND_ENTRIES as u64 * UNWIND_ENTRY_BYTES) >> 20) as i64;
+
+/// How CPU samples' user stacks are walked, and the kernel memory the unwind tables get.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct UnwindArgs {
+    /// How user stacks are walked: auto (by unwind tables compiled from each file's
+    /// .eh_frame where it has one, by frame pointers elsewhere) or fp (frame pointers only:
+    /// no table is compiled or loaded).
+    #[arg(long, value_enum, value_name = "auto|fp", default_value = "auto")]
+    pub unwind: UnwindMode,
+    /// Kernel memory for the unwind tables of all files together, in MiB (8 bytes per
+    /// entry, allocated at start). Tables no listed process uses are evicted to make room;
+    /// a file whose table still does not fit is walked by frame pointers, and counted.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UNWIND_TABLE_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_UNWIND_TABLE_MIB))]
+    pub unwind_table_mib: u32,
+}
+
+impl UnwindArgs {
+    /// Entries of the kernel's unwind table array; `None` with `--unwind fp`.
+    pub fn entries(&self) -> Option<u32> {
+        let entries = (u64::from(self.unwind_table_mib) << 20) / UNWIND_ENTRY_BYTES;
+        match self.unwind {
+            UnwindMode::Auto => Some(u32::try_from(entries).unwrap_or(u32::MAX)),
+            UnwindMode::Fp => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UnwindMode {
+    /// Unwind tables where a file has them, frame pointers elsewhere.
+    Auto,
+    /// Frame pointers only.
+    Fp,
 }
 
 /// Which processes the agent profiles, besides --pid. Applied in the kernel through its PID
@@ -428,6 +476,43 @@ mod tests {
             DebugArgs::default(),
             "/debug/pprof is off by default"
         );
+    }
+
+    #[test]
+    fn unwind_switch_and_bound() {
+        let parse = |extra: &[&str]| {
+            let argv = ["emberprof", "record"].iter().chain(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Record(args)) => Ok(args.unwind),
+                Ok(_) => panic!("not a record command"),
+                Err(e) => Err(e),
+            }
+        };
+        let default = parse(&[]).unwrap();
+        assert_eq!(default.unwind, UnwindMode::Auto);
+        assert_eq!(default.entries(), Some(4 << 20), "32 MiB of 8-byte entries");
+        let fp = parse(&["--unwind", "fp", "--unwind-table-mib", "8"]).unwrap();
+        assert_eq!(fp.entries(), None);
+        let small = parse(&["--unwind-table-mib", "1"]).unwrap();
+        assert_eq!(small.entries(), Some(128 << 10));
+        // The largest bound is the largest array the kernel's search covers.
+        let max = parse(&["--unwind-table-mib", "128"]).unwrap();
+        assert_eq!(
+            max.entries(),
+            Some(emberprof_probes::abi::MAX_UNWIND_ENTRIES)
+        );
+        for bad in [
+            &["--unwind-table-mib", "0"][..],
+            &["--unwind-table-mib", "129"],
+            &["--unwind", "dwarf"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let agent = Cli::try_parse_from(["emberprof", "agent", "--unwind", "fp"]).unwrap();
+        let Command::Agent(args) = agent.command else {
+            panic!("not an agent command");
+        };
+        assert_eq!(args.unwind.unwind, UnwindMode::Fp);
     }
 
     #[test]

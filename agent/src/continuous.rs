@@ -48,7 +48,10 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     crate::http::serve(
         args.http_listen,
         &args.debug,
-        args.symbols.profile_self,
+        crate::http::OnDemand {
+            profile_self: args.symbols.profile_self,
+            unwind_entries: args.unwind.entries(),
+        },
         status.clone(),
     )?;
     let stop = StopSignal::install()?;
@@ -70,6 +73,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             count_map_entries: args.maps.count_map_entries,
             filter_pids,
             profile_self: args.symbols.profile_self,
+            unwind_entries: args.unwind.entries(),
             ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
         }),
         off_cpu: args.waits.off_cpu.then(|| OffCpuConfig {
@@ -78,6 +82,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             count_map_entries: args.maps.count_map_entries,
             filter_pids,
             profile_self: args.symbols.profile_self,
+            unwind_entries: args.unwind.entries(),
             ..OffCpuConfig::new(args.pids.clone())
         }),
         latency: want_histograms.then(|| LatencyConfig {
@@ -306,6 +311,9 @@ fn apply_reload(
     }
     if new.maps != args.maps {
         needs_restart.push("map sizes and drain interval");
+    }
+    if new.unwind != args.unwind {
+        needs_restart.push("unwind/unwind_table_mib");
     }
     args.interval = new.interval;
     args.shutdown_timeout = new.shutdown_timeout;

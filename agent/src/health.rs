@@ -9,11 +9,14 @@ use emberprof_model::{HealthCounter, HealthValue, ProfileKind};
 use emberprof_symbolizer::SymbolizerStats;
 
 use crate::kubernetes::Kubernetes;
+use crate::unwind_loader::{entry_bytes, UnwindStats};
 
 /// What the values are read from.
 pub struct Sources<'a> {
     pub symbolizer: &'a SymbolizerStats,
     pub k8s: Option<&'a Kubernetes>,
+    /// The unwind tables, unless they are off (`--unwind fp`) or there is no CPU sampler.
+    pub unwind: Option<UnwindStats>,
 }
 
 /// One metric (or one labelled series of it).
@@ -27,6 +30,11 @@ struct Row {
 }
 
 use HealthValue::{Count, Level};
+
+/// Bytes of the unwind tables' array in one state.
+fn table_bytes(s: &Sources<'_>, entries: fn(&UnwindStats) -> u32) -> Option<HealthValue> {
+    s.unwind.map(|u| Level(entry_bytes(entries(&u)) as f64))
+}
 
 fn pods(s: &Sources<'_>) -> Option<HealthValue> {
     s.k8s.map(|k| Level(k.pods() as f64))
@@ -137,6 +145,41 @@ const CATALOGUE: &[Row] = &[
         unit: "{table}",
         label: None,
         value: |s| Some(Count(s.symbolizer.unwind_tables)),
+    },
+    Row {
+        name: "emberprof.unwind.table.misses",
+        description: "Times a file's unwind table was wanted for a process and did not fit under --unwind-table-mib even after evicting unused tables (the file is walked by frame pointers)",
+        unit: "{table}",
+        label: None,
+        value: |s| s.unwind.map(|u| Count(u.misses)),
+    },
+    Row {
+        name: "emberprof.unwind.table.evictions",
+        description: "Unwind tables no listed process used, evicted to make room for another",
+        unit: "{table}",
+        label: None,
+        value: |s| s.unwind.map(|u| Count(u.evictions)),
+    },
+    Row {
+        name: "emberprof.unwind.table.bytes",
+        description: "Kernel memory of the unwind tables' array (--unwind-table-mib, allocated at start), by state (used: tables of listed processes; unused: kept until their room is needed; free)",
+        unit: "By",
+        label: Some(("state", "used")),
+        value: |s| table_bytes(s, |u| u.used_entries),
+    },
+    Row {
+        name: "emberprof.unwind.table.bytes",
+        description: "Kernel memory of the unwind tables' array (--unwind-table-mib, allocated at start), by state (used: tables of listed processes; unused: kept until their room is needed; free)",
+        unit: "By",
+        label: Some(("state", "unused")),
+        value: |s| table_bytes(s, |u| u.unused_entries),
+    },
+    Row {
+        name: "emberprof.unwind.table.bytes",
+        description: "Kernel memory of the unwind tables' array (--unwind-table-mib, allocated at start), by state (used: tables of listed processes; unused: kept until their room is needed; free)",
+        unit: "By",
+        label: Some(("state", "free")),
+        value: |s| table_bytes(s, |u| u.capacity_entries - u.used_entries - u.unused_entries),
     },
     Row {
         name: "emberprof.symbolizer.parse.nanoseconds",
@@ -348,6 +391,7 @@ mod tests {
         let without_k8s = Sources {
             symbolizer: &stats,
             k8s: None,
+            unwind: None,
         };
         let all = counters(&without_k8s);
         let get = |name: &str, label: Option<&str>| {
@@ -360,6 +404,35 @@ mod tests {
             Some(Count(5))
         );
         assert!(all.iter().all(|c| !c.name.starts_with("emberprof.k8s")));
+        assert!(
+            all.iter()
+                .all(|c| !c.name.starts_with("emberprof.unwind.table.")),
+            "no table rows with --unwind fp"
+        );
+        let unwind = UnwindStats {
+            capacity_entries: 1000,
+            used_entries: 600,
+            unused_entries: 100,
+            misses: 3,
+            ..Default::default()
+        };
+        let with_tables = counters(&Sources {
+            symbolizer: &stats,
+            k8s: None,
+            unwind: Some(unwind),
+        });
+        let get = |name: &str, label: Option<&str>| {
+            with_tables
+                .iter()
+                .find(|c| c.name == name && c.attributes.first().map(|(_, v)| v.as_str()) == label)
+                .map(|c| c.value)
+        };
+        assert_eq!(get("emberprof.unwind.table.misses", None), Some(Count(3)));
+        assert_eq!(
+            get("emberprof.unwind.table.bytes", Some("free")),
+            Some(Level(2400.0)),
+            "300 free entries of 8 bytes"
+        );
         // A metric's rows agree on description and unit, and no series repeats.
         let mut seen = std::collections::HashSet::new();
         for row in CATALOGUE {

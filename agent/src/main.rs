@@ -22,6 +22,7 @@ mod stop_signal;
 mod symbols;
 mod timings;
 mod unwind_loader;
+mod unwind_ranges;
 mod watcher;
 
 use std::io::IsTerminal;

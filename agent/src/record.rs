@@ -76,6 +76,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             stack_map_entries: args.maps.stack_map_entries,
             count_map_entries: args.maps.count_map_entries,
             profile_self: args.symbols.profile_self,
+            unwind_entries: args.unwind.entries(),
             ..CpuSamplerConfig::new(args.frequency, args.pids.clone())
         }),
         off_cpu: want_off_cpu.then(|| OffCpuConfig {
@@ -85,6 +86,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             // Without a CPU sampler, the off-CPU profiler announces new processes.
             announce: !want_cpu,
             profile_self: args.symbols.profile_self,
+            unwind_entries: args.unwind.entries(),
             ..OffCpuConfig::new(args.pids.clone())
         }),
         latency: want_histograms.then(|| LatencyConfig {
@@ -168,14 +170,27 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.summary_json {
         let stats = session.symbolizer().stats();
         let mut memory = memory_json(&stats);
-        let u = session.unwind();
-        memory["unwind"] = serde_json::json!({
-            "tables_compiled": stats.unwind_tables,
-            "files_written": u.files_written,
-            "processes_listed": u.processes_listed,
-            "entries": u.entries(),
-            "entries_full": u.entries_full,
-        });
+        let mode = clap::ValueEnum::to_possible_value(&args.unwind.unwind);
+        let mode = mode.as_ref().map_or("", |v| v.get_name());
+        memory["unwind"] = match session.unwind().stats() {
+            Some(u) => serde_json::json!({
+                "mode": mode,
+                "tables_compiled": stats.unwind_tables,
+                "files_written": u.files_written,
+                "processes_listed": u.processes_listed,
+                "entries": u.used_entries + u.unused_entries,
+                "entries_used": u.used_entries,
+                "entries_unused": u.unused_entries,
+                "table_bytes_max": crate::unwind_loader::entry_bytes(u.capacity_entries),
+                "table_misses": u.misses,
+                "evictions": u.evictions,
+            }),
+            // --unwind fp, or no CPU profile: no table is compiled.
+            None => serde_json::json!({
+                "mode": mode,
+                "tables_compiled": stats.unwind_tables,
+            }),
+        };
         write_summary_json(path, json, histograms_json, memory)?;
     }
     if !sinks.is_empty() {

@@ -108,7 +108,9 @@ impl Session {
     pub fn start(config: SessionConfig) -> anyhow::Result<Session> {
         let mut runs = Vec::new();
         let mut symbolizer = config.symbolizer;
-        let mut unwind = crate::unwind_loader::UnwindLoader::default();
+        let unwind_entries =
+            emberprof_probes::stacks::unwind_entries(config.cpu.as_ref(), config.off_cpu.as_ref());
+        let mut unwind = crate::unwind_loader::UnwindLoader::new(unwind_entries);
         let mut unwind_maps = None;
         if config.cpu.is_some() || config.off_cpu.is_some() {
             let what = match (&config.cpu, &config.off_cpu) {
@@ -451,6 +453,7 @@ impl Session {
         out.extend(health::counters(&Sources {
             symbolizer: &stats,
             k8s: crate::kubernetes::get(),
+            unwind: self.unwind.stats(),
         }));
         Ok(out)
     }

@@ -160,6 +160,9 @@ class Tests:
             "http.port=0": "/http/port",
             "runAsUser=-1": "/runAsUser",
             "kubernetes.optIn=yes": "/kubernetes/optIn",
+            "unwind.mode=dwarf": "/unwind/mode",
+            "unwind.tableMib=0": "/unwind/tableMib",
+            "unwind.tableMib=129": "/unwind/tableMib",
         }
         for value, where in bad.items():
             out = self.helm.template(sets=[value], expect_ok=False)
@@ -270,12 +273,15 @@ class Tests:
         assert sc["capabilities"]["add"] == ["BPF", "PERFMON", "SYS_PTRACE"]
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
         limit = self.render().container["resources"]["limits"]["memory"]
-        assert limit == "256Mi", limit
-        # The default limit holds the agent's measured peak with a large binary busy
-        # (160 MiB, docs/benchmarks.md) and both export queues full at their default bound.
+        assert limit == "320Mi", limit
+        # The default limit holds the agent's measured peak RSS with a large binary busy
+        # (160 MiB, docs/benchmarks.md), both export queues full at their default bound,
+        # and the kernel maps charged to the pod: 53 MiB with every profile on, plus the
+        # unwind tables' array (README, "Memory: where it goes").
         values = yaml.safe_load((CHART / "values.yaml").read_text())
         queue = values["exporters"]["otlp"]["queueBytes"]
-        assert 256 * 2**20 >= 160 * 2**20 + 2 * queue, queue
+        tables = values["unwind"]["tableMib"] * 2**20
+        assert 320 * 2**20 >= 160 * 2**20 + 2 * queue + 53 * 2**20 + tables, (queue, tables)
 
     def test_config_change_rolls_the_pods(self):
         a = self.render().pod["metadata"]["annotations"]["checksum/config"]
@@ -311,6 +317,9 @@ class Tests:
         assert full["otlp_header"] == {"x-scope-orgid": "team-a"}
         assert full["pprof_dir"] == "/var/lib/emberprof/pprof"
         assert full["symbol_files"] == 2048
+        assert full["unwind"] == "fp" and full["unwind_table_mib"] == 16
+        defaults = self.render().config
+        assert defaults["unwind"] == "auto" and defaults["unwind_table_mib"] == 32
         m = self.render("full-config.yaml")
         assert m.mount("pprof")["mountPath"] == full["pprof_dir"]
         assert m.volume("pprof")["emptyDir"] == {"sizeLimit": "700Mi"}

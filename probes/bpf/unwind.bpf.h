@@ -135,8 +135,9 @@ static __always_inline struct ep_unwind_rule *ep_rule_of(__u32 first, __u32 coun
 {
 	struct ep_bsearch b = { .lo = first, .hi = first + count, .rel = rel };
 
-	/* 2^21 entries: 22 halvings always suffice. */
-	bpf_loop(22, ep_bsearch_step, &b, 0);
+	/* Each halving leaves at most ceil(count / 2): EP_UNWIND_SEARCH_STEPS of them reach
+	 * one entry in the largest array the loader may size (it refuses larger). */
+	bpf_loop(EP_UNWIND_SEARCH_STEPS, ep_bsearch_step, &b, 0);
 	if (b.failed)
 		return NULL;
 	__u32 lo = b.lo;

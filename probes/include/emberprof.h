@@ -260,7 +260,13 @@ static inline __u32 ep_hist_slot(__u64 v)
  * file's entries.
  */
 #define EP_UNWIND_RULES 16384
-#define EP_UNWIND_ENTRIES (1 << 21)
+/*
+ * Table entries of all files together: the compile-time size of ep_unwind_entries, which
+ * the loader sets at load (--unwind-table-mib) up to 1 << EP_UNWIND_SEARCH_STEPS.
+ */
+#define EP_UNWIND_ENTRIES (1 << 22)
+/* Halvings of the rule search: they find the rule in a table of up to 2^this entries. */
+#define EP_UNWIND_SEARCH_STEPS 24
 #define EP_UNWIND_PROCS 4096
 #define EP_UNWIND_MAPPINGS 64
 

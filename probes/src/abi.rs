@@ -161,8 +161,14 @@ impl Counter {
 
 /// Distinct unwind rules the kernel holds (`EP_UNWIND_RULES`).
 pub const UNWIND_RULES: usize = 16384;
-/// Unwind table entries the kernel holds, all files together (`EP_UNWIND_ENTRIES`).
-pub const UNWIND_ENTRIES: usize = 1 << 21;
+/// Unwind table entries of all files together, unless the loader sets another size
+/// (`EP_UNWIND_ENTRIES`): 32 MiB at 8 bytes each.
+pub const UNWIND_ENTRIES: usize = 1 << 22;
+/// Halvings of the kernel's rule search (`EP_UNWIND_SEARCH_STEPS`): `n` halvings find the
+/// rule among up to 2^n entries, so this bounds the size the entries array may be given.
+pub const UNWIND_SEARCH_STEPS: u32 = 24;
+/// Most unwind table entries the kernel's array may be given (128 MiB).
+pub const MAX_UNWIND_ENTRIES: u32 = 1 << UNWIND_SEARCH_STEPS;
 /// Processes with unwind tables (`EP_UNWIND_PROCS`).
 pub const UNWIND_PROCS: usize = 4096;
 /// Executable mappings listed per process (`EP_UNWIND_MAPPINGS`).
@@ -556,6 +562,7 @@ mod tests {
         ("EP_CNT_UNWIND_DEPTH", Counter::UnwindDepth as i64),
         ("EP_UNWIND_RULES", UNWIND_RULES as i64),
         ("EP_UNWIND_ENTRIES", UNWIND_ENTRIES as i64),
+        ("EP_UNWIND_SEARCH_STEPS", UNWIND_SEARCH_STEPS as i64),
         ("EP_UNWIND_PROCS", UNWIND_PROCS as i64),
         ("EP_UNWIND_MAPPINGS", UNWIND_MAPPINGS as i64),
         ("EP_RULE_NONE", rule_kind::NONE as i64),
@@ -614,6 +621,42 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// The kernel's rule search (`ep_bsearch_step` in unwind.bpf.h), halving by halving:
+    /// the entry it ends on and whether it ended within `steps` halvings.
+    fn rule_search(count: u32, target: u32, steps: u32) -> (u32, bool) {
+        let (mut lo, mut hi) = (0u32, count);
+        for _ in 0..steps {
+            if lo + 1 >= hi {
+                return (lo, true);
+            }
+            let mid = lo + (hi - lo) / 2;
+            // Entry i starts at pc i: the last at or below target is target itself.
+            if mid <= target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo, lo + 1 >= hi)
+    }
+
+    #[test]
+    fn the_rule_search_ends_within_its_halvings_at_the_largest_size() {
+        let max = MAX_UNWIND_ENTRIES;
+        assert!(UNWIND_ENTRIES as u32 <= max);
+        // The last entry is the longest way down (each halving keeps the upper half, which
+        // is the larger one when the range is odd); odd sizes near the top too.
+        for count in [max, max - 1, max / 2 + 1, UNWIND_ENTRIES as u32, 3, 1] {
+            for target in [count - 1, count / 2, 0] {
+                let (found, done) = rule_search(count, target, UNWIND_SEARCH_STEPS);
+                assert!(done && found == target, "{count} entries, entry {target}");
+            }
+        }
+        // One more doubling would need one more halving.
+        let (_, done) = rule_search(max * 2 - 1, max * 2 - 2, UNWIND_SEARCH_STEPS);
+        assert!(!done);
     }
 
     #[test]

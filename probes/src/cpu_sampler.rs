@@ -14,7 +14,7 @@ use aya::Ebpf;
 
 use crate::abi::{
     captured_stack, Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES,
-    DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE,
+    DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE, UNWIND_ENTRIES,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
@@ -54,6 +54,10 @@ pub struct CpuSamplerConfig {
     pub stack_map_entries: u32,
     /// Entries of each of the two count maps (distinct thread + stack keys between drains).
     pub count_map_entries: u32,
+    /// Entries of the unwind tables' array (all files together, 8 bytes each, allocated
+    /// at load), at most `MAX_UNWIND_ENTRIES`; `None`: user stacks are walked by frame
+    /// pointers only and the array is left at one entry.
+    pub unwind_entries: Option<u32>,
 }
 
 impl CpuSamplerConfig {
@@ -67,6 +71,7 @@ impl CpuSamplerConfig {
             stack_map_entries: DEFAULT_STACK_MAP_ENTRIES,
             count_map_entries: DEFAULT_COUNT_MAP_ENTRIES,
             profile_self: false,
+            unwind_entries: Some(UNWIND_ENTRIES as u32),
         }
     }
 }

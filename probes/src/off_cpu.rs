@@ -10,7 +10,7 @@ use aya::{Btf, Ebpf};
 
 use crate::abi::{
     captured_stack, OffCpuCounter, OffCpuKey, OffCpuValue, DEFAULT_MIN_BLOCK_NS,
-    DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES, KEY_KTHREAD,
+    DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES, KEY_KTHREAD, UNWIND_ENTRIES,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
@@ -43,6 +43,9 @@ pub struct OffCpuConfig {
     pub count_map_entries: u32,
     /// Announce processes at their first block, for a watcher (when no CPU sampler does).
     pub announce: bool,
+    /// As `CpuSamplerConfig::unwind_entries` (the CPU sampler's wins when both run: they
+    /// share the array).
+    pub unwind_entries: Option<u32>,
 }
 
 impl OffCpuConfig {
@@ -56,6 +59,7 @@ impl OffCpuConfig {
             min_block: Duration::from_nanos(DEFAULT_MIN_BLOCK_NS),
             count_map_entries: DEFAULT_OFF_CPU_COUNT_MAP_ENTRIES,
             announce: false,
+            unwind_entries: Some(UNWIND_ENTRIES as u32),
         }
     }
 }

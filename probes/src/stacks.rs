@@ -4,7 +4,7 @@
 
 use aya::{Btf, EbpfLoader};
 
-use crate::abi::{UnwindEntry, UnwindMapping, UnwindRule};
+use crate::abi::{UnwindEntry, UnwindMapping, UnwindRule, MAX_UNWIND_ENTRIES};
 use crate::cpu_sampler::{self, CpuSampler, CpuSamplerConfig};
 use crate::error::ProbeError;
 use crate::new_processes;
@@ -63,6 +63,15 @@ impl StackProbes {
             u64::try_from(c.min_block.as_nanos()).unwrap_or(u64::MAX)
         });
 
+        let unwind_entries = unwind_entries(cpu, off).unwrap_or(1);
+        if !(1..=MAX_UNWIND_ENTRIES).contains(&unwind_entries) {
+            return Err(ProbeError::MapSize {
+                what: "unwind table",
+                got: unwind_entries,
+                max: MAX_UNWIND_ENTRIES,
+            });
+        }
+
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut loader = EbpfLoader::new();
         loader
@@ -83,6 +92,8 @@ impl StackProbes {
         for name in off_cpu::COUNT_MAPS {
             loader.set_max_entries(name, off_entries);
         }
+        // Preallocated and charged to emberprof's memory cgroup whether used or not.
+        loader.set_max_entries(crate::unwind_maps::ENTRIES, unwind_entries);
         let mut ebpf = loader.load(STACKS_OBJ)?;
         pid_filter::sync(&mut ebpf, &pids)?;
         let unwind = UnwindMaps::take(&mut ebpf)?;
@@ -107,6 +118,15 @@ impl StackProbes {
             off_cpu,
             unwind,
         })
+    }
+}
+
+/// The unwind array's size the profilers asked for (`None`: frame pointers only).
+pub fn unwind_entries(cpu: Option<&CpuSamplerConfig>, off: Option<&OffCpuConfig>) -> Option<u32> {
+    match (cpu, off) {
+        (Some(c), _) => c.unwind_entries,
+        (None, Some(c)) => c.unwind_entries,
+        (None, None) => None,
     }
 }
 

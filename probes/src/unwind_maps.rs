@@ -12,7 +12,8 @@ use crate::error::ProbeError;
 use crate::maps;
 
 const RULES: &str = "ep_unwind_rules";
-const ENTRIES: &str = "ep_unwind_entries";
+/// The entries array, sized at load.
+pub(crate) const ENTRIES: &str = "ep_unwind_entries";
 const PROCS: &str = "ep_unwind_procs";
 
 /// The unwinder's maps of one loaded object.

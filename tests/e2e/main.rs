@@ -24,6 +24,7 @@ mod pyroscope;
 mod soak;
 mod support;
 mod symbols;
+mod unwind_switches;
 mod unwinding;
 mod unwinding_rust;
 
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         pyroscope::TESTS,
         soak::TESTS,
         symbols::TESTS,
+        unwind_switches::TESTS,
         unwinding::TESTS,
         unwinding_rust::TESTS,
     ];

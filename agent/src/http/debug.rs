@@ -8,6 +8,7 @@ use emberprof_exporters::{pprof, svg};
 use emberprof_probes::CpuSamplerConfig;
 use emberprof_symbolizer::Symbolizer;
 
+use super::OnDemand;
 use crate::metadata::attributes::ExtraAttributes;
 use crate::session::{Session, SessionConfig};
 
@@ -57,7 +58,7 @@ impl Params {
 
 /// Samples the machine (or one process) and returns a gzipped pprof, or an SVG; emberprof
 /// itself only with `profile_self` (or its PID).
-pub fn profile(params: &Params, svg_output: bool, profile_self: bool) -> anyhow::Result<Vec<u8>> {
+pub fn profile(params: &Params, svg_output: bool, on_demand: OnDemand) -> anyhow::Result<Vec<u8>> {
     let pids: Vec<u32> = params.pid.into_iter().collect();
     let mut symbolizer = Symbolizer::new();
     for pid in &pids {
@@ -66,7 +67,8 @@ pub fn profile(params: &Params, svg_output: bool, profile_self: bool) -> anyhow:
     let start = SystemTime::now();
     let mut session = Session::start(SessionConfig {
         cpu: Some(CpuSamplerConfig {
-            profile_self,
+            profile_self: on_demand.profile_self,
+            unwind_entries: on_demand.unwind_entries,
             ..CpuSamplerConfig::new(params.hz, pids)
         }),
         off_cpu: None,

@@ -40,13 +40,22 @@ pub struct Status {
 /// Shared between the agent loop (writer) and the server (reader).
 pub type SharedStatus = Arc<Mutex<Status>>;
 
+/// The agent's settings that its on-demand profiles follow too.
+#[derive(Clone, Copy, Debug)]
+pub struct OnDemand {
+    /// Profile emberprof itself too.
+    pub profile_self: bool,
+    /// The CPU sampler's unwind table entries (`None`: frame pointers only).
+    pub unwind_entries: Option<u32>,
+}
+
 /// Binds `addr` now (so that a port in use is a start-up error) and serves on a thread.
 /// `/debug/pprof` is served as `debug` says; a token file it cannot use is a start-up error.
-/// Its profiles leave emberprof out unless `profile_self`, like the agent's own.
+/// Its profiles are taken as `on_demand` says, like the agent's own.
 pub fn serve(
     addr: SocketAddr,
     debug: &DebugArgs,
-    profile_self: bool,
+    on_demand: OnDemand,
     status: SharedStatus,
 ) -> anyhow::Result<()> {
     let access = Arc::new(DebugAccess::from_args(debug, addr)?);
@@ -63,7 +72,7 @@ pub fn serve(
         .context("starting the HTTP runtime")?;
     std::thread::Builder::new()
         .name("emberprof-http".into())
-        .spawn(move || runtime.block_on(accept_loop(listener, status, access, profile_self)))
+        .spawn(move || runtime.block_on(accept_loop(listener, status, access, on_demand)))
         .context("starting the HTTP thread")?;
     tracing::info!(%addr, "HTTP endpoints listening");
     Ok(())
@@ -73,7 +82,7 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     status: SharedStatus,
     access: Arc<DebugAccess>,
-    profile_self: bool,
+    on_demand: OnDemand,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -96,7 +105,7 @@ async fn accept_loop(
         let access = access.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                route(req, status.clone(), access.clone(), profile_self)
+                route(req, status.clone(), access.clone(), on_demand)
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -150,7 +159,7 @@ async fn route<B>(
     req: Request<B>,
     status: SharedStatus,
     access: Arc<DebugAccess>,
-    profile_self: bool,
+    on_demand: OnDemand,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if is_debug(req.uri().path()) {
         // Before anything else, so that a refused client learns nothing, not even whether
@@ -213,7 +222,7 @@ async fn route<B>(
                 ),
                 Ok(params) => {
                     let result = tokio::task::spawn_blocking(move || {
-                        let r = debug::profile(&params, svg, profile_self);
+                        let r = debug::profile(&params, svg, on_demand);
                         PROFILE_IN_PROGRESS.store(false, Ordering::Release);
                         r
                     })
@@ -284,7 +293,11 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let r = route(req, status, access.clone(), false).await.unwrap();
+            let on_demand = OnDemand {
+                profile_self: false,
+                unwind_entries: None,
+            };
+            let r = route(req, status, access.clone(), on_demand).await.unwrap();
             let challenge = r
                 .headers()
                 .get(hyper::header::WWW_AUTHENTICATE)

@@ -98,6 +98,8 @@ BPF PERFMON SYS_RESOURCE SYS_PTRACE DAC_READ_SEARCH CHECKPOINT_RESTORE SYSLOG
   "interval" $v.interval
   "http_listen" (printf "%s:%d" $v.http.host (int $v.http.port))
   "shutdown_timeout" $v.shutdownTimeout
+  "unwind" $v.unwind.mode
+  "unwind_table_mib" (int64 $v.unwind.tableMib)
 -}}
 {{- if $v.offCpu.enabled -}}
 {{- $_ := merge $c (dict "off_cpu" true "include_preempted" $v.offCpu.includePreempted "min_block" $v.offCpu.minBlock) -}}
