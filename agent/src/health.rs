@@ -141,10 +141,10 @@ const CATALOGUE: &[Row] = &[
     },
     Row {
         name: "emberprof.unwind.tables",
-        description: "Unwind tables compiled for the CPU sampler: one per file, however many processes map it",
+        description: "Unwind tables compiled for the kernel's walker: one per file, however many processes map it",
         unit: "{table}",
         label: None,
-        value: |s| Some(Count(s.symbolizer.unwind_tables)),
+        value: |s| s.unwind.map(|u| Count(u.tables_compiled)),
     },
     Row {
         name: "emberprof.unwind.table.misses",

@@ -172,10 +172,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         let mut memory = memory_json(&stats);
         let mode = clap::ValueEnum::to_possible_value(&args.unwind.unwind);
         let mode = mode.as_ref().map_or("", |v| v.get_name());
-        memory["unwind"] = match session.unwind().stats() {
+        memory["unwind"] = match session.unwind_stats() {
             Some(u) => serde_json::json!({
                 "mode": mode,
-                "tables_compiled": stats.unwind_tables,
+                "tables_compiled": u.tables_compiled,
                 "files_written": u.files_written,
                 "processes_listed": u.processes_listed,
                 "entries": u.used_entries + u.unused_entries,

@@ -4,6 +4,7 @@
 //! clock, ends spans and hands them to its sinks, and stops it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -14,7 +15,7 @@ use emberprof_model::{
 };
 use emberprof_probes::{
     CpuSamplerConfig, Drained, LatencyConfig, LatencyHistograms, OffCpuConfig, Profiler,
-    StackProbes, UnwindMaps,
+    StackProbes,
 };
 use emberprof_symbolizer::Symbolizer;
 
@@ -24,6 +25,7 @@ use crate::histograms::Histograms;
 use crate::metadata::attributes::ExtraAttributes;
 use crate::metadata::process::process_attributes;
 use crate::timings::{IntervalSize, IntervalTimings};
+use crate::unwind_loader::{SharedUnwind, UnwindState, UnwindStats};
 use crate::watcher::ProcessWatcher;
 
 /// A profiler with the span of profile it fills, and what it collected since the totals
@@ -97,10 +99,9 @@ pub struct Session {
     span_start: SystemTime,
     count_map_entries: u32,
     timings: IntervalTimings,
-    /// The unwind tables written to the kernel's walker.
-    unwind: crate::unwind_loader::UnwindLoader,
-    /// The walker's maps, shared by the CPU sampler and the off-CPU profiler.
-    unwind_maps: Option<UnwindMaps>,
+    /// The unwind tables written to the kernel's walker (whose maps the CPU sampler and
+    /// the off-CPU profiler share), also written by the watcher at announcements.
+    unwind: SharedUnwind,
 }
 
 impl Session {
@@ -145,6 +146,10 @@ impl Session {
             }
             unwind_maps = Some(probes.unwind);
         }
+        let unwind = Arc::new(Mutex::new(UnwindState {
+            loader: unwind,
+            maps: unwind_maps,
+        }));
         let histograms = match &config.latency {
             Some(c) => {
                 let probe =
@@ -157,7 +162,7 @@ impl Session {
         let watcher = runs
             .iter_mut()
             .find_map(|r| r.profiler.take_new_processes())
-            .and_then(ProcessWatcher::start);
+            .and_then(|ring| ProcessWatcher::start(ring, unwind.clone()));
         let mut session = Session {
             runs,
             histograms,
@@ -170,7 +175,6 @@ impl Session {
             count_map_entries: config.count_map_entries,
             timings: IntervalTimings::default(),
             unwind,
-            unwind_maps,
         };
         session.load_unwind_tables();
         Ok(session)
@@ -200,9 +204,18 @@ impl Session {
             .map(|(_, h)| h.report(counts.as_deref().unwrap_or_default())))
     }
 
-    /// What the unwind tables written to the kernel's walker hold.
-    pub fn unwind(&self) -> &crate::unwind_loader::UnwindLoader {
-        &self.unwind
+    /// What the unwind tables written to the kernel's walker hold; `None` with
+    /// `--unwind fp`.
+    pub fn unwind_stats(&self) -> Option<UnwindStats> {
+        self.unwind_state().loader.stats()
+    }
+
+    /// The unwind state; a thread that panicked holding it left the tables as consistent
+    /// as any listing is between two syscalls.
+    fn unwind_state(&self) -> std::sync::MutexGuard<'_, UnwindState> {
+        self.unwind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The symbolizer, e.g. to capture a process before its first sample.
@@ -223,9 +236,11 @@ impl Session {
 
     /// Loads the unwind tables of processes the symbolizer met since the last call.
     fn load_unwind_tables(&mut self) {
-        if let Some(maps) = &mut self.unwind_maps {
-            self.unwind.sync(&mut self.symbolizer, maps);
-        }
+        let unwind = self.unwind.clone();
+        let mut state = unwind
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.sync(&mut self.symbolizer);
     }
 
     /// Reads what the kernel aggregated since the last drain into the spans' profiles.
@@ -453,7 +468,7 @@ impl Session {
         out.extend(health::counters(&Sources {
             symbolizer: &stats,
             k8s: crate::kubernetes::get(),
-            unwind: self.unwind.stats(),
+            unwind: self.unwind_stats(),
         }));
         Ok(out)
     }

@@ -16,7 +16,7 @@ use emberprof_probes::abi::{
 };
 use emberprof_probes::UnwindTarget;
 use emberprof_symbolizer::unwind::{CfaBase, RbpRule, Rule, UnwindTable, ENTRY_BYTES};
-use emberprof_symbolizer::{Symbolizer, UnwindMapping as FileMapping};
+use emberprof_symbolizer::{Symbolizer, UnwindMapping as FileMapping, UnwindPlan};
 
 use crate::unwind_ranges::Ranges;
 
@@ -52,6 +52,67 @@ struct Listed {
     files: Vec<u64>,
     /// Some of its files' tables found no room.
     missed: bool,
+    /// Listed from the watcher's snapshot: syncs left during which the symbolizer may not
+    /// hold it yet (its snapshot is on the way) without it being forgotten.
+    grace: u8,
+}
+
+/// Syncs a process listed from its announcement survives before the symbolizer holds it.
+const ADOPTION_GRACE: u8 = 3;
+
+/// The loader and the kernel maps it writes, shared by the session (drains, ticks) and
+/// the process watcher (a process's tables the moment it is announced).
+pub struct UnwindState {
+    pub loader: UnwindLoader,
+    pub maps: Option<emberprof_probes::UnwindMaps>,
+}
+
+/// `UnwindState` behind a lock.
+pub type SharedUnwind = std::sync::Arc<std::sync::Mutex<UnwindState>>;
+
+impl UnwindState {
+    /// Lists a just-announced process from its plan (no-op without maps).
+    pub fn list_captured(&mut self, pid: u32, plan: &UnwindPlan) {
+        if let Some(maps) = &mut self.maps {
+            self.loader.list_captured(pid, plan, maps);
+        }
+    }
+
+    /// `UnwindLoader::sync` into the maps (no-op without maps).
+    pub fn sync(&mut self, symbolizer: &mut Symbolizer) {
+        if let Some(maps) = &mut self.maps {
+            self.loader.sync(symbolizer, maps);
+        }
+    }
+
+    /// Whether tables are loaded at all (`--unwind auto` and a profiler taking stacks).
+    pub fn enabled(&self) -> bool {
+        self.maps.is_some() && self.loader.enabled
+    }
+}
+
+/// A captured process as the loader's source of mappings and tables.
+struct PlanSource<'a> {
+    pid: u32,
+    plan: &'a UnwindPlan,
+}
+
+impl TableSource for PlanSource<'_> {
+    fn pids(&self) -> HashSet<u32> {
+        HashSet::from([self.pid])
+    }
+
+    fn image_key(&self, _pid: u32) -> Option<(Option<u32>, usize)> {
+        Some(self.plan.image_key)
+    }
+
+    fn unwind_mappings(&mut self, _pid: u32) -> Vec<FileMapping> {
+        self.plan.mappings.clone()
+    }
+
+    fn compile_unwind_table(&mut self, file: usize) -> Option<UnwindTable> {
+        self.plan.compile_unwind_table(file)
+    }
 }
 
 /// Where the loader learns of processes and gets tables: the symbolizer.
@@ -97,6 +158,9 @@ pub struct UnwindStats {
     pub misses: u64,
     /// Tables evicted to make room for another.
     pub evictions: u64,
+    /// Tables compiled (once per file, however many processes map it; again only after
+    /// an eviction or once a miss could fit).
+    pub tables_compiled: u64,
     /// Files whose tables were written.
     pub files_written: u64,
     /// Times a process's mappings were listed (again after an exec).
@@ -165,6 +229,12 @@ pub fn entry_bytes(entries: u32) -> u64 {
     u64::from(entries) * ENTRY_BYTES
 }
 
+/// Whether two image keys name the same image: a snapshot read from /proc before the
+/// kernel's announcement has no exec generation yet.
+fn same_image(a: (Option<u32>, usize), b: (Option<u32>, usize)) -> bool {
+    a.1 == b.1 && (a.0.is_none() || b.0.is_none() || a.0 == b.0)
+}
+
 /// The kernel's form of a rule.
 fn encode(rule: Rule) -> UnwindRule {
     let mut r = UnwindRule::default();
@@ -204,16 +274,47 @@ impl UnwindLoader {
         }
     }
 
+    /// Lists a process the moment it is announced, from the snapshot the watcher took,
+    /// rather than when the symbolizer holds it (after a drain that may take seconds).
+    pub fn list_captured(&mut self, pid: u32, plan: &UnwindPlan, target: &mut dyn UnwindTarget) {
+        if !self.enabled {
+            return;
+        }
+        let image = plan.image_key;
+        if self
+            .listed
+            .get(&pid)
+            .is_some_and(|l| same_image(l.image, image))
+        {
+            return;
+        }
+        let written = self.stats.files_written;
+        self.list(pid, image, true, &mut PlanSource { pid, plan }, target);
+        if let Some(l) = self.listed.get_mut(&pid) {
+            l.grace = ADOPTION_GRACE;
+        }
+        if self.stats.files_written != written {
+            emberprof_symbolizer::heap::give_back_freed();
+        }
+    }
+
     fn list_new(&mut self, source: &mut dyn TableSource, target: &mut dyn UnwindTarget) {
         if !self.enabled {
             return;
         }
         let pids = source.pids();
+        for (pid, l) in self.listed.iter_mut() {
+            if pids.contains(pid) {
+                l.grace = 0;
+            } else {
+                l.grace = l.grace.saturating_sub(1);
+            }
+        }
         let gone: Vec<u32> = self
             .listed
-            .keys()
-            .copied()
-            .filter(|p| !pids.contains(p))
+            .iter()
+            .filter(|(p, l)| !pids.contains(p) && l.grace == 0)
+            .map(|(p, _)| *p)
             .collect();
         for pid in gone {
             // Out of the kernel first: its tables may be evicted from now on.
@@ -226,8 +327,10 @@ impl UnwindLoader {
             let Some(image) = source.image_key(pid) else {
                 continue;
             };
-            if self.listed.get(&pid).map(|l| l.image) != Some(image) {
-                self.list(pid, image, true, source, target);
+            match self.listed.get_mut(&pid) {
+                // The same image, tagged with its exec generation since: nothing to list.
+                Some(l) if same_image(l.image, image) => l.image = image,
+                _ => self.list(pid, image, true, source, target),
             }
         }
         if std::mem::take(&mut self.room_appeared) {
@@ -313,6 +416,7 @@ impl UnwindLoader {
                 image,
                 files,
                 missed,
+                grace: 0,
             },
         );
     }
@@ -352,6 +456,7 @@ impl UnwindLoader {
             Some(known) => return *known,
             None => {}
         }
+        self.stats.tables_compiled += 1;
         let state = match source.compile_unwind_table(file) {
             None => FileTable::None,
             Some(table) => match u32::try_from(table.len()) {

@@ -1,19 +1,20 @@
 //! Captures each process the moment the CPU sampler first sees it (announced through a ring
 //! buffer), so that one which exits before the next drain is still symbolized and still
-//! carries its resource attributes.
+//! carries its resource attributes, and lists it in the kernel's unwinder right away.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use emberprof_model::Attributes;
 use emberprof_probes::NewProcesses;
-use emberprof_symbolizer::{ProcessSnapshot, Symbolizer};
+use emberprof_symbolizer::{ProcessSnapshot, Symbolizer, UnwindPlan};
 
 use crate::metadata::process::process_attributes;
+use crate::unwind_loader::{SharedUnwind, UnwindState};
 
 /// What was read of one process while it ran.
 struct Captured {
@@ -27,23 +28,65 @@ pub struct ProcessWatcher {
     captured: Receiver<Captured>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Lists captured processes in the kernel's unwinder (with `--unwind auto`).
+    lister: Option<JoinHandle<()>>,
 }
+
+/// Captured processes waiting for their tables; past that, the main thread lists them at
+/// its next tick instead.
+const PLAN_QUEUE: usize = 1024;
 
 impl ProcessWatcher {
     /// Starts watching announcements (the CPU sampler's, else an off-CPU profiler's started
     /// with `announce`).
-    pub fn start(announcements: NewProcesses) -> Option<ProcessWatcher> {
+    pub fn start(announcements: NewProcesses, unwind: SharedUnwind) -> Option<ProcessWatcher> {
         let (send, captured) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        // Tables on a thread of their own: the main thread may be symbolizing for seconds,
+        // longer than a short process lives, and compiling a large table takes longer than
+        // the next capture may wait.
+        let enabled = lock(&unwind).enabled();
+        let (plans, planned) = sync_channel::<(u32, UnwindPlan)>(PLAN_QUEUE);
+        let lister = if enabled {
+            let spawned = std::thread::Builder::new()
+                .name("ep-unwind".into())
+                .spawn(move || {
+                    for (pid, plan) in planned {
+                        let t = std::time::Instant::now();
+                        lock(&unwind).list_captured(pid, &plan);
+                        tracing::debug!(pid, took = ?t.elapsed(), "listed at its announcement");
+                    }
+                });
+            match spawned {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the unwind table thread; new processes get their tables at the next tick");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let planning = lister.is_some();
         let thread = std::thread::Builder::new()
             .name("ep-procwatch".into())
-            .spawn(move || watch(announcements, &stopping, |c| send.send(c).is_ok()));
+            .spawn(move || {
+                watch(announcements, &stopping, |c| {
+                    if planning {
+                        if let Some(plan) = c.snapshot.unwind_plan() {
+                            let _ = plans.try_send((c.pid, plan));
+                        }
+                    }
+                    send.send(c).is_ok()
+                })
+            });
         match thread {
             Ok(thread) => Some(ProcessWatcher {
                 captured,
                 stop,
                 thread: Some(thread),
+                lister,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the process watcher; short-lived processes may be unnamed");
@@ -72,6 +115,10 @@ impl Drop for ProcessWatcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // The watcher's end closed the plan queue: the lister finishes what is queued.
+        if let Some(t) = self.lister.take() {
             let _ = t.join();
         }
     }
@@ -103,4 +150,12 @@ fn watch(
             }
         }
     }
+}
+
+/// The unwind state; a thread that panicked holding it left it as consistent as any
+/// listing is between two syscalls.
+fn lock(unwind: &SharedUnwind) -> std::sync::MutexGuard<'_, UnwindState> {
+    unwind
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -41,6 +41,7 @@ mod symbolizer;
 mod test_support;
 pub mod unwind;
 mod unwind_plan;
+mod unwind_snapshot;
 mod vdso;
 
 // The tests measure what parsing keeps, as the agent does.
@@ -57,3 +58,4 @@ pub use process::ProcessSnapshot;
 pub use stats::SymbolizerStats;
 pub use symbolizer::Symbolizer;
 pub use unwind_plan::UnwindMapping;
+pub use unwind_snapshot::UnwindPlan;

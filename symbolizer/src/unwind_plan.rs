@@ -23,6 +23,13 @@ pub struct UnwindMapping {
     pub file_key: u64,
 }
 
+/// A file identity (device, inode, modification time) as one number.
+pub(crate) fn file_key(identity: &crate::files::Identity) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(identity, &mut h);
+    std::hash::Hasher::finish(&h)
+}
+
 impl Symbolizer {
     /// The processes whose mappings are held now.
     pub fn pids(&self) -> HashSet<u32> {
@@ -59,8 +66,7 @@ impl Symbolizer {
             else {
                 continue;
             };
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(&f.identity, &mut h);
+            let file_key = file_key(&f.identity);
             out.push(UnwindMapping {
                 start,
                 end,
@@ -68,7 +74,7 @@ impl Symbolizer {
                 // plus (vaddr - offset).
                 bias: start.wrapping_sub(vaddr),
                 file,
-                file_key: std::hash::Hasher::finish(&h),
+                file_key,
             });
         }
         out

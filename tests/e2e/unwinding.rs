@@ -263,15 +263,21 @@ fn a_stack_deeper_than_the_limit_ends_in_a_marker_saying_so() {
 }
 
 /// Six processes of 400 ms each, forked one after another, none known at start: each is
-/// listed a tick (100 ms) after its first sample, not at the next drain (1 s), so most of
-/// their samples have whole stacks.
+/// listed by the watcher's table thread at its announcement, not when the symbolizer
+/// (busy for seconds with a whole host's first drain) holds it, so most of their samples
+/// have whole stacks.
 fn short_lived_processes_are_walked_by_their_tables() {
     let Some(_serial) = bpf_test() else { return };
     let mut w = Workload::start_nofp_paused(&["short-many", "6", "400"]);
     let rec = record_around(
         "nofp-short-many.folded",
         &["--frequency", "999", "--format", "folded"],
-        || w.go_and_wait(),
+        || {
+            // Past the start, when every process on the host is announced at once and
+            // their tables are compiled.
+            std::thread::sleep(std::time::Duration::from_secs(4));
+            w.go_and_wait()
+        },
     );
     let lines = read_folded(&rec.file);
     let burn: Vec<&FoldedLine> = user_lines(&lines)

@@ -24,7 +24,7 @@
  *                             (many unique on-CPU stacks)
  *   workload unwalkable       burns CPU in burn_unwalkable, whose frame record points at a
  *                             return address no mapping holds (a walk that ends in [unknown])
- *   workload short-many N MS  N child processes one after another, each burning MS ms of CPU
+ *   workload short-many N MS  after a line on stdin: N child processes one after another, each burning MS ms of CPU
  *                             in short_lived_burn and exiting (processes gone by the next drain)
  *   workload exec-loop N MS   burns MS ms of CPU in burn_heavy, then execs itself with N-1,
  *                             until N is 0 (the same PID, a new image every MS ms)
@@ -460,6 +460,7 @@ __attribute__((noinline)) void burn_unwalkable(void)
 /* N children, one after another, each a process that lives MS ms of CPU time. */
 static int short_many(long n, long ms)
 {
+	wait_for_go();
 	for (long i = 0; i < n; i++) {
 		pid_t pid = fork();
 		if (pid < 0)
