@@ -1,6 +1,7 @@
 //! Compiles the test workload (tests/workloads/workload.c) once per build, with frame
 //! pointers everywhere so that every stack the tests expect can be walked (bench/workloads.py
-//! builds it with the same flags), and once without them, for the unwinding tests.
+//! builds it with the same flags), and once without them, for the unwinding tests; and the
+//! library its `dlopen` mode loads (tests/workloads/dlopen_lib.c), without frame pointers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +24,18 @@ fn main() {
     println!(
         "cargo:rustc-env=EMBERPROF_TEST_WORKLOAD_NOFP={}",
         nofp.display()
+    );
+    let lib_src = manifest.join("../workloads/dlopen_lib.c");
+    println!("cargo:rerun-if-changed={}", lib_src.display());
+    let lib = out.with_file_name("libepdlopen.so");
+    build(
+        &lib_src,
+        &lib,
+        &["-fomit-frame-pointer", "-shared", "-fPIC"],
+    );
+    println!(
+        "cargo:rustc-env=EMBERPROF_TEST_DLOPEN_LIB={}",
+        lib.display()
     );
 }
 

@@ -17,6 +17,12 @@ pub fn workload_binary_nofp() -> &'static Path {
     Path::new(env!("EMBERPROF_TEST_WORKLOAD_NOFP"))
 }
 
+/// The shared library the workload's `dlopen` mode loads (built without frame pointers);
+/// its file name is `libepdlopen.so`.
+pub fn dlopen_library() -> &'static Path {
+    Path::new(env!("EMBERPROF_TEST_DLOPEN_LIB"))
+}
+
 /// A running workload, killed when dropped.
 pub struct Workload {
     child: Child,
