@@ -11,7 +11,7 @@ use emberprof_probes::abi::{
 };
 use emberprof_probes::UnwindTarget;
 use emberprof_symbolizer::unwind::{CfaBase, RbpRule, Rule, UnwindTable};
-use emberprof_symbolizer::Symbolizer;
+use emberprof_symbolizer::{Symbolizer, TableSource};
 
 /// A file's entries in the kernel's array.
 #[derive(Clone, Copy)]
@@ -30,10 +30,10 @@ pub struct UnwindLoader {
     files: HashMap<u64, Option<Loaded>>,
     next_entry: u32,
     /// Processes listed, with the image they were listed for.
-    listed: HashMap<u32, (Option<u32>, usize)>,
+    listed: HashMap<u32, u64>,
     /// Table entries that found no room in the kernel's array.
     pub entries_full: u64,
-    /// Times a process's mappings were listed (again after an exec).
+    /// Times a process's mappings were listed (again after an exec or a dlopen).
     pub processes_listed: u64,
     /// Files whose tables were written.
     pub files_written: u64,
@@ -107,7 +107,7 @@ impl UnwindLoader {
             self.listed.insert(pid, image);
             let mut mappings = Vec::new();
             for m in symbolizer.unwind_mappings(pid) {
-                let Some(file) = self.file(m.file, m.file_key, symbolizer, target) else {
+                let Some(file) = self.file(m.source, m.file_key, symbolizer, target) else {
                     continue;
                 };
                 mappings.push(UnwindMapping {
@@ -125,6 +125,7 @@ impl UnwindLoader {
                 Ok(())
             } else {
                 self.processes_listed += 1;
+                tracing::debug!(pid, mappings = mappings.len(), "listing unwind mappings");
                 target.set_process(pid, &mappings)
             };
             if let Err(e) = listed {
@@ -136,7 +137,7 @@ impl UnwindLoader {
     /// A file's entries, written the first time it is met.
     fn file(
         &mut self,
-        file: usize,
+        source: TableSource,
         key: u64,
         symbolizer: &mut Symbolizer,
         target: &mut dyn UnwindTarget,
@@ -145,7 +146,7 @@ impl UnwindLoader {
             return *done;
         }
         let loaded = symbolizer
-            .compile_unwind_table(file)
+            .compile_unwind_table(source)
             .and_then(|t| self.write(&t, target));
         self.files.insert(key, loaded);
         loaded

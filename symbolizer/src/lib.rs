@@ -41,6 +41,8 @@ mod symbolizer;
 mod test_support;
 pub mod unwind;
 mod unwind_plan;
+#[cfg(test)]
+mod unwind_plan_tests;
 mod vdso;
 
 // The tests measure what parsing keeps, as the agent does.
@@ -56,4 +58,4 @@ pub use perf_map::PerfMapStats;
 pub use process::ProcessSnapshot;
 pub use stats::SymbolizerStats;
 pub use symbolizer::Symbolizer;
-pub use unwind_plan::UnwindMapping;
+pub use unwind_plan::{TableSource, UnwindMapping};
