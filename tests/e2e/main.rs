@@ -25,6 +25,7 @@ mod soak;
 mod support;
 mod symbols;
 mod unwinding;
+mod unwinding_vdso_dlopen;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         soak::TESTS,
         symbols::TESTS,
         unwinding::TESTS,
+        unwinding_vdso_dlopen::TESTS,
     ];
     let trials = harness::trials(&modules, &args, &filters);
     libtest_mimic::run(&args, trials).exit_code()
