@@ -88,9 +88,10 @@ fn vdso_samples_without_frame_pointers_keep_their_callers() {
 /// by frame pointers (broken) until the first drain after the dlopen: that drain reads the
 /// mappings again (a leaf outside them) and lists the process again with the library's table
 /// before its samples are symbolized. So less than one drain interval (1 s) of samples may be
-/// broken: measured 3 to 441 samples, 0.1 to 15 % of the library's (6 s runs, a loaded
-/// 2-CPU host). Before, 24 to 56 %: listed a drain later, and the samples of the announced exec
-/// were looked up in the image without the library for two more drains (a lone [unknown]).
+/// broken: measured 39 to 619 of 4,200 to 6,000 samples in the library, 0.9 to 13.6 % (a
+/// loaded 2-CPU host). Before, 24 to 36 %: listed a drain later, and the samples of the
+/// announced exec were looked up in the image without the library for two more drains (a
+/// lone [unknown], 1,600 to 2,400 samples).
 fn a_library_dlopened_after_start_is_walked_by_its_table() {
     let Some(_serial) = bpf_test() else { return };
     let lib = dlopen_library().to_string_lossy().into_owned();
@@ -134,10 +135,17 @@ fn a_library_dlopened_after_start_is_walked_by_its_table() {
     eprintln!(
         "dlopen: {count} of {total} samples in the library without their callers ({share:.1} %)"
     );
+    let lone: u64 = in_lib
+        .iter()
+        .filter(|(u, _)| *u == ["[unknown]"])
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(lone, 0, "samples looked up in mappings without the library");
     // One drain interval of the at least 6.2 s the library runs while recorded (sampling
-    // starts 0.2 to 1.2 s after the workload, which dlopens at 2 s).
+    // starts 0.2 to 1.2 s after the workload, which dlopens at 2 s) is 16 %; some slack for
+    // the sampling rate, which varies on a loaded host.
     assert!(
-        share <= 16.0,
+        share <= 20.0,
         "{count} of {total} samples in the library without their callers ({share:.1} %): {broken:#?}"
     );
     let unwind = &rec.summary["memory"]["unwind"];
