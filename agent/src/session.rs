@@ -254,6 +254,13 @@ impl Session {
                 .timings
                 .drain(|| self.runs[i].profiler.drain())
                 .context("draining the kernel maps")?;
+            if let Drained::Samples(samples) = &drained {
+                // Processes that mapped code since they were read (a dlopen) are read again
+                // and their new files' tables loaded before the samples are symbolized, which
+                // can take far longer (the first time a file's symbols are read).
+                self.symbolizer.observe_samples(samples);
+                self.load_unwind_tables();
+            }
             self.add(i, drained);
         }
         if let Some((probe, h)) = &mut self.histograms {

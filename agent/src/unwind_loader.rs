@@ -16,7 +16,9 @@ use emberprof_probes::abi::{
 };
 use emberprof_probes::UnwindTarget;
 use emberprof_symbolizer::unwind::{CfaBase, RbpRule, Rule, UnwindTable, ENTRY_BYTES};
-use emberprof_symbolizer::{Symbolizer, UnwindMapping as FileMapping, UnwindPlan};
+use emberprof_symbolizer::{
+    Symbolizer, TableSource as TableOrigin, UnwindMapping as FileMapping, UnwindPlan,
+};
 
 use crate::unwind_ranges::Ranges;
 
@@ -47,7 +49,7 @@ enum FileTable {
 /// A process as listed in the kernel.
 struct Listed {
     /// The image it was listed for (`Symbolizer::image_key`).
-    image: (Option<u32>, usize),
+    image: u64,
     /// The files its mappings point at, each once.
     files: Vec<u64>,
     /// Some of its files' tables found no room.
@@ -97,12 +99,12 @@ struct PlanSource<'a> {
     plan: &'a UnwindPlan,
 }
 
-impl TableSource for PlanSource<'_> {
+impl Tables for PlanSource<'_> {
     fn pids(&self) -> HashSet<u32> {
         HashSet::from([self.pid])
     }
 
-    fn image_key(&self, _pid: u32) -> Option<(Option<u32>, usize)> {
+    fn image_key(&self, _pid: u32) -> Option<u64> {
         Some(self.plan.image_key)
     }
 
@@ -110,29 +112,29 @@ impl TableSource for PlanSource<'_> {
         self.plan.mappings.clone()
     }
 
-    fn compile_unwind_table(&mut self, file: usize) -> Option<UnwindTable> {
-        self.plan.compile_unwind_table(file)
+    fn compile_unwind_table(&mut self, source: TableOrigin) -> Option<UnwindTable> {
+        self.plan.compile_unwind_table(source)
     }
 }
 
 /// Where the loader learns of processes and gets tables: the symbolizer.
-pub trait TableSource {
+pub trait Tables {
     /// The processes held now.
     fn pids(&self) -> HashSet<u32>;
     /// What `pid`'s image is; it changes with an exec or new mappings.
-    fn image_key(&self, pid: u32) -> Option<(Option<u32>, usize)>;
+    fn image_key(&self, pid: u32) -> Option<u64>;
     /// `pid`'s executable file mappings.
     fn unwind_mappings(&mut self, pid: u32) -> Vec<FileMapping>;
-    /// The table of file `file` of a mapping.
-    fn compile_unwind_table(&mut self, file: usize) -> Option<UnwindTable>;
+    /// The table a mapping's `source` names.
+    fn compile_unwind_table(&mut self, source: TableOrigin) -> Option<UnwindTable>;
 }
 
-impl TableSource for Symbolizer {
+impl Tables for Symbolizer {
     fn pids(&self) -> HashSet<u32> {
         Symbolizer::pids(self)
     }
 
-    fn image_key(&self, pid: u32) -> Option<(Option<u32>, usize)> {
+    fn image_key(&self, pid: u32) -> Option<u64> {
         Symbolizer::image_key(self, pid)
     }
 
@@ -140,8 +142,8 @@ impl TableSource for Symbolizer {
         Symbolizer::unwind_mappings(self, pid)
     }
 
-    fn compile_unwind_table(&mut self, file: usize) -> Option<UnwindTable> {
-        Symbolizer::compile_unwind_table(self, file)
+    fn compile_unwind_table(&mut self, source: TableOrigin) -> Option<UnwindTable> {
+        Symbolizer::compile_unwind_table(self, source)
     }
 }
 
@@ -229,12 +231,6 @@ pub fn entry_bytes(entries: u32) -> u64 {
     u64::from(entries) * ENTRY_BYTES
 }
 
-/// Whether two image keys name the same image: a snapshot read from /proc before the
-/// kernel's announcement has no exec generation yet.
-fn same_image(a: (Option<u32>, usize), b: (Option<u32>, usize)) -> bool {
-    a.1 == b.1 && (a.0.is_none() || b.0.is_none() || a.0 == b.0)
-}
-
 /// The kernel's form of a rule.
 fn encode(rule: Rule) -> UnwindRule {
     let mut r = UnwindRule::default();
@@ -281,11 +277,7 @@ impl UnwindLoader {
             return;
         }
         let image = plan.image_key;
-        if self
-            .listed
-            .get(&pid)
-            .is_some_and(|l| same_image(l.image, image))
-        {
+        if self.listed.get(&pid).is_some_and(|l| l.image == image) {
             return;
         }
         let written = self.stats.files_written;
@@ -298,7 +290,7 @@ impl UnwindLoader {
         }
     }
 
-    fn list_new(&mut self, source: &mut dyn TableSource, target: &mut dyn UnwindTarget) {
+    fn list_new(&mut self, source: &mut dyn Tables, target: &mut dyn UnwindTarget) {
         if !self.enabled {
             return;
         }
@@ -327,16 +319,14 @@ impl UnwindLoader {
             let Some(image) = source.image_key(pid) else {
                 continue;
             };
-            match self.listed.get_mut(&pid) {
-                // The same image, tagged with its exec generation since: nothing to list.
-                Some(l) if same_image(l.image, image) => l.image = image,
-                _ => self.list(pid, image, true, source, target),
+            if self.listed.get(&pid).map(|l| l.image) != Some(image) {
+                self.list(pid, image, true, source, target);
             }
         }
         if std::mem::take(&mut self.room_appeared) {
             // Those just listed too: an exec leaves its old image's tables unused only
             // once the new one is listed. Their misses are counted already.
-            let retry: Vec<(u32, (Option<u32>, usize))> = self
+            let retry: Vec<(u32, u64)> = self
                 .listed
                 .iter()
                 .filter(|(_, l)| l.missed)
@@ -352,9 +342,9 @@ impl UnwindLoader {
     fn list(
         &mut self,
         pid: u32,
-        image: (Option<u32>, usize),
+        image: u64,
         count_misses: bool,
-        source: &mut dyn TableSource,
+        source: &mut dyn Tables,
         target: &mut dyn UnwindTarget,
     ) {
         // Its previous listing keeps its tables until the new one is in the kernel: the
@@ -369,7 +359,7 @@ impl UnwindLoader {
             if mappings.len() == UNWIND_MAPPINGS {
                 break;
             }
-            let table = self.file(m.file, m.file_key, source, target);
+            let table = self.file(m.source, m.file_key, source, target);
             let held = match table {
                 FileTable::Held(h) => h,
                 FileTable::Missed(_) => {
@@ -446,9 +436,9 @@ impl UnwindLoader {
     /// again after it was evicted, or once there could be room for a table that missed).
     fn file(
         &mut self,
-        file: usize,
+        origin: TableOrigin,
         key: u64,
-        source: &mut dyn TableSource,
+        source: &mut dyn Tables,
         target: &mut dyn UnwindTarget,
     ) -> FileTable {
         match self.files.get(&key) {
@@ -457,7 +447,7 @@ impl UnwindLoader {
             None => {}
         }
         self.stats.tables_compiled += 1;
-        let state = match source.compile_unwind_table(file) {
+        let state = match source.compile_unwind_table(origin) {
             None => FileTable::None,
             Some(table) => match u32::try_from(table.len()) {
                 Ok(0) => FileTable::None,

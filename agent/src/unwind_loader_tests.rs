@@ -54,15 +54,15 @@ fn start_of(file: usize) -> u64 {
     (file as u64 + 1) << 28
 }
 
-impl TableSource for Source {
+impl Tables for Source {
     fn pids(&self) -> HashSet<u32> {
         self.procs.keys().copied().collect()
     }
 
-    fn image_key(&self, pid: u32) -> Option<(Option<u32>, usize)> {
+    fn image_key(&self, pid: u32) -> Option<u64> {
         self.procs
             .get(&pid)
-            .map(|(image, f)| (Some(*image), f.len()))
+            .map(|(image, f)| (u64::from(*image) << 32) | f.len() as u64)
     }
 
     fn unwind_mappings(&mut self, pid: u32) -> Vec<FileMapping> {
@@ -73,14 +73,17 @@ impl TableSource for Source {
                 start: start_of(file),
                 end: start_of(file) + (1 << 20),
                 bias: 0,
-                file,
+                source: TableOrigin::File(file),
                 file_key: 100 + file as u64,
             })
             .collect()
     }
 
-    fn compile_unwind_table(&mut self, file: usize) -> Option<UnwindTable> {
+    fn compile_unwind_table(&mut self, source: TableOrigin) -> Option<UnwindTable> {
         self.compiled += 1;
+        let TableOrigin::File(file) = source else {
+            return None;
+        };
         self.tables.get(file).cloned()
     }
 }

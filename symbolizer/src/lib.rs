@@ -41,6 +41,8 @@ mod symbolizer;
 mod test_support;
 pub mod unwind;
 mod unwind_plan;
+#[cfg(test)]
+mod unwind_plan_tests;
 mod unwind_snapshot;
 mod vdso;
 
@@ -57,5 +59,5 @@ pub use perf_map::PerfMapStats;
 pub use process::ProcessSnapshot;
 pub use stats::SymbolizerStats;
 pub use symbolizer::Symbolizer;
-pub use unwind_plan::UnwindMapping;
+pub use unwind_plan::{TableSource, UnwindMapping};
 pub use unwind_snapshot::UnwindPlan;

@@ -80,8 +80,16 @@ impl Symbolizer {
     }
 
     /// Captures the processes of these samples, and captures again those that mapped code
-    /// since they were captured.
-    pub(crate) fn observe_all(&mut self, requests: &[KernelSample]) {
+    /// since they were captured (a dlopen). `symbolize` does it too; calling it first lets
+    /// the caller act on the new mappings (load their unwind tables) before the samples are
+    /// named, which takes far longer.
+    pub fn observe_samples(&mut self, requests: &[KernelSample]) {
+        // For the symbolize call that will take these samples.
+        self.observe_all(requests, self.tick + 1);
+    }
+
+    /// `observe_samples` for symbolize call `tick`.
+    pub(crate) fn observe_all(&mut self, requests: &[KernelSample], tick: u64) {
         let mut refreshed = HashSet::new();
         for r in requests {
             self.observe(r.pid);
@@ -98,10 +106,14 @@ impl Symbolizer {
                     })
             });
             if stale && refreshed.insert(r.pid) {
-                let snapshot = ProcessSnapshot::read_unopened(r.pid);
+                let mut snapshot = ProcessSnapshot::read_unopened(r.pid);
+                // The sample's image is the newest: what is read now replaces it, rather than
+                // standing beside an announced image of the same exec that the samples tagged
+                // with it would still be looked up in (without the new library).
+                snapshot.exec_id = Some(r.exec_id);
                 if snapshot.alive() {
                     if let Some(p) = self.processes.get_mut(&r.pid) {
-                        p.add(r.pid, snapshot, &mut self.files, self.tick);
+                        p.add(r.pid, snapshot, &mut self.files, tick);
                     }
                 }
             }

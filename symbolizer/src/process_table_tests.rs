@@ -180,3 +180,41 @@ fn mappings_read_again_keep_what_was_read_of_the_perf_map() {
     assert!(before > 0);
     assert_eq!(after, before, "read again from the start");
 }
+
+/// A library loaded after the announced capture: the mappings read again replace that
+/// image, so that the samples tagged with its exec find the library.
+#[test]
+fn code_mapped_after_an_announced_capture_is_found_in_samples_of_that_exec() {
+    let pid = std::process::id();
+    let mut s = Symbolizer::new();
+    s.adopt(pid, ProcessSnapshot::capture_announced(pid, 5, "self"));
+    s.processes.get_mut(&pid).unwrap().images[0]
+        .mappings
+        .clear();
+    let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
+    let request = KernelSample {
+        exec_id: 5,
+        ..KernelSample::of(pid, std::slice::from_ref(&addr), &[])
+    };
+    let stack = &s.symbolize(&[request])[0];
+    assert!(!stack[0].is_unknown(), "looked up in the image without it");
+    assert_eq!(s.processes[&pid].images.len(), 1);
+    assert_eq!(s.processes[&pid].images[0].exec_id, Some(5));
+}
+
+/// `observe_samples` reads the mappings again before `symbolize`, which then finds them.
+#[test]
+fn samples_observed_first_have_their_mappings_read_before_symbolizing() {
+    let pid = std::process::id();
+    let mut s = Symbolizer::new();
+    s.observe(pid);
+    let before = s.image_key(pid);
+    s.processes.get_mut(&pid).unwrap().images[0]
+        .mappings
+        .clear();
+    let addr = marker_function_for_symbolizer_test as *const () as usize as u64;
+    let request = KernelSample::of(pid, std::slice::from_ref(&addr), &[]);
+    s.observe_samples(std::slice::from_ref(&request));
+    assert_eq!(s.image_key(pid), before, "read again");
+    assert!(!s.symbolize(&[request])[0][0].is_unknown());
+}

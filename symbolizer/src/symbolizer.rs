@@ -132,7 +132,7 @@ impl Symbolizer {
         self.perf_map_read_left = perf_map::READ_PER_CALL;
         self.take_fetched_debug_files();
         self.prune_images();
-        self.observe_all(requests);
+        self.observe_all(requests, self.tick);
         let out = self.locate(requests);
         self.evict_to_bound();
         out

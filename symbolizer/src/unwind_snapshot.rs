@@ -11,24 +11,32 @@ use std::path::PathBuf;
 use crate::elf_info::ElfInfo;
 use crate::files::Identity;
 use crate::process::ProcessSnapshot;
-use crate::unwind::{compile_file, UnwindTable};
-use crate::unwind_plan::{file_key, UnwindMapping};
+use crate::unwind::{compile_bytes, compile_file, UnwindTable};
+use crate::unwind_plan::{file_key, image_key_of, vdso_mapping, TableSource, UnwindMapping};
+use crate::vdso::Vdso;
+
+/// Our vdso, read once for every plan (the symbolizer keeps its own).
+static VDSO: std::sync::OnceLock<Option<Vdso>> = std::sync::OnceLock::new();
 
 /// A captured process's executable file mappings with their files, for the unwind loader
 /// (on a thread of its own: compiling a large table takes longer than a capture).
 pub struct UnwindPlan {
     /// What image this is, as `Symbolizer::image_key` says once the snapshot is adopted.
-    pub image_key: (Option<u32>, usize),
-    /// As `Symbolizer::unwind_mappings` gives them (the same file keys); `file` indexes
-    /// `files`.
+    pub image_key: u64,
+    /// As `Symbolizer::unwind_mappings` gives them (the same file keys); a file `source`
+    /// indexes the plan's own files.
     pub mappings: Vec<UnwindMapping>,
     files: Vec<File>,
 }
 
 impl UnwindPlan {
-    /// Compiles the table of `file`; `None` if it has none.
-    pub fn compile_unwind_table(&self, file: usize) -> Option<UnwindTable> {
-        match compile_file(&fd_path(self.files.get(file)?)) {
+    /// Compiles the table `source` names; `None` if it has none.
+    pub fn compile_unwind_table(&self, source: TableSource) -> Option<UnwindTable> {
+        let compiled = match source {
+            TableSource::File(file) => compile_file(&fd_path(self.files.get(file)?)),
+            TableSource::Vdso => compile_bytes(&VDSO.get_or_init(Vdso::own).as_ref()?.image),
+        };
+        match compiled {
             Ok(t) => Some(t),
             Err(e) => {
                 tracing::debug!(error = %e, "no unwind table");
@@ -46,17 +54,40 @@ impl ProcessSnapshot {
             return None;
         }
         let mut infos: HashMap<Identity, Option<ElfInfo>> = HashMap::new();
+        let mut entries: Vec<(&crate::maps::MapsEntry, Option<(&File, Identity)>)> = self
+            .entries
+            .iter()
+            .map(|(e, opened)| {
+                let identity = opened.as_ref().filter(|_| e.is_file()).and_then(|f| {
+                    let meta = f.metadata().ok()?;
+                    Some((f, (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec())))
+                });
+                (e, identity)
+            })
+            .collect();
+        entries.sort_by_key(|(e, _)| e.start);
         let mut plan = UnwindPlan {
-            image_key: (self.exec_id, self.entries.len()),
+            image_key: image_key_of(
+                entries
+                    .iter()
+                    .map(|(e, f)| (e.start, e.end, e.offset, f.as_ref().map(|(_, i)| i))),
+            ),
             mappings: Vec::new(),
             files: Vec::new(),
         };
-        for (entry, opened) in &self.entries {
-            let Some(file) = opened else { continue };
-            let Ok(meta) = file.metadata() else { continue };
-            let identity: Identity = (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec());
+        for (entry, opened) in &entries {
+            if entry.path == "[vdso]" {
+                if let Some(vdso) = VDSO.get_or_init(Vdso::own) {
+                    plan.mappings
+                        .extend(vdso_mapping(vdso, entry.start, entry.end));
+                }
+                continue;
+            }
+            let Some((file, identity)) = opened else {
+                continue;
+            };
             let info = infos
-                .entry(identity)
+                .entry(*identity)
                 .or_insert_with(|| ElfInfo::read(&fd_path(file)).ok());
             let Some(vaddr) = info.as_ref().and_then(|i| {
                 i.mapping_address(entry.offset, entry.end.saturating_sub(entry.start))
@@ -68,8 +99,8 @@ impl ProcessSnapshot {
                 start: entry.start,
                 end: entry.end,
                 bias: entry.start.wrapping_sub(vaddr),
-                file: plan.files.len(),
-                file_key: file_key(&identity),
+                source: TableSource::File(plan.files.len()),
+                file_key: file_key(identity),
             });
             plan.files.push(own);
         }

@@ -1,12 +1,13 @@
 //! Naming frames in the vdso, the kernel's small shared object mapped into every process
 //! (`clock_gettime`, `gettimeofday`, `getcpu`, …). It has no file: the image is read once
 //! from our own memory. Every 64-bit process on the host maps the same image; a process
-//! whose `[vdso]` mapping has another size (a 32-bit one) is left unnamed.
+//! whose `[vdso]` mapping has another size (a 32-bit one) is left unnamed, and is walked by
+//! frame pointers rather than by the image's unwind table.
 
 use std::io::Read;
 use std::sync::Arc;
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use emberprof_model::Module;
 
@@ -16,6 +17,10 @@ pub(crate) struct Vdso {
     pub(crate) module: Arc<Module>,
     /// Bytes of the image (the mapping's length), to tell a process's vdso is this one.
     pub(crate) len: u64,
+    /// The link-time address of the mapping's first byte (0 on x86-64).
+    pub(crate) link_base: u64,
+    /// The image itself (two pages), for its unwind table.
+    pub(crate) image: Vec<u8>,
     symbols: Vec<(u64, u64, Arc<str>)>,
 }
 
@@ -31,7 +36,7 @@ impl Vdso {
         let mut mem = std::fs::File::open("/proc/self/mem").ok()?;
         std::io::Seek::seek(&mut mem, std::io::SeekFrom::Start(m.start)).ok()?;
         mem.read_exact(&mut image).ok()?;
-        let vdso = Vdso::parse(&image, len);
+        let vdso = Vdso::parse(image, len);
         if vdso.is_none() {
             tracing::debug!("cannot read the vdso's symbols; frames in it stay unnamed");
         }
@@ -39,8 +44,8 @@ impl Vdso {
     }
 
     /// The functions of a vdso image.
-    pub(crate) fn parse(image: &[u8], len: u64) -> Option<Vdso> {
-        let obj = object::File::parse(image).ok()?;
+    pub(crate) fn parse(image: Vec<u8>, len: u64) -> Option<Vdso> {
+        let obj = object::File::parse(&*image).ok()?;
         let build_id = obj
             .build_id()
             .ok()
@@ -58,12 +63,19 @@ impl Vdso {
             (a.0, !a.2.starts_with("__vdso_"), &a.2).cmp(&(b.0, !b.2.starts_with("__vdso_"), &b.2))
         });
         symbols.dedup_by_key(|s| s.0);
+        let link_base = obj
+            .segments()
+            .find(|s| s.file_range().0 == 0)
+            .map_or(0, |s| s.address());
+        drop(obj);
         (!symbols.is_empty()).then(|| Vdso {
             module: Arc::new(Module {
                 path: Arc::from("[vdso]"),
                 build_id,
             }),
             len,
+            link_base,
+            image,
             symbols,
         })
     }
@@ -107,6 +119,6 @@ mod tests {
 
     #[test]
     fn an_image_that_is_not_elf_gives_no_table() {
-        assert!(Vdso::parse(b"nonsense", 8).is_none());
+        assert!(Vdso::parse(b"nonsense".to_vec(), 8).is_none());
     }
 }

@@ -27,6 +27,7 @@ mod symbols;
 mod unwind_switches;
 mod unwinding;
 mod unwinding_rust;
+mod unwinding_vdso_dlopen;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         unwind_switches::TESTS,
         unwinding::TESTS,
         unwinding_rust::TESTS,
+        unwinding_vdso_dlopen::TESTS,
     ];
     let trials = harness::trials(&modules, &args, &filters);
     libtest_mimic::run(&args, trials).exit_code()

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 pub use emberprof_test_support::bpf::{
     bpf_map_has_u32_key, bpf_programs_held_by, loaded_bpf_programs,
 };
-pub use emberprof_test_support::workload::{workload_binary, Workload};
+pub use emberprof_test_support::workload::{dlopen_library, workload_binary, Workload};
 
 pub const EMBERPROF: &str = env!("CARGO_BIN_EXE_emberprof");
 

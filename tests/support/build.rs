@@ -1,7 +1,8 @@
 //! Compiles the test workload (tests/workloads/workload.c) once per build, with frame
 //! pointers everywhere so that every stack the tests expect can be walked (bench/workloads.py
 //! builds it with the same flags), and once without them, for the unwinding tests; and the
-//! Rust workload (tests/workloads/workload.rs) as a release build, without frame pointers.
+//! Rust workload (tests/workloads/workload.rs) as a release build, and the library its
+//! `dlopen` mode loads (tests/workloads/dlopen_lib.c), both without frame pointers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,6 +33,18 @@ fn main() {
     println!(
         "cargo:rustc-env=EMBERPROF_TEST_WORKLOAD_RUST={}",
         rust.display()
+    );
+    let lib_src = manifest.join("../workloads/dlopen_lib.c");
+    println!("cargo:rerun-if-changed={}", lib_src.display());
+    let lib = out.with_file_name("libepdlopen.so");
+    build(
+        &lib_src,
+        &lib,
+        &["-fomit-frame-pointer", "-shared", "-fPIC"],
+    );
+    println!(
+        "cargo:rustc-env=EMBERPROF_TEST_DLOPEN_LIB={}",
+        lib.display()
     );
 }
 

@@ -35,11 +35,14 @@
  *                             (wait_in_libc_read) and pthread_cond_wait (wait_in_libc_cond)
  *   workload signal MS        for MS ms, spin_until_signalled burns CPU while a 10 ms timer
  *                             signal runs burn_in_signal_handler (about 3 ms each)
+ *   workload dlopen LIB MS    burns MS ms, then dlopens LIB (tests/workloads/dlopen_lib.c)
+ *                             and calls its eplib_outer from call_dlopened forever
  * Blocking calls are raw syscalls so that our function is the user leaf: Debian's libc has no
  * frame pointers, and a walk starting inside it skips its caller.
  * Every call is followed by more work so that no frame is erased by a tail call.
  */
 #define _GNU_SOURCE /* O_DIRECT */
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <time.h>
 #include <pthread.h>
@@ -669,10 +672,41 @@ static int signal_burn(long ms)
 	return 0;
 }
 
+/* Burns CPU for ms milliseconds of wall time. */
+__attribute__((noinline)) static void burn_before_dlopen(long ms)
+{
+	struct timespec start, now;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do {
+		for (long i = 0; i < UNIT; i++)
+			sink += i;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (running && (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+}
+
+/*
+ * Loads a library after start and burns CPU in it: its unwind table must reach the kernel
+ * although it was not mapped when the profiler listed the process. The wait burns CPU, so
+ * that the process is sampled (and announced, its mappings captured) before the dlopen.
+ */
+__attribute__((noinline)) static int call_dlopened(const char *path, long ms)
+{
+	burn_before_dlopen(ms);
+	void *lib = dlopen(path, RTLD_NOW);
+	long (*outer)(long) = lib ? (long (*)(long))dlsym(lib, "eplib_outer") : NULL;
+	if (!outer) {
+		fprintf(stderr, "dlopen %s: %s\n", path, dlerror());
+		return 1;
+	}
+	while (running)
+		sink += outer(100);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | signal MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | signal MS | dlopen LIB MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -736,6 +770,8 @@ int main(int argc, char **argv)
 	} else if (strcmp(argv[1], "qsort") == 0 && argc > 2) {
 		sort_numbers(atol(argv[2]));
 		return 0;
+	} else if (strcmp(argv[1], "dlopen") == 0 && argc > 3) {
+		return call_dlopened(argv[2], atol(argv[3]));
 	} else if (strcmp(argv[1], "vdso") == 0 && argc > 2) {
 		read_clock_in_vdso(atol(argv[2]));
 		return 0;

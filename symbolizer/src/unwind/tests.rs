@@ -239,7 +239,7 @@ fn the_code_mapping_of_an_lld_build_is_placed_by_its_own_segment() {
         .into_iter()
         .find(|m| m.start <= f && f < m.end)
         .expect("a mapping holds our own function");
-    let table = s.compile_unwind_table(m.file).expect("our own table");
+    let table = s.compile_unwind_table(m.source).expect("our own table");
     assert_eq!(table.lookup(f.wrapping_sub(m.bias)), Some(AT_ENTRY));
 }
 

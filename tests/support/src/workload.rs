@@ -23,6 +23,12 @@ pub fn workload_binary_rust() -> &'static Path {
     Path::new(env!("EMBERPROF_TEST_WORKLOAD_RUST"))
 }
 
+/// The shared library the workload's `dlopen` mode loads (built without frame pointers);
+/// its file name is `libepdlopen.so`.
+pub fn dlopen_library() -> &'static Path {
+    Path::new(env!("EMBERPROF_TEST_DLOPEN_LIB"))
+}
+
 /// A running workload, killed when dropped.
 pub struct Workload {
     child: Child,
