@@ -32,13 +32,15 @@ chart-test:
 	python3 helm/tests/chart_test.py
 
 # The symbolizer's throughput against blazesym, then overhead, cost, accuracy and scale
-# against perf and bpftrace, and memory with a large binary busy (root; about 11 minutes
-# on 2 cores), written to docs/benchmarks.md. BENCH_ARGS=--quick for a short development run.
+# against perf and bpftrace, unwind table build times, and memory with a large binary busy
+# (root; about 13 minutes on 2 cores), written to docs/benchmarks.md. BENCH_ARGS=--quick for
+# a short development run.
 BENCH_ARGS ?=
 bench: build
 	@scripts/bench-deps.sh
 	$(CARGO) bench -p emberprof-symbolizer
 	$(CARGO) build --release -p emberprof-test-support --example collector
+	$(CARGO) build --release -p emberprof-symbolizer --example unwind_build
 	python3 bench/run.py $(BENCH_ARGS)
 
 clean:

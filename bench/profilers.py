@@ -36,17 +36,24 @@ class Config:
 
     @property
     def cpu_only(self):
+        """emberprof sampling CPU stacks and nothing else."""
         return self.tool == "emberprof" and "--off-cpu" not in self.flags \
             and "--histograms" not in self.flags
 
 
 def standard_configs():
     """The configurations of the issue: emberprof at 19 and 99 Hz with growing feature sets,
-    perf and bpftrace at 99 Hz."""
+    at 99 Hz also walking user stacks by frame pointers only (the others use the unwind
+    tables where a file has them), perf and bpftrace at 99 Hz."""
     configs = []
     for hz in (19, 99):
         configs += [
             Config(f"ember-{hz}-cpu", f"emberprof {hz} Hz: CPU", "emberprof", hz, ("--cpu",)),
+        ]
+        if hz == 99:
+            configs.append(Config("ember-99-cpu-fp", "emberprof 99 Hz: CPU, `--unwind fp`",
+                                  "emberprof", hz, ("--cpu", "--unwind", "fp")))
+        configs += [
             Config(f"ember-{hz}-off", f"emberprof {hz} Hz: CPU + off-CPU", "emberprof", hz,
                    ("--cpu", "--off-cpu")),
             Config(f"ember-{hz}-hist", f"emberprof {hz} Hz: CPU + off-CPU + histograms",
@@ -62,6 +69,13 @@ def standard_configs():
 EXTRA_CONFIGS = [
     Config("ember-99-sys", "emberprof 99 Hz: CPU + off-CPU + histograms + syscall latency",
            "emberprof", 99, ("--cpu", "--off-cpu", "--histograms", "--syscall-latency")),
+]
+
+# Only in the accuracy phase: perf unwinding copies of the user stacks (8 KiB per sample)
+# after the recording, as it must for programs without frame pointers.
+ACCURACY_CONFIGS = [
+    Config("perf-99-dwarf", "perf record -F 99 -a --call-graph dwarf", "perf", 99,
+           ("--call-graph", "dwarf")),
 ]
 
 
@@ -149,8 +163,8 @@ class Session:
             return argv, env, (self.err_path, "recording")
         if c.tool == "perf":
             # cpu-clock: the VM has no hardware PMU (perf's default, cycles, is absent).
-            argv = [tools.perf, "record", "-e", "cpu-clock", "-F", str(c.frequency), "-a", "-g",
-                    "-o", self.output]
+            argv = [tools.perf, "record", "-e", "cpu-clock", "-F", str(c.frequency), "-a",
+                    *(c.flags or ("-g",)), "-o", self.output]
             return argv, env, None
         argv = [tools.bpftrace, "-o", self.output, "-e", BPFTRACE_PROGRAM.format(hz=c.frequency)]
         return argv, env, (self.output, "Attaching")
@@ -225,7 +239,8 @@ class Session:
         return usage.ru_utime + usage.ru_stime
 
     def stacks(self, tools, pids):
-        """The samples of `pids` as (pid, frames, count), frames as plain function names."""
+        """The samples of `pids` as (pid, frames, count), frames as function names, the
+        outermost first (user frames, then kernel frames)."""
         if self.config.tool == "emberprof":
             found = folded_stacks(self.output)
         elif self.config.tool == "perf":
@@ -262,17 +277,21 @@ def perf_stacks(perf, data, pids):
         if not lines or not lines[0].strip().isdigit():
             continue
         frames = [(line.split(None, 1) + ["[unknown]"])[1].strip() for line in lines[1:]]
-        out.append((int(lines[0]), frames, 1))
+        out.append((int(lines[0]), frames[::-1], 1))
     return out
 
 
 def bpftrace_stacks(path):
-    """bpftrace's map: `@[PID, \\n user frames, \\n kernel frames]: COUNT`, frames `name+off`."""
+    """bpftrace's map: `@[PID, \\n user frames\\n, \\n kernel frames]: COUNT`, frames
+    `name+off`, innermost first."""
     with open(path, errors="replace") as f:
         text = f.read()
     out = []
     for m in re.finditer(r"^@\[(\d+), (.*?)\]: (\d+)$", text, re.S | re.M):
-        frames = [line.strip().rstrip(",").strip() for line in m.group(2).splitlines()]
-        frames = [re.sub(r"\+\d+$", "", f) for f in frames if f]
+        user, _, kernel = m.group(2).partition("\n,")
+        frames = []
+        for part in (user, kernel):
+            names = [line.strip().rstrip(",").strip() for line in part.splitlines()]
+            frames += [re.sub(r"\+\d+$", "", f) for f in names if f][::-1]
         out.append((int(m.group(1)), frames, int(m.group(3))))
     return out

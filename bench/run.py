@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Overhead, profiler cost, accuracy and scale of emberprof, side by side with perf and
-bpftrace. Prints the tables as Markdown and writes them to docs/benchmarks.md with the
-machine and the date. Reports; never asserts on timings.
+bpftrace, the cost of building unwind tables, and memory. Prints the tables as Markdown and
+writes them to docs/benchmarks.md with the machine and the date. Reports; never asserts on
+timings.
 
-Needs root, target/release/emberprof, perf and bpftrace: `make bench` installs and builds
-everything, then runs this. Takes about 8 minutes on 2 cores; --quick about 2.
+Needs root, target/release/emberprof (and its examples collector and unwind_build), perf and
+bpftrace: `make bench` installs and builds everything, then runs this. Takes about 11
+minutes on 2 cores; --quick about 4.
 
-Usage: bench/run.py [--quick] [--rounds N] [--phases overhead,accuracy,scale,memory]
+Usage: bench/run.py [--quick] [--rounds N] [--phases overhead,accuracy,tables,scale,memory]
                     [--configs KEY,...] [--output FILE]"""
 
 import argparse
@@ -26,12 +28,13 @@ import memory  # noqa: E402
 import overhead  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
+import tables  # noqa: E402
 import workloads  # noqa: E402
 from common import BUILD_DIR, ROOT, BenchError, kill_children, log  # noqa: E402
-from profilers import EXTRA_CONFIGS, find_tools, standard_configs  # noqa: E402
+from profilers import (ACCURACY_CONFIGS, EXTRA_CONFIGS, find_tools,  # noqa: E402
+                       standard_configs)
 
-PHASES = ("overhead", "accuracy", "scale", "memory")
-ACCURACY_CONFIGS = ("ember-99-cpu", "perf-99", "bpftrace-99")
+PHASES = ("overhead", "accuracy", "tables", "scale", "memory")
 
 
 def parse_args():
@@ -43,7 +46,8 @@ def parse_args():
     ap.add_argument("--rounds", type=int, help="timed overhead rounds (default 3, quick 1)")
     ap.add_argument("--workload-seconds", type=float,
                     help="how long each workload runs alone; sets its fixed work (default 1.2, quick 0.3)")
-    ap.add_argument("--accuracy-seconds", type=float, help="default 10, quick 3")
+    ap.add_argument("--accuracy-seconds", type=float,
+                    help="per accuracy workload; default 10, quick 3")
     ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of "
                     + ", ".join(PHASES))
     all_configs = standard_configs() + EXTRA_CONFIGS
@@ -87,10 +91,12 @@ def run_phases(args, run, tools, exe, workdir):
         log("overhead: fixed work: " + "; ".join(w.describe(w.units) for w in work))
         run.overhead = overhead.run(args.configs, tools, work, args.rounds, workdir)
     if "accuracy" in args.phases:
-        by_key = {c.key: c for c in standard_configs()}
-        run.accuracy = accuracy.run([by_key[k] for k in ACCURACY_CONFIGS], tools, exe,
+        by_key = {c.key: c for c in standard_configs() + ACCURACY_CONFIGS}
+        run.accuracy = accuracy.run(by_key, tools, workloads.build_all(),
                                     args.accuracy_seconds, workdir)
         run.accuracy_seconds = args.accuracy_seconds
+    if "tables" in args.phases:
+        run.tables = tables.run(args.quick)
     if "scale" in args.phases:
         run.scale = scale.run(exe, workdir, args.quick)
     if "memory" in args.phases:

@@ -2,33 +2,64 @@
 overhead benchmark times."""
 
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable, List
 
-from common import BUILD_DIR, CPUS, ROOT, BenchError, reaped, spawn
+from common import BUILD_DIR, CPUS, ROOT, BenchError, log, reaped, spawn
 
 SOURCE = os.path.join(ROOT, "tests", "workloads", "workload.c")
+RUST_SOURCE = os.path.join(ROOT, "tests", "workloads", "workload.rs")
 # The e2e tests' flags (tests/support/build.rs): frame pointers everywhere and no sibling
 # calls, so that every profiler can walk every stack of the workload.
 CFLAGS = ["-O2", "-g", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer",
           "-fno-optimize-sibling-calls", "-pthread", "-Wall"]
+# The same program as most software is built (build.rs's no-frame-pointer variant).
+NOFP_CFLAGS = ["-O2", "-g", "-fomit-frame-pointer", "-fno-optimize-sibling-calls", "-pthread",
+               "-Wall"]
+# A release build as build.rs makes it: optimised, no frame pointers (said explicitly).
+RUSTFLAGS = ["--edition", "2021", "--crate-name", "workload", "--crate-type", "bin",
+             "-C", "opt-level=3", "-C", "debuginfo=2", "-C", "force-frame-pointers=no"]
 
 
-def build():
-    """Compiles the workload into target/bench (again only when the source changed)."""
-    exe = os.path.join(BUILD_DIR, "epworkload")
-    if os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(SOURCE):
+def fresh(exe, source):
+    return os.path.exists(exe) and os.path.getmtime(exe) >= os.path.getmtime(source)
+
+
+def compile_with(argv, exe, source):
+    """Runs a compiler that writes `exe` from `source` (again only when the source changed)."""
+    if fresh(exe, source):
         return exe
     os.makedirs(BUILD_DIR, exist_ok=True)
     try:
-        subprocess.run(["cc", *CFLAGS, "-o", exe, SOURCE], check=True)
+        subprocess.run([*argv, "-o", exe, source], check=True)
     except FileNotFoundError as e:
-        raise BenchError("cc not found: run scripts/deps.sh") from e
+        raise BenchError(f"{argv[0]} not found: run scripts/deps.sh") from e
     except subprocess.CalledProcessError as e:
-        raise BenchError(f"building {SOURCE} failed ({e})") from e
+        raise BenchError(f"building {source} failed ({e})") from e
     return exe
+
+
+def build():
+    """Compiles the frame-pointer workload into target/bench."""
+    return compile_with(["cc", *CFLAGS], os.path.join(BUILD_DIR, "epworkload"), SOURCE)
+
+
+def build_all():
+    """The accuracy phase's builds by key: `fp` (the one above), `nofp`, and `rust` when a
+    Rust compiler is there (`make bench` runs cargo, so it is)."""
+    exes = {"fp": build(),
+            "nofp": compile_with(["cc", *NOFP_CFLAGS], os.path.join(BUILD_DIR, "epworkload-nofp"),
+                                 SOURCE)}
+    rustc = os.environ.get("RUSTC") or shutil.which("rustc")
+    if rustc:
+        exes["rust"] = compile_with([rustc, *RUSTFLAGS], os.path.join(BUILD_DIR, "epworkload-rust"),
+                                    RUST_SOURCE)
+    else:
+        log("accuracy: no rustc: the Rust workload is left out")
+    return exes
 
 
 @dataclass
