@@ -18,6 +18,11 @@ STATS_FRACTION = 1 / 3
 # state measured here. So every profiler first sees each workload briefly while it settles;
 # its CPU per session still includes that first encounter.
 WARM_UP_FRACTION = 0.05
+# The CPU sampler with unwind tables and with frame pointers only: after round 0, these two
+# run this many more times each, alternating, with the full work and the eBPF statistics
+# on, so that their per-sample times rest on some hundred samples per workload.
+UNWIND_PAIR = ("ember-99-cpu", "ember-99-cpu-fp")
+UNWIND_ROUNDS = 2
 # After the last workload of a CPU-only emberprof session: one drain interval (1 s) and a
 # margin, so that the samples taken during the workloads are drained and symbolized inside
 # the span charged to them (CPU per 1000 samples).
@@ -48,6 +53,8 @@ class Overhead:
     alone: List[Dict[str, float]] = field(default_factory=list)
     sessions: List[SessionResult] = field(default_factory=list)
     stats_sessions: List[SessionResult] = field(default_factory=list)
+    # The unwinding comparison's sessions (UNWIND_PAIR), eBPF statistics on.
+    unwind_sessions: List[SessionResult] = field(default_factory=list)
 
     def ratios(self, config):
         """Workload key -> ratios of wall time under `config` to the adjacent alone runs."""
@@ -164,6 +171,14 @@ def run(configs, tools, workloads, rounds, workdir):
         for c in configs:
             s = profiled_block(c, tools, workloads, workdir, f"r0-{c.key}", STATS_FRACTION)
             results.stats_sessions.append(s)
+        pair = [c for key in UNWIND_PAIR for c in configs if c.key == key]
+        if len(pair) == 2:
+            for r in range(min(rounds, UNWIND_ROUNDS)):
+                for c in pair:
+                    log(f"overhead: {c.label}, eBPF statistics on, full work ({r + 1}/"
+                        f"{min(rounds, UNWIND_ROUNDS)})")
+                    results.unwind_sessions.append(
+                        profiled_block(c, tools, workloads, workdir, f"u{r}-{c.key}"))
     for r in range(1, rounds + 1):
         # A different order each round, so that no profiler always follows the same one.
         order = configs[(r - 1) % len(configs):] + configs[:(r - 1) % len(configs)]

@@ -234,20 +234,25 @@ def unwinding_section(o):
     configs = [c for c in o.configs if c.key in ("ember-99-cpu", "ember-99-cpu-fp")]
     if len(configs) < 2:
         return None
+    sessions = o.unwind_sessions or o.stats_sessions
     rows = []
     for c in configs:
-        per_workload = []
+        cells, total = [], measure.Program(SAMPLER, 0, 0)
         for w in o.workloads:
             p = measure.Program(SAMPLER, 0, 0)
-            for s in o.stats_sessions:
+            for s in sessions:
                 q = s.windows[w.key].programs.get(SAMPLER) if s.config == c else None
                 if q:
                     p.run_ns += q.run_ns
                     p.runs += q.runs
-            per_workload.append(f"{p.run_ns / p.runs:,.0f} ({p.runs:,})" if p.runs else DASH)
-        total = o.cost(c).programs.get(SAMPLER)
-        mean = f"{total.run_ns / total.runs:,.0f}" if total and total.runs else DASH
-        rows.append([c.label, ratio_cell(o.ratios(c)["cpu"])] + per_workload + [mean])
+            total.run_ns += p.run_ns
+            total.runs += p.runs
+            cells.append(f"{p.run_ns / p.runs:,.0f} ({p.runs:,})" if p.runs else DASH)
+        cells.append(f"{total.run_ns / total.runs:,.0f} ({total.runs:,})" if total.runs else DASH)
+        rows.append([c.label, ratio_cell(o.ratios(c)["cpu"])] + cells)
+    runs = len([s for s in sessions if s.config == configs[0]])
+    where = (f"{runs} session{'s' if runs > 1 else ''} of each, alternating, after the "
+             "warm-up round, with the full work" if o.unwind_sessions else "the warm-up round")
     return "\n\n".join([
         "### Unwinding by tables or by frame pointers",
         "emberprof's default walks user stacks by the unwind tables compiled from each file's "
@@ -255,9 +260,8 @@ def unwinding_section(o):
         "pointers only. The workloads are built with frame pointers, so both walks give the "
         "same frames up to libc, and the difference is the cost of the table walk (libc has "
         "no frame pointers: there only the table walk goes on to `_start` or `clone3`). "
-        f"`{SAMPLER}`: its ns per "
-        "run (and runs) from the kernel's eBPF statistics in the warm-up round, per workload "
-        "and over all three.",
+        f"`{SAMPLER}`: its ns per run (and runs) from the kernel's eBPF statistics in {where}, "
+        "per workload and over all three; the CPU-bound slowdown is from the timed rounds above.",
         table(["configuration", "CPU-bound slowdown"]
               + [f"`{SAMPLER}` ns per run ({w.key})" for w in o.workloads]
               + [f"`{SAMPLER}` ns per run, all"], rows),
