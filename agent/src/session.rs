@@ -224,14 +224,16 @@ impl Session {
     }
 
     /// Between drains (every tick of the run loop): hands the watcher's captures to the
-    /// symbolizer and loads the unwind tables of the processes met since, so that a new
-    /// process is walked by its tables a tick after its first sample, not a drain after
-    /// (a process that lives 300 ms would otherwise never be).
+    /// symbolizer, and if there were any, loads the tables of those the table thread could
+    /// not (its queue was full). Nothing else: a sync walks every process held, work for
+    /// the drains, not for ten ticks a second.
     pub fn tick(&mut self) {
-        if let Some(w) = &self.watcher {
-            w.deliver(&mut self.symbolizer, self.processes.as_mut());
+        let delivered = self.watcher.as_ref().map_or(0, |w| {
+            w.deliver(&mut self.symbolizer, self.processes.as_mut())
+        });
+        if delivered > 0 {
+            self.load_unwind_tables();
         }
-        self.load_unwind_tables();
     }
 
     /// Loads the unwind tables of processes the symbolizer met since the last call.

@@ -96,18 +96,21 @@ impl ProcessWatcher {
     }
 
     /// Hands what was captured to the symbolizer (and the attribute table); call before
-    /// symbolizing a drain.
+    /// symbolizing a drain. Returns how many processes it handed over.
     pub fn deliver(
         &self,
         symbolizer: &mut Symbolizer,
         mut processes: Option<&mut HashMap<u32, Attributes>>,
-    ) {
+    ) -> usize {
+        let mut delivered = 0;
         while let Ok(c) = self.captured.try_recv() {
             if let Some(p) = processes.as_deref_mut() {
                 p.insert(c.pid, c.attributes);
             }
             symbolizer.adopt(c.pid, c.snapshot);
+            delivered += 1;
         }
+        delivered
     }
 }
 
