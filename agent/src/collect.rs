@@ -94,14 +94,19 @@ fn without_probe_frames(stack: Stack) -> Stack {
     }
 }
 
+/// The frame that holds a process's off-CPU blocks shorter than `--min-block`.
+pub const SHORT_BLOCKS_FRAME: &str = "[blocks shorter than --min-block]";
+
 /// Makes lost stacks visible in the profile instead of silently shortening it.
 fn with_loss_markers(stack: Stack, user: &CapturedStack, kernel: &CapturedStack) -> Stack {
     let marker = |what: &str, loss: &StackLoss| {
-        let why = match loss {
-            StackLoss::MapFull => "stack map full".to_string(),
-            StackLoss::Error(errno) => format!("error {errno}"),
+        let text = match loss {
+            StackLoss::MapFull => format!("[{what} stack lost: stack map full]"),
+            StackLoss::Error(errno) => format!("[{what} stack lost: error {errno}]"),
+            // One frame for the whole process: its time is there, not under any stack.
+            StackLoss::ShortBlocks => SHORT_BLOCKS_FRAME.to_string(),
         };
-        Arc::new(Location::marker(&format!("[{what} stack lost: {why}]")))
+        Arc::new(Location::marker(&text))
     };
     let mut locations: Vec<Arc<Location>> = Vec::with_capacity(stack.len() + 1);
     if let CapturedStack::Lost(loss) = kernel {

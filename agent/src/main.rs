@@ -10,6 +10,7 @@ mod health;
 mod histograms;
 mod http;
 mod kubernetes;
+mod log_setup;
 mod metadata;
 mod output;
 mod pprof_dir;
@@ -25,7 +26,6 @@ mod unwind_loader;
 mod unwind_ranges;
 mod watcher;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::FromArgMatches;
@@ -66,18 +66,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never in a log file or a pipe.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBERPROF_LOG").unwrap_or_else(|_| {
-                // aya warns at every load that it has no wrapper for the off-CPU program's
-                // task storage (which only the program uses): nothing a user can act on.
-                tracing_subscriber::EnvFilter::new("warn,aya::bpf=error")
-            }),
-        )
-        .init();
+    log_setup::init();
     let result = match cli.command {
         cli::Command::Record(args) => record::run(*args),
         cli::Command::Agent(args) => {

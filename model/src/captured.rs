@@ -9,6 +9,9 @@ pub enum StackLoss {
     MapFull,
     /// Capturing or storing it failed, or it was gone when read (errno).
     Error(i32),
+    /// Off-CPU blocks shorter than the minimum: their time is counted per process, their
+    /// stacks are not taken.
+    ShortBlocks,
 }
 
 /// Why a user stack walked by unwind tables ends before its outermost frame.

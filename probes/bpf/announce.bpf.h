@@ -27,26 +27,29 @@ struct {
 
 #define EP_PF_EXITING 0x00000004
 
-/* Announces tgid once; a full ring counts one at `lost_idx` of the per-CPU `lost_counters`. */
-static __always_inline void ep_announce(struct task_struct *task, __u32 tgid, void *lost_counters,
+/*
+ * Announces tgid once; a full ring counts one at `lost_idx` of the per-CPU `lost_counters`.
+ * True when nothing is left to do for it (announced now or before, or announcing is off).
+ */
+static __always_inline bool ep_announce(struct task_struct *task, __u32 tgid, void *lost_counters,
 					__u32 lost_idx)
 {
 	if (!ep_announce_on || bpf_map_lookup_elem(&ep_announced, &tgid))
-		return;
+		return true;
 	/* An exiting task is still seen after sched_process_exit forgot it: announcing it
 	 * again would leave a stale entry that a new process reusing the PID never clears. */
 	if (BPF_CORE_READ(task, flags) & EP_PF_EXITING)
-		return;
+		return false;
 	__u8 one = 1;
 	/* BPF_NOEXIST: when two CPUs race, only the one that inserts announces. */
 	if (bpf_map_update_elem(&ep_announced, &tgid, &one, BPF_NOEXIST))
-		return;
+		return true;
 	struct ep_announcement *a = bpf_ringbuf_reserve(&ep_new_processes, sizeof(*a), 0);
 	if (!a) {
 		/* Try again at the next sample rather than never. */
 		bpf_map_delete_elem(&ep_announced, &tgid);
 		ep_percpu_inc(lost_counters, lost_idx);
-		return;
+		return false;
 	}
 	a->tgid = tgid;
 	a->exec_id = (__u32)BPF_CORE_READ(task, self_exec_id);
@@ -55,6 +58,7 @@ static __always_inline void ep_announce(struct task_struct *task, __u32 tgid, vo
 	if (bpf_probe_read_kernel_str(a->comm, sizeof(a->comm), &leader->comm) < 0)
 		a->comm[0] = 0;
 	bpf_ringbuf_submit(a, 0);
+	return true;
 }
 
 /* An exec replaces every mapping: announce the process again at its next sample, and

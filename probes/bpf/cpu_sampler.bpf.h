@@ -98,7 +98,7 @@ static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 
 	if (flags & BPF_F_USER_STACK) {
 		/* By the process's unwind tables, if it has any (0 frames: it has none). */
 		__u32 end = 0;
-		long n = ep_unwind_user(buf, tgid, &end);
+		long n = ep_unwind_user(buf, tgid, &end, NULL);
 		if (end)
 			ep_count(EP_CNT_UNWIND_NO_RULE + end - EP_WALK_NO_RULE);
 		bytes = n > 0 ? n * (long)sizeof(__u64) : n;
@@ -177,7 +177,7 @@ int ep_cpu_sample(struct bpf_perf_event_data *ctx)
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	ep_task_image(task, &key.exec_id, &key.flags);
 
-	if (*active)
+	if (*active & 1)
 		ep_record(ctx, &key, &ep_stacks_1, &ep_counts_1);
 	else
 		ep_record(ctx, &key, &ep_stacks_0, &ep_counts_0);

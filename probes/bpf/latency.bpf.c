@@ -115,8 +115,8 @@ static __always_inline struct ep_hist *ep_hist_for(struct ep_hist_key *key)
 	__u32 *active = bpf_map_lookup_elem(&ep_hist_control, &zero);
 	if (!active)
 		return 0;
-	void *hists = *active ? (void *)&ep_hists_1 : (void *)&ep_hists_0;
-	void *overflow = *active ? (void *)&ep_hist_overflow_1 : (void *)&ep_hist_overflow_0;
+	void *hists = (*active & 1) ? (void *)&ep_hists_1 : (void *)&ep_hists_0;
+	void *overflow = (*active & 1) ? (void *)&ep_hist_overflow_1 : (void *)&ep_hist_overflow_0;
 
 	struct ep_hist *h = bpf_map_lookup_elem(hists, key);
 	if (h)

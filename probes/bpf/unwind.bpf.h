@@ -58,6 +58,11 @@ struct ep_walk {
 	/* pc was not a return address (the leaf, or where a signal interrupted): look it up
 	 * where it is, not one byte back. */
 	__u32 exact;
+	/* Where the return addresses of frames 1..nslots were read (for the off-CPU reuse
+	 * check); a signal frame among them makes the walk not reusable. */
+	__u32 nslots;
+	__u32 signal;
+	__u64 slots[EP_OFF_CHECK_SLOTS];
 };
 
 struct ep_mapping_search {
@@ -148,6 +153,25 @@ static __always_inline struct ep_unwind_rule *ep_rule_of(__u32 first, __u32 coun
 	return bpf_map_lookup_elem(&ep_unwind_rules, &rule);
 }
 
+/*
+ * Keeps where frame n's return address was read, for the first EP_OFF_CHECK_SLOTS frames.
+ * Constant indexes: the walk lives on the BPF stack, which takes no variable-offset writes.
+ */
+static __always_inline void ep_walk_slot(struct ep_walk *w, __u32 n, __u64 at)
+{
+	if (n == 0)
+		w->slots[0] = at;
+	else if (n == 1)
+		w->slots[1] = at;
+	else if (n == 2)
+		w->slots[2] = at;
+	else if (n == 3)
+		w->slots[3] = at;
+	else
+		return;
+	w->nslots = n + 1;
+}
+
 static long ep_unwind_step(__u32 i, void *arg)
 {
 	struct ep_walk *w = arg;
@@ -178,6 +202,7 @@ static long ep_unwind_step(__u32 i, void *arg)
 		    bpf_probe_read_user(&bp, sizeof(bp), (void *)w->bp))
 			return 1;
 		cfa = w->bp + 16;
+		ep_walk_slot(w, n, cfa - 8);
 	} else {
 		struct ep_unwind_rule *r = ep_rule_of(m->first, m->count, (__u32)(at - m->bias));
 		if (!r) {
@@ -202,6 +227,7 @@ static long ep_unwind_step(__u32 i, void *arg)
 				w->end = EP_WALK_BAD_READ;
 				return 1;
 			}
+			w->signal = 1;
 			if (!ra)
 				return 1;
 			w->pc = ra;
@@ -219,6 +245,7 @@ static long ep_unwind_step(__u32 i, void *arg)
 			w->end = EP_WALK_BAD_READ;
 			return 1;
 		}
+		ep_walk_slot(w, n, cfa - 8);
 		if (r->rbp_saved &&
 		    bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + (__s64)r->rbp_offset))) {
 			w->end = EP_WALK_BAD_READ;
@@ -237,9 +264,12 @@ static long ep_unwind_step(__u32 i, void *arg)
  * Walks the current task's user stack into buf by its process's tables. Returns the
  * number of frames (a cut walk's last is its EP_UNWIND_CUT marker), 0 if the process has
  * no tables (the caller falls back to bpf_get_stack), or a negative errno. buf is
- * terminated by a zero frame when there is room, not zero-filled.
+ * terminated by a zero frame when there is room, not zero-filled. With `reuse`, the slots
+ * its return addresses were read from go there; reuse->nslots stays 0 when the walk
+ * cannot be reused (cut, or through a signal frame).
  */
-static __always_inline long ep_unwind_user(struct ep_stack *buf, __u32 tgid, __u32 *end)
+static __always_inline long ep_unwind_user(struct ep_stack *buf, __u32 tgid, __u32 *end,
+					   struct ep_offcpu_start *reuse)
 {
 	struct ep_unwind_proc *proc = bpf_map_lookup_elem(&ep_unwind_procs, &tgid);
 
@@ -268,6 +298,13 @@ static __always_inline long ep_unwind_user(struct ep_stack *buf, __u32 tgid, __u
 	}
 	if (n < EP_MAX_STACK_DEPTH)
 		buf->ips[n] = 0;
+	if (reuse) {
+		reuse->nslots = 0;
+		if (w.end == EP_WALK_OK && !w.signal && w.nslots <= EP_OFF_CHECK_SLOTS) {
+			__builtin_memcpy(reuse->slots, w.slots, sizeof(w.slots));
+			reuse->nslots = w.nslots;
+		}
+	}
 	return n;
 }
 

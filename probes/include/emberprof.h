@@ -115,8 +115,10 @@ enum ep_counter {
 };
 
 /*
- * Off-CPU: the count key holds both stacks inline (bpf_get_stack), not stack-map ids, so
- * that a thread blocked across any number of drains is still credited to the right stack.
+ * Off-CPU: a thread + its two stacks, stored once per buffer under a 64-bit id (a hash of
+ * all of it) that the counts are keyed by, so that crediting a block hashes 8 bytes, not
+ * 2 KB. The stacks are inline (not stack-map ids): a thread blocked across any number of
+ * drains is still credited to the right stack.
  */
 struct ep_offcpu_key {
 	__u32 tgid;
@@ -132,13 +134,48 @@ struct ep_offcpu_key {
 	__u64 kernel[EP_MAX_STACK_DEPTH];
 };
 
-/* A thread that left the CPU: when, and what it was doing. */
+/*
+ * Return-address slots of a thread's last user stack that a switch-out reads again before
+ * it reuses that stack: the callers up to this depth are checked, not assumed.
+ */
+#define EP_OFF_CHECK_SLOTS 4
+/* Every this many reuses of a thread's stacks, they are walked again and compared. */
+#define EP_OFF_VERIFY_EVERY 64
+
+/*
+ * Where a thread entered the kernel (its user registers at the syscall or fault): while
+ * this and the checked slots are unchanged, its stacks are too.
+ */
+struct ep_offcpu_site {
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	/* The syscall number (-1 for a fault or an interrupt) and its first two arguments. */
+	__u64 nr;
+	__u64 arg0;
+	__u64 arg1;
+};
+
+/* A thread that left the CPU: when, and its last stacks (in task storage). */
 struct ep_offcpu_start {
 	__u64 ts;
+	/* The id of `key` (0: no reusable stacks). */
+	__u64 id;
+	struct ep_offcpu_site site;
+	/* Addresses of the return addresses of user frames 1..nslots (user[i + 1] is read at
+	 * slots[i]). */
+	__u64 slots[EP_OFF_CHECK_SLOTS];
+	__u32 nslots;
+	/* Reuses since the stacks were last walked. */
+	__u32 reuses;
+	/* The buffer generation `key` was last stored in, plus one (0: never). */
+	__u32 stored_gen;
+	/* exec_id + 1 of the image this thread last announced (0: none). */
+	__u32 announced;
 	struct ep_offcpu_key key;
 };
 
-/* Value of the off-CPU count map. */
+/* Value of the off-CPU counts (also of the per-process totals of short blocks). */
 struct ep_offcpu_value {
 	__u64 total_ns;
 	__u64 blocks;
@@ -162,7 +199,15 @@ enum ep_offcpu_counter {
 	EP_OFF_UNWIND_NO_RULE = 6,
 	EP_OFF_UNWIND_BAD_READ = 7,
 	EP_OFF_UNWIND_DEPTH = 8,
-	EP_OFF_MAX = 9,
+	/* Switch-outs that reused the thread's last stacks instead of walking them. */
+	EP_OFF_REUSED = 9,
+	/* Reused stacks that a periodic walk found different (the reuse was wrong). */
+	EP_OFF_STALE = 10,
+	/* Short blocks whose process total could not be kept (the map was full). */
+	EP_OFF_SHORT_FULL = 11,
+	/* Blocks whose stacks found no room in the buffer's stack map (counted, unattributed). */
+	EP_OFF_STACKS_FULL = 12,
+	EP_OFF_MAX = 13,
 };
 
 /*

@@ -315,6 +315,14 @@ pub struct OffCpuValue {
 // SAFETY: plain old data with no padding (checked by the layout test).
 unsafe impl aya::Pod for OffCpuValue {}
 
+/// Return-address slots a switch-out reads again before reusing a thread's last stacks
+/// (`EP_OFF_CHECK_SLOTS`).
+pub const OFF_CHECK_SLOTS: usize = 4;
+
+/// Every this many reuses, a thread's stacks are walked again and compared
+/// (`EP_OFF_VERIFY_EVERY`).
+pub const OFF_VERIFY_EVERY: u32 = 64;
+
 /// Indexes of the off-CPU per-CPU counters (`enum ep_offcpu_counter`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,6 +336,10 @@ pub enum OffCpuCounter {
     UnwindNoRule = 6,
     UnwindBadRead = 7,
     UnwindDepth = 8,
+    Reused = 9,
+    Stale = 10,
+    ShortFull = 11,
+    StacksFull = 12,
 }
 
 impl From<OffCpuCounter> for u32 {
@@ -338,7 +350,7 @@ impl From<OffCpuCounter> for u32 {
 
 impl OffCpuCounter {
     /// Every counter, in index order.
-    pub const ALL: [OffCpuCounter; 9] = [
+    pub const ALL: [OffCpuCounter; 13] = [
         OffCpuCounter::Blocks,
         OffCpuCounter::Short,
         OffCpuCounter::StartFull,
@@ -348,6 +360,10 @@ impl OffCpuCounter {
         OffCpuCounter::UnwindNoRule,
         OffCpuCounter::UnwindBadRead,
         OffCpuCounter::UnwindDepth,
+        OffCpuCounter::Reused,
+        OffCpuCounter::Stale,
+        OffCpuCounter::ShortFull,
+        OffCpuCounter::StacksFull,
     ];
 }
 
@@ -584,6 +600,12 @@ mod tests {
             OffCpuCounter::UnwindBadRead as i64,
         ),
         ("EP_OFF_UNWIND_DEPTH", OffCpuCounter::UnwindDepth as i64),
+        ("EP_OFF_CHECK_SLOTS", OFF_CHECK_SLOTS as i64),
+        ("EP_OFF_VERIFY_EVERY", OFF_VERIFY_EVERY as i64),
+        ("EP_OFF_REUSED", OffCpuCounter::Reused as i64),
+        ("EP_OFF_STALE", OffCpuCounter::Stale as i64),
+        ("EP_OFF_SHORT_FULL", OffCpuCounter::ShortFull as i64),
+        ("EP_OFF_STACKS_FULL", OffCpuCounter::StacksFull as i64),
         ("EP_UNWIND_CUT", UNWIND_CUT as i64),
         ("EP_OFF_MAX", OffCpuCounter::ALL.len() as i64),
         ("EP_HIST_SLOTS", HIST_SLOTS as i64),

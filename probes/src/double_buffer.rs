@@ -15,14 +15,16 @@ use crate::maps::take_as;
 /// switch. BPF programs run for microseconds without sleeping; this is generous.
 const SWITCH_GRACE: Duration = Duration::from_millis(2);
 
-/// The control map: entry 0 names the buffer the kernel writes to.
+/// The control map: entry 0 is the generation, whose low bit names the buffer the kernel
+/// writes to (a program that keeps per-thread state can tell a new generation from the
+/// last one that used the same buffer).
 pub(crate) trait Control {
-    fn point_at(&mut self, buffer: u32) -> Result<(), aya::maps::MapError>;
+    fn point_at(&mut self, generation: u32) -> Result<(), aya::maps::MapError>;
 }
 
 impl Control for Array<MapData, u32> {
-    fn point_at(&mut self, buffer: u32) -> Result<(), aya::maps::MapError> {
-        self.set(0, buffer, 0)
+    fn point_at(&mut self, generation: u32) -> Result<(), aya::maps::MapError> {
+        self.set(0, generation, 0)
     }
 }
 
@@ -41,6 +43,7 @@ pub(crate) struct DoubleBuffer<B, C = Array<MapData, u32>> {
     control_name: &'static str,
     /// Buffer the kernel is writing to.
     active: usize,
+    generation: u32,
     buffers: [B; 2],
 }
 
@@ -66,6 +69,7 @@ impl<B: Buffer, C: Control> DoubleBuffer<B, C> {
             control,
             control_name,
             active: 0,
+            generation: 0,
             buffers,
         }
     }
@@ -73,14 +77,17 @@ impl<B: Buffer, C: Control> DoubleBuffer<B, C> {
     /// Points the kernel at the other buffer and drains the one it was writing to.
     pub(crate) fn drain(&mut self) -> Result<B::Drained, ProbeError> {
         let old = self.active;
-        let new = 1 - old;
+        // Wraps after 2^32 drains, keeping the low bit alternating.
+        let generation = self.generation.wrapping_add(1);
+        let new = (generation & 1) as usize;
         self.control
-            .point_at(new as u32)
+            .point_at(generation)
             .map_err(|source| ProbeError::Map {
                 name: self.control_name,
                 source,
             })?;
         self.active = new;
+        self.generation = generation;
         std::thread::sleep(SWITCH_GRACE);
         let mut out = B::Drained::default();
         self.buffers[old].drain_into(&mut out)?;
@@ -114,8 +121,11 @@ mod tests {
     struct FakeControl(Log);
 
     impl Control for FakeControl {
-        fn point_at(&mut self, buffer: u32) -> Result<(), aya::maps::MapError> {
-            self.0.borrow_mut().push(format!("write to {buffer}"));
+        fn point_at(&mut self, generation: u32) -> Result<(), aya::maps::MapError> {
+            self.0.borrow_mut().push(format!(
+                "write to {} (generation {generation})",
+                generation & 1
+            ));
             Ok(())
         }
     }
@@ -162,11 +172,11 @@ mod tests {
         assert_eq!(
             *log.borrow(),
             [
-                "write to 1",
+                "write to 1 (generation 1)",
                 "drain a",
-                "write to 0",
+                "write to 0 (generation 2)",
                 "drain b",
-                "write to 1",
+                "write to 1 (generation 3)",
                 "drain a"
             ]
         );

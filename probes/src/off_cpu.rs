@@ -14,15 +14,18 @@ use crate::abi::{
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
-use crate::maps::{drain_hash, take_hash, PerCpuCounters};
+use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter;
 use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
 use crate::shared_ebpf::SharedEbpf;
-use emberprof_model::{HealthCounter, KernelSample, ProfileKind};
+use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
+use std::collections::HashMap;
 
 const PROGRAM: &str = "ep_sched_switch";
 pub(crate) const COUNT_MAPS: [&str; 2] = ["ep_off_counts_0", "ep_off_counts_1"];
+const STACK_MAPS: [&str; 2] = ["ep_off_stacks_0", "ep_off_stacks_1"];
+const SHORT_MAPS: [&str; 2] = ["ep_off_short_0", "ep_off_short_1"];
 
 /// What to record.
 #[derive(Clone, Debug)]
@@ -85,6 +88,14 @@ pub struct OffCpuCounters {
     pub unwind_bad_read: u64,
     /// ... that reached the frame limit.
     pub unwind_depth: u64,
+    /// Switch-outs that reused the thread's last stacks instead of walking them.
+    pub reused: u64,
+    /// Reused stacks that the periodic walk found different.
+    pub stale: u64,
+    /// Short blocks whose process total had no room (counted in `short` only).
+    pub short_full: u64,
+    /// Blocks lost: no room for their stacks in the buffer.
+    pub stacks_full: u64,
 }
 
 impl OffCpuCounters {
@@ -100,12 +111,16 @@ impl OffCpuCounters {
             OffCpuCounter::UnwindNoRule => &mut self.unwind_no_rule,
             OffCpuCounter::UnwindBadRead => &mut self.unwind_bad_read,
             OffCpuCounter::UnwindDepth => &mut self.unwind_depth,
+            OffCpuCounter::Reused => &mut self.reused,
+            OffCpuCounter::Stale => &mut self.stale,
+            OffCpuCounter::ShortFull => &mut self.short_full,
+            OffCpuCounter::StacksFull => &mut self.stacks_full,
         }
     }
 
     /// Blocks the kernel could not record.
     pub fn dropped(&self) -> u64 {
-        self.start_full + self.count_full
+        self.start_full + self.count_full + self.stacks_full
     }
 }
 
@@ -224,18 +239,23 @@ impl OffCpuProfiler {
     }
 }
 
-/// One buffer: blocked time by thread and stacks.
+/// One buffer: blocked time by stack id, the thread and stacks of each id, and the short
+/// blocks of each process.
 struct BlockBuffer {
     counts: MapData,
-    name: &'static str,
+    stacks: MapData,
+    shorts: MapData,
+    i: usize,
 }
 
 impl BlockBuffer {
-    /// Takes buffer `i`'s map out of the loaded object.
+    /// Takes buffer `i`'s maps out of the loaded object.
     fn take(ebpf: &mut Ebpf, i: usize) -> Result<Self, ProbeError> {
         Ok(BlockBuffer {
             counts: take_hash(ebpf, COUNT_MAPS[i])?,
-            name: COUNT_MAPS[i],
+            stacks: take_hash(ebpf, STACK_MAPS[i])?,
+            shorts: take_hash(ebpf, SHORT_MAPS[i])?,
+            i,
         })
     }
 }
@@ -244,19 +264,69 @@ impl Buffer for BlockBuffer {
     type Drained = Vec<KernelSample>;
 
     fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
-        let entries: Vec<(OffCpuKey, OffCpuValue)> =
-            drain_hash(self.counts.fd().as_fd(), self.name)?;
-        out.extend(entries.into_iter().map(|(key, value)| KernelSample {
-            pid: key.tgid,
-            tid: key.tid,
-            thread_name: key.comm_str(),
-            exec_id: key.exec_id,
-            kernel_thread: key.flags & KEY_KTHREAD != 0,
-            user: captured_stack(key.user_frames()),
-            kernel: captured_stack(key.kernel_frames()),
-            value: value.total_ns,
-        }));
+        let mut counts: HashMap<u64, OffCpuValue> =
+            drain_hash(self.counts.fd().as_fd(), COUNT_MAPS[self.i])?
+                .into_iter()
+                .collect();
+        // Stacks are 2 KB each: joined one by one as they are read, never all held.
+        drain_hash_each(
+            self.stacks.fd().as_fd(),
+            STACK_MAPS[self.i],
+            |id: u64, key: OffCpuKey| {
+                if let Some(value) = counts.remove(&id) {
+                    out.push(sample_of(&key, value.total_ns));
+                }
+            },
+        )?;
+        if !counts.is_empty() {
+            // The kernel stores an id's stacks before it counts a block under it; this
+            // would take a straggler that wrote past the switch's grace.
+            let ns: u64 = counts.values().map(|v| v.total_ns).sum();
+            tracing::warn!(
+                ids = counts.len(),
+                blocked_ns = ns,
+                "off-CPU blocks counted without their stacks in the buffer; not attributed"
+            );
+        }
+        // Last: a process named by its other samples in this drain keeps that name.
+        let shorts: Vec<(u64, OffCpuValue)> =
+            drain_hash(self.shorts.fd().as_fd(), SHORT_MAPS[self.i])?;
+        out.extend(
+            shorts
+                .into_iter()
+                .map(|(image, value)| short_blocks(image, value)),
+        );
         Ok(())
+    }
+}
+
+/// A drained thread + stacks with its blocked time.
+fn sample_of(key: &OffCpuKey, value: u64) -> KernelSample {
+    KernelSample {
+        pid: key.tgid,
+        tid: key.tid,
+        thread_name: key.comm_str(),
+        exec_id: key.exec_id,
+        kernel_thread: key.flags & KEY_KTHREAD != 0,
+        user: captured_stack(key.user_frames()),
+        kernel: captured_stack(key.kernel_frames()),
+        value,
+    }
+}
+
+/// A process image's blocks shorter than the minimum (key `tgid << 32 | exec_id`), as one
+/// sample without stacks whose frame says what it holds.
+fn short_blocks(image: u64, value: OffCpuValue) -> KernelSample {
+    let pid = (image >> 32) as u32;
+    KernelSample {
+        pid,
+        tid: pid,
+        thread_name: String::new(),
+        exec_id: image as u32,
+        kernel_thread: false,
+        user: CapturedStack::Lost(StackLoss::ShortBlocks),
+        kernel: CapturedStack::None,
+        value: value.total_ns,
     }
 }
 
@@ -282,6 +352,34 @@ const HEALTH: &[HealthRow<OffCpuCounters>] = &[
         unit: "{block}",
         label: Some(("reason", "count_map_full")),
         value: |k| k.count_full,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.blocks.dropped",
+        description: "Blocks the kernel could not record",
+        unit: "{block}",
+        label: Some(("reason", "stack_map_full")),
+        value: |k| k.stacks_full,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.blocks.short",
+        description: "Blocks shorter than --min-block: their time is in the profile under one frame per process, their stacks are not taken",
+        unit: "{block}",
+        label: None,
+        value: |k| k.short,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.stacks.reused",
+        description: "Switch-outs that reused the thread's stacks of its last block (same registers at the same syscall, same callers) instead of walking them",
+        unit: "{block}",
+        label: None,
+        value: |k| k.reused,
+    },
+    HealthRow {
+        name: "emberprof.offcpu.stacks.stale",
+        description: "Reused stacks that the periodic walk found different (each reuse between was attributed to the old stacks)",
+        unit: "{block}",
+        label: None,
+        value: |k| k.stale,
     },
     announce_lost(|k| k.announce_lost),
     HealthRow {
@@ -330,6 +428,8 @@ impl Profiler for OffCpuProfiler {
             ("blocks", k.blocks),
             ("dropped", k.dropped()),
             ("short", k.short),
+            ("reused", k.reused),
+            ("stale", k.stale),
         ])
     }
 

@@ -5,7 +5,9 @@ use std::io::Read;
 use emberprof_exporters::pprof::validate;
 use pprof::protos::{self, Message};
 
-use crate::support::{bpf_test, read_folded, record, record_around, total_under, Workload};
+use crate::support::{
+    bpf_test, read_folded, record, record_around, record_with_env, total_under, Workload,
+};
 
 const MS: u64 = 1_000_000;
 
@@ -28,6 +30,9 @@ crate::harness::tests![
     off_cpu_flame_graph_is_titled_as_off_cpu,
     repeated_blocks_on_one_stack_share_one_kernel_entry,
     waits_in_libc_wrappers_keep_their_caller,
+    one_thread_blocking_at_two_sites_gets_each_its_own_time,
+    blocks_under_the_minimum_are_counted_per_process,
+    nothing_a_user_cannot_act_on_is_logged_at_start,
 ];
 
 fn nanosleep_time_is_attributed_to_the_sleeping_function() {
@@ -244,4 +249,108 @@ fn waits_in_libc_wrappers_keep_their_caller() {
             );
         }
     }
+}
+
+/// A thread that blocks three times at one site, then three times at another, over and
+/// over: the second and third blocks at a site reuse the stacks of the first (the kernel
+/// counts the reuses), and the switch between sites, where only the callers on the stack
+/// differ, must not carry one site's stacks over to the other.
+fn one_thread_blocking_at_two_sites_gets_each_its_own_time() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["two-sites", "10", "4", "12"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "two-sites.folded",
+        &["--off-cpu", "--pid", &pid, "--format", "folded"],
+        || w.go_and_wait(),
+    );
+    let lines = read_folded(&rec.file);
+    assert_ns_within(
+        "off-CPU under block_at_site_a",
+        total_under(&lines, "block_at_site_a"),
+        10 * 3 * 4 * MS,
+        0.10,
+    );
+    assert_ns_within(
+        "off-CPU under block_at_site_b",
+        total_under(&lines, "block_at_site_b"),
+        10 * 3 * 12 * MS,
+        0.10,
+    );
+    let reused = rec.summary_of("offcpu", "reused");
+    assert!(
+        reused >= 30,
+        "{reused} switch-outs reused their thread's stacks, expected at least 2 of every 3 of the 60 blocks"
+    );
+    assert_eq!(
+        rec.summary_of("offcpu", "stale"),
+        0,
+        "reused stacks found stale"
+    );
+}
+
+/// With `--min-block 20ms`, 40 sleeps of 5 ms are all below the minimum: no stack gets
+/// them, and their time is still in the profile, under one frame for the process, with
+/// their number in the summary.
+fn blocks_under_the_minimum_are_counted_per_process() {
+    let Some(_serial) = bpf_test() else { return };
+    let mut w = Workload::start_paused(&["sleep", "40", "5"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "short-blocks.folded",
+        &[
+            "--off-cpu",
+            "--min-block",
+            "20ms",
+            "--pid",
+            &pid,
+            "--format",
+            "folded",
+        ],
+        || w.go_and_wait(),
+    );
+    let lines = read_folded(&rec.file);
+    assert_eq!(
+        total_under(&lines, "sleep_in_nanosleep"),
+        0,
+        "a block under the minimum was attributed to a stack"
+    );
+    let short = total_under(&lines, "[blocks shorter than --min-block]");
+    // 5 ms asked: the timer is armed before the thread leaves the CPU, so a block can be a
+    // little shorter; timer slack makes it longer; the exit path adds short blocks too.
+    assert!(
+        (40 * 5 * MS * 95 / 100..=40 * 5 * MS * 13 / 10).contains(&short),
+        "{:.1} ms under the short-blocks frame, expected 190 ms to 260 ms: {lines:?}",
+        short as f64 / 1e6
+    );
+    let counted = rec.summary_of("offcpu", "short");
+    assert!(
+        counted >= 40,
+        "{counted} short blocks counted, expected 40 or more"
+    );
+}
+
+/// aya warns at every load that it has no wrapper for the task storage maps of the
+/// off-CPU and histogram programs (aya logs through `log`). Even with every message of
+/// ours and aya's let through, that one is not shown.
+fn nothing_a_user_cannot_act_on_is_logged_at_start() {
+    let Some(_serial) = bpf_test() else { return };
+    let rec = record_with_env(
+        "quiet-start.folded",
+        &[
+            "--off-cpu",
+            "--histograms",
+            "--duration",
+            "1",
+            "--format",
+            "folded",
+        ],
+        &[("EMBERPROF_LOG", "debug")],
+    );
+    assert!(
+        rec.stderr.contains("aya"),
+        "aya's own debug messages are let through: {}",
+        rec.stderr
+    );
+    assert!(!rec.stderr.contains("TASK_STORAGE"), "{}", rec.stderr);
 }

@@ -121,6 +121,7 @@ pub fn record_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Recor
 }
 
 /// One line of folded output: frames root first, and the count.
+#[derive(Debug)]
 pub struct FoldedLine {
     pub frames: Vec<String>,
     pub count: u64,

@@ -7,6 +7,10 @@
  *   workload fixed ROUNDS N   N threads each run ROUNDS rounds of cpu-split's work, then exit
  *   workload busy N           N threads run cpu-split's loop (more threads than CPUs: preemption)
  *   workload sleep N MS       after a line on stdin: N nanosleeps of MS ms in sleep_in_nanosleep
+ *   workload two-sites N A B  after a line on stdin: N rounds of 3 sleeps of A ms in
+ *                             block_at_site_a, then 3 of B ms in block_at_site_b: the same
+ *                             libc call from two functions of the same shape (same registers
+ *                             at the syscall; only the callers on the stack differ)
  *   workload pipe-wait N MS   after a line on stdin: N reads in wait_on_pipe, each answered by a
  *                             helper thread MS ms later
  *   workload pingpong PAIRS N  PAIRS pairs of threads pass a byte back and forth over pipes N
@@ -639,6 +643,41 @@ static int libc_waits(long n, long ms)
 	return 0;
 }
 
+/*
+ * two-sites: both functions are the same code, so the thread enters the kernel with the
+ * same registers, the same syscall and the same arguments from either; only the return
+ * address into them (and up) tells them apart.
+ */
+__attribute__((noinline)) void block_at_site_a(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+	sink++;
+}
+
+__attribute__((noinline)) void block_at_site_b(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+	sink++;
+}
+
+/* Read at run time, so that the loops stay loops: unrolled, each call would be a call
+ * site of its own, with its own return address. */
+static volatile int site_repeats = 3;
+
+static int two_sites(long n, long a_ms, long b_ms)
+{
+	wait_for_go();
+	for (long i = 0; i < n; i++) {
+		for (int k = 0; k < site_repeats; k++)
+			block_at_site_a(a_ms);
+		for (int k = 0; k < site_repeats; k++)
+			block_at_site_b(b_ms);
+	}
+	return 0;
+}
+
 /* signal MS: a timer signal every 10 ms, whose handler burns about 3 ms of CPU. */
 static volatile sig_atomic_t signals;
 
@@ -706,7 +745,7 @@ __attribute__((noinline)) static int call_dlopened(const char *path, long ms)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | signal MS | dlopen LIB MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | two-sites N A B | signal MS | dlopen LIB MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -775,6 +814,8 @@ int main(int argc, char **argv)
 	} else if (strcmp(argv[1], "vdso") == 0 && argc > 2) {
 		read_clock_in_vdso(atol(argv[2]));
 		return 0;
+	} else if (strcmp(argv[1], "two-sites") == 0 && argc > 4) {
+		return two_sites(atol(argv[2]), atol(argv[3]), atol(argv[4]));
 	} else if (strcmp(argv[1], "libc-waits") == 0 && argc > 3) {
 		return libc_waits(atol(argv[2]), atol(argv[3]));
 	} else if (strcmp(argv[1], "signal") == 0 && argc > 2) {
