@@ -29,10 +29,14 @@ pub struct QuietTaskStorage;
 
 impl<S: Subscriber> Layer<S> for QuietTaskStorage {
     fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        let target = event.metadata().target();
+        // aya logs through `log`: such events come with the target `log` and the real one
+        // in a field. Anything else is never looked into.
+        if target != "log" && !target.starts_with("aya") {
+            return true;
+        }
         let mut seen = TaskStorageWarning {
-            // aya logs through `log`: such events come with the target `log` and the
-            // real one in a field.
-            from_aya: event.metadata().target().starts_with("aya"),
+            from_aya: target.starts_with("aya"),
             warning: false,
         };
         event.record(&mut seen);

@@ -228,17 +228,18 @@ static __always_inline void ep_walk_stacks(void *ctx, struct task_struct *prev,
 		user = n > 0 ? n * (long)sizeof(__u64) : n;
 	}
 	/* By frame pointers when the process has no tables (zero-fills past its frames);
-	 * such stacks are not reused: there are no slots to check. */
-	if (!user) {
-		s->nslots = 0;
+	 * such stacks are not reused: nslots stays 0, there are no slots to check. */
+	if (!user)
 		user = bpf_get_stack(ctx, s->key.user, sizeof(s->key.user), BPF_F_USER_STACK);
-	}
 	s->key.user_len = ep_frames(user);
 	s->key.kernel_len =
 		ep_frames(bpf_get_stack(ctx, s->key.kernel, sizeof(s->key.kernel), 0));
 	s->reuses = 0;
-	s->stored_gen = 0;
-	s->id = ep_offcpu_id(&s->key);
+	__u64 id = ep_offcpu_id(&s->key);
+	/* Stored in this generation already if the walk found what it had. */
+	if (id != s->id)
+		s->stored_gen = 0;
+	s->id = id;
 }
 
 static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev, __u64 now)

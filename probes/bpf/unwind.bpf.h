@@ -300,7 +300,7 @@ static __always_inline long ep_unwind_user(struct ep_stack *buf, __u32 tgid, __u
 		buf->ips[n] = 0;
 	if (reuse) {
 		reuse->nslots = 0;
-		if (w.end == EP_WALK_OK && !w.signal && w.nslots <= EP_OFF_CHECK_SLOTS) {
+		if (w.end == EP_WALK_OK && !w.signal) {
 			__builtin_memcpy(reuse->slots, w.slots, sizeof(w.slots));
 			reuse->nslots = w.nslots;
 		}

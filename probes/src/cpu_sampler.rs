@@ -21,7 +21,7 @@ use crate::error::ProbeError;
 use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter;
-use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
+use crate::profiler::{announce_lost, health_of, unwind_cut, Drained, HealthRow, Profiler};
 use crate::shared_ebpf::SharedEbpf;
 #[cfg(test)]
 use emberprof_model::StackCut;
@@ -379,27 +379,11 @@ const HEALTH: &[HealthRow<KernelCounters>] = &[
         label: Some(("reason", "stack_error")),
         value: |k| k.stack_errors,
     },
-    HealthRow {
-        name: "emberprof.cpu.unwind.cut",
-        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
-        unit: "{stack}",
-        label: Some(("reason", "no_rule")),
-        value: |k| k.unwind_no_rule,
-    },
-    HealthRow {
-        name: "emberprof.cpu.unwind.cut",
-        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
-        unit: "{stack}",
-        label: Some(("reason", "bad_read")),
-        value: |k| k.unwind_bad_read,
-    },
-    HealthRow {
-        name: "emberprof.cpu.unwind.cut",
-        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
-        unit: "{stack}",
-        label: Some(("reason", "depth")),
-        value: |k| k.unwind_depth,
-    },
+    unwind_cut("emberprof.cpu.unwind.cut", "no_rule", |k| k.unwind_no_rule),
+    unwind_cut("emberprof.cpu.unwind.cut", "bad_read", |k| {
+        k.unwind_bad_read
+    }),
+    unwind_cut("emberprof.cpu.unwind.cut", "depth", |k| k.unwind_depth),
     announce_lost(|k| k.announce_lost),
 ];
 

@@ -17,7 +17,7 @@ use crate::error::ProbeError;
 use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter;
-use crate::profiler::{announce_lost, health_of, Drained, HealthRow, Profiler};
+use crate::profiler::{announce_lost, health_of, unwind_cut, Drained, HealthRow, Profiler};
 use crate::shared_ebpf::SharedEbpf;
 use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
 use std::collections::HashMap;
@@ -330,6 +330,20 @@ fn short_blocks(image: u64, value: OffCpuValue) -> KernelSample {
     }
 }
 
+/// `emberprof.offcpu.blocks.dropped{reason}`.
+const fn dropped(
+    reason: &'static str,
+    value: fn(&OffCpuCounters) -> u64,
+) -> HealthRow<OffCpuCounters> {
+    HealthRow {
+        name: "emberprof.offcpu.blocks.dropped",
+        description: "Blocks the kernel could not record",
+        unit: "{block}",
+        label: Some(("reason", reason)),
+        value,
+    }
+}
+
 /// The off-CPU profiler's health metrics.
 const HEALTH: &[HealthRow<OffCpuCounters>] = &[
     HealthRow {
@@ -339,27 +353,9 @@ const HEALTH: &[HealthRow<OffCpuCounters>] = &[
         label: None,
         value: |k| k.blocks,
     },
-    HealthRow {
-        name: "emberprof.offcpu.blocks.dropped",
-        description: "Blocks the kernel could not record",
-        unit: "{block}",
-        label: Some(("reason", "start_full")),
-        value: |k| k.start_full,
-    },
-    HealthRow {
-        name: "emberprof.offcpu.blocks.dropped",
-        description: "Blocks the kernel could not record",
-        unit: "{block}",
-        label: Some(("reason", "count_map_full")),
-        value: |k| k.count_full,
-    },
-    HealthRow {
-        name: "emberprof.offcpu.blocks.dropped",
-        description: "Blocks the kernel could not record",
-        unit: "{block}",
-        label: Some(("reason", "stack_map_full")),
-        value: |k| k.stacks_full,
-    },
+    dropped("start_full", |k| k.start_full),
+    dropped("count_map_full", |k| k.count_full),
+    dropped("stack_map_full", |k| k.stacks_full),
     HealthRow {
         name: "emberprof.offcpu.blocks.short",
         description: "Blocks shorter than --min-block: their time is in the profile under one frame per process, their stacks are not taken",
@@ -382,27 +378,9 @@ const HEALTH: &[HealthRow<OffCpuCounters>] = &[
         value: |k| k.stale,
     },
     announce_lost(|k| k.announce_lost),
-    HealthRow {
-        name: "emberprof.offcpu.unwind.cut",
-        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
-        unit: "{stack}",
-        label: Some(("reason", "no_rule")),
-        value: |k| k.unwind_no_rule,
-    },
-    HealthRow {
-        name: "emberprof.offcpu.unwind.cut",
-        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
-        unit: "{stack}",
-        label: Some(("reason", "bad_read")),
-        value: |k| k.unwind_bad_read,
-    },
-    HealthRow {
-        name: "emberprof.offcpu.unwind.cut",
-        description: "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
-        unit: "{stack}",
-        label: Some(("reason", "depth")),
-        value: |k| k.unwind_depth,
-    },
+    unwind_cut("emberprof.offcpu.unwind.cut", "no_rule", |k| k.unwind_no_rule),
+    unwind_cut("emberprof.offcpu.unwind.cut", "bad_read", |k| k.unwind_bad_read),
+    unwind_cut("emberprof.offcpu.unwind.cut", "depth", |k| k.unwind_depth),
 ];
 
 impl Profiler for OffCpuProfiler {

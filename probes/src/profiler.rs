@@ -97,6 +97,23 @@ pub(crate) const fn announce_lost<T>(value: fn(&T) -> u64) -> HealthRow<T> {
     }
 }
 
+/// `name{reason}`: user stacks walked by unwind tables that ended early (the CPU sampler
+/// and the off-CPU profiler each report one per reason).
+pub(crate) const fn unwind_cut<T>(
+    name: &'static str,
+    reason: &'static str,
+    value: fn(&T) -> u64,
+) -> HealthRow<T> {
+    HealthRow {
+        name,
+        description:
+            "User stacks walked by unwind tables that ended early, by why (the frames up to there are kept)",
+        unit: "{stack}",
+        label: Some(("reason", reason)),
+        value,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

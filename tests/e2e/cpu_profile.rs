@@ -8,8 +8,8 @@ use emberprof_exporters::pprof::validate;
 use pprof::protos::{self, Message};
 
 use crate::support::{
-    assert_cpu_split, bpf_test, read_folded, record, self_counts, spawn_until, Workload, EMBERPROF,
-    SPLIT_FUNCTIONS,
+    assert_cpu_split, bpf_test, read_folded, record, record_pid, self_counts, spawn_until,
+    Workload, EMBERPROF, SPLIT_FUNCTIONS,
 };
 
 const HZ: u64 = 99;
@@ -77,17 +77,7 @@ fn deep_recursion_appears_at_full_depth() {
     let Some(_serial) = bpf_test() else { return };
     let depth = 30;
     let w = Workload::start(&["recurse", &depth.to_string()]);
-    let rec = record(
-        "recurse.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("recurse.folded", w.pid(), 2, &[]);
     let lines = read_folded(&rec.file);
     let total: u64 = lines.iter().map(|l| l.count).sum();
     let full: u64 = lines
@@ -108,17 +98,7 @@ fn deep_recursion_appears_at_full_depth() {
 fn syscall_heavy_workload_shows_kernel_frames_under_user_frames() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["syscalls"]);
-    let rec = record(
-        "syscalls.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("syscalls.folded", w.pid(), 2, &[]);
     let lines = read_folded(&rec.file);
     let total: u64 = lines.iter().map(|l| l.count).sum();
     let is_kernel = |f: &String| f.ends_with("_[k]");
@@ -161,17 +141,7 @@ fn pid_filter_excludes_every_other_process() {
     let Some(_serial) = bpf_test() else { return };
     let target = Workload::start(&["cpu-split"]);
     let other = Workload::start(&["recurse", "5"]);
-    let filtered = record(
-        "filtered.folded",
-        &[
-            "--pid",
-            &target.pid().to_string(),
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-        ],
-    );
+    let filtered = record_pid("filtered.folded", target.pid(), 2, &[]);
     let lines = read_folded(&filtered.file);
     let target_prefix = format!("epworkload-{}", target.pid());
     assert!(!lines.is_empty());

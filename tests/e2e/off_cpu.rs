@@ -33,6 +33,7 @@ crate::harness::tests![
     one_thread_blocking_at_two_sites_gets_each_its_own_time,
     blocks_under_the_minimum_are_counted_per_process,
     nothing_a_user_cannot_act_on_is_logged_at_start,
+    the_periodic_walk_finds_callers_beyond_the_checked_ones,
 ];
 
 fn nanosleep_time_is_attributed_to_the_sleeping_function() {
@@ -254,7 +255,9 @@ fn waits_in_libc_wrappers_keep_their_caller() {
 /// A thread that blocks three times at one site, then three times at another, over and
 /// over: the second and third blocks at a site reuse the stacks of the first (the kernel
 /// counts the reuses), and the switch between sites, where only the callers on the stack
-/// differ, must not carry one site's stacks over to the other.
+/// differ, must not carry one site's stacks over to the other. (60 blocks stay under the
+/// 64 reuses after which the stacks are walked again anyway: only the caller check is
+/// tested here.)
 fn one_thread_blocking_at_two_sites_gets_each_its_own_time() {
     let Some(_serial) = bpf_test() else { return };
     let mut w = Workload::start_paused(&["two-sites", "10", "4", "12"]);
@@ -281,11 +284,6 @@ fn one_thread_blocking_at_two_sites_gets_each_its_own_time() {
     assert!(
         reused >= 30,
         "{reused} switch-outs reused their thread's stacks, expected at least 2 of every 3 of the 60 blocks"
-    );
-    assert_eq!(
-        rec.summary_of("offcpu", "stale"),
-        0,
-        "reused stacks found stale"
     );
 }
 
@@ -317,10 +315,11 @@ fn blocks_under_the_minimum_are_counted_per_process() {
     );
     let short = total_under(&lines, "[blocks shorter than --min-block]");
     // 5 ms asked: the timer is armed before the thread leaves the CPU, so a block can be a
-    // little shorter; timer slack makes it longer; the exit path adds short blocks too.
+    // little shorter; timer slack and a busy CPU make it longer (the test asks for the time
+    // to be there, not for the timer's precision); the exit path adds short blocks too.
     assert!(
-        (40 * 5 * MS * 95 / 100..=40 * 5 * MS * 13 / 10).contains(&short),
-        "{:.1} ms under the short-blocks frame, expected 190 ms to 260 ms: {lines:?}",
+        (40 * 5 * MS * 95 / 100..=40 * 5 * MS * 3 / 2).contains(&short),
+        "{:.1} ms under the short-blocks frame, expected 190 ms to 300 ms: {lines:?}",
         short as f64 / 1e6
     );
     let counted = rec.summary_of("offcpu", "short");
@@ -353,4 +352,35 @@ fn nothing_a_user_cannot_act_on_is_logged_at_start() {
         rec.stderr
     );
     assert!(!rec.stderr.contains("TASK_STORAGE"), "{}", rec.stderr);
+}
+
+/// The documented limit of reusing stacks, and what bounds it: two callers that differ only
+/// beyond the four re-read callers (deep_site_a and deep_site_b over the same four-function
+/// chain) look the same at the switch-out. When the thread moves from one to the other,
+/// its first blocks at the second are credited to the first, until the walk every 64th
+/// reuse finds the difference, counts it as stale and puts the time right from then on.
+fn the_periodic_walk_finds_callers_beyond_the_checked_ones() {
+    let Some(_serial) = bpf_test() else { return };
+    let n = 150;
+    let mut w = Workload::start_paused(&["deep-sites", &n.to_string(), "2"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "deep-sites.folded",
+        &["--off-cpu", "--pid", &pid, "--format", "folded"],
+        || w.go_and_wait(),
+    );
+    let lines = read_folded(&rec.file);
+    let a = total_under(&lines, "deep_site_a");
+    let b = total_under(&lines, "deep_site_b");
+    assert_ns_within("off-CPU under both sites", a + b, 2 * n * 2 * MS, 0.10);
+    let stale = rec.summary_of("offcpu", "stale");
+    assert!(stale >= 1, "the periodic walk found nothing stale");
+    // At most 63 of B's blocks go to A before the walk: B keeps the rest.
+    let smeared_at_most = 63 * 2 * MS * 11 / 10;
+    assert!(
+        b + smeared_at_most >= n * 2 * MS,
+        "deep_site_b has {:.1} ms of its {} ms",
+        b as f64 / 1e6,
+        n * 2
+    );
 }

@@ -91,6 +91,21 @@ fn summary_path(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Records process `pid` alone for `seconds` as folded stacks (`extra`: more arguments,
+/// such as `--frequency`) into <tmp>/NAME.
+pub fn record_pid(
+    name: &str,
+    pid: impl std::fmt::Display,
+    seconds: u32,
+    extra: &[&str],
+) -> Recording {
+    let pid = pid.to_string();
+    let seconds = seconds.to_string();
+    let mut args = vec!["--pid", &pid, "--duration", &seconds, "--format", "folded"];
+    args.extend_from_slice(extra);
+    record(name, &args)
+}
+
 /// Runs `emberprof record ARGS -o <tmp>/NAME` and checks it succeeded.
 pub fn record(name: &str, args: &[&str]) -> Recording {
     record_with_env(name, args, &[])

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::support::{
-    bpf_test, read_folded, record, record_around, FoldedLine, Workload, SPLIT_FUNCTIONS,
+    bpf_test, read_folded, record, record_around, record_pid, FoldedLine, Workload, SPLIT_FUNCTIONS,
 };
 
 crate::harness::tests![
@@ -31,19 +31,7 @@ fn without_frame_pointers_stacks_reach_the_entry_and_keep_the_known_split() {
     let w = Workload::start_nofp(&["cpu-split"]);
     let pid = w.pid().to_string();
     // 999 Hz for 5 s: about 5000 samples, so that sampling noise is well under 1 point.
-    let rec = record(
-        "nofp-split.folded",
-        &[
-            "--pid",
-            &pid,
-            "--duration",
-            "5",
-            "--frequency",
-            "999",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("nofp-split.folded", &pid, 5, &["--frequency", "999"]);
     drop(w);
     let lines = read_folded(&rec.file);
     let user = user_lines(&lines);
@@ -90,17 +78,7 @@ fn without_frame_pointers_deep_recursion_is_intact() {
     let Some(_serial) = bpf_test() else { return };
     let depth = 30;
     let w = Workload::start_nofp(&["recurse", &depth.to_string()]);
-    let rec = record(
-        "nofp-recurse.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("nofp-recurse.folded", w.pid(), 2, &[]);
     drop(w);
     let lines = read_folded(&rec.file);
     let leaf: Vec<_> = user_lines(&lines)
@@ -123,17 +101,7 @@ fn without_frame_pointers_deep_recursion_is_intact() {
 fn a_comparator_called_back_by_libc_stays_under_its_caller() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start(&["qsort", "6000"]);
-    let rec = record(
-        "qsort.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("qsort.folded", w.pid(), 2, &[]);
     drop(w);
     let lines = read_folded(&rec.file);
     let comparator: Vec<_> = lines
@@ -186,19 +154,7 @@ fn a_signal_handler_sits_on_the_signal_frame_over_the_interrupted_function() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start_nofp(&["signal", "60000"]);
     let pid = w.pid().to_string();
-    let rec = record(
-        "nofp-signal.folded",
-        &[
-            "--pid",
-            &pid,
-            "--duration",
-            "3",
-            "--frequency",
-            "999",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("nofp-signal.folded", &pid, 3, &["--frequency", "999"]);
     drop(w);
     let lines = read_folded(&rec.file);
     let handler: Vec<&FoldedLine> = user_lines(&lines)
@@ -234,17 +190,7 @@ fn a_signal_handler_sits_on_the_signal_frame_over_the_interrupted_function() {
 fn a_stack_deeper_than_the_limit_ends_in_a_marker_saying_so() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start_nofp(&["recurse", "200"]);
-    let rec = record(
-        "nofp-recurse-deep.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("nofp-recurse-deep.folded", w.pid(), 2, &[]);
     drop(w);
     let lines = read_folded(&rec.file);
     let leaf: Vec<_> = user_lines(&lines)

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::support::{bpf_test, read_folded, record, FoldedLine, Workload};
+use crate::support::{bpf_test, read_folded, record_pid, FoldedLine, Workload};
 
 crate::harness::tests![
     rust_release_build_keeps_the_split_under_the_thread_entry,
@@ -49,19 +49,7 @@ fn rust_release_build_keeps_the_split_under_the_thread_entry() {
     let pid = w.pid().to_string();
     // 999 Hz for 8 s: over 1000 samples even when other builds hold most of the 2 CPUs
     // (5 s gave 951 at a load of 6), so that sampling noise stays under the 2 points.
-    let rec = record(
-        "rust-split.folded",
-        &[
-            "--pid",
-            &pid,
-            "--duration",
-            "8",
-            "--frequency",
-            "999",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("rust-split.folded", &pid, 8, &["--frequency", "999"]);
     drop(w);
     let lines = read_folded(&rec.file);
     let user = user_lines(&lines);
@@ -119,17 +107,7 @@ fn rust_release_build_deep_recursion_reaches_start() {
     let Some(_serial) = bpf_test() else { return };
     let depth = 30;
     let w = Workload::start_rust(&["recurse", &depth.to_string()]);
-    let rec = record(
-        "rust-recurse.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "2",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("rust-recurse.folded", w.pid(), 2, &[]);
     drop(w);
     let lines = read_folded(&rec.file);
     let user = user_lines(&lines);

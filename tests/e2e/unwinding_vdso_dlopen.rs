@@ -2,7 +2,7 @@
 //! table comes from the image in the agent's memory) and a library dlopen'ed after the
 //! process was listed (its table reaches the kernel when the process is listed again).
 
-use crate::support::{bpf_test, dlopen_library, read_folded, record, FoldedLine, Workload};
+use crate::support::{bpf_test, dlopen_library, read_folded, record_pid, FoldedLine, Workload};
 
 crate::harness::tests![
     vdso_samples_without_frame_pointers_keep_their_callers,
@@ -34,19 +34,7 @@ fn user_frames(l: &FoldedLine) -> Vec<&str> {
 fn vdso_samples_without_frame_pointers_keep_their_callers() {
     let Some(_serial) = bpf_test() else { return };
     let w = Workload::start_nofp(&["vdso", "60000"]);
-    let rec = record(
-        "nofp-vdso.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "3",
-            "--frequency",
-            "999",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("nofp-vdso.folded", w.pid(), 3, &["--frequency", "999"]);
     drop(w);
     let lines = read_folded(&rec.file);
     let in_vdso: Vec<(Vec<&str>, u64)> = lines
@@ -96,19 +84,7 @@ fn a_library_dlopened_after_start_is_walked_by_its_table() {
     let Some(_serial) = bpf_test() else { return };
     let lib = dlopen_library().to_string_lossy().into_owned();
     let w = Workload::start_nofp(&["dlopen", &lib, "2000"]);
-    let rec = record(
-        "nofp-dlopen.folded",
-        &[
-            "--pid",
-            &w.pid().to_string(),
-            "--duration",
-            "8",
-            "--frequency",
-            "999",
-            "--format",
-            "folded",
-        ],
-    );
+    let rec = record_pid("nofp-dlopen.folded", w.pid(), 8, &["--frequency", "999"]);
     drop(w);
     let lines = read_folded(&rec.file);
     // A sample looked up in mappings without the library has a lone [unknown]: broken too.

@@ -11,6 +11,8 @@
  *                             block_at_site_a, then 3 of B ms in block_at_site_b: the same
  *                             libc call from two functions of the same shape (same registers
  *                             at the syscall; only the callers on the stack differ)
+ *   workload deep-sites N MS  after a line on stdin: N sleeps of MS ms from deep_site_a, then N
+ *                             from deep_site_b, through the same four functions
  *   workload pipe-wait N MS   after a line on stdin: N reads in wait_on_pipe, each answered by a
  *                             helper thread MS ms later
  *   workload pingpong PAIRS N  PAIRS pairs of threads pass a byte back and forth over pipes N
@@ -648,14 +650,15 @@ static int libc_waits(long n, long ms)
  * same registers, the same syscall and the same arguments from either; only the return
  * address into them (and up) tells them apart.
  */
-__attribute__((noinline)) void block_at_site_a(long ms)
+/* noipa: GCC folds identical functions at -O2 (-fipa-icf), and these must stay two. */
+__attribute__((noipa)) void block_at_site_a(long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 	nanosleep(&ts, NULL);
 	sink++;
 }
 
-__attribute__((noinline)) void block_at_site_b(long ms)
+__attribute__((noipa)) void block_at_site_b(long ms)
 {
 	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
 	nanosleep(&ts, NULL);
@@ -675,6 +678,58 @@ static int two_sites(long n, long a_ms, long b_ms)
 		for (int k = 0; k < site_repeats; k++)
 			block_at_site_b(b_ms);
 	}
+	return 0;
+}
+
+/*
+ * deep-sites: the same chain of four functions down to nanosleep from two callers, so the
+ * thread blocks with the same registers and the same first four callers either way; only
+ * the sixth frame up (deep_site_a or deep_site_b) differs.
+ */
+__attribute__((noipa)) void deep_chain_4(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+	sink++;
+}
+
+__attribute__((noipa)) void deep_chain_3(long ms)
+{
+	deep_chain_4(ms);
+	sink++;
+}
+
+__attribute__((noipa)) void deep_chain_2(long ms)
+{
+	deep_chain_3(ms);
+	sink++;
+}
+
+__attribute__((noipa)) void deep_chain_1(long ms)
+{
+	deep_chain_2(ms);
+	sink++;
+}
+
+__attribute__((noipa)) void deep_site_a(long ms)
+{
+	deep_chain_1(ms);
+	sink++;
+}
+
+__attribute__((noipa)) void deep_site_b(long ms)
+{
+	deep_chain_1(ms);
+	sink++;
+}
+
+static int deep_sites(long n, long ms)
+{
+	wait_for_go();
+	for (long i = 0; i < n; i++)
+		deep_site_a(ms);
+	for (long i = 0; i < n; i++)
+		deep_site_b(ms);
 	return 0;
 }
 
@@ -745,7 +800,7 @@ __attribute__((noinline)) static int call_dlopened(const char *path, long ms)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | two-sites N A B | signal MS | dlopen LIB MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | two-sites N A B | deep-sites N MS | signal MS | dlopen LIB MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -814,6 +869,8 @@ int main(int argc, char **argv)
 	} else if (strcmp(argv[1], "vdso") == 0 && argc > 2) {
 		read_clock_in_vdso(atol(argv[2]));
 		return 0;
+	} else if (strcmp(argv[1], "deep-sites") == 0 && argc > 3) {
+		return deep_sites(atol(argv[2]), atol(argv[3]));
 	} else if (strcmp(argv[1], "two-sites") == 0 && argc > 4) {
 		return two_sites(atol(argv[2]), atol(argv[3]), atol(argv[4]));
 	} else if (strcmp(argv[1], "libc-waits") == 0 && argc > 3) {
