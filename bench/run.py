@@ -9,7 +9,7 @@ bpftrace: `make bench` installs and builds everything, then runs this. Takes abo
 minutes on 2 cores; --quick about 4.
 
 Usage: bench/run.py [--quick] [--rounds N] [--phases overhead,accuracy,tables,scale,memory]
-                    [--configs KEY,...] [--output FILE]"""
+                    [--configs KEY,...] [--workloads cpu,sched,syscalls] [--output FILE]"""
 
 import argparse
 import datetime
@@ -53,6 +53,8 @@ def parse_args():
     all_configs = standard_configs() + EXTRA_CONFIGS
     ap.add_argument("--configs", help="overhead configurations, comma-separated (default: all "
                     "but the extra ones); known: " + ", ".join(c.key for c in all_configs))
+    ap.add_argument("--workloads", help="overhead workloads, comma-separated (default: all); "
+                    "known: cpu, sched, syscalls")
     ap.add_argument("--output", help="Markdown file to write (default docs/benchmarks.md)")
     args = ap.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -87,6 +89,12 @@ def command_line():
 def run_phases(args, run, tools, exe, workdir):
     if "overhead" in args.phases:
         work = workloads.overhead_workloads(exe)
+        if args.workloads:
+            keep = {k.strip() for k in args.workloads.split(",") if k.strip()}
+            unknown = keep - {w.key for w in work}
+            if unknown:
+                raise SystemExit(f"unknown workloads: {', '.join(sorted(unknown))}")
+            work = [w for w in work if w.key in keep]
         workloads.calibrate(work, args.workload_seconds)
         log("overhead: fixed work: " + "; ".join(w.describe(w.units) for w in work))
         run.overhead = overhead.run(args.configs, tools, work, args.rounds, workdir)

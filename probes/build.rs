@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// BPF programs built from `bpf/<name>.bpf.c` into `$OUT_DIR/<name>.bpf.o`.
-const PROGRAMS: &[&str] = &["stacks", "latency"];
+const PROGRAMS: &[&str] = &["emberprof"];
 
 /// Fields whose offsets the layout test checks: (struct, field).
 const LAYOUT_FIELDS: &[(&str, &str)] = &[
@@ -42,6 +42,9 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_hist", "slots"),
     ("ep_hist", "zero"),
     ("ep_hist", "sum_ns"),
+    ("ep_hist_cached", "key"),
+    ("ep_hist_cached", "used"),
+    ("ep_hist_cached", "hist"),
     ("ep_unwind_rule", "kind"),
     ("ep_unwind_rule", "rbp_saved"),
     ("ep_unwind_rule", "cfa_offset"),

@@ -13,10 +13,7 @@ use emberprof_exporters::sinks::Span;
 use emberprof_model::{
     Attributes, HealthCounter, HealthValue, Profile, ProfileBuilder, ProfileKind,
 };
-use emberprof_probes::{
-    CpuSamplerConfig, Drained, LatencyConfig, LatencyHistograms, OffCpuConfig, Profiler,
-    StackProbes,
-};
+use emberprof_probes::{CpuSamplerConfig, Drained, LatencyConfig, OffCpuConfig, Probes, Profiler};
 use emberprof_symbolizer::Symbolizer;
 
 use crate::collect::{self, Collected};
@@ -110,17 +107,26 @@ impl Session {
         let mut runs = Vec::new();
         let mut symbolizer = config.symbolizer;
         let unwind_entries =
-            emberprof_probes::stacks::unwind_entries(config.cpu.as_ref(), config.off_cpu.as_ref());
+            emberprof_probes::object::unwind_entries(config.cpu.as_ref(), config.off_cpu.as_ref());
         let mut unwind = crate::unwind_loader::UnwindLoader::new(unwind_entries);
         let mut unwind_maps = None;
-        if config.cpu.is_some() || config.off_cpu.is_some() {
-            let what = match (&config.cpu, &config.off_cpu) {
-                (Some(_), Some(_)) => "starting the CPU sampler and the off-CPU profiler",
-                (Some(_), None) => "starting the CPU sampler",
-                _ => "starting the off-CPU profiler",
-            };
-            let mut probes =
-                StackProbes::load(config.cpu.as_ref(), config.off_cpu.as_ref()).context(what)?;
+        let mut histograms = None;
+        if config.cpu.is_some() || config.off_cpu.is_some() || config.latency.is_some() {
+            let what = [
+                config.cpu.as_ref().map(|_| "the CPU sampler"),
+                config.off_cpu.as_ref().map(|_| "the off-CPU profiler"),
+                config.latency.as_ref().map(|_| "the latency histograms"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" and ");
+            let mut probes = Probes::load(
+                config.cpu.as_ref(),
+                config.off_cpu.as_ref(),
+                config.latency.as_ref(),
+            )
+            .with_context(|| format!("starting {what}"))?;
             // Tables of the processes known now before the first stack is taken, so that
             // none of theirs is walked without.
             unwind.sync(&mut symbolizer, &mut probes.unwind);
@@ -144,21 +150,17 @@ impl Session {
                     collected: Collected::default(),
                 });
             }
+            if let (Some(mut probe), Some(c)) = (probes.latency, &config.latency) {
+                probe.attach().context("starting the latency histograms")?;
+                let probe: Box<dyn Profiler> = Box::new(probe);
+                histograms = Some((probe, Histograms::new(c.syscalls)));
+            }
             unwind_maps = Some(probes.unwind);
         }
         let unwind = Arc::new(Mutex::new(UnwindState {
             loader: unwind,
             maps: unwind_maps,
         }));
-        let histograms = match &config.latency {
-            Some(c) => {
-                let probe =
-                    LatencyHistograms::start(c).context("starting the latency histograms")?;
-                let probe: Box<dyn Profiler> = Box::new(probe);
-                Some((probe, Histograms::new(c.syscalls)))
-            }
-            None => None,
-        };
         let watcher = runs
             .iter_mut()
             .find_map(|r| r.profiler.take_new_processes())

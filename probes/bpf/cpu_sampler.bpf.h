@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * CPU sampler (part of stacks.bpf.c): runs on every tick of the software cpu-clock perf event and
- * aggregates {process, thread, user stack, kernel stack} -> sample count in the
+ * CPU sampler (part of emberprof.bpf.c): runs on every tick of the software cpu-clock perf
+ * event and aggregates {process, thread, user stack, kernel stack} -> sample count in the
  * kernel. Two buffers (stack map + count map each) let user space drain one
  * while the other keeps filling; `ep_control[0]` names the buffer being filled.
  */

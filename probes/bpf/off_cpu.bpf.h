@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * Off-CPU profiler (part of stacks.bpf.c) on the sched_switch BTF tracepoint (no kprobes needed). It runs in the
- * context of the thread leaving the CPU: that thread's stacks are captured then, and the
- * time it spent away is credited when it is switched back in. Counts are double-buffered
+ * Off-CPU profiler (part of emberprof.bpf.c), run by the sched_switch program
+ * (switch.bpf.h) in the context of the thread leaving the CPU: that thread's stacks are
+ * captured then, and the time it spent away is credited when it is switched back in. Counts are double-buffered
  * like the CPU sampler's; `ep_off_control[0]` names the buffer being filled.
  */
 #ifndef EP_OFF_CPU_BPF_H
@@ -244,10 +244,8 @@ static __always_inline void ep_walk_stacks(void *ctx, struct task_struct *prev,
 
 static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev, __u64 now)
 {
+	/* The caller checked the PID filter. */
 	__u32 tgid = prev->tgid;
-
-	if (!ep_pid_tracked(tgid))
-		return;
 	struct ep_offcpu_start *s =
 		bpf_task_storage_get(&ep_off_start, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!s) {
@@ -362,25 +360,6 @@ static __always_inline void ep_switch_in(struct task_struct *next, __u64 now)
 		ep_credit(s, delta, gen, &ep_off_counts_1, &ep_off_stacks_1);
 	else
 		ep_credit(s, delta, gen, &ep_off_counts_0, &ep_off_stacks_0);
-}
-
-SEC("tp_btf/sched_switch")
-int BPF_PROG(ep_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
-	     unsigned int prev_state)
-{
-	/*
-	 * pid 0 is the idle task: its "off-CPU" time is the CPU being busy. An exiting task
-	 * never comes back (and its storage goes with it).
-	 */
-	/* One clock read for both: the same instant ends one block and starts the other. */
-	__u64 now = bpf_ktime_get_ns();
-
-	if (!(prev_state & TASK_DEAD) && prev->pid != 0 &&
-	    (ep_include_preempted || (!preempt && prev_state != TASK_RUNNING)))
-		ep_switch_out(ctx, prev, now);
-	if (next->pid != 0)
-		ep_switch_in(next, now);
-	return 0;
 }
 
 #endif

@@ -260,6 +260,21 @@ struct ep_hist {
 	__u64 sum_ns;
 };
 
+/*
+ * Slots of each CPU's cache of scheduler histograms (a power of two): the run-queue and
+ * off-CPU histograms a CPU used last, updated by sched_switch without a hash lookup or
+ * atomics. A key whose slot another holds goes to the shared map.
+ */
+#define EP_HIST_CACHE_SLOTS 32
+
+/* One slot of that cache. */
+struct ep_hist_cached {
+	struct ep_hist_key key;
+	/* Non-zero once `key` holds the slot (user space zeroes the slot when draining). */
+	__u64 used;
+	struct ep_hist hist;
+};
+
 /* Indexes of the histogram per-CPU counters `ep_hist_counters`. */
 enum ep_hist_counter {
 	/* Values recorded into a keyed histogram. */

@@ -457,6 +457,22 @@ impl Default for Hist {
 // SAFETY: plain old data with no padding (checked by the layout test).
 unsafe impl aya::Pod for Hist {}
 
+/// Slots of each CPU's cache of scheduler histograms (`EP_HIST_CACHE_SLOTS`).
+pub const HIST_CACHE_SLOTS: u32 = 32;
+
+/// One slot of a CPU's histogram cache (`struct ep_hist_cached`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistCached {
+    pub key: HistKey,
+    /// Non-zero once `key` holds the slot.
+    pub used: u64,
+    pub hist: Hist,
+}
+
+// SAFETY: plain old data with no padding (checked by the layout test).
+unsafe impl aya::Pod for HistCached {}
+
 /// Indexes of the histogram per-CPU counters (`enum ep_hist_counter`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -609,6 +625,7 @@ mod tests {
         ("EP_UNWIND_CUT", UNWIND_CUT as i64),
         ("EP_OFF_MAX", OffCpuCounter::ALL.len() as i64),
         ("EP_HIST_SLOTS", HIST_SLOTS as i64),
+        ("EP_HIST_CACHE_SLOTS", HIST_CACHE_SLOTS as i64),
         ("EP_HIST_RUNQ", HistKind::RunQueue as i64),
         ("EP_HIST_OFFCPU", HistKind::OffCpu as i64),
         ("EP_HIST_BLOCK", HistKind::BlockIo as i64),
@@ -843,6 +860,10 @@ mod tests {
         assert_eq!(offset_of!(Hist, slots), c::EP_HIST_SLOTS_OFFSET);
         assert_eq!(offset_of!(Hist, zero), c::EP_HIST_ZERO_OFFSET);
         assert_eq!(offset_of!(Hist, sum_ns), c::EP_HIST_SUM_NS_OFFSET);
+        assert_eq!(size_of::<HistCached>(), c::EP_HIST_CACHED_SIZE);
+        assert_eq!(offset_of!(HistCached, key), c::EP_HIST_CACHED_KEY_OFFSET);
+        assert_eq!(offset_of!(HistCached, used), c::EP_HIST_CACHED_USED_OFFSET);
+        assert_eq!(offset_of!(HistCached, hist), c::EP_HIST_CACHED_HIST_OFFSET);
     }
 
     /// The kernel's slot for a value must be the OTLP scale-0 bucket (2^i, 2^(i+1)] that

@@ -155,7 +155,7 @@ impl CpuSampler {
     }
 
     /// Takes the sampler's maps out of a loaded object, without sampling yet (see
-    /// `StackProbes`); `start_sampling` attaches it.
+    /// `Probes`); `start_sampling` attaches it.
     pub(crate) fn loaded(
         ebpf: SharedEbpf,
         new_processes: Option<NewProcesses>,

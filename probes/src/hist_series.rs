@@ -16,6 +16,27 @@ pub struct HistogramDrain {
     /// Durations under keys of a kind this build does not know (a kernel/user-space
     /// mismatch): dropped, and counted here.
     pub unknown_kind: u64,
+    /// Durations that the CPUs' caches held under keys beyond the cap, moved to their
+    /// kind's overflow histogram here (the kernel counted them as recorded).
+    pub overflowed: u64,
+}
+
+impl HistogramDrain {
+    /// Adds `h` to the series, merged with what the drain holds of it already.
+    pub(crate) fn add(&mut self, series: HistSeries, h: &Log2Histogram) {
+        match self.series.iter_mut().find(|(s, _)| *s == series) {
+            Some((_, have)) => have.merge(h),
+            None => self.series.push((series, h.clone())),
+        }
+    }
+
+    /// Keyed (not overflow) series held.
+    pub(crate) fn keyed(&self) -> usize {
+        self.series
+            .iter()
+            .filter(|(s, _)| !matches!(s, HistSeries::Overflow(_)))
+            .count()
+    }
 }
 
 /// One histogram series: what it measures, and of whom.

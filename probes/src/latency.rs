@@ -1,32 +1,35 @@
-//! Loads the latency-histogram programs (scheduler, block I/O and, opt-in, syscall
-//! tracepoints) and drains the log2 histograms they keep in the kernel.
+//! The latency histograms (scheduler, block I/O and, opt-in, syscall tracepoints): attaches
+//! their programs and drains the log2 histograms they keep in the kernel.
 
 use std::os::fd::AsFd;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use aya::programs::BtfTracePoint;
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf};
 
-use crate::abi::{Hist, HistCounter, HistKey, HistKind, DEFAULT_HIST_KEYS};
+use crate::abi::{
+    Hist, HistCached, HistCounter, HistKey, HistKind, DEFAULT_HIST_KEYS, HIST_CACHE_SLOTS,
+};
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
 use crate::hist_series::{HistSeries, HistogramDrain};
 use crate::loader::check_start;
 use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
-use crate::pid_filter::{self, PidFilter};
+use crate::pid_filter;
 use crate::profiler::{health_of, Drained, HealthRow, Profiler};
+use crate::shared_ebpf::{SharedEbpf, SCHED_SWITCH};
 use emberprof_model::{HealthCounter, Log2Histogram, ProfileKind};
 
-static LATENCY_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/latency.bpf.o"));
-
-const HIST_MAPS: [&str; 2] = ["ep_hists_0", "ep_hists_1"];
+pub(crate) const HIST_MAPS: [&str; 2] = ["ep_hists_0", "ep_hists_1"];
 const OVERFLOW_MAPS: [&str; 2] = ["ep_hist_overflow_0", "ep_hist_overflow_1"];
+const CACHE_MAPS: [&str; 2] = ["ep_hist_cache_0", "ep_hist_cache_1"];
+/// Maps shrunk to one entry when the histograms are not asked for (besides HIST_MAPS):
+/// block requests in flight, and the CPUs' caches.
+pub(crate) const UNUSED_WITHOUT: [&str; 3] = ["ep_bio_start", CACHE_MAPS[0], CACHE_MAPS[1]];
 
-/// (program, BTF tracepoint) always attached.
+/// (program, BTF tracepoint) always attached. Run-queue and off-CPU durations come from
+/// the sched_switch program the off-CPU profiler also uses.
 const CORE_PROGRAMS: &[(&str, &str)] = &[
-    ("ep_hist_wakeup", "sched_wakeup"),
-    ("ep_hist_wakeup_new", "sched_wakeup_new"),
-    ("ep_hist_switch", "sched_switch"),
+    (SCHED_SWITCH, "sched_switch"),
     ("ep_hist_rq_issue", "block_rq_issue"),
     ("ep_hist_rq_complete", "block_rq_complete"),
 ];
@@ -92,12 +95,16 @@ impl LatencyCounters {
     }
 }
 
-/// The loaded and attached histogram programs. Dropping it detaches and unloads them.
+/// The loaded histogram programs, attached by `attach`. Dropping the last holder of the
+/// object detaches and unloads them.
 pub struct LatencyHistograms {
-    ebpf: Ebpf,
+    ebpf: SharedEbpf,
     buffers: DoubleBuffer<HistBuffer>,
     counters: PerCpuCounters,
+    syscalls: bool,
     attached: Vec<&'static str>,
+    /// Durations the drains moved from the caches to overflow histograms.
+    overflowed: u64,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
@@ -105,91 +112,87 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
 }
 
 impl LatencyHistograms {
-    /// Checks privileges, loads the programs and attaches them.
-    pub fn start(config: &LatencyConfig) -> Result<Self, ProbeError> {
+    /// Checks the kernel and the configuration (before anything is loaded).
+    pub(crate) fn check(config: &LatencyConfig) -> Result<(), ProbeError> {
         // sched_switch's prev_state argument (BTF tracepoint) and task storage in tracing
         // programs.
         crate::preflight::check_kernel("latency histograms", (5, 18))?;
         check_start(&[("histogram key", config.max_keys)], &config.pids)?;
+        if !std::path::Path::new("/proc/self/schedstat").exists() {
+            tracing::warn!(
+                "this kernel has no scheduler statistics (CONFIG_SCHED_INFO: schedstats or \
+                 delay accounting), which run-queue latency is read from: no run-queue \
+                 histograms; the others are recorded"
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes the histograms' maps out of a loaded object, without attaching yet (see
+    /// `Probes`); `attach` attaches them.
+    pub(crate) fn loaded(ebpf: SharedEbpf, config: &LatencyConfig) -> Result<Self, ProbeError> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| ProbeError::OnlineCpus { path, source })?;
-
-        let filter = PidFilter::new(&config.pids, config.filter_pids, config.profile_self);
-        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let mut loader = EbpfLoader::new();
-        loader
-            .btf(Some(&btf))
-            // Task-local storage (ep_marks) is a map type aya has no wrapper for; it is
-            // only used by the programs.
-            .allow_unsupported_maps();
-        filter.set_globals(&mut loader);
-        for name in HIST_MAPS {
-            loader.set_max_entries(name, config.max_keys);
-        }
-        let mut ebpf = loader.load(LATENCY_OBJ)?;
-        pid_filter::sync(&mut ebpf, &config.pids.iter().copied().collect())?;
-
-        let buffers = [
-            HistBuffer::take(&mut ebpf, 0, cpus)?,
-            HistBuffer::take(&mut ebpf, 1, cpus)?,
-        ];
-        let buffers = DoubleBuffer::take(&mut ebpf, "ep_hist_control", buffers)?;
-        let counters = PerCpuCounters::take(&mut ebpf, "ep_hist_counters")?;
-
-        let mut programs: Vec<(&'static str, &'static str)> = CORE_PROGRAMS.to_vec();
-        if config.syscalls {
-            programs.extend_from_slice(SYSCALL_PROGRAMS);
-        }
-        let mut histograms = LatencyHistograms {
+        let (buffers, counters) = {
+            let mut object = ebpf.lock();
+            let buffers = [
+                HistBuffer::take(&mut object, 0, cpus, config.max_keys)?,
+                HistBuffer::take(&mut object, 1, cpus, config.max_keys)?,
+            ];
+            let buffers = DoubleBuffer::take(&mut object, "ep_hist_control", buffers)?;
+            let counters = PerCpuCounters::take(&mut object, "ep_hist_counters")?;
+            (buffers, counters)
+        };
+        Ok(LatencyHistograms {
             ebpf,
             buffers,
             counters,
+            syscalls: config.syscalls,
             attached: Vec::new(),
-        };
-        for (name, tracepoint) in programs {
-            let program_err = |source| ProbeError::Program { name, source };
-            let program: &mut BtfTracePoint = histograms
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingMap(name))?
-                .try_into()
-                .map_err(program_err)?;
-            program.load(tracepoint, &btf).map_err(program_err)?;
-            program.attach().map_err(program_err)?;
-            histograms.attached.push(name);
+            overflowed: 0,
+        })
+    }
+
+    /// Attaches the programs.
+    pub fn attach(&mut self) -> Result<(), ProbeError> {
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let mut programs: Vec<(&'static str, &'static str)> = CORE_PROGRAMS.to_vec();
+        if self.syscalls {
+            programs.extend_from_slice(SYSCALL_PROGRAMS);
         }
-        tracing::debug!(?config, "latency histograms attached");
-        Ok(histograms)
+        for (name, tracepoint) in programs {
+            self.ebpf.attach_tracepoint(name, tracepoint, &btf)?;
+            self.attached.push(name);
+        }
+        tracing::debug!(syscalls = self.syscalls, "latency histograms attached");
+        Ok(())
     }
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
     pub fn drain(&mut self) -> Result<HistogramDrain, ProbeError> {
-        self.buffers.drain()
+        let drain = self.buffers.drain()?;
+        self.overflowed += drain.overflowed;
+        Ok(drain)
     }
 
     /// Detaches every program and returns everything still in the kernel. Waits still in
     /// progress at that moment are not counted: they have not ended.
     pub fn stop(&mut self) -> Result<HistogramDrain, ProbeError> {
-        let (ebpf, attached) = (&mut self.ebpf, &mut self.attached);
-        self.buffers.stop(|| {
+        let (ebpf, attached) = (&self.ebpf, &mut self.attached);
+        let drain = self.buffers.stop(|| {
             for name in std::mem::take(attached) {
-                if let Some(program) = ebpf.program_mut(name) {
-                    let program: &mut BtfTracePoint = program
-                        .try_into()
-                        .map_err(|source| ProbeError::Program { name, source })?;
-                    program
-                        .unload()
-                        .map_err(|source| ProbeError::Program { name, source })?;
-                }
+                ebpf.detach_tracepoint(name)?;
             }
             Ok(())
-        })
+        })?;
+        self.overflowed += drain.overflowed;
+        Ok(drain)
     }
 
     /// Replaces the processes the kernel records (with `filter_pids` or a non-empty `pids`
     /// at start; otherwise the filter is off and this has no effect).
     pub fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
-        pid_filter::sync(&mut self.ebpf, pids)
+        pid_filter::sync(&mut self.ebpf.lock(), pids)
     }
 
     /// Kernel-side totals since load.
@@ -198,6 +201,10 @@ impl LatencyHistograms {
         for (counter, total) in self.counters.totals(&HistCounter::ALL)? {
             *totals.field(counter) = total;
         }
+        // What the drains found beyond the cap in the CPUs' caches, which the kernel
+        // counted as recorded.
+        totals.recorded = totals.recorded.saturating_sub(self.overflowed);
+        totals.overflowed += self.overflowed;
         Ok(totals)
     }
 }
@@ -208,18 +215,26 @@ struct HistBuffer {
     hists_name: &'static str,
     overflow: PerCpuArray<MapData, Hist>,
     overflow_name: &'static str,
+    /// Each CPU's scheduler histograms.
+    cache: PerCpuArray<MapData, HistCached>,
+    cache_name: &'static str,
+    /// Keyed series a drain may hold (the size of `hists`).
+    max_keys: usize,
     /// Possible CPUs: the per-CPU values written back when zeroing an overflow histogram.
     cpus: usize,
 }
 
 impl HistBuffer {
     /// Takes buffer `i`'s maps out of the loaded object.
-    fn take(ebpf: &mut Ebpf, i: usize, cpus: usize) -> Result<Self, ProbeError> {
+    fn take(ebpf: &mut Ebpf, i: usize, cpus: usize, max_keys: u32) -> Result<Self, ProbeError> {
         Ok(HistBuffer {
             hists: take_hash(ebpf, HIST_MAPS[i])?,
             hists_name: HIST_MAPS[i],
             overflow: take_as(ebpf, OVERFLOW_MAPS[i])?,
             overflow_name: OVERFLOW_MAPS[i],
+            cache: take_as(ebpf, CACHE_MAPS[i])?,
+            cache_name: CACHE_MAPS[i],
+            max_keys: max_keys as usize,
             cpus,
         })
     }
@@ -243,7 +258,8 @@ impl Buffer for HistBuffer {
         }
 
         // The buffer is quiet (switched away from, or detached), so reading then zeroing
-        // each overflow entry loses nothing.
+        // each cache slot and overflow entry loses nothing.
+        self.drain_cache(drain)?;
         let overflow_name = self.overflow_name;
         let overflow = &mut self.overflow;
         for kind in HistKind::ALL {
@@ -268,7 +284,49 @@ impl Buffer for HistBuffer {
             overflow
                 .set(kind as u32, zeros, 0)
                 .map_err(map_err(overflow_name))?;
-            drain.series.push((HistSeries::Overflow(kind), h));
+            drain.add(HistSeries::Overflow(kind), &h);
+        }
+        Ok(())
+    }
+}
+
+impl HistBuffer {
+    /// Adds each CPU's cached histograms to the drain (merged with the series of the same
+    /// key from the shared map, so that each series appears once) and frees the slots.
+    fn drain_cache(&mut self, drain: &mut HistogramDrain) -> Result<(), ProbeError> {
+        let name = self.cache_name;
+        for slot in 0..HIST_CACHE_SLOTS {
+            let per_cpu = self.cache.get(&slot, 0).map_err(map_err(name))?;
+            let mut any = false;
+            for cached in per_cpu.iter().filter(|c| c.used != 0) {
+                any = true;
+                let mut h = Log2Histogram::new();
+                h.add_slots(&cached.hist.slots, cached.hist.zero, cached.hist.sum_ns);
+                let Some(series) = HistSeries::decode(&cached.key) else {
+                    drain.unknown_kind += h.count();
+                    continue;
+                };
+                // The cap holds for what the caches add too: a key the drain does not
+                // have yet, once it has max_keys, goes to the overflow histogram.
+                let known = drain.series.iter().any(|(s, _)| *s == series);
+                if known || drain.keyed() < self.max_keys {
+                    drain.add(series, &h);
+                } else {
+                    drain.overflowed += h.count();
+                    drain.add(HistSeries::Overflow(series.kind()), &h);
+                }
+            }
+            if !any {
+                continue;
+            }
+            let zeros = PerCpuValues::try_from(vec![HistCached::default(); self.cpus]).map_err(
+                |source| ProbeError::MapSyscall {
+                    name,
+                    op: "update",
+                    source,
+                },
+            )?;
+            self.cache.set(slot, zeros, 0).map_err(map_err(name))?;
         }
         Ok(())
     }

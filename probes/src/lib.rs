@@ -33,17 +33,17 @@ pub mod cpu_sampler;
 pub mod latency;
 pub mod off_cpu;
 
-// The one object of the loaders that take user stacks.
-pub mod stacks;
+// The one object of every loader.
+pub mod object;
 
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters};
 pub use error::ProbeError;
 pub use hist_series::{HistSeries, HistogramDrain};
 pub use latency::{LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
+pub use object::Probes;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
 pub use profiler::{Drained, Profiler, UnwindTarget};
-pub use stacks::StackProbes;
 pub use unwind_maps::UnwindMaps;
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use aya::maps::MapData;
-use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf};
 
 use crate::abi::{
@@ -22,7 +21,7 @@ use crate::shared_ebpf::SharedEbpf;
 use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
 use std::collections::HashMap;
 
-const PROGRAM: &str = "ep_sched_switch";
+use crate::shared_ebpf::SCHED_SWITCH as PROGRAM;
 pub(crate) const COUNT_MAPS: [&str; 2] = ["ep_off_counts_0", "ep_off_counts_1"];
 const STACK_MAPS: [&str; 2] = ["ep_off_stacks_0", "ep_off_stacks_1"];
 const SHORT_MAPS: [&str; 2] = ["ep_off_short_0", "ep_off_short_1"];
@@ -143,7 +142,7 @@ impl OffCpuProfiler {
     }
 
     /// Takes the profiler's maps out of a loaded object, without attaching yet (see
-    /// `StackProbes`); `attach` attaches it.
+    /// `Probes`); `attach` attaches it.
     pub(crate) fn loaded(
         ebpf: SharedEbpf,
         new_processes: Option<NewProcesses>,
@@ -167,21 +166,10 @@ impl OffCpuProfiler {
         })
     }
 
-    /// Loads the program and attaches it to sched_switch.
+    /// Attaches the sched_switch program (shared with the latency histograms).
     pub fn attach(&mut self) -> Result<(), ProbeError> {
-        let program_err = |source| ProbeError::Program {
-            name: PROGRAM,
-            source,
-        };
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let mut object = self.ebpf.lock();
-        let program: &mut BtfTracePoint = object
-            .program_mut(PROGRAM)
-            .ok_or(ProbeError::MissingMap(PROGRAM))?
-            .try_into()
-            .map_err(program_err)?;
-        program.load("sched_switch", &btf).map_err(program_err)?;
-        program.attach().map_err(program_err)?;
+        self.ebpf.attach_tracepoint(PROGRAM, "sched_switch", &btf)?;
         self.attached = true;
         tracing::debug!("off-CPU profiler attached");
         Ok(())
@@ -203,20 +191,9 @@ impl OffCpuProfiler {
     pub fn stop(&mut self) -> Result<Vec<KernelSample>, ProbeError> {
         let (ebpf, attached) = (&self.ebpf, &mut self.attached);
         self.buffers.stop(|| {
-            let mut ebpf = ebpf.lock();
-            new_processes::unload_lifecycle(&mut ebpf);
+            new_processes::unload_lifecycle(&mut ebpf.lock());
             if *attached {
-                if let Some(program) = ebpf.program_mut(PROGRAM) {
-                    let program: &mut BtfTracePoint =
-                        program.try_into().map_err(|source| ProbeError::Program {
-                            name: PROGRAM,
-                            source,
-                        })?;
-                    program.unload().map_err(|source| ProbeError::Program {
-                        name: PROGRAM,
-                        source,
-                    })?;
-                }
+                ebpf.detach_tracepoint(PROGRAM)?;
                 *attached = false;
             }
             Ok(())

@@ -1,22 +1,99 @@
-//! A loaded object whose programs belong to more than one loader (the CPU sampler and the
-//! off-CPU profiler share `stacks.bpf.c`): each holds it to load, attach and detach its own.
+//! The loaded object, whose programs belong to more than one loader (the CPU sampler, the
+//! off-CPU profiler and the latency histograms share `emberprof.bpf.c`, and the last two
+//! share its sched_switch program): each holds it to attach and detach its own.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use aya::Ebpf;
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf};
+
+use crate::error::ProbeError;
 
 /// One loaded object, shared.
 #[derive(Clone)]
-pub(crate) struct SharedEbpf(Arc<Mutex<Ebpf>>);
+pub(crate) struct SharedEbpf(Arc<Mutex<Object>>);
+
+/// The object and how many holders use each attached tracepoint program.
+pub(crate) struct Object {
+    ebpf: Ebpf,
+    users: HashMap<&'static str, usize>,
+}
+
+impl std::ops::Deref for Object {
+    type Target = Ebpf;
+    fn deref(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+impl std::ops::DerefMut for Object {
+    fn deref_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
 
 impl SharedEbpf {
     pub(crate) fn new(ebpf: Ebpf) -> Self {
-        SharedEbpf(Arc::new(Mutex::new(ebpf)))
+        SharedEbpf(Arc::new(Mutex::new(Object {
+            ebpf,
+            users: HashMap::new(),
+        })))
     }
 
     /// The object. A holder that panicked leaves nothing half-done that matters here:
     /// each call on it is one syscall on a program or map.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Ebpf> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Object> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Loads and attaches BTF tracepoint program `name`, unless another holder did: a
+    /// program attached twice would run twice per event.
+    pub(crate) fn attach_tracepoint(
+        &self,
+        name: &'static str,
+        tracepoint: &str,
+        btf: &Btf,
+    ) -> Result<(), ProbeError> {
+        let mut object = self.lock();
+        if let Some(n) = object.users.get_mut(name) {
+            *n += 1;
+            return Ok(());
+        }
+        let program_err = |source| ProbeError::Program { name, source };
+        let program: &mut BtfTracePoint = object
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::MissingMap(name))?
+            .try_into()
+            .map_err(program_err)?;
+        program.load(tracepoint, btf).map_err(program_err)?;
+        program.attach().map_err(program_err)?;
+        object.users.insert(name, 1);
+        Ok(())
+    }
+
+    /// Undoes one `attach_tracepoint`: the last holder detaches and unloads the program.
+    pub(crate) fn detach_tracepoint(&self, name: &'static str) -> Result<(), ProbeError> {
+        let mut object = self.lock();
+        match object.users.get_mut(name) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return Ok(());
+            }
+            Some(_) => {
+                object.users.remove(name);
+            }
+            None => return Ok(()),
+        }
+        if let Some(program) = object.ebpf.program_mut(name) {
+            let program_err = |source| ProbeError::Program { name, source };
+            let program: &mut BtfTracePoint = program.try_into().map_err(program_err)?;
+            program.unload().map_err(program_err)?;
+        }
+        Ok(())
+    }
 }
+
+/// The sched_switch program of the off-CPU profiler and the scheduler histograms.
+pub(crate) const SCHED_SWITCH: &str = "ep_sched_switch";

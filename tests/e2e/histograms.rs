@@ -10,8 +10,8 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 
 use crate::collector::TestCollector;
 use crate::support::{
-    bpf_test, cgroup2_root, histogram_points, read_histograms, record, record_around, sections,
-    spawn_until, terminate, Workload,
+    bpf_test, cgroup2_root, histogram_points, parse_histograms, read_folded, read_histograms,
+    record, record_around, sections, spawn_until, terminate, total_under, Workload,
 };
 
 /// The row of the bucket (2^23, 2^24] ns, which holds 10 ms.
@@ -21,6 +21,8 @@ crate::harness::tests![
     nanosleep_syscall_latency_lands_in_the_10ms_bucket,
     histogram_totals_survive_frequent_drains,
     oversubscribed_cpus_move_run_queue_latency_into_milliseconds,
+    run_queue_waits_are_the_schedulers_own,
+    off_cpu_profiles_and_histograms_share_one_switch,
     direct_io_is_counted_per_disk_and_direction,
     keys_beyond_the_cap_go_to_an_overflow_histogram_and_are_counted,
     series_of_a_removed_cgroup_are_exported_then_let_go,
@@ -148,6 +150,135 @@ fn oversubscribed_cpus_move_run_queue_latency_into_milliseconds() {
         expected / 1e9
     );
     assert!(idle_sum < 0.05 * expected, "{report}");
+}
+
+/// (run_delay ns, arrivals on a CPU) summed over the threads of `pid`, from
+/// /proc/PID/task/*/schedstat: what the scheduler itself accounted.
+fn schedstat_of(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("listing the threads") {
+        let path = task.expect("a thread").path().join("schedstat");
+        let text = std::fs::read_to_string(&path).expect("reading schedstat");
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .map(|f| f.parse().expect("a schedstat number"))
+            .collect();
+        total.0 += fields[1];
+        total.1 += fields[2];
+    }
+    total
+}
+
+/// Whether every thread of `pid` (and at least `threads` of them) sleeps.
+fn all_asleep(pid: u32, threads: usize) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let states: Vec<String> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .map(|stat| {
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after.split_whitespace().next().unwrap_or("").to_string()
+        })
+        .collect();
+    states.len() >= threads && states.iter().all(|s| s == "S")
+}
+
+/// Run-queue latency is read from what the scheduler accounts itself at each switch
+/// (sched_info, the figures of /proc/PID/task/*/schedstat). New threads that compete for the
+/// CPUs and then sleep for good have known totals: the histograms hold exactly those waits
+/// (but the main thread's first, which began before the recording knew the thread).
+fn run_queue_waits_are_the_schedulers_own() {
+    let Some(_serial) = bpf_test() else { return };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = cpus * 3;
+    let mut w = Workload::start_paused(&["burst", &threads.to_string(), "1000"]);
+    let pid = w.pid();
+    let pid_arg = pid.to_string();
+    let mut before = (0, 0);
+    let mut after = (0, 0);
+    let rec = record_around(
+        "runq-exact.txt",
+        &["--histograms", "--pid", &pid_arg],
+        || {
+            before = schedstat_of(pid);
+            w.go();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !all_asleep(pid, threads + 1) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the burst did not end"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            after = schedstat_of(pid);
+        },
+    );
+    drop(w);
+    let all = read_histograms(&rec.file);
+    let runq = sections(&all, "run-queue latency");
+    let count: u64 = runq.iter().map(|s| s.count).sum();
+    let sum: f64 = runq.iter().map(|s| s.sum_ns).sum();
+    let (delay, arrivals) = (after.0 - before.0, after.1 - before.1);
+    let report = format!(
+        "histograms: {count} waits, {sum:.0} ns; schedstat: {arrivals} arrivals, {delay} ns"
+    );
+    // (threads - cpus) threads wait at any moment of the 1 s burst.
+    assert!(delay as f64 > 0.5e9 * (threads - cpus) as f64, "{report}");
+    assert!(
+        count + 1 >= arrivals && count <= arrivals,
+        "one wait per arrival: {report}"
+    );
+    // The sums are printed to 3 digits; the main thread's first wait is microseconds.
+    assert!(
+        (sum - delay as f64).abs() <= 0.01 * delay as f64,
+        "the scheduler's own total: {report}"
+    );
+}
+
+/// With off-CPU profiling and histograms on together, one sched_switch program does both:
+/// each still gets every wait.
+fn off_cpu_profiles_and_histograms_share_one_switch() {
+    let Some(_serial) = bpf_test() else { return };
+    let n = 30;
+    let mut w = Workload::start_paused(&["sleep", &n.to_string(), "10"]);
+    let pid = w.pid().to_string();
+    let rec = record_around(
+        "switch-both.folded",
+        &[
+            "--off-cpu",
+            "--histograms",
+            "--pid",
+            &pid,
+            "--format",
+            "folded",
+        ],
+        || w.go_and_wait(),
+    );
+    // The profile took the output file; the histograms went to standard output.
+    let lines = read_folded(&rec.file);
+    let blocked = total_under(&lines, "sleep_in_nanosleep") as f64;
+    let expected = n as f64 * 10e6;
+    assert!(
+        blocked > 0.95 * expected && blocked < 1.3 * expected,
+        "off-CPU under sleep_in_nanosleep: {blocked} ns, expected about {expected}"
+    );
+    let all = parse_histograms(&rec.stdout);
+    let off_cpu: u64 = sections(&all, "off-CPU duration, cgroup ")
+        .iter()
+        .map(|s| s.row(ROW_10MS.0, ROW_10MS.1))
+        .sum();
+    assert!(
+        (n - 2..=n + 1).contains(&off_cpu),
+        "off-CPU 10 ms waits: {off_cpu}\n{}",
+        rec.stdout
+    );
+    let runq: u64 = sections(&all, "run-queue latency")
+        .iter()
+        .map(|s| s.count)
+        .sum();
+    // A wakeup after each sleep, and one for the go line.
+    assert!(runq >= n, "{runq} run-queue waits\n{}", rec.stdout);
 }
 
 /// The whole disk holding `path`: sysfs names the partition's parent for a partition.

@@ -49,18 +49,21 @@ pub fn bpf_test() -> Option<MutexGuard<'static, ()>> {
 /// A finished `emberprof record` run.
 pub struct Recording {
     pub stderr: String,
+    /// What emberprof printed (histograms, when a profile took the output file).
+    pub stdout: String,
     pub file: PathBuf,
     /// Its `--summary-json`.
     pub summary: serde_json::Value,
 }
 
 impl Recording {
-    fn read(stderr: String, file: PathBuf, summary: &Path) -> Recording {
+    fn read(stderr: String, stdout: String, file: PathBuf, summary: &Path) -> Recording {
         let text = std::fs::read_to_string(summary)
             .unwrap_or_else(|e| panic!("no JSON summary ({e}); stderr:\n{stderr}"));
         let summary = serde_json::from_str(&text).expect("a JSON summary");
         Recording {
             stderr,
+            stdout,
             file,
             summary,
         }
@@ -132,7 +135,8 @@ pub fn record_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Recor
         output.status.success(),
         "emberprof record {args:?} failed:\n{stderr}"
     );
-    Recording::read(stderr, file, &summary)
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    Recording::read(stderr, stdout, file, &summary)
 }
 
 /// One line of folded output: frames root first, and the count.
@@ -184,7 +188,9 @@ pub fn record_around(name: &str, args: &[&str], during: impl FnOnce()) -> Record
     all.extend_from_slice(args);
     all.extend_from_slice(&["--duration", "60", "--output", &file_arg]);
     all.extend_from_slice(&["--summary-json", &summary_arg]);
-    let (mut child, mut stderr, mut log) = spawn_until(&all, "recording");
+    let stdout_file = file.with_extension("stdout");
+    let (mut child, mut stderr, mut log) =
+        spawn_to_until(&all, &[], "recording", Some(&stdout_file));
     during();
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
@@ -193,7 +199,8 @@ pub fn record_around(name: &str, args: &[&str], during: impl FnOnce()) -> Record
     log.push_str(&rest);
     let status = child.wait().expect("waiting for emberprof");
     assert!(status.success(), "emberprof {args:?} failed:\n{log}");
-    Recording::read(log, file, &summary)
+    let stdout = std::fs::read_to_string(&stdout_file).unwrap_or_default();
+    Recording::read(log, stdout, file, &summary)
 }
 
 /// Sum of values of the folded lines that contain `frame`.
@@ -250,7 +257,11 @@ pub fn parse_ns(text: &str) -> f64 {
 
 /// Parses a histogram report.
 pub fn read_histograms(path: &Path) -> Vec<HistSection> {
-    let text = std::fs::read_to_string(path).expect("reading the histogram report");
+    parse_histograms(&std::fs::read_to_string(path).expect("reading the histogram report"))
+}
+
+/// The histograms of a report's text.
+pub fn parse_histograms(text: &str) -> Vec<HistSection> {
     let mut sections: Vec<HistSection> = Vec::new();
     for line in text.lines() {
         if line.is_empty() || line.starts_with("histograms: ") {
@@ -342,13 +353,26 @@ pub fn spawn_with_env_until(
     env: &[(&str, &str)],
     marker: &str,
 ) -> (Child, BufReader<std::process::ChildStderr>, String) {
-    let mut child = Command::new(EMBERPROF)
+    spawn_to_until(args, env, marker, None)
+}
+
+/// `spawn_with_env_until` with standard output written to `stdout` if given.
+fn spawn_to_until(
+    args: &[&str],
+    env: &[(&str, &str)],
+    marker: &str,
+    stdout: Option<&Path>,
+) -> (Child, BufReader<std::process::ChildStderr>, String) {
+    let mut command = Command::new(EMBERPROF);
+    command
         .env("EMBERPROF_LOG", "info")
         .envs(env.iter().copied())
         .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting emberprof");
+        .stderr(Stdio::piped());
+    if let Some(path) = stdout {
+        command.stdout(std::fs::File::create(path).expect("creating the stdout file"));
+    }
+    let mut child = command.spawn().expect("starting emberprof");
     let Some(pipe) = child.stderr.take() else {
         let _ = child.kill();
         let _ = child.wait();

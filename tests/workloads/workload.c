@@ -6,6 +6,7 @@
  *   workload syscalls         write(2) to /dev/null in a tight loop, from do_writes
  *   workload fixed ROUNDS N   N threads each run ROUNDS rounds of cpu-split's work, then exit
  *   workload busy N           N threads run cpu-split's loop (more threads than CPUs: preemption)
+ *   workload burst N MS       after a line on stdin: N new threads spin for MS ms, then all sleep
  *   workload sleep N MS       after a line on stdin: N nanosleeps of MS ms in sleep_in_nanosleep
  *   workload two-sites N A B  after a line on stdin: N rounds of 3 sleeps of A ms in
  *                             block_at_site_a, then 3 of B ms in block_at_site_b: the same
@@ -52,6 +53,7 @@
 #include <fcntl.h>
 #include <time.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,6 +446,43 @@ static void *busy_main(void *arg)
 	return NULL;
 }
 
+/* burst: threads that spin for a wall-clock time, report, then sleep for good. */
+static sem_t burst_done;
+
+static void *burst_main(void *arg)
+{
+	long ms = (long)arg;
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	long end = t.tv_sec * 1000000000L + t.tv_nsec + ms * 1000000L;
+	do {
+		for (volatile long i = 0; i < 20000; i++)
+			;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while (t.tv_sec * 1000000000L + t.tv_nsec < end);
+	sem_post(&burst_done);
+	for (;;)
+		pause();
+	return NULL;
+}
+
+/* After "go", N new threads compete for the CPUs for MS ms; then every thread sleeps until
+ * killed, so that its scheduler statistics stay readable and stop changing. */
+static int burst(int n, long ms)
+{
+	sem_init(&burst_done, 0, 0);
+	wait_for_go();
+	pthread_t t;
+	for (int i = 0; i < n; i++)
+		if (pthread_create(&t, NULL, burst_main, (void *)ms) != 0)
+			return 1;
+	for (int i = 0; i < n; i++)
+		while (sem_wait(&burst_done) != 0)
+			;
+	for (;;)
+		pause();
+}
+
 /*
  * Burns CPU with the frame pointer on a fake frame record whose return address is 0x10,
  * inside no mapping: a frame-pointer walk reports that address and ends there, as walks
@@ -800,7 +839,7 @@ __attribute__((noinline)) static int call_dlopened(const char *path, long ms)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | two-sites N A B | deep-sites N MS | signal MS | dlopen LIB MS\n", argv[0]);
+		fprintf(stderr, "usage: %s cpu-split | recurse DEPTH | syscalls | fixed ROUNDS THREADS | busy N | burst N MS | sleep N MS | pipe-wait N MS | pingpong PAIRS N | direct-io PATH N | short MS | writes N THREADS | tree-sleep FIRST COUNT US | tree-burn FIRST COUNT US | unwalkable | short-many N MS | exec-loop N MS | jit MS | vdso MS | qsort MS | libc-waits N MS | two-sites N A B | deep-sites N MS | signal MS | dlopen LIB MS\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "cpu-split") == 0) {
@@ -812,6 +851,8 @@ int main(int argc, char **argv)
 			recurse(depth);
 	} else if (strcmp(argv[1], "fixed") == 0 && argc > 3) {
 		return fixed_work(atol(argv[2]), atoi(argv[3]));
+	} else if (strcmp(argv[1], "burst") == 0 && argc > 3) {
+		return burst(atoi(argv[2]), atol(argv[3]));
 	} else if (strcmp(argv[1], "busy") == 0 && argc > 2) {
 		int n = atoi(argv[2]);
 		by_time = 1;

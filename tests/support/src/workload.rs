@@ -54,13 +54,17 @@ impl Workload {
         Workload { child }
     }
 
-    /// Lets a paused workload start, and waits until it has finished.
-    pub fn go_and_wait(&mut self) {
+    /// Lets a paused workload start.
+    pub fn go(&mut self) {
         let mut stdin = self.child.stdin.take().expect("a paused workload");
         stdin
             .write_all(b"go\n")
             .expect("telling the workload to go");
-        drop(stdin);
+    }
+
+    /// Lets a paused workload start, and waits until it has finished.
+    pub fn go_and_wait(&mut self) {
+        self.go();
         let status = self.child.wait().expect("waiting for the workload");
         assert!(status.success(), "workload failed: {status}");
     }

@@ -1,21 +1,18 @@
-// SPDX-License-Identifier: GPL-2.0-only
+/* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * Latency histograms aggregated in the kernel: run-queue latency and off-CPU duration per
- * cgroup (scheduler BTF tracepoints), block I/O latency per disk and direction (block
- * tracepoints), and, when user space attaches those two programs, syscall latency per
- * syscall and cgroup. Each event updates one log2 histogram in place; nothing is streamed.
+ * Latency histograms (part of emberprof.bpf.c) aggregated in the kernel: run-queue latency
+ * and off-CPU duration per cgroup (from the one sched_switch program, switch.bpf.h), block
+ * I/O latency per disk and direction (block tracepoints), and, when user space attaches
+ * those two programs, syscall latency per syscall and cgroup. Each event updates one log2
+ * histogram in place; nothing is streamed.
  *
  * Histograms are double-buffered like the profilers' counts (`ep_hist_control[0]` names the
  * buffer being filled) so that user space can drain one while the other fills. The number
  * of keys is capped by the map size; a value that finds no room goes to its kind's overflow
  * histogram and is counted.
  */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
-#include "emberprof.h"
-#include "common.bpf.h"
+#ifndef EP_LATENCY_BPF_H
+#define EP_LATENCY_BPF_H
 
 #define REQ_OP_MASK 0xff
 #define REQ_OP_READ 0
@@ -26,10 +23,12 @@
  * lock, and the kernel frees it when the thread exits. A zero time means "not waiting".
  */
 struct ep_task_marks {
-	/* Became runnable (woken, or preempted and still runnable). */
-	__u64 runq_ts;
 	/* Left the CPU voluntarily. */
 	__u64 wait_ts;
+	/* The scheduler's run-queue totals of the thread at its last switch-out
+	 * (task->sched_info: run_delay, pcount). */
+	__u64 run_delay;
+	__u64 pcount;
 	/* Entered a syscall, and which. */
 	__u64 sys_ts;
 	__u64 sys_nr;
@@ -77,6 +76,18 @@ EP_HIST_MAP(ep_hists_1);
 
 EP_OVERFLOW_MAP(ep_hist_overflow_0);
 EP_OVERFLOW_MAP(ep_hist_overflow_1);
+
+/* Each CPU's scheduler histograms (see EP_HIST_CACHE_SLOTS), one cache per buffer. */
+#define EP_HIST_CACHE_MAP(name)                          \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); \
+		__type(key, __u32);                      \
+		__type(value, struct ep_hist_cached);    \
+		__uint(max_entries, EP_HIST_CACHE_SLOTS); \
+	} name SEC(".maps")
+
+EP_HIST_CACHE_MAP(ep_hist_cache_0);
+EP_HIST_CACHE_MAP(ep_hist_cache_1);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -138,7 +149,7 @@ recorded:
 	return h;
 }
 
-static __always_inline void ep_record(struct ep_hist_key *key, __u64 delta)
+static __always_inline void ep_hist_record(struct ep_hist_key *key, __u64 delta)
 {
 	struct ep_hist *h = ep_hist_for(key);
 	if (!h)
@@ -149,6 +160,41 @@ static __always_inline void ep_record(struct ep_hist_key *key, __u64 delta)
 	else
 		__sync_fetch_and_add(&h->slots[ep_hist_slot(delta) & (EP_HIST_SLOTS - 1)], 1);
 	__sync_fetch_and_add(&h->sum_ns, delta);
+}
+
+/*
+ * Records a scheduler duration (`key` of kind RUNQ or OFFCPU) in this CPU's cache, or in
+ * the shared map when another key holds its slot. Only sched_switch calls this: it runs
+ * with interrupts off, so no other program on this CPU writes the cache meanwhile, and
+ * plain increments are safe.
+ */
+static __always_inline void ep_hist_record_sched(struct ep_hist_key *key, __u64 delta)
+{
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&ep_hist_control, &zero);
+	if (!active)
+		return;
+	void *cache = (*active & 1) ? (void *)&ep_hist_cache_1 : (void *)&ep_hist_cache_0;
+	/* Fibonacci hashing of the cgroup id; the kind picks one of two neighbours. */
+	__u32 idx = ((__u32)((key->cgroup * 0x9E3779B97F4A7C15ULL) >> 58) ^ key->kind) &
+		    (EP_HIST_CACHE_SLOTS - 1);
+	struct ep_hist_cached *c = bpf_map_lookup_elem(cache, &idx);
+	if (c) {
+		if (!c->used) {
+			c->key = *key;
+			c->used = 1;
+		}
+		if (c->key.cgroup == key->cgroup && c->key.kind == key->kind) {
+			if (delta == 0)
+				c->hist.zero++;
+			else
+				c->hist.slots[ep_hist_slot(delta) & (EP_HIST_SLOTS - 1)]++;
+			c->hist.sum_ns += delta;
+			ep_hist_count(EP_HIST_RECORDED);
+			return;
+		}
+	}
+	ep_hist_record(key, delta);
 }
 
 /* The task's marks, created if `create`; NULL (and counted) if they cannot be had. */
@@ -162,78 +208,54 @@ static __always_inline struct ep_task_marks *ep_marks_of(struct task_struct *tas
 	return m;
 }
 
-/* Records the time since *mark, if set, and clears it. */
-static __always_inline void ep_finish(__u64 *mark, __u64 now, __u64 cgroup, __u32 kind)
+/*
+ * The thread's last run-queue wait, as the scheduler accounted it (task->sched_info, the
+ * figures of /proc/PID/schedstat): the run_delay added since the last switch-out when
+ * exactly one arrival on a CPU happened since. No wakeup program is needed, and the wait
+ * is exact even across migrations. A thread seen for the first time has no baseline unless
+ * it is new (its sched_info starts at zero at fork). Needs CONFIG_SCHED_INFO (schedstats
+ * or delay accounting); without it there are no run-queue histograms.
+ */
+static __always_inline void ep_hist_runq(struct task_struct *prev, struct ep_task_marks *m)
 {
-	__u64 then = *mark;
-	if (then == 0)
+	if (!bpf_core_field_exists(prev->sched_info.pcount))
 		return;
-	*mark = 0;
+	__u64 pcount = prev->sched_info.pcount;
+	__u64 delay = prev->sched_info.run_delay;
+	__u64 had_pcount = m->pcount, had_delay = m->run_delay;
+	m->pcount = pcount;
+	m->run_delay = delay;
+	if (pcount != had_pcount + 1 || delay < had_delay)
+		return;
+	struct ep_hist_key key = { .cgroup = ep_task_cgroup(prev), .kind = EP_HIST_RUNQ };
+	ep_hist_record_sched(&key, delay - had_delay);
+}
+
+/* At sched_switch, for a tracked `prev` leaving the CPU (`dead`: for good). */
+static __always_inline void ep_hist_switch_out(struct task_struct *prev, __u64 now, bool voluntary,
+					       bool dead)
+{
+	/* A dying thread's last wait is still recorded, but it gets no new storage. */
+	struct ep_task_marks *m = ep_marks_of(prev, !dead);
+	if (!m)
+		return;
+	ep_hist_runq(prev, m);
+	m->wait_ts = voluntary && !dead ? now : 0;
+}
+
+/* At sched_switch, for `next` coming back: ends its voluntary wait. */
+static __always_inline void ep_hist_switch_in(struct task_struct *next, __u64 now)
+{
+	/* Never creates: a task without marks has nothing to finish. */
+	struct ep_task_marks *m = ep_marks_of(next, false);
+	if (!m || !m->wait_ts)
+		return;
+	__u64 then = m->wait_ts;
+	m->wait_ts = 0;
 	if (now < then)
 		return;
-	struct ep_hist_key key = { .cgroup = cgroup, .kind = kind };
-	ep_record(&key, now - then);
-}
-
-static __always_inline void ep_woken(struct task_struct *p)
-{
-	if (p->pid == 0 || !ep_pid_tracked(p->tgid))
-		return;
-	struct ep_task_marks *m = ep_marks_of(p, true);
-	if (m)
-		m->runq_ts = bpf_ktime_get_ns();
-}
-
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(ep_hist_wakeup, struct task_struct *p)
-{
-	ep_woken(p);
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(ep_hist_wakeup_new, struct task_struct *p)
-{
-	ep_woken(p);
-	return 0;
-}
-
-SEC("tp_btf/sched_switch")
-int BPF_PROG(ep_hist_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
-	     unsigned int prev_state)
-{
-	__u64 now = bpf_ktime_get_ns();
-
-	/* An exiting task's storage goes with it; the idle task is never tracked. */
-	if (!(prev_state & TASK_DEAD) && prev->pid != 0 && ep_pid_tracked(prev->tgid)) {
-		struct ep_task_marks *m = ep_marks_of(prev, true);
-		if (m) {
-			/*
-			 * Preempted, even with a sleeping state already set, it stays on the run
-			 * queue and waits there from now on. Each branch also clears the other
-			 * mark, so that a stale one (say, a wakeup of a task that was running)
-			 * never spans time the task spent on the CPU.
-			 */
-			if (preempt || prev_state == TASK_RUNNING) {
-				m->runq_ts = now;
-				m->wait_ts = 0;
-			} else {
-				m->wait_ts = now;
-				m->runq_ts = 0;
-			}
-		}
-	}
-
-	if (next->pid != 0) {
-		/* Never creates: a task without marks has nothing to finish. */
-		struct ep_task_marks *m = ep_marks_of(next, false);
-		if (m && (m->runq_ts || m->wait_ts)) {
-			__u64 cgroup = ep_task_cgroup(next);
-			ep_finish(&m->runq_ts, now, cgroup, EP_HIST_RUNQ);
-			ep_finish(&m->wait_ts, now, cgroup, EP_HIST_OFFCPU);
-		}
-	}
-	return 0;
+	struct ep_hist_key key = { .cgroup = ep_task_cgroup(next), .kind = EP_HIST_OFFCPU };
+	ep_hist_record_sched(&key, now - then);
 }
 
 SEC("tp_btf/block_rq_issue")
@@ -271,7 +293,7 @@ int BPF_PROG(ep_hist_rq_complete, struct request *rq, blk_status_t error, unsign
 		key.major = BPF_CORE_READ(disk, major);
 		key.minor = BPF_CORE_READ(disk, first_minor);
 	}
-	ep_record(&key, now - then);
+	ep_hist_record(&key, now - then);
 	return 0;
 }
 
@@ -304,8 +326,8 @@ int BPF_PROG(ep_hist_sys_exit, struct pt_regs *regs, long ret)
 		.kind = EP_HIST_SYSCALL,
 		.detail = (__u32)m->sys_nr,
 	};
-	ep_record(&key, now - then);
+	ep_hist_record(&key, now - then);
 	return 0;
 }
 
-char LICENSE[] SEC("license") = "GPL";
+#endif

@@ -1,12 +1,14 @@
-//! The one BPF object of the loaders that take user stacks (`bpf/stacks.bpf.c`): the CPU
-//! sampler and the off-CPU profiler. Loaded once, so that both walk user stacks by the
-//! same unwind tables, written once.
+//! The one BPF object (`bpf/emberprof.bpf.c`) of every loader: the CPU sampler, the
+//! off-CPU profiler and the latency histograms. Loaded once, so that the stack-taking
+//! profilers walk user stacks by the same unwind tables, written once, and the off-CPU
+//! profiler and the scheduler histograms run as one sched_switch program.
 
 use aya::{Btf, EbpfLoader};
 
 use crate::abi::{UnwindEntry, UnwindMapping, UnwindRule, MAX_UNWIND_ENTRIES};
 use crate::cpu_sampler::{self, CpuSampler, CpuSamplerConfig};
 use crate::error::ProbeError;
+use crate::latency::{self, LatencyConfig, LatencyHistograms};
 use crate::new_processes;
 use crate::off_cpu::{self, OffCpuConfig, OffCpuProfiler};
 use crate::pid_filter::{self, PidFilter};
@@ -14,26 +16,36 @@ use crate::profiler::UnwindTarget;
 use crate::shared_ebpf::SharedEbpf;
 use crate::unwind_maps::UnwindMaps;
 
-static STACKS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/stacks.bpf.o"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/emberprof.bpf.o"));
 
-/// The loaded stack-taking profilers, not attached yet, and the unwinder's maps they share.
-pub struct StackProbes {
+/// The loaders asked for, loaded and not attached yet, and the unwinder's maps.
+pub struct Probes {
     /// The CPU sampler, if asked for; `start_sampling` attaches it.
     pub cpu: Option<CpuSampler>,
     /// The off-CPU profiler, if asked for; `attach` attaches it.
     pub off_cpu: Option<OffCpuProfiler>,
+    /// The latency histograms, if asked for; `attach` attaches them.
+    pub latency: Option<LatencyHistograms>,
     /// Where unwind tables go: load them before attaching, so that no stack of the
     /// processes known at start is walked without.
     pub unwind: UnwindMaps,
 }
 
-impl StackProbes {
-    /// Checks privileges and the configurations, and loads the object for the profilers
-    /// asked for. With both, the CPU sampler's process selection is the object's (the
-    /// agent gives both the same).
+/// The process selection every loader is given (the agent gives all the same): the first
+/// one asked for is the object's.
+struct Selection<'a> {
+    pids: &'a [u32],
+    filter_pids: bool,
+    profile_self: bool,
+}
+
+impl Probes {
+    /// Checks privileges and the configurations, and loads the object for the loaders
+    /// asked for.
     pub fn load(
         cpu: Option<&CpuSamplerConfig>,
         off: Option<&OffCpuConfig>,
+        hists: Option<&LatencyConfig>,
     ) -> Result<Self, ProbeError> {
         if let Some(c) = cpu {
             CpuSampler::check(c)?;
@@ -41,24 +53,46 @@ impl StackProbes {
         if let Some(c) = off {
             OffCpuProfiler::check(c)?;
         }
-        let filter = match (cpu, off) {
-            (Some(c), _) => PidFilter::new(&c.pids, c.filter_pids, c.profile_self),
-            (None, Some(c)) => PidFilter::new(&c.pids, c.filter_pids, c.profile_self),
-            (None, None) => PidFilter::new(&[], false, false),
-        };
-        let pids: std::collections::BTreeSet<u32> = match (cpu, off) {
-            (Some(c), _) => c.pids.iter().copied().collect(),
-            (None, Some(c)) => c.pids.iter().copied().collect(),
-            (None, None) => Default::default(),
-        };
+        if let Some(c) = hists {
+            LatencyHistograms::check(c)?;
+        }
+        let selection = cpu
+            .map(|c| Selection {
+                pids: &c.pids,
+                filter_pids: c.filter_pids,
+                profile_self: c.profile_self,
+            })
+            .or(off.map(|c| Selection {
+                pids: &c.pids,
+                filter_pids: c.filter_pids,
+                profile_self: c.profile_self,
+            }))
+            .or(hists.map(|c| Selection {
+                pids: &c.pids,
+                filter_pids: c.filter_pids,
+                profile_self: c.profile_self,
+            }))
+            .unwrap_or(Selection {
+                pids: &[],
+                filter_pids: false,
+                profile_self: false,
+            });
+        let filter = PidFilter::new(
+            selection.pids,
+            selection.filter_pids,
+            selection.profile_self,
+        );
+        let pids: std::collections::BTreeSet<u32> = selection.pids.iter().copied().collect();
         let announce = cpu.is_some() || off.is_some_and(|c| c.announce);
         let announce_on = u8::from(announce);
-        // A profiler not asked for keeps its maps at one entry: the object is one, its
+        // A loader not asked for keeps its maps at one entry: the object is one, its
         // memory need not be.
         let stack_entries = cpu.map_or(1, |c| c.stack_map_entries);
         let count_entries = cpu.map_or(1, |c| c.count_map_entries);
         let off_entries = off.map_or(1, |c| c.count_map_entries);
+        let hist_keys = hists.map_or(1, |c| c.max_keys);
         let preempted = u8::from(off.is_some_and(|c| c.include_preempted));
+        let (switch_off_cpu, switch_hists) = (u8::from(off.is_some()), u8::from(hists.is_some()));
         let min_block_ns = off.map_or(0, |c| {
             u64::try_from(c.min_block.as_nanos()).unwrap_or(u64::MAX)
         });
@@ -76,12 +110,14 @@ impl StackProbes {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
-            // The off-CPU records are task-local storage, a map type aya has no wrapper
-            // for; only the program uses it.
+            // The per-thread records are task-local storage, a map type aya has no
+            // wrapper for; only the programs use them.
             .allow_unsupported_maps()
             .set_global("ep_announce_on", &announce_on, true)
             .set_global("ep_include_preempted", &preempted, true)
-            .set_global("ep_min_block_ns", &min_block_ns, true);
+            .set_global("ep_min_block_ns", &min_block_ns, true)
+            .set_global("ep_switch_off_cpu", &switch_off_cpu, true)
+            .set_global("ep_switch_hists", &switch_hists, true);
         filter.set_globals(&mut loader);
         for name in cpu_sampler::STACK_MAPS {
             loader.set_max_entries(name, stack_entries);
@@ -92,9 +128,17 @@ impl StackProbes {
         for name in off_cpu::COUNT_MAPS {
             loader.set_max_entries(name, off_entries);
         }
+        for name in latency::HIST_MAPS {
+            loader.set_max_entries(name, hist_keys);
+        }
+        if hists.is_none() {
+            for name in latency::UNUSED_WITHOUT {
+                loader.set_max_entries(name, 1);
+            }
+        }
         // Preallocated and charged to emberprof's memory cgroup whether used or not.
         loader.set_max_entries(crate::unwind_maps::ENTRIES, unwind_entries);
-        let mut ebpf = loader.load(STACKS_OBJ)?;
+        let mut ebpf = loader.load(OBJECT)?;
         pid_filter::sync(&mut ebpf, &pids)?;
         let unwind = UnwindMaps::take(&mut ebpf)?;
         let mut ring = if announce {
@@ -110,12 +154,17 @@ impl StackProbes {
             None => None,
         };
         let off_cpu = match off {
-            Some(_) => Some(OffCpuProfiler::loaded(ebpf, ring.take())?),
+            Some(_) => Some(OffCpuProfiler::loaded(ebpf.clone(), ring.take())?),
             None => None,
         };
-        Ok(StackProbes {
+        let latency = match hists {
+            Some(c) => Some(LatencyHistograms::loaded(ebpf, c)?),
+            None => None,
+        };
+        Ok(Probes {
             cpu,
             off_cpu,
+            latency,
             unwind,
         })
     }
@@ -134,7 +183,7 @@ impl CpuSampler {
     /// Checks privileges, loads the sampler alone and attaches it to every online CPU
     /// (its user stacks are walked by frame pointers: it has no unwind tables).
     pub fn start(config: &CpuSamplerConfig) -> Result<Self, ProbeError> {
-        let probes = StackProbes::load(Some(config), None)?;
+        let probes = Probes::load(Some(config), None, None)?;
         let mut sampler = probes.cpu.ok_or(ProbeError::MissingMap("ep_cpu_sample"))?;
         sampler.start_sampling(config)?;
         Ok(sampler)
@@ -146,12 +195,24 @@ impl OffCpuProfiler {
     /// sched_switch (its user stacks are walked by frame pointers: it has no unwind
     /// tables).
     pub fn start(config: &OffCpuConfig) -> Result<Self, ProbeError> {
-        let probes = StackProbes::load(None, Some(config))?;
+        let probes = Probes::load(None, Some(config), None)?;
         let mut profiler = probes
             .off_cpu
             .ok_or(ProbeError::MissingMap("ep_sched_switch"))?;
         profiler.attach()?;
         Ok(profiler)
+    }
+}
+
+impl LatencyHistograms {
+    /// Checks privileges, loads the histograms alone and attaches them.
+    pub fn start(config: &LatencyConfig) -> Result<Self, ProbeError> {
+        let probes = Probes::load(None, None, Some(config))?;
+        let mut histograms = probes
+            .latency
+            .ok_or(ProbeError::MissingMap("ep_hist_control"))?;
+        histograms.attach()?;
+        Ok(histograms)
     }
 }
 
