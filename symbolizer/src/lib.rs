@@ -33,6 +33,7 @@ mod process;
 mod process_table;
 #[cfg(test)]
 mod process_table_tests;
+pub mod python;
 mod resident;
 mod stats;
 mod symbol_source;
