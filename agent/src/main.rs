@@ -11,6 +11,7 @@ mod histograms;
 mod http;
 mod kubernetes;
 mod log_setup;
+mod malloc_arenas;
 mod metadata;
 mod output;
 mod pprof_dir;
@@ -39,6 +40,7 @@ static ALLOCATOR: emberprof_symbolizer::heap::CountingAllocator =
     emberprof_symbolizer::heap::CountingAllocator;
 
 fn main() -> ExitCode {
+    malloc_arenas::use_one();
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let file = config::config_file(&raw);
     let argv = match config::merged_argv(raw) {

@@ -421,6 +421,7 @@ impl Session {
             p.clear();
         }
         self.symbolizer.forget_exited();
+        crate::malloc_arenas::trim();
     }
 
     /// Changes which per-process and per-thread attributes leave emberprof from the next

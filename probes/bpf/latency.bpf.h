@@ -225,8 +225,13 @@ static __always_inline void ep_hist_runq(struct task_struct *prev, struct ep_tas
 	__u64 had_pcount = m->pcount, had_delay = m->run_delay;
 	m->pcount = pcount;
 	m->run_delay = delay;
-	if (pcount != had_pcount + 1 || delay < had_delay)
+	if (pcount != had_pcount + 1 || delay < had_delay) {
+		/* Waits since the baseline, but not one: the thread's first switch-out seen
+		 * (or one missed). Counted, not attributed. */
+		if (pcount > had_pcount)
+			ep_hist_count(EP_HIST_START_FULL);
 		return;
+	}
 	struct ep_hist_key key = { .cgroup = ep_task_cgroup(prev), .kind = EP_HIST_RUNQ };
 	ep_hist_record_sched(&key, delay - had_delay);
 }

@@ -267,6 +267,10 @@ struct ep_hist {
  */
 #define EP_HIST_CACHE_SLOTS 32
 
+/* Bits of `ep_switch_on[0]`: the parts of the sched_switch program running. */
+#define EP_SWITCH_OFF_CPU 1
+#define EP_SWITCH_HISTS 2
+
 /* One slot of that cache. */
 struct ep_hist_cached {
 	struct ep_hist_key key;
@@ -281,7 +285,8 @@ enum ep_hist_counter {
 	EP_HIST_RECORDED = 0,
 	/* Values recorded into the per-kind overflow histogram: the key map was full. */
 	EP_HIST_OVERFLOWED = 1,
-	/* Waits not tracked (no task storage, or the block in-flight map full); their latency is lost. */
+	/* Waits not tracked (no task storage, the block in-flight map full, or a run-queue wait
+	 * that ended before its thread's first switch-out seen); their latency is lost. */
 	EP_HIST_START_FULL = 2,
 	EP_HIST_COUNTER_MAX = 3,
 };

@@ -457,6 +457,10 @@ impl Default for Hist {
 // SAFETY: plain old data with no padding (checked by the layout test).
 unsafe impl aya::Pod for Hist {}
 
+/// Bits of the sched_switch program's running parts (`EP_SWITCH_OFF_CPU`, `EP_SWITCH_HISTS`).
+pub const SWITCH_OFF_CPU: u32 = 1;
+pub const SWITCH_HISTS: u32 = 2;
+
 /// Slots of each CPU's cache of scheduler histograms (`EP_HIST_CACHE_SLOTS`).
 pub const HIST_CACHE_SLOTS: u32 = 32;
 
@@ -626,6 +630,8 @@ mod tests {
         ("EP_OFF_MAX", OffCpuCounter::ALL.len() as i64),
         ("EP_HIST_SLOTS", HIST_SLOTS as i64),
         ("EP_HIST_CACHE_SLOTS", HIST_CACHE_SLOTS as i64),
+        ("EP_SWITCH_OFF_CPU", SWITCH_OFF_CPU as i64),
+        ("EP_SWITCH_HISTS", SWITCH_HISTS as i64),
         ("EP_HIST_RUNQ", HistKind::RunQueue as i64),
         ("EP_HIST_OFFCPU", HistKind::OffCpu as i64),
         ("EP_HIST_BLOCK", HistKind::BlockIo as i64),

@@ -79,8 +79,9 @@ pub struct LatencyCounters {
     pub recorded: u64,
     /// Durations recorded into an overflow histogram: too many keys.
     pub overflowed: u64,
-    /// Waits not tracked (no task storage for the thread, or too many block requests in
-    /// flight): those durations are lost.
+    /// Waits not tracked (no task storage for the thread, too many block requests in
+    /// flight, or a run-queue wait that ended before the thread's first switch-out seen):
+    /// those durations are lost.
     pub start_full: u64,
 }
 
@@ -161,7 +162,13 @@ impl LatencyHistograms {
             programs.extend_from_slice(SYSCALL_PROGRAMS);
         }
         for (name, tracepoint) in programs {
-            self.ebpf.attach_tracepoint(name, tracepoint, &btf)?;
+            if let Err(e) = self.ebpf.attach_tracepoint(name, tracepoint, &btf) {
+                // All or nothing: the ones attached already are let go.
+                for name in std::mem::take(&mut self.attached) {
+                    let _ = self.ebpf.detach_tracepoint(name);
+                }
+                return Err(e);
+            }
             self.attached.push(name);
         }
         tracing::debug!(syscalls = self.syscalls, "latency histograms attached");
@@ -175,11 +182,17 @@ impl LatencyHistograms {
         Ok(drain)
     }
 
-    /// Detaches every program and returns everything still in the kernel. Waits still in
-    /// progress at that moment are not counted: they have not ended.
+    /// Stops recording (the sched_switch program may stay attached for the off-CPU
+    /// profiler, with its histogram part off) and returns everything still in the kernel.
+    /// Waits still in progress at that moment are not counted, nor run-queue waits that
+    /// ended after their thread last left the CPU (they are recorded at its next
+    /// switch-out).
     pub fn stop(&mut self) -> Result<HistogramDrain, ProbeError> {
         let (ebpf, attached) = (&self.ebpf, &mut self.attached);
         let drain = self.buffers.stop(|| {
+            if attached.contains(&SCHED_SWITCH) {
+                ebpf.stop_switch_part(crate::abi::SWITCH_HISTS)?;
+            }
             for name in std::mem::take(attached) {
                 ebpf.detach_tracepoint(name)?;
             }
@@ -249,7 +262,7 @@ impl Buffer for HistBuffer {
             let mut h = Log2Histogram::new();
             h.add_slots(&value.slots, value.zero, value.sum_ns);
             match HistSeries::decode(&key) {
-                Some(series) => drain.series.push((series, h)),
+                Some(series) => drain.add(series, &h),
                 None => {
                     tracing::debug!(kind = key.kind, "histogram key of an unknown kind");
                     drain.unknown_kind += h.count();

@@ -149,6 +149,10 @@ impl Probes {
             None
         };
         let ebpf = SharedEbpf::new(ebpf);
+        ebpf.set_switch_parts(
+            u32::from(switch_off_cpu) * crate::abi::SWITCH_OFF_CPU
+                + u32::from(switch_hists) * crate::abi::SWITCH_HISTS,
+        )?;
         let cpu = match cpu {
             Some(_) => Some(CpuSampler::loaded(ebpf.clone(), ring.take())?),
             None => None,

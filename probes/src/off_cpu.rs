@@ -193,6 +193,8 @@ impl OffCpuProfiler {
         self.buffers.stop(|| {
             new_processes::unload_lifecycle(&mut ebpf.lock());
             if *attached {
+                // The histograms may keep the program attached.
+                ebpf.stop_switch_part(crate::abi::SWITCH_OFF_CPU)?;
                 ebpf.detach_tracepoint(PROGRAM)?;
                 *attached = false;
             }

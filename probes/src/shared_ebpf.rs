@@ -68,7 +68,11 @@ impl SharedEbpf {
             .try_into()
             .map_err(program_err)?;
         program.load(tracepoint, btf).map_err(program_err)?;
-        program.attach().map_err(program_err)?;
+        if let Err(e) = program.attach() {
+            // Loaded and not attached: unloaded again, so that a retry starts clean.
+            let _ = program.unload();
+            return Err(program_err(e));
+        }
         object.users.insert(name, 1);
         Ok(())
     }
@@ -97,3 +101,55 @@ impl SharedEbpf {
 
 /// The sched_switch program of the off-CPU profiler and the scheduler histograms.
 pub(crate) const SCHED_SWITCH: &str = "ep_sched_switch";
+
+/// Its parts running now (`ep_switch_on[0]`, bits `abi::SWITCH_*`).
+const SWITCH_ON: &str = "ep_switch_on";
+
+/// How long a program run that began before a change of `ep_switch_on` may still write:
+/// BPF programs run for microseconds without sleeping; this is generous.
+const SWITCH_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl SharedEbpf {
+    /// Sets which parts of the sched_switch program run (at load: the parts loaded).
+    pub(crate) fn set_switch_parts(&self, bits: u32) -> Result<(), ProbeError> {
+        let mut object = self.lock();
+        let map = object
+            .ebpf
+            .map_mut(SWITCH_ON)
+            .ok_or(ProbeError::MissingMap(SWITCH_ON))?;
+        let mut on: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map {
+                name: SWITCH_ON,
+                source,
+            })?;
+        on.set(0, bits, 0).map_err(|source| ProbeError::Map {
+            name: SWITCH_ON,
+            source,
+        })
+    }
+
+    /// Stops one part of the sched_switch program, which may stay attached for the other,
+    /// and waits until no run that began before can still write: its user's last drain
+    /// then reads buffers nothing writes to.
+    pub(crate) fn stop_switch_part(&self, bit: u32) -> Result<(), ProbeError> {
+        let mut object = self.lock();
+        let map = object
+            .ebpf
+            .map_mut(SWITCH_ON)
+            .ok_or(ProbeError::MissingMap(SWITCH_ON))?;
+        let mut on: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map {
+                name: SWITCH_ON,
+                source,
+            })?;
+        let map_err = |source| ProbeError::Map {
+            name: SWITCH_ON,
+            source,
+        };
+        let bits = on.get(&0, 0).map_err(map_err)?;
+        on.set(0, bits & !bit, 0).map_err(map_err)?;
+        drop(object);
+        std::thread::sleep(SWITCH_GRACE);
+        Ok(())
+    }
+}

@@ -46,9 +46,9 @@ pub fn fingerprint(
     addr: u64,
 ) -> Result<Fingerprint, ReadError> {
     Ok((
-        mem.u32_at(addr + off.code_argcount)?,
-        mem.u32_at(addr + off.code_flags)?,
-        mem.u32_at(addr + off.code_firstlineno)?,
+        mem.u32_at(addr.wrapping_add(off.code_argcount))?,
+        mem.u32_at(addr.wrapping_add(off.code_flags))?,
+        mem.u32_at(addr.wrapping_add(off.code_firstlineno))?,
     ))
 }
 
@@ -60,12 +60,12 @@ impl CodeInfo {
         code_type: u64,
         addr: u64,
     ) -> Result<CodeInfo, CodeError> {
-        let ty = mem.u64_at(addr + OB_TYPE)?;
+        let ty = mem.u64_at(addr.wrapping_add(OB_TYPE))?;
         if ty != code_type {
             return Err(CodeError::NotCode(ty));
         }
         let str_at = |field: u64, what: &'static str| -> Result<String, CodeError> {
-            let ptr = mem.u64_at(addr + field)?;
+            let ptr = mem.u64_at(addr.wrapping_add(field))?;
             read_str(mem, off, ptr).map_err(|source| CodeError::Str { what, source })
         };
         let name = str_at(off.code_name, "co_name")?;
@@ -74,7 +74,7 @@ impl CodeInfo {
             None => name.clone(),
         };
         let filename = str_at(off.code_filename, "co_filename")?;
-        let table = mem.u64_at(addr + off.code_linetable)?;
+        let table = mem.u64_at(addr.wrapping_add(off.code_linetable))?;
         let linetable = read_bytes(mem, off, table).map_err(|source| CodeError::Str {
             what: "co_linetable",
             source,

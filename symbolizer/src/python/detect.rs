@@ -56,7 +56,9 @@ impl DetectError {
             DetectError::File { .. } | DetectError::MissingSymbol { .. } => "file",
             DetectError::UnknownVersion { .. } => "unknown_version",
             DetectError::Unsupported { .. } => "unsupported_version",
-            DetectError::FreeThreaded { .. } | DetectError::DebugOffsets(_) => "free_threaded",
+            DetectError::FreeThreaded { .. }
+            | DetectError::DebugOffsets(DebugOffsetsError::FreeThreaded) => "free_threaded",
+            DetectError::DebugOffsets(_) => "debug_offsets",
             DetectError::Read(_) => "read",
         }
     }
@@ -89,14 +91,19 @@ pub fn detect(pid: u32) -> Result<Option<PythonRuntime>, DetectError> {
         .collect();
     // libpython before the executable: pyenv's `python3.X` is a stub linked to it.
     candidates.sort_by_key(|m| !file_name(&m.path).starts_with("libpython"));
+    // A file that cannot be read does not hide the next one; its error is reported if no
+    // other is found.
+    let mut failed = None;
     for first in candidates {
-        let Some(found) = read_symbols(pid, first)? else {
-            continue;
-        };
-        let (symbols, bias) = found;
-        return runtime_of(pid, first, &symbols, bias).map(Some);
+        match read_symbols(pid, first) {
+            Ok(Some((symbols, bias))) => return runtime_of(pid, first, &symbols, bias).map(Some),
+            Ok(None) => {}
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
     }
-    Ok(None)
+    failed.map_or(Ok(None), Err)
 }
 
 fn file_name(path: &str) -> &str {

@@ -237,7 +237,7 @@ pub fn from_debug_offsets(bytes: &[u8]) -> Result<(PyVersion, PyOffsets), DebugO
             str_length: at(552),
             str_ascii_data: ascii,
             // PyCompactUnicodeObject: PyASCIIObject, then utf8_length and utf8.
-            str_compact_data: ascii + 16,
+            str_compact_data: ascii.saturating_add(16),
             ..base
         },
     ))

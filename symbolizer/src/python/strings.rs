@@ -27,8 +27,8 @@ pub enum StrError {
 
 /// The `str` object at `addr`.
 pub fn read_str(mem: &impl Memory, off: &PyOffsets, addr: u64) -> Result<String, StrError> {
-    let length = mem.u64_at(addr + off.str_length)?;
-    let state = mem.u32_at(addr + off.str_state)?;
+    let length = mem.u64_at(addr.wrapping_add(off.str_length))?;
+    let state = mem.u32_at(addr.wrapping_add(off.str_state))?;
     if length > MAX_STR_CHARS {
         return Err(StrError::TooLong(length));
     }
@@ -40,14 +40,14 @@ pub fn read_str(mem: &impl Memory, off: &PyOffsets, addr: u64) -> Result<String,
     }
     if ascii {
         let mut buf = vec![0u8; length as usize];
-        mem.read(addr + off.str_ascii_data, &mut buf)?;
+        mem.read(addr.wrapping_add(off.str_ascii_data), &mut buf)?;
         return Ok(buf.iter().map(|&b| char::from(b & 0x7f)).collect());
     }
     if !matches!(kind, 1 | 2 | 4) {
         return Err(StrError::BadKind(kind));
     }
     let mut buf = vec![0u8; (length * u64::from(kind)) as usize];
-    mem.read(addr + off.str_compact_data, &mut buf)?;
+    mem.read(addr.wrapping_add(off.str_compact_data), &mut buf)?;
     Ok(match kind {
         1 => buf.iter().map(|&b| char::from(b)).collect(),
         2 => buf
@@ -67,11 +67,11 @@ pub fn read_str(mem: &impl Memory, off: &PyOffsets, addr: u64) -> Result<String,
 
 /// The contents of the `bytes` object at `addr`.
 pub fn read_bytes(mem: &impl Memory, off: &PyOffsets, addr: u64) -> Result<Vec<u8>, StrError> {
-    let len = mem.u64_at(addr + off.var_size)?;
+    let len = mem.u64_at(addr.wrapping_add(off.var_size))?;
     if len > MAX_BYTES {
         return Err(StrError::TooManyBytes(len));
     }
     let mut buf = vec![0u8; len as usize];
-    mem.read(addr + off.bytes_data, &mut buf)?;
+    mem.read(addr.wrapping_add(off.bytes_data), &mut buf)?;
     Ok(buf)
 }

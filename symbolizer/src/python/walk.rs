@@ -34,20 +34,20 @@ pub fn walk_threads(
     runtime: u64,
 ) -> Result<Vec<PyThread>, ReadError> {
     let mut threads = Vec::new();
-    let mut interp = mem.u64_at(runtime + off.runtime_interpreters_head)?;
+    let mut interp = mem.u64_at(runtime.wrapping_add(off.runtime_interpreters_head))?;
     for _ in 0..MAX_INTERPRETERS {
         if interp == 0 {
             break;
         }
-        let mut tstate = mem.u64_at(interp + off.interp_threads_head)?;
+        let mut tstate = mem.u64_at(interp.wrapping_add(off.interp_threads_head))?;
         while tstate != 0 && threads.len() < MAX_THREADS {
             threads.push(PyThread {
-                thread_id: mem.u64_at(tstate + off.tstate_thread_id)?,
+                thread_id: mem.u64_at(tstate.wrapping_add(off.tstate_thread_id))?,
                 frames: walk_frames(mem, off, tstate)?,
             });
-            tstate = mem.u64_at(tstate + off.tstate_next)?;
+            tstate = mem.u64_at(tstate.wrapping_add(off.tstate_next))?;
         }
-        interp = mem.u64_at(interp + off.interp_next)?;
+        interp = mem.u64_at(interp.wrapping_add(off.interp_next))?;
     }
     Ok(threads)
 }
@@ -59,10 +59,10 @@ pub fn walk_frames(
     off: &PyOffsets,
     tstate: u64,
 ) -> Result<Vec<PyFrame>, ReadError> {
-    let mut frame = mem.u64_at(tstate + off.tstate_frame)?;
+    let mut frame = mem.u64_at(tstate.wrapping_add(off.tstate_frame))?;
     if let Some(current) = off.cframe_current_frame {
         if frame != 0 {
-            frame = mem.u64_at(frame + current)?;
+            frame = mem.u64_at(frame.wrapping_add(current))?;
         }
     }
     let mut frames = Vec::new();
@@ -71,18 +71,18 @@ pub fn walk_frames(
             break;
         }
         let shim = match off.entry {
-            EntryMarker::CStackOwner(owner) => mem.u8_at(frame + owner)? == 3,
+            EntryMarker::CStackOwner(owner) => mem.u8_at(frame.wrapping_add(owner))? == 3,
             EntryMarker::None | EntryMarker::IsEntry(_) => false,
         };
         if !shim {
-            let code = mem.u64_at(frame + off.frame_code)?;
-            let raw = mem.u64_at(frame + off.frame_instr)?;
+            let code = mem.u64_at(frame.wrapping_add(off.frame_code))?;
+            let raw = mem.u64_at(frame.wrapping_add(off.frame_instr))?;
             frames.push(PyFrame {
                 code,
                 index: instruction_index(off, code, raw),
             });
         }
-        frame = mem.u64_at(frame + off.frame_previous)?;
+        frame = mem.u64_at(frame.wrapping_add(off.frame_previous))?;
     }
     Ok(frames)
 }
