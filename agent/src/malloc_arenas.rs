@@ -18,13 +18,3 @@ pub fn use_one() {
         }
     }
 }
-
-/// Gives the heap's free pages back to the system: at the end of an export interval, when
-/// the interval's stacks and processes were just let go.
-pub fn trim() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory; it is safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

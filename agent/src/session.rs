@@ -421,7 +421,8 @@ impl Session {
             p.clear();
         }
         self.symbolizer.forget_exited();
-        crate::malloc_arenas::trim();
+        // What the interval's stacks and processes held goes back to the system.
+        emberprof_symbolizer::heap::give_back_freed();
     }
 
     /// Changes which per-process and per-thread attributes leave emberprof from the next

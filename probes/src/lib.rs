@@ -8,15 +8,15 @@
 pub mod abi;
 mod bpf_map;
 pub mod preflight;
-mod shared_ebpf;
 pub mod syscalls;
 
 mod error;
 mod hist_series;
 
-// Typed map access, and the PID filter every program shares.
+// Typed map access, the PID filter every program shares, the loaded object.
 mod maps;
 mod pid_filter;
+mod shared_ebpf;
 
 // What the loaders share: the buffer switch, process announcements, start checks, the
 // unwinder's maps.
