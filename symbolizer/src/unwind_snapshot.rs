@@ -18,6 +18,33 @@ use crate::vdso::Vdso;
 /// Our vdso, read once for every plan (the symbolizer keeps its own).
 static VDSO: std::sync::OnceLock<Option<Vdso>> = std::sync::OnceLock::new();
 
+/// The ELF headers of files met in earlier plans, by identity: a host starting many
+/// processes of the same few files would otherwise read the same headers (a fraction of a
+/// millisecond each) for every process. `None`: not an ELF file we can place.
+static ELF_INFOS: std::sync::Mutex<Option<HashMap<Identity, Option<std::sync::Arc<ElfInfo>>>>> =
+    std::sync::Mutex::new(None);
+
+/// Files whose headers are kept; past that the cache starts again (a file's identity
+/// changes when it is replaced, so old entries would only be wasted room).
+const ELF_INFO_LIMIT: usize = 4096;
+
+/// The headers of `file` (identity `identity`), read once per identity.
+fn elf_info(file: &File, identity: Identity) -> Option<std::sync::Arc<ElfInfo>> {
+    let mut cache = ELF_INFOS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(info) = cache.get(&identity) {
+        return info.clone();
+    }
+    if cache.len() >= ELF_INFO_LIMIT {
+        cache.clear();
+    }
+    let info = ElfInfo::read(&fd_path(file)).ok().map(std::sync::Arc::new);
+    cache.insert(identity, info.clone());
+    info
+}
+
 /// A captured process's executable file mappings with their files, for the unwind loader
 /// (on a thread of its own: compiling a large table takes longer than a capture).
 pub struct UnwindPlan {
@@ -53,7 +80,6 @@ impl ProcessSnapshot {
         if !self.alive {
             return None;
         }
-        let mut infos: HashMap<Identity, Option<ElfInfo>> = HashMap::new();
         let mut entries: Vec<(&crate::maps::MapsEntry, Option<(&File, Identity)>)> = self
             .entries
             .iter()
@@ -86,9 +112,7 @@ impl ProcessSnapshot {
             let Some((file, identity)) = opened else {
                 continue;
             };
-            let info = infos
-                .entry(*identity)
-                .or_insert_with(|| ElfInfo::read(&fd_path(file)).ok());
+            let info = elf_info(file, *identity);
             let Some(vaddr) = info.as_ref().and_then(|i| {
                 i.mapping_address(entry.offset, entry.end.saturating_sub(entry.start))
             }) else {
@@ -111,4 +135,21 @@ impl ProcessSnapshot {
 /// The open file by its descriptor: it stays readable after the process is gone.
 fn fd_path(file: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_files_headers_are_read_once_per_identity() {
+        let exe = std::env::current_exe().unwrap();
+        let file = File::open(&exe).unwrap();
+        let meta = file.metadata().unwrap();
+        let identity = (meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec());
+        let first = elf_info(&file, identity).expect("our own executable is ELF");
+        let again = elf_info(&file, identity).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again));
+        assert!(!first.segments.is_empty());
+    }
 }
