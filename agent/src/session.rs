@@ -277,6 +277,8 @@ impl Session {
             }
         }
         self.observe();
+        // What symbolizing the drain parsed and let go goes back to the system.
+        emberprof_symbolizer::heap::give_back_freed();
         Ok(())
     }
 
