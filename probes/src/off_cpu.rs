@@ -20,6 +20,8 @@ use crate::profiler::{announce_lost, health_of, unwind_cut, Drained, HealthRow, 
 use crate::shared_ebpf::SharedEbpf;
 use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::shared_ebpf::SCHED_SWITCH as PROGRAM;
 pub(crate) const COUNT_MAPS: [&str; 2] = ["ep_off_counts_0", "ep_off_counts_1"];
@@ -130,6 +132,8 @@ pub struct OffCpuProfiler {
     counters: PerCpuCounters,
     attached: bool,
     new_processes: Option<NewProcesses>,
+    /// Blocks drained with their stacks since load (see `BlockBuffer::drained`).
+    drained: Arc<AtomicU64>,
 }
 
 impl OffCpuProfiler {
@@ -147,11 +151,12 @@ impl OffCpuProfiler {
         ebpf: SharedEbpf,
         new_processes: Option<NewProcesses>,
     ) -> Result<Self, ProbeError> {
+        let drained = Arc::new(AtomicU64::new(0));
         let (buffers, counters) = {
             let mut object = ebpf.lock();
             let buffers = [
-                BlockBuffer::take(&mut object, 0)?,
-                BlockBuffer::take(&mut object, 1)?,
+                BlockBuffer::take(&mut object, 0, drained.clone())?,
+                BlockBuffer::take(&mut object, 1, drained.clone())?,
             ];
             let buffers = DoubleBuffer::take(&mut object, "ep_off_control", buffers)?;
             let counters = PerCpuCounters::take(&mut object, "ep_off_counters")?;
@@ -163,6 +168,7 @@ impl OffCpuProfiler {
             counters,
             attached: false,
             new_processes,
+            drained,
         })
     }
 
@@ -225,12 +231,16 @@ struct BlockBuffer {
     stacks: MapData,
     shorts: MapData,
     i: usize,
+    /// Blocks handed to user space with their stacks, over both buffers since load: equal
+    /// to the kernel's `blocks` counter when nothing was lost between them.
+    drained: Arc<AtomicU64>,
 }
 
 impl BlockBuffer {
     /// Takes buffer `i`'s maps out of the loaded object.
-    fn take(ebpf: &mut Ebpf, i: usize) -> Result<Self, ProbeError> {
+    fn take(ebpf: &mut Ebpf, i: usize, drained: Arc<AtomicU64>) -> Result<Self, ProbeError> {
         Ok(BlockBuffer {
+            drained,
             counts: take_hash(ebpf, COUNT_MAPS[i])?,
             stacks: take_hash(ebpf, STACK_MAPS[i])?,
             shorts: take_hash(ebpf, SHORT_MAPS[i])?,
@@ -247,6 +257,7 @@ impl Buffer for BlockBuffer {
             drain_hash(self.counts.fd().as_fd(), COUNT_MAPS[self.i])?
                 .into_iter()
                 .collect();
+        let drained = &self.drained;
         // Stacks are 2 KB each: joined one by one as they are read, never all held.
         drain_hash_each(
             self.stacks.fd().as_fd(),
@@ -254,6 +265,7 @@ impl Buffer for BlockBuffer {
             |id: u64, key: OffCpuKey| {
                 if let Some(value) = counts.remove(&id) {
                     out.push(sample_of(&key, value.total_ns));
+                    drained.fetch_add(value.blocks, Ordering::Relaxed);
                 }
             },
         )?;
@@ -387,6 +399,7 @@ impl Profiler for OffCpuProfiler {
             ("short", k.short),
             ("reused", k.reused),
             ("stale", k.stale),
+            ("blocks_drained", self.drained.load(Ordering::Relaxed)),
         ])
     }
 

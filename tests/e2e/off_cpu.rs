@@ -6,7 +6,8 @@ use emberprof_exporters::pprof::validate;
 use pprof::protos::{self, Message};
 
 use crate::support::{
-    bpf_test, read_folded, record, record_around, record_with_env, total_under, Workload,
+    bpf_test, read_folded, record, record_around, record_pid, record_with_env, total_under,
+    Workload,
 };
 
 const MS: u64 = 1_000_000;
@@ -34,6 +35,7 @@ crate::harness::tests![
     blocks_under_the_minimum_are_counted_per_process,
     nothing_a_user_cannot_act_on_is_logged_at_start,
     the_periodic_walk_finds_callers_beyond_the_checked_ones,
+    every_block_counted_is_in_the_profile_even_while_switching_at_stop,
 ];
 
 fn nanosleep_time_is_attributed_to_the_sleeping_function() {
@@ -383,4 +385,24 @@ fn the_periodic_walk_finds_callers_beyond_the_checked_ones() {
         b as f64 / 1e6,
         n * 2
     );
+}
+
+/// Nothing the kernel credited is lost between it and the profile: the kernel's count of
+/// credited blocks equals the blocks drained with their stacks, with a workload switching
+/// 100 000 times a second up to the stop and the histograms sharing the switch program
+/// (which stays attached for them after the off-CPU profiler's last drain).
+fn every_block_counted_is_in_the_profile_even_while_switching_at_stop() {
+    let Some(_serial) = bpf_test() else { return };
+    let w = Workload::start(&["pingpong", "1", "1000000000"]);
+    let rec = record_pid(
+        "switching-at-stop.folded",
+        w.pid(),
+        2,
+        &["--off-cpu", "--histograms"],
+    );
+    drop(w);
+    let counted = rec.summary_of("offcpu", "blocks");
+    let drained = rec.summary_of("offcpu", "blocks_drained");
+    assert!(counted > 10_000, "{counted} blocks in 2 s of ping-pong");
+    assert_eq!(counted, drained, "blocks counted by the kernel vs drained");
 }
