@@ -109,46 +109,38 @@ const SWITCH_ON: &str = "ep_switch_on";
 /// BPF programs run for microseconds without sleeping; this is generous.
 const SWITCH_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
 
+fn switch_err(source: aya::maps::MapError) -> ProbeError {
+    ProbeError::Map {
+        name: SWITCH_ON,
+        source,
+    }
+}
+
 impl SharedEbpf {
-    /// Sets which parts of the sched_switch program run (at load: the parts loaded).
-    pub(crate) fn set_switch_parts(&self, bits: u32) -> Result<(), ProbeError> {
+    /// Changes which parts of the sched_switch program run: `update` gets the bits now
+    /// and returns the new ones.
+    fn update_switch_parts(&self, update: impl FnOnce(u32) -> u32) -> Result<(), ProbeError> {
         let mut object = self.lock();
         let map = object
             .ebpf
             .map_mut(SWITCH_ON)
             .ok_or(ProbeError::MissingMap(SWITCH_ON))?;
         let mut on: aya::maps::Array<_, u32> =
-            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map {
-                name: SWITCH_ON,
-                source,
-            })?;
-        on.set(0, bits, 0).map_err(|source| ProbeError::Map {
-            name: SWITCH_ON,
-            source,
-        })
+            aya::maps::Array::try_from(map).map_err(switch_err)?;
+        let bits = on.get(&0, 0).map_err(switch_err)?;
+        on.set(0, update(bits), 0).map_err(switch_err)
+    }
+
+    /// Sets which parts of the sched_switch program run (at load: the parts loaded).
+    pub(crate) fn set_switch_parts(&self, bits: u32) -> Result<(), ProbeError> {
+        self.update_switch_parts(|_| bits)
     }
 
     /// Stops one part of the sched_switch program, which may stay attached for the other,
     /// and waits until no run that began before can still write: its user's last drain
     /// then reads buffers nothing writes to.
     pub(crate) fn stop_switch_part(&self, bit: u32) -> Result<(), ProbeError> {
-        let mut object = self.lock();
-        let map = object
-            .ebpf
-            .map_mut(SWITCH_ON)
-            .ok_or(ProbeError::MissingMap(SWITCH_ON))?;
-        let mut on: aya::maps::Array<_, u32> =
-            aya::maps::Array::try_from(map).map_err(|source| ProbeError::Map {
-                name: SWITCH_ON,
-                source,
-            })?;
-        let map_err = |source| ProbeError::Map {
-            name: SWITCH_ON,
-            source,
-        };
-        let bits = on.get(&0, 0).map_err(map_err)?;
-        on.set(0, bits & !bit, 0).map_err(map_err)?;
-        drop(object);
+        self.update_switch_parts(|bits| bits & !bit)?;
         std::thread::sleep(SWITCH_GRACE);
         Ok(())
     }
