@@ -157,25 +157,41 @@ fn the_reader_names_every_frame_of_a_live_interpreter_as_its_traceback_does() {
             .unwrap_or_else(|e| panic!("{}: {e}", python.display()))
             .unwrap_or_else(|| panic!("{}: not detected", python.display()));
         let mem = ProcessMemory::new(pid);
-        // The worker prints before it sleeps; give it the moment to get there.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let threads = python::walk_threads(&mem, &rt.offsets, rt.runtime).unwrap();
-        assert!(threads.len() >= 2, "{}: {threads:?}", python.display());
-        let worker = threads
-            .iter()
-            .find(|t| t.thread_id == script.thread_id)
-            .unwrap_or_else(|| panic!("{}: no thread {}", python.display(), script.thread_id));
-        let named: Vec<(String, String, u32, String)> = worker
-            .frames
-            .iter()
-            .map(|f| {
-                let code = CodeInfo::read(&mem, &rt.offsets, rt.code_type, f.code)
-                    .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
-                let line = code.line(f.index);
-                (code.name, code.filename, line, code.qualname)
-            })
-            .rev()
-            .collect();
+        // The worker prints, then gets to its sleep: walk until the walk shows it there
+        // (a busy VM may take a while), and compare the last walk.
+        let walk = || -> Result<Vec<(String, String, u32, String)>, String> {
+            let threads =
+                python::walk_threads(&mem, &rt.offsets, rt.runtime).map_err(|e| e.to_string())?;
+            let worker = threads
+                .iter()
+                .find(|t| t.thread_id == script.thread_id)
+                .ok_or_else(|| format!("no thread {} in {threads:?}", script.thread_id))?;
+            worker
+                .frames
+                .iter()
+                .rev()
+                .map(|f| {
+                    let code = CodeInfo::read(&mem, &rt.offsets, rt.code_type, f.code)
+                        .map_err(|e| e.to_string())?;
+                    let line = code.line(f.index);
+                    Ok((code.name, code.filename, line, code.qualname))
+                })
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let named = loop {
+            let walked = walk();
+            let done = walked.as_ref().is_ok_and(|named| {
+                named
+                    .iter()
+                    .map(|(n, f, l, _)| (n.clone(), f.clone(), *l))
+                    .eq(script.frames.iter().cloned())
+            });
+            if done || std::time::Instant::now() > deadline {
+                break walked.unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         let got: Vec<(String, String, u32)> = named
             .iter()
             .map(|(n, f, l, _)| (n.clone(), f.clone(), *l))
