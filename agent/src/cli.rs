@@ -206,6 +206,10 @@ pub struct UnwindArgs {
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_UNWIND_TABLE_MIB,
           value_parser = clap::value_parser!(u32).range(1..=MAX_UNWIND_TABLE_MIB))]
     pub unwind_table_mib: u32,
+    /// Do not walk Python stacks: processes running CPython (3.10-3.13) are profiled with
+    /// their native frames only (the interpreter's C functions).
+    #[arg(long)]
+    pub no_python: bool,
 }
 
 impl UnwindArgs {

@@ -142,6 +142,7 @@ mod tests {
             kernel_thread,
             user: CapturedStack::None,
             kernel: CapturedStack::Lost(StackLoss::MapFull),
+            interpreted: CapturedStack::None,
             value: 2,
         }
     }

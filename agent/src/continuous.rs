@@ -51,6 +51,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         crate::http::OnDemand {
             profile_self: args.symbols.profile_self,
             unwind_entries: args.unwind.entries(),
+            python: !args.unwind.no_python,
         },
         status.clone(),
     )?;
@@ -97,6 +98,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         attributes: true,
         start: SystemTime::now(),
         count_map_entries: args.maps.count_map_entries,
+        python: !args.unwind.no_python,
     })?;
     select(selection.as_ref(), &mut session);
     publish(&status, &session, &sinks)?;
@@ -313,7 +315,7 @@ fn apply_reload(
         needs_restart.push("map sizes and drain interval");
     }
     if new.unwind != args.unwind {
-        needs_restart.push("unwind/unwind_table_mib");
+        needs_restart.push("unwind/unwind_table_mib/no_python");
     }
     args.interval = new.interval;
     args.shutdown_timeout = new.shutdown_timeout;

@@ -16,6 +16,7 @@ mod metadata;
 mod output;
 mod pprof_dir;
 mod progress;
+mod python_procs;
 mod record;
 mod selection;
 mod session;

@@ -100,6 +100,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         attributes: !sinks.is_empty(),
         start,
         count_map_entries: args.maps.count_map_entries,
+        python: !args.unwind.no_python,
     })?;
     let started = Instant::now();
     tracing::info!(

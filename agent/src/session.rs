@@ -21,6 +21,7 @@ use crate::health::{self, Sources};
 use crate::histograms::Histograms;
 use crate::metadata::attributes::ExtraAttributes;
 use crate::metadata::process::process_attributes;
+use crate::python_procs::{PythonTracker, SharedPython};
 use crate::timings::{IntervalSize, IntervalTimings};
 use crate::unwind_loader::{SharedUnwind, UnwindState, UnwindStats};
 use crate::watcher::ProcessWatcher;
@@ -47,6 +48,8 @@ pub struct SessionConfig {
     pub start: SystemTime,
     /// Entries of each kernel count map, for how full they got.
     pub count_map_entries: u32,
+    /// Walk the Python stacks of processes running CPython (with the CPU sampler).
+    pub python: bool,
 }
 
 /// A span ended: its profiles (one per kind), start and end.
@@ -99,6 +102,8 @@ pub struct Session {
     /// The unwind tables written to the kernel's walker (whose maps the CPU sampler and
     /// the off-CPU profiler share), also written by the watcher at announcements.
     unwind: SharedUnwind,
+    /// The processes listed in the kernel's Python walker (`None`: `--no-python`).
+    python: Option<SharedPython>,
 }
 
 impl Session {
@@ -111,6 +116,7 @@ impl Session {
         let mut unwind = crate::unwind_loader::UnwindLoader::new(unwind_entries);
         let mut unwind_maps = None;
         let mut histograms = None;
+        let mut python = None;
         if config.cpu.is_some() || config.off_cpu.is_some() || config.latency.is_some() {
             let what = [
                 config.cpu.as_ref().map(|_| "the CPU sampler"),
@@ -156,6 +162,9 @@ impl Session {
                 histograms = Some((probe, Histograms::new(c.syscalls)));
             }
             unwind_maps = Some(probes.unwind);
+            if config.python && config.cpu.is_some() {
+                python = Some(Arc::new(Mutex::new(PythonTracker::new(probes.python))));
+            }
         }
         let unwind = Arc::new(Mutex::new(UnwindState {
             loader: unwind,
@@ -164,7 +173,7 @@ impl Session {
         let watcher = runs
             .iter_mut()
             .find_map(|r| r.profiler.take_new_processes())
-            .and_then(|ring| ProcessWatcher::start(ring, unwind.clone()));
+            .and_then(|ring| ProcessWatcher::start(ring, unwind.clone(), python.clone()));
         let mut session = Session {
             runs,
             histograms,
@@ -177,6 +186,7 @@ impl Session {
             count_map_entries: config.count_map_entries,
             timings: IntervalTimings::default(),
             unwind,
+            python,
         };
         session.load_unwind_tables();
         Ok(session)
@@ -264,6 +274,7 @@ impl Session {
                 // can take far longer (the first time a file's symbols are read).
                 self.symbolizer.observe_samples(samples);
                 self.load_unwind_tables();
+                self.observe_python(samples);
             }
             self.add(i, drained);
         }
@@ -280,6 +291,22 @@ impl Session {
         // What symbolizing the drain parsed and let go goes back to the system.
         emberprof_symbolizer::heap::give_back_freed();
         Ok(())
+    }
+
+    /// Looks for Python in the processes sampled whose announcement was lost, and takes
+    /// out those gone.
+    fn observe_python(&mut self, samples: &[emberprof_model::KernelSample]) {
+        let Some(python) = &self.python else {
+            return;
+        };
+        let mut tracker = python
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tracker.prune();
+        let own = std::process::id();
+        for s in samples.iter().filter(|s| !s.kernel_thread && s.pid != own) {
+            tracker.observe(s.pid, s.exec_id);
+        }
     }
 
     /// Adds what run `i` drained to its profile.
@@ -479,6 +506,15 @@ impl Session {
             let fill = r.collected.max_drained as f64 / f64::from(self.count_map_entries.max(1));
             health::map_fill(r.kind, fill)
         }));
+        if let Some(python) = &self.python {
+            let tracker = python
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            out.extend(tracker.health());
+            out.extend(crate::python_procs::name_health(
+                &self.symbolizer.python_stats(),
+            ));
+        }
         let stats = self.symbolizer.stats();
         out.extend(health::counters(&Sources {
             symbolizer: &stats,

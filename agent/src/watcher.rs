@@ -14,6 +14,7 @@ use emberprof_probes::NewProcesses;
 use emberprof_symbolizer::{ProcessSnapshot, Symbolizer, UnwindPlan};
 
 use crate::metadata::process::process_attributes;
+use crate::python_procs::SharedPython;
 use crate::unwind_loader::{SharedUnwind, UnwindState};
 
 /// What was read of one process while it ran.
@@ -39,7 +40,11 @@ const PLAN_QUEUE: usize = 1024;
 impl ProcessWatcher {
     /// Starts watching announcements (the CPU sampler's, else an off-CPU profiler's started
     /// with `announce`).
-    pub fn start(announcements: NewProcesses, unwind: SharedUnwind) -> Option<ProcessWatcher> {
+    pub fn start(
+        announcements: NewProcesses,
+        unwind: SharedUnwind,
+        python: Option<SharedPython>,
+    ) -> Option<ProcessWatcher> {
         let (send, captured) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -72,7 +77,7 @@ impl ProcessWatcher {
         let thread = std::thread::Builder::new()
             .name("ep-procwatch".into())
             .spawn(move || {
-                watch(announcements, &stopping, |c| {
+                watch(announcements, &stopping, python, |c| {
                     if planning {
                         if let Some(plan) = c.snapshot.unwind_plan() {
                             let _ = plans.try_send((c.pid, plan));
@@ -130,6 +135,7 @@ impl Drop for ProcessWatcher {
 fn watch(
     mut announcements: NewProcesses,
     stop: &AtomicBool,
+    python: Option<SharedPython>,
     mut send: impl FnMut(Captured) -> bool,
 ) {
     let own = std::process::id();
@@ -138,6 +144,14 @@ fn watch(
             let pid = a.tgid;
             if pid == own {
                 continue;
+            }
+            // Before the capture: the sooner it is listed, the fewer of its first samples
+            // lack their Python frames.
+            if let Some(python) = &python {
+                python
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .observe(pid, a.exec_id);
             }
             let comm = a.comm_str();
             // Gone already, the snapshot still carries the announced name and image.

@@ -72,6 +72,9 @@ pub struct KernelSample {
     pub kernel_thread: bool,
     pub user: CapturedStack,
     pub kernel: CapturedStack,
+    /// The interpreter's own stack (Python), as its walker recorded it: entries the
+    /// symbolizer decodes and places among the user frames.
+    pub interpreted: CapturedStack,
     pub value: u64,
 }
 
@@ -93,6 +96,7 @@ impl KernelSample {
             kernel_thread: false,
             user: stack(user),
             kernel: stack(kernel),
+            interpreted: CapturedStack::None,
             value: 1,
         }
     }

@@ -11,8 +11,8 @@ pub enum FrameKind {
     Native,
     /// Kernel code.
     Kernel,
-    /// A function of an interpreter's own program (a Python function, say).
-    Interpreted,
+    /// A Python function, run by CPython's eval loop.
+    Python,
     /// Not code: a marker standing where a stack was lost or cut.
     Synthetic,
 }
@@ -23,7 +23,7 @@ impl FrameKind {
         match self {
             FrameKind::Native => "native",
             FrameKind::Kernel => "kernel",
-            FrameKind::Interpreted => "interpreted",
+            FrameKind::Python => "cpython",
             FrameKind::Synthetic => "abort-marker",
         }
     }

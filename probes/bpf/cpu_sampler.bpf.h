@@ -122,12 +122,40 @@ static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 
 	*id = h;
 }
 
-static __always_inline void ep_record(void *ctx, struct ep_sample_key *key, void *stacks, void *counts)
+/* Walks and stores the thread's Python stack, if its process runs Python (python.bpf.h). */
+static __always_inline void ep_py_stack(__u32 tgid, void *stacks, __u64 *id)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 zero = 0, status;
+	struct ep_stack *buf = bpf_map_lookup_elem(&ep_stack_scratch, &zero);
+
+	if (!buf)
+		return;
+	long n = ep_py_walk(task, tgid, buf, &status);
+	if (status == EP_PY_NOT_PYTHON)
+		return;
+	ep_count(EP_CNT_PY_SAMPLES);
+	if (status != EP_PY_OK)
+		ep_count(EP_CNT_PY_NO_THREAD + status - EP_PY_NO_THREAD);
+	if (n <= 0)
+		return;
+	__u64 h = ep_stack_hash(buf, (__u32)n);
+	long r = bpf_map_update_elem(stacks, &h, buf, BPF_NOEXIST);
+	if (r && r != -EP_EEXIST) {
+		ep_count(r == -EP_E2BIG ? EP_CNT_PY_STACK_FULL : EP_CNT_STACK_ERROR);
+		return;
+	}
+	*id = h;
+}
+
+static __always_inline void ep_record(void *ctx, struct ep_sample_key *key, void *stacks,
+				      void *counts)
 {
 	ep_stack(ctx, key->tgid, stacks, BPF_F_USER_STACK, EP_CNT_USER_STACK_MAP_FULL,
 		 &key->user_stack, &key->user_err);
 	ep_stack(ctx, key->tgid, stacks, 0, EP_CNT_KERNEL_STACK_MAP_FULL, &key->kernel_stack,
 		 &key->kernel_err);
+	ep_py_stack(key->tgid, stacks, &key->py_stack);
 
 	__u64 *count = bpf_map_lookup_elem(counts, key);
 	if (count) {

@@ -12,6 +12,7 @@
 #include "emberprof.h"
 #include "common.bpf.h"
 #include "unwind.bpf.h"
+#include "python.bpf.h"
 #include "announce.bpf.h"
 #include "cpu_sampler.bpf.h"
 #include "off_cpu.bpf.h"

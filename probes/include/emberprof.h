@@ -70,6 +70,12 @@ struct ep_sample_key {
 	__u32 exec_id;
 	/* EP_KEY_* bits. */
 	__u32 flags;
+	/*
+	 * Hash of the thread's Python stack (struct ep_py_proc), its key in the stack map; 0
+	 * when the process runs no Python known to the walker, or the thread runs no Python
+	 * code.
+	 */
+	__u64 py_stack;
 };
 
 /* `flags` of a sample or off-CPU key: the thread is a kernel thread (PF_KTHREAD). */
@@ -111,7 +117,17 @@ enum ep_counter {
 	EP_CNT_UNWIND_NO_RULE = 7,
 	EP_CNT_UNWIND_BAD_READ = 8,
 	EP_CNT_UNWIND_DEPTH = 9,
-	EP_CNT_MAX = 10,
+	/* Samples of a thread of a Python process (ep_py_procs) and how their walk went. */
+	EP_CNT_PY_SAMPLES = 10,
+	/* The thread has no thread state (not a Python thread, or not bound yet). */
+	EP_CNT_PY_NO_THREAD = 11,
+	/* The walk read something it could not (the frame chain changed under it). */
+	EP_CNT_PY_BAD_READ = 12,
+	/* More Python frames than a stack holds. */
+	EP_CNT_PY_DEPTH = 13,
+	/* The Python stack found no room in the stack map. */
+	EP_CNT_PY_STACK_FULL = 14,
+	EP_CNT_MAX = 15,
 };
 
 /*
@@ -381,6 +397,72 @@ struct ep_unwind_proc {
 	__u32 reserved;
 	/* Sorted by start. */
 	struct ep_unwind_mapping mappings[EP_UNWIND_MAPPINGS];
+};
+
+/*
+ * Python (CPython 3.10-3.13): where a process's interpreter keeps its threads and frames,
+ * written by user space for each process found running it. The walker finds the sampled
+ * thread's state in the interpreters' thread lists by its pthread_self() (the task's fs
+ * base), then follows the frame chain and records each frame's code object and position.
+ * Offsets are bytes into the named structure.
+ */
+#define EP_PY_PROCS 4096
+/* Threads of all interpreters a walk looks through for the sampled one. */
+#define EP_PY_MAX_THREADS 512
+/* Bytes of a frame read at once: every field the walker needs lies within. */
+#define EP_PY_FRAME_READ 112
+/* No such field (ep_py_proc.cframe_current). */
+#define EP_PY_NO_FIELD 0xffff
+
+/* ep_py_proc.entry_kind: how the frames that start an eval-loop call are told. */
+#define EP_PY_ENTRY_EVERY 0    /* every frame is one call of the eval loop (3.10) */
+#define EP_PY_ENTRY_FLAG 1     /* a bool at entry_offset marks the call's first frame (3.11) */
+#define EP_PY_ENTRY_SHIM 2     /* a shim frame, owner byte at entry_offset == 3 (3.12+) */
+
+/* ep_py_proc.instr_kind */
+#define EP_PY_INSTR_LASTI 0    /* an int: the index of the last instruction (3.10) */
+#define EP_PY_INSTR_PTR 1      /* a pointer into the code object's inline bytecode (3.11+) */
+
+/*
+ * A Python stack's entries, innermost first: a frame is its code object's address in the
+ * low 48 bits and its instruction index + 1 in the high 16 (0: not started; saturated),
+ * EP_PY_ENTRY follows the frame that entered the eval loop (one native eval frame holds
+ * the frames since the previous one), and a walk that stopped early ends in EP_PY_CUT_*.
+ * None of these small values is an object address.
+ */
+#define EP_PY_ENTRY 1ULL
+#define EP_PY_CUT_READ 2ULL
+#define EP_PY_CUT_DEPTH 3ULL
+#define EP_PY_ADDR_MASK 0xffffffffffffULL
+#define EP_PY_INDEX_SHIFT 48
+
+struct ep_py_proc {
+	/* Where _PyRuntime is in the process. */
+	__u64 runtime;
+	/* PY_VERSION_HEX, for diagnostics. */
+	__u32 version;
+	__u8 entry_kind;
+	__u8 instr_kind;
+	__u16 entry_offset;
+	/* _PyRuntime.interpreters.head, PyInterpreterState.next, its thread list head. */
+	__u16 interp_head;
+	__u16 interp_next;
+	__u16 interp_threads;
+	/* PyThreadState.next, .thread_id, and its top frame (or cframe) pointer. */
+	__u16 tstate_next;
+	__u16 tstate_thread_id;
+	__u16 tstate_frame;
+	/* _PyCFrame.current_frame (3.11, 3.12), else EP_PY_NO_FIELD. */
+	__u16 cframe_current;
+	/* The frame's code object, caller, position. */
+	__u16 frame_code;
+	__u16 frame_previous;
+	__u16 frame_instr;
+	/* co_code_adaptive: where a 3.11+ position pointer's code units start. */
+	__u16 code_adaptive;
+	/* Bytes of a frame the walker reads: past the last field it needs, at most
+	 * EP_PY_FRAME_READ (a 3.11+ frame may end where its memory does). */
+	__u16 frame_size;
 };
 
 #endif

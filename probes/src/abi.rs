@@ -38,6 +38,8 @@ pub struct SampleKey {
     pub exec_id: u32,
     /// `KEY_*` bits.
     pub flags: u32,
+    /// Hash of the thread's Python stack in the stack map; 0 when it has none.
+    pub py_stack: u64,
 }
 
 /// `EP_KEY_KTHREAD`: the sampled thread is a kernel thread.
@@ -135,6 +137,11 @@ pub enum Counter {
     UnwindNoRule = 7,
     UnwindBadRead = 8,
     UnwindDepth = 9,
+    PySamples = 10,
+    PyNoThread = 11,
+    PyBadRead = 12,
+    PyDepth = 13,
+    PyStackFull = 14,
 }
 
 impl From<Counter> for u32 {
@@ -145,7 +152,7 @@ impl From<Counter> for u32 {
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 15] = [
         Counter::Samples,
         Counter::Idle,
         Counter::UserStackMapFull,
@@ -156,8 +163,69 @@ impl Counter {
         Counter::UnwindNoRule,
         Counter::UnwindBadRead,
         Counter::UnwindDepth,
+        Counter::PySamples,
+        Counter::PyNoThread,
+        Counter::PyBadRead,
+        Counter::PyDepth,
+        Counter::PyStackFull,
     ];
 }
+
+/// Processes the Python walker can hold (`EP_PY_PROCS`).
+pub const PY_PROCS: usize = 4096;
+/// Threads a walk looks through for the sampled one (`EP_PY_MAX_THREADS`).
+pub const PY_MAX_THREADS: usize = 512;
+/// Most bytes of a frame the walker reads (`EP_PY_FRAME_READ`).
+pub const PY_FRAME_READ: u16 = 112;
+/// A field the version does not have (`EP_PY_NO_FIELD`).
+pub const PY_NO_FIELD: u16 = 0xffff;
+
+/// `ep_py_proc.entry_kind` (`EP_PY_ENTRY_*`).
+pub mod py_entry {
+    pub const EVERY: u8 = 0;
+    pub const FLAG: u8 = 1;
+    pub const SHIM: u8 = 2;
+}
+
+/// `ep_py_proc.instr_kind` (`EP_PY_INSTR_*`).
+pub mod py_instr {
+    pub const LASTI: u8 = 0;
+    pub const PTR: u8 = 1;
+}
+
+/// Entries of a Python stack that are not frames (`EP_PY_ENTRY`, `EP_PY_CUT_*`).
+pub const PY_ENTRY: u64 = 1;
+pub const PY_CUT_READ: u64 = 2;
+pub const PY_CUT_DEPTH: u64 = 3;
+/// A frame entry: the code object's address in these bits, index + 1 above them.
+pub const PY_ADDR_MASK: u64 = 0xffff_ffff_ffff;
+pub const PY_INDEX_SHIFT: u32 = 48;
+
+/// Where a CPython process keeps its threads and frames (`struct ep_py_proc`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProc {
+    pub runtime: u64,
+    pub version: u32,
+    pub entry_kind: u8,
+    pub instr_kind: u8,
+    pub entry_offset: u16,
+    pub interp_head: u16,
+    pub interp_next: u16,
+    pub interp_threads: u16,
+    pub tstate_next: u16,
+    pub tstate_thread_id: u16,
+    pub tstate_frame: u16,
+    pub cframe_current: u16,
+    pub frame_code: u16,
+    pub frame_previous: u16,
+    pub frame_instr: u16,
+    pub code_adaptive: u16,
+    pub frame_size: u16,
+}
+
+// SAFETY: plain old data with no padding (checked by the layout test).
+unsafe impl aya::Pod for PyProc {}
 
 /// Distinct unwind rules the kernel holds (`EP_UNWIND_RULES`).
 pub const UNWIND_RULES: usize = 16384;
@@ -542,6 +610,10 @@ mod tests {
             c::EP_SAMPLE_KEY_EXEC_ID_OFFSET
         );
         assert_eq!(offset_of!(SampleKey, flags), c::EP_SAMPLE_KEY_FLAGS_OFFSET);
+        assert_eq!(
+            offset_of!(SampleKey, py_stack),
+            c::EP_SAMPLE_KEY_PY_STACK_OFFSET
+        );
         assert_eq!(size_of::<Announcement>(), c::EP_ANNOUNCEMENT_SIZE);
         assert_eq!(
             offset_of!(Announcement, tgid),
@@ -596,6 +668,25 @@ mod tests {
         ("EP_CNT_UNWIND_NO_RULE", Counter::UnwindNoRule as i64),
         ("EP_CNT_UNWIND_BAD_READ", Counter::UnwindBadRead as i64),
         ("EP_CNT_UNWIND_DEPTH", Counter::UnwindDepth as i64),
+        ("EP_CNT_PY_SAMPLES", Counter::PySamples as i64),
+        ("EP_CNT_PY_NO_THREAD", Counter::PyNoThread as i64),
+        ("EP_CNT_PY_BAD_READ", Counter::PyBadRead as i64),
+        ("EP_CNT_PY_DEPTH", Counter::PyDepth as i64),
+        ("EP_CNT_PY_STACK_FULL", Counter::PyStackFull as i64),
+        ("EP_PY_PROCS", PY_PROCS as i64),
+        ("EP_PY_MAX_THREADS", PY_MAX_THREADS as i64),
+        ("EP_PY_FRAME_READ", PY_FRAME_READ as i64),
+        ("EP_PY_NO_FIELD", PY_NO_FIELD as i64),
+        ("EP_PY_ENTRY_EVERY", py_entry::EVERY as i64),
+        ("EP_PY_ENTRY_FLAG", py_entry::FLAG as i64),
+        ("EP_PY_ENTRY_SHIM", py_entry::SHIM as i64),
+        ("EP_PY_INSTR_LASTI", py_instr::LASTI as i64),
+        ("EP_PY_INSTR_PTR", py_instr::PTR as i64),
+        ("EP_PY_ENTRY", PY_ENTRY as i64),
+        ("EP_PY_CUT_READ", PY_CUT_READ as i64),
+        ("EP_PY_CUT_DEPTH", PY_CUT_DEPTH as i64),
+        ("EP_PY_ADDR_MASK", PY_ADDR_MASK as i64),
+        ("EP_PY_INDEX_SHIFT", PY_INDEX_SHIFT as i64),
         ("EP_UNWIND_RULES", UNWIND_RULES as i64),
         ("EP_UNWIND_ENTRIES", UNWIND_ENTRIES as i64),
         ("EP_UNWIND_SEARCH_STEPS", UNWIND_SEARCH_STEPS as i64),
@@ -728,6 +819,50 @@ mod tests {
         assert_eq!(s.frames(), [0x10, 0x20, 0x30]);
         s.ips = [1; MAX_STACK_DEPTH];
         assert_eq!(s.frames().len(), MAX_STACK_DEPTH);
+    }
+
+    #[test]
+    fn py_proc_matches_c_layout() {
+        assert_eq!(size_of::<PyProc>(), c::EP_PY_PROC_SIZE);
+        let rust = [
+            offset_of!(PyProc, runtime),
+            offset_of!(PyProc, version),
+            offset_of!(PyProc, entry_kind),
+            offset_of!(PyProc, instr_kind),
+            offset_of!(PyProc, entry_offset),
+            offset_of!(PyProc, interp_head),
+            offset_of!(PyProc, interp_next),
+            offset_of!(PyProc, interp_threads),
+            offset_of!(PyProc, tstate_next),
+            offset_of!(PyProc, tstate_thread_id),
+            offset_of!(PyProc, tstate_frame),
+            offset_of!(PyProc, cframe_current),
+            offset_of!(PyProc, frame_code),
+            offset_of!(PyProc, frame_previous),
+            offset_of!(PyProc, frame_instr),
+            offset_of!(PyProc, code_adaptive),
+            offset_of!(PyProc, frame_size),
+        ];
+        let c = [
+            c::EP_PY_PROC_RUNTIME_OFFSET,
+            c::EP_PY_PROC_VERSION_OFFSET,
+            c::EP_PY_PROC_ENTRY_KIND_OFFSET,
+            c::EP_PY_PROC_INSTR_KIND_OFFSET,
+            c::EP_PY_PROC_ENTRY_OFFSET_OFFSET,
+            c::EP_PY_PROC_INTERP_HEAD_OFFSET,
+            c::EP_PY_PROC_INTERP_NEXT_OFFSET,
+            c::EP_PY_PROC_INTERP_THREADS_OFFSET,
+            c::EP_PY_PROC_TSTATE_NEXT_OFFSET,
+            c::EP_PY_PROC_TSTATE_THREAD_ID_OFFSET,
+            c::EP_PY_PROC_TSTATE_FRAME_OFFSET,
+            c::EP_PY_PROC_CFRAME_CURRENT_OFFSET,
+            c::EP_PY_PROC_FRAME_CODE_OFFSET,
+            c::EP_PY_PROC_FRAME_PREVIOUS_OFFSET,
+            c::EP_PY_PROC_FRAME_INSTR_OFFSET,
+            c::EP_PY_PROC_CODE_ADAPTIVE_OFFSET,
+            c::EP_PY_PROC_FRAME_SIZE_OFFSET,
+        ];
+        assert_eq!(rust, c);
     }
 
     #[test]

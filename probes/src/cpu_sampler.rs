@@ -96,6 +96,16 @@ pub struct KernelCounters {
     pub unwind_bad_read: u64,
     /// ... that reached the frame limit.
     pub unwind_depth: u64,
+    /// Samples of threads of processes listed as running Python.
+    pub py_samples: u64,
+    /// ... whose thread had no Python thread state.
+    pub py_no_thread: u64,
+    /// ... whose Python walk stopped at an unreadable frame.
+    pub py_bad_read: u64,
+    /// ... whose Python walk reached the frame limit.
+    pub py_depth: u64,
+    /// ... whose Python stack found no room in the stack map.
+    pub py_stack_full: u64,
 }
 
 impl KernelCounters {
@@ -112,6 +122,11 @@ impl KernelCounters {
             Counter::UnwindNoRule => &mut self.unwind_no_rule,
             Counter::UnwindBadRead => &mut self.unwind_bad_read,
             Counter::UnwindDepth => &mut self.unwind_depth,
+            Counter::PySamples => &mut self.py_samples,
+            Counter::PyNoThread => &mut self.py_no_thread,
+            Counter::PyBadRead => &mut self.py_bad_read,
+            Counter::PyDepth => &mut self.py_depth,
+            Counter::PyStackFull => &mut self.py_stack_full,
         }
     }
 
@@ -315,6 +330,7 @@ impl Buffer for SampleBuffer {
             kernel_thread: key.flags & KEY_KTHREAD != 0,
             user: stack_of(&stacks, key.user_stack, key.user_err),
             kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
+            interpreted: stack_of(&stacks, key.py_stack, 0),
             value: count,
         }));
         Ok(())
@@ -385,7 +401,32 @@ const HEALTH: &[HealthRow<KernelCounters>] = &[
     }),
     unwind_cut("emberprof.cpu.unwind.cut", "depth", |k| k.unwind_depth),
     announce_lost(|k| k.announce_lost),
+    HealthRow {
+        name: "emberprof.python.samples",
+        description: "CPU samples of threads of processes running Python",
+        unit: "{sample}",
+        label: None,
+        value: |k| k.py_samples,
+    },
+    py_cut("no_thread_state", |k| k.py_no_thread),
+    py_cut("bad_read", |k| k.py_bad_read),
+    py_cut("depth", |k| k.py_depth),
+    py_cut("stack_map_full", |k| k.py_stack_full),
 ];
+
+/// Python samples without their whole Python stack, by reason.
+const fn py_cut(
+    reason: &'static str,
+    value: fn(&KernelCounters) -> u64,
+) -> HealthRow<KernelCounters> {
+    HealthRow {
+        name: "emberprof.python.stacks.incomplete",
+        description: "CPU samples of Python processes whose Python stack is missing or cut",
+        unit: "{sample}",
+        label: Some(("reason", reason)),
+        value,
+    }
+}
 
 impl Profiler for CpuSampler {
     fn kind(&self) -> Option<ProfileKind> {

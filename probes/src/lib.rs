@@ -23,6 +23,8 @@ mod shared_ebpf;
 mod double_buffer;
 mod loader;
 mod new_processes;
+/// The Python walker's list of processes.
+pub mod python_maps;
 pub mod unwind_maps;
 
 // The contract the loaders fulfil.
@@ -44,6 +46,7 @@ pub use new_processes::NewProcesses;
 pub use object::Probes;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
 pub use profiler::{Drained, Profiler, UnwindTarget};
+pub use python_maps::PythonProcs;
 pub use unwind_maps::UnwindMaps;
 
 #[cfg(test)]

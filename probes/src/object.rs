@@ -29,6 +29,8 @@ pub struct Probes {
     /// Where unwind tables go: load them before attaching, so that no stack of the
     /// processes known at start is walked without.
     pub unwind: UnwindMaps,
+    /// Where processes running Python are listed for the Python walker (CPU samples).
+    pub python: crate::python_maps::PythonProcs,
 }
 
 /// The process selection every loader is given (the agent gives all the same): the first
@@ -141,6 +143,7 @@ impl Probes {
         let mut ebpf = loader.load(OBJECT)?;
         pid_filter::sync(&mut ebpf, &pids)?;
         let unwind = UnwindMaps::take(&mut ebpf)?;
+        let python = crate::python_maps::PythonProcs::take(&mut ebpf)?;
         let mut ring = if announce {
             let ring = new_processes::take_ring(&mut ebpf)?;
             new_processes::attach_lifecycle(&mut ebpf);
@@ -170,6 +173,7 @@ impl Probes {
             off_cpu,
             latency,
             unwind,
+            python,
         })
     }
 }

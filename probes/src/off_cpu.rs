@@ -301,6 +301,7 @@ fn sample_of(key: &OffCpuKey, value: u64) -> KernelSample {
         kernel_thread: key.flags & KEY_KTHREAD != 0,
         user: captured_stack(key.user_frames()),
         kernel: captured_stack(key.kernel_frames()),
+        interpreted: CapturedStack::None,
         value,
     }
 }
@@ -317,6 +318,7 @@ fn short_blocks(image: u64, value: OffCpuValue) -> KernelSample {
         kernel_thread: false,
         user: CapturedStack::Lost(StackLoss::ShortBlocks),
         kernel: CapturedStack::None,
+        interpreted: CapturedStack::None,
         value: value.total_ns,
     }
 }

@@ -40,6 +40,8 @@ pub struct Symbolizer {
     pub(crate) perf_map_read_left: u64,
     /// The vdso's functions, read from our own memory at the first vdso frame.
     pub(crate) vdso: std::cell::OnceCell<Option<crate::vdso::Vdso>>,
+    /// Names of Python frames, per process.
+    pub(crate) python: crate::python::PythonNames,
 }
 
 impl Default for Symbolizer {
@@ -91,6 +93,7 @@ impl Symbolizer {
             perf_map_budget: Budget::new(perf_map::HOST_SYMBOLS),
             perf_map_read_left: perf_map::READ_PER_CALL,
             vdso: std::cell::OnceCell::new(),
+            python: crate::python::PythonNames::default(),
         }
     }
 
@@ -133,8 +136,31 @@ impl Symbolizer {
         self.take_fetched_debug_files();
         self.prune_images();
         self.observe_all(requests, self.tick);
-        let out = self.locate(requests);
+        let mut out = self.locate(requests);
+        self.place_python(requests, &mut out);
         self.evict_to_bound();
         out
+    }
+
+    /// Names the Python frames of the samples that have them and places them among the
+    /// native frames (see `python::interleave`).
+    fn place_python(&mut self, requests: &[KernelSample], out: &mut [Stack]) {
+        if requests.iter().all(|r| r.interpreted.addrs().is_empty()) {
+            return;
+        }
+        self.python.begin_drain();
+        for (r, stack) in requests.iter().zip(out.iter_mut()) {
+            let entries = r.interpreted.addrs();
+            if entries.is_empty() {
+                continue;
+            }
+            let runs = self.python.runs(r.pid, r.exec_id, entries);
+            *stack = crate::python::interleave(stack, &runs);
+        }
+    }
+
+    /// How naming Python frames went, since creation.
+    pub fn python_stats(&self) -> crate::python::PythonNameStats {
+        self.python.stats()
     }
 }

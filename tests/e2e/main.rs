@@ -21,6 +21,7 @@ mod otlp;
 mod perf_maps;
 mod privileges;
 mod pyroscope;
+mod python;
 mod soak;
 mod support;
 mod symbols;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         perf_maps::TESTS,
         privileges::TESTS,
         pyroscope::TESTS,
+        python::TESTS,
         soak::TESTS,
         symbols::TESTS,
         unwind_switches::TESTS,

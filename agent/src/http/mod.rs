@@ -47,6 +47,8 @@ pub struct OnDemand {
     pub profile_self: bool,
     /// The CPU sampler's unwind table entries (`None`: frame pointers only).
     pub unwind_entries: Option<u32>,
+    /// Walk Python stacks.
+    pub python: bool,
 }
 
 /// Binds `addr` now (so that a port in use is a start-up error) and serves on a thread.
@@ -296,6 +298,7 @@ mod tests {
             let on_demand = OnDemand {
                 profile_self: false,
                 unwind_entries: None,
+                python: false,
             };
             let r = route(req, status, access.clone(), on_demand).await.unwrap();
             let challenge = r

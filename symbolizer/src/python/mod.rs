@@ -4,8 +4,10 @@
 
 mod code;
 mod detect;
+mod interleave;
 mod linetable;
 mod memory;
+mod names;
 mod offsets;
 mod strings;
 mod version;
@@ -13,8 +15,10 @@ mod walk;
 
 pub use code::{fingerprint, instruction_index, CodeError, CodeInfo, Fingerprint};
 pub use detect::{detect, DetectError, PythonRuntime};
+pub use interleave::{interleave, is_eval_loop, PythonRuns};
 pub use linetable::{line_locations, line_pep626};
 pub use memory::{Memory, ProcessMemory, ReadError};
+pub use names::{module_name, python_location, PythonNameStats, PythonNames};
 pub use offsets::{for_version, from_debug_offsets, EntryMarker, InstrKind, PyOffsets};
 pub use strings::{read_bytes, read_str, StrError};
 pub use version::PyVersion;

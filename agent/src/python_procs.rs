@@ -1,0 +1,241 @@
+//! Lists the processes that run CPython in the kernel's Python walker: each process is
+//! looked at when it is announced (its first sample, or after an exec) and, should its
+//! announcement have been lost, when its samples are drained. Processes gone are taken
+//! out at each drain. Counts what was found, per version and per reason it was not used.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use emberprof_model::{HealthCounter, HealthValue};
+use emberprof_probes::abi::{py_entry, py_instr, PyProc, PY_FRAME_READ, PY_NO_FIELD};
+use emberprof_probes::PythonProcs;
+use emberprof_symbolizer::python::{
+    self, EntryMarker, InstrKind, PyOffsets, PythonNameStats, PythonRuntime,
+};
+
+/// What is known of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Listed in the kernel.
+    Listed,
+    /// No Python in it, or one that cannot be walked.
+    NotListed,
+}
+
+/// The kernel's list and what was found.
+pub struct PythonTracker {
+    procs: PythonProcs,
+    /// By pid: the image looked at and the outcome.
+    seen: HashMap<u32, (u32, Seen)>,
+    /// Processes listed, by version (`3.12`), since start.
+    listed: BTreeMap<String, u64>,
+    /// Processes running Python that could not be listed, by reason, since start.
+    unsupported: BTreeMap<&'static str, u64>,
+}
+
+/// The tracker, shared by the process watcher (announcements) and the session (drains).
+pub type SharedPython = Arc<Mutex<PythonTracker>>;
+
+impl PythonTracker {
+    pub fn new(procs: PythonProcs) -> Self {
+        PythonTracker {
+            procs,
+            seen: HashMap::new(),
+            listed: BTreeMap::new(),
+            unsupported: BTreeMap::new(),
+        }
+    }
+
+    /// Looks at process `pid` in image `exec_id` unless it was already.
+    pub fn observe(&mut self, pid: u32, exec_id: u32) {
+        match self.seen.get(&pid) {
+            Some((image, _)) if *image == exec_id => return,
+            Some((_, Seen::Listed)) => self.procs.remove(pid),
+            _ => {}
+        }
+        let seen = match python::detect(pid) {
+            Ok(None) => Seen::NotListed,
+            Ok(Some(runtime)) => self.list(pid, &runtime),
+            Err(e) => {
+                tracing::info!(pid, error = %e, "python process not walked: its native frames are profiled");
+                *self.unsupported.entry(e.reason()).or_default() += 1;
+                Seen::NotListed
+            }
+        };
+        self.seen.insert(pid, (exec_id, seen));
+    }
+
+    fn list(&mut self, pid: u32, runtime: &PythonRuntime) -> Seen {
+        let version = format!("{}.{}", runtime.version.major, runtime.version.minor);
+        let Some(proc) = kernel_proc(runtime) else {
+            *self.unsupported.entry("offsets").or_default() += 1;
+            return Seen::NotListed;
+        };
+        match self.procs.set(pid, &proc) {
+            Ok(()) => {
+                tracing::debug!(pid, %version, "python process listed");
+                *self.listed.entry(version).or_default() += 1;
+                Seen::Listed
+            }
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "cannot list a python process; its native frames are profiled");
+                *self.unsupported.entry("map_full").or_default() += 1;
+                Seen::NotListed
+            }
+        }
+    }
+
+    /// Takes out the processes that are gone.
+    pub fn prune(&mut self) {
+        let gone: Vec<u32> = self
+            .seen
+            .keys()
+            .copied()
+            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in gone {
+            if let Some((_, Seen::Listed)) = self.seen.remove(&pid) {
+                self.procs.remove(pid);
+            }
+        }
+    }
+
+    /// `emberprof.python.processes{version}` and `emberprof.python.unsupported{reason}`.
+    pub fn health(&self) -> Vec<HealthCounter> {
+        let listed = self.listed.iter().map(|(v, n)| HealthCounter {
+            name: "emberprof.python.processes",
+            description:
+                "Processes found running CPython whose Python frames are profiled, by version",
+            unit: "{process}",
+            attributes: vec![("version", v.clone())],
+            value: HealthValue::Count(*n),
+        });
+        let unsupported = self.unsupported.iter().map(|(r, n)| HealthCounter {
+            name: "emberprof.python.unsupported",
+            description: "Processes running CPython profiled with native frames only, by why",
+            unit: "{process}",
+            attributes: vec![("reason", r.to_string())],
+            value: HealthValue::Count(*n),
+        });
+        listed.chain(unsupported).collect()
+    }
+}
+
+/// `emberprof.python.frames.unnamed{reason}`: Python frames drained that could not be named.
+pub fn name_health(s: &PythonNameStats) -> Vec<HealthCounter> {
+    [
+        ("process_exited", s.unnamed_gone),
+        ("code_freed", s.unnamed_not_code),
+        ("unreadable", s.unnamed_unreadable),
+        ("no_interpreter", s.unnamed_no_runtime),
+    ]
+    .into_iter()
+    .map(|(reason, n)| HealthCounter {
+        name: "emberprof.python.frames.unnamed",
+        description: "Python frames of drained samples that could not be named, by why",
+        unit: "{frame}",
+        attributes: vec![("reason", reason.to_string())],
+        value: HealthValue::Count(n),
+    })
+    .collect()
+}
+
+/// The kernel's description of an interpreter; `None` if an offset does not fit.
+pub fn kernel_proc(r: &PythonRuntime) -> Option<PyProc> {
+    let o: &PyOffsets = &r.offsets;
+    let u16_of = |v: u64| u16::try_from(v).ok().filter(|v| *v != PY_NO_FIELD);
+    // Frame fields are read from one read of the frame: each must lie within it.
+    let in_frame = |v: u64| u16_of(v).filter(|v| u32::from(*v) + 8 <= u32::from(PY_FRAME_READ));
+    let (entry_kind, entry_offset) = match o.entry {
+        EntryMarker::None => (py_entry::EVERY, 0),
+        EntryMarker::IsEntry(at) => (py_entry::FLAG, in_frame(at)?),
+        EntryMarker::CStackOwner(at) => (py_entry::SHIM, in_frame(at)?),
+    };
+    let instr_kind = match o.instr_kind {
+        InstrKind::LastIndex => py_instr::LASTI,
+        InstrKind::PrevInstr | InstrKind::InstrPtr => py_instr::PTR,
+    };
+    let (code, previous, instr) = (
+        in_frame(o.frame_code)?,
+        in_frame(o.frame_previous)?,
+        in_frame(o.frame_instr)?,
+    );
+    // Past the last field read: the frame may end where its memory does.
+    let last = [code + 8, previous + 8, instr + 8, entry_offset + 1]
+        .into_iter()
+        .max()
+        .unwrap_or(PY_FRAME_READ);
+    Some(PyProc {
+        runtime: r.runtime,
+        version: u32::from(r.version.major) << 24 | u32::from(r.version.minor) << 16,
+        entry_kind,
+        instr_kind,
+        entry_offset,
+        interp_head: u16_of(o.runtime_interpreters_head)?,
+        interp_next: u16_of(o.interp_next)?,
+        interp_threads: u16_of(o.interp_threads_head)?,
+        tstate_next: u16_of(o.tstate_next)?,
+        tstate_thread_id: u16_of(o.tstate_thread_id)?,
+        tstate_frame: u16_of(o.tstate_frame)?,
+        cframe_current: match o.cframe_current_frame {
+            Some(c) => u16_of(c)?,
+            None => PY_NO_FIELD,
+        },
+        frame_code: code,
+        frame_previous: previous,
+        frame_instr: instr,
+        code_adaptive: match o.code_adaptive {
+            Some(a) => u16_of(a)?,
+            None => 0,
+        },
+        frame_size: last.min(PY_FRAME_READ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emberprof_symbolizer::python::{for_version, PyVersion};
+
+    fn runtime(minor: u8) -> PythonRuntime {
+        let version = PyVersion {
+            major: 3,
+            minor,
+            micro: 0,
+        };
+        PythonRuntime {
+            version,
+            offsets: for_version(version).unwrap(),
+            runtime: 0x7f00_0000_0000,
+            code_type: 0x7f00_0000_1000,
+            path: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_supported_version_fits_the_kernels_description() {
+        let p = kernel_proc(&runtime(12)).unwrap();
+        assert_eq!(
+            (p.entry_kind, p.entry_offset, p.instr_kind),
+            (py_entry::SHIM, 70, py_instr::PTR)
+        );
+        assert_eq!((p.frame_code, p.frame_previous, p.frame_instr), (0, 8, 56));
+        assert_eq!(p.cframe_current, 0);
+        assert_eq!(
+            p.frame_size, 71,
+            "an 80-byte frame is read up to its owner byte"
+        );
+        let p = kernel_proc(&runtime(11)).unwrap();
+        assert_eq!((p.entry_kind, p.entry_offset), (py_entry::FLAG, 68));
+        assert_eq!(p.code_adaptive, 184);
+        let p = kernel_proc(&runtime(13)).unwrap();
+        assert_eq!((p.interp_head, p.interp_threads), (632, 7344));
+        assert_eq!(p.cframe_current, PY_NO_FIELD);
+        let p = kernel_proc(&runtime(10)).unwrap();
+        assert_eq!(
+            (p.entry_kind, p.instr_kind),
+            (py_entry::EVERY, py_instr::LASTI)
+        );
+        assert_eq!(p.frame_size, 104, "f_lasti at 96 is read");
+    }
+}

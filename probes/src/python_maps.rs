@@ -1,0 +1,45 @@
+//! The Python walker's list of processes (`python.bpf.h`): for each process found running
+//! CPython, where its interpreter keeps threads and frames. Whoever holds it decides which
+//! processes get Python stacks.
+
+use aya::maps::{HashMap, MapData};
+use aya::Ebpf;
+
+use crate::abi::PyProc;
+use crate::error::ProbeError;
+use crate::maps;
+
+const PROCS: &str = "ep_py_procs";
+
+/// `ep_py_procs` of one loaded object.
+pub struct PythonProcs {
+    procs: HashMap<MapData, u32, PyProc>,
+}
+
+impl PythonProcs {
+    /// Takes the map out of a loaded object.
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        let procs =
+            HashMap::try_from(maps::take(ebpf, PROCS)?).map_err(|source| ProbeError::Map {
+                name: PROCS,
+                source,
+            })?;
+        Ok(PythonProcs { procs })
+    }
+
+    /// Lists process `pid` as running the interpreter `proc` describes.
+    pub fn set(&mut self, pid: u32, proc: &PyProc) -> Result<(), ProbeError> {
+        self.procs
+            .insert(pid, *proc, 0)
+            .map_err(|source| ProbeError::Map {
+                name: PROCS,
+                source,
+            })
+    }
+
+    /// Stops walking `pid`'s Python stacks (gone, or no longer Python after an exec).
+    pub fn remove(&mut self, pid: u32) {
+        // Not listed is what was asked for.
+        let _ = self.procs.remove(&pid);
+    }
+}

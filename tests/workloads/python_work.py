@@ -1,0 +1,117 @@
+"""Python workloads for emberprof's end-to-end tests: known functions, known CPU shares.
+
+Usage: python_work.py MODE. Prints "ready" once the measured part runs, then runs until
+killed. Modes:
+  split    hot_a and hot_b take 3:1 of the main thread's CPU time (by thread CPU clock)
+  deep     deep() recurses 30 levels, then spins in the innermost
+  pool     a two-thread pool runs work_a and work_b, each on a thread named after it
+  native   do_hash (hashlib.sha256 over 8 MiB) and do_json (json.dumps) in turn
+  sleep    nap() sleeps in 20 ms time.sleep calls; wait_recv() blocks on a socket recv
+"""
+import ctypes
+import hashlib
+import json
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+
+def name_thread(name):
+    # The kernel's thread name (comm), which profiles carry as thread.name.
+    ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)
+
+
+def spin_until(until):
+    while time.thread_time() < until:
+        pass
+
+
+def hot_a(seconds):
+    spin_until(time.thread_time() + seconds)
+
+
+def hot_b(seconds):
+    spin_until(time.thread_time() + seconds)
+
+
+def split():
+    while True:
+        hot_a(0.015)
+        hot_b(0.005)
+
+
+def deep(n):
+    if n > 1:
+        return deep(n - 1)
+    x = 0
+    while True:
+        x += 1
+
+
+def work_a():
+    name_thread("pool-a")
+    x = 0
+    while True:
+        x += 1
+
+
+def work_b():
+    name_thread("pool-b")
+    x = 0
+    while True:
+        x += 1
+
+
+def pool():
+    ex = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pool")
+    ex.submit(work_a)
+    ex.submit(work_b)
+    time.sleep(0.2)
+
+
+def do_hash(buf):
+    for _ in range(4):
+        hashlib.sha256(buf).digest()
+
+
+def do_json(obj):
+    json.dumps(obj)
+
+
+def native():
+    buf = b"x" * (8 << 20)
+    obj = {str(i): [i, str(i), {"k": i * 0.5}] for i in range(20000)}
+    while True:
+        do_hash(buf)
+        do_json(obj)
+
+
+def nap():
+    while True:
+        time.sleep(0.02)
+
+
+def wait_recv(sock):
+    while True:
+        sock.recv(1)
+
+
+def sleep():
+    a, b = socket.socketpair()
+    t = threading.Thread(target=lambda: (name_thread("recv"), wait_recv(a)), daemon=True)
+    t.start()
+    name_thread("nap")
+    nap()
+
+
+MODES = {"split": split, "deep": lambda: deep(30), "pool": pool, "native": native, "sleep": sleep}
+
+if __name__ == "__main__":
+    run = MODES[sys.argv[1]]
+    print("ready", flush=True)
+    run()
+    # The pool's threads keep the process alive.
+    while True:
+        time.sleep(1)
