@@ -33,6 +33,8 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_offcpu_key", "flags"),
     ("ep_offcpu_key", "user"),
     ("ep_offcpu_key", "kernel"),
+    ("ep_offcpu_key", "py_len"),
+    ("ep_offcpu_key", "py"),
     ("ep_offcpu_value", "total_ns"),
     ("ep_offcpu_value", "blocks"),
     ("ep_hist_key", "cgroup"),
@@ -59,6 +61,10 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_unwind_mapping", "count"),
     ("ep_unwind_proc", "count"),
     ("ep_unwind_proc", "mappings"),
+    ("ep_py_note", "tgid"),
+    ("ep_py_note", "len"),
+    ("ep_py_note", "entries"),
+    ("ep_py_note", "fingerprints"),
     ("ep_py_proc", "runtime"),
     ("ep_py_proc", "version"),
     ("ep_py_proc", "entry_kind"),
@@ -76,7 +82,14 @@ const LAYOUT_FIELDS: &[(&str, &str)] = &[
     ("ep_py_proc", "frame_instr"),
     ("ep_py_proc", "code_adaptive"),
     ("ep_py_proc", "frame_size"),
+    ("ep_py_proc", "code_argcount"),
+    ("ep_py_proc", "code_flags"),
+    ("ep_py_proc", "code_firstlineno"),
 ];
+
+/// (co_argcount, co_flags, co_firstlineno) whose C fingerprint the layout program prints.
+const PY_FINGERPRINT_SAMPLES: &[(u32, u32, u32)] =
+    &[(0, 0, 0), (2, 3, 17), (4095, 0xffff_ffff, 99999)];
 
 /// Durations whose C histogram slot the layout program prints, for the bucket-mapping test.
 const SLOT_SAMPLES: &[&str] = &[
@@ -273,6 +286,13 @@ fn write_c_layout(clang: &str, include: &Path, out: &Path) {
     for v in SLOT_SAMPLES {
         c.push_str(&format!(
             "printf(\"    (%lluu64, %u),\\n\", (unsigned long long)({v}), ep_hist_slot({v}));\n"
+        ));
+    }
+    c.push_str("printf(\"];\\n\");\n");
+    c.push_str("printf(\"pub const PY_FINGERPRINTS: &[((u32, u32, u32), u64)] = &[\\n\");\n");
+    for (a, f, l) in PY_FINGERPRINT_SAMPLES {
+        c.push_str(&format!(
+            "printf(\"    (({a}, {f}, {l}), %lluu64),\\n\", (unsigned long long)EP_PY_FINGERPRINT({a}u, {f}u, {l}u));\n"
         ));
     }
     c.push_str("printf(\"];\\n\");\nreturn 0;\n}\n");

@@ -3,14 +3,22 @@
 //! announcement have been lost, when its samples are drained. Processes gone are taken
 //! out at each drain. Counts what was found, per version and per reason it was not used.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use emberprof_model::{HealthCounter, HealthValue};
-use emberprof_probes::abi::{py_entry, py_instr, PyProc, PY_FRAME_READ, PY_NO_FIELD};
-use emberprof_probes::PythonProcs;
+use emberprof_probes::abi::{
+    py_entry, py_fingerprint, py_instr, PyProc, PY_ADDR_MASK, PY_CUT_DEPTH, PY_FRAME_READ,
+    PY_NO_FIELD,
+};
+use emberprof_probes::{PythonNotes, PythonProcs};
 use emberprof_symbolizer::python::{
-    self, EntryMarker, InstrKind, PyOffsets, PythonNameStats, PythonRuntime,
+    self, CodeError, CodeInfo, EntryMarker, InstrKind, ProcessMemory, PyOffsets, PythonNameStats,
+    PythonRuntime,
 };
 
 /// What is known of a process.
@@ -27,6 +35,8 @@ pub struct PythonTracker {
     procs: PythonProcs,
     /// By pid: the image looked at and the outcome.
     seen: HashMap<u32, (u32, Seen)>,
+    /// The interpreters of the processes listed, by pid.
+    runtimes: HashMap<u32, PythonRuntime>,
     /// Processes listed, by version (`3.12`), since start.
     listed: BTreeMap<String, u64>,
     /// Processes running Python that could not be listed, by reason, since start.
@@ -41,6 +51,7 @@ impl PythonTracker {
         PythonTracker {
             procs,
             seen: HashMap::new(),
+            runtimes: HashMap::new(),
             listed: BTreeMap::new(),
             unsupported: BTreeMap::new(),
         }
@@ -50,7 +61,10 @@ impl PythonTracker {
     pub fn observe(&mut self, pid: u32, exec_id: u32) {
         match self.seen.get(&pid) {
             Some((image, _)) if *image == exec_id => return,
-            Some((_, Seen::Listed)) => self.procs.remove(pid),
+            Some((_, Seen::Listed)) => {
+                self.procs.remove(pid);
+                self.runtimes.remove(&pid);
+            }
             _ => {}
         }
         let seen = match python::detect(pid) {
@@ -75,6 +89,7 @@ impl PythonTracker {
             Ok(()) => {
                 tracing::debug!(pid, %version, "python process listed");
                 *self.listed.entry(version).or_default() += 1;
+                self.runtimes.insert(pid, runtime.clone());
                 Seen::Listed
             }
             Err(e) => {
@@ -96,8 +111,15 @@ impl PythonTracker {
         for pid in gone {
             if let Some((_, Seen::Listed)) = self.seen.remove(&pid) {
                 self.procs.remove(pid);
+                self.runtimes.remove(&pid);
             }
         }
+    }
+
+    /// The image and interpreter of a listed process.
+    fn runtime_of(&self, pid: u32) -> Option<(u32, PythonRuntime)> {
+        let (exec_id, _) = self.seen.get(&pid)?;
+        Some((*exec_id, self.runtimes.get(&pid)?.clone()))
     }
 
     /// `emberprof.python.processes{version}` and `emberprof.python.unsupported{reason}`.
@@ -118,6 +140,133 @@ impl PythonTracker {
             value: HealthValue::Count(*n),
         });
         listed.chain(unsupported).collect()
+    }
+}
+
+/// Code objects read from a live process at a note of its stack.
+pub struct PyCaptured {
+    pub pid: u32,
+    pub exec_id: u32,
+    pub runtime: PythonRuntime,
+    /// By address: what the code object was, or `None` when what is there now is not the
+    /// object the kernel saw (freed, its address reused).
+    pub codes: Vec<(u64, Option<CodeInfo>)>,
+}
+
+/// The thread that reads the code objects of new Python stacks as the kernel notes them,
+/// so that a process that exits before the next drain is still named.
+pub struct PythonReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    captured: Receiver<PyCaptured>,
+}
+
+/// How often the notes ring is looked at: a process must still run when it is.
+const NOTE_POLL: Duration = Duration::from_millis(10);
+/// Processes whose code objects read are remembered (to read each once) before all are
+/// forgotten.
+const READ_PROCESSES: usize = 1024;
+
+impl PythonReader {
+    /// Starts reading `notes`, naming through the interpreters `tracker` found.
+    pub fn start(notes: PythonNotes, tracker: SharedPython) -> Option<PythonReader> {
+        let (send, captured) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ep-python".into())
+            .spawn(move || read_notes(notes, &tracker, &stopping, &send));
+        match spawned {
+            Ok(t) => Some(PythonReader {
+                stop,
+                thread: Some(t),
+                captured,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the python name reader; python frames are named at each drain");
+                None
+            }
+        }
+    }
+
+    /// What was read since the last call.
+    pub fn take(&self) -> Vec<PyCaptured> {
+        self.captured.try_iter().collect()
+    }
+}
+
+impl Drop for PythonReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_notes(
+    mut notes: PythonNotes,
+    tracker: &SharedPython,
+    stop: &AtomicBool,
+    send: &Sender<PyCaptured>,
+) {
+    // By pid: its image and the code objects read already.
+    let mut read: HashMap<u32, (u32, HashSet<u64>)> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let batch = notes.take_waiting();
+        if batch.is_empty() {
+            std::thread::sleep(NOTE_POLL);
+            continue;
+        }
+        if read.len() > READ_PROCESSES {
+            read.clear();
+        }
+        for note in batch {
+            let pid = note.tgid;
+            let found = tracker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .runtime_of(pid);
+            let Some((exec_id, runtime)) = found else {
+                continue;
+            };
+            let (image, done) = read.entry(pid).or_insert_with(|| (exec_id, HashSet::new()));
+            if *image != exec_id {
+                *image = exec_id;
+                done.clear();
+            }
+            let mem = ProcessMemory::new(pid);
+            let mut codes = Vec::new();
+            for (&e, &seen) in note.entries().iter().zip(note.fingerprints()) {
+                let addr = e & PY_ADDR_MASK;
+                if e <= PY_CUT_DEPTH || !done.insert(addr) {
+                    continue;
+                }
+                match CodeInfo::read(&mem, &runtime.offsets, runtime.code_type, addr) {
+                    Ok(info) => {
+                        let (argcount, flags, first) = info.fingerprint;
+                        let same = seen == 0 || py_fingerprint(argcount, flags, first) == seen;
+                        codes.push((addr, same.then_some(info)));
+                    }
+                    // Freed already (a module's body after its import, say).
+                    Err(CodeError::NotCode(_)) => codes.push((addr, None)),
+                    // Named (or counted) at the drain instead.
+                    Err(e) => tracing::debug!(pid, error = %e, "code object not read at its note"),
+                }
+            }
+            if !codes.is_empty()
+                && send
+                    .send(PyCaptured {
+                        pid,
+                        exec_id,
+                        runtime,
+                        codes,
+                    })
+                    .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 
@@ -189,6 +338,10 @@ pub fn kernel_proc(r: &PythonRuntime) -> Option<PyProc> {
             None => 0,
         },
         frame_size: last.min(PY_FRAME_READ),
+        code_argcount: u16_of(o.code_argcount)?,
+        code_flags: u16_of(o.code_flags)?,
+        code_firstlineno: u16_of(o.code_firstlineno)?,
+        reserved: 0,
     })
 }
 

@@ -21,7 +21,7 @@ use crate::health::{self, Sources};
 use crate::histograms::Histograms;
 use crate::metadata::attributes::ExtraAttributes;
 use crate::metadata::process::process_attributes;
-use crate::python_procs::{PythonTracker, SharedPython};
+use crate::python_procs::{PythonReader, PythonTracker, SharedPython};
 use crate::timings::{IntervalSize, IntervalTimings};
 use crate::unwind_loader::{SharedUnwind, UnwindState, UnwindStats};
 use crate::watcher::ProcessWatcher;
@@ -48,7 +48,7 @@ pub struct SessionConfig {
     pub start: SystemTime,
     /// Entries of each kernel count map, for how full they got.
     pub count_map_entries: u32,
-    /// Walk the Python stacks of processes running CPython (with the CPU sampler).
+    /// Walk the Python stacks of processes running CPython (CPU samples and off-CPU blocks).
     pub python: bool,
 }
 
@@ -104,6 +104,8 @@ pub struct Session {
     unwind: SharedUnwind,
     /// The processes listed in the kernel's Python walker (`None`: `--no-python`).
     python: Option<SharedPython>,
+    /// Names of new Python stacks, read while their processes run.
+    python_reader: Option<PythonReader>,
 }
 
 impl Session {
@@ -117,6 +119,7 @@ impl Session {
         let mut unwind_maps = None;
         let mut histograms = None;
         let mut python = None;
+        let mut python_reader = None;
         if config.cpu.is_some() || config.off_cpu.is_some() || config.latency.is_some() {
             let what = [
                 config.cpu.as_ref().map(|_| "the CPU sampler"),
@@ -162,8 +165,10 @@ impl Session {
                 histograms = Some((probe, Histograms::new(c.syscalls)));
             }
             unwind_maps = Some(probes.unwind);
-            if config.python && config.cpu.is_some() {
-                python = Some(Arc::new(Mutex::new(PythonTracker::new(probes.python))));
+            if config.python && (config.cpu.is_some() || config.off_cpu.is_some()) {
+                let tracker = Arc::new(Mutex::new(PythonTracker::new(probes.python)));
+                python_reader = PythonReader::start(probes.python_notes, tracker.clone());
+                python = Some(tracker);
             }
         }
         let unwind = Arc::new(Mutex::new(UnwindState {
@@ -187,6 +192,7 @@ impl Session {
             timings: IntervalTimings::default(),
             unwind,
             python,
+            python_reader,
         };
         session.load_unwind_tables();
         Ok(session)
@@ -276,6 +282,7 @@ impl Session {
                 self.load_unwind_tables();
                 self.observe_python(samples);
             }
+            self.adopt_python_names();
             self.add(i, drained);
         }
         if let Some((probe, h)) = &mut self.histograms {
@@ -309,6 +316,17 @@ impl Session {
         }
     }
 
+    /// Hands the code objects read at notes of new stacks to the symbolizer.
+    fn adopt_python_names(&mut self) {
+        let Some(reader) = &self.python_reader else {
+            return;
+        };
+        for c in reader.take() {
+            self.symbolizer
+                .adopt_python(c.pid, c.exec_id, c.runtime, c.codes);
+        }
+    }
+
     /// Adds what run `i` drained to its profile.
     fn add(&mut self, i: usize, drained: Drained) {
         let Drained::Samples(samples) = drained else {
@@ -338,6 +356,7 @@ impl Session {
                 .profiler
                 .stop()
                 .context("stopping the probes")?;
+            self.adopt_python_names();
             self.add(i, drained);
         }
         if let Some((probe, h)) = &mut self.histograms {

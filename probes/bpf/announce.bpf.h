@@ -69,6 +69,8 @@ int BPF_PROG(ep_process_exec)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_map_delete_elem(&ep_announced, &tgid);
 	bpf_map_delete_elem(&ep_unwind_procs, &tgid);
+	/* The new image may run another Python, or none: listed again once found. */
+	bpf_map_delete_elem(&ep_py_procs, &tgid);
 	return 0;
 }
 
@@ -82,6 +84,7 @@ int BPF_PROG(ep_process_exit)
 		bpf_map_delete_elem(&ep_announced, &tgid);
 		/* A new process reusing the PID must not be walked by these mappings. */
 		bpf_map_delete_elem(&ep_unwind_procs, &tgid);
+		bpf_map_delete_elem(&ep_py_procs, &tgid);
 	}
 	return 0;
 }

@@ -122,6 +122,12 @@ static __always_inline __u64 ep_offcpu_id(struct ep_offcpu_key *k)
 			break;
 		h = (h ^ k->kernel[i]) * EP_FNV_PRIME;
 	}
+	h = (h ^ k->py_len) * EP_FNV_PRIME;
+	for (__u32 i = 0; i < EP_MAX_STACK_DEPTH; i++) {
+		if (i >= k->py_len)
+			break;
+		h = (h ^ k->py[i]) * EP_FNV_PRIME;
+	}
 	return h ? h : 1;
 }
 
@@ -200,6 +206,22 @@ static __always_inline bool ep_reusable(struct ep_offcpu_start *s, struct ep_off
 	return true;
 }
 
+/*
+ * Walks `prev`'s Python stack into s->key.py if its process runs Python (python.bpf.h);
+ * py_len 0 otherwise. Entries past py_len are left as they were: the id and user space
+ * read py_len of them.
+ */
+static __always_inline void ep_walk_python(struct task_struct *prev, struct ep_offcpu_start *s,
+					   __u32 tgid)
+{
+	__u32 status;
+	long n = ep_py_walk(prev, tgid, (struct ep_stack *)s->key.py, &status);
+
+	s->key.py_len = n > 0 ? (__u32)n : 0;
+	if (status != EP_PY_OK && status != EP_PY_NOT_PYTHON)
+		ep_off_count(EP_OFF_PY_INCOMPLETE);
+}
+
 /* Walks both stacks of `prev` (the current task) into s->key and gives them their id. */
 static __always_inline void ep_walk_stacks(void *ctx, struct task_struct *prev,
 					   struct ep_offcpu_start *s, __u32 tgid, __u64 *comm,
@@ -234,6 +256,7 @@ static __always_inline void ep_walk_stacks(void *ctx, struct task_struct *prev,
 	s->key.user_len = ep_frames(user);
 	s->key.kernel_len =
 		ep_frames(bpf_get_stack(ctx, s->key.kernel, sizeof(s->key.kernel), 0));
+	ep_walk_python(prev, s, tgid);
 	s->reuses = 0;
 	__u64 id = ep_offcpu_id(&s->key);
 	/* Stored in this generation already if the walk found what it had. */
@@ -270,6 +293,18 @@ static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev, _
 	if (has_site && ep_reusable(s, &site, comm, exec_id)) {
 		if (++s->reuses < EP_OFF_VERIFY_EVERY) {
 			ep_off_count(EP_OFF_REUSED);
+			/*
+			 * The native stack of a Python thread says little of its Python one (every
+			 * time.sleep blocks by the same C path): that one is walked again, and a
+			 * different one is a different id.
+			 */
+			if (bpf_map_lookup_elem(&ep_py_procs, &tgid)) {
+				__u64 had = s->id;
+				ep_walk_python(prev, s, tgid);
+				s->id = ep_offcpu_id(&s->key);
+				if (s->id != had)
+					s->stored_gen = 0;
+			}
 			s->ts = now;
 			return;
 		}
@@ -317,6 +352,8 @@ static __always_inline void ep_credit(struct ep_offcpu_start *s, __u64 delta, __
 			ep_off_count(EP_OFF_STACKS_FULL);
 			return;
 		}
+		if (!err && s->key.py_len && !ep_py_note(s->key.tgid, s->key.py, s->key.py_len))
+			ep_count(EP_CNT_PY_NOTES_LOST);
 		s->stored_gen = gen + 1;
 	}
 	if (!ep_add_block(counts, &s->id, delta)) {

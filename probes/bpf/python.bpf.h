@@ -53,6 +53,8 @@ struct ep_py_walk {
 	__u32 end;
 	/* A frame as read; room for an 8-byte field at any offset below 128. */
 	__u8 fb[128 + 8];
+	/* The fingerprints of a stack being noted. */
+	__u64 fps[EP_MAX_STACK_DEPTH];
 };
 
 struct {
@@ -154,6 +156,67 @@ static long ep_py_frame_step(__u32 i, void *arg)
 	w->n = n;
 	w->frame = ep_py_field(w, p->frame_previous);
 	return 0;
+}
+
+/* struct ep_py_note of Python stacks new to the buffer, for user space to name at once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 512 * 1024);
+} ep_py_notes SEC(".maps");
+
+struct ep_py_fp_ctx {
+	const __u64 *entries;
+	struct ep_py_proc *p;
+	struct ep_py_walk *w;
+	__u32 len;
+};
+
+/* The fingerprint of entry i's code object (0 for a marker or an unreadable object). */
+static long ep_py_fp_step(__u32 i, void *arg)
+{
+	struct ep_py_fp_ctx *c = arg;
+
+	if (i >= c->len || i >= EP_MAX_STACK_DEPTH)
+		return 1;
+	__u64 e = c->entries[i];
+	__u64 fp = 0;
+	if (e > EP_PY_CUT_DEPTH) {
+		__u64 code = e & EP_PY_ADDR_MASK;
+		__u32 argcount, flags, first;
+		if (!bpf_probe_read_user(&argcount, sizeof(argcount),
+					 (void *)(code + c->p->code_argcount)) &&
+		    !bpf_probe_read_user(&flags, sizeof(flags), (void *)(code + c->p->code_flags)) &&
+		    !bpf_probe_read_user(&first, sizeof(first),
+					 (void *)(code + c->p->code_firstlineno)))
+			fp = EP_PY_FINGERPRINT(argcount, flags, first);
+	}
+	c->w->fps[i] = fp;
+	return 0;
+}
+
+/*
+ * Notes a Python stack new to the buffer, with its code objects' fingerprints read now;
+ * false when the ring is full (or the process is no longer listed).
+ */
+static __always_inline bool ep_py_note(__u32 tgid, const __u64 *entries, __u32 len)
+{
+	__u32 zero = 0;
+	struct ep_py_proc *p = bpf_map_lookup_elem(&ep_py_procs, &tgid);
+	struct ep_py_walk *w = bpf_map_lookup_elem(&ep_py_scratch, &zero);
+
+	if (!p || !w)
+		return false;
+	struct ep_py_fp_ctx c = { .entries = entries, .p = p, .w = w, .len = len };
+	bpf_loop(EP_MAX_STACK_DEPTH, ep_py_fp_step, &c, 0);
+	struct ep_py_note *n = bpf_ringbuf_reserve(&ep_py_notes, sizeof(*n), 0);
+	if (!n)
+		return false;
+	n->tgid = tgid;
+	n->len = len;
+	__builtin_memcpy(n->entries, entries, sizeof(n->entries));
+	__builtin_memcpy(n->fingerprints, w->fps, sizeof(n->fingerprints));
+	bpf_ringbuf_submit(n, 0);
+	return true;
 }
 
 /* The sampled thread's state: as cached if it still names this thread, else searched. */

@@ -127,7 +127,10 @@ enum ep_counter {
 	EP_CNT_PY_DEPTH = 13,
 	/* The Python stack found no room in the stack map. */
 	EP_CNT_PY_STACK_FULL = 14,
-	EP_CNT_MAX = 15,
+	/* New Python stacks not noted to user space (ring full): their names are read at the
+	 * drain, which a process that exits before it misses. */
+	EP_CNT_PY_NOTES_LOST = 15,
+	EP_CNT_MAX = 16,
 };
 
 /*
@@ -148,6 +151,11 @@ struct ep_offcpu_key {
 	__u32 flags;
 	__u64 user[EP_MAX_STACK_DEPTH];
 	__u64 kernel[EP_MAX_STACK_DEPTH];
+	/* The thread's Python stack (entries as in ep_py_proc's comment), when its process
+	 * runs Python: py_len entries; the rest is not meaningful. */
+	__u32 py_len;
+	__u32 reserved;
+	__u64 py[EP_MAX_STACK_DEPTH];
 };
 
 /*
@@ -223,7 +231,10 @@ enum ep_offcpu_counter {
 	EP_OFF_SHORT_FULL = 11,
 	/* Blocks whose stacks found no room in the buffer's stack map (counted, unattributed). */
 	EP_OFF_STACKS_FULL = 12,
-	EP_OFF_MAX = 13,
+	/* Blocks of Python threads whose Python stack is missing or cut (not a Python
+	 * thread, an unreadable frame, too deep). */
+	EP_OFF_PY_INCOMPLETE = 13,
+	EP_OFF_MAX = 14,
 };
 
 /*
@@ -436,6 +447,27 @@ struct ep_unwind_proc {
 #define EP_PY_ADDR_MASK 0xffffffffffffULL
 #define EP_PY_INDEX_SHIFT 48
 
+/*
+ * A Python stack new to the current buffer, noted to user space right away so that its
+ * code objects are read while the process runs: a process that exits before the next
+ * drain is still named.
+ */
+struct ep_py_note {
+	__u32 tgid;
+	__u32 len;
+	__u64 entries[EP_MAX_STACK_DEPTH];
+	/*
+	 * Per entry, the code object's fingerprint as the kernel read it right after the
+	 * sample (EP_PY_FINGERPRINT; 0 for a marker or an unreadable object): a code object
+	 * freed and another allocated at its address before user space reads it is told apart.
+	 */
+	__u64 fingerprints[EP_MAX_STACK_DEPTH];
+};
+
+/* A code object's fingerprint from co_argcount, co_flags and co_firstlineno. */
+#define EP_PY_FINGERPRINT(argcount, flags, firstlineno) \
+	(((__u64)(firstlineno) << 32) | (__u32)(((__u32)(argcount) << 20) ^ (__u32)(flags)))
+
 struct ep_py_proc {
 	/* Where _PyRuntime is in the process. */
 	__u64 runtime;
@@ -463,6 +495,11 @@ struct ep_py_proc {
 	/* Bytes of a frame the walker reads: past the last field it needs, at most
 	 * EP_PY_FRAME_READ (a 3.11+ frame may end where its memory does). */
 	__u16 frame_size;
+	/* co_argcount, co_flags, co_firstlineno (ints): a code object's fingerprint. */
+	__u16 code_argcount;
+	__u16 code_flags;
+	__u16 code_firstlineno;
+	__u16 reserved;
 };
 
 #endif

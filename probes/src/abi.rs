@@ -142,6 +142,7 @@ pub enum Counter {
     PyBadRead = 12,
     PyDepth = 13,
     PyStackFull = 14,
+    PyNotesLost = 15,
 }
 
 impl From<Counter> for u32 {
@@ -152,7 +153,7 @@ impl From<Counter> for u32 {
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::Samples,
         Counter::Idle,
         Counter::UserStackMapFull,
@@ -168,6 +169,7 @@ impl Counter {
         Counter::PyBadRead,
         Counter::PyDepth,
         Counter::PyStackFull,
+        Counter::PyNotesLost,
     ];
 }
 
@@ -201,6 +203,64 @@ pub const PY_CUT_DEPTH: u64 = 3;
 pub const PY_ADDR_MASK: u64 = 0xffff_ffff_ffff;
 pub const PY_INDEX_SHIFT: u32 = 48;
 
+/// A Python stack new to the buffer (`struct ep_py_note`), noted so its names are read
+/// while the process runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyNote {
+    pub tgid: u32,
+    pub len: u32,
+    pub entries: [u64; MAX_STACK_DEPTH],
+    /// Per entry, its code object's fingerprint as the kernel read it (`py_fingerprint`;
+    /// 0: a marker, or not readable).
+    pub fingerprints: [u64; MAX_STACK_DEPTH],
+}
+
+/// `EP_PY_FINGERPRINT`: a code object's fingerprint from co_argcount, co_flags and
+/// co_firstlineno, as the kernel computes it.
+pub fn py_fingerprint(argcount: u32, flags: u32, firstlineno: u32) -> u64 {
+    (u64::from(firstlineno) << 32) | u64::from((argcount << 20) ^ flags)
+}
+
+impl PyNote {
+    /// The note as the ring holds it, if it is whole.
+    pub fn from_bytes(bytes: &[u8]) -> Option<PyNote> {
+        if bytes.len() < std::mem::size_of::<PyNote>() {
+            return None;
+        }
+        let u32_at = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_ne_bytes)
+        };
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        let mut note = PyNote {
+            tgid: u32_at(0)?,
+            len: u32_at(4)?,
+            entries: [0; MAX_STACK_DEPTH],
+            fingerprints: [0; MAX_STACK_DEPTH],
+        };
+        for i in 0..MAX_STACK_DEPTH {
+            note.entries[i] = u64_at(8 + 8 * i)?;
+            note.fingerprints[i] = u64_at(8 + 8 * (MAX_STACK_DEPTH + i))?;
+        }
+        Some(note)
+    }
+
+    /// The entries written (a length the kernel cannot have written is clamped).
+    pub fn entries(&self) -> &[u64] {
+        &self.entries[..(self.len as usize).min(MAX_STACK_DEPTH)]
+    }
+
+    /// The fingerprints of `entries()`, one each.
+    pub fn fingerprints(&self) -> &[u64] {
+        &self.fingerprints[..(self.len as usize).min(MAX_STACK_DEPTH)]
+    }
+}
+
 /// Where a CPython process keeps its threads and frames (`struct ep_py_proc`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,6 +282,10 @@ pub struct PyProc {
     pub frame_instr: u16,
     pub code_adaptive: u16,
     pub frame_size: u16,
+    pub code_argcount: u16,
+    pub code_flags: u16,
+    pub code_firstlineno: u16,
+    pub reserved: u16,
 }
 
 // SAFETY: plain old data with no padding (checked by the layout test).
@@ -334,6 +398,10 @@ pub struct OffCpuKey {
     pub flags: u32,
     pub user: [u64; MAX_STACK_DEPTH],
     pub kernel: [u64; MAX_STACK_DEPTH],
+    /// Entries of the thread's Python stack (`PY_*`), when its process runs Python.
+    pub py_len: u32,
+    pub reserved: u32,
+    pub py: [u64; MAX_STACK_DEPTH],
 }
 
 impl Default for OffCpuKey {
@@ -348,6 +416,9 @@ impl Default for OffCpuKey {
             flags: 0,
             user: [0; MAX_STACK_DEPTH],
             kernel: [0; MAX_STACK_DEPTH],
+            py_len: 0,
+            reserved: 0,
+            py: [0; MAX_STACK_DEPTH],
         }
     }
 }
@@ -359,6 +430,11 @@ impl OffCpuKey {
     /// The thread name up to its NUL, lossily decoded.
     pub fn comm_str(&self) -> String {
         comm_str(&self.comm)
+    }
+
+    /// The Python stack's entries, leaf first (clamped like the others).
+    pub fn py_entries(&self) -> &[u64] {
+        &self.py[..(self.py_len as usize).min(MAX_STACK_DEPTH)]
     }
 
     /// The valid user frames, leaf first; a length the kernel cannot have written is clamped.
@@ -408,6 +484,7 @@ pub enum OffCpuCounter {
     Stale = 10,
     ShortFull = 11,
     StacksFull = 12,
+    PyIncomplete = 13,
 }
 
 impl From<OffCpuCounter> for u32 {
@@ -418,7 +495,7 @@ impl From<OffCpuCounter> for u32 {
 
 impl OffCpuCounter {
     /// Every counter, in index order.
-    pub const ALL: [OffCpuCounter; 13] = [
+    pub const ALL: [OffCpuCounter; 14] = [
         OffCpuCounter::Blocks,
         OffCpuCounter::Short,
         OffCpuCounter::StartFull,
@@ -432,6 +509,7 @@ impl OffCpuCounter {
         OffCpuCounter::Stale,
         OffCpuCounter::ShortFull,
         OffCpuCounter::StacksFull,
+        OffCpuCounter::PyIncomplete,
     ];
 }
 
@@ -673,6 +751,7 @@ mod tests {
         ("EP_CNT_PY_BAD_READ", Counter::PyBadRead as i64),
         ("EP_CNT_PY_DEPTH", Counter::PyDepth as i64),
         ("EP_CNT_PY_STACK_FULL", Counter::PyStackFull as i64),
+        ("EP_CNT_PY_NOTES_LOST", Counter::PyNotesLost as i64),
         ("EP_PY_PROCS", PY_PROCS as i64),
         ("EP_PY_MAX_THREADS", PY_MAX_THREADS as i64),
         ("EP_PY_FRAME_READ", PY_FRAME_READ as i64),
@@ -717,6 +796,7 @@ mod tests {
         ("EP_OFF_STALE", OffCpuCounter::Stale as i64),
         ("EP_OFF_SHORT_FULL", OffCpuCounter::ShortFull as i64),
         ("EP_OFF_STACKS_FULL", OffCpuCounter::StacksFull as i64),
+        ("EP_OFF_PY_INCOMPLETE", OffCpuCounter::PyIncomplete as i64),
         ("EP_UNWIND_CUT", UNWIND_CUT as i64),
         ("EP_OFF_MAX", OffCpuCounter::ALL.len() as i64),
         ("EP_HIST_SLOTS", HIST_SLOTS as i64),
@@ -822,6 +902,32 @@ mod tests {
     }
 
     #[test]
+    fn py_note_matches_c_layout() {
+        assert_eq!(size_of::<PyNote>(), c::EP_PY_NOTE_SIZE);
+        assert_eq!(offset_of!(PyNote, tgid), c::EP_PY_NOTE_TGID_OFFSET);
+        assert_eq!(offset_of!(PyNote, len), c::EP_PY_NOTE_LEN_OFFSET);
+        assert_eq!(offset_of!(PyNote, entries), c::EP_PY_NOTE_ENTRIES_OFFSET);
+        assert_eq!(
+            offset_of!(PyNote, fingerprints),
+            c::EP_PY_NOTE_FINGERPRINTS_OFFSET
+        );
+        for (args, c_value) in c::PY_FINGERPRINTS {
+            assert_eq!(py_fingerprint(args.0, args.1, args.2), *c_value);
+        }
+        let mut bytes = vec![0u8; c::EP_PY_NOTE_SIZE];
+        bytes[0..4].copy_from_slice(&7u32.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        bytes[8..16].copy_from_slice(&0x55u64.to_ne_bytes());
+        bytes[16..24].copy_from_slice(&1u64.to_ne_bytes());
+        let fps = 8 + 8 * MAX_STACK_DEPTH;
+        bytes[fps..fps + 8].copy_from_slice(&9u64.to_ne_bytes());
+        let note = PyNote::from_bytes(&bytes).unwrap();
+        assert_eq!((note.tgid, note.entries()), (7, &[0x55u64, 1][..]));
+        assert_eq!(note.fingerprints(), &[9u64, 0][..]);
+        assert!(PyNote::from_bytes(&bytes[..100]).is_none());
+    }
+
+    #[test]
     fn py_proc_matches_c_layout() {
         assert_eq!(size_of::<PyProc>(), c::EP_PY_PROC_SIZE);
         let rust = [
@@ -842,6 +948,9 @@ mod tests {
             offset_of!(PyProc, frame_instr),
             offset_of!(PyProc, code_adaptive),
             offset_of!(PyProc, frame_size),
+            offset_of!(PyProc, code_argcount),
+            offset_of!(PyProc, code_flags),
+            offset_of!(PyProc, code_firstlineno),
         ];
         let c = [
             c::EP_PY_PROC_RUNTIME_OFFSET,
@@ -861,6 +970,9 @@ mod tests {
             c::EP_PY_PROC_FRAME_INSTR_OFFSET,
             c::EP_PY_PROC_CODE_ADAPTIVE_OFFSET,
             c::EP_PY_PROC_FRAME_SIZE_OFFSET,
+            c::EP_PY_PROC_CODE_ARGCOUNT_OFFSET,
+            c::EP_PY_PROC_CODE_FLAGS_OFFSET,
+            c::EP_PY_PROC_CODE_FIRSTLINENO_OFFSET,
         ];
         assert_eq!(rust, c);
     }
@@ -889,6 +1001,11 @@ mod tests {
             offset_of!(OffCpuKey, kernel),
             c::EP_OFFCPU_KEY_KERNEL_OFFSET
         );
+        assert_eq!(
+            offset_of!(OffCpuKey, py_len),
+            c::EP_OFFCPU_KEY_PY_LEN_OFFSET
+        );
+        assert_eq!(offset_of!(OffCpuKey, py), c::EP_OFFCPU_KEY_PY_OFFSET);
         assert_eq!(size_of::<OffCpuValue>(), c::EP_OFFCPU_VALUE_SIZE);
         assert_eq!(
             offset_of!(OffCpuValue, total_ns),

@@ -106,6 +106,8 @@ pub struct KernelCounters {
     pub py_depth: u64,
     /// ... whose Python stack found no room in the stack map.
     pub py_stack_full: u64,
+    /// New Python stacks not noted to user space (ring full).
+    pub py_notes_lost: u64,
 }
 
 impl KernelCounters {
@@ -127,6 +129,7 @@ impl KernelCounters {
             Counter::PyBadRead => &mut self.py_bad_read,
             Counter::PyDepth => &mut self.py_depth,
             Counter::PyStackFull => &mut self.py_stack_full,
+            Counter::PyNotesLost => &mut self.py_notes_lost,
         }
     }
 
@@ -412,6 +415,13 @@ const HEALTH: &[HealthRow<KernelCounters>] = &[
     py_cut("bad_read", |k| k.py_bad_read),
     py_cut("depth", |k| k.py_depth),
     py_cut("stack_map_full", |k| k.py_stack_full),
+    HealthRow {
+        name: "emberprof.python.notes.lost",
+        description: "New Python stacks not passed to user space at once (ring full): named at the drain, unless their process exited",
+        unit: "{stack}",
+        label: None,
+        value: |k| k.py_notes_lost,
+    },
 ];
 
 /// Python samples without their whole Python stack, by reason.

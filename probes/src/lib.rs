@@ -46,7 +46,7 @@ pub use new_processes::NewProcesses;
 pub use object::Probes;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
 pub use profiler::{Drained, Profiler, UnwindTarget};
-pub use python_maps::PythonProcs;
+pub use python_maps::{PythonNotes, PythonProcs};
 pub use unwind_maps::UnwindMaps;
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct Probes {
     pub unwind: UnwindMaps,
     /// Where processes running Python are listed for the Python walker (CPU samples).
     pub python: crate::python_maps::PythonProcs,
+    /// Python stacks new to the buffers, to name while their process runs.
+    pub python_notes: crate::python_maps::PythonNotes,
 }
 
 /// The process selection every loader is given (the agent gives all the same): the first
@@ -144,6 +146,7 @@ impl Probes {
         pid_filter::sync(&mut ebpf, &pids)?;
         let unwind = UnwindMaps::take(&mut ebpf)?;
         let python = crate::python_maps::PythonProcs::take(&mut ebpf)?;
+        let python_notes = crate::python_maps::PythonNotes::take(&mut ebpf)?;
         let mut ring = if announce {
             let ring = new_processes::take_ring(&mut ebpf)?;
             new_processes::attach_lifecycle(&mut ebpf);
@@ -174,6 +177,7 @@ impl Probes {
             latency,
             unwind,
             python,
+            python_notes,
         })
     }
 }

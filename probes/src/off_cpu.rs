@@ -97,6 +97,8 @@ pub struct OffCpuCounters {
     pub short_full: u64,
     /// Blocks lost: no room for their stacks in the buffer.
     pub stacks_full: u64,
+    /// Switch-outs of threads of Python processes whose Python stack is missing or cut.
+    pub py_incomplete: u64,
 }
 
 impl OffCpuCounters {
@@ -116,6 +118,7 @@ impl OffCpuCounters {
             OffCpuCounter::Stale => &mut self.stale,
             OffCpuCounter::ShortFull => &mut self.short_full,
             OffCpuCounter::StacksFull => &mut self.stacks_full,
+            OffCpuCounter::PyIncomplete => &mut self.py_incomplete,
         }
     }
 
@@ -301,7 +304,7 @@ fn sample_of(key: &OffCpuKey, value: u64) -> KernelSample {
         kernel_thread: key.flags & KEY_KTHREAD != 0,
         user: captured_stack(key.user_frames()),
         kernel: captured_stack(key.kernel_frames()),
-        interpreted: CapturedStack::None,
+        interpreted: captured_stack(key.py_entries()),
         value,
     }
 }
@@ -374,6 +377,13 @@ const HEALTH: &[HealthRow<OffCpuCounters>] = &[
     unwind_cut("emberprof.offcpu.unwind.cut", "no_rule", |k| k.unwind_no_rule),
     unwind_cut("emberprof.offcpu.unwind.cut", "bad_read", |k| k.unwind_bad_read),
     unwind_cut("emberprof.offcpu.unwind.cut", "depth", |k| k.unwind_depth),
+    HealthRow {
+        name: "emberprof.offcpu.python.incomplete",
+        description: "Switch-outs of threads of Python processes whose Python stack is missing or cut (a thread without Python state, an unreadable frame, too deep)",
+        unit: "{block}",
+        label: None,
+        value: |k| k.py_incomplete,
+    },
 ];
 
 impl Profiler for OffCpuProfiler {

@@ -2,14 +2,15 @@
 //! CPython, where its interpreter keeps threads and frames. Whoever holds it decides which
 //! processes get Python stacks.
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, RingBuf};
 use aya::Ebpf;
 
-use crate::abi::PyProc;
+use crate::abi::{PyNote, PyProc};
 use crate::error::ProbeError;
 use crate::maps;
 
 const PROCS: &str = "ep_py_procs";
+const NOTES: &str = "ep_py_notes";
 
 /// `ep_py_procs` of one loaded object.
 pub struct PythonProcs {
@@ -41,5 +42,31 @@ impl PythonProcs {
     pub fn remove(&mut self, pid: u32) {
         // Not listed is what was asked for.
         let _ = self.procs.remove(&pid);
+    }
+}
+
+/// The ring of Python stacks new to the kernel's buffers (`ep_py_notes`).
+pub struct PythonNotes {
+    ring: RingBuf<MapData>,
+}
+
+impl PythonNotes {
+    /// Takes the ring out of a loaded object.
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, ProbeError> {
+        Ok(PythonNotes {
+            ring: maps::take_as(ebpf, NOTES)?,
+        })
+    }
+
+    /// The notes waiting now (none when empty; never blocks).
+    pub fn take_waiting(&mut self) -> Vec<PyNote> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            match PyNote::from_bytes(&item) {
+                Some(note) => out.push(note),
+                None => tracing::debug!(len = item.len(), "short python note ignored"),
+            }
+        }
+        out
     }
 }

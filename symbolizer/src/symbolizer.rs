@@ -159,6 +159,17 @@ impl Symbolizer {
         }
     }
 
+    /// Code objects of process `pid` read while it ran (see `python::PythonNames::adopt`).
+    pub fn adopt_python(
+        &mut self,
+        pid: u32,
+        exec_id: u32,
+        runtime: crate::python::PythonRuntime,
+        codes: Vec<(u64, Option<crate::python::CodeInfo>)>,
+    ) {
+        self.python.adopt(pid, exec_id, runtime, codes);
+    }
+
     /// How naming Python frames went, since creation.
     pub fn python_stats(&self) -> crate::python::PythonNameStats {
         self.python.stats()

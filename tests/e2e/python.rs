@@ -3,14 +3,16 @@
 //! present). The workload (tests/workloads/python_work.py) runs known functions.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use pprof::protos::Message;
 
 use crate::harness::tests;
-use crate::support::{bpf_test, read_folded, record, record_pid, FoldedLine};
+use crate::support::{
+    bpf_test, read_folded, record, record_around, record_pid, total_under, FoldedLine,
+};
 
 tests![
     cpu_split_between_two_python_functions_is_kept,
@@ -18,6 +20,8 @@ tests![
     pool_threads_are_under_their_own_functions,
     native_calls_appear_under_their_python_caller,
     no_python_switch_leaves_native_frames_only,
+    off_cpu_waits_are_under_the_python_function_that_waited,
+    a_process_started_later_and_gone_before_the_drain_is_named,
 ];
 
 const SCRIPT: &str = concat!(
@@ -74,13 +78,11 @@ impl PyWorkload {
         let mut child = Command::new(python)
             .arg(SCRIPT)
             .arg(mode)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", python.display()));
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
-        }
+        let line = next_line(&mut child);
         assert_eq!(
             line.trim(),
             "ready",
@@ -90,9 +92,35 @@ impl PyWorkload {
         PyWorkload(child)
     }
 
+    /// Says "go" to a workload that waits for it, and waits for its "done".
+    fn go_and_wait(&mut self) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(b"go\n").expect("writing go");
+        stdin.flush().expect("flushing go");
+        assert_eq!(
+            next_line(&mut self.0).trim(),
+            "done",
+            "the workload did not finish"
+        );
+    }
+
     fn pid(&self) -> u32 {
         self.0.id()
     }
+}
+
+/// The next line the workload prints (empty at its end).
+fn next_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    if let Some(out) = child.stdout.as_mut() {
+        // One byte at a time: a buffered reader dropped here could hold the next line.
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+            line.push(byte[0] as char);
+        }
+    }
+    line
 }
 
 impl Drop for PyWorkload {
@@ -314,4 +342,84 @@ fn no_python_switch_leaves_native_frames_only() {
             .all(|l| !l.frames.iter().any(|f| f.starts_with("python_work."))),
         "{label}: Python frames with --no-python"
     );
+}
+
+/// `time.sleep` and a blocking socket `recv`, off-CPU: each wait under the Python function
+/// that waited, with its time (50 x 20 ms each, ± 5%).
+fn off_cpu_waits_are_under_the_python_function_that_waited() {
+    let Some(_serial) = bpf_test() else { return };
+    const MS: u64 = 1_000_000;
+    for (label, python) in interpreters() {
+        let mut w = PyWorkload::start(&python, "sleep");
+        let pid = w.pid().to_string();
+        let rec = record_around(
+            "py-offcpu.folded",
+            &["--off-cpu", "--pid", &pid, "--format", "folded"],
+            || w.go_and_wait(),
+        );
+        let lines = read_folded(&rec.file);
+        for (function, native) in [
+            ("python_work.nap", "time_sleep"),
+            ("python_work.wait_recv", "sock_recv"),
+        ] {
+            let got = total_under(&lines, function);
+            let expected = 50 * 20 * MS;
+            let err = (got as f64 - expected as f64).abs() / expected as f64;
+            assert!(
+                err <= 0.05,
+                "{label}: {:.1} ms off-CPU under {function}, expected {:.0} ms ± 5%",
+                got as f64 / 1e6,
+                expected as f64 / 1e6
+            );
+            // The C function it called sits below it (named, or its stripped file's).
+            assert!(
+                lines.iter().any(|l| {
+                    l.frames
+                        .iter()
+                        .position(|f| f == function)
+                        .is_some_and(|at| {
+                            l.frames[at + 1..]
+                                .iter()
+                                .any(|f| f.starts_with(native) || f.contains("+0x"))
+                        })
+                }),
+                "{label}: no native frame under {function}"
+            );
+        }
+    }
+}
+
+/// A Python process that starts after the recording and exits long before its first drain
+/// (at the stop, 30 s away): its stacks were noted and its code objects read while it ran.
+fn a_process_started_later_and_gone_before_the_drain_is_named() {
+    let Some(_serial) = bpf_test() else { return };
+    for (label, python) in interpreters() {
+        let mut pid = 0;
+        let rec = record_around(
+            "py-burst.folded",
+            &["--drain-interval", "30s", "--format", "folded"],
+            || {
+                let mut w = PyWorkload::start(&python, "burst");
+                pid = w.pid();
+                let status = w.0.wait().expect("waiting for the workload");
+                assert!(status.success(), "{label}: the workload failed");
+            },
+        );
+        let lines: Vec<FoldedLine> = read_folded(&rec.file)
+            .into_iter()
+            .filter(|l| l.frames[0].ends_with(&format!("-{pid}")))
+            .collect();
+        let total: u64 = lines.iter().map(|l| l.count).sum();
+        let named = under(&lines, "python_work.hot_a");
+        let unnamed: u64 = lines
+            .iter()
+            .filter(|l| l.frames.iter().any(|f| f.starts_with("[python: ")))
+            .map(|l| l.count)
+            .sum();
+        eprintln!("{label}: {named} of {total} samples under hot_a, {unnamed} with an unnamed Python frame");
+        assert!(
+            total >= 50 && named as f64 >= 0.9 * total as f64,
+            "{label}: {named} of {total} samples of the gone process under hot_a ({unnamed} unnamed)"
+        );
+    }
 }

@@ -6,7 +6,9 @@ killed. Modes:
   deep     deep() recurses 30 levels, then spins in the innermost
   pool     a two-thread pool runs work_a and work_b, each on a thread named after it
   native   do_hash (hashlib.sha256 over 8 MiB) and do_json (json.dumps) in turn
-  sleep    nap() sleeps in 20 ms time.sleep calls; wait_recv() blocks on a socket recv
+  burst    hot_a takes 1 s of CPU time, then the process exits
+  sleep    after "go" on stdin: nap() sleeps 50 x 20 ms, wait_recv() blocks in a socket
+           recv for 50 bytes sent 20 ms apart; prints "done" and exits
 """
 import ctypes
 import hashlib
@@ -88,25 +90,48 @@ def native():
         do_json(obj)
 
 
-def nap():
-    while True:
-        time.sleep(0.02)
+def nap(n, ms):
+    for _ in range(n):
+        time.sleep(ms / 1000)
 
 
-def wait_recv(sock):
-    while True:
+def wait_recv(sock, n):
+    for _ in range(n):
         sock.recv(1)
 
 
+def send_every(sock, n, ms):
+    for _ in range(n):
+        time.sleep(ms / 1000)
+        sock.send(b"x")
+
+
 def sleep():
+    # Waits for "go" on stdin; then, for the measured part, `nap` sleeps 50 x 20 ms on the
+    # main thread while `wait_recv` blocks in recv on another for the 50 bytes a third
+    # thread sends every 20 ms. Prints "done" at the end.
     a, b = socket.socketpair()
-    t = threading.Thread(target=lambda: (name_thread("recv"), wait_recv(a)), daemon=True)
+    sys.stdin.readline()
+    # Short blocks first, so that the profiler has met the process before the measured part.
+    time.sleep(0.05)
+    t = threading.Thread(target=lambda: (name_thread("recv"), wait_recv(a, 50)))
+    s = threading.Thread(target=send_every, args=(b, 50, 20))
     t.start()
-    name_thread("nap")
-    nap()
+    s.start()
+    nap(50, 20)
+    t.join()
+    s.join()
+    print("done", flush=True)
+    sys.exit(0)
 
 
-MODES = {"split": split, "deep": lambda: deep(30), "pool": pool, "native": native, "sleep": sleep}
+def burst():
+    # Started after the profiler; exits long before its next drain.
+    hot_a(1.0)
+    sys.exit(0)
+
+
+MODES = {"split": split, "deep": lambda: deep(30), "pool": pool, "native": native, "sleep": sleep, "burst": burst}
 
 if __name__ == "__main__":
     run = MODES[sys.argv[1]]

@@ -47,6 +47,9 @@ struct Code {
     info: Option<Arc<CodeInfo>>,
     why: Unnamed,
     checked: u64,
+    /// Known at a note not to be the object sampled (freed, its address reused): never
+    /// read again, or it would be named after the new object.
+    freed: bool,
     /// Locations by instruction index (+1), built once.
     at: HashMap<u16, Arc<Location>>,
 }
@@ -93,7 +96,7 @@ impl Unnamed {
 
 struct Process {
     exec_id: u32,
-    runtime: Option<PythonRuntime>,
+    runtime: Result<PythonRuntime, Unnamed>,
     mem: ProcessMemory,
     codes: HashMap<u64, Code>,
     used: u64,
@@ -157,10 +160,14 @@ impl PythonNames {
         let p = self.procs.entry(pid).or_insert_with(|| Process {
             exec_id,
             runtime: match detect(pid) {
-                Ok(r) => r,
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => Err(Unnamed::NoRuntime),
                 Err(e) => {
                     tracing::debug!(pid, error = %e, "python frames of a process whose interpreter cannot be read");
-                    None
+                    // Mostly: the process exited before the drain, and no note of its
+                    // stacks was read in time.
+                    let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+                    Err(if gone { Unnamed::Gone } else { Unnamed::NoRuntime })
                 }
             },
             mem: ProcessMemory::new(pid),
@@ -180,16 +187,25 @@ impl PythonNames {
         if p.codes.len() >= CODES_PER_PROCESS {
             p.codes.clear();
         }
-        let Some(runtime) = &p.runtime else {
-            self.stats.unnamed_no_runtime += 1;
-            return self.marker(Unnamed::NoRuntime.frame());
+        let runtime = match &p.runtime {
+            Ok(r) => r,
+            Err(why) => {
+                let why = *why;
+                self.count_unnamed(why);
+                return self.marker(why.frame());
+            }
         };
         let fresh = match p.codes.get(&addr) {
             // Checked this drain, or unnamed (an unreadable address stays so this drain).
-            Some(c) if c.checked == drain => false,
+            Some(c) if c.checked == drain || c.freed => false,
             Some(Code {
                 info: Some(info), ..
-            }) => fingerprint(&p.mem, &runtime.offsets, addr).ok() != Some(info.fingerprint),
+            }) => match fingerprint(&p.mem, &runtime.offsets, addr) {
+                Ok(now) => now != info.fingerprint,
+                // Gone: what was read while it ran (at a note of its stack, after the
+                // sample) still names it.
+                Err(e) => Unnamed::of_read(&e) != Unnamed::Gone,
+            },
             _ => true,
         };
         if fresh {
@@ -198,12 +214,14 @@ impl PythonNames {
                     info: Some(Arc::new(info)),
                     why: Unnamed::NotCode,
                     checked: drain,
+                    freed: false,
                     at: HashMap::new(),
                 },
                 Err(e) => Code {
                     info: None,
                     why: Unnamed::of(&e),
                     checked: drain,
+                    freed: false,
                     at: HashMap::new(),
                 },
             };
@@ -229,14 +247,60 @@ impl PythonNames {
                 location
             }
             Err(why) => {
-                match why {
-                    Unnamed::Gone => self.stats.unnamed_gone += 1,
-                    Unnamed::NotCode => self.stats.unnamed_not_code += 1,
-                    Unnamed::Unreadable => self.stats.unnamed_unreadable += 1,
-                    Unnamed::NoRuntime => self.stats.unnamed_no_runtime += 1,
-                }
+                self.count_unnamed(why);
                 self.marker(why.frame())
             }
+        }
+    }
+
+    fn count_unnamed(&mut self, why: Unnamed) {
+        match why {
+            Unnamed::Gone => self.stats.unnamed_gone += 1,
+            Unnamed::NotCode => self.stats.unnamed_not_code += 1,
+            Unnamed::Unreadable => self.stats.unnamed_unreadable += 1,
+            Unnamed::NoRuntime => self.stats.unnamed_no_runtime += 1,
+        }
+    }
+
+    /// Takes code objects read while process `pid` (image `exec_id`) ran, with its
+    /// interpreter: they name its frames at the drain even if it is gone by then.
+    pub fn adopt(
+        &mut self,
+        pid: u32,
+        exec_id: u32,
+        runtime: PythonRuntime,
+        codes: Vec<(u64, Option<CodeInfo>)>,
+    ) {
+        let drain = self.drain;
+        if self.procs.get(&pid).is_some_and(|p| p.exec_id != exec_id) {
+            self.procs.remove(&pid);
+        }
+        let p = self.procs.entry(pid).or_insert_with(|| Process {
+            exec_id,
+            runtime: Err(Unnamed::NoRuntime),
+            mem: ProcessMemory::new(pid),
+            codes: HashMap::new(),
+            used: drain,
+        });
+        if p.runtime.is_err() {
+            p.runtime = Ok(runtime);
+        }
+        p.used = drain;
+        for (addr, info) in codes {
+            if p.codes.len() >= CODES_PER_PROCESS {
+                break;
+            }
+            p.codes.insert(
+                addr,
+                Code {
+                    freed: info.is_none(),
+                    info: info.map(Arc::new),
+                    why: Unnamed::NotCode,
+                    // Checked at its first use in a drain, like any cached name.
+                    checked: 0,
+                    at: HashMap::new(),
+                },
+            );
         }
     }
 }
