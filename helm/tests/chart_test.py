@@ -163,6 +163,7 @@ class Tests:
             "unwind.mode=dwarf": "/unwind/mode",
             "unwind.tableMib=0": "/unwind/tableMib",
             "unwind.tableMib=129": "/unwind/tableMib",
+            "python.enabled=maybe": "/python/enabled",
         }
         for value, where in bad.items():
             out = self.helm.template(sets=[value], expect_ok=False)
@@ -318,8 +319,10 @@ class Tests:
         assert full["pprof_dir"] == "/var/lib/emberprof/pprof"
         assert full["symbol_files"] == 2048
         assert full["unwind"] == "fp" and full["unwind_table_mib"] == 16
+        assert full["no_python"] is True
         defaults = self.render().config
         assert defaults["unwind"] == "auto" and defaults["unwind_table_mib"] == 32
+        assert defaults["no_python"] is False
         m = self.render("full-config.yaml")
         assert m.mount("pprof")["mountPath"] == full["pprof_dir"]
         assert m.volume("pprof")["emptyDir"] == {"sizeLimit": "700Mi"}

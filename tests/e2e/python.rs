@@ -242,6 +242,18 @@ fn pool_threads_are_under_their_own_functions() {
                 .flat_map(|l| l.line.iter().map(|line| function_of[&line.function_id]))
                 .collect()
         };
+        // pprof functions are `module.qualname` with their file, and lines are set.
+        let work_a = p
+            .function
+            .iter()
+            .find(|f| s(f.name) == "python_work.work_a")
+            .unwrap_or_else(|| panic!("{label}: no python_work.work_a function"));
+        assert!(s(work_a.filename).ends_with("/python_work.py"));
+        assert!(p
+            .location
+            .iter()
+            .flat_map(|l| &l.line)
+            .any(|l| l.function_id == work_a.id && l.line > 0));
         // thread name -> (samples, samples under work_a, under work_b)
         let mut per: HashMap<&str, (i64, i64, i64)> = HashMap::new();
         for x in &p.sample {

@@ -257,4 +257,41 @@ mod tests {
             "no duplicate strings"
         );
     }
+
+    #[test]
+    fn python_frames_are_typed_cpython_with_their_file_and_line() {
+        let mut d = DictionaryBuilder::new();
+        let py = Arc::new(Location {
+            kind: FrameKind::Python,
+            module: None,
+            address: 0,
+            segment: None,
+            frames: vec![Frame {
+                function: Arc::from("work.hot_a"),
+                file: Some(Arc::from("/srv/work.py")),
+                line: 12,
+            }],
+        });
+        d.stack(&[py, loc("_PyEval_EvalFrameDefault", 7)]);
+        let dict = d.finish();
+        let s = |i: i32| dict.string_table[i as usize].as_str();
+        let type_of = |l: &pb::Location| {
+            let a = &dict.attribute_table[l.attribute_indices[0] as usize];
+            assert_eq!(s(a.key_strindex), "profile.frame.type");
+            match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(crate::otlp::proto::common::v1::any_value::Value::StringValue(t)) => t.clone(),
+                other => panic!("frame type {other:?}"),
+            }
+        };
+        let py = &dict.location_table[1];
+        assert_eq!(type_of(py), "cpython");
+        assert_eq!(py.mapping_index, 0, "no ELF mapping for a Python frame");
+        let f = &dict.function_table[py.lines[0].function_index as usize];
+        assert_eq!(
+            (s(f.name_strindex), s(f.filename_strindex)),
+            ("work.hot_a", "/srv/work.py")
+        );
+        assert_eq!(py.lines[0].line, 12);
+        assert_eq!(type_of(&dict.location_table[2]), "native");
+    }
 }

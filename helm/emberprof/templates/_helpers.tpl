@@ -100,6 +100,7 @@ BPF PERFMON SYS_RESOURCE SYS_PTRACE DAC_READ_SEARCH CHECKPOINT_RESTORE SYSLOG
   "shutdown_timeout" $v.shutdownTimeout
   "unwind" $v.unwind.mode
   "unwind_table_mib" (int64 $v.unwind.tableMib)
+  "no_python" (not $v.python.enabled)
 -}}
 {{- if $v.offCpu.enabled -}}
 {{- $_ := merge $c (dict "off_cpu" true "include_preempted" $v.offCpu.includePreempted "min_block" $v.offCpu.minBlock) -}}
