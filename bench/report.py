@@ -33,6 +33,7 @@ class Run:
     scale: Optional[list] = None
     memory: Optional[list] = None
     tables: Optional[list] = None
+    python: Optional[object] = None
 
 
 def machine():
@@ -394,6 +395,38 @@ def memory_section(results):
     ])
 
 
+def python_section(r):
+    base = r.costs[0].ns_per_sample
+    by_case = {c.case: c for c in r.costs}
+
+    def added(c):
+        off = by_case.get(c.case.split(" (")[0] + ", --no-python")
+        return f"+{c.ns_per_sample - off.ns_per_sample:.0f}" if off and off is not c else DASH
+
+    cost_rows = [[c.case, f"{c.runs}", f"{c.ns_per_sample:.0f}",
+                  f"{c.ns_per_sample / base:.2f}x", added(c)] for c in r.costs]
+    off = next((a for a in r.agent if a.case == "--no-python"), None)
+    agent_rows = [[a.case, f"{a.cpu_pct:.2f}%",
+                   f"{a.cpu_pct / off.cpu_pct:.2f}x" if off and off.cpu_pct > 0 else DASH]
+                  for a in r.agent]
+    return "\n\n".join([
+        "## Python frames",
+        f"{r.python} (pyenv). *Per sample*: the CPU sampler's eBPF run time (bpf_stats, the "
+        "whole recording) over the samples the kernel counted, while `record --pid` samples "
+        "one busy process at 999 Hz for 4 s; native stacks are walked by unwind tables in "
+        "every case. *Python walk*: what the same process costs more than with "
+        "`--no-python`: finding the thread's state (cached per thread, checked with one "
+        "read), one read per Python frame, and for a stack new to the buffer its note to "
+        "user space. *Agent*: emberprof's whole process (user + system CPU) over 20 s, "
+        "`agent --frequency 99 --interval 5s --pprof-dir`, with 20 Python processes (split, "
+        "deep, native calls, thread pools) selected by `--pid`, against the same with "
+        "`--no-python`.",
+        table(["process sampled", "samples", "ns per sample", "vs native",
+               "Python walk, ns"], cost_rows),
+        table(["agent, 20 Python processes", "CPU (% of one)", "vs --no-python"], agent_rows),
+    ])
+
+
 def targets_section(run):
     o, rows = run.overhead, []
     by_key = {c.key: c for c in o.configs} if o else {}
@@ -500,6 +533,8 @@ def markdown(run):
         parts.append(scale_section(run.scale))
     if run.memory:
         parts.append(memory_section(run.memory))
+    if run.python:
+        parts.append(python_section(run.python))
     if run.overhead or run.accuracy or run.memory:
         parts.append(targets_section(run))
     return "\n\n".join(parts) + "\n"

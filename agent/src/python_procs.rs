@@ -161,8 +161,9 @@ pub struct PythonReader {
     captured: Receiver<PyCaptured>,
 }
 
-/// How often the notes ring is looked at: a process must still run when it is.
-const NOTE_POLL: Duration = Duration::from_millis(10);
+/// Longest wait for a note before the stop flag is looked at again (a note wakes it at
+/// once: a process must still run when its code objects are read).
+const NOTE_WAIT: Duration = Duration::from_millis(100);
 /// Processes whose code objects read are remembered (to read each once) before all are
 /// forgotten.
 const READ_PROCESSES: usize = 1024;
@@ -213,9 +214,8 @@ fn read_notes(
     // By pid: its image and the code objects read already.
     let mut read: HashMap<u32, (u32, HashSet<u64>)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
-        let batch = notes.take_waiting();
+        let batch = notes.wait(NOTE_WAIT);
         if batch.is_empty() {
-            std::thread::sleep(NOTE_POLL);
             continue;
         }
         if read.len() > READ_PROCESSES {

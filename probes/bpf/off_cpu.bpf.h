@@ -352,7 +352,8 @@ static __always_inline void ep_credit(struct ep_offcpu_start *s, __u64 delta, __
 			ep_off_count(EP_OFF_STACKS_FULL);
 			return;
 		}
-		if (!err && s->key.py_len && !ep_py_note(s->key.tgid, s->key.py, s->key.py_len))
+		if (!err && s->key.py_len &&
+		    !ep_py_note(s->key.tgid, s->id, s->key.py, s->key.py_len))
 			ep_count(EP_CNT_PY_NOTES_LOST);
 		s->stored_gen = gen + 1;
 	}

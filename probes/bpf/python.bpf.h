@@ -164,6 +164,18 @@ struct {
 	__uint(max_entries, 512 * 1024);
 } ep_py_notes SEC(".maps");
 
+/*
+ * Stacks noted already (by their hash, mixed with the process): a stack is noted the first
+ * time it is seen, not again in every buffer. Least recently used go first; one evicted is
+ * noted again when next new to a buffer.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+} ep_py_noted SEC(".maps");
+
 struct ep_py_fp_ctx {
 	const __u64 *entries;
 	struct ep_py_proc *p;
@@ -195,12 +207,18 @@ static long ep_py_fp_step(__u32 i, void *arg)
 }
 
 /*
- * Notes a Python stack new to the buffer, with its code objects' fingerprints read now;
- * false when the ring is full (or the process is no longer listed).
+ * Notes a Python stack new to the buffer (`hash` tells it from others) unless it was
+ * already, with its code objects' fingerprints read now; false when the ring is full (or
+ * the process is no longer listed).
  */
-static __always_inline bool ep_py_note(__u32 tgid, const __u64 *entries, __u32 len)
+static __always_inline bool ep_py_note(__u32 tgid, __u64 hash, const __u64 *entries, __u32 len)
 {
 	__u32 zero = 0;
+	__u64 noted = hash ^ ((__u64)tgid * 0x9e3779b97f4a7c15ULL);
+	__u8 one = 1;
+
+	if (bpf_map_lookup_elem(&ep_py_noted, &noted))
+		return true;
 	struct ep_py_proc *p = bpf_map_lookup_elem(&ep_py_procs, &tgid);
 	struct ep_py_walk *w = bpf_map_lookup_elem(&ep_py_scratch, &zero);
 
@@ -216,6 +234,7 @@ static __always_inline bool ep_py_note(__u32 tgid, const __u64 *entries, __u32 l
 	__builtin_memcpy(n->entries, entries, sizeof(n->entries));
 	__builtin_memcpy(n->fingerprints, w->fps, sizeof(n->fingerprints));
 	bpf_ringbuf_submit(n, 0);
+	bpf_map_update_elem(&ep_py_noted, &noted, &one, BPF_ANY);
 	return true;
 }
 

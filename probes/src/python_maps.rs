@@ -2,6 +2,9 @@
 //! CPython, where its interpreter keeps threads and frames. Whoever holds it decides which
 //! processes get Python stacks.
 
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
 use aya::maps::{HashMap, MapData, RingBuf};
 use aya::Ebpf;
 
@@ -56,6 +59,24 @@ impl PythonNotes {
         Ok(PythonNotes {
             ring: maps::take_as(ebpf, NOTES)?,
         })
+    }
+
+    /// Waits up to `timeout` for notes (the kernel wakes the ring's poller as each is
+    /// written) and returns those there; an interrupted or failed wait returns what is there.
+    pub fn wait(&mut self, timeout: Duration) -> Vec<PyNote> {
+        let out = self.take_waiting();
+        if !out.is_empty() {
+            return out;
+        }
+        let mut fd = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd, living across the call.
+        unsafe { libc::poll(&mut fd, 1, millis) };
+        self.take_waiting()
     }
 
     /// The notes waiting now (none when empty; never blocks).

@@ -39,16 +39,35 @@ pub struct CodeInfo {
     pep626: bool,
 }
 
-/// The fingerprint of the code object at `addr` (three small reads, to check a cached name).
+/// The fingerprint of the code object at `addr`, to check a cached name: one read of the
+/// bytes that span its three fields (they lie within 28 bytes in every version).
 pub fn fingerprint(
     mem: &impl Memory,
     off: &PyOffsets,
     addr: u64,
 ) -> Result<Fingerprint, ReadError> {
+    let fields = [off.code_argcount, off.code_flags, off.code_firstlineno];
+    let lo = fields.iter().copied().min().unwrap_or(0);
+    let hi = fields.iter().copied().max().unwrap_or(0) + 4;
+    let mut buf = [0u8; 64];
+    let span = usize::try_from(hi - lo).unwrap_or(usize::MAX);
+    let Some(bytes) = buf.get_mut(..span) else {
+        // Fields far apart (no known version): one read each.
+        return Ok((
+            mem.u32_at(addr.wrapping_add(off.code_argcount))?,
+            mem.u32_at(addr.wrapping_add(off.code_flags))?,
+            mem.u32_at(addr.wrapping_add(off.code_firstlineno))?,
+        ));
+    };
+    mem.read(addr.wrapping_add(lo), bytes)?;
+    let at = |field: u64| {
+        let i = (field - lo) as usize;
+        u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
+    };
     Ok((
-        mem.u32_at(addr.wrapping_add(off.code_argcount))?,
-        mem.u32_at(addr.wrapping_add(off.code_flags))?,
-        mem.u32_at(addr.wrapping_add(off.code_firstlineno))?,
+        at(off.code_argcount),
+        at(off.code_flags),
+        at(off.code_firstlineno),
     ))
 }
 
