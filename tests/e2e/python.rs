@@ -11,7 +11,8 @@ use pprof::protos::Message;
 
 use crate::harness::tests;
 use crate::support::{
-    bpf_test, read_folded, record, record_around, record_pid, total_under, FoldedLine,
+    bpf_test, get, prometheus_value, read_folded, record, record_around, record_pid, spawn_until,
+    terminate, total_under, FoldedLine,
 };
 
 tests![
@@ -22,6 +23,7 @@ tests![
     no_python_switch_leaves_native_frames_only,
     off_cpu_waits_are_under_the_python_function_that_waited,
     a_process_started_later_and_gone_before_the_drain_is_named,
+    agent_metrics_count_python_processes_by_version_and_reason,
 ];
 
 const SCRIPT: &str = concat!(
@@ -434,4 +436,87 @@ fn a_process_started_later_and_gone_before_the_drain_is_named() {
             "{label}: {named} of {total} samples of the gone process under hot_a ({unnamed} unnamed)"
         );
     }
+}
+
+/// `/metrics` counts the processes listed per version, and one running a Python this build
+/// cannot walk (pyenv's 3.9, when installed) under its reason.
+fn agent_metrics_count_python_processes_by_version_and_reason() {
+    let Some(_serial) = bpf_test() else { return };
+    let Some((label, python)) = interpreters().into_iter().find(|(l, _)| l == "pyenv 3.12") else {
+        panic!("pyenv's 3.12 is not installed");
+    };
+    let old = interpreters_dir()
+        .and_then(|root| std::fs::read_dir(root).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("3.9."))
+        })
+        .map(|p| p.join("bin/python3.9"))
+        .filter(|p| p.exists());
+    let w = PyWorkload::start(&python, "split");
+    let w_old = old.as_ref().map(|p| PyWorkload::start(p, "split"));
+    let mut pids = w.pid().to_string();
+    if let Some(o) = &w_old {
+        pids.push_str(&format!(",{}", o.pid()));
+    }
+    let port = crate::collector::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut agent, _stderr, log) = spawn_until(
+        &[
+            "agent",
+            "--pid",
+            &pids,
+            "--interval",
+            "5s",
+            "--http-listen",
+            &listen,
+        ],
+        "agent running",
+    );
+    let want_old = w_old.is_some();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let (code, body) = get(port, "/metrics");
+        assert_eq!(code, 200);
+        let text = String::from_utf8(body).expect("UTF-8 metrics");
+        let ready = text.contains("emberprof_python_processes_total{version=\"3.12\"}")
+            && (!want_old || text.contains("emberprof_python_unsupported_total{"));
+        if ready || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    terminate(&mut agent, &log);
+    assert_eq!(
+        prometheus_value(&text, "emberprof_python_processes_total{version=\"3.12\"}"),
+        1.0,
+        "{label}"
+    );
+    assert!(prometheus_value(&text, "emberprof_python_samples_total") > 0.0);
+    if want_old {
+        assert_eq!(
+            prometheus_value(
+                &text,
+                "emberprof_python_unsupported_total{reason=\"unsupported_version\"}"
+            ),
+            1.0
+        );
+    } else {
+        eprintln!(
+            "!!!!! pyenv's 3.9 is not installed: the unsupported-version count is NOT tested !!!!!"
+        );
+    }
+}
+
+/// pyenv's versions directory.
+fn interpreters_dir() -> Option<PathBuf> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))?;
+    Some(root.join("versions"))
 }

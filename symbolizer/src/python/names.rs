@@ -369,9 +369,41 @@ mod tests {
         assert_eq!(runs.runs.len(), 1);
         assert_eq!(
             &*runs.runs[0][0].frames[0].function,
-            "[python: interpreter not found]"
+            "[python: process exited before its code was read]"
         );
         assert!(runs.cut.is_some());
-        assert_eq!(names.stats().unnamed_no_runtime, 1);
+        assert_eq!(names.stats().unnamed_gone, 1);
+    }
+
+    #[test]
+    fn a_code_object_known_freed_at_its_note_stays_unnamed() {
+        let mut names = PythonNames::default();
+        names.begin_drain();
+        let me = std::process::id();
+        let runtime = PythonRuntime {
+            version: super::super::PyVersion {
+                major: 3,
+                minor: 12,
+                micro: 0,
+            },
+            offsets: super::super::for_version(super::super::PyVersion {
+                major: 3,
+                minor: 12,
+                micro: 0,
+            })
+            .unwrap(),
+            runtime: 0,
+            code_type: 0,
+            path: String::new(),
+        };
+        // Our own memory at that address could read as anything: the note said freed.
+        let addr = &names as *const PythonNames as u64;
+        names.adopt(me, 0, runtime, vec![(addr, None)]);
+        let runs = names.runs(me, 0, &[addr | (1 << 48), ENTRY]);
+        assert_eq!(
+            &*runs.runs[0][0].frames[0].function,
+            "[python: code object freed]"
+        );
+        assert_eq!(names.stats().unnamed_not_code, 1);
     }
 }
