@@ -3,12 +3,12 @@
 //! announcement have been lost, when its samples are drained. Processes gone are taken
 //! out at each drain. Counts what was found, per version and per reason it was not used.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use emberprof_model::{HealthCounter, HealthValue};
 use emberprof_probes::abi::{
@@ -17,8 +17,8 @@ use emberprof_probes::abi::{
 };
 use emberprof_probes::{PythonNotes, PythonProcs};
 use emberprof_symbolizer::python::{
-    self, CodeError, CodeInfo, EntryMarker, InstrKind, ProcessMemory, PyOffsets, PythonNameStats,
-    PythonRuntime,
+    self, CodeError, CodeInfo, DetectError, EntryMarker, InstrKind, ProcessMemory, PyOffsets,
+    PythonNameStats, PythonRuntime,
 };
 
 /// What is known of a process.
@@ -26,9 +26,13 @@ use emberprof_symbolizer::python::{
 enum Seen {
     /// Listed in the kernel.
     Listed,
-    /// No Python in it, or one that cannot be walked.
-    NotListed,
+    /// No Python in it, or one that cannot be walked; `again`: when to look once more (a
+    /// process announced while the dynamic loader was still mapping libpython).
+    NotListed { again: Option<Instant> },
 }
+
+/// How long after a first look that found no interpreter the process is looked at again.
+const LOOK_AGAIN: Duration = Duration::from_secs(2);
 
 /// The kernel's list and what was found.
 pub struct PythonTracker {
@@ -57,23 +61,47 @@ impl PythonTracker {
         }
     }
 
-    /// Looks at process `pid` in image `exec_id` unless it was already.
-    pub fn observe(&mut self, pid: u32, exec_id: u32) {
+    /// Whether process `pid` in image `exec_id` is to be looked at: not yet, a newer image
+    /// (samples taken before an exec carry the older one, and are not), or a second look.
+    fn wants_look(&self, pid: u32, exec_id: u32) -> bool {
         match self.seen.get(&pid) {
-            Some((image, _)) if *image == exec_id => return,
-            Some((_, Seen::Listed)) => {
-                self.procs.remove(pid);
-                self.runtimes.remove(&pid);
-            }
-            _ => {}
+            None => true,
+            Some((image, _)) if exec_id < *image => false,
+            Some((image, _)) if exec_id > *image => true,
+            Some((_, Seen::NotListed { again: Some(at) })) => Instant::now() >= *at,
+            Some(_) => false,
         }
-        let seen = match python::detect(pid) {
-            Ok(None) => Seen::NotListed,
+    }
+
+    /// Records what a look at `pid` found.
+    fn looked(
+        &mut self,
+        pid: u32,
+        exec_id: u32,
+        found: Result<Option<PythonRuntime>, DetectError>,
+    ) {
+        let earlier = self.seen.get(&pid).copied();
+        if let Some((image, Seen::Listed)) = earlier {
+            if image == exec_id {
+                return; // Another thread listed it meanwhile.
+            }
+            self.procs.remove(pid);
+            self.runtimes.remove(&pid);
+        }
+        let first_look = !matches!(earlier, Some((image, _)) if image == exec_id);
+        let seen = match found {
             Ok(Some(runtime)) => self.list(pid, &runtime),
+            Ok(None) => Seen::NotListed {
+                again: first_look.then(|| Instant::now() + LOOK_AGAIN),
+            },
+            // Gone before it could be read: nothing to count.
+            Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                Seen::NotListed { again: None }
+            }
             Err(e) => {
                 tracing::info!(pid, error = %e, "python process not walked: its native frames are profiled");
                 *self.unsupported.entry(e.reason()).or_default() += 1;
-                Seen::NotListed
+                Seen::NotListed { again: None }
             }
         };
         self.seen.insert(pid, (exec_id, seen));
@@ -83,7 +111,7 @@ impl PythonTracker {
         let version = format!("{}.{}", runtime.version.major, runtime.version.minor);
         let Some(proc) = kernel_proc(runtime) else {
             *self.unsupported.entry("offsets").or_default() += 1;
-            return Seen::NotListed;
+            return Seen::NotListed { again: None };
         };
         match self.procs.set(pid, &proc) {
             Ok(()) => {
@@ -95,7 +123,7 @@ impl PythonTracker {
             Err(e) => {
                 tracing::warn!(pid, error = %e, "cannot list a python process; its native frames are profiled");
                 *self.unsupported.entry("map_full").or_default() += 1;
-                Seen::NotListed
+                Seen::NotListed { again: None }
             }
         }
     }
@@ -165,13 +193,16 @@ pub struct PythonReader {
 /// once: a process must still run when its code objects are read).
 const NOTE_WAIT: Duration = Duration::from_millis(100);
 /// Processes whose code objects read are remembered (to read each once) before all are
-/// forgotten.
+/// forgotten; and code objects per process.
 const READ_PROCESSES: usize = 1024;
+const READ_CODES: usize = 1 << 14;
+/// Reads waiting for the next drain; past this they are dropped (and read at the drain).
+const CAPTURED_QUEUE: usize = 4096;
 
 impl PythonReader {
     /// Starts reading `notes`, naming through the interpreters `tracker` found.
     pub fn start(notes: PythonNotes, tracker: SharedPython) -> Option<PythonReader> {
-        let (send, captured) = channel();
+        let (send, captured) = sync_channel(CAPTURED_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let spawned = std::thread::Builder::new()
@@ -209,10 +240,11 @@ fn read_notes(
     mut notes: PythonNotes,
     tracker: &SharedPython,
     stop: &AtomicBool,
-    send: &Sender<PyCaptured>,
+    send: &SyncSender<PyCaptured>,
 ) {
-    // By pid: its image and the code objects read already.
-    let mut read: HashMap<u32, (u32, HashSet<u64>)> = HashMap::new();
+    // By pid: its image, and the code objects read already with the fingerprint the kernel
+    // saw (a new one at the address is read again).
+    let mut read: HashMap<u32, (u32, HashMap<u64, u64>)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let batch = notes.wait(NOTE_WAIT);
         if batch.is_empty() {
@@ -223,15 +255,12 @@ fn read_notes(
         }
         for note in batch {
             let pid = note.tgid;
-            let found = tracker
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .runtime_of(pid);
+            let found = lock(tracker).runtime_of(pid);
             let Some((exec_id, runtime)) = found else {
                 continue;
             };
-            let (image, done) = read.entry(pid).or_insert_with(|| (exec_id, HashSet::new()));
-            if *image != exec_id {
+            let (image, done) = read.entry(pid).or_insert_with(|| (exec_id, HashMap::new()));
+            if *image != exec_id || done.len() > READ_CODES {
                 *image = exec_id;
                 done.clear();
             }
@@ -239,7 +268,7 @@ fn read_notes(
             let mut codes = Vec::new();
             for (&e, &seen) in note.entries().iter().zip(note.fingerprints()) {
                 let addr = e & PY_ADDR_MASK;
-                if e <= PY_CUT_DEPTH || !done.insert(addr) {
+                if e <= PY_CUT_DEPTH || done.insert(addr, seen) == Some(seen) {
                     continue;
                 }
                 match CodeInfo::read(&mem, &runtime.offsets, runtime.code_type, addr) {
@@ -254,17 +283,23 @@ fn read_notes(
                     Err(e) => tracing::debug!(pid, error = %e, "code object not read at its note"),
                 }
             }
-            if !codes.is_empty()
-                && send
-                    .send(PyCaptured {
-                        pid,
-                        exec_id,
-                        runtime,
-                        codes,
-                    })
-                    .is_err()
-            {
-                return;
+            if codes.is_empty() {
+                continue;
+            }
+            let captured = PyCaptured {
+                pid,
+                exec_id,
+                runtime,
+                codes,
+            };
+            match send.try_send(captured) {
+                Ok(()) => {}
+                // Named at the drain instead (unless the process is gone by then, which
+                // is counted there).
+                Err(TrySendError::Full(_)) => {
+                    tracing::debug!(pid, "python names queue full")
+                }
+                Err(TrySendError::Disconnected(_)) => return,
             }
         }
     }
@@ -287,6 +322,24 @@ pub fn name_health(s: &PythonNameStats) -> Vec<HealthCounter> {
         value: HealthValue::Count(n),
     })
     .collect()
+}
+
+/// Looks at process `pid` in image `exec_id` unless it was already: the ELF reads happen
+/// outside the lock, which the notes reader needs for every note.
+pub fn observe(tracker: &SharedPython, pid: u32, exec_id: u32) {
+    if !lock(tracker).wants_look(pid, exec_id) {
+        return;
+    }
+    let found = python::detect(pid);
+    lock(tracker).looked(pid, exec_id, found);
+}
+
+/// The tracker; a thread that panicked holding it left it consistent (each change is one
+/// map update).
+fn lock(tracker: &SharedPython) -> std::sync::MutexGuard<'_, PythonTracker> {
+    tracker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The kernel's description of an interpreter; `None` if an offset does not fit.

@@ -306,13 +306,13 @@ impl Session {
         let Some(python) = &self.python else {
             return;
         };
-        let mut tracker = python
+        python
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        tracker.prune();
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .prune();
         let own = std::process::id();
         for s in samples.iter().filter(|s| !s.kernel_thread && s.pid != own) {
-            tracker.observe(s.pid, s.exec_id);
+            crate::python_procs::observe(python, s.pid, s.exec_id);
         }
     }
 

@@ -148,10 +148,7 @@ fn watch(
             // Before the capture: the sooner it is listed, the fewer of its first samples
             // lack their Python frames.
             if let Some(python) = &python {
-                python
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .observe(pid, a.exec_id);
+                crate::python_procs::observe(python, pid, a.exec_id);
             }
             let comm = a.comm_str();
             // Gone already, the snapshot still carries the announced name and image.

@@ -145,7 +145,9 @@ static __always_inline void ep_py_stack(__u32 tgid, void *stacks, __u64 *id)
 		ep_count(r == -EP_E2BIG ? EP_CNT_PY_STACK_FULL : EP_CNT_STACK_ERROR);
 		return;
 	}
-	if (!r && !ep_py_note(tgid, h, buf->ips, (__u32)n))
+	/* Also when another process stored it first (forked workers share code addresses):
+	 * the note is per process, and ep_py_note skips those noted already. */
+	if (!ep_py_note(tgid, h, buf->ips, (__u32)n))
 		ep_count(EP_CNT_PY_NOTES_LOST);
 	*id = h;
 }

@@ -222,6 +222,16 @@ static __always_inline void ep_walk_python(struct task_struct *prev, struct ep_o
 		ep_off_count(EP_OFF_PY_INCOMPLETE);
 }
 
+/*
+ * Notes the Python stack just walked to user space (see ep_py_note), here at switch-out:
+ * its code objects are read in the current task's memory, which at switch-in is another's.
+ */
+static __always_inline void ep_note_python(struct ep_offcpu_start *s)
+{
+	if (s->key.py_len && !ep_py_note(s->key.tgid, s->id, s->key.py, s->key.py_len))
+		ep_count(EP_CNT_PY_NOTES_LOST);
+}
+
 /* Walks both stacks of `prev` (the current task) into s->key and gives them their id. */
 static __always_inline void ep_walk_stacks(void *ctx, struct task_struct *prev,
 					   struct ep_offcpu_start *s, __u32 tgid, __u64 *comm,
@@ -263,6 +273,7 @@ static __always_inline void ep_walk_stacks(void *ctx, struct task_struct *prev,
 	if (id != s->id)
 		s->stored_gen = 0;
 	s->id = id;
+	ep_note_python(s);
 }
 
 static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev, __u64 now)
@@ -302,8 +313,10 @@ static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev, _
 				__u64 had = s->id;
 				ep_walk_python(prev, s, tgid);
 				s->id = ep_offcpu_id(&s->key);
-				if (s->id != had)
+				if (s->id != had) {
 					s->stored_gen = 0;
+					ep_note_python(s);
+				}
 			}
 			s->ts = now;
 			return;
@@ -352,9 +365,6 @@ static __always_inline void ep_credit(struct ep_offcpu_start *s, __u64 delta, __
 			ep_off_count(EP_OFF_STACKS_FULL);
 			return;
 		}
-		if (!err && s->key.py_len &&
-		    !ep_py_note(s->key.tgid, s->id, s->key.py, s->key.py_len))
-			ep_count(EP_CNT_PY_NOTES_LOST);
 		s->stored_gen = gen + 1;
 	}
 	if (!ep_add_block(counts, &s->id, delta)) {

@@ -301,8 +301,19 @@ static __always_inline long ep_py_walk(struct task_struct *task, __u32 tgid,
 	if (top && p->cframe_current != EP_PY_NO_FIELD &&
 	    bpf_probe_read_user(&top, sizeof(top), (void *)(top + p->cframe_current)))
 		top = 0;
-	if (!top)
+	if (!top) {
+		/*
+		 * A thread state freed with its thread's last PyGILState_Release (a C thread
+		 * calling into Python now and then) may still read as this thread's: look again,
+		 * after the usual wait, rather than trust it.
+		 */
+		struct ep_py_thread *t = bpf_task_storage_get(&ep_py_threads, task, 0, 0);
+		if (t && t->tstate == tstate) {
+			t->tstate = 0;
+			t->retry = EP_PY_RETRY;
+		}
 		return 0;
+	}
 	w->frame = top;
 	w->n = 0;
 	w->end = 0;

@@ -155,7 +155,8 @@ impl Symbolizer {
                 continue;
             }
             let runs = self.python.runs(r.pid, r.exec_id, entries);
-            *stack = crate::python::interleave(stack, &runs);
+            let native_whole = matches!(r.user, emberprof_model::CapturedStack::Addrs(_));
+            *stack = crate::python::interleave(stack, &runs, native_whole);
         }
     }
 

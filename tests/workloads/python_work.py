@@ -4,11 +4,13 @@ Usage: python_work.py MODE. Prints "ready" once the measured part runs, then run
 killed. Modes:
   split    hot_a and hot_b take 3:1 of the main thread's CPU time (by thread CPU clock)
   deep     deep() recurses 30 levels, then spins in the innermost
-  pool     a two-thread pool runs work_a and work_b, each on a thread named after it
+  pool     a two-thread pool runs work_a (Python) and work_b (sha256, GIL released), each
+           on a thread named after it
   native   do_hash (hashlib.sha256 over 8 MiB) and do_json (json.dumps) in turn
   burst    hot_a takes 1 s of CPU time, then the process exits
   sleep    after "go" on stdin: nap() sleeps 50 x 20 ms, wait_recv() blocks in a socket
-           recv for 50 bytes sent 20 ms apart; prints "done" and exits
+           recv for 50 bytes sent 20 ms apart; prints "done NAP_MS RECV_MS" (the time each
+           spent in those calls) and exits
 """
 import ctypes
 import hashlib
@@ -60,10 +62,12 @@ def work_a():
 
 
 def work_b():
+    # In C with the GIL released most of the time: its samples must not take the Python
+    # stack of the thread holding the GIL.
     name_thread("pool-b")
-    x = 0
+    buf = b"y" * (1 << 20)
     while True:
-        x += 1
+        hashlib.sha256(buf).digest()
 
 
 def pool():
@@ -91,13 +95,21 @@ def native():
 
 
 def nap(n, ms):
+    t = 0.0
     for _ in range(n):
+        start = time.perf_counter()
         time.sleep(ms / 1000)
+        t += time.perf_counter() - start
+    return t
 
 
-def wait_recv(sock, n):
+def wait_recv(sock, n, spent):
+    t = 0.0
     for _ in range(n):
+        start = time.perf_counter()
         sock.recv(1)
+        t += time.perf_counter() - start
+    spent.append(t)
 
 
 def send_every(sock, n, ms):
@@ -107,21 +119,22 @@ def send_every(sock, n, ms):
 
 
 def sleep():
-    # Waits for "go" on stdin; then, for the measured part, `nap` sleeps 50 x 20 ms on the
-    # main thread while `wait_recv` blocks in recv on another for the 50 bytes a third
-    # thread sends every 20 ms. Prints "done" at the end.
+    # Waits for "go" on stdin; then `nap` sleeps 50 x 20 ms on the main thread while
+    # `wait_recv` blocks in recv on another for the 50 bytes a third thread sends every
+    # 20 ms. Prints "done NAP_MS RECV_MS": the time each spent in its calls.
     a, b = socket.socketpair()
     sys.stdin.readline()
     # Short blocks first, so that the profiler has met the process before the measured part.
     time.sleep(0.05)
-    t = threading.Thread(target=lambda: (name_thread("recv"), wait_recv(a, 50)))
+    spent = []
+    t = threading.Thread(target=lambda: (name_thread("recv"), wait_recv(a, 50, spent)))
     s = threading.Thread(target=send_every, args=(b, 50, 20))
     t.start()
     s.start()
-    nap(50, 20)
+    napped = nap(50, 20)
     t.join()
     s.join()
-    print("done", flush=True)
+    print("done %.3f %.3f" % (napped * 1000, spent[0] * 1000), flush=True)
     sys.exit(0)
 
 

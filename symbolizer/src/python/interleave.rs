@@ -19,19 +19,26 @@ pub struct PythonRuns {
 
 /// Whether a native location is (part of) the eval loop's function.
 pub fn is_eval_loop(l: &Location) -> bool {
-    l.kind == FrameKind::Native
-        && l.frames.iter().any(|f| {
-            f.function
-                .strip_prefix("_PyEval_EvalFrameDefault")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
-        })
+    l.kind == FrameKind::Native && eval_frame(l).is_some()
 }
 
-/// The stack with the Python frames placed. With the whole Python stack, runs are paired
-/// with eval frames from the outermost (a call just entered, with no frame yet, is at the
-/// leaf end); with a cut one, from the innermost. Runs no eval frame is found for go
-/// with the innermost paired call, or after the native frames when there is none.
-pub fn interleave(native: &Stack, py: &PythonRuns) -> Stack {
+/// Where the eval loop's function is among a location's frames (after the functions
+/// inlined into it).
+fn eval_frame(l: &Location) -> Option<usize> {
+    l.frames.iter().position(|f| {
+        f.function
+            .strip_prefix("_PyEval_EvalFrameDefault")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// The stack with the Python frames placed. With both stacks whole, runs are paired with
+/// eval frames from the outermost (a call just entered, with no frame yet, is at the leaf
+/// end); when either was cut (`native_whole` false: the native walk stopped early), from
+/// the innermost. Runs no eval frame is found for go with the innermost paired call, or
+/// after the native frames when there is none. A Python frame goes between the eval loop
+/// and the functions inlined into it at that address (which make the call it waits on).
+pub fn interleave(native: &Stack, py: &PythonRuns, native_whole: bool) -> Stack {
     let evals: Vec<usize> = native
         .iter()
         .enumerate()
@@ -43,7 +50,7 @@ pub fn interleave(native: &Stack, py: &PythonRuns) -> Stack {
     let mut above: Vec<(usize, usize)> = Vec::new(); // (native index, run index)
     let mut tail: Vec<usize> = Vec::new();
     let paired = evals.len().min(runs.len());
-    if py.cut.is_none() {
+    if py.cut.is_none() && native_whole {
         let (er, rr) = (evals.len() - paired, runs.len() - paired);
         for j in 0..paired {
             above.push((evals[er + j], rr + j));
@@ -63,14 +70,35 @@ pub fn interleave(native: &Stack, py: &PythonRuns) -> Stack {
     let mut out: Vec<Arc<Location>> = Vec::with_capacity(total);
     let mut next = above.iter().peekable();
     for (i, l) in native.iter().enumerate() {
+        let mut placed = Vec::new();
         while let Some(&&(n, r)) = next.peek() {
             if n != i {
                 break;
             }
-            out.extend(runs[r].iter().cloned());
+            placed.extend(runs[r].iter().cloned());
             next.next();
         }
-        out.push(l.clone());
+        if placed.is_empty() {
+            out.push(l.clone());
+            continue;
+        }
+        match eval_frame(l) {
+            Some(k) if k > 0 => {
+                let part = |frames: &[emberprof_model::Frame]| {
+                    Arc::new(Location {
+                        frames: frames.to_vec(),
+                        ..Location::clone(l)
+                    })
+                };
+                out.push(part(&l.frames[..k]));
+                out.extend(placed);
+                out.push(part(&l.frames[k..]));
+            }
+            _ => {
+                out.extend(placed);
+                out.push(l.clone());
+            }
+        }
     }
     for r in tail {
         out.extend(runs[r].iter().cloned());
@@ -128,7 +156,7 @@ mod tests {
             cut: None,
         };
         assert_eq!(
-            names(&interleave(&n, &py)),
+            names(&interleave(&n, &py, true)),
             [
                 "sha256_block",
                 "_hashlib_impl",
@@ -152,7 +180,7 @@ mod tests {
             cut: None,
         };
         assert_eq!(
-            names(&interleave(&n, &py)),
+            names(&interleave(&n, &py, true)),
             [EVAL, "call", "f", EVAL, "main"]
         );
         // More runs than eval frames (the native walk stopped early): the extra innermost
@@ -163,7 +191,7 @@ mod tests {
             cut: None,
         };
         assert_eq!(
-            names(&interleave(&n, &py)),
+            names(&interleave(&n, &py, true)),
             ["leaf", "g", "f", "_PyEval_EvalFrameDefault.cold", "main"]
         );
     }
@@ -175,7 +203,10 @@ mod tests {
             runs: runs(&[&["g"], &["f"]]),
             cut: None,
         };
-        assert_eq!(names(&interleave(&n, &py)), ["leaf", "[unknown]", "g", "f"]);
+        assert_eq!(
+            names(&interleave(&n, &py, true)),
+            ["leaf", "[unknown]", "g", "f"]
+        );
     }
 
     #[test]
@@ -186,7 +217,7 @@ mod tests {
             cut: Some(Arc::new(Location::marker("[python stack cut: too deep]"))),
         };
         assert_eq!(
-            names(&interleave(&n, &py)),
+            names(&interleave(&n, &py, true)),
             [
                 "a",
                 EVAL,
@@ -197,6 +228,66 @@ mod tests {
                 "[python stack cut: too deep]"
             ]
         );
+    }
+
+    #[test]
+    fn a_cut_native_stack_pairs_from_the_innermost() {
+        // The native walk stopped after two eval calls of three.
+        let n = native(&["leaf", EVAL, "call", EVAL]);
+        let py = PythonRuns {
+            runs: runs(&[&["c"], &["b"], &["a"]]),
+            cut: None,
+        };
+        assert_eq!(
+            names(&interleave(&n, &py, false)),
+            ["leaf", "c", EVAL, "call", "b", EVAL, "a"]
+        );
+    }
+
+    #[test]
+    fn python_frames_go_between_the_eval_loop_and_what_is_inlined_into_it() {
+        let frame = |name: &str| Frame {
+            function: Arc::from(name),
+            file: None,
+            line: 0,
+        };
+        let eval = Arc::new(Location {
+            kind: FrameKind::Native,
+            module: None,
+            address: 0x40,
+            segment: None,
+            frames: vec![
+                frame("_PyObject_VectorcallTstate"),
+                frame("call_function"),
+                frame(EVAL),
+            ],
+        });
+        let n: Stack = Arc::from(vec![
+            loc(FrameKind::Native, "leaf"),
+            eval,
+            loc(FrameKind::Native, "main"),
+        ]);
+        let py = PythonRuns {
+            runs: runs(&[&["f"]]),
+            cut: None,
+        };
+        let out = interleave(&n, &py, true);
+        let all: Vec<Vec<&str>> = out
+            .iter()
+            .map(|l| l.frames.iter().map(|f| &*f.function).collect())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                vec!["leaf"],
+                vec!["_PyObject_VectorcallTstate", "call_function"],
+                vec!["f"],
+                vec![EVAL],
+                vec!["main"]
+            ]
+        );
+        assert_eq!(out[1].address, 0x40);
+        assert_eq!(out[3].address, 0x40);
     }
 
     #[test]

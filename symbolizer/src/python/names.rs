@@ -23,6 +23,9 @@ const INDEX_SHIFT: u32 = 48;
 
 /// Code objects held per process: past this the process's cache starts again.
 const CODES_PER_PROCESS: usize = 1 << 14;
+/// Drains a code object known freed at its note stays unnamed (its samples are in the next
+/// drain or the one after).
+const FREED_DRAINS: u64 = 3;
 /// Drains a process may go unsampled before what is held of it is let go.
 const IDLE_DRAINS: u64 = 32;
 
@@ -47,9 +50,10 @@ struct Code {
     info: Option<Arc<CodeInfo>>,
     why: Unnamed,
     checked: u64,
-    /// Known at a note not to be the object sampled (freed, its address reused): never
-    /// read again, or it would be named after the new object.
-    freed: bool,
+    /// Known at a note not to be the object sampled (freed, its address reused): not read
+    /// again before this drain, or the samples of that stack would be named after the new
+    /// object. Later samples at the address may be the new object's: read again then.
+    freed_until: u64,
     /// Locations by instruction index (+1), built once.
     at: HashMap<u16, Arc<Location>>,
 }
@@ -96,11 +100,40 @@ impl Unnamed {
 
 struct Process {
     exec_id: u32,
+    /// Its start time (clock ticks after boot): a reused pid is another process.
+    started: Option<u64>,
+    /// The drain its start time was last compared in.
+    started_checked: u64,
     runtime: Result<PythonRuntime, Unnamed>,
     mem: ProcessMemory,
     codes: HashMap<u64, Code>,
     used: u64,
 }
+
+impl Process {
+    fn new(pid: u32, exec_id: u32, runtime: Result<PythonRuntime, Unnamed>, drain: u64) -> Self {
+        Process {
+            exec_id,
+            started: start_time(pid),
+            started_checked: drain,
+            runtime,
+            mem: ProcessMemory::new(pid),
+            codes: HashMap::new(),
+            used: drain,
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses: field 3 onwards.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Processes held at once: past this the least recently sampled goes.
+const PROCESSES: usize = 4096;
 
 /// Python names of every process seen, with their caches.
 #[derive(Default)]
@@ -153,13 +186,27 @@ impl PythonNames {
 
     fn process(&mut self, pid: u32, exec_id: u32) -> &mut Process {
         let drain = self.drain;
-        let stale = self.procs.get(&pid).is_some_and(|p| p.exec_id != exec_id);
+        let stale = self.procs.get_mut(&pid).is_some_and(|p| {
+            if p.exec_id != exec_id {
+                return true;
+            }
+            // Once a drain: a pid reused by another process (a sibling may share the exec
+            // id) must not be named by this one's interpreter and code objects. A process
+            // gone keeps what was read of it.
+            if p.started_checked != drain {
+                p.started_checked = drain;
+                if let (Some(then), Some(now)) = (p.started, start_time(pid)) {
+                    return then != now;
+                }
+            }
+            false
+        });
         if stale {
             self.procs.remove(&pid);
         }
-        let p = self.procs.entry(pid).or_insert_with(|| Process {
-            exec_id,
-            runtime: match detect(pid) {
+        if !self.procs.contains_key(&pid) {
+            self.make_room();
+            let runtime = match detect(pid) {
                 Ok(Some(r)) => Ok(r),
                 Ok(None) => Err(Unnamed::NoRuntime),
                 Err(e) => {
@@ -167,15 +214,37 @@ impl PythonNames {
                     // Mostly: the process exited before the drain, and no note of its
                     // stacks was read in time.
                     let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-                    Err(if gone { Unnamed::Gone } else { Unnamed::NoRuntime })
+                    Err(if gone {
+                        Unnamed::Gone
+                    } else {
+                        Unnamed::NoRuntime
+                    })
                 }
-            },
-            mem: ProcessMemory::new(pid),
-            codes: HashMap::new(),
-            used: drain,
-        });
+            };
+            self.procs
+                .insert(pid, Process::new(pid, exec_id, runtime, drain));
+        }
+        let p = self
+            .procs
+            .entry(pid)
+            .or_insert_with(|| Process::new(pid, exec_id, Err(Unnamed::NoRuntime), drain));
         p.used = drain;
         p
+    }
+
+    /// Lets the least recently sampled process go when the bound is reached.
+    fn make_room(&mut self) {
+        if self.procs.len() < PROCESSES {
+            return;
+        }
+        if let Some(oldest) = self
+            .procs
+            .iter()
+            .min_by_key(|(_, p)| p.used)
+            .map(|(pid, _)| *pid)
+        {
+            self.procs.remove(&oldest);
+        }
     }
 
     /// The location of one frame entry.
@@ -197,7 +266,7 @@ impl PythonNames {
         };
         let fresh = match p.codes.get(&addr) {
             // Checked this drain, or unnamed (an unreadable address stays so this drain).
-            Some(c) if c.checked == drain || c.freed => false,
+            Some(c) if c.checked == drain || c.freed_until > drain => false,
             Some(Code {
                 info: Some(info), ..
             }) => match fingerprint(&p.mem, &runtime.offsets, addr) {
@@ -214,14 +283,14 @@ impl PythonNames {
                     info: Some(Arc::new(info)),
                     why: Unnamed::NotCode,
                     checked: drain,
-                    freed: false,
+                    freed_until: 0,
                     at: HashMap::new(),
                 },
                 Err(e) => Code {
                     info: None,
                     why: Unnamed::of(&e),
                     checked: drain,
-                    freed: false,
+                    freed_until: 0,
                     at: HashMap::new(),
                 },
             };
@@ -272,16 +341,22 @@ impl PythonNames {
         codes: Vec<(u64, Option<CodeInfo>)>,
     ) {
         let drain = self.drain;
-        if self.procs.get(&pid).is_some_and(|p| p.exec_id != exec_id) {
+        let replaced = self.procs.get(&pid).is_some_and(|p| {
+            p.exec_id != exec_id
+                || p.runtime
+                    .as_ref()
+                    .is_ok_and(|r| r.runtime != runtime.runtime || r.version != runtime.version)
+        });
+        if replaced {
             self.procs.remove(&pid);
         }
-        let p = self.procs.entry(pid).or_insert_with(|| Process {
-            exec_id,
-            runtime: Err(Unnamed::NoRuntime),
-            mem: ProcessMemory::new(pid),
-            codes: HashMap::new(),
-            used: drain,
-        });
+        if !self.procs.contains_key(&pid) {
+            self.make_room();
+        }
+        let p = self
+            .procs
+            .entry(pid)
+            .or_insert_with(|| Process::new(pid, exec_id, Err(Unnamed::NoRuntime), drain));
         if p.runtime.is_err() {
             p.runtime = Ok(runtime);
         }
@@ -293,7 +368,11 @@ impl PythonNames {
             p.codes.insert(
                 addr,
                 Code {
-                    freed: info.is_none(),
+                    freed_until: if info.is_none() {
+                        drain + FREED_DRAINS
+                    } else {
+                        0
+                    },
                     info: info.map(Arc::new),
                     why: Unnamed::NotCode,
                     // Checked at its first use in a drain, like any cached name.
