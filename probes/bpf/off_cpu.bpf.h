@@ -309,13 +309,21 @@ static __always_inline void ep_switch_out(void *ctx, struct task_struct *prev, _
 			 * time.sleep blocks by the same C path): that one is walked again, and a
 			 * different one is a different id.
 			 */
-			if (bpf_map_lookup_elem(&ep_py_procs, &tgid)) {
-				__u64 had = s->id;
-				ep_walk_python(prev, s, tgid);
-				s->id = ep_offcpu_id(&s->key);
-				if (s->id != had) {
-					s->stored_gen = 0;
-					ep_note_python(s);
+			__u32 zero = 0;
+			__u32 *py_gen = bpf_map_lookup_elem(&ep_py_gen, &zero);
+			/* Most threads run no Python: known so until the list changes (an array
+			 * read instead of a hash lookup per switch). */
+			if (!py_gen || s->py_absent != *py_gen + 1) {
+				if (bpf_map_lookup_elem(&ep_py_procs, &tgid)) {
+					__u64 had = s->id;
+					ep_walk_python(prev, s, tgid);
+					s->id = ep_offcpu_id(&s->key);
+					if (s->id != had) {
+						s->stored_gen = 0;
+						ep_note_python(s);
+					}
+				} else if (py_gen) {
+					s->py_absent = *py_gen + 1;
 				}
 			}
 			s->ts = now;

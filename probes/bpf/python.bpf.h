@@ -18,6 +18,14 @@ struct {
 	__uint(max_entries, EP_PY_PROCS);
 } ep_py_procs SEC(".maps");
 
+/* [0]: advanced by user space each time it lists or unlists a process. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} ep_py_gen SEC(".maps");
+
 /* A thread's state as last found, checked again at every sample before it is used. */
 struct ep_py_thread {
 	__u64 tstate;

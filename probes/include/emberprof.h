@@ -196,6 +196,10 @@ struct ep_offcpu_start {
 	__u32 stored_gen;
 	/* exec_id + 1 of the image this thread last announced (0: none). */
 	__u32 announced;
+	/* ep_py_gen + 1 when this thread's process was last found not listed as running
+	 * Python (0: not known): its reused stacks need no Python walk until the list changes. */
+	__u32 py_absent;
+	__u32 reserved;
 	struct ep_offcpu_key key;
 };
 

@@ -5,7 +5,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::Ebpf;
 
 use crate::abi::{PyNote, PyProc};
@@ -13,11 +13,16 @@ use crate::error::ProbeError;
 use crate::maps;
 
 const PROCS: &str = "ep_py_procs";
+const GEN: &str = "ep_py_gen";
 const NOTES: &str = "ep_py_notes";
 
 /// `ep_py_procs` of one loaded object.
 pub struct PythonProcs {
     procs: HashMap<MapData, u32, PyProc>,
+    /// Advanced at every change of the list: the off-CPU program's threads that found
+    /// their process not listed look again.
+    generation: Array<MapData, u32>,
+    changes: u32,
 }
 
 impl PythonProcs {
@@ -28,7 +33,22 @@ impl PythonProcs {
                 name: PROCS,
                 source,
             })?;
-        Ok(PythonProcs { procs })
+        let generation = Array::try_from(maps::take(ebpf, GEN)?)
+            .map_err(|source| ProbeError::Map { name: GEN, source })?;
+        Ok(PythonProcs {
+            procs,
+            generation,
+            changes: 0,
+        })
+    }
+
+    fn changed(&mut self) {
+        self.changes = self.changes.wrapping_add(1);
+        if let Err(e) = self.generation.set(0, self.changes, 0) {
+            // Threads that found their process not listed keep taking no Python stacks
+            // off-CPU until their next full walk (at most 64 blocks).
+            tracing::debug!(error = %e, "cannot advance the python list's generation");
+        }
     }
 
     /// Lists process `pid` as running the interpreter `proc` describes.
@@ -38,13 +58,17 @@ impl PythonProcs {
             .map_err(|source| ProbeError::Map {
                 name: PROCS,
                 source,
-            })
+            })?;
+        self.changed();
+        Ok(())
     }
 
     /// Stops walking `pid`'s Python stacks (gone, or no longer Python after an exec).
     pub fn remove(&mut self, pid: u32) {
         // Not listed is what was asked for.
-        let _ = self.procs.remove(&pid);
+        if self.procs.remove(&pid).is_ok() {
+            self.changed();
+        }
     }
 }
 
