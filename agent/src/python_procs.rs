@@ -45,7 +45,12 @@ pub struct PythonTracker {
     listed: BTreeMap<String, u64>,
     /// Processes running Python that could not be listed, by reason, since start.
     unsupported: BTreeMap<&'static str, u64>,
+    /// Calls of `prune`.
+    prunes: u64,
 }
+
+/// Every this many drains, processes not listed are pruned too (a stat each).
+const PRUNE_ALL_EVERY: u64 = 30;
 
 /// The tracker, shared by the process watcher (announcements) and the session (drains).
 pub type SharedPython = Arc<Mutex<PythonTracker>>;
@@ -58,6 +63,7 @@ impl PythonTracker {
             runtimes: HashMap::new(),
             listed: BTreeMap::new(),
             unsupported: BTreeMap::new(),
+            prunes: 0,
         }
     }
 
@@ -128,12 +134,16 @@ impl PythonTracker {
         }
     }
 
-    /// Takes out the processes that are gone.
+    /// Takes out the processes that are gone: those listed at every call, the rest (only
+    /// what was found of them) every `PRUNE_ALL_EVERY` calls.
     pub fn prune(&mut self) {
+        self.prunes = self.prunes.wrapping_add(1);
+        let all = self.prunes.is_multiple_of(PRUNE_ALL_EVERY);
         let gone: Vec<u32> = self
             .seen
-            .keys()
-            .copied()
+            .iter()
+            .filter(|(_, (_, seen))| all || *seen == Seen::Listed)
+            .map(|(pid, _)| *pid)
             .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
             .collect();
         for pid in gone {

@@ -101,3 +101,16 @@ impl PerCpuCounters {
         Ok(out.into_iter())
     }
 }
+
+/// Waits up to `timeout` for a ring buffer (any pollable map) to have data; an interrupted
+/// or failed wait returns early, and the caller reads what is there.
+pub(crate) fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd, living across the call.
+    unsafe { libc::poll(&mut pfd, 1, millis) };
+}

@@ -85,14 +85,7 @@ impl NewProcesses {
         if !out.is_empty() {
             return out;
         }
-        let mut fd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd, living across the call.
-        unsafe { libc::poll(&mut fd, 1, millis) };
+        maps::wait_readable(self.ring.as_raw_fd(), timeout);
         out.extend(self.take());
         out
     }

@@ -53,47 +53,16 @@ t.start()
 t.join()
 "#;
 
-/// The interpreters to check: pyenv's 3.10–3.13 must be there in CI (the machine's
-/// contract); Debian's python3.11 is checked when installed.
+/// The interpreters to check (shared with the end-to-end tests; included by path, since
+/// this crate cannot depend on the test-support crate's build).
+#[path = "../../tests/support/src/python.rs"]
+mod installed;
+
 fn interpreters() -> Vec<PathBuf> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for minor in 10..=13 {
-        let exe = std::fs::read_dir(root.join("versions"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("3.{minor}.")))
-            })
-            .map(|p| p.join(format!("bin/python3.{minor}")))
-            .find(|p| p.exists());
-        match exe {
-            Some(p) => found.push(p),
-            None => missing.push(format!("3.{minor}")),
-        }
-    }
-    if !missing.is_empty() {
-        let msg = format!(
-            "CPython {} not installed under {} (pyenv)",
-            missing.join(", "),
-            root.display()
-        );
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("WARNING: {msg}: not checked");
-    }
-    let debian = PathBuf::from("/usr/bin/python3.11");
-    if debian.exists() {
-        found.push(debian);
-    }
-    found
+    installed::interpreters()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 /// A running script and the worker's stack as it printed it: (thread id, frames outermost

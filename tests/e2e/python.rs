@@ -32,46 +32,7 @@ const SCRIPT: &str = concat!(
     "/../tests/workloads/python_work.py"
 );
 
-/// The interpreters to test: (label, executable).
-fn interpreters() -> Vec<(String, PathBuf)> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for minor in 10..=13 {
-        let exe = std::fs::read_dir(root.join("versions"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("3.{minor}.")))
-            })
-            .map(|p| p.join(format!("bin/python3.{minor}")))
-            .find(|p| p.exists());
-        match exe {
-            Some(p) => found.push((format!("pyenv 3.{minor}"), p)),
-            None => missing.push(format!("3.{minor}")),
-        }
-    }
-    if !missing.is_empty() {
-        let why = format!("pyenv's CPython {} not installed", missing.join(", "));
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{why} (the machine's contract)"
-        );
-        eprintln!("!!!!! {why}: those versions are NOT tested !!!!!");
-    }
-    let debian = PathBuf::from("/usr/bin/python3.11");
-    if debian.exists() {
-        found.push(("Debian 3.11".into(), debian));
-    }
-    found
-}
+use emberprof_test_support::python::{interpreters, pyenv_python};
 
 /// A running workload, killed when dropped.
 struct PyWorkload(Child);
@@ -474,19 +435,7 @@ fn agent_metrics_count_python_processes_by_version_and_reason() {
     let Some((label, python)) = interpreters().into_iter().find(|(l, _)| l == "pyenv 3.12") else {
         panic!("pyenv's 3.12 is not installed");
     };
-    let old = interpreters_dir()
-        .and_then(|root| std::fs::read_dir(root).ok())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("3.9."))
-        })
-        .map(|p| p.join("bin/python3.9"))
-        .filter(|p| p.exists());
+    let old = pyenv_python(9);
     let w = PyWorkload::start(&python, "split");
     let w_old = old.as_ref().map(|p| PyWorkload::start(p, "split"));
     let mut pids = w.pid().to_string();
@@ -540,14 +489,6 @@ fn agent_metrics_count_python_processes_by_version_and_reason() {
             "!!!!! pyenv's 3.9 is not installed: the unsupported-version count is NOT tested !!!!!"
         );
     }
-}
-
-/// pyenv's versions directory.
-fn interpreters_dir() -> Option<PathBuf> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))?;
-    Some(root.join("versions"))
 }
 
 /// The SVG flame graph names Python functions.
