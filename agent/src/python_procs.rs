@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use emberprof_model::{HealthCounter, HealthValue};
 use emberprof_probes::abi::{
-    py_entry, py_fingerprint, py_instr, PyProc, PY_ADDR_MASK, PY_CUT_DEPTH, PY_FRAME_READ,
-    PY_NO_FIELD,
+    py_entry, py_fingerprint, py_instr, PyNoteFrame, PyProc, PY_ADDR_MASK, PY_CUT_DEPTH,
+    PY_FRAME_READ, PY_NO_FIELD,
 };
 use emberprof_probes::{PythonNotes, PythonProcs};
 use emberprof_symbolizer::python::{
@@ -196,7 +196,8 @@ pub struct PyCaptured {
 pub struct PythonReader {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    captured: Receiver<PyCaptured>,
+    /// Boxed: the bounded channel allocates all its slots up front.
+    captured: Receiver<Box<PyCaptured>>,
 }
 
 /// Longest wait for a note before the stop flag is looked at again (a note wakes it at
@@ -233,7 +234,7 @@ impl PythonReader {
 
     /// What was read since the last call.
     pub fn take(&self) -> Vec<PyCaptured> {
-        self.captured.try_iter().collect()
+        self.captured.try_iter().map(|c| *c).collect()
     }
 }
 
@@ -250,7 +251,7 @@ fn read_notes(
     mut notes: PythonNotes,
     tracker: &SharedPython,
     stop: &AtomicBool,
-    send: &SyncSender<PyCaptured>,
+    send: &SyncSender<Box<PyCaptured>>,
 ) {
     // By pid: its image, and the code objects read already with the fingerprint the kernel
     // saw (a new one at the address is read again).
@@ -276,7 +277,11 @@ fn read_notes(
             }
             let mem = ProcessMemory::new(pid);
             let mut codes = Vec::new();
-            for (&e, &seen) in note.entries().iter().zip(note.fingerprints()) {
+            for &PyNoteFrame {
+                entry: e,
+                fingerprint: seen,
+            } in note.frames()
+            {
                 let addr = e & PY_ADDR_MASK;
                 if e <= PY_CUT_DEPTH || done.insert(addr, seen) == Some(seen) {
                     continue;
@@ -296,12 +301,12 @@ fn read_notes(
             if codes.is_empty() {
                 continue;
             }
-            let captured = PyCaptured {
+            let captured = Box::new(PyCaptured {
                 pid,
                 exec_id,
                 runtime,
                 codes,
-            };
+            });
             match send.try_send(captured) {
                 Ok(()) => {}
                 // Named at the drain instead (unless the process is gone by then, which

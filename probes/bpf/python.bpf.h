@@ -61,8 +61,8 @@ struct ep_py_walk {
 	__u32 end;
 	/* A frame as read; room for an 8-byte field at any offset below 128. */
 	__u8 fb[128 + 8];
-	/* The fingerprints of a stack being noted. */
-	__u64 fps[EP_MAX_STACK_DEPTH];
+	/* A stack being noted, with its fingerprints. */
+	struct ep_py_note note;
 };
 
 struct {
@@ -169,7 +169,7 @@ static long ep_py_frame_step(__u32 i, void *arg)
 /* struct ep_py_note of Python stacks new to the buffer, for user space to name at once. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 512 * 1024);
+	__uint(max_entries, 128 * 1024);
 } ep_py_notes SEC(".maps");
 
 /*
@@ -210,7 +210,8 @@ static long ep_py_fp_step(__u32 i, void *arg)
 					 (void *)(code + c->p->code_firstlineno)))
 			fp = EP_PY_FINGERPRINT(argcount, flags, first);
 	}
-	c->w->fps[i] = fp;
+	c->w->note.frames[i].entry = e;
+	c->w->note.frames[i].fingerprint = fp;
 	return 0;
 }
 
@@ -234,14 +235,15 @@ static __always_inline bool ep_py_note(__u32 tgid, __u64 hash, const __u64 *entr
 		return false;
 	struct ep_py_fp_ctx c = { .entries = entries, .p = p, .w = w, .len = len };
 	bpf_loop(EP_MAX_STACK_DEPTH, ep_py_fp_step, &c, 0);
-	struct ep_py_note *n = bpf_ringbuf_reserve(&ep_py_notes, sizeof(*n), 0);
-	if (!n)
+	if (len > EP_MAX_STACK_DEPTH)
 		return false;
-	n->tgid = tgid;
-	n->len = len;
-	__builtin_memcpy(n->entries, entries, sizeof(n->entries));
-	__builtin_memcpy(n->fingerprints, w->fps, sizeof(n->fingerprints));
-	bpf_ringbuf_submit(n, 0);
+	w->note.tgid = tgid;
+	w->note.len = len;
+	/* Only the frames written: a note is 8 + 16 bytes per entry. */
+	__u64 size = 8 + (__u64)len * sizeof(struct ep_py_note_frame);
+	if (size > sizeof(w->note) ||
+	    bpf_ringbuf_output(&ep_py_notes, &w->note, size, 0))
+		return false;
 	bpf_map_update_elem(&ep_py_noted, &noted, &one, BPF_ANY);
 	return true;
 }

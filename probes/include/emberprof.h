@@ -456,16 +456,22 @@ struct ep_unwind_proc {
  * code objects are read while the process runs: a process that exits before the next
  * drain is still named.
  */
+struct ep_py_note_frame {
+	/* An entry of the stack (frame or marker, as in ep_py_proc's comment). */
+	__u64 entry;
+	/*
+	 * The code object's fingerprint as the kernel read it right after the sample
+	 * (EP_PY_FINGERPRINT; 0 for a marker or an unreadable object): a code object freed and
+	 * another allocated at its address before user space reads it is told apart.
+	 */
+	__u64 fingerprint;
+};
+
+/* Written to the ring only up to frames[len]: most Python stacks are far from the bound. */
 struct ep_py_note {
 	__u32 tgid;
 	__u32 len;
-	__u64 entries[EP_MAX_STACK_DEPTH];
-	/*
-	 * Per entry, the code object's fingerprint as the kernel read it right after the
-	 * sample (EP_PY_FINGERPRINT; 0 for a marker or an unreadable object): a code object
-	 * freed and another allocated at its address before user space reads it is told apart.
-	 */
-	__u64 fingerprints[EP_MAX_STACK_DEPTH];
+	struct ep_py_note_frame frames[EP_MAX_STACK_DEPTH];
 };
 
 /* A code object's fingerprint from co_argcount, co_flags and co_firstlineno. */

@@ -203,17 +203,24 @@ pub const PY_CUT_DEPTH: u64 = 3;
 pub const PY_ADDR_MASK: u64 = 0xffff_ffff_ffff;
 pub const PY_INDEX_SHIFT: u32 = 48;
 
+/// One entry of a note (`struct ep_py_note_frame`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyNoteFrame {
+    pub entry: u64,
+    /// Its code object's fingerprint as the kernel read it (`py_fingerprint`; 0: a
+    /// marker, or not readable).
+    pub fingerprint: u64,
+}
+
 /// A Python stack new to the buffer (`struct ep_py_note`), noted so its names are read
-/// while the process runs.
+/// while the process runs. The ring holds only the first `len` frames.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PyNote {
     pub tgid: u32,
     pub len: u32,
-    pub entries: [u64; MAX_STACK_DEPTH],
-    /// Per entry, its code object's fingerprint as the kernel read it (`py_fingerprint`;
-    /// 0: a marker, or not readable).
-    pub fingerprints: [u64; MAX_STACK_DEPTH],
+    pub frames: [PyNoteFrame; MAX_STACK_DEPTH],
 }
 
 /// `EP_PY_FINGERPRINT`: a code object's fingerprint from co_argcount, co_flags and
@@ -223,41 +230,33 @@ pub fn py_fingerprint(argcount: u32, flags: u32, firstlineno: u32) -> u64 {
 }
 
 impl PyNote {
-    /// The note as the ring holds it, if it is whole.
+    /// The note as the ring holds it (its header and `len` frames), if it is whole.
     pub fn from_bytes(bytes: &[u8]) -> Option<PyNote> {
-        if bytes.len() < std::mem::size_of::<PyNote>() {
-            return None;
-        }
-        let u32_at = |at: usize| {
-            bytes
-                .get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_ne_bytes)
+        let u32_at = |at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
         };
         let u64_at = |at: usize| -> Option<u64> {
             Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
         };
+        let len = u32_at(4)?;
         let mut note = PyNote {
             tgid: u32_at(0)?,
-            len: u32_at(4)?,
-            entries: [0; MAX_STACK_DEPTH],
-            fingerprints: [0; MAX_STACK_DEPTH],
+            len,
+            frames: [PyNoteFrame::default(); MAX_STACK_DEPTH],
         };
-        for i in 0..MAX_STACK_DEPTH {
-            note.entries[i] = u64_at(8 + 8 * i)?;
-            note.fingerprints[i] = u64_at(8 + 8 * (MAX_STACK_DEPTH + i))?;
+        for (i, f) in note.frames.iter_mut().take(len as usize).enumerate() {
+            let at = 8 + 16 * i;
+            *f = PyNoteFrame {
+                entry: u64_at(at)?,
+                fingerprint: u64_at(at + 8)?,
+            };
         }
         Some(note)
     }
 
-    /// The entries written (a length the kernel cannot have written is clamped).
-    pub fn entries(&self) -> &[u64] {
-        &self.entries[..(self.len as usize).min(MAX_STACK_DEPTH)]
-    }
-
-    /// The fingerprints of `entries()`, one each.
-    pub fn fingerprints(&self) -> &[u64] {
-        &self.fingerprints[..(self.len as usize).min(MAX_STACK_DEPTH)]
+    /// The frames written (a length the kernel cannot have written is clamped).
+    pub fn frames(&self) -> &[PyNoteFrame] {
+        &self.frames[..(self.len as usize).min(MAX_STACK_DEPTH)]
     }
 }
 
@@ -906,25 +905,37 @@ mod tests {
         assert_eq!(size_of::<PyNote>(), c::EP_PY_NOTE_SIZE);
         assert_eq!(offset_of!(PyNote, tgid), c::EP_PY_NOTE_TGID_OFFSET);
         assert_eq!(offset_of!(PyNote, len), c::EP_PY_NOTE_LEN_OFFSET);
-        assert_eq!(offset_of!(PyNote, entries), c::EP_PY_NOTE_ENTRIES_OFFSET);
+        assert_eq!(offset_of!(PyNote, frames), c::EP_PY_NOTE_FRAMES_OFFSET);
+        assert_eq!(size_of::<PyNoteFrame>(), c::EP_PY_NOTE_FRAME_SIZE);
         assert_eq!(
-            offset_of!(PyNote, fingerprints),
-            c::EP_PY_NOTE_FINGERPRINTS_OFFSET
+            offset_of!(PyNoteFrame, entry),
+            c::EP_PY_NOTE_FRAME_ENTRY_OFFSET
+        );
+        assert_eq!(
+            offset_of!(PyNoteFrame, fingerprint),
+            c::EP_PY_NOTE_FRAME_FINGERPRINT_OFFSET
         );
         for (args, c_value) in c::PY_FINGERPRINTS {
             assert_eq!(py_fingerprint(args.0, args.1, args.2), *c_value);
         }
-        let mut bytes = vec![0u8; c::EP_PY_NOTE_SIZE];
+        // Two frames written, as the ring holds them: no more bytes than those.
+        let mut bytes = vec![0u8; 8 + 2 * 16];
         bytes[0..4].copy_from_slice(&7u32.to_ne_bytes());
         bytes[4..8].copy_from_slice(&2u32.to_ne_bytes());
         bytes[8..16].copy_from_slice(&0x55u64.to_ne_bytes());
-        bytes[16..24].copy_from_slice(&1u64.to_ne_bytes());
-        let fps = 8 + 8 * MAX_STACK_DEPTH;
-        bytes[fps..fps + 8].copy_from_slice(&9u64.to_ne_bytes());
+        bytes[16..24].copy_from_slice(&9u64.to_ne_bytes());
+        bytes[24..32].copy_from_slice(&1u64.to_ne_bytes());
         let note = PyNote::from_bytes(&bytes).unwrap();
-        assert_eq!((note.tgid, note.entries()), (7, &[0x55u64, 1][..]));
-        assert_eq!(note.fingerprints(), &[9u64, 0][..]);
-        assert!(PyNote::from_bytes(&bytes[..100]).is_none());
+        let got: Vec<(u64, u64)> = note
+            .frames()
+            .iter()
+            .map(|f| (f.entry, f.fingerprint))
+            .collect();
+        assert_eq!((note.tgid, got), (7, vec![(0x55, 9), (1, 0)]));
+        assert!(
+            PyNote::from_bytes(&bytes[..30]).is_none(),
+            "a cut note is refused"
+        );
     }
 
     #[test]
