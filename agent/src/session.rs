@@ -311,8 +311,14 @@ impl Session {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .prune();
         let own = std::process::id();
-        for s in samples.iter().filter(|s| !s.kernel_thread && s.pid != own) {
-            crate::python_procs::observe(python, s.pid, s.exec_id);
+        // One look per process image, not per drained stack (a lock each).
+        let images: std::collections::HashSet<(u32, u32)> = samples
+            .iter()
+            .filter(|s| !s.kernel_thread && s.pid != own)
+            .map(|s| (s.pid, s.exec_id))
+            .collect();
+        for (pid, exec_id) in images {
+            crate::python_procs::observe(python, pid, exec_id);
         }
     }
 

@@ -59,6 +59,24 @@ impl CapturedStack {
     }
 }
 
+/// How an interpreter's stack ([`KernelSample::interpreted`]) is written for CPython, as the
+/// kernel's walker writes it (`EP_PY_*` in probes/include/emberprof.h, whose test checks
+/// these values): each frame is its code object's address and its instruction index + 1
+/// above it; the small values below are not addresses.
+pub mod python_stack {
+    /// Follows the frame that entered the eval loop (one native eval frame runs the frames
+    /// since the previous one).
+    pub const ENTRY: u64 = 1;
+    /// The walk stopped at a frame it could not read.
+    pub const CUT_READ: u64 = 2;
+    /// The walk stopped at the depth bound.
+    pub const CUT_DEPTH: u64 = 3;
+    /// Bits of a frame entry that hold the code object's address.
+    pub const ADDR_MASK: u64 = 0xffff_ffff_ffff;
+    /// Where the instruction index + 1 starts (0: not started).
+    pub const INDEX_SHIFT: u32 = 48;
+}
+
 /// What the kernel aggregated for one {process image, thread, user stack, kernel stack}:
 /// samples (CPU) or blocked nanoseconds (off-CPU), per [`crate::ProfileKind`].
 #[derive(Clone, Debug)]

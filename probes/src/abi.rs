@@ -182,6 +182,8 @@ pub const PY_FRAME_READ: u16 = 112;
 /// A field the version does not have (`EP_PY_NO_FIELD`).
 pub const PY_NO_FIELD: u16 = 0xffff;
 
+use emberprof_model::python_stack;
+
 /// `ep_py_proc.entry_kind` (`EP_PY_ENTRY_*`).
 pub mod py_entry {
     pub const EVERY: u8 = 0;
@@ -195,13 +197,14 @@ pub mod py_instr {
     pub const PTR: u8 = 1;
 }
 
-/// Entries of a Python stack that are not frames (`EP_PY_ENTRY`, `EP_PY_CUT_*`).
-pub const PY_ENTRY: u64 = 1;
-pub const PY_CUT_READ: u64 = 2;
-pub const PY_CUT_DEPTH: u64 = 3;
+/// Entries of a Python stack that are not frames (`EP_PY_ENTRY`, `EP_PY_CUT_*`): the
+/// model's encoding, which the symbolizer decodes; the constants test holds it to C's.
+pub const PY_ENTRY: u64 = python_stack::ENTRY;
+pub const PY_CUT_READ: u64 = python_stack::CUT_READ;
+pub const PY_CUT_DEPTH: u64 = python_stack::CUT_DEPTH;
 /// A frame entry: the code object's address in these bits, index + 1 above them.
-pub const PY_ADDR_MASK: u64 = 0xffff_ffff_ffff;
-pub const PY_INDEX_SHIFT: u32 = 48;
+pub const PY_ADDR_MASK: u64 = python_stack::ADDR_MASK;
+pub const PY_INDEX_SHIFT: u32 = python_stack::INDEX_SHIFT;
 
 /// One entry of a note (`struct ep_py_note_frame`).
 #[repr(C)]

@@ -14,12 +14,7 @@ use super::detect::{detect, PythonRuntime};
 use super::interleave::PythonRuns;
 use super::memory::{ProcessMemory, ReadError};
 
-/// Entries of a recorded Python stack that are not frames (as in `emberprof.h`).
-const ENTRY: u64 = 1;
-const CUT_READ: u64 = 2;
-const CUT_DEPTH: u64 = 3;
-const ADDR_MASK: u64 = 0xffff_ffff_ffff;
-const INDEX_SHIFT: u32 = 48;
+use emberprof_model::python_stack::{ADDR_MASK, CUT_DEPTH, CUT_READ, ENTRY, INDEX_SHIFT};
 
 /// Code objects held per process: past this the process's cache starts again.
 const CODES_PER_PROCESS: usize = 1 << 14;
