@@ -124,8 +124,11 @@ def sleep():
     # 20 ms. Prints "done NAP_MS RECV_MS": the time each spent in its calls.
     a, b = socket.socketpair()
     sys.stdin.readline()
-    # Short blocks first, so that the profiler has met the process before the measured part.
-    time.sleep(0.05)
+    # Blocks first, so that the profiler has met the process (announced at its first block,
+    # then its interpreter read from its files: tens of ms on a busy machine) before the
+    # measured part.
+    for _ in range(15):
+        time.sleep(0.02)
     spent = []
     t = threading.Thread(target=lambda: (name_thread("recv"), wait_recv(a, 50, spent)))
     s = threading.Thread(target=send_every, args=(b, 50, 20))
