@@ -33,6 +33,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # Symbolizer tests: stripped binaries with split debug info, served by a real debuginfod.
 command -v objcopy >/dev/null 2>&1 || missing+=(binutils)
 command -v debuginfod >/dev/null 2>&1 || missing+=(debuginfod)
+# Probe-point tests: a USDT probe (<sys/sdt.h>), and SYNs dropped in a test namespace.
+[ -f /usr/include/x86_64-linux-gnu/sys/sdt.h ] || [ -f /usr/include/sys/sdt.h ] || missing+=(systemtap-sdt-dev)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ "${1:-}" = chart ]; then
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

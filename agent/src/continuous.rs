@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
+use emberprof_probes::{CpuSamplerConfig, OffCpuConfig};
 
 use crate::cli::AgentArgs;
 use crate::http::SharedStatus;
@@ -67,7 +67,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     for pid in &args.pids {
         symbolizer.observe(*pid);
     }
-    let want_histograms = args.waits.histograms || args.waits.syscall_latency;
+    let want_histograms = args.waits.wants_histograms();
     let mut session = Session::start(SessionConfig {
         cpu: Some(CpuSamplerConfig {
             stack_map_entries: args.maps.stack_map_entries,
@@ -86,13 +86,10 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             unwind_entries: args.unwind.entries(),
             ..OffCpuConfig::new(args.pids.clone())
         }),
-        latency: want_histograms.then(|| LatencyConfig {
-            syscalls: args.waits.syscall_latency,
-            max_keys: args.waits.histogram_keys,
-            filter_pids,
-            profile_self: args.symbols.profile_self,
-            ..LatencyConfig::new(args.pids.clone())
-        }),
+        latency: args
+            .waits
+            .latency_config(&args.pids, filter_pids, args.symbols.profile_self),
+        probe_points: args.waits.probe_config(true)?,
         symbolizer,
         extra: extra_attributes(&args)?,
         attributes: true,

@@ -15,6 +15,7 @@ mod malloc_arenas;
 mod metadata;
 mod output;
 mod pprof_dir;
+mod probe_points;
 mod progress;
 mod python_procs;
 mod record;

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use emberprof_exporters::sinks::Sink;
 use emberprof_exporters::Format;
 use emberprof_model::ProfileKind;
-use emberprof_probes::{CpuSamplerConfig, LatencyConfig, OffCpuConfig};
+use emberprof_probes::{CpuSamplerConfig, OffCpuConfig};
 
 use crate::cli::RecordArgs;
 use crate::metadata::attributes::ExtraAttributes;
@@ -33,7 +33,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         }
     }
     let want_off_cpu = args.waits.off_cpu;
-    let want_histograms = args.waits.histograms || args.waits.syscall_latency;
+    let want_histograms = args.waits.wants_histograms();
     let want_cpu = args.cpu || !(args.waits.off_cpu || want_histograms);
     let format = output::choose_format(args.format, args.output.as_deref());
     let start = SystemTime::now();
@@ -89,12 +89,10 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             unwind_entries: args.unwind.entries(),
             ..OffCpuConfig::new(args.pids.clone())
         }),
-        latency: want_histograms.then(|| LatencyConfig {
-            syscalls: args.waits.syscall_latency,
-            max_keys: args.waits.histogram_keys,
-            profile_self: args.symbols.profile_self,
-            ..LatencyConfig::new(args.pids.clone())
-        }),
+        latency: args
+            .waits
+            .latency_config(&args.pids, false, args.symbols.profile_self),
+        probe_points: args.waits.probe_config(false)?,
         symbolizer,
         extra,
         attributes: !sinks.is_empty(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use emberprof_exporters::otlp::metrics::HistogramPoint;
+use emberprof_exporters::otlp::metrics::{CounterPoint, HistogramPoint};
 use emberprof_exporters::sinks::Span;
 use emberprof_model::{
     Attributes, HealthCounter, HealthValue, Profile, ProfileBuilder, ProfileKind,
@@ -18,9 +18,10 @@ use emberprof_symbolizer::Symbolizer;
 
 use crate::collect::{self, Collected};
 use crate::health::{self, Sources};
-use crate::histograms::Histograms;
+use crate::histograms::{Histograms, Recorded};
 use crate::metadata::attributes::ExtraAttributes;
 use crate::metadata::process::process_attributes;
+use crate::probe_points::ProbeRunner;
 use crate::python_procs::{PythonReader, PythonTracker, SharedPython};
 use crate::timings::{IntervalSize, IntervalTimings};
 use crate::unwind_loader::{SharedUnwind, UnwindState, UnwindStats};
@@ -50,6 +51,8 @@ pub struct SessionConfig {
     pub count_map_entries: u32,
     /// Walk the Python stacks of processes running CPython (CPU samples and off-CPU blocks).
     pub python: bool,
+    /// Probe points to attach (`--probe`; needs `latency` with `probes` set).
+    pub probe_points: Option<crate::probe_points::ProbeConfig>,
 }
 
 /// A span ended: its profiles (one per kind), start and end.
@@ -64,6 +67,7 @@ pub struct SpanData {
     pub profiles: Vec<Profile>,
     pub processes: HashMap<u32, Attributes>,
     pub histograms: Vec<HistogramPoint>,
+    pub counters: Vec<CounterPoint>,
     pub health: Vec<HealthCounter>,
     pub run_start: SystemTime,
     pub start: SystemTime,
@@ -77,6 +81,7 @@ impl SpanData {
             profiles: &self.profiles,
             processes: &self.processes,
             histograms: &self.histograms,
+            counters: &self.counters,
             health: &self.health,
             run_start: self.run_start,
             start: self.start,
@@ -106,6 +111,8 @@ pub struct Session {
     python: Option<SharedPython>,
     /// Names of new Python stacks, read while their processes run.
     python_reader: Option<PythonReader>,
+    /// The probe points' attacher and rate guard.
+    probe_runner: Option<ProbeRunner>,
 }
 
 impl Session {
@@ -120,6 +127,7 @@ impl Session {
         let mut histograms = None;
         let mut python = None;
         let mut python_reader = None;
+        let mut probe_runner = None;
         if config.cpu.is_some() || config.off_cpu.is_some() || config.latency.is_some() {
             let what = [
                 config.cpu.as_ref().map(|_| "the CPU sampler"),
@@ -161,8 +169,21 @@ impl Session {
             }
             if let (Some(mut probe), Some(c)) = (probes.latency, &config.latency) {
                 probe.attach().context("starting the latency histograms")?;
+                let recorded = Recorded {
+                    core: c.core,
+                    syscalls: c.syscalls,
+                    probes: config
+                        .probe_points
+                        .iter()
+                        .flat_map(|p| p.specs.iter().map(|s| s.text.clone()))
+                        .collect(),
+                    tcp: c.tcp,
+                };
+                if let (Some(points), Some(pc)) = (probe.probe_points(), &config.probe_points) {
+                    probe_runner = Some(ProbeRunner::start(points, pc.clone())?);
+                }
                 let probe: Box<dyn Profiler> = Box::new(probe);
-                histograms = Some((probe, Histograms::new(c.syscalls)));
+                histograms = Some((probe, Histograms::new(recorded)));
             }
             unwind_maps = Some(probes.unwind);
             if config.python && (config.cpu.is_some() || config.off_cpu.is_some()) {
@@ -193,6 +214,7 @@ impl Session {
             unwind,
             python,
             python_reader,
+            probe_runner,
         };
         session.load_unwind_tables();
         Ok(session)
@@ -216,10 +238,16 @@ impl Session {
     /// The histogram text report, if recorded.
     pub fn histogram_report(&mut self) -> anyhow::Result<Option<String>> {
         let counts = self.histogram_counts()?;
-        Ok(self
-            .histograms
-            .as_mut()
-            .map(|(_, h)| h.report(counts.as_deref().unwrap_or_default())))
+        let probes = self
+            .probe_runner
+            .as_ref()
+            .map(ProbeRunner::report)
+            .unwrap_or_default();
+        Ok(self.histograms.as_mut().map(|(_, h)| {
+            let mut report = h.report(counts.as_deref().unwrap_or_default());
+            report.push_str(&probes);
+            report
+        }))
     }
 
     /// What the unwind tables written to the kernel's walker hold; `None` with
@@ -365,6 +393,9 @@ impl Session {
             self.adopt_python_names();
             self.add(i, drained);
         }
+        if let Some(runner) = &mut self.probe_runner {
+            runner.stop();
+        }
         if let Some((probe, h)) = &mut self.histograms {
             if let Drained::Histograms(d) =
                 probe.stop().context("stopping the latency histograms")?
@@ -429,14 +460,15 @@ impl Session {
                 Vec::new()
             }
         };
-        let histograms = match (&mut self.histograms, histograms) {
-            (Some((_, h)), true) => h.points(),
-            _ => Vec::new(),
+        let (histograms, counters) = match (&mut self.histograms, histograms) {
+            (Some((_, h)), true) => (h.points(), h.counter_points()),
+            _ => (Vec::new(), Vec::new()),
         };
         SpanData {
             profiles: span.profiles,
             processes,
             histograms,
+            counters,
             health,
             run_start: self.run_start,
             start: span.start,
@@ -539,6 +571,9 @@ impl Session {
             out.extend(crate::python_procs::name_health(
                 &self.symbolizer.python_stats(),
             ));
+        }
+        if let Some(runner) = &self.probe_runner {
+            out.extend(runner.health());
         }
         let stats = self.symbolizer.stats();
         out.extend(health::counters(&Sources {

@@ -9,6 +9,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "emberprof.h"
 #include "common.bpf.h"
 #include "unwind.bpf.h"
@@ -17,6 +18,7 @@
 #include "cpu_sampler.bpf.h"
 #include "off_cpu.bpf.h"
 #include "latency.bpf.h"
+#include "probe_points.bpf.h"
 #include "switch.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -259,7 +259,11 @@ enum ep_hist_kind {
 	EP_HIST_BLOCK = 2,
 	/* Syscall entry to exit, per syscall and cgroup. */
 	EP_HIST_SYSCALL = 3,
-	EP_HIST_KINDS = 4,
+	/* A probed function's entry to return (--probe uprobe:), per probe slot and cgroup. */
+	EP_HIST_PROBE = 4,
+	/* TCP connection establishment, SYN sent to ESTABLISHED, per remote port and cgroup. */
+	EP_HIST_TCP_CONNECT = 5,
+	EP_HIST_KINDS = 6,
 };
 
 /* Block I/O directions in `ep_hist_key.detail`'s low byte for EP_HIST_BLOCK. */
@@ -319,7 +323,30 @@ enum ep_hist_counter {
 	/* Waits not tracked (no task storage, the block in-flight map full, or a run-queue wait
 	 * that ended before its thread's first switch-out seen); their latency is lost. */
 	EP_HIST_START_FULL = 2,
-	EP_HIST_COUNTER_MAX = 3,
+	/* Events not counted: the event count map was full. */
+	EP_HIST_EVENTS_FULL = 3,
+	EP_HIST_COUNTER_MAX = 4,
+};
+
+/*
+ * Probe points (--probe): each user-given probe has a slot, and each slot its own
+ * programs (a uprobe has no cookie in the loader's API to tell probes apart).
+ */
+#define EP_PROBE_SLOTS 8
+
+/*
+ * What an event count counts. Counts are kept beside the histograms, double-buffered with
+ * them, under a `struct ep_hist_key` whose kind is one of these.
+ */
+enum ep_event_kind {
+	/* A probe point hit (a call, for a function), per slot (detail) and cgroup. */
+	EP_EVENT_PROBE_HIT = 0,
+	/* TCP segments retransmitted, per remote port (detail) and cgroup. */
+	EP_EVENT_TCP_RETRANSMIT = 1,
+	/* TCP resets sent, and received, per remote port and cgroup. */
+	EP_EVENT_TCP_RESET_SENT = 2,
+	EP_EVENT_TCP_RESET_RECEIVED = 3,
+	EP_EVENT_KINDS = 4,
 };
 
 /*

@@ -526,6 +526,10 @@ pub enum HistKind {
     OffCpu = 1,
     BlockIo = 2,
     Syscall = 3,
+    /// A probed function's duration (`--probe uprobe:`), per probe slot and cgroup.
+    Probe = 4,
+    /// TCP connection establishment, per remote port and cgroup (`--tcp`).
+    TcpConnect = 5,
 }
 
 impl From<HistKind> for u32 {
@@ -536,11 +540,13 @@ impl From<HistKind> for u32 {
 
 impl HistKind {
     /// Every kind, in index order.
-    pub const ALL: [HistKind; 4] = [
+    pub const ALL: [HistKind; 6] = [
         HistKind::RunQueue,
         HistKind::OffCpu,
         HistKind::BlockIo,
         HistKind::Syscall,
+        HistKind::Probe,
+        HistKind::TcpConnect,
     ];
 
     /// The kind with this index, if any.
@@ -632,6 +638,7 @@ pub enum HistCounter {
     Recorded = 0,
     Overflowed = 1,
     StartFull = 2,
+    EventsFull = 3,
 }
 
 impl From<HistCounter> for u32 {
@@ -642,11 +649,40 @@ impl From<HistCounter> for u32 {
 
 impl HistCounter {
     /// Every counter, in index order.
-    pub const ALL: [HistCounter; 3] = [
+    pub const ALL: [HistCounter; 4] = [
         HistCounter::Recorded,
         HistCounter::Overflowed,
         HistCounter::StartFull,
+        HistCounter::EventsFull,
     ];
+}
+
+/// Probe slots (`EP_PROBE_SLOTS`): how many `--probe` points can be attached at once.
+pub const PROBE_SLOTS: usize = 8;
+
+/// What an event count counts (`enum ep_event_kind`, in `HistKey::kind` of the count maps).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    ProbeHit = 0,
+    TcpRetransmit = 1,
+    TcpResetSent = 2,
+    TcpResetReceived = 3,
+}
+
+impl EventKind {
+    /// Every kind, in index order.
+    pub const ALL: [EventKind; 4] = [
+        EventKind::ProbeHit,
+        EventKind::TcpRetransmit,
+        EventKind::TcpResetSent,
+        EventKind::TcpResetReceived,
+    ];
+
+    /// The kind with this index, if any.
+    pub fn from_index(i: u32) -> Option<EventKind> {
+        EventKind::ALL.get(i as usize).copied()
+    }
 }
 
 fn comm_str(comm: &[u8; COMM_LEN]) -> String {
@@ -809,13 +845,25 @@ mod tests {
         ("EP_HIST_OFFCPU", HistKind::OffCpu as i64),
         ("EP_HIST_BLOCK", HistKind::BlockIo as i64),
         ("EP_HIST_SYSCALL", HistKind::Syscall as i64),
+        ("EP_HIST_PROBE", HistKind::Probe as i64),
+        ("EP_HIST_TCP_CONNECT", HistKind::TcpConnect as i64),
         ("EP_HIST_KINDS", HistKind::ALL.len() as i64),
+        ("EP_PROBE_SLOTS", PROBE_SLOTS as i64),
+        ("EP_EVENT_PROBE_HIT", EventKind::ProbeHit as i64),
+        ("EP_EVENT_TCP_RETRANSMIT", EventKind::TcpRetransmit as i64),
+        ("EP_EVENT_TCP_RESET_SENT", EventKind::TcpResetSent as i64),
+        (
+            "EP_EVENT_TCP_RESET_RECEIVED",
+            EventKind::TcpResetReceived as i64,
+        ),
+        ("EP_EVENT_KINDS", EventKind::ALL.len() as i64),
         ("EP_BLOCK_READ", BlockOp::Read as i64),
         ("EP_BLOCK_WRITE", BlockOp::Write as i64),
         ("EP_BLOCK_OTHER", BlockOp::Other as i64),
         ("EP_HIST_RECORDED", HistCounter::Recorded as i64),
         ("EP_HIST_OVERFLOWED", HistCounter::Overflowed as i64),
         ("EP_HIST_START_FULL", HistCounter::StartFull as i64),
+        ("EP_HIST_EVENTS_FULL", HistCounter::EventsFull as i64),
         ("EP_HIST_COUNTER_MAX", HistCounter::ALL.len() as i64),
     ];
 
@@ -889,6 +937,9 @@ mod tests {
             assert_eq!(*k as usize, i);
         }
         for (i, k) in HistCounter::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
+        for (i, k) in EventKind::ALL.iter().enumerate() {
             assert_eq!(*k as usize, i);
         }
     }

@@ -13,6 +13,14 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("{what}: {source}")]
+    Attach {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("probe slot {slot} does not exist (there are {max})")]
+    ProbeSlot { slot: usize, max: usize },
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,

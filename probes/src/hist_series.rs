@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use emberprof_model::Log2Histogram;
 
-use crate::abi::{BlockOp, HistKey, HistKind};
+use crate::abi::{BlockOp, EventKind, HistKey, HistKind};
 
 /// What one drain read: the histogram of each series present, overflow ones included.
 #[derive(Clone, Debug, Default)]
@@ -19,6 +19,8 @@ pub struct HistogramDrain {
     /// Durations that the CPUs' caches held under keys beyond the cap, moved to their
     /// kind's overflow histogram here (the kernel counted them as recorded).
     pub overflowed: u64,
+    /// Event counts (probe hits, TCP retransmits and resets) by series.
+    pub events: Vec<(EventSeries, u64)>,
 }
 
 impl HistogramDrain {
@@ -27,6 +29,14 @@ impl HistogramDrain {
         match self.series.iter_mut().find(|(s, _)| *s == series) {
             Some((_, have)) => have.merge(h),
             None => self.series.push((series, h.clone())),
+        }
+    }
+
+    /// Adds `n` events to the series.
+    pub(crate) fn add_events(&mut self, series: EventSeries, n: u64) {
+        match self.events.iter_mut().find(|(s, _)| *s == series) {
+            Some((_, have)) => *have += n,
+            None => self.events.push((series, n)),
         }
     }
 
@@ -50,6 +60,10 @@ pub enum HistSeries {
     BlockIo { major: u32, minor: u32, op: BlockOp },
     /// One syscall's latency (the target architecture's number) in a cgroup.
     Syscall { nr: u32, cgroup: u64 },
+    /// Durations of the function of probe `slot`, called in a cgroup.
+    Probe { slot: u32, cgroup: u64 },
+    /// TCP connection establishment to remote `port`, by a cgroup's socket.
+    TcpConnect { port: u16, cgroup: u64 },
     /// Everything of a kind that found no room under the key cap.
     Overflow(HistKind),
 }
@@ -70,6 +84,14 @@ impl HistSeries {
                 nr: key.detail,
                 cgroup: key.cgroup,
             },
+            HistKind::Probe => HistSeries::Probe {
+                slot: key.detail,
+                cgroup: key.cgroup,
+            },
+            HistKind::TcpConnect => HistSeries::TcpConnect {
+                port: key.detail as u16,
+                cgroup: key.cgroup,
+            },
         })
     }
 
@@ -80,6 +102,8 @@ impl HistSeries {
             HistSeries::OffCpu { .. } => HistKind::OffCpu,
             HistSeries::BlockIo { .. } => HistKind::BlockIo,
             HistSeries::Syscall { .. } => HistKind::Syscall,
+            HistSeries::Probe { .. } => HistKind::Probe,
+            HistSeries::TcpConnect { .. } => HistKind::TcpConnect,
             HistSeries::Overflow(kind) => kind,
         }
     }
@@ -89,7 +113,9 @@ impl HistSeries {
         match self {
             HistSeries::RunQueue { cgroup }
             | HistSeries::OffCpu { cgroup }
-            | HistSeries::Syscall { cgroup, .. } => Some(cgroup),
+            | HistSeries::Syscall { cgroup, .. }
+            | HistSeries::Probe { cgroup, .. }
+            | HistSeries::TcpConnect { cgroup, .. } => Some(cgroup),
             HistSeries::BlockIo { .. } | HistSeries::Overflow(_) => None,
         }
     }
@@ -104,10 +130,52 @@ impl HistSeries {
             HistSeries::BlockIo { major, minor, op } => {
                 (self.kind(), false, major.into(), minor.into(), op)
             }
-            HistSeries::Syscall { nr, cgroup } => {
+            HistSeries::Syscall { nr, cgroup } | HistSeries::Probe { slot: nr, cgroup } => {
                 (self.kind(), false, nr.into(), cgroup, BlockOp::Read)
             }
+            HistSeries::TcpConnect { port, cgroup } => {
+                (self.kind(), false, port.into(), cgroup, BlockOp::Read)
+            }
             HistSeries::Overflow(kind) => (kind, true, 0, 0, BlockOp::Read),
+        }
+    }
+}
+
+/// One event count series: what is counted, and of whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventSeries {
+    /// Hits of probe `slot` (calls, for a function) in a cgroup.
+    ProbeHits { slot: u32, cgroup: u64 },
+    /// TCP segments retransmitted to remote `port` by a cgroup's sockets.
+    TcpRetransmits { port: u16, cgroup: u64 },
+    /// TCP resets sent to remote `port` (cgroup 0: for no socket, e.g. a closed port).
+    TcpResetsSent { port: u16, cgroup: u64 },
+    /// TCP resets received from remote `port`.
+    TcpResetsReceived { port: u16, cgroup: u64 },
+}
+
+impl EventSeries {
+    /// The series a kernel count key names; `None` for a kind this build does not know.
+    pub(crate) fn decode(key: &HistKey) -> Option<EventSeries> {
+        let (cgroup, port) = (key.cgroup, key.detail as u16);
+        Some(match EventKind::from_index(key.kind)? {
+            EventKind::ProbeHit => EventSeries::ProbeHits {
+                slot: key.detail,
+                cgroup,
+            },
+            EventKind::TcpRetransmit => EventSeries::TcpRetransmits { port, cgroup },
+            EventKind::TcpResetSent => EventSeries::TcpResetsSent { port, cgroup },
+            EventKind::TcpResetReceived => EventSeries::TcpResetsReceived { port, cgroup },
+        })
+    }
+
+    /// The cgroup counted under (0 when there was none).
+    pub fn cgroup(self) -> u64 {
+        match self {
+            EventSeries::ProbeHits { cgroup, .. }
+            | EventSeries::TcpRetransmits { cgroup, .. }
+            | EventSeries::TcpResetsSent { cgroup, .. }
+            | EventSeries::TcpResetsReceived { cgroup, .. } => cgroup,
         }
     }
 }
@@ -180,6 +248,61 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(HistSeries::decode(&key), None);
+    }
+
+    #[test]
+    fn probe_and_tcp_keys_decode_to_series() {
+        let key = HistKey {
+            kind: HistKind::Probe as u32,
+            detail: 3,
+            cgroup: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            HistSeries::decode(&key),
+            Some(HistSeries::Probe { slot: 3, cgroup: 7 })
+        );
+        let key = HistKey {
+            kind: HistKind::TcpConnect as u32,
+            detail: 8080,
+            cgroup: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            HistSeries::decode(&key),
+            Some(HistSeries::TcpConnect {
+                port: 8080,
+                cgroup: 7
+            })
+        );
+        let key = HistKey {
+            kind: EventKind::TcpResetReceived as u32,
+            detail: 443,
+            cgroup: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            EventSeries::decode(&key),
+            Some(EventSeries::TcpResetsReceived {
+                port: 443,
+                cgroup: 2
+            })
+        );
+        let key = HistKey {
+            kind: EventKind::ProbeHit as u32,
+            detail: 1,
+            cgroup: 5,
+            ..Default::default()
+        };
+        assert_eq!(
+            EventSeries::decode(&key),
+            Some(EventSeries::ProbeHits { slot: 1, cgroup: 5 })
+        );
+        let key = HistKey {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(EventSeries::decode(&key), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::abi::{
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
-use crate::hist_series::{HistSeries, HistogramDrain};
+use crate::hist_series::{EventSeries, HistSeries, HistogramDrain};
 use crate::loader::check_start;
 use crate::maps::{drain_hash, take_as, take_hash, PerCpuCounters};
 use crate::pid_filter;
@@ -22,6 +22,12 @@ use emberprof_model::{HealthCounter, Log2Histogram, ProfileKind};
 pub(crate) const HIST_MAPS: [&str; 2] = ["ep_hists_0", "ep_hists_1"];
 const OVERFLOW_MAPS: [&str; 2] = ["ep_hist_overflow_0", "ep_hist_overflow_1"];
 const CACHE_MAPS: [&str; 2] = ["ep_hist_cache_0", "ep_hist_cache_1"];
+/// Calls of probed functions in progress.
+pub(crate) const PROBE_CALLS: &str = "ep_probe_calls";
+/// TCP connections in SYN_SENT.
+pub(crate) const TCP_SYN: &str = "ep_tcp_syn";
+/// Event counts (probe hits, TCP events), sized like the histograms when asked for.
+pub(crate) const EVENT_MAPS: [&str; 2] = ["ep_events_0", "ep_events_1"];
 /// Maps shrunk to one entry when the histograms are not asked for (besides HIST_MAPS):
 /// block requests in flight, and the CPUs' caches.
 pub(crate) const UNUSED_WITHOUT: [&str; 3] = ["ep_bio_start", CACHE_MAPS[0], CACHE_MAPS[1]];
@@ -32,6 +38,14 @@ const CORE_PROGRAMS: &[(&str, &str)] = &[
     (SCHED_SWITCH, "sched_switch"),
     ("ep_hist_rq_issue", "block_rq_issue"),
     ("ep_hist_rq_complete", "block_rq_complete"),
+];
+
+/// (program, BTF tracepoint) attached for `--tcp`.
+const TCP_PROGRAMS: &[(&str, &str)] = &[
+    ("ep_tcp_state", "inet_sock_set_state"),
+    ("ep_tcp_retransmit", "tcp_retransmit_skb"),
+    ("ep_tcp_reset_sent", "tcp_send_reset"),
+    ("ep_tcp_reset_received", "tcp_receive_reset"),
 ];
 
 /// (program, BTF tracepoint) attached only for syscall latency: they run on every syscall.
@@ -52,8 +66,16 @@ pub struct LatencyConfig {
     /// Also record emberprof's own process (left out by default: symbolizing its own
     /// samples parses its own debug info and feeds back into what is measured).
     pub profile_self: bool,
+    /// Run-queue, off-CPU and block I/O histograms (off when only probes or TCP are asked
+    /// for).
+    pub core: bool,
     /// Also measure every syscall's latency (costs a few hundred ns per syscall).
     pub syscalls: bool,
+    /// TCP connection latency, retransmits and resets (`--tcp`).
+    pub tcp: bool,
+    /// Probe points (`--probe`): their programs are attached later, through
+    /// [`LatencyHistograms::probe_points`].
+    pub probes: bool,
     /// Distinct histograms (cgroup, disk, syscall keys) kept between drains; more go to the
     /// overflow histogram of their kind.
     pub max_keys: u32,
@@ -66,7 +88,10 @@ impl LatencyConfig {
             pids,
             filter_pids: false,
             profile_self: false,
+            core: true,
             syscalls: false,
+            tcp: false,
+            probes: false,
             max_keys: DEFAULT_HIST_KEYS,
         }
     }
@@ -83,6 +108,8 @@ pub struct LatencyCounters {
     /// flight, or a run-queue wait that ended before the thread's first switch-out seen):
     /// those durations are lost.
     pub start_full: u64,
+    /// Events (probe hits, TCP events) not counted: the count map was full.
+    pub events_full: u64,
 }
 
 impl LatencyCounters {
@@ -92,6 +119,7 @@ impl LatencyCounters {
             HistCounter::Recorded => &mut self.recorded,
             HistCounter::Overflowed => &mut self.overflowed,
             HistCounter::StartFull => &mut self.start_full,
+            HistCounter::EventsFull => &mut self.events_full,
         }
     }
 }
@@ -102,7 +130,11 @@ pub struct LatencyHistograms {
     ebpf: SharedEbpf,
     buffers: DoubleBuffer<HistBuffer>,
     counters: PerCpuCounters,
+    core: bool,
     syscalls: bool,
+    tcp: bool,
+    /// The probe points' programs, until taken by `probe_points`.
+    probe_points: Option<crate::probe_points::ProbePoints>,
     attached: Vec<&'static str>,
     /// Durations the drains moved from the caches to overflow histograms.
     overflowed: u64,
@@ -137,17 +169,25 @@ impl LatencyHistograms {
         let (buffers, counters) = {
             let mut object = ebpf.lock();
             let buffers = [
-                HistBuffer::take(&mut object, 0, cpus, config.max_keys)?,
-                HistBuffer::take(&mut object, 1, cpus, config.max_keys)?,
+                HistBuffer::take(&mut object, 0, cpus, config)?,
+                HistBuffer::take(&mut object, 1, cpus, config)?,
             ];
             let buffers = DoubleBuffer::take(&mut object, "ep_hist_control", buffers)?;
             let counters = PerCpuCounters::take(&mut object, "ep_hist_counters")?;
             (buffers, counters)
         };
+        let probe_points = if config.probes {
+            Some(crate::probe_points::ProbePoints::take(ebpf.clone())?)
+        } else {
+            None
+        };
         Ok(LatencyHistograms {
             ebpf,
             buffers,
             counters,
+            core: config.core,
+            tcp: config.tcp,
+            probe_points,
             syscalls: config.syscalls,
             attached: Vec::new(),
             overflowed: 0,
@@ -157,9 +197,15 @@ impl LatencyHistograms {
     /// Attaches the programs.
     pub fn attach(&mut self) -> Result<(), ProbeError> {
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-        let mut programs: Vec<(&'static str, &'static str)> = CORE_PROGRAMS.to_vec();
+        let mut programs: Vec<(&'static str, &'static str)> = Vec::new();
+        if self.core {
+            programs.extend_from_slice(CORE_PROGRAMS);
+        }
         if self.syscalls {
             programs.extend_from_slice(SYSCALL_PROGRAMS);
+        }
+        if self.tcp {
+            programs.extend_from_slice(TCP_PROGRAMS);
         }
         for (name, tracepoint) in programs {
             if let Err(e) = self.ebpf.attach_tracepoint(name, tracepoint, &btf) {
@@ -173,6 +219,12 @@ impl LatencyHistograms {
         }
         tracing::debug!(syscalls = self.syscalls, "latency histograms attached");
         Ok(())
+    }
+
+    /// The probe points' programs, to attach (once: later calls get `None`). `None` unless
+    /// the configuration asked for probes.
+    pub fn probe_points(&mut self) -> Option<crate::probe_points::ProbePoints> {
+        self.probe_points.take()
     }
 
     /// Switches the kernel to the other buffer and returns what the previous one holds.
@@ -226,6 +278,8 @@ impl LatencyHistograms {
 struct HistBuffer {
     hists: MapData,
     hists_name: &'static str,
+    events: MapData,
+    events_name: &'static str,
     overflow: PerCpuArray<MapData, Hist>,
     overflow_name: &'static str,
     /// Each CPU's scheduler histograms.
@@ -233,21 +287,31 @@ struct HistBuffer {
     cache_name: &'static str,
     /// Keyed series a drain may hold (the size of `hists`).
     max_keys: usize,
+    /// Slots of `cache` in use: none without the scheduler histograms (its map is shrunk).
+    cache_slots: u32,
     /// Possible CPUs: the per-CPU values written back when zeroing an overflow histogram.
     cpus: usize,
 }
 
 impl HistBuffer {
     /// Takes buffer `i`'s maps out of the loaded object.
-    fn take(ebpf: &mut Ebpf, i: usize, cpus: usize, max_keys: u32) -> Result<Self, ProbeError> {
+    fn take(
+        ebpf: &mut Ebpf,
+        i: usize,
+        cpus: usize,
+        config: &LatencyConfig,
+    ) -> Result<Self, ProbeError> {
         Ok(HistBuffer {
             hists: take_hash(ebpf, HIST_MAPS[i])?,
             hists_name: HIST_MAPS[i],
+            events: take_hash(ebpf, EVENT_MAPS[i])?,
+            events_name: EVENT_MAPS[i],
             overflow: take_as(ebpf, OVERFLOW_MAPS[i])?,
             overflow_name: OVERFLOW_MAPS[i],
             cache: take_as(ebpf, CACHE_MAPS[i])?,
             cache_name: CACHE_MAPS[i],
-            max_keys: max_keys as usize,
+            max_keys: config.max_keys as usize,
+            cache_slots: if config.core { HIST_CACHE_SLOTS } else { 0 },
             cpus,
         })
     }
@@ -267,6 +331,14 @@ impl Buffer for HistBuffer {
                     tracing::debug!(kind = key.kind, "histogram key of an unknown kind");
                     drain.unknown_kind += h.count();
                 }
+            }
+        }
+
+        let events: Vec<(HistKey, u64)> = drain_hash(self.events.fd().as_fd(), self.events_name)?;
+        for (key, n) in events {
+            match EventSeries::decode(&key) {
+                Some(series) => drain.add_events(series, n),
+                None => drain.unknown_kind += n,
             }
         }
 
@@ -308,7 +380,7 @@ impl HistBuffer {
     /// key from the shared map, so that each series appears once) and frees the slots.
     fn drain_cache(&mut self, drain: &mut HistogramDrain) -> Result<(), ProbeError> {
         let name = self.cache_name;
-        for slot in 0..HIST_CACHE_SLOTS {
+        for slot in 0..self.cache_slots {
             let per_cpu = self.cache.get(&slot, 0).map_err(map_err(name))?;
             let mut any = false;
             for cached in per_cpu.iter().filter(|c| c.used != 0) {
@@ -368,6 +440,13 @@ const HEALTH: &[HealthRow<LatencyCounters>] = &[
         label: None,
         value: |k| k.start_full,
     },
+    HealthRow {
+        name: "emberprof.histogram.events.lost",
+        description: "Probe hits and TCP events not counted (the count map was full)",
+        unit: "{event}",
+        label: None,
+        value: |k| k.events_full,
+    },
 ];
 
 impl Profiler for LatencyHistograms {
@@ -393,6 +472,7 @@ impl Profiler for LatencyHistograms {
             ("recorded", k.recorded + k.overflowed),
             ("overflowed", k.overflowed),
             ("lost", k.start_full),
+            ("events lost", k.events_full),
         ])
     }
 

@@ -23,6 +23,8 @@ mod shared_ebpf;
 mod double_buffer;
 mod loader;
 mod new_processes;
+/// The `--probe` points' programs.
+pub mod probe_points;
 /// The Python walker's list of processes.
 pub mod python_maps;
 pub mod unwind_maps;
@@ -40,11 +42,12 @@ pub mod object;
 
 pub use cpu_sampler::{CpuSampler, CpuSamplerConfig, KernelCounters};
 pub use error::ProbeError;
-pub use hist_series::{HistSeries, HistogramDrain};
+pub use hist_series::{EventSeries, HistSeries, HistogramDrain};
 pub use latency::{LatencyConfig, LatencyCounters, LatencyHistograms};
 pub use new_processes::NewProcesses;
 pub use object::Probes;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
+pub use probe_points::ProbePoints;
 pub use profiler::{Drained, Profiler, UnwindTarget};
 pub use python_maps::{PythonNotes, PythonProcs};
 pub use unwind_maps::UnwindMaps;

@@ -96,7 +96,11 @@ impl Probes {
         let off_entries = off.map_or(1, |c| c.count_map_entries);
         let hist_keys = hists.map_or(1, |c| c.max_keys);
         let preempted = u8::from(off.is_some_and(|c| c.include_preempted));
-        let (switch_off_cpu, switch_hists) = (u8::from(off.is_some()), u8::from(hists.is_some()));
+        let (switch_off_cpu, switch_hists) = (
+            u8::from(off.is_some()),
+            u8::from(hists.is_some_and(|c| c.core)),
+        );
+        let event_keys = hists.map_or(1, |c| if c.tcp || c.probes { c.max_keys } else { 1 });
         let min_block_ns = off.map_or(0, |c| {
             u64::try_from(c.min_block.as_nanos()).unwrap_or(u64::MAX)
         });
@@ -135,7 +139,18 @@ impl Probes {
         for name in latency::HIST_MAPS {
             loader.set_max_entries(name, hist_keys);
         }
-        if hists.is_none() {
+        for name in latency::EVENT_MAPS {
+            loader.set_max_entries(name, event_keys);
+        }
+        // Calls and connections in progress: small when not asked for (LRU maps keep a
+        // few free entries per CPU, so not one).
+        if !hists.is_some_and(|c| c.probes) {
+            loader.set_max_entries(latency::PROBE_CALLS, 64);
+        }
+        if !hists.is_some_and(|c| c.tcp) {
+            loader.set_max_entries(latency::TCP_SYN, 64);
+        }
+        if !hists.is_some_and(|c| c.core) {
             for name in latency::UNUSED_WITHOUT {
                 loader.set_max_entries(name, 1);
             }

@@ -29,6 +29,8 @@ mod maps;
 mod perf_map;
 mod perf_map_line;
 mod perf_map_open;
+/// Where `--probe` points are in ELF files.
+pub mod probe_targets;
 mod process;
 mod process_table;
 #[cfg(test)]

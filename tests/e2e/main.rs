@@ -20,6 +20,7 @@ mod off_cpu;
 mod otlp;
 mod perf_maps;
 mod privileges;
+mod probes;
 mod pyroscope;
 mod python;
 mod soak;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         otlp::TESTS,
         perf_maps::TESTS,
         privileges::TESTS,
+        probes::TESTS,
         pyroscope::TESTS,
         python::TESTS,
         soak::TESTS,

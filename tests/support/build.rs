@@ -34,6 +34,14 @@ fn main() {
         "cargo:rustc-env=EMBERPROF_TEST_WORKLOAD_RUST={}",
         rust.display()
     );
+    let probe_src = manifest.join("../workloads/probe_work.c");
+    println!("cargo:rerun-if-changed={}", probe_src.display());
+    let probe = out.with_file_name("epprobework");
+    build(&probe_src, &probe, &["-fomit-frame-pointer"]);
+    println!(
+        "cargo:rustc-env=EMBERPROF_TEST_PROBE_WORK={}",
+        probe.display()
+    );
     let lib_src = manifest.join("../workloads/dlopen_lib.c");
     println!("cargo:rerun-if-changed={}", lib_src.display());
     let lib = out.with_file_name("libepdlopen.so");

@@ -1,13 +1,15 @@
-//! `record --histograms`: the latency histograms, accumulated across drains by series
-//! (kind + cgroup, disk or syscall), named while their cgroups still exist, printed at the end.
+//! `record --histograms`: the latency histograms and event counts (probe points, TCP),
+//! accumulated across drains by series (kind + cgroup, disk, syscall, probe or port), named
+//! while their cgroups still exist, printed at the end.
 
+mod events;
 mod series;
 
 use emberprof_exporters::histogram_text;
-use emberprof_exporters::otlp::metrics::HistogramPoint;
+use emberprof_exporters::otlp::metrics::{CounterPoint, HistogramPoint};
 use emberprof_model::{AttrValue, Attributes, Log2Histogram};
 use emberprof_probes::abi::{BlockOp, HistKind};
-use emberprof_probes::{syscalls, HistSeries, HistogramDrain};
+use emberprof_probes::{syscalls, EventSeries, HistSeries, HistogramDrain};
 
 use crate::metadata::cgroups::CgroupNames;
 use crate::metadata::disks::DiskNames;
@@ -16,10 +18,44 @@ use series::SeriesTable;
 /// Series printed per kind, busiest first; the rest are summarised in one line.
 const MAX_SHOWN: usize = 20;
 
+/// What is recorded, so what is reported (an empty kind is shown only if recorded).
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// Run queue, off-CPU, block I/O.
+    pub core: bool,
+    pub syscalls: bool,
+    /// Each probe's spec as given (`uprobe:/usr/bin/app:handle`), by slot.
+    pub probes: Vec<String>,
+    pub tcp: bool,
+}
+
+impl Recorded {
+    fn shows(&self, kind: HistKind) -> bool {
+        match kind {
+            HistKind::RunQueue | HistKind::OffCpu | HistKind::BlockIo => self.core,
+            HistKind::Syscall => self.syscalls,
+            HistKind::Probe => self
+                .probes
+                .iter()
+                .any(|p| p.starts_with(crate::probe_points::spec::FUNCTION_PREFIX)),
+            HistKind::TcpConnect => self.tcp,
+        }
+    }
+
+    /// The spec of probe `slot`.
+    fn probe(&self, slot: u32) -> String {
+        self.probes
+            .get(slot as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("probe {slot}"))
+    }
+}
+
 /// Everything drained from the histogram probes so far, by series.
 pub struct Histograms {
-    syscalls: bool,
-    series: SeriesTable,
+    recorded: Recorded,
+    series: SeriesTable<HistSeries, Log2Histogram>,
+    events: SeriesTable<EventSeries, u64>,
     /// Keys with a kind this build does not know (a kernel/user-space mismatch).
     unknown_kinds: u64,
     cgroups: CgroupNames,
@@ -27,11 +63,12 @@ pub struct Histograms {
 }
 
 impl Histograms {
-    /// Empty; `syscalls` says whether syscall latency is recorded (and reported).
-    pub fn new(syscalls: bool) -> Self {
+    /// Empty; `recorded` says which kinds are recorded (and reported).
+    pub fn new(recorded: Recorded) -> Self {
         Histograms {
-            syscalls,
+            recorded,
             series: SeriesTable::default(),
+            events: SeriesTable::default(),
             unknown_kinds: 0,
             cgroups: CgroupNames::new(),
             disks: DiskNames::default(),
@@ -45,10 +82,20 @@ impl Histograms {
             drain
                 .series
                 .iter()
-                .filter_map(|(series, _)| series.cgroup()),
+                .filter_map(|(series, _)| series.cgroup())
+                .chain(
+                    drain
+                        .events
+                        .iter()
+                        .map(|(e, _)| e.cgroup())
+                        .filter(|c| *c != 0),
+                ),
         );
         for (series, h) in drain.series {
             self.series.merge(series, &h);
+        }
+        for (series, n) in drain.events {
+            self.events.merge(series, &n);
         }
         self.unknown_kinds += drain.unknown_kind;
     }
@@ -59,12 +106,15 @@ impl Histograms {
     pub fn end_interval(&mut self, delta: bool) {
         if delta {
             self.series.clear();
+            self.events.clear();
             // Nothing is kept past an export, so no name needs to outlive its cgroup.
             self.cgroups.release_all();
             return;
         }
         let cgroups = &self.cgroups;
-        let dropped = self.series.prune(|id| cgroups.is_gone(id));
+        let mut dropped = self.series.prune(|id| cgroups.is_gone(id));
+        dropped.extend(self.events.prune(|id| cgroups.is_gone(id)));
+        dropped.retain(|id| !self.series.refers_to(*id) && !self.events.refers_to(*id));
         if !dropped.is_empty() {
             tracing::debug!(
                 cgroups = dropped.len(),
@@ -84,11 +134,32 @@ impl Histograms {
             points.push(HistogramPoint {
                 metric: metric.to_string(),
                 description: description.to_string(),
-                attributes: attributes(*series, &self.cgroups, &mut self.disks),
+                attributes: attributes(*series, &self.cgroups, &mut self.disks, &self.recorded),
                 histogram: h.clone(),
             });
         }
         points
+    }
+
+    /// Every event count as an OTLP sum point, totals since the start.
+    pub fn counter_points(&self) -> Vec<CounterPoint> {
+        self.events
+            .iter()
+            .map(|(series, n)| {
+                let m = events::metric(*series);
+                let mut attrs = events::attributes(*series, &self.recorded);
+                if series.cgroup() != 0 {
+                    cgroup_attributes(series.cgroup(), &self.cgroups, &mut attrs);
+                }
+                CounterPoint {
+                    metric: m.name.to_string(),
+                    description: m.description.to_string(),
+                    unit: m.unit.to_string(),
+                    attributes: attrs,
+                    value: *n,
+                }
+            })
+            .collect()
     }
 
     /// The text report: every kind recorded, its busiest series, and the probes' counts
@@ -96,7 +167,7 @@ impl Histograms {
     pub fn report(&mut self, counts: &[(&str, u64)]) -> String {
         let mut out = String::new();
         for kind in HistKind::ALL {
-            if kind == HistKind::Syscall && !self.syscalls {
+            if !self.recorded.shows(kind) {
                 continue;
             }
             let mut series: Vec<(HistSeries, &Log2Histogram)> = self
@@ -115,7 +186,7 @@ impl Histograms {
                 let heading = format!(
                     "{}, {}",
                     title(kind),
-                    label(*target, &self.cgroups, &mut self.disks)
+                    label(*target, &self.cgroups, &mut self.disks, &self.recorded)
                 );
                 out.push_str(&histogram_text::render(&heading, h));
                 out.push('\n');
@@ -130,6 +201,9 @@ impl Histograms {
                 ));
             }
         }
+        out.push_str(&events::report(&self.events, &self.recorded, |id| {
+            self.cgroups.name(id)
+        }));
         let count = |name: &str| {
             counts
                 .iter()
@@ -147,7 +221,12 @@ impl Histograms {
     }
 }
 
-fn label(series: HistSeries, cgroups: &CgroupNames, disks: &mut DiskNames) -> String {
+fn label(
+    series: HistSeries,
+    cgroups: &CgroupNames,
+    disks: &mut DiskNames,
+    recorded: &Recorded,
+) -> String {
     match series {
         HistSeries::RunQueue { cgroup } | HistSeries::OffCpu { cgroup } => {
             format!("cgroup {}", cgroups.name(cgroup))
@@ -163,6 +242,12 @@ fn label(series: HistSeries, cgroups: &CgroupNames, disks: &mut DiskNames) -> St
         HistSeries::Syscall { nr, cgroup } => {
             let name = syscalls::name(nr).map_or_else(|| format!("syscall {nr}"), str::to_string);
             format!("{name}, cgroup {}", cgroups.name(cgroup))
+        }
+        HistSeries::Probe { slot, cgroup } => {
+            format!("{}, cgroup {}", recorded.probe(slot), cgroups.name(cgroup))
+        }
+        HistSeries::TcpConnect { port, cgroup } => {
+            format!("port {port}, cgroup {}", cgroups.name(cgroup))
         }
         HistSeries::Overflow(_) => "other (beyond the key cap)".to_string(),
     }
@@ -194,10 +279,18 @@ fn metric_of(kind: HistKind) -> (&'static str, &'static str) {
             "emberprof.syscall.latency",
             "Syscall latency, entry to exit",
         ),
+        HistKind::Probe => (
+            "emberprof.probe.duration",
+            "Duration of calls of a probed function (--probe uprobe:), entry to return",
+        ),
+        HistKind::TcpConnect => (
+            "emberprof.tcp.connect.duration",
+            "TCP connection establishment, SYN sent to ESTABLISHED",
+        ),
     }
 }
 
-fn cgroup_attributes(id: u64, cgroups: &CgroupNames, attrs: &mut Attributes) {
+pub(crate) fn cgroup_attributes(id: u64, cgroups: &CgroupNames, attrs: &mut Attributes) {
     let path = cgroups.name(id);
     if let Some(c) = crate::kubernetes::parse_path(&path).container_id {
         attrs.push(("container.id".into(), AttrValue::Str(c)));
@@ -214,7 +307,12 @@ fn cgroup_attributes(id: u64, cgroups: &CgroupNames, attrs: &mut Attributes) {
     ));
 }
 
-fn attributes(series: HistSeries, cgroups: &CgroupNames, disks: &mut DiskNames) -> Attributes {
+fn attributes(
+    series: HistSeries,
+    cgroups: &CgroupNames,
+    disks: &mut DiskNames,
+    recorded: &Recorded,
+) -> Attributes {
     let mut attrs = Attributes::new();
     match series {
         HistSeries::RunQueue { cgroup } | HistSeries::OffCpu { cgroup } => {
@@ -235,6 +333,14 @@ fn attributes(series: HistSeries, cgroups: &CgroupNames, disks: &mut DiskNames) 
             attrs.push(("syscall.name".into(), AttrValue::Str(name)));
             cgroup_attributes(cgroup, cgroups, &mut attrs);
         }
+        HistSeries::Probe { slot, cgroup } => {
+            attrs.extend(events::probe_attributes(slot, recorded));
+            cgroup_attributes(cgroup, cgroups, &mut attrs);
+        }
+        HistSeries::TcpConnect { port, cgroup } => {
+            attrs.extend(events::port_attributes(port));
+            cgroup_attributes(cgroup, cgroups, &mut attrs);
+        }
         HistSeries::Overflow(_) => {
             attrs.push(("emberprof.overflow".into(), AttrValue::Str("true".into())));
         }
@@ -248,5 +354,7 @@ fn title(kind: HistKind) -> &'static str {
         HistKind::OffCpu => "off-CPU duration",
         HistKind::BlockIo => "block I/O latency",
         HistKind::Syscall => "syscall latency",
+        HistKind::Probe => "probe duration",
+        HistKind::TcpConnect => "TCP connect latency",
     }
 }

@@ -1,33 +1,81 @@
-//! The histogram series kept between exports, and which of them can be let go.
+//! The series kept between exports (histograms, event counts), and which of them can be
+//! let go.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use emberprof_model::Log2Histogram;
-use emberprof_probes::HistSeries;
+use emberprof_probes::{EventSeries, HistSeries};
 
 /// One series' identity: what it measures and whom it is about.
-pub type SeriesKey = HistSeries;
-
-/// Series accumulated across drains, and which of them changed since the last export.
-#[derive(Default)]
-pub struct SeriesTable {
-    series: BTreeMap<SeriesKey, Log2Histogram>,
-    changed: BTreeSet<SeriesKey>,
-    /// Series found unchanged with their cgroup gone at the last prune: dropped at the next
-    /// one if still unchanged.
-    doomed: BTreeSet<SeriesKey>,
+pub trait SeriesKey: Copy + Ord {
+    /// The cgroup the series is about, if any: its series can be let go once it is gone.
+    fn cgroup(self) -> Option<u64>;
 }
 
-impl SeriesTable {
+impl SeriesKey for HistSeries {
+    fn cgroup(self) -> Option<u64> {
+        HistSeries::cgroup(self)
+    }
+}
+
+impl SeriesKey for EventSeries {
+    fn cgroup(self) -> Option<u64> {
+        // Cgroup 0: counted without one (a reset for no socket); kept like a disk's series.
+        Some(EventSeries::cgroup(self)).filter(|c| *c != 0)
+    }
+}
+
+/// What a series accumulates.
+pub trait Total: Default {
+    fn add(&mut self, other: &Self);
+}
+
+impl Total for Log2Histogram {
+    fn add(&mut self, other: &Self) {
+        self.merge(other);
+    }
+}
+
+impl Total for u64 {
+    fn add(&mut self, other: &Self) {
+        *self = self.saturating_add(*other);
+    }
+}
+
+/// Series accumulated across drains, and which of them changed since the last export.
+pub struct SeriesTable<K, V> {
+    series: BTreeMap<K, V>,
+    changed: BTreeSet<K>,
+    /// Series found unchanged with their cgroup gone at the last prune: dropped at the next
+    /// one if still unchanged.
+    doomed: BTreeSet<K>,
+}
+
+impl<K, V> Default for SeriesTable<K, V> {
+    fn default() -> Self {
+        SeriesTable {
+            series: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            doomed: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: SeriesKey, V: Total> SeriesTable<K, V> {
     /// Adds what a drain found for one series.
-    pub fn merge(&mut self, key: SeriesKey, h: &Log2Histogram) {
-        self.series.entry(key).or_default().merge(h);
+    pub fn merge(&mut self, key: K, h: &V) {
+        self.series.entry(key).or_default().add(h);
         self.changed.insert(key);
     }
 
     /// Every series, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&SeriesKey, &Log2Histogram)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.series.iter()
+    }
+
+    /// Whether a series is about `cgroup`.
+    pub fn refers_to(&self, cgroup: u64) -> bool {
+        self.series.keys().any(|k| k.cgroup() == Some(cgroup))
     }
 
     /// Forgets every series (delta export: each interval starts from zero).
@@ -86,7 +134,7 @@ mod tests {
         h
     }
 
-    fn keys(t: &SeriesTable) -> Vec<SeriesKey> {
+    fn keys(t: &SeriesTable<HistSeries, Log2Histogram>) -> Vec<HistSeries> {
         t.iter().map(|(k, _)| *k).collect()
     }
 

@@ -80,6 +80,7 @@ pub fn profile(params: &Params, svg_output: bool, on_demand: OnDemand) -> anyhow
         start,
         count_map_entries: CpuSamplerConfig::new(params.hz, Vec::new()).count_map_entries,
         python: on_demand.python,
+        probe_points: None,
     })
     .context("starting a CPU sampler for the request")?;
     std::thread::sleep(Duration::from_secs(params.seconds));

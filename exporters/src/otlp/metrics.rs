@@ -41,9 +41,23 @@ pub struct HistogramPoint {
     pub histogram: Log2Histogram,
 }
 
-/// Builds the request: one metric per name, one data point per series, unit `ns`.
+/// One event count series to export (probe hits, TCP retransmits): a monotonic sum.
+#[derive(Clone, Debug)]
+pub struct CounterPoint {
+    /// Metric name, e.g. `emberprof.probe.hits`.
+    pub metric: String,
+    pub description: String,
+    /// UCUM unit, e.g. `{hit}`.
+    pub unit: String,
+    pub attributes: Attributes,
+    pub value: u64,
+}
+
+/// Builds the request: one metric per name, one data point per series; histograms in `ns`,
+/// counters as monotonic sums of the same temporality.
 pub fn request(
     points: &[HistogramPoint],
+    counters: &[CounterPoint],
     resource: &Attributes,
     start: SystemTime,
     now: SystemTime,
@@ -94,6 +108,38 @@ pub fn request(
                         aggregation_temporality: temporality,
                     },
                 )),
+                metadata: Vec::new(),
+            }),
+        }
+    }
+    for c in counters {
+        let temporality = match temporality {
+            Temporality::Cumulative => pb::AggregationTemporality::Cumulative,
+            Temporality::Delta => pb::AggregationTemporality::Delta,
+        } as i32;
+        let point = pb::NumberDataPoint {
+            attributes: key_values(&c.attributes),
+            start_time_unix_nano: nanos(start),
+            time_unix_nano: nanos(now),
+            value: Some(pb::number_data_point::Value::AsInt(
+                i64::try_from(c.value).unwrap_or(i64::MAX),
+            )),
+            ..Default::default()
+        };
+        match metrics.iter_mut().find(|m| m.name == c.metric) {
+            Some(pb::Metric {
+                data: Some(pb::metric::Data::Sum(s)),
+                ..
+            }) => s.data_points.push(point),
+            _ => metrics.push(pb::Metric {
+                name: c.metric.clone(),
+                description: c.description.clone(),
+                unit: c.unit.clone(),
+                data: Some(pb::metric::Data::Sum(pb::Sum {
+                    data_points: vec![point],
+                    aggregation_temporality: temporality,
+                    is_monotonic: true,
+                })),
                 metadata: Vec::new(),
             }),
         }
@@ -230,7 +276,14 @@ mod tests {
         ];
         let start = UNIX_EPOCH + Duration::from_secs(100);
         let now = start + Duration::from_secs(10);
-        let req = request(&points, &Vec::new(), start, now, Temporality::Cumulative);
+        let req = request(
+            &points,
+            &[],
+            &Vec::new(),
+            start,
+            now,
+            Temporality::Cumulative,
+        );
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
         assert_eq!(metrics.len(), 1);
         let Some(pb::metric::Data::ExponentialHistogram(eh)) = &metrics[0].data else {
@@ -261,7 +314,7 @@ mod tests {
         assert_eq!(p.time_unix_nano, 110_000_000_000);
         assert_eq!(metrics[0].unit, "ns");
 
-        let delta = request(&points, &Vec::new(), start, now, Temporality::Delta);
+        let delta = request(&points, &[], &Vec::new(), start, now, Temporality::Delta);
         let Some(pb::metric::Data::ExponentialHistogram(eh)) =
             &delta.resource_metrics[0].scope_metrics[0].metrics[0].data
         else {
@@ -271,5 +324,54 @@ mod tests {
             eh.aggregation_temporality,
             pb::AggregationTemporality::Delta as i32
         );
+    }
+
+    #[test]
+    fn counters_are_monotonic_sums_of_the_histograms_temporality() {
+        let counters = vec![
+            CounterPoint {
+                metric: "emberprof.probe.hits".into(),
+                description: "d".into(),
+                unit: "{hit}".into(),
+                attributes: vec![("emberprof.probe".into(), AttrValue::Str("a".into()))],
+                value: 30,
+            },
+            CounterPoint {
+                metric: "emberprof.probe.hits".into(),
+                description: "d".into(),
+                unit: "{hit}".into(),
+                attributes: vec![("emberprof.probe".into(), AttrValue::Str("b".into()))],
+                value: u64::MAX,
+            },
+        ];
+        let start = UNIX_EPOCH + Duration::from_secs(100);
+        let now = start + Duration::from_secs(10);
+        for (temporality, want) in [
+            (Temporality::Delta, pb::AggregationTemporality::Delta),
+            (
+                Temporality::Cumulative,
+                pb::AggregationTemporality::Cumulative,
+            ),
+        ] {
+            let req = request(&[], &counters, &Vec::new(), start, now, temporality);
+            let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+            assert_eq!(metrics.len(), 1);
+            assert_eq!(metrics[0].unit, "{hit}");
+            let Some(pb::metric::Data::Sum(sum)) = &metrics[0].data else {
+                panic!("not a sum");
+            };
+            assert!(sum.is_monotonic);
+            assert_eq!(sum.aggregation_temporality, want as i32);
+            let values: Vec<_> = sum.data_points.iter().map(|p| p.value).collect();
+            assert_eq!(
+                values,
+                [
+                    Some(pb::number_data_point::Value::AsInt(30)),
+                    // Saturates rather than wrapping negative.
+                    Some(pb::number_data_point::Value::AsInt(i64::MAX)),
+                ]
+            );
+            assert_eq!(sum.data_points[0].start_time_unix_nano, 100_000_000_000);
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use emberprof_model::{Attributes, HealthCounter, Profile};
 
-use crate::otlp::metrics::HistogramPoint;
+use crate::otlp::metrics::{CounterPoint, HistogramPoint};
 use crate::ExportError;
 
 pub use otlp::OtlpSink;
@@ -29,6 +29,8 @@ pub struct Span<'a> {
     pub processes: &'a HashMap<u32, Attributes>,
     /// Latency histograms: totals since `run_start`, or since `start` for delta export.
     pub histograms: &'a [HistogramPoint],
+    /// Event counts (probe hits, TCP events), with the histograms' temporality.
+    pub counters: &'a [CounterPoint],
     /// emberprof's own counters now (totals since `run_start`).
     pub health: &'a [HealthCounter],
     /// When the recording (or the agent) started.

@@ -82,13 +82,14 @@ impl Sink for OtlpSink {
             return;
         }
         let resource = self.own_resource();
-        if !span.histograms.is_empty() {
+        if !span.histograms.is_empty() || !span.counters.is_empty() {
             let start = match self.temporality {
                 Temporality::Delta => span.start,
                 Temporality::Cumulative => span.run_start,
             };
             let req = metrics::request(
                 span.histograms,
+                span.counters,
                 &resource,
                 start,
                 span.end,

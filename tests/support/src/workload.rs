@@ -23,6 +23,12 @@ pub fn workload_binary_rust() -> &'static Path {
     Path::new(env!("EMBERPROF_TEST_WORKLOAD_RUST"))
 }
 
+/// The probe-point test program (tests/workloads/probe_work.c: a timed function, a USDT
+/// probe, a hot function), built without frame pointers; its file name is `epprobework`.
+pub fn probe_work_binary() -> &'static Path {
+    Path::new(env!("EMBERPROF_TEST_PROBE_WORK"))
+}
+
 /// The shared library the workload's `dlopen` mode loads (built without frame pointers);
 /// its file name is `libepdlopen.so`.
 pub fn dlopen_library() -> &'static Path {

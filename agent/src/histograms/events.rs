@@ -1,0 +1,134 @@
+//! Event counts beside the histograms: probe hits and TCP retransmits and resets, as OTLP
+//! sums and as lines of the text report.
+
+use std::fmt::Write;
+
+use emberprof_model::{AttrValue, Attributes};
+use emberprof_probes::EventSeries;
+
+use super::series::SeriesTable;
+use super::Recorded;
+
+/// An event count's metric.
+pub struct Metric {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub unit: &'static str,
+}
+
+/// The metric `series` is a data point of.
+pub fn metric(series: EventSeries) -> Metric {
+    match series {
+        EventSeries::ProbeHits { .. } => Metric {
+            name: "emberprof.probe.hits",
+            description: "Times a probe point was hit (calls, for a function)",
+            unit: "{hit}",
+        },
+        EventSeries::TcpRetransmits { .. } => Metric {
+            name: "emberprof.tcp.retransmits",
+            description: "TCP segments retransmitted",
+            unit: "{segment}",
+        },
+        EventSeries::TcpResetsSent { .. } => Metric {
+            name: "emberprof.tcp.resets.sent",
+            description: "TCP resets sent",
+            unit: "{reset}",
+        },
+        EventSeries::TcpResetsReceived { .. } => Metric {
+            name: "emberprof.tcp.resets.received",
+            description: "TCP resets received",
+            unit: "{reset}",
+        },
+    }
+}
+
+/// A probe's attributes: its spec as given and what kind of point it is.
+pub fn probe_attributes(slot: u32, recorded: &Recorded) -> Attributes {
+    let spec = recorded.probe(slot);
+    let kind = spec.split(':').next().unwrap_or_default().to_string();
+    vec![
+        ("emberprof.probe".into(), AttrValue::Str(spec)),
+        ("emberprof.probe.type".into(), AttrValue::Str(kind)),
+    ]
+}
+
+/// A TCP series' attributes (OpenTelemetry's network conventions).
+pub fn port_attributes(port: u16) -> Attributes {
+    vec![
+        ("network.transport".into(), AttrValue::Str("tcp".into())),
+        ("network.peer.port".into(), AttrValue::Int(i64::from(port))),
+    ]
+}
+
+/// Attributes of an event series, the cgroup's aside.
+pub fn attributes(series: EventSeries, recorded: &Recorded) -> Attributes {
+    match series {
+        EventSeries::ProbeHits { slot, .. } => probe_attributes(slot, recorded),
+        EventSeries::TcpRetransmits { port, .. }
+        | EventSeries::TcpResetsSent { port, .. }
+        | EventSeries::TcpResetsReceived { port, .. } => port_attributes(port),
+    }
+}
+
+fn title(series: EventSeries, recorded: &Recorded) -> String {
+    match series {
+        EventSeries::ProbeHits { slot, .. } => {
+            let spec = recorded.probe(slot);
+            let what = if spec.starts_with(crate::probe_points::spec::FUNCTION_PREFIX) {
+                "calls"
+            } else {
+                "hits"
+            };
+            format!("probe {spec} {what}")
+        }
+        EventSeries::TcpRetransmits { port, .. } => format!("TCP retransmits, port {port}"),
+        EventSeries::TcpResetsSent { port, .. } => format!("TCP resets sent, port {port}"),
+        EventSeries::TcpResetsReceived { port, .. } => {
+            format!("TCP resets received, port {port}")
+        }
+    }
+}
+
+/// The report's lines: every count, busiest first within probes and TCP, and a line for a
+/// recorded source with nothing counted.
+pub fn report(
+    events: &SeriesTable<EventSeries, u64>,
+    recorded: &Recorded,
+    cgroup_name: impl Fn(u64) -> String,
+) -> String {
+    let mut out = String::new();
+    let mut all: Vec<(EventSeries, u64)> = events.iter().map(|(s, n)| (*s, *n)).collect();
+    all.sort_by(|a, b| {
+        let tcp = |s: &EventSeries| !matches!(s, EventSeries::ProbeHits { .. });
+        tcp(&a.0)
+            .cmp(&tcp(&b.0))
+            .then(b.1.cmp(&a.1))
+            .then(a.0.cmp(&b.0))
+    });
+    for (slot, spec) in recorded.probes.iter().enumerate() {
+        let hit = all.iter().any(
+            |(s, _)| matches!(s, EventSeries::ProbeHits { slot: s, .. } if *s as usize == slot),
+        );
+        if !hit {
+            let _ = writeln!(out, "probe {spec}: no hits");
+        }
+    }
+    if recorded.tcp
+        && !all
+            .iter()
+            .any(|(s, _)| !matches!(s, EventSeries::ProbeHits { .. }))
+    {
+        let _ = writeln!(out, "TCP retransmits and resets: none");
+    }
+    for (series, n) in all {
+        let cgroup = match series.cgroup() {
+            0 => "none".to_string(),
+            id => cgroup_name(id),
+        };
+        let _ = writeln!(out, "{}, cgroup {cgroup}: {n}", title(series, recorded));
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}

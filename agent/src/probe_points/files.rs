@@ -1,0 +1,82 @@
+//! Which files a probe's path names: in emberprof's own mount namespace and in every other
+//! one a process runs in (containers), each file once. A uprobe is attached to a file (an
+//! inode), so attaching once per file covers every process that maps it, later ones too.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A file's identity: device and inode.
+pub type FileId = (u64, u64);
+
+/// One file a probe's path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// A path emberprof can open it by (through `/proc/PID/root` for another namespace):
+    /// valid while that process lives, which is as long as attaching takes.
+    pub open_as: PathBuf,
+    pub id: FileId,
+}
+
+fn regular_file(path: &Path) -> Option<FileId> {
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_file().then(|| (meta.dev(), meta.ino()))
+}
+
+/// Every file `path` names, one process per mount namespace looked through. Absolute
+/// symbolic links inside another namespace resolve in emberprof's (the kernel's rule for
+/// `/proc/PID/root`); name the file itself, not a link to it.
+pub fn find(path: &Path) -> Vec<Found> {
+    let mut out: Vec<Found> = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut push = |open_as: PathBuf| {
+        if let Some(id) = regular_file(&open_as) {
+            if ids.insert(id) {
+                out.push(Found { open_as, id });
+            }
+        }
+    };
+    push(path.to_path_buf());
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let mut namespaces = BTreeSet::new();
+    namespaces.extend(own);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        // A process that exits meanwhile, or one we may not look into, is skipped.
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if !namespaces.insert(ns) {
+            continue;
+        }
+        push(Path::new("/proc").join(pid).join("root").join(relative));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_found_once_and_a_missing_one_not_at_all() {
+        let exe = std::env::current_exe().unwrap();
+        let found = find(&exe);
+        // Every process in our namespace sees the same file: listed once.
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].open_as, exe);
+        assert!(find(Path::new("/nonexistent/emberprof/probe")).is_empty());
+        // A directory is not a probe target.
+        assert!(find(Path::new("/proc")).is_empty());
+    }
+}

@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Probe points (part of emberprof.bpf.c): user-chosen functions (uprobe + uretprobe: a
+ * duration histogram and a call count), USDT probes and tracepoints (a hit count), all per
+ * cgroup; and TCP from its tracepoints (connection establishment latency, retransmits,
+ * resets, per cgroup and remote port). Durations go into the latency histograms
+ * (latency.bpf.h); counts into the event count maps, double-buffered with them.
+ */
+#ifndef EP_PROBE_POINTS_BPF_H
+#define EP_PROBE_POINTS_BPF_H
+
+#define EP_TCP_PROTO 6
+#define EP_TCP_ESTABLISHED 1
+#define EP_TCP_SYN_SENT 2
+
+/* Event counts, by key (kind: enum ep_event_kind); the loader sizes them as the histograms. */
+#define EP_EVENT_MAP(name)                               \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_HASH);         \
+		__type(key, struct ep_hist_key);         \
+		__type(value, __u64);                    \
+		__uint(max_entries, EP_HIST_KEYS);       \
+	} name SEC(".maps")
+
+EP_EVENT_MAP(ep_events_0);
+EP_EVENT_MAP(ep_events_1);
+
+/* Hits per probe slot since load, for the rate guard in user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, EP_PROBE_SLOTS);
+} ep_probe_hits SEC(".maps");
+
+/*
+ * Calls in progress: entry time by (thread, slot). LRU: a thread that leaves a function
+ * without returning (longjmp, exit) leaves an entry that ages out. A recursive function
+ * overwrites its outer call's time: the innermost call is timed, the outer ones are not.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(max_entries, 16384);
+} ep_probe_calls SEC(".maps");
+
+/* Connections in SYN_SENT: when, by socket address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(max_entries, 16384);
+} ep_tcp_syn SEC(".maps");
+
+/* Adds one to the count under `key` in the buffer being filled. */
+static __always_inline void ep_event_count(struct ep_hist_key *key)
+{
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&ep_hist_control, &zero);
+	if (!active)
+		return;
+	void *events = (*active & 1) ? (void *)&ep_events_1 : (void *)&ep_events_0;
+	__u64 *n = bpf_map_lookup_elem(events, key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	__u64 one = 1;
+	long err = bpf_map_update_elem(events, key, &one, BPF_NOEXIST);
+	if (err == -EP_EEXIST) {
+		n = bpf_map_lookup_elem(events, key);
+		if (n) {
+			__sync_fetch_and_add(n, 1);
+			return;
+		}
+	}
+	if (err)
+		ep_hist_count(EP_HIST_EVENTS_FULL);
+}
+
+/* A hit of probe `slot`: counted; a function's entry (`timed`) also starts its clock. */
+static __always_inline int ep_probe_hit(__u32 slot, bool timed)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!ep_pid_tracked(id >> 32))
+		return 0;
+	ep_percpu_inc(&ep_probe_hits, slot);
+	struct ep_hist_key key = {
+		.cgroup = bpf_get_current_cgroup_id(),
+		.kind = EP_EVENT_PROBE_HIT,
+		.detail = slot,
+	};
+	ep_event_count(&key);
+	if (timed) {
+		__u64 call = (id << 32) | slot;
+		__u64 now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&ep_probe_calls, &call, &now, BPF_ANY);
+	}
+	return 0;
+}
+
+/* A probed function's return: its duration into the slot's histogram. */
+static __always_inline int ep_probe_return(__u32 slot)
+{
+	__u64 call = (bpf_get_current_pid_tgid() << 32) | slot;
+	__u64 *ts = bpf_map_lookup_elem(&ep_probe_calls, &call);
+	if (!ts)
+		return 0;
+	__u64 then = *ts;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_delete_elem(&ep_probe_calls, &call);
+	if (now < then)
+		return 0;
+	struct ep_hist_key key = {
+		.cgroup = bpf_get_current_cgroup_id(),
+		.kind = EP_HIST_PROBE,
+		.detail = slot,
+	};
+	ep_hist_record(&key, now - then);
+	return 0;
+}
+
+/* One slot's programs: function entry and return, USDT hit, tracepoint hit. */
+#define EP_PROBE_SLOT(n)                                                  \
+	SEC("uprobe")                                                     \
+	int ep_probe_entry_##n(struct pt_regs *ctx)                       \
+	{                                                                 \
+		return ep_probe_hit(n, true);                             \
+	}                                                                 \
+	SEC("uretprobe")                                                  \
+	int ep_probe_return_##n(struct pt_regs *ctx)                      \
+	{                                                                 \
+		return ep_probe_return(n);                                \
+	}                                                                 \
+	SEC("uprobe")                                                     \
+	int ep_probe_usdt_##n(struct pt_regs *ctx)                        \
+	{                                                                 \
+		return ep_probe_hit(n, false);                            \
+	}                                                                 \
+	SEC("tracepoint")                                                 \
+	int ep_probe_tp_##n(void *ctx)                                    \
+	{                                                                 \
+		return ep_probe_hit(n, false);                            \
+	}
+
+EP_PROBE_SLOT(0)
+EP_PROBE_SLOT(1)
+EP_PROBE_SLOT(2)
+EP_PROBE_SLOT(3)
+EP_PROBE_SLOT(4)
+EP_PROBE_SLOT(5)
+EP_PROBE_SLOT(6)
+EP_PROBE_SLOT(7)
+
+/* The cgroup v2 id of the socket's owner (where it was created), 0 if it has none. */
+static __always_inline __u64 ep_sock_cgroup(const struct sock *sk)
+{
+	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	if (!cg)
+		return 0;
+	return BPF_CORE_READ(cg, kn, id);
+}
+
+static __always_inline __u32 ep_sock_dport(const struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ep_tcp_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != EP_TCP_PROTO)
+		return 0;
+	__u64 id = (__u64)sk;
+	if (newstate == EP_TCP_SYN_SENT) {
+		__u64 now = bpf_ktime_get_ns();
+		if (bpf_map_update_elem(&ep_tcp_syn, &id, &now, BPF_ANY))
+			ep_hist_count(EP_HIST_START_FULL);
+		return 0;
+	}
+	if (oldstate != EP_TCP_SYN_SENT)
+		return 0;
+	__u64 *ts = bpf_map_lookup_elem(&ep_tcp_syn, &id);
+	if (!ts)
+		return 0;
+	__u64 then = *ts;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_delete_elem(&ep_tcp_syn, &id);
+	/* SYN_SENT to CLOSE: refused or timed out, not a connection. */
+	if (newstate != EP_TCP_ESTABLISHED || now < then)
+		return 0;
+	struct ep_hist_key key = {
+		.cgroup = ep_sock_cgroup(sk),
+		.kind = EP_HIST_TCP_CONNECT,
+		.detail = ep_sock_dport(sk),
+	};
+	ep_hist_record(&key, now - then);
+	return 0;
+}
+
+static __always_inline void ep_tcp_event(const struct sock *sk, __u32 kind)
+{
+	struct ep_hist_key key = { .kind = kind };
+	if (sk) {
+		key.cgroup = ep_sock_cgroup(sk);
+		key.detail = ep_sock_dport(sk);
+	}
+	ep_event_count(&key);
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(ep_tcp_retransmit, const struct sock *sk)
+{
+	ep_tcp_event(sk, EP_EVENT_TCP_RETRANSMIT);
+	return 0;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(ep_tcp_reset_sent, const struct sock *sk, const struct sk_buff *skb)
+{
+	if (sk) {
+		ep_tcp_event(sk, EP_EVENT_TCP_RESET_SENT);
+		return 0;
+	}
+	/* A reset for no socket (a closed port): the peer's port is the segment's source. */
+	struct ep_hist_key key = { .kind = EP_EVENT_TCP_RESET_SENT };
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 transport = BPF_CORE_READ(skb, transport_header);
+	struct tcphdr *th = (struct tcphdr *)(head + transport);
+	key.detail = bpf_ntohs(BPF_CORE_READ(th, source));
+	ep_event_count(&key);
+	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(ep_tcp_reset_received, struct sock *sk)
+{
+	ep_tcp_event(sk, EP_EVENT_TCP_RESET_RECEIVED);
+	return 0;
+}
+
+#endif
