@@ -164,6 +164,10 @@ class Tests:
             "unwind.tableMib=0": "/unwind/tableMib",
             "unwind.tableMib=129": "/unwind/tableMib",
             "python.enabled=maybe": "/python/enabled",
+            "probePoints.specs={kprobe:do_sys_open}": "/probePoints/specs/0",
+            "probePoints.specs={uprobe:app:f}": "/probePoints/specs/0",
+            "probePoints.maxRate=-1": "/probePoints/maxRate",
+            "tcp.enabled=1": "/tcp/enabled",
         }
         for value, where in bad.items():
             out = self.helm.template(sets=[value], expect_ok=False)
@@ -320,7 +324,11 @@ class Tests:
         assert full["symbol_files"] == 2048
         assert full["unwind"] == "fp" and full["unwind_table_mib"] == 16
         assert full["no_python"] is True
+        assert full["probe"] == ["uprobe:/usr/bin/app:handle_request",
+                                 "tracepoint:sched:sched_process_exec"]
+        assert full["probe_max_rate"] == 200 and full["tcp"] is True
         defaults = self.render().config
+        assert "probe" not in defaults and "tcp" not in defaults
         assert defaults["unwind"] == "auto" and defaults["unwind_table_mib"] == 32
         assert defaults["no_python"] is False
         m = self.render("full-config.yaml")

@@ -108,6 +108,8 @@ BPF PERFMON SYS_RESOURCE SYS_PTRACE DAC_READ_SEARCH CHECKPOINT_RESTORE SYSLOG
 {{- if or $v.histograms.enabled $v.histograms.syscallLatency -}}
 {{- $_ := merge $c (dict "histograms" true "syscall_latency" $v.histograms.syscallLatency "histogram_keys" (int64 $v.histograms.keys)) -}}
 {{- end -}}
+{{- with $v.probePoints.specs }}{{ $_ := merge $c (dict "probe" . "probe_max_rate" (int64 $v.probePoints.maxRate)) }}{{ end -}}
+{{- if $v.tcp.enabled }}{{ $_ := set $c "tcp" true }}{{ end -}}
 {{- with $v.filters.includeExe }}{{ $_ := set $c "include_exe" . }}{{ end -}}
 {{- with $v.filters.excludeExe }}{{ $_ := set $c "exclude_exe" . }}{{ end -}}
 {{- with $v.filters.includeCgroups }}{{ $_ := set $c "include_cgroup" . }}{{ end -}}
