@@ -13,6 +13,19 @@
 #define EP_TCP_ESTABLISHED 1
 #define EP_TCP_SYN_SENT 2
 
+/*
+ * The host's ephemeral port range (net.ipv4.ip_local_port_range), set by the loader: a
+ * port in it is a client's, one per connection, and is counted as 0 so that retransmits
+ * and resets stay a series per service port, not one per connection.
+ */
+const volatile __u16 ep_ephemeral_lo = 32768;
+const volatile __u16 ep_ephemeral_hi = 60999;
+
+static __always_inline __u32 ep_service_port(__u16 port)
+{
+	return port >= ep_ephemeral_lo && port <= ep_ephemeral_hi ? 0 : port;
+}
+
 /* Event counts, by key (kind: enum ep_event_kind); the loader sizes them as the histograms. */
 #define EP_EVENT_MAP(name)                               \
 	struct {                                         \
@@ -167,6 +180,12 @@ static __always_inline __u32 ep_sock_dport(const struct sock *sk)
 	return bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 }
 
+/* Local port: host byte order already (inet's skc_num). */
+static __always_inline __u32 ep_sock_sport(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_num);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(ep_tcp_state, const struct sock *sk, const int oldstate, const int newstate)
 {
@@ -199,12 +218,14 @@ int BPF_PROG(ep_tcp_state, const struct sock *sk, const int oldstate, const int 
 	return 0;
 }
 
+/* A TCP event of a socket: per cgroup, remote port (detail) and local port (major). */
 static __always_inline void ep_tcp_event(const struct sock *sk, __u32 kind)
 {
 	struct ep_hist_key key = { .kind = kind };
 	if (sk) {
 		key.cgroup = ep_sock_cgroup(sk);
-		key.detail = ep_sock_dport(sk);
+		key.detail = ep_service_port(ep_sock_dport(sk));
+		key.major = ep_service_port(ep_sock_sport(sk));
 	}
 	ep_event_count(&key);
 }
@@ -219,16 +240,24 @@ int BPF_PROG(ep_tcp_retransmit, const struct sock *sk)
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(ep_tcp_reset_sent, const struct sock *sk, const struct sk_buff *skb)
 {
-	if (sk) {
+	/* Without a segment (an active reset, e.g. an abort) the socket has the ports. */
+	if (!skb) {
 		ep_tcp_event(sk, EP_EVENT_TCP_RESET_SENT);
 		return 0;
 	}
-	/* A reset for no socket (a closed port): the peer's port is the segment's source. */
+	/* A reset answering a segment: its ports are the segment's, source the peer's. The
+	 * socket, if any, may be a request or time-wait one, whose ports read as 0. */
 	struct ep_hist_key key = { .kind = EP_EVENT_TCP_RESET_SENT };
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 transport = BPF_CORE_READ(skb, transport_header);
-	struct tcphdr *th = (struct tcphdr *)(head + transport);
-	key.detail = bpf_ntohs(BPF_CORE_READ(th, source));
+	if (sk)
+		key.cgroup = ep_sock_cgroup(sk);
+	/* As numbers: the verifier refuses arithmetic on the BTF pointer itself. */
+	__u64 head = (__u64)BPF_CORE_READ(skb, head);
+	__u64 transport = BPF_CORE_READ(skb, transport_header);
+	__be16 ports[2] = {};
+	bpf_probe_read_kernel(ports, sizeof(ports),
+			      (void *)(head + transport + offsetof(struct tcphdr, source)));
+	key.detail = ep_service_port(bpf_ntohs(ports[0]));
+	key.major = ep_service_port(bpf_ntohs(ports[1]));
 	ep_event_count(&key);
 	return 0;
 }

@@ -146,26 +146,39 @@ impl HistSeries {
 pub enum EventSeries {
     /// Hits of probe `slot` (calls, for a function) in a cgroup.
     ProbeHits { slot: u32, cgroup: u64 },
-    /// TCP segments retransmitted to remote `port` by a cgroup's sockets.
-    TcpRetransmits { port: u16, cgroup: u64 },
-    /// TCP resets sent to remote `port` (cgroup 0: for no socket, e.g. a closed port).
-    TcpResetsSent { port: u16, cgroup: u64 },
-    /// TCP resets received from remote `port`.
-    TcpResetsReceived { port: u16, cgroup: u64 },
+    /// TCP segments retransmitted by a cgroup's sockets between local port `local` and
+    /// remote `port` (either 0 when in the ephemeral range: a client's, one per connection).
+    TcpRetransmits { port: u16, local: u16, cgroup: u64 },
+    /// TCP resets sent (cgroup 0: for no socket, e.g. to a closed port).
+    TcpResetsSent { port: u16, local: u16, cgroup: u64 },
+    /// TCP resets received.
+    TcpResetsReceived { port: u16, local: u16, cgroup: u64 },
 }
 
 impl EventSeries {
     /// The series a kernel count key names; `None` for a kind this build does not know.
     pub(crate) fn decode(key: &HistKey) -> Option<EventSeries> {
-        let (cgroup, port) = (key.cgroup, key.detail as u16);
+        let (cgroup, port, local) = (key.cgroup, key.detail as u16, key.major as u16);
         Some(match EventKind::from_index(key.kind)? {
             EventKind::ProbeHit => EventSeries::ProbeHits {
                 slot: key.detail,
                 cgroup,
             },
-            EventKind::TcpRetransmit => EventSeries::TcpRetransmits { port, cgroup },
-            EventKind::TcpResetSent => EventSeries::TcpResetsSent { port, cgroup },
-            EventKind::TcpResetReceived => EventSeries::TcpResetsReceived { port, cgroup },
+            EventKind::TcpRetransmit => EventSeries::TcpRetransmits {
+                port,
+                local,
+                cgroup,
+            },
+            EventKind::TcpResetSent => EventSeries::TcpResetsSent {
+                port,
+                local,
+                cgroup,
+            },
+            EventKind::TcpResetReceived => EventSeries::TcpResetsReceived {
+                port,
+                local,
+                cgroup,
+            },
         })
     }
 
@@ -278,6 +291,7 @@ mod tests {
         let key = HistKey {
             kind: EventKind::TcpResetReceived as u32,
             detail: 443,
+            major: 0,
             cgroup: 2,
             ..Default::default()
         };
@@ -285,6 +299,7 @@ mod tests {
             EventSeries::decode(&key),
             Some(EventSeries::TcpResetsReceived {
                 port: 443,
+                local: 0,
                 cgroup: 2
             })
         );

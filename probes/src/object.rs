@@ -126,6 +126,10 @@ impl Probes {
             .set_global("ep_min_block_ns", &min_block_ns, true)
             .set_global("ep_switch_off_cpu", &switch_off_cpu, true)
             .set_global("ep_switch_hists", &switch_hists, true);
+        let (ephemeral_lo, ephemeral_hi) = ephemeral_ports();
+        loader
+            .set_global("ep_ephemeral_lo", &ephemeral_lo, true)
+            .set_global("ep_ephemeral_hi", &ephemeral_hi, true);
         filter.set_globals(&mut loader);
         for name in cpu_sampler::STACK_MAPS {
             loader.set_max_entries(name, stack_entries);
@@ -194,6 +198,18 @@ impl Probes {
             python,
             python_notes,
         })
+    }
+}
+
+/// The host's ephemeral port range (net.ipv4.ip_local_port_range); Linux's default when it
+/// cannot be read.
+fn ephemeral_ports() -> (u16, u16) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => (lo, hi),
+        _ => (32768, 60999),
     }
 }
 

@@ -26,6 +26,7 @@ mod python;
 mod soak;
 mod support;
 mod symbols;
+mod tcp;
 mod unwind_switches;
 mod unwinding;
 mod unwinding_rust;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         python::TESTS,
         soak::TESTS,
         symbols::TESTS,
+        tcp::TESTS,
         unwind_switches::TESTS,
         unwinding::TESTS,
         unwinding_rust::TESTS,

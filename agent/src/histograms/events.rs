@@ -52,7 +52,8 @@ pub fn probe_attributes(slot: u32, recorded: &Recorded) -> Attributes {
     ]
 }
 
-/// A TCP series' attributes (OpenTelemetry's network conventions).
+/// A TCP series' attributes (OpenTelemetry's network conventions); port 0 stands for any
+/// port of the ephemeral range (a client's).
 pub fn port_attributes(port: u16) -> Attributes {
     vec![
         ("network.transport".into(), AttrValue::Str("tcp".into())),
@@ -60,13 +61,22 @@ pub fn port_attributes(port: u16) -> Attributes {
     ]
 }
 
+fn local_port_attributes(port: u16, local: u16) -> Attributes {
+    let mut attrs = port_attributes(port);
+    attrs.push((
+        "network.local.port".into(),
+        AttrValue::Int(i64::from(local)),
+    ));
+    attrs
+}
+
 /// Attributes of an event series, the cgroup's aside.
 pub fn attributes(series: EventSeries, recorded: &Recorded) -> Attributes {
     match series {
         EventSeries::ProbeHits { slot, .. } => probe_attributes(slot, recorded),
-        EventSeries::TcpRetransmits { port, .. }
-        | EventSeries::TcpResetsSent { port, .. }
-        | EventSeries::TcpResetsReceived { port, .. } => port_attributes(port),
+        EventSeries::TcpRetransmits { port, local, .. }
+        | EventSeries::TcpResetsSent { port, local, .. }
+        | EventSeries::TcpResetsReceived { port, local, .. } => local_port_attributes(port, local),
     }
 }
 
@@ -81,12 +91,29 @@ fn title(series: EventSeries, recorded: &Recorded) -> String {
             };
             format!("probe {spec} {what}")
         }
-        EventSeries::TcpRetransmits { port, .. } => format!("TCP retransmits, port {port}"),
-        EventSeries::TcpResetsSent { port, .. } => format!("TCP resets sent, port {port}"),
-        EventSeries::TcpResetsReceived { port, .. } => {
-            format!("TCP resets received, port {port}")
+        EventSeries::TcpRetransmits { port, local, .. } => {
+            format!("TCP retransmits, {}", ports(port, local))
+        }
+        EventSeries::TcpResetsSent { port, local, .. } => {
+            format!("TCP resets sent, {}", ports(port, local))
+        }
+        EventSeries::TcpResetsReceived { port, local, .. } => {
+            format!("TCP resets received, {}", ports(port, local))
         }
     }
+}
+
+/// `port P, local port L`; 0 is any port of the ephemeral range (a client's), or a port
+/// the kernel had already cleared (a socket torn down, as by a closing listener).
+fn ports(port: u16, local: u16) -> String {
+    let one = |p: u16| {
+        if p == 0 {
+            "0 (ephemeral)".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    format!("port {}, local port {}", one(port), one(local))
 }
 
 /// The report's lines: every count, busiest first within probes and TCP, and a line for a
