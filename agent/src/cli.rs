@@ -307,12 +307,22 @@ impl WaitArgs {
         self.histograms || self.syscall_latency || self.tcp || !self.probes.is_empty()
     }
 
+    /// Whether a probe records its hits' stacks (USDT probes, tracepoints, functions with
+    /// +stacks): the probe profile.
+    pub fn probe_profile(&self) -> bool {
+        self.probes.iter().any(|p| {
+            let p = p.trim();
+            p.starts_with("usdt:") || p.starts_with("tracepoint:") || p.ends_with("+stacks")
+        })
+    }
+
     /// The histograms' configuration (`None` if none are asked for), for `pids`.
     pub fn latency_config(
         &self,
         pids: &[u32],
         filter_pids: bool,
         profile_self: bool,
+        unwind_entries: Option<u32>,
     ) -> Option<emberprof_probes::LatencyConfig> {
         self.wants_histograms()
             .then(|| emberprof_probes::LatencyConfig {
@@ -320,6 +330,8 @@ impl WaitArgs {
                 syscalls: self.syscall_latency,
                 tcp: self.tcp,
                 probes: !self.probes.is_empty(),
+                probe_stacks: self.probe_profile(),
+                unwind_entries,
                 max_keys: self.histogram_keys,
                 filter_pids,
                 profile_self,

@@ -40,13 +40,17 @@ pub fn add(
     builder: &mut ProfileBuilder,
     collected: &mut Collected,
     threads: ThreadDetail,
+    probe_names: &[String],
 ) {
     let stacks = symbolizer.symbolize(counts);
     collected.max_drained = collected.max_drained.max(counts.len());
     let no_name: Arc<str> = Arc::from("");
 
     for (c, stack) in counts.iter().zip(stacks) {
-        let stack = with_loss_markers(without_probe_frames(stack), &c.user, &c.kernel);
+        let mut stack = with_loss_markers(without_probe_frames(stack), &c.user, &c.kernel);
+        if let Some(hit) = c.probe {
+            stack = under_probe(stack, probe_names.get(hit.slot as usize), hit.slot);
+        }
         let thread_name: Arc<str> = Arc::from(c.thread_name.as_str());
         let mut process_name = match symbolizer.process_name(c.pid, Some(c.exec_id)) {
             Some(name) => name,
@@ -62,7 +66,14 @@ pub fn add(
         }
         let tid = if threads.id { c.tid } else { 0 };
         let shown_thread = if threads.name { &thread_name } else { &no_name };
-        builder.add_periods(c.pid, &process_name, tid, shown_thread, &stack, c.value);
+        match c.probe {
+            // Hits, and the time of a probed function's calls: two measured values.
+            Some(hit) => {
+                let values = [c.value, hit.ns].map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+                builder.add(c.pid, &process_name, tid, shown_thread, &stack, &values);
+            }
+            None => builder.add_periods(c.pid, &process_name, tid, shown_thread, &stack, c.value),
+        }
         collected.total += c.value;
         collected.pids.insert(
             c.pid,
@@ -92,6 +103,15 @@ fn without_probe_frames(stack: Stack) -> Stack {
     } else {
         Arc::from(&stack[skip..])
     }
+}
+
+/// Puts a probe's stack under a root frame naming the probe, so that a probe profile
+/// keeps each probe's hits apart.
+fn under_probe(stack: Stack, name: Option<&String>, slot: u32) -> Stack {
+    let name = name.map_or_else(|| format!("probe {slot}"), |n| n.clone());
+    let mut locations: Vec<Arc<Location>> = stack.iter().cloned().collect();
+    locations.push(Arc::new(Location::marker(&format!("[probe {name}]"))));
+    Arc::from(locations)
 }
 
 /// The frame that holds a process's off-CPU blocks shorter than `--min-block`.
@@ -144,6 +164,7 @@ mod tests {
             kernel: CapturedStack::Lost(StackLoss::MapFull),
             interpreted: CapturedStack::None,
             value: 2,
+            probe: None,
         }
     }
 
@@ -165,6 +186,7 @@ mod tests {
             &mut builder,
             &mut collected,
             ThreadDetail::default(),
+            &[],
         );
         let p = builder.finish(UNIX_EPOCH);
         assert_eq!(p.samples.len(), 2, "threads merge without thread detail");
@@ -184,8 +206,55 @@ mod tests {
             &mut builder,
             &mut Collected::default(),
             ThreadDetail::ALL,
+            &[],
         );
         assert_eq!(builder.finish(UNIX_EPOCH).samples.len(), 4);
+    }
+
+    #[test]
+    fn probe_hits_go_under_their_probes_root_frame_with_hits_and_time() {
+        let hit = |slot, ns| KernelSample {
+            value: 3,
+            probe: Some(emberprof_model::ProbeHit { slot, ns }),
+            ..count(u32::MAX - 30, 1, "app", false)
+        };
+        let names = [
+            "uprobe:/bin/app:f+stacks".to_string(),
+            "tracepoint:a:b".to_string(),
+        ];
+        let mut builder = ProfileBuilder::probe(UNIX_EPOCH);
+        add(
+            &[hit(0, 4_000), hit(1, 0), hit(7, 0)],
+            &mut Symbolizer::new(),
+            &mut builder,
+            &mut Collected::default(),
+            ThreadDetail::default(),
+            &names,
+        );
+        let p = builder.finish(UNIX_EPOCH);
+        let mut roots: Vec<(String, Vec<i64>)> = p
+            .samples
+            .iter()
+            .map(|s| {
+                let root = s.stack.last().and_then(|l| l.frames.first());
+                (
+                    root.map_or(String::new(), |f| f.function.to_string()),
+                    s.values.clone(),
+                )
+            })
+            .collect();
+        roots.sort();
+        assert_eq!(
+            roots,
+            [
+                ("[probe probe 7]".to_string(), vec![3, 0]),
+                ("[probe tracepoint:a:b]".to_string(), vec![3, 0]),
+                (
+                    "[probe uprobe:/bin/app:f+stacks]".to_string(),
+                    vec![3, 4_000]
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -86,9 +86,12 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             unwind_entries: args.unwind.entries(),
             ..OffCpuConfig::new(args.pids.clone())
         }),
-        latency: args
-            .waits
-            .latency_config(&args.pids, filter_pids, args.symbols.profile_self),
+        latency: args.waits.latency_config(
+            &args.pids,
+            filter_pids,
+            args.symbols.profile_self,
+            args.unwind.entries(),
+        ),
         probe_points: args.waits.probe_config(true)?,
         symbolizer,
         extra: extra_attributes(&args)?,

@@ -37,14 +37,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let want_cpu = args.cpu || !(args.waits.off_cpu || want_histograms);
     let format = output::choose_format(args.format, args.output.as_deref());
     let start = SystemTime::now();
-    let (cpu_path, off_cpu_path) = output_paths(&args, format, start, want_cpu, want_off_cpu)?;
-    let mut paths = Vec::new();
-    if want_cpu {
-        paths.push((ProfileKind::Cpu, cpu_path));
-    }
-    if want_off_cpu {
-        paths.push((ProfileKind::OffCpu, off_cpu_path));
-    }
+    let kinds: Vec<ProfileKind> = [
+        (ProfileKind::Cpu, want_cpu),
+        (ProfileKind::OffCpu, want_off_cpu),
+        (ProfileKind::Probe, args.waits.probe_profile()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, wanted)| wanted.then_some(kind))
+    .collect();
+    let paths = output_paths(&args, format, start, &kinds)?;
     // A path that cannot be written fails now, not after the recording.
     let mut destinations: Vec<&Path> = paths.iter().map(|(_, p)| p.as_path()).collect();
     if paths.is_empty() {
@@ -89,9 +90,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
             unwind_entries: args.unwind.entries(),
             ..OffCpuConfig::new(args.pids.clone())
         }),
-        latency: args
-            .waits
-            .latency_config(&args.pids, false, args.symbols.profile_self),
+        latency: args.waits.latency_config(
+            &args.pids,
+            false,
+            args.symbols.profile_self,
+            args.unwind.entries(),
+        ),
         probe_points: args.waits.probe_config(false)?,
         symbolizer,
         extra,
@@ -222,29 +226,39 @@ fn print_report(report: &str, args: &RecordArgs, profiles: usize) -> anyhow::Res
     Ok(())
 }
 
-/// Where each profile goes: with both kinds, the off-CPU file gets `.offcpu` before its
-/// extension; with one kind, `--output` is used as given.
+/// Where each profile goes: the first of the kinds asked for (in `ProfileKind::ALL`
+/// order) takes --output itself, the others get their kind before its extension
+/// (`x.offcpu.pb.gz`, `x.probe.pb.gz`); without --output, each its default name.
 fn output_paths(
     args: &RecordArgs,
     format: Format,
     start: SystemTime,
-    cpu: bool,
-    off_cpu: bool,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let both = cpu && off_cpu;
-    if both && args.output.as_deref() == Some(Path::new("-")) {
-        bail!("--cpu with --off-cpu writes two profiles: give --output a file name, not -");
+    kinds: &[ProfileKind],
+) -> anyhow::Result<Vec<(ProfileKind, PathBuf)>> {
+    if kinds.len() > 1 && args.output.as_deref() == Some(Path::new("-")) {
+        bail!(
+            "this recording writes {} profiles ({}): give --output a file name, not -",
+            kinds.len(),
+            kinds.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
+        );
     }
-    let cpu_path = args
-        .output
-        .clone()
-        .unwrap_or_else(|| output::default_path(format, start, ""));
-    let off_cpu_path = match (&args.output, both) {
-        (Some(path), true) => output::with_infix(path, "offcpu", format),
-        (Some(path), false) => path.clone(),
-        (None, _) => output::default_path(format, start, "offcpu"),
-    };
-    Ok((cpu_path, off_cpu_path))
+    Ok(kinds
+        .iter()
+        .enumerate()
+        .map(|(i, &kind)| {
+            let infix = if kind == ProfileKind::Cpu {
+                ""
+            } else {
+                kind.id()
+            };
+            let path = match &args.output {
+                Some(path) if i == 0 => path.clone(),
+                Some(path) => output::with_infix(path, infix, format),
+                None => output::default_path(format, start, infix),
+            };
+            (kind, path)
+        })
+        .collect())
 }
 
 /// A probe's count by name, 0 when it has none of that name.
@@ -264,6 +278,7 @@ fn live_counts(session: &Session) -> String {
             Some(match run.kind {
                 ProfileKind::Cpu => format!("{} samples", count(&counts, "kernel_counted")),
                 ProfileKind::OffCpu => format!("{} blocks", count(&counts, "blocks")),
+                ProfileKind::Probe => format!("{} probe hits", count(&counts, "hits")),
             })
         })
         .collect();
@@ -318,6 +333,15 @@ fn summary(run: &Run) -> anyhow::Result<(String, serde_json::Value)> {
                 n("blocks"),
                 n("dropped"),
                 n("short"),
+                c.pids.len(),
+                c.stacks.len()
+            )
+        }
+        ProfileKind::Probe => {
+            json["hits"] = serde_json::json!(c.total);
+            format!(
+                "emberprof: {} probe hits with stacks from {} processes, {} unique stacks",
+                c.total,
                 c.pids.len(),
                 c.stacks.len()
             )

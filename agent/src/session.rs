@@ -113,6 +113,8 @@ pub struct Session {
     python_reader: Option<PythonReader>,
     /// The probe points' attacher and rate guard.
     probe_runner: Option<ProbeRunner>,
+    /// Each probe's spec, by slot: the root frame of its stacks in the probe profile.
+    probe_names: Vec<String>,
 }
 
 impl Session {
@@ -120,8 +122,11 @@ impl Session {
     pub fn start(config: SessionConfig) -> anyhow::Result<Session> {
         let mut runs = Vec::new();
         let mut symbolizer = config.symbolizer;
-        let unwind_entries =
-            emberprof_probes::object::unwind_entries(config.cpu.as_ref(), config.off_cpu.as_ref());
+        let unwind_entries = emberprof_probes::object::unwind_entries(
+            config.cpu.as_ref(),
+            config.off_cpu.as_ref(),
+            config.latency.as_ref(),
+        );
         let mut unwind = crate::unwind_loader::UnwindLoader::new(unwind_entries);
         let mut unwind_maps = None;
         let mut histograms = None;
@@ -164,6 +169,19 @@ impl Session {
                     profiler: Box::new(profiler),
                     kind: ProfileKind::OffCpu,
                     builder: ProfileBuilder::off_cpu(config.start),
+                    collected: Collected::default(),
+                });
+            }
+            if let (Some(mut stacks), Some(pc)) = (probes.probe_stacks, &config.probe_points) {
+                for (slot, spec) in pc.specs.iter().enumerate() {
+                    stacks
+                        .set_stacks(slot, spec.takes_stacks())
+                        .context("starting the probe profile")?;
+                }
+                runs.push(Run {
+                    profiler: Box::new(stacks),
+                    kind: ProfileKind::Probe,
+                    builder: ProfileBuilder::probe(config.start),
                     collected: Collected::default(),
                 });
             }
@@ -215,6 +233,11 @@ impl Session {
             python,
             python_reader,
             probe_runner,
+            probe_names: config
+                .probe_points
+                .iter()
+                .flat_map(|p| p.specs.iter().map(|s| s.text.clone()))
+                .collect(),
         };
         session.load_unwind_tables();
         Ok(session)
@@ -369,6 +392,7 @@ impl Session {
         let threads = self.extra.threads();
         let run = &mut self.runs[i];
         let symbolizer = &mut self.symbolizer;
+        let probe_names = &self.probe_names;
         self.timings.symbolize(samples.len(), || {
             collect::add(
                 &samples,
@@ -376,6 +400,7 @@ impl Session {
                 &mut run.builder,
                 &mut run.collected,
                 threads,
+                probe_names,
             )
         });
     }
@@ -385,6 +410,10 @@ impl Session {
         if let Some(w) = &self.watcher {
             w.deliver(&mut self.symbolizer, self.processes.as_mut());
         }
+        // Probe points first: the probe profile is drained only once nothing writes to it.
+        if let Some(runner) = &mut self.probe_runner {
+            runner.stop();
+        }
         for i in 0..self.runs.len() {
             let drained = self.runs[i]
                 .profiler
@@ -392,9 +421,6 @@ impl Session {
                 .context("stopping the probes")?;
             self.adopt_python_names();
             self.add(i, drained);
-        }
-        if let Some(runner) = &mut self.probe_runner {
-            runner.stop();
         }
         if let Some((probe, h)) = &mut self.histograms {
             if let Drained::Histograms(d) =
@@ -559,10 +585,16 @@ impl Session {
                 }
             }
         }
-        out.extend(self.runs.iter().map(|r| {
-            let fill = r.collected.max_drained as f64 / f64::from(self.count_map_entries.max(1));
-            health::map_fill(r.kind, fill)
-        }));
+        out.extend(
+            self.runs
+                .iter()
+                .filter(|r| r.kind != ProfileKind::Probe)
+                .map(|r| {
+                    let fill =
+                        r.collected.max_drained as f64 / f64::from(self.count_map_entries.max(1));
+                    health::map_fill(r.kind, fill)
+                }),
+        );
         if let Some(python) = &self.python {
             let tracker = python
                 .lock()

@@ -94,6 +94,17 @@ pub struct KernelSample {
     /// symbolizer decodes and places among the user frames.
     pub interpreted: CapturedStack,
     pub value: u64,
+    /// The probe point whose hits these are, for probe profiles; `None` otherwise.
+    pub probe: Option<ProbeHit>,
+}
+
+/// Which probe point a probe profile's sample hit, and the time its calls took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeHit {
+    /// The probe's slot (its place among `--probe`s).
+    pub slot: u32,
+    /// Time of the calls, ns (functions with +stacks; 0 for other probes).
+    pub ns: u64,
 }
 
 impl KernelSample {
@@ -116,6 +127,7 @@ impl KernelSample {
             kernel: stack(kernel),
             interpreted: CapturedStack::None,
             value: 1,
+            probe: None,
         }
     }
 }

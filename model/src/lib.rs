@@ -12,7 +12,7 @@ mod process;
 mod profile;
 
 pub use attributes::{AttrValue, Attributes};
-pub use captured::{python_stack, CapturedStack, KernelSample, StackCut, StackLoss};
+pub use captured::{python_stack, CapturedStack, KernelSample, ProbeHit, StackCut, StackLoss};
 pub use frame::{Frame, FrameKind, Location, Module, Segment, Stack};
 pub use health::{HealthCounter, HealthValue};
 pub use histogram::{Log2Histogram, HIST_SLOTS};

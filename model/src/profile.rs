@@ -15,17 +15,20 @@ pub enum ProfileKind {
     Cpu,
     /// Where threads waited; a drained value is nanoseconds blocked.
     OffCpu,
+    /// Where threads were when they hit a probe point (`--probe`); a drained value is hits.
+    Probe,
 }
 
 impl ProfileKind {
     /// Every kind.
-    pub const ALL: [ProfileKind; 2] = [ProfileKind::Cpu, ProfileKind::OffCpu];
+    pub const ALL: [ProfileKind; 3] = [ProfileKind::Cpu, ProfileKind::OffCpu, ProfileKind::Probe];
 
     /// Human name, for titles and messages.
     pub fn title(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "CPU",
             ProfileKind::OffCpu => "Off-CPU",
+            ProfileKind::Probe => "Probe",
         }
     }
 
@@ -34,6 +37,7 @@ impl ProfileKind {
         match self {
             ProfileKind::Cpu => "cpu",
             ProfileKind::OffCpu => "offcpu",
+            ProfileKind::Probe => "probe",
         }
     }
 }
@@ -162,11 +166,31 @@ impl ProfileBuilder {
         })
     }
 
+    /// A probe profile: values `probe_hits/count`, the hits of probe points by the stacks
+    /// that hit them (each probe's stacks under a root frame naming it), and
+    /// `probe_time/nanoseconds`, the time probed functions' calls took (`+stacks`; 0 for
+    /// other probes).
+    pub fn probe(start: SystemTime) -> Self {
+        ProfileBuilder::new(Profile {
+            kind: ProfileKind::Probe,
+            sample_types: vec![
+                ValueType::new("probe_hits", "count"),
+                ValueType::new("probe_time", "nanoseconds"),
+            ],
+            period_type: None,
+            period: 0,
+            start,
+            duration: Duration::ZERO,
+            samples: Vec::new(),
+        })
+    }
+
     /// An empty profile of `kind` from `start`; `frequency_hz` is the CPU sampling rate.
     pub fn of_kind(kind: ProfileKind, frequency_hz: u64, start: SystemTime) -> Self {
         match kind {
             ProfileKind::Cpu => Self::cpu(frequency_hz, start),
             ProfileKind::OffCpu => Self::off_cpu(start),
+            ProfileKind::Probe => Self::probe(start),
         }
     }
 

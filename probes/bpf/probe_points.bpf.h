@@ -66,6 +66,46 @@ struct {
 	__uint(max_entries, 16384);
 } ep_tcp_syn SEC(".maps");
 
+/* Which slots record the stacks of their hits (EP_PROBE_STACKS_ON), set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, EP_PROBE_SLOTS);
+} ep_probe_slot_flags SEC(".maps");
+
+/* The stack buffers' switch (double_buffer.rs), apart from the histograms': the probe
+ * profile is drained with the other profiles. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} ep_probe_control SEC(".maps");
+
+#define EP_PROBE_STACK_MAP(name)                         \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_HASH);         \
+		__type(key, __u64);                      \
+		__type(value, struct ep_stack);          \
+		__uint(max_entries, EP_PROBE_STACKS);    \
+	} name SEC(".maps")
+
+EP_PROBE_STACK_MAP(ep_probe_stacks_0);
+EP_PROBE_STACK_MAP(ep_probe_stacks_1);
+
+/* Hits by thread, stacks and probe. */
+#define EP_PROBE_SAMPLE_MAP(name)                        \
+	struct {                                         \
+		__uint(type, BPF_MAP_TYPE_HASH);         \
+		__type(key, struct ep_probe_sample_key); \
+		__type(value, struct ep_probe_sample_value); \
+		__uint(max_entries, EP_PROBE_STACKS);    \
+	} name SEC(".maps")
+
+EP_PROBE_SAMPLE_MAP(ep_probe_samples_0);
+EP_PROBE_SAMPLE_MAP(ep_probe_samples_1);
+
 /* Adds one to the count under `key` in the buffer being filled. */
 static __always_inline void ep_event_count(struct ep_hist_key *key)
 {
@@ -92,8 +132,56 @@ static __always_inline void ep_event_count(struct ep_hist_key *key)
 		ep_hist_count(EP_HIST_EVENTS_FULL);
 }
 
+/*
+ * Records the current thread's stacks under probe `slot` with `ns` of time (a function's
+ * call), if the slot takes stacks.
+ */
+static __always_inline void ep_probe_stack(void *ctx, __u32 slot, __u32 tgid, __u32 tid,
+					   __u64 ns)
+{
+	__u32 zero = 0;
+	__u32 *flags = bpf_map_lookup_elem(&ep_probe_slot_flags, &slot);
+	if (!flags || !(*flags & EP_PROBE_STACKS_ON))
+		return;
+	__u32 *active = bpf_map_lookup_elem(&ep_probe_control, &zero);
+	if (!active)
+		return;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	ep_announce(task, tgid, &ep_counters, EP_CNT_ANNOUNCE_LOST);
+	struct ep_probe_sample_key key = {};
+	key.sample.tgid = tgid;
+	key.sample.tid = tid;
+	key.slot = slot;
+	bpf_get_current_comm(key.sample.comm, sizeof(key.sample.comm));
+	ep_task_image(task, &key.sample.exec_id, &key.sample.flags);
+	void *stacks = (*active & 1) ? (void *)&ep_probe_stacks_1 : (void *)&ep_probe_stacks_0;
+	void *samples = (*active & 1) ? (void *)&ep_probe_samples_1 : (void *)&ep_probe_samples_0;
+	ep_stack(ctx, tgid, stacks, BPF_F_USER_STACK, EP_CNT_USER_STACK_MAP_FULL,
+		 &key.sample.user_stack, &key.sample.user_err);
+	ep_stack(ctx, tgid, stacks, 0, EP_CNT_KERNEL_STACK_MAP_FULL, &key.sample.kernel_stack,
+		 &key.sample.kernel_err);
+	struct ep_probe_sample_value *v = bpf_map_lookup_elem(samples, &key);
+	if (v) {
+		__sync_fetch_and_add(&v->hits, 1);
+		__sync_fetch_and_add(&v->ns, ns);
+		return;
+	}
+	struct ep_probe_sample_value first = { .hits = 1, .ns = ns };
+	long err = bpf_map_update_elem(samples, &key, &first, BPF_NOEXIST);
+	if (err == -EP_EEXIST) {
+		v = bpf_map_lookup_elem(samples, &key);
+		if (v) {
+			__sync_fetch_and_add(&v->hits, 1);
+			__sync_fetch_and_add(&v->ns, ns);
+			return;
+		}
+	}
+	if (err)
+		ep_hist_count(EP_HIST_EVENTS_FULL);
+}
+
 /* A hit of probe `slot`: counted; a function's entry (`timed`) also starts its clock. */
-static __always_inline int ep_probe_hit(__u32 slot, bool timed)
+static __always_inline int ep_probe_hit(void *ctx, __u32 slot, bool timed)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!ep_pid_tracked(id >> 32))
@@ -105,6 +193,8 @@ static __always_inline int ep_probe_hit(__u32 slot, bool timed)
 		.detail = slot,
 	};
 	ep_event_count(&key);
+	if (!timed)
+		ep_probe_stack(ctx, slot, id >> 32, (__u32)id, 0);
 	if (timed) {
 		__u64 call = (id << 32) | slot;
 		__u64 now = bpf_ktime_get_ns();
@@ -113,10 +203,14 @@ static __always_inline int ep_probe_hit(__u32 slot, bool timed)
 	return 0;
 }
 
-/* A probed function's return: its duration into the slot's histogram. */
-static __always_inline int ep_probe_return(__u32 slot)
+/*
+ * A probed function's return: its duration into the slot's histogram and, with +stacks,
+ * to the stacks of its caller (the return address is the caller's by now).
+ */
+static __always_inline int ep_probe_return(void *ctx, __u32 slot)
 {
-	__u64 call = (bpf_get_current_pid_tgid() << 32) | slot;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 call = (id << 32) | slot;
 	__u64 *ts = bpf_map_lookup_elem(&ep_probe_calls, &call);
 	if (!ts)
 		return 0;
@@ -131,6 +225,7 @@ static __always_inline int ep_probe_return(__u32 slot)
 		.detail = slot,
 	};
 	ep_hist_record(&key, now - then);
+	ep_probe_stack(ctx, slot, id >> 32, (__u32)id, now - then);
 	return 0;
 }
 
@@ -139,22 +234,22 @@ static __always_inline int ep_probe_return(__u32 slot)
 	SEC("uprobe")                                                     \
 	int ep_probe_entry_##n(struct pt_regs *ctx)                       \
 	{                                                                 \
-		return ep_probe_hit(n, true);                             \
+		return ep_probe_hit(ctx, n, true);                             \
 	}                                                                 \
 	SEC("uretprobe")                                                  \
 	int ep_probe_return_##n(struct pt_regs *ctx)                      \
 	{                                                                 \
-		return ep_probe_return(n);                                \
+		return ep_probe_return(ctx, n);                                \
 	}                                                                 \
 	SEC("uprobe")                                                     \
 	int ep_probe_usdt_##n(struct pt_regs *ctx)                        \
 	{                                                                 \
-		return ep_probe_hit(n, false);                            \
+		return ep_probe_hit(ctx, n, false);                            \
 	}                                                                 \
 	SEC("tracepoint")                                                 \
 	int ep_probe_tp_##n(void *ctx)                                    \
 	{                                                                 \
-		return ep_probe_hit(n, false);                            \
+		return ep_probe_hit(ctx, n, false);                            \
 	}
 
 EP_PROBE_SLOT(0)

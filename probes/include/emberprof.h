@@ -334,6 +334,24 @@ enum ep_hist_counter {
  */
 #define EP_PROBE_SLOTS 8
 
+/* Bits of `ep_probe_slot_flags[slot]`: the slot records the stacks of its hits. */
+#define EP_PROBE_STACKS_ON 1
+/* Stacks kept per buffer for probe hits (a stack map of its own). */
+#define EP_PROBE_STACKS 8192
+
+/* The stacks of a probe's hits: the thread's sample key, and which probe (slot). */
+struct ep_probe_sample_key {
+	struct ep_sample_key sample;
+	__u32 slot;
+	__u32 reserved;
+};
+
+/* What those stacks did: hits, and for a function (+stacks) the time its calls took. */
+struct ep_probe_sample_value {
+	__u64 hits;
+	__u64 ns;
+};
+
 /*
  * What an event count counts. Counts are kept beside the histograms, double-buffered with
  * them, under a `struct ep_hist_key` whose kind is one of these.

@@ -116,6 +116,36 @@ impl StackTrace {
 // SAFETY: plain old data with no padding (checked by the layout test).
 unsafe impl aya::Pod for SampleKey {}
 
+/// Key of the probe profile's counts (`struct ep_probe_sample_key`): the thread's sample key
+/// and the probe slot it hit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProbeSampleKey {
+    pub sample: SampleKey,
+    pub slot: u32,
+    pub reserved: u32,
+}
+
+// SAFETY: repr(C), integers only, no padding (the layout test checks the size).
+unsafe impl aya::Pod for ProbeSampleKey {}
+
+/// Value of the probe profile's counts (`struct ep_probe_sample_value`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeSampleValue {
+    pub hits: u64,
+    /// Time of the calls (functions with +stacks), ns.
+    pub ns: u64,
+}
+
+// SAFETY: repr(C), two u64.
+unsafe impl aya::Pod for ProbeSampleValue {}
+
+/// `ep_probe_slot_flags` bit: the slot records its hits' stacks.
+pub const PROBE_STACKS_ON: u32 = 1;
+/// Stacks (and stack keys) a probe profile buffer holds (`EP_PROBE_STACKS`).
+pub const PROBE_STACKS: u32 = 8192;
+
 impl SampleKey {
     /// The thread name up to its NUL, lossily decoded.
     pub fn comm_str(&self) -> String {
@@ -310,6 +340,29 @@ pub const UNWIND_MAPPINGS: usize = 64;
 
 /// The marker frame a cut walk ends in, plus its reason (`EP_UNWIND_CUT`).
 pub const UNWIND_CUT: u64 = 0xffff_ffff_ffff_f000;
+
+/// The stack a sample key refers to: its frames, or why there are none.
+pub(crate) fn stack_of(
+    stacks: &std::collections::HashMap<u64, emberprof_model::CapturedStack>,
+    hash: u64,
+    err: i32,
+) -> emberprof_model::CapturedStack {
+    use emberprof_model::{CapturedStack, StackLoss};
+    if hash == 0 {
+        return match err {
+            0 | STACK_ERR_NONE => CapturedStack::None,
+            STACK_ERR_MAP_FULL => CapturedStack::Lost(StackLoss::MapFull),
+            e => CapturedStack::Lost(StackLoss::Error(-e)),
+        };
+    }
+    match stacks.get(&hash) {
+        Some(stack) => stack.clone(),
+        None => {
+            tracing::debug!(hash, "stack gone before it was read");
+            CapturedStack::Lost(StackLoss::Error(libc::ENOENT))
+        }
+    }
+}
 
 /// A stack's frames as captured, leaf first: a walk cut short ends in its marker frame,
 /// which becomes the reason.
@@ -849,6 +902,8 @@ mod tests {
         ("EP_HIST_TCP_CONNECT", HistKind::TcpConnect as i64),
         ("EP_HIST_KINDS", HistKind::ALL.len() as i64),
         ("EP_PROBE_SLOTS", PROBE_SLOTS as i64),
+        ("EP_PROBE_STACKS_ON", PROBE_STACKS_ON as i64),
+        ("EP_PROBE_STACKS", PROBE_STACKS as i64),
         ("EP_EVENT_PROBE_HIT", EventKind::ProbeHit as i64),
         ("EP_EVENT_TCP_RETRANSMIT", EventKind::TcpRetransmit as i64),
         ("EP_EVENT_TCP_RESET_SENT", EventKind::TcpResetSent as i64),
@@ -1071,6 +1126,28 @@ mod tests {
             c::EP_OFFCPU_KEY_PY_LEN_OFFSET
         );
         assert_eq!(offset_of!(OffCpuKey, py), c::EP_OFFCPU_KEY_PY_OFFSET);
+        assert_eq!(size_of::<ProbeSampleKey>(), c::EP_PROBE_SAMPLE_KEY_SIZE);
+        assert_eq!(
+            offset_of!(ProbeSampleKey, sample),
+            c::EP_PROBE_SAMPLE_KEY_SAMPLE_OFFSET
+        );
+        assert_eq!(
+            offset_of!(ProbeSampleKey, slot),
+            c::EP_PROBE_SAMPLE_KEY_SLOT_OFFSET
+        );
+        assert_eq!(
+            offset_of!(ProbeSampleKey, reserved),
+            c::EP_PROBE_SAMPLE_KEY_RESERVED_OFFSET
+        );
+        assert_eq!(size_of::<ProbeSampleValue>(), c::EP_PROBE_SAMPLE_VALUE_SIZE);
+        assert_eq!(
+            offset_of!(ProbeSampleValue, hits),
+            c::EP_PROBE_SAMPLE_VALUE_HITS_OFFSET
+        );
+        assert_eq!(
+            offset_of!(ProbeSampleValue, ns),
+            c::EP_PROBE_SAMPLE_VALUE_NS_OFFSET
+        );
         assert_eq!(size_of::<OffCpuValue>(), c::EP_OFFCPU_VALUE_SIZE);
         assert_eq!(
             offset_of!(OffCpuValue, total_ns),

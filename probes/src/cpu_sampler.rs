@@ -13,8 +13,8 @@ use aya::programs::PerfEvent;
 use aya::Ebpf;
 
 use crate::abi::{
-    captured_stack, Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES,
-    DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, STACK_ERR_MAP_FULL, STACK_ERR_NONE, UNWIND_ENTRIES,
+    captured_stack, stack_of, Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES,
+    DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, UNWIND_ENTRIES,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
@@ -25,7 +25,7 @@ use crate::profiler::{announce_lost, health_of, unwind_cut, Drained, HealthRow, 
 use crate::shared_ebpf::SharedEbpf;
 #[cfg(test)]
 use emberprof_model::StackCut;
-use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind, StackLoss};
+use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind};
 
 // The limits a sampler's configuration is checked against, where its users look for them.
 pub use crate::abi::MAX_FILTER_PIDS;
@@ -335,26 +335,9 @@ impl Buffer for SampleBuffer {
             kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
             interpreted: stack_of(&stacks, key.py_stack, 0),
             value: count,
+            probe: None,
         }));
         Ok(())
-    }
-}
-
-/// The stack a sample key refers to: its frames, or why there are none.
-fn stack_of(stacks: &HashMap<u64, CapturedStack>, hash: u64, err: i32) -> CapturedStack {
-    if hash == 0 {
-        return match err {
-            0 | STACK_ERR_NONE => CapturedStack::None,
-            STACK_ERR_MAP_FULL => CapturedStack::Lost(StackLoss::MapFull),
-            e => CapturedStack::Lost(StackLoss::Error(-e)),
-        };
-    }
-    match stacks.get(&hash) {
-        Some(stack) => stack.clone(),
-        None => {
-            tracing::debug!(hash, "stack gone before it was read");
-            CapturedStack::Lost(StackLoss::Error(libc::ENOENT))
-        }
     }
 }
 
@@ -476,6 +459,8 @@ impl Profiler for CpuSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::{STACK_ERR_MAP_FULL, STACK_ERR_NONE};
+    use emberprof_model::StackLoss;
     use std::sync::Arc;
 
     #[test]

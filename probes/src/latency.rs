@@ -76,6 +76,10 @@ pub struct LatencyConfig {
     /// Probe points (`--probe`): their programs are attached later, through
     /// [`LatencyHistograms::probe_points`].
     pub probes: bool,
+    /// Some probes record the stacks of their hits (the probe profile, `Probes::probe_stacks`).
+    pub probe_stacks: bool,
+    /// Unwind tables for those stacks (`None`: frame pointers only), as the profilers'.
+    pub unwind_entries: Option<u32>,
     /// Distinct histograms (cgroup, disk, syscall keys) kept between drains; more go to the
     /// overflow histogram of their kind.
     pub max_keys: u32,
@@ -92,6 +96,8 @@ impl LatencyConfig {
             syscalls: false,
             tcp: false,
             probes: false,
+            probe_stacks: false,
+            unwind_entries: None,
             max_keys: DEFAULT_HIST_KEYS,
         }
     }

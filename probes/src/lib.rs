@@ -36,6 +36,8 @@ pub mod profiler;
 pub mod cpu_sampler;
 pub mod latency;
 pub mod off_cpu;
+/// The probe profile: stacks of probe hits.
+pub mod probe_stacks;
 
 // The one object of every loader.
 pub mod object;
@@ -48,6 +50,7 @@ pub use new_processes::NewProcesses;
 pub use object::Probes;
 pub use off_cpu::{OffCpuConfig, OffCpuCounters, OffCpuProfiler};
 pub use probe_points::ProbePoints;
+pub use probe_stacks::ProbeStacks;
 pub use profiler::{Drained, Profiler, UnwindTarget};
 pub use python_maps::{PythonNotes, PythonProcs};
 pub use unwind_maps::UnwindMaps;

@@ -29,6 +29,8 @@ pub struct Probes {
     /// Where unwind tables go: load them before attaching, so that no stack of the
     /// processes known at start is walked without.
     pub unwind: UnwindMaps,
+    /// The probe profile (stacks of probe hits), if a probe takes stacks.
+    pub probe_stacks: Option<crate::probe_stacks::ProbeStacks>,
     /// Where processes running Python are listed for the Python walker (CPU samples).
     pub python: crate::python_maps::PythonProcs,
     /// Python stacks new to the buffers, to name while their process runs.
@@ -87,7 +89,8 @@ impl Probes {
             selection.profile_self,
         );
         let pids: std::collections::BTreeSet<u32> = selection.pids.iter().copied().collect();
-        let announce = cpu.is_some() || off.is_some_and(|c| c.announce);
+        let probe_stacks = hists.is_some_and(|c| c.probe_stacks);
+        let announce = cpu.is_some() || off.is_some_and(|c| c.announce) || probe_stacks;
         let announce_on = u8::from(announce);
         // A loader not asked for keeps its maps at one entry: the object is one, its
         // memory need not be.
@@ -105,7 +108,7 @@ impl Probes {
             u64::try_from(c.min_block.as_nanos()).unwrap_or(u64::MAX)
         });
 
-        let unwind_entries = unwind_entries(cpu, off).unwrap_or(1);
+        let unwind_entries = unwind_entries(cpu, off, hists).unwrap_or(1);
         if !(1..=MAX_UNWIND_ENTRIES).contains(&unwind_entries) {
             return Err(ProbeError::MapSize {
                 what: "unwind table",
@@ -142,6 +145,14 @@ impl Probes {
         }
         for name in latency::HIST_MAPS {
             loader.set_max_entries(name, hist_keys);
+        }
+        if !probe_stacks {
+            for name in crate::probe_stacks::SAMPLE_MAPS
+                .into_iter()
+                .chain(crate::probe_stacks::STACK_MAPS)
+            {
+                loader.set_max_entries(name, 1);
+            }
         }
         for name in latency::EVENT_MAPS {
             loader.set_max_entries(name, event_keys);
@@ -186,6 +197,14 @@ impl Probes {
             Some(_) => Some(OffCpuProfiler::loaded(ebpf.clone(), ring.take())?),
             None => None,
         };
+        let probe_stacks = if probe_stacks {
+            Some(crate::probe_stacks::ProbeStacks::loaded(
+                ebpf.clone(),
+                ring.take(),
+            )?)
+        } else {
+            None
+        };
         let latency = match hists {
             Some(c) => Some(LatencyHistograms::loaded(ebpf, c)?),
             None => None,
@@ -194,6 +213,7 @@ impl Probes {
             cpu,
             off_cpu,
             latency,
+            probe_stacks,
             unwind,
             python,
             python_notes,
@@ -214,11 +234,16 @@ fn ephemeral_ports() -> (u16, u16) {
 }
 
 /// The unwind array's size the profilers asked for (`None`: frame pointers only).
-pub fn unwind_entries(cpu: Option<&CpuSamplerConfig>, off: Option<&OffCpuConfig>) -> Option<u32> {
-    match (cpu, off) {
-        (Some(c), _) => c.unwind_entries,
-        (None, Some(c)) => c.unwind_entries,
-        (None, None) => None,
+pub fn unwind_entries(
+    cpu: Option<&CpuSamplerConfig>,
+    off: Option<&OffCpuConfig>,
+    hists: Option<&LatencyConfig>,
+) -> Option<u32> {
+    match (cpu, off, hists) {
+        (Some(c), _, _) => c.unwind_entries,
+        (None, Some(c), _) => c.unwind_entries,
+        (None, None, Some(h)) if h.probe_stacks => h.unwind_entries,
+        _ => None,
     }
 }
 

@@ -306,6 +306,7 @@ fn sample_of(key: &OffCpuKey, value: u64) -> KernelSample {
         kernel: captured_stack(key.kernel_frames()),
         interpreted: captured_stack(key.py_entries()),
         value,
+        probe: None,
     }
 }
 
@@ -323,6 +324,7 @@ fn short_blocks(image: u64, value: OffCpuValue) -> KernelSample {
         kernel: CapturedStack::None,
         interpreted: CapturedStack::None,
         value: value.total_ns,
+        probe: None,
     }
 }
 

@@ -12,12 +12,14 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, ExponentialHistogramDataPo
 
 use crate::collector::TestCollector;
 use crate::support::{
-    bpf_test, parse_histograms, record_around, sections, spawn_until, terminate, EMBERPROF,
+    bpf_test, decode_gz_pprof, parse_histograms, read_folded, record_around, sections, spawn_until,
+    terminate, total_under, EMBERPROF,
 };
 use emberprof_test_support::workload::probe_work_binary;
 
 crate::harness::tests![
     function_durations_land_in_their_buckets_exactly_in_text_and_otlp,
+    function_stacks_are_the_callers_weighted_by_time,
     usdt_hits_are_counted_exactly,
     tracepoint_hits_are_counted_per_process,
     a_binary_in_a_private_mount_namespace_is_probed,
@@ -213,6 +215,69 @@ fn function_durations_land_in_their_buckets_exactly_in_text_and_otlp() {
     );
 }
 
+fn function_stacks_are_the_callers_weighted_by_time() {
+    let Some(_serial) = bpf_test() else { return };
+    let (short, long) = (20u64, 10u64);
+    let mut w = ProbeWork::start(&["timed", &short.to_string(), &long.to_string()]);
+    let probe = format!(
+        "{}+stacks",
+        spec("uprobe", probe_work_binary(), "timed_call")
+    );
+    let pid = w.pid();
+    let rec = record_around(
+        "probe-fn-stacks.pb.gz",
+        &["--probe", &probe, "--pid", &pid],
+        || w.go_and_wait(),
+    );
+    let bytes = std::fs::read(&rec.file).expect("the probe profile");
+    let p = decode_gz_pprof(&bytes);
+    let text = |i: i64| p.string_table[i as usize].clone();
+    let types: Vec<(String, String)> = p
+        .sample_type
+        .iter()
+        .map(|t| (text(t.ty), text(t.unit)))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("probe_hits".to_string(), "count".to_string()),
+            ("probe_time".to_string(), "nanoseconds".to_string())
+        ]
+    );
+    // Every call, under the probe's root frame, in its caller: the uretprobe sees the
+    // stack it returns to (main, which the workload calls timed_call from).
+    let function_of = |location_id: u64| -> Vec<String> {
+        let loc = p
+            .location
+            .iter()
+            .find(|l| l.id == location_id)
+            .expect("a location");
+        loc.line
+            .iter()
+            .filter_map(|l| p.function.iter().find(|f| f.id == l.function_id))
+            .map(|f| text(f.name))
+            .collect()
+    };
+    let (mut hits, mut ns) = (0i64, 0i64);
+    for sample in &p.sample {
+        let names: Vec<String> = sample
+            .location_id
+            .iter()
+            .flat_map(|id| function_of(*id))
+            .collect();
+        assert_eq!(names.last(), Some(&format!("[probe {probe}]")), "{names:?}");
+        assert_eq!(names.first().map(String::as_str), Some("main"), "{names:?}");
+        hits += sample.value[0];
+        ns += sample.value[1];
+    }
+    assert_eq!(hits, (short + long) as i64);
+    let slept = (short * 1_500_000 + long * 12_000_000) as i64;
+    assert!(
+        ns >= slept && ns < slept + slept / 10,
+        "{ns} ns of calls against {slept} ns slept"
+    );
+}
+
 fn usdt_hits_are_counted_exactly() {
     let Some(_serial) = bpf_test() else { return };
     let n = 5000;
@@ -220,15 +285,26 @@ fn usdt_hits_are_counted_exactly() {
     let probe = spec("usdt", probe_work_binary(), "emberprof_test:tick");
     let pid = w.pid();
     let rec = record_around(
-        "probe-usdt.txt",
+        "probe-usdt.folded",
         // No rate limit: the loop hits the probe 5000 times in a few milliseconds.
         &["--probe", &probe, "--pid", &pid, "--probe-max-rate", "0"],
         || w.go_and_wait(),
     );
-    let text = std::fs::read_to_string(&rec.file).expect("the report");
-    assert_eq!(hits_in_report(&text, &probe), n, "{text}");
+    // The probe profile took the output file; the report went to standard output.
+    let text = &rec.stdout;
+    assert_eq!(hits_in_report(text, &probe), n, "{text}");
     // A USDT probe has no duration.
     assert!(!text.contains("probe duration, "), "{text}");
+    // Its hits' stacks: all in usdt_loop, under the probe's root frame.
+    let lines = read_folded(&rec.file);
+    let root = format!("[probe {probe}]");
+    let under: u64 = lines
+        .iter()
+        .filter(|l| l.frames.contains(&root))
+        .map(|l| l.count)
+        .sum();
+    assert_eq!(under, n, "{lines:?}");
+    assert_eq!(total_under(&lines, "usdt_loop"), n, "{lines:?}");
 }
 
 fn tracepoint_hits_are_counted_per_process() {
@@ -237,12 +313,26 @@ fn tracepoint_hits_are_counted_per_process() {
     let mut w = ProbeWork::start(&["tp", &n.to_string()]);
     let probe = "tracepoint:syscalls:sys_enter_getppid".to_string();
     let pid = w.pid();
-    let rec = record_around("probe-tp.txt", &["--probe", &probe, "--pid", &pid], || {
-        w.go_and_wait()
-    });
-    let text = std::fs::read_to_string(&rec.file).expect("the report");
+    let rec = record_around(
+        "probe-tp.folded",
+        &["--probe", &probe, "--pid", &pid],
+        || w.go_and_wait(),
+    );
+    let text = &rec.stdout;
     // The PID filter leaves other processes' getppid calls out.
-    assert_eq!(hits_in_report(&text, &probe), n, "{text}");
+    assert_eq!(hits_in_report(text, &probe), n, "{text}");
+    // Kernel and user stacks: the syscall's kernel path, and the user function that made
+    // it (through libc's syscall(), which has no frame pointers: walked by its tables).
+    let lines = read_folded(&rec.file);
+    let root = format!("[probe {probe}]");
+    let named: u64 = lines
+        .iter()
+        .filter(|l| l.frames.iter().any(|f| f == &root))
+        .filter(|l| l.frames.iter().any(|f| f == "tp_caller"))
+        .filter(|l| l.frames.iter().any(|f| f.ends_with("_[k]")))
+        .map(|l| l.count)
+        .sum();
+    assert_eq!(named, n, "{lines:?}");
 }
 
 /// A directory removed when dropped.

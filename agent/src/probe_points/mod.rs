@@ -254,11 +254,19 @@ impl ProbeRunner {
         })
     }
 
-    /// Stops the thread (the probes stay attached until the object is dropped).
+    /// Stops the thread and detaches every probe, so that what they recorded can be
+    /// drained whole.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        let _ = t.join();
+        let mut state = lock(&self.state);
+        for i in 0..state.slots.len() {
+            if let Err(e) = state.points.detach(i) {
+                tracing::warn!(probe = %state.slots[i].spec.text, error = %e, "detaching a probe");
+            }
         }
     }
 

@@ -10,8 +10,13 @@ pub const FUNCTION_PREFIX: &str = "uprobe:";
 /// What to probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// A user function's entry and return: `uprobe:PATH:SYMBOL`.
-    Function { path: PathBuf, symbol: String },
+    /// A user function's entry and return: `uprobe:PATH:SYMBOL`, `+stacks` for its callers'
+    /// stacks weighted by the calls' time.
+    Function {
+        path: PathBuf,
+        symbol: String,
+        stacks: bool,
+    },
     /// A USDT probe: `usdt:PATH:PROVIDER:NAME`.
     Usdt {
         path: PathBuf,
@@ -31,6 +36,12 @@ pub struct ProbeSpec {
 }
 
 impl ProbeSpec {
+    /// Whether its hits' stacks are recorded (the probe profile): USDT probes and
+    /// tracepoints.
+    pub fn takes_stacks(&self) -> bool {
+        !matches!(self.target, Target::Function { stacks: false, .. })
+    }
+
     /// The file the probe is in, as processes see it (none for a tracepoint).
     pub fn path(&self) -> Option<&std::path::Path> {
         match &self.target {
@@ -64,13 +75,11 @@ fn word<'a>(text: &str, what: &str, w: &'a str) -> Result<&'a str, String> {
 /// Reads one spec; the error is one line naming the accepted forms.
 pub fn parse(text: &str) -> Result<ProbeSpec, String> {
     let text = text.trim();
-    if let Some(rest) = text.strip_suffix("+stacks") {
-        return Err(format!(
-            "--probe {text}: +stacks is not supported yet; probe {rest} without it \
-             (durations and counts per cgroup)"
-        ));
-    }
-    let (kind, rest) = text
+    let (body, stacks) = match text.strip_suffix("+stacks") {
+        Some(body) => (body, true),
+        None => (text, false),
+    };
+    let (kind, rest) = body
         .split_once(':')
         .ok_or_else(|| format!("--probe {text}: {FORMS}"))?;
     let target = match kind {
@@ -81,7 +90,14 @@ pub fn parse(text: &str) -> Result<ProbeSpec, String> {
             Target::Function {
                 path: path_of(text, path)?,
                 symbol: word(text, "symbol", symbol)?.to_string(),
+                stacks,
             }
+        }
+        _ if stacks => {
+            return Err(format!(
+                "--probe {text}: +stacks is for functions (uprobe:); USDT probes and \
+                 tracepoints record their stacks always"
+            ))
         }
         "usdt" => {
             let mut parts = rest.rsplitn(3, ':');
@@ -145,8 +161,15 @@ mod tests {
             parse("uprobe:/usr/bin/app:handle_request").unwrap().target,
             Target::Function {
                 path: "/usr/bin/app".into(),
-                symbol: "handle_request".into()
+                symbol: "handle_request".into(),
+                stacks: false
             }
+        );
+        let with = parse("uprobe:/usr/bin/app:handle_request+stacks").unwrap();
+        assert!(with.takes_stacks());
+        assert_eq!(
+            with.text, "uprobe:/usr/bin/app:handle_request+stacks",
+            "the name keeps what was given"
         );
         assert_eq!(
             parse("usdt:/usr/lib/libx.so.1:myapp:req_start")
@@ -184,10 +207,7 @@ mod tests {
             ("usdt:/bin/x:onlyname", "expected"),
             ("tracepoint:sched", "expected"),
             ("nothing", "expected"),
-            (
-                "uprobe:/usr/bin/app:f+stacks",
-                "+stacks is not supported yet",
-            ),
+            ("usdt:/bin/x:p:n+stacks", "+stacks is for functions"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -1,0 +1,167 @@
+//! The probe profile: the stacks (kernel and user) of the threads that hit a probe point,
+//! counted per probe, drained like the CPU profile. The probe points' programs record them
+//! (see `probe_points`); this loader holds the buffers and says which slots take stacks.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+
+use aya::maps::{Array, MapData};
+use aya::Ebpf;
+
+use crate::abi::{
+    captured_stack, stack_of, ProbeSampleKey, ProbeSampleValue, StackTrace, KEY_KTHREAD,
+    PROBE_SLOTS,
+};
+use crate::double_buffer::{Buffer, DoubleBuffer};
+use crate::error::ProbeError;
+use crate::maps::{drain_hash, drain_hash_each, take_as, take_hash};
+use crate::new_processes::NewProcesses;
+use crate::pid_filter;
+use crate::profiler::{Drained, Profiler};
+use crate::shared_ebpf::SharedEbpf;
+use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProbeHit, ProfileKind};
+
+pub(crate) const SAMPLE_MAPS: [&str; 2] = ["ep_probe_samples_0", "ep_probe_samples_1"];
+pub(crate) const STACK_MAPS: [&str; 2] = ["ep_probe_stacks_0", "ep_probe_stacks_1"];
+const SLOT_FLAGS: &str = "ep_probe_slot_flags";
+
+/// The probe profile's buffers.
+pub struct ProbeStacks {
+    ebpf: SharedEbpf,
+    buffers: DoubleBuffer<StackBuffer>,
+    slot_flags: Array<MapData, u32>,
+    new_processes: Option<NewProcesses>,
+    /// Hits whose stacks were drained, for the summary.
+    hits: u64,
+}
+
+impl ProbeStacks {
+    /// Takes the maps out of a loaded object.
+    pub(crate) fn loaded(
+        ebpf: SharedEbpf,
+        new_processes: Option<NewProcesses>,
+    ) -> Result<Self, ProbeError> {
+        let (buffers, slot_flags) = {
+            let mut object = ebpf.lock();
+            let buffers = [
+                StackBuffer::take(&mut object, 0)?,
+                StackBuffer::take(&mut object, 1)?,
+            ];
+            let buffers = DoubleBuffer::take(&mut object, "ep_probe_control", buffers)?;
+            (buffers, take_as(&mut object, SLOT_FLAGS)?)
+        };
+        Ok(ProbeStacks {
+            ebpf,
+            buffers,
+            slot_flags,
+            new_processes,
+            hits: 0,
+        })
+    }
+
+    /// Makes probe `slot` record the stacks of its hits (or stop doing so).
+    pub fn set_stacks(&mut self, slot: usize, on: bool) -> Result<(), ProbeError> {
+        if slot >= PROBE_SLOTS {
+            return Err(ProbeError::ProbeSlot {
+                slot,
+                max: PROBE_SLOTS,
+            });
+        }
+        self.slot_flags
+            .set(slot as u32, u32::from(on) * crate::abi::PROBE_STACKS_ON, 0)
+            .map_err(|source| ProbeError::Map {
+                name: SLOT_FLAGS,
+                source,
+            })
+    }
+}
+
+impl Profiler for ProbeStacks {
+    fn kind(&self) -> Option<ProfileKind> {
+        Some(ProfileKind::Probe)
+    }
+
+    fn drain(&mut self) -> Result<Drained, ProbeError> {
+        let samples = self.buffers.drain()?;
+        self.hits += samples.iter().map(|s| s.value).sum::<u64>();
+        Ok(Drained::Samples(samples))
+    }
+
+    /// The probes' programs are detached by their owner (`probe_points`) before this.
+    fn stop(&mut self) -> Result<Drained, ProbeError> {
+        let samples = self.buffers.stop(|| Ok(()))?;
+        self.hits += samples.iter().map(|s| s.value).sum::<u64>();
+        Ok(Drained::Samples(samples))
+    }
+
+    fn set_pids(&mut self, pids: &std::collections::BTreeSet<u32>) -> Result<(), ProbeError> {
+        pid_filter::sync(&mut self.ebpf.lock(), pids)
+    }
+
+    fn counts(&self) -> Result<Vec<(&'static str, u64)>, ProbeError> {
+        Ok(vec![("hits", self.hits)])
+    }
+
+    fn health(&self) -> Result<Vec<HealthCounter>, ProbeError> {
+        Ok(Vec::new())
+    }
+
+    fn take_new_processes(&mut self) -> Option<NewProcesses> {
+        self.new_processes.take()
+    }
+}
+
+/// One buffer: the hits by thread, stacks and probe, and the stacks.
+struct StackBuffer {
+    samples: MapData,
+    stacks: MapData,
+    samples_name: &'static str,
+    stacks_name: &'static str,
+}
+
+impl StackBuffer {
+    fn take(ebpf: &mut Ebpf, i: usize) -> Result<Self, ProbeError> {
+        Ok(StackBuffer {
+            samples: take_hash(ebpf, SAMPLE_MAPS[i])?,
+            stacks: take_hash(ebpf, STACK_MAPS[i])?,
+            samples_name: SAMPLE_MAPS[i],
+            stacks_name: STACK_MAPS[i],
+        })
+    }
+}
+
+impl Buffer for StackBuffer {
+    type Drained = Vec<KernelSample>;
+
+    fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
+        let entries: Vec<(ProbeSampleKey, ProbeSampleValue)> =
+            drain_hash(self.samples.fd().as_fd(), self.samples_name)?;
+        let mut stacks: HashMap<u64, CapturedStack> = HashMap::new();
+        drain_hash_each(
+            self.stacks.fd().as_fd(),
+            self.stacks_name,
+            |hash: u64, trace: StackTrace| {
+                stacks.insert(hash, captured_stack(trace.frames()));
+            },
+        )?;
+        out.extend(entries.into_iter().map(|(key, value)| {
+            let k = &key.sample;
+            KernelSample {
+                pid: k.tgid,
+                tid: k.tid,
+                thread_name: k.comm_str(),
+                exec_id: k.exec_id,
+                kernel_thread: k.flags & KEY_KTHREAD != 0,
+                user: stack_of(&stacks, k.user_stack, k.user_err),
+                kernel: stack_of(&stacks, k.kernel_stack, k.kernel_err),
+                interpreted: CapturedStack::None,
+                value: value.hits,
+                probe: Some(ProbeHit {
+                    slot: key.slot,
+                    ns: value.ns,
+                }),
+            }
+        }));
+        Ok(())
+    }
+}
