@@ -34,6 +34,7 @@ class Run:
     memory: Optional[list] = None
     tables: Optional[list] = None
     python: Optional[object] = None
+    probes: Optional[object] = None
 
 
 def machine():
@@ -427,6 +428,35 @@ def python_section(r):
     ])
 
 
+def probes_section(r):
+    def us(values):
+        mid, lo, hi = measure.spread(values)
+        return f"{mid:.2f} ({lo:.2f}–{hi:.2f})"
+
+    rows = [[c.case, f"{c.hits:,}", us(c.per_hit_us),
+             f"{c.ebpf_ns:.0f}" if c.ebpf_ns else DASH] for c in r.costs]
+    t = r.tcp
+    alone, with_tcp = measure.spread(t.alone_s)[0], measure.spread(t.tcp_s)[0]
+    per_conn = (with_tcp - alone) / t.connections * 1e6
+    ebpf = ", ".join(f"{name} {ns:.0f}" for name, ns in sorted(t.ebpf_ns.items())) or DASH
+    return "\n\n".join([
+        "## Probe points",
+        "*Per hit*: what one hit adds to the probed thread: the wall time of a fixed loop "
+        "(`tests/workloads/probe_work.c`, -O2, no frame pointers) under `record --probe SPEC "
+        "--probe-max-rate 0 --pid`, minus the same loop alone, over the hits; median (min–max) "
+        "of the rounds. *eBPF*: the probe's programs' own run time per hit (bpf_stats, a "
+        "separate run): the rest is the kernel's trap and, for a function, the single-step "
+        "of its first instruction and the return trampoline. `--probe-max-rate` (default "
+        "500 hits/s per probe) bounds a function probe to about 500 x the per-hit cost of "
+        "one CPU.",
+        table(["probe", "hits", "per hit, us", "eBPF per hit, ns"], rows),
+        f"*--tcp*: {t.connections:,} loopback connections (connect, accept, close; Python) "
+        f"timed alone and under `record --tcp`, median of the rounds: "
+        f"{alone:.3f} s alone, {with_tcp:.3f} s with --tcp ({with_tcp / alone:.3f}x, "
+        f"{per_conn:+.1f} us per connection). eBPF run time per event, ns: {ebpf}.",
+    ])
+
+
 def targets_section(run):
     o, rows = run.overhead, []
     by_key = {c.key: c for c in o.configs} if o else {}
@@ -535,6 +565,8 @@ def markdown(run):
         parts.append(memory_section(run.memory))
     if run.python:
         parts.append(python_section(run.python))
+    if run.probes:
+        parts.append(probes_section(run.probes))
     if run.overhead or run.accuracy or run.memory:
         parts.append(targets_section(run))
     return "\n\n".join(parts) + "\n"

@@ -8,7 +8,7 @@ Needs root, target/release/emberprof (and its examples collector and unwind_buil
 bpftrace: `make bench` installs and builds everything, then runs this. Takes about 11
 minutes on 2 cores; --quick about 4.
 
-Usage: bench/run.py [--quick] [--rounds N] [--phases overhead,accuracy,tables,scale,memory,python]
+Usage: bench/run.py [--quick] [--rounds N] [--phases overhead,accuracy,tables,scale,memory,python,probes]
                     [--configs KEY,...] [--workloads cpu,sched,syscalls] [--output FILE]"""
 
 import argparse
@@ -26,6 +26,7 @@ import accuracy  # noqa: E402
 import measure  # noqa: E402
 import memory  # noqa: E402
 import overhead  # noqa: E402
+import probe_points  # noqa: E402
 import python_frames  # noqa: E402
 import report  # noqa: E402
 import scale  # noqa: E402
@@ -35,7 +36,7 @@ from common import BUILD_DIR, ROOT, BenchError, kill_children, log  # noqa: E402
 from profilers import (ACCURACY_CONFIGS, EXTRA_CONFIGS, find_tools,  # noqa: E402
                        standard_configs)
 
-PHASES = ("overhead", "accuracy", "tables", "scale", "memory", "python")
+PHASES = ("overhead", "accuracy", "tables", "scale", "memory", "python", "probes")
 
 
 def parse_args():
@@ -112,6 +113,8 @@ def run_phases(args, run, tools, exe, workdir):
         run.memory = memory.run(workdir, args.quick)
     if "python" in args.phases:
         run.python = python_frames.run(workloads.build_all()["nofp"], workdir)
+    if "probes" in args.phases:
+        run.probes = probe_points.run(workdir, args.quick)
 
 
 def main():
