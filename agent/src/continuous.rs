@@ -276,7 +276,7 @@ fn apply_reload(
         needs_restart.push("frequency");
     }
     if new.waits != args.waits {
-        needs_restart.push("off_cpu/histograms");
+        needs_restart.push("off_cpu/histograms/probe/tcp");
     }
     if new.http_listen != args.http_listen || new.debug != args.debug {
         needs_restart.push("http_listen/debug_pprof");

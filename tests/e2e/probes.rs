@@ -24,6 +24,7 @@ crate::harness::tests![
     tracepoint_hits_are_counted_per_process,
     a_binary_in_a_private_mount_namespace_is_probed,
     the_agent_waits_for_a_file_and_probes_processes_started_later,
+    two_containers_of_one_image_count_each_call_once,
     the_rate_guard_detaches_a_probe_hit_too_often,
     bad_specs_fail_at_start_with_one_line,
 ];
@@ -463,6 +464,104 @@ fn the_agent_waits_for_a_file_and_probes_processes_started_later() {
     assert_eq!(levels("emberprof.probe.pending").first(), Some(&1.0));
     assert_eq!(levels("emberprof.probe.pending").last(), Some(&0.0));
     assert_eq!(levels("emberprof.probe.files").last(), Some(&1.0));
+}
+
+/// Two overlay mounts of one lower directory (two containers of one image), unmounted
+/// when dropped.
+struct TwoOverlays {
+    root: TempDir,
+    merged: [PathBuf; 2],
+}
+
+impl TwoOverlays {
+    fn new() -> TwoOverlays {
+        let root = TempDir(
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ep-ovl-{}", std::process::id())),
+        );
+        let _ = std::fs::remove_dir_all(&root.0);
+        let lower = root.0.join("lower");
+        std::fs::create_dir_all(&lower).unwrap();
+        std::fs::copy(probe_work_binary(), lower.join("probe-app")).expect("copying probe_work");
+        std::fs::create_dir_all(root.0.join("app")).unwrap();
+        let merged = [1, 2].map(|i| {
+            let (upper, work, merged) = (
+                root.0.join(format!("upper{i}")),
+                root.0.join(format!("work{i}")),
+                root.0.join(format!("merged{i}")),
+            );
+            for d in [&upper, &work, &merged] {
+                std::fs::create_dir_all(d).unwrap();
+            }
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            );
+            let status = Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(&merged)
+                .status()
+                .expect("running mount");
+            assert!(status.success(), "mounting an overlay");
+            merged
+        });
+        TwoOverlays { root, merged }
+    }
+
+    /// probe_work from overlay `i`, in a mount namespace where that overlay is at `app/`.
+    fn start(&self, i: usize, args: &[&str]) -> (ProbeWork, String) {
+        let inside = self.root.0.join("app").join("probe-app");
+        let mut command = Command::new("unshare");
+        command.args(["--mount", "--propagation", "private", "sh", "-c"]);
+        command.arg(format!(
+            "mount --bind {} {} && exec {} {}",
+            self.merged[i].display(),
+            self.root.0.join("app").display(),
+            inside.display(),
+            args.join(" ")
+        ));
+        let w = ProbeWork::start_command(&mut command);
+        let inside = inside.display().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !Path::new(&format!("/proc/{}/root{inside}", w.pid())).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no mount in the namespace"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (w, inside)
+    }
+}
+
+impl Drop for TwoOverlays {
+    fn drop(&mut self) {
+        for m in &self.merged {
+            let _ = Command::new("umount").arg(m).status();
+        }
+    }
+}
+
+fn two_containers_of_one_image_count_each_call_once() {
+    let Some(_serial) = bpf_test() else { return };
+    let overlays = TwoOverlays::new();
+    let (mut a, inside) = overlays.start(0, &["timed", "3", "0"]);
+    let (mut b, _) = overlays.start(1, &["timed", "4", "0"]);
+    let probe = format!("uprobe:{inside}:timed_call");
+    let rec = record_around("probe-overlay.txt", &["--probe", &probe], || {
+        a.go_and_wait();
+        b.go_and_wait();
+    });
+    let text = std::fs::read_to_string(&rec.file).expect("the report");
+    // One file underneath both overlays: the kernel's uprobe is on it, attached once.
+    assert_eq!(hits_in_report(&text, &probe), 7, "{text}\n{}", rec.stderr);
+    assert_eq!(
+        rec.stderr.matches("probe attached").count(),
+        1,
+        "{}",
+        rec.stderr
+    );
 }
 
 fn the_rate_guard_detaches_a_probe_hit_too_often() {

@@ -6,8 +6,12 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// A file's identity: device and inode.
-pub type FileId = (u64, u64);
+/// A file's identity as the kernel attaches uprobes to it: (device, inode, size, mtime in
+/// ns), device 0 on overlayfs (see `regular_file`).
+pub type FileId = (u64, u64, u64, i64);
+
+/// `statfs.f_type` of overlayfs.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 
 /// One file a probe's path names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,9 +22,30 @@ pub struct Found {
     pub id: FileId,
 }
 
+/// The identity of the file at `path`, if it is a regular file. Two containers of one image
+/// see one file of the image's layer through two overlay mounts: two devices, while the
+/// kernel attaches a uprobe to the file underneath (one probe attached twice counts every
+/// hit twice). Overlayfs keeps the underlying inode number, so on it a file is known by
+/// inode, size and modification time, without the device.
 fn regular_file(path: &Path) -> Option<FileId> {
     let meta = std::fs::metadata(path).ok()?;
-    meta.is_file().then(|| (meta.dev(), meta.ino()))
+    if !meta.is_file() {
+        return None;
+    }
+    let dev = if on_overlayfs(path) { 0 } else { meta.dev() };
+    let mtime = meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec();
+    Some((dev, meta.ino(), meta.size(), mtime))
+}
+
+fn on_overlayfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed out-parameter of the right type.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut fs) };
+    rc == 0 && fs.f_type as i64 == OVERLAYFS_MAGIC
 }
 
 /// Every file `path` names, one process per mount namespace looked through. Absolute
