@@ -169,7 +169,8 @@ impl ProfileBuilder {
     /// A probe profile: values `probe_hits/count`, the hits of probe points by the stacks
     /// that hit them (each probe's stacks under a root frame naming it), and
     /// `probe_time/nanoseconds`, the time probed functions' calls took (`+stacks`; 0 for
-    /// other probes).
+    /// other probes). Its period type `probe_hits/count` (period 1) is what names it where
+    /// the type is not a known one: Pyroscope refuses a profile without a name.
     pub fn probe(start: SystemTime) -> Self {
         ProfileBuilder::new(Profile {
             kind: ProfileKind::Probe,
@@ -177,8 +178,8 @@ impl ProfileBuilder {
                 ValueType::new("probe_hits", "count"),
                 ValueType::new("probe_time", "nanoseconds"),
             ],
-            period_type: None,
-            period: 0,
+            period_type: Some(ValueType::new("probe_hits", "count")),
+            period: 1,
             start,
             duration: Duration::ZERO,
             samples: Vec::new(),

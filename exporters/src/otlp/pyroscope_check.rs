@@ -598,6 +598,35 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_profile_is_ingested_under_its_own_name() {
+        let mut probe = emberprof_model::ProfileBuilder::probe(SystemTime::now());
+        let p = now_profile();
+        for s in &p.samples {
+            probe.add(
+                s.pid,
+                &s.process_name,
+                s.tid,
+                &s.thread_name,
+                &s.stack,
+                &[3, 9_000],
+            );
+        }
+        let probe = probe.finish(SystemTime::now());
+        let report = check(
+            &request(&[&probe], &processes(), &Vec::new()),
+            SystemTime::now(),
+        );
+        assert!(report.lossless(), "{report:#?}");
+        assert!(
+            report
+                .series
+                .iter()
+                .all(|s| s.profile_type == "probe_hits:probe_hits:count:probe_hits:count"),
+            "{report:#?}"
+        );
+    }
+
+    #[test]
     fn off_cpu_without_a_period_type_is_off_cpu() {
         let mut off = emberprof_model::ProfileBuilder::off_cpu(SystemTime::now());
         let p = now_profile();
