@@ -581,13 +581,10 @@ fn the_rate_guard_detaches_a_probe_hit_too_often() {
         text.contains(&format!("probe {probe}: detached by the rate guard")),
         "{text}"
     );
-    // Taken off within a tick of the guard (100 ms: some 10k hits at ~10 us each), not
-    // left to trap on all 200k calls.
+    // Taken off within a tick of the guard (100 ms: some 8k hits at ~12 us each), not left
+    // to trap on all 200k calls; the bound leaves room for a starved guard thread.
     let hits = hits_in_report(&text, &probe);
-    assert!(
-        (1000..20_000).contains(&hits),
-        "{hits} hits counted\n{text}"
-    );
+    assert!((1000..n / 2).contains(&hits), "{hits} hits counted\n{text}");
 }
 
 /// Runs `emberprof record ARGS` expecting it to fail at start: its last stderr line.

@@ -48,27 +48,15 @@ fn on_overlayfs(path: &Path) -> bool {
     rc == 0 && fs.f_type as i64 == OVERLAYFS_MAGIC
 }
 
-/// Every file `path` names, one process per mount namespace looked through. Absolute
-/// symbolic links inside another namespace resolve in emberprof's (the kernel's rule for
-/// `/proc/PID/root`); name the file itself, not a link to it.
-pub fn find(path: &Path) -> Vec<Found> {
-    let mut out: Vec<Found> = Vec::new();
-    let mut ids = BTreeSet::new();
-    let mut push = |open_as: PathBuf| {
-        if let Some(id) = regular_file(&open_as) {
-            if ids.insert(id) {
-                out.push(Found { open_as, id });
-            }
-        }
-    };
-    push(path.to_path_buf());
-    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+/// Where paths are looked for: emberprof's own root, then `/proc/PID/root` of one process
+/// per other mount namespace. Read once per scan, for every probe.
+pub fn roots() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from("/")];
     let mut namespaces = BTreeSet::new();
-    namespaces.extend(own);
+    namespaces.extend(std::fs::read_link("/proc/self/ns/mnt").ok());
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
+        return roots;
     };
-    let relative = path.strip_prefix("/").unwrap_or(path);
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -81,10 +69,27 @@ pub fn find(path: &Path) -> Vec<Found> {
         let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
             continue;
         };
-        if !namespaces.insert(ns) {
-            continue;
+        if namespaces.insert(ns) {
+            roots.push(Path::new("/proc").join(pid).join("root"));
         }
-        push(Path::new("/proc").join(pid).join("root").join(relative));
+    }
+    roots
+}
+
+/// Every file `path` names under `roots` (see `roots`), each once. Absolute symbolic links
+/// inside another namespace resolve in emberprof's (the kernel's rule for
+/// `/proc/PID/root`); name the file itself, not a link to it.
+pub fn find(path: &Path, roots: &[PathBuf]) -> Vec<Found> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let mut out: Vec<Found> = Vec::new();
+    let mut ids = BTreeSet::new();
+    for root in roots {
+        let open_as = root.join(relative);
+        if let Some(id) = regular_file(&open_as) {
+            if ids.insert(id) {
+                out.push(Found { open_as, id });
+            }
+        }
     }
     out
 }
@@ -96,12 +101,14 @@ mod tests {
     #[test]
     fn a_file_is_found_once_and_a_missing_one_not_at_all() {
         let exe = std::env::current_exe().unwrap();
-        let found = find(&exe);
+        let roots = roots();
+        assert_eq!(roots[0], Path::new("/"));
+        let found = find(&exe, &roots);
         // Every process in our namespace sees the same file: listed once.
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].open_as, exe);
-        assert!(find(Path::new("/nonexistent/emberprof/probe")).is_empty());
+        assert!(find(Path::new("/nonexistent/emberprof/probe"), &roots).is_empty());
         // A directory is not a probe target.
-        assert!(find(Path::new("/proc")).is_empty());
+        assert!(find(Path::new("/proc"), &roots).is_empty());
     }
 }

@@ -104,8 +104,15 @@ fn attach_file(
 }
 
 impl State {
-    /// Attaches what is new for probe `i`. `strict` (at start): errors end the start.
-    fn attach(&mut self, i: usize, strict: bool, wait_for_files: bool) -> anyhow::Result<()> {
+    /// Attaches what is new for probe `i`, looking for its file under `roots`
+    /// (`files::roots`). `strict` (at start): errors end the start.
+    fn attach(
+        &mut self,
+        i: usize,
+        roots: &[std::path::PathBuf],
+        strict: bool,
+        wait_for_files: bool,
+    ) -> anyhow::Result<()> {
         let State { points, slots, .. } = self;
         let slot = &mut slots[i];
         if matches!(slot.status, Status::Detached { .. }) {
@@ -126,7 +133,7 @@ impl State {
         let Some(path) = slot.spec.path().map(|p| p.to_path_buf()) else {
             return Ok(());
         };
-        let found = files::find(&path);
+        let found = files::find(&path, roots);
         if found.is_empty() && slot.files.is_empty() {
             if strict && !wait_for_files {
                 bail!(
@@ -235,8 +242,9 @@ impl ProbeRunner {
             max_rate: config.max_rate,
             window_start: Instant::now(),
         };
+        let roots = files::roots();
         for i in 0..state.slots.len() {
-            state.attach(i, true, config.wait_for_files)?;
+            state.attach(i, &roots, true, config.wait_for_files)?;
         }
         let state = Arc::new(Mutex::new(state));
         let stop = Arc::new(AtomicBool::new(false));
@@ -346,8 +354,15 @@ fn run(state: &Mutex<State>, stop: &AtomicBool) {
         s.guard();
         if last_scan.elapsed() >= RESCAN {
             last_scan = Instant::now();
+            let wanted = s.slots.iter().any(|slot| {
+                slot.spec.path().is_some() && !matches!(slot.status, Status::Detached { .. })
+            });
+            // One /proc scan for every probe, made without holding the state.
+            drop(s);
+            let roots = if wanted { files::roots() } else { Vec::new() };
+            let mut s = lock(state);
             for i in 0..s.slots.len() {
-                if let Err(e) = s.attach(i, false, true) {
+                if let Err(e) = s.attach(i, &roots, false, true) {
                     tracing::warn!(error = %format!("{e:#}"), "attaching a probe");
                 }
             }
