@@ -3,6 +3,7 @@
 //! waits on export. On SIGTERM/SIGINT the final partial interval is exported within
 //! --shutdown-timeout and every probe is detached before exit.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -160,7 +161,11 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     let data = session.package(span, true);
     sinks.submit(&data.span());
     intervals += 1;
-    eprintln!("emberprof: agent stopped after {intervals} intervals");
+    // Not eprintln: a log pipe whose reader went away must not turn a clean stop into a panic.
+    let _ = writeln!(
+        std::io::stderr(),
+        "emberprof: agent stopped after {intervals} intervals"
+    );
     sinks.close(deadline)
 }
 

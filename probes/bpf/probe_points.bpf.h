@@ -184,9 +184,10 @@ static __always_inline void ep_probe_stack(void *ctx, __u32 slot, __u32 tgid, __
 static __always_inline int ep_probe_hit(void *ctx, __u32 slot, bool timed)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	/* Every hit costs a trap, filtered out or not: the rate guard counts them all. */
+	ep_percpu_inc(&ep_probe_hits, slot);
 	if (!ep_pid_tracked(id >> 32))
 		return 0;
-	ep_percpu_inc(&ep_probe_hits, slot);
 	struct ep_hist_key key = {
 		.cgroup = bpf_get_current_cgroup_id(),
 		.kind = EP_EVENT_PROBE_HIT,
@@ -261,9 +262,24 @@ EP_PROBE_SLOT(5)
 EP_PROBE_SLOT(6)
 EP_PROBE_SLOT(7)
 
-/* The cgroup v2 id of the socket's owner (where it was created), 0 if it has none. */
+#define EP_TCP_TIME_WAIT 6
+#define EP_TCP_NEW_SYN_RECV 12
+
+/*
+ * The cgroup v2 id of the socket's owner (where it was created), 0 if it has none. Only a
+ * full socket has one: a time-wait socket has none, and a request socket (a connection
+ * being accepted) is the listener's.
+ */
 static __always_inline __u64 ep_sock_cgroup(const struct sock *sk)
 {
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == EP_TCP_TIME_WAIT)
+		return 0;
+	if (state == EP_TCP_NEW_SYN_RECV) {
+		sk = BPF_CORE_READ(sk, __sk_common.skc_listener);
+		if (!sk)
+			return 0;
+	}
 	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
 	if (!cg)
 		return 0;

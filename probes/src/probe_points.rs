@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray};
+use aya::programs::uprobe::UProbeLinkId;
 use aya::programs::{TracePoint, UProbe};
 
 use crate::abi::PROBE_SLOTS;
@@ -34,6 +35,13 @@ impl Role {
         };
         format!("ep_probe_{role}_{slot}")
     }
+}
+
+/// One attachment of a slot's program to a file, to detach it alone (its file gone).
+#[derive(Debug)]
+pub struct ProbeLink {
+    role: Role,
+    id: UProbeLinkId,
 }
 
 /// The probe slots' programs, loaded on first use, and their hit totals.
@@ -72,7 +80,7 @@ impl ProbePoints {
         role: Role,
         path: &Path,
         offset: u64,
-    ) -> Result<(), ProbeError> {
+    ) -> Result<ProbeLink, ProbeError> {
         Self::check_slot(slot)?;
         let name = role.program(slot);
         let what = |verb: &str| format!("{verb} {name} at {}+{offset:#x}", path.display());
@@ -95,13 +103,13 @@ impl ProbePoints {
             })?;
             self.loaded.insert((slot, role));
         }
-        program
+        let id = program
             .attach(None, offset, path, None)
             .map_err(|source| ProbeError::Attach {
                 what: what("attaching"),
                 source,
             })?;
-        Ok(())
+        Ok(ProbeLink { role, id })
     }
 
     /// Times the function at `offset` of `path` in `slot`: entry and return.
@@ -110,15 +118,46 @@ impl ProbePoints {
         slot: usize,
         path: &Path,
         offset: u64,
-    ) -> Result<(), ProbeError> {
+    ) -> Result<Vec<ProbeLink>, ProbeError> {
         // The return first: an entry without its return would leave calls never timed.
-        self.attach_uprobe(slot, Role::Return, path, offset)?;
-        self.attach_uprobe(slot, Role::Entry, path, offset)
+        let ret = self.attach_uprobe(slot, Role::Return, path, offset)?;
+        match self.attach_uprobe(slot, Role::Entry, path, offset) {
+            Ok(entry) => Ok(vec![ret, entry]),
+            Err(e) => {
+                let _ = self.detach_links(slot, vec![ret]);
+                Err(e)
+            }
+        }
     }
 
     /// Counts hits of the USDT site at `offset` of `path` in `slot`.
-    pub fn attach_usdt(&mut self, slot: usize, path: &Path, offset: u64) -> Result<(), ProbeError> {
+    pub fn attach_usdt(
+        &mut self,
+        slot: usize,
+        path: &Path,
+        offset: u64,
+    ) -> Result<ProbeLink, ProbeError> {
         self.attach_uprobe(slot, Role::Usdt, path, offset)
+    }
+
+    /// Detaches some of a slot's attachments (their file is gone); the slot's other files
+    /// stay probed.
+    pub fn detach_links(&mut self, slot: usize, links: Vec<ProbeLink>) -> Result<(), ProbeError> {
+        let mut object = self.ebpf.lock();
+        for link in links {
+            let name = link.role.program(slot);
+            let err = |source| ProbeError::Attach {
+                what: format!("detaching {name}"),
+                source,
+            };
+            let program: &mut UProbe = object
+                .program_mut(&name)
+                .ok_or_else(|| err(aya::programs::ProgramError::NotLoaded))?
+                .try_into()
+                .map_err(err)?;
+            program.detach(link.id).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Counts hits of the kernel tracepoint `category:name` (needs tracefs mounted).
@@ -150,8 +189,8 @@ impl ProbePoints {
         Ok(())
     }
 
-    /// Detaches everything of `slot` (every file and site it was attached to) and unloads
-    /// its programs; the slot can be attached again afterwards.
+    /// Detaches everything of `slot` (every file and site it was attached to; its
+    /// `ProbeLink`s are void then) and unloads its programs.
     pub fn detach(&mut self, slot: usize) -> Result<(), ProbeError> {
         let roles: Vec<Role> = self
             .loaded

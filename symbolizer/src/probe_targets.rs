@@ -48,12 +48,24 @@ pub enum TargetError {
         provider: String,
         name: String,
     },
+    #[error(
+        "{path} is a Go program: a return probe breaks its goroutine stacks (Go moves them); \
+         probe a USDT point or a C function it calls instead"
+    )]
+    Go { path: String },
     #[error("{what} of {path} at {address:#x} is in no loaded segment")]
     NoSegment {
         what: String,
         path: String,
         address: u64,
     },
+}
+
+impl TargetError {
+    /// Whether trying the same file again may succeed (it could not be read now).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TargetError::Read { .. })
+    }
 }
 
 /// One USDT probe site.
@@ -93,9 +105,11 @@ fn file_offset<'a>(
             return None;
         }
         let (vaddr, size) = (ph.p_vaddr(endian), ph.p_filesz(endian));
-        (vaddr..vaddr.saturating_add(size))
-            .contains(&address)
-            .then(|| address - vaddr + ph.p_offset(endian))
+        if !(vaddr..vaddr.saturating_add(size)).contains(&address) {
+            return None;
+        }
+        // A corrupt header can put the segment anywhere: no offset rather than a wrap.
+        (address - vaddr).checked_add(ph.p_offset(endian))
     })
 }
 
@@ -105,6 +119,10 @@ pub fn function_offset(path: &Path, symbol: &str) -> Result<u64, TargetError> {
     let data = open(path)?;
     let elf = parse(path, &data)?;
     let show = || path.display().to_string();
+    if elf.section_by_name(".go.buildinfo").is_some() || elf.section_by_name(".gopclntab").is_some()
+    {
+        return Err(TargetError::Go { path: show() });
+    }
     let found = elf
         .symbols()
         .find(|s| s.name() == Ok(symbol))

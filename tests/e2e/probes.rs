@@ -26,8 +26,18 @@ crate::harness::tests![
     the_agent_waits_for_a_file_and_probes_processes_started_later,
     two_containers_of_one_image_count_each_call_once,
     the_rate_guard_detaches_a_probe_hit_too_often,
+    the_rate_guard_counts_hits_of_processes_outside_the_filter,
     bad_specs_fail_at_start_with_one_line,
 ];
+
+/// The cgroup v2 path of process `pid` (`0::/PATH` in /proc/PID/cgroup).
+pub fn cgroup_of(pid: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("a cgroup");
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line")
+        .to_string()
+}
 
 /// The `(1.05 ms, 2.1 ms]` and `(8.39 ms, 16.8 ms]` rows: 1.5 ms and 12 ms sleeps.
 const ROW_1_5MS: (&str, &str) = ("1.05 ms", "2.1 ms");
@@ -170,7 +180,14 @@ fn hits_in_report(text: &str, probe: &str) -> u64 {
 fn function_durations_land_in_their_buckets_exactly_in_text_and_otlp() {
     let Some(_serial) = bpf_test() else { return };
     let (short, long) = (20, 10);
-    let mut w = ProbeWork::start(&["timed", &short.to_string(), &long.to_string()]);
+    // Real-time: a wakeup is not kept waiting behind emberprof's own start-up work on the
+    // two CPUs (0.6 ms would move a 1.5 ms call past 2.1 ms).
+    let mut w = ProbeWork::start_command(
+        Command::new("chrt")
+            .args(["-f", "10"])
+            .arg(probe_work_binary())
+            .args(["timed", &short.to_string(), &long.to_string()]),
+    );
     let probe = spec("uprobe", probe_work_binary(), "timed_call");
     let collector = TestCollector::start();
     let pid = w.pid();
@@ -188,8 +205,11 @@ fn function_durations_land_in_their_buckets_exactly_in_text_and_otlp() {
     );
     let text = std::fs::read_to_string(&rec.file).expect("the histograms");
     let all = parse_histograms(&text);
-    let timed = sections(&all, &format!("probe duration, {probe}, cgroup "));
-    assert_eq!(timed.len(), 1, "{text}");
+    // Under the workload's own cgroup, as the kernel names it.
+    let cgroup = cgroup_of(&pid);
+    let title = format!("probe duration, {probe}, cgroup {cgroup}");
+    let timed: Vec<_> = all.iter().filter(|s| s.title == title).collect();
+    assert_eq!(timed.len(), 1, "{title:?} in {text}");
     let h = timed[0];
     // Exactly: a 1.5 ms sleep plus the probe's ~20 us stays far from 2.1 ms; 12 ms from
     // 8.39 and 16.8 ms.
@@ -362,7 +382,8 @@ fn namespaced_probe_work(tag: &str, args: &[&str]) -> (TempDir, String, Command)
     let mut command = Command::new("unshare");
     command.args(["--mount", "--propagation", "private", "sh", "-c"]);
     command.arg(format!(
-        "mount --bind {} {} && exec {} {}",
+        // Real-time, as in the bucket test: its calls' durations are checked too.
+        "mount --bind {} {} && exec chrt -f 10 {} {}",
         bin.display(),
         over.display(),
         inside.display(),
@@ -412,7 +433,7 @@ fn the_agent_waits_for_a_file_and_probes_processes_started_later() {
     let (_dir, inside, mut command) = namespaced_probe_work("agent", &["timed", "4", "0"]);
     let probe = format!("uprobe:{inside}:timed_call");
     let collector = TestCollector::start();
-    let (mut agent, _stderr, log) = spawn_until(
+    let (mut agent, stderr, log) = spawn_until(
         &[
             "agent",
             "--probe",
@@ -424,9 +445,11 @@ fn the_agent_waits_for_a_file_and_probes_processes_started_later() {
         ],
         "probe waits for its file",
     );
-    // Its file appears only with this process, after the agent started.
+    // Its file appears only with this process, after the agent started; the agent's next
+    // look (every 2 s) attaches to it.
     let mut w = ProbeWork::start_command(&mut command);
-    std::thread::sleep(Duration::from_secs(3));
+    let attached = logged_within(stderr, "probe attached", Duration::from_secs(15));
+    assert!(attached, "the agent never attached to the new file");
     w.go_and_wait();
     let counted = collector.wait_for(Duration::from_secs(15), |r| {
         counter(&r.metrics, "emberprof.probe.hits", &probe) == Some(4)
@@ -461,8 +484,9 @@ fn the_agent_waits_for_a_file_and_probes_processes_started_later() {
             })
             .collect()
     };
-    assert_eq!(levels("emberprof.probe.pending").first(), Some(&1.0));
-    assert_eq!(levels("emberprof.probe.pending").last(), Some(&0.0));
+    let pending = levels("emberprof.probe.pending");
+    assert_eq!(pending.first(), Some(&1.0), "{pending:?}\n{log}");
+    assert_eq!(pending.last(), Some(&0.0), "{pending:?}");
     assert_eq!(levels("emberprof.probe.files").last(), Some(&1.0));
 }
 
@@ -562,6 +586,49 @@ fn two_containers_of_one_image_count_each_call_once() {
         "{}",
         rec.stderr
     );
+}
+
+/// Whether a line containing `marker` arrives on `stderr` within `timeout` (read on a
+/// thread of its own, so that a missing line fails the test instead of hanging it; the
+/// thread reads on to the end, so that emberprof's stderr stays open).
+fn logged_within(
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    marker: &str,
+    timeout: Duration,
+) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.to_string();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains(&marker) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(timeout).is_ok()
+}
+
+fn the_rate_guard_counts_hits_of_processes_outside_the_filter() {
+    let Some(_serial) = bpf_test() else { return };
+    // Only an idle process is selected: the hot one's hits are not recorded, but each of
+    // them still costs a trap, and the guard must see them.
+    let mut idle = ProbeWork::start(&["usdt", "1"]);
+    let mut hot = ProbeWork::start(&["hot", "200000"]);
+    let probe = spec("uprobe", probe_work_binary(), "hot_call");
+    let pid = idle.pid();
+    let rec = record_around(
+        "probe-guard-filtered.txt",
+        &["--probe", &probe, "--pid", &pid, "--probe-max-rate", "1000"],
+        || hot.go_and_wait(),
+    );
+    idle.go_and_wait();
+    let text = std::fs::read_to_string(&rec.file).expect("the report");
+    assert!(
+        text.contains(&format!("probe {probe}: detached by the rate guard")),
+        "{text}\n{}",
+        rec.stderr
+    );
+    assert_eq!(hits_in_report(&text, &probe), 0, "{text}");
 }
 
 fn the_rate_guard_detaches_a_probe_hit_too_often() {

@@ -27,7 +27,7 @@ pub struct Found {
 /// kernel attaches a uprobe to the file underneath (one probe attached twice counts every
 /// hit twice). Overlayfs keeps the underlying inode number, so on it a file is known by
 /// inode, size and modification time, without the device.
-fn regular_file(path: &Path) -> Option<FileId> {
+pub fn regular_file(path: &Path) -> Option<FileId> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
         return None;

@@ -1,13 +1,18 @@
 //! `--probe`: attaches each probe point in its slot, in every mount namespace its file is
-//! found in (and again as new files appear), and guards the host against a probe hit too
-//! often (`--probe-max-rate`): such a probe is detached, logged and counted. What the
-//! probes measure is drained with the latency histograms.
+//! found in (again as files appear, and off files that are gone), and guards the host
+//! against a probe hit too often (`--probe-max-rate`): such a probe is detached, logged and
+//! counted. What the probes measure is drained with the latency histograms. Two threads:
+//! the attacher (finds files and parses them without holding the state) and the guard,
+//! which nothing slow can hold up.
 
 mod files;
 pub mod spec;
 mod tracefs;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -15,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use emberprof_model::{HealthCounter, HealthValue};
+use emberprof_probes::probe_points::ProbeLink;
 use emberprof_probes::ProbePoints;
 use emberprof_symbolizer::probe_targets;
 
@@ -44,6 +50,8 @@ enum Status {
     /// Its file is nowhere yet.
     Pending,
     Attached,
+    /// Its files exist, and none could be attached to (the last error).
+    Failed(String),
     /// Taken off by the rate guard.
     Detached {
         hits: u64,
@@ -54,9 +62,10 @@ enum Status {
 struct Slot {
     spec: ProbeSpec,
     status: Status,
-    /// Files attached to.
-    files: BTreeSet<FileId>,
-    /// Files that could not be attached to (logged once each).
+    /// Files attached to, with their attachments.
+    files: BTreeMap<FileId, Vec<ProbeLink>>,
+    /// Files that cannot be attached to as they are (no symbol, not ELF, ...); a changed
+    /// file is another identity.
     failed: BTreeSet<FileId>,
     attach_errors: u64,
     /// Hits at the start of the guard's window.
@@ -70,49 +79,116 @@ struct State {
     window_start: Instant,
 }
 
-/// The probes' attacher and guard, running on their own thread.
+/// The probes' attacher and guard threads.
 pub struct ProbeRunner {
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Attaches probe `slot` to one file; the error is one line.
-fn attach_file(
-    points: &mut ProbePoints,
-    slot: usize,
-    spec: &ProbeSpec,
-    file: &files::Found,
-) -> anyhow::Result<()> {
-    match &spec.target {
-        Target::Function { symbol, .. } => {
-            let offset = probe_targets::function_offset(&file.open_as, symbol)?;
-            points.attach_function(slot, &file.open_as, offset)?;
-        }
-        Target::Usdt { provider, name, .. } => {
-            for site in probe_targets::usdt_sites(&file.open_as, provider, name)? {
-                points.attach_usdt(slot, &file.open_as, site.offset)?;
-            }
-        }
-        Target::Tracepoint { .. } => {}
+/// A file found for a probe, opened (so that what is parsed is what is attached to, even if
+/// the path is replaced meanwhile) and parsed: where to attach.
+struct Prepared {
+    id: FileId,
+    /// Kept open until attached: the path attached through is this descriptor's.
+    _file: File,
+    through: PathBuf,
+    shown: PathBuf,
+    offsets: Vec<u64>,
+}
+
+/// What a scan found for one probe.
+#[derive(Default)]
+struct Scanned {
+    /// Every file the path names now.
+    present: BTreeSet<FileId>,
+    new: Vec<Prepared>,
+    /// Files that cannot be attached to, and why.
+    failed: Vec<(FileId, String)>,
+}
+
+/// Opens and parses one file for `target`: `None` when it changed or vanished meanwhile
+/// (the next scan sees it again).
+fn prepare(target: &Target, file: &files::Found) -> Option<Result<Prepared, String>> {
+    let opened = File::open(&file.open_as).ok()?;
+    let through = PathBuf::from(format!("/proc/self/fd/{}", opened.as_raw_fd()));
+    if files::regular_file(&through) != Some(file.id) {
+        return None;
     }
-    Ok(())
+    let offsets = match target {
+        Target::Function { symbol, .. } => {
+            probe_targets::function_offset(&through, symbol).map(|o| vec![o])
+        }
+        Target::Usdt { provider, name, .. } => probe_targets::usdt_sites(&through, provider, name)
+            .map(|sites| sites.iter().map(|s| s.offset).collect()),
+        Target::Tracepoint { .. } => Ok(Vec::new()),
+    };
+    match offsets {
+        Ok(offsets) => Some(Ok(Prepared {
+            id: file.id,
+            _file: opened,
+            through,
+            shown: file.open_as.clone(),
+            offsets,
+        })),
+        Err(e) if e.is_transient() => None,
+        // The error names the descriptor's path: name the file as it was found.
+        Err(e) => Some(Err(e.to_string().replace(
+            &through.display().to_string(),
+            &file.open_as.display().to_string(),
+        ))),
+    }
+}
+
+/// Finds and parses, without the state, what is new for every probe.
+fn look(wanted: &[(Target, BTreeSet<FileId>)]) -> Vec<Scanned> {
+    let any_path = wanted
+        .iter()
+        .any(|(t, _)| !matches!(t, Target::Tracepoint { .. }));
+    let roots = if any_path { files::roots() } else { Vec::new() };
+    wanted
+        .iter()
+        .map(|(target, known)| {
+            let mut out = Scanned::default();
+            let path = match target {
+                Target::Function { path, .. } | Target::Usdt { path, .. } => path,
+                Target::Tracepoint { .. } => return out,
+            };
+            for file in files::find(path, &roots) {
+                out.present.insert(file.id);
+                if known.contains(&file.id) {
+                    continue;
+                }
+                match prepare(target, &file) {
+                    Some(Ok(p)) => out.new.push(p),
+                    Some(Err(e)) => out.failed.push((file.id, e)),
+                    None => {}
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 impl State {
-    /// Attaches what is new for probe `i`, looking for its file under `roots`
-    /// (`files::roots`). `strict` (at start): errors end the start.
-    fn attach(
-        &mut self,
-        i: usize,
-        roots: &[std::path::PathBuf],
-        strict: bool,
-        wait_for_files: bool,
-    ) -> anyhow::Result<()> {
+    /// What the attacher should look for: each probe's target and the files it knows.
+    fn wanted(&self) -> Vec<(Target, BTreeSet<FileId>)> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let known = slot.files.keys().chain(&slot.failed).copied().collect();
+                (slot.spec.target.clone(), known)
+            })
+            .collect()
+    }
+
+    /// Applies what a scan found to probe `i`: attaches new files, lets go of gone ones.
+    /// `strict` (at start): errors end the start.
+    fn apply(&mut self, i: usize, found: Scanned, strict: bool, wait: bool) -> anyhow::Result<()> {
         let State { points, slots, .. } = self;
         let slot = &mut slots[i];
         if matches!(slot.status, Status::Detached { .. }) {
@@ -130,48 +206,82 @@ impl State {
             slot.status = Status::Attached;
             return Ok(());
         }
-        let Some(path) = slot.spec.path().map(|p| p.to_path_buf()) else {
-            return Ok(());
-        };
-        let found = files::find(&path, roots);
-        if found.is_empty() && slot.files.is_empty() {
-            if strict && !wait_for_files {
+        // Files no longer anywhere (replaced by a deploy, their last container gone).
+        let gone: Vec<FileId> = slot
+            .files
+            .keys()
+            .filter(|id| !found.present.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(links) = slot.files.remove(&id) {
+                if let Err(e) = points.detach_links(i, links) {
+                    tracing::warn!(probe = %text, error = %e, "detaching a probe from a gone file");
+                }
+            }
+        }
+        slot.failed.retain(|id| found.present.contains(id));
+        let mut first_error = None;
+        for (id, e) in found.failed {
+            slot.failed.insert(id);
+            slot.attach_errors += 1;
+            tracing::warn!(probe = %text, error = %e, "probe not attached to a file");
+            first_error.get_or_insert(e);
+        }
+        for p in found.new {
+            let mut links = Vec::new();
+            let mut result = Ok(());
+            for offset in &p.offsets {
+                let attached = match &slot.spec.target {
+                    Target::Function { .. } => points.attach_function(i, &p.through, *offset),
+                    _ => points.attach_usdt(i, &p.through, *offset).map(|l| vec![l]),
+                };
+                match attached {
+                    Ok(l) => links.extend(l),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            match result {
+                Ok(()) => {
+                    tracing::info!(probe = %text, file = %p.shown.display(), "probe attached");
+                    slot.files.insert(p.id, links);
+                }
+                Err(e) => {
+                    // All of a file or none of it: a USDT probe's first sites are let go.
+                    let _ = points.detach_links(i, links);
+                    slot.failed.insert(p.id);
+                    slot.attach_errors += 1;
+                    let e = format!("{}: {e}", p.shown.display());
+                    tracing::warn!(probe = %text, error = %e, "probe not attached to a file");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        slot.status = if !slot.files.is_empty() {
+            Status::Attached
+        } else if let Some(e) = first_error.or_else(|| match &slot.status {
+            Status::Failed(e) if !slot.failed.is_empty() => Some(e.clone()),
+            _ => None,
+        }) {
+            if strict {
+                bail!("--probe {text}: {e}");
+            }
+            Status::Failed(e)
+        } else {
+            if strict && !wait {
                 bail!(
                     "--probe {text}: no such file {} (looked for in every process's mount namespace)",
-                    path.display()
+                    slot.spec.path().map_or(String::new(), |p| p.display().to_string())
                 );
             }
             if slot.status != Status::Pending || strict {
                 tracing::warn!(probe = %text, "probe waits for its file to appear");
             }
-            slot.status = Status::Pending;
-            return Ok(());
-        }
-        let mut first_error = None;
-        for file in found {
-            if slot.files.contains(&file.id) || slot.failed.contains(&file.id) {
-                continue;
-            }
-            match attach_file(points, i, &slot.spec, &file) {
-                Ok(()) => {
-                    tracing::info!(probe = %text, file = %file.open_as.display(), "probe attached");
-                    slot.files.insert(file.id);
-                }
-                Err(e) => {
-                    slot.failed.insert(file.id);
-                    slot.attach_errors += 1;
-                    tracing::warn!(probe = %text, error = %format!("{e:#}"), "probe not attached to a file");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if !slot.files.is_empty() {
-            slot.status = Status::Attached;
-        } else if let Some(e) = first_error {
-            if strict {
-                return Err(e.context(format!("--probe {text}")));
-            }
-        }
+            Status::Pending
+        };
         Ok(())
     }
 
@@ -196,13 +306,15 @@ impl State {
             if let Err(e) = self.points.detach(i) {
                 tracing::warn!(probe = %slot.spec.text, error = %e, "detaching a probe");
             }
+            // Void with the programs unloaded.
+            slot.files.clear();
             tracing::warn!(
                 probe = %slot.spec.text,
                 hits = since,
                 seconds = format!("{seconds:.2}"),
                 max_rate = self.max_rate,
                 "probe detached: hit more often than --probe-max-rate per second (each hit \
-                 of a function probe costs a trap, ~10 us here); raise the limit or probe \
+                 of a function probe costs a trap, ~12 us here); raise the limit or probe \
                  a less frequent point"
             );
             slot.status = Status::Detached {
@@ -219,12 +331,24 @@ impl State {
     }
 }
 
+/// One round of the attacher: a snapshot under the lock, the search without it, then the
+/// attaching under it.
+fn scan(state: &Mutex<State>, strict: bool, wait: bool) -> anyhow::Result<()> {
+    let wanted = lock(state).wanted();
+    let found = look(&wanted);
+    let mut s = lock(state);
+    for (i, f) in found.into_iter().enumerate() {
+        s.apply(i, f, strict, wait)?;
+    }
+    Ok(())
+}
+
 impl ProbeRunner {
     /// Attaches every probe (errors for a bad spec, a missing symbol, a file nowhere unless
-    /// waited for), then guards and re-attaches on a thread of its own.
+    /// waited for), then re-attaches and guards on threads of their own.
     pub fn start(points: ProbePoints, config: ProbeConfig) -> anyhow::Result<Self> {
         let hits = points.hits().context("reading the probes' hit counters")?;
-        let mut state = State {
+        let state = Mutex::new(State {
             points,
             slots: config
                 .specs
@@ -233,7 +357,7 @@ impl ProbeRunner {
                 .map(|(i, spec)| Slot {
                     spec,
                     status: Status::Pending,
-                    files: BTreeSet::new(),
+                    files: BTreeMap::new(),
                     failed: BTreeSet::new(),
                     attach_errors: 0,
                     window_hits: hits[i],
@@ -241,37 +365,42 @@ impl ProbeRunner {
                 .collect(),
             max_rate: config.max_rate,
             window_start: Instant::now(),
-        };
-        let roots = files::roots();
-        for i in 0..state.slots.len() {
-            state.attach(i, &roots, true, config.wait_for_files)?;
-        }
-        let state = Arc::new(Mutex::new(state));
+        });
+        scan(&state, true, config.wait_for_files)?;
+        let state = Arc::new(state);
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
+        let mut threads = Vec::new();
+        for (name, job) in [
+            ("ep-probe-guard", guard as fn(&Mutex<State>, &AtomicBool)),
+            ("ep-probes", attacher),
+        ] {
             let (state, stop) = (state.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("ep-probes".into())
-                .spawn(move || run(&state, &stop))
-                .context("starting the probe points' thread")?
-        };
+            let thread = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || job(&state, &stop))
+                .context("starting the probe points' threads")?;
+            threads.push(thread);
+        }
         Ok(ProbeRunner {
             state,
             stop,
-            thread: Some(thread),
+            threads,
         })
     }
 
-    /// Stops the thread and detaches every probe, so that what they recorded can be
+    /// Stops the threads and detaches every probe, so that what they recorded can be
     /// drained whole.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let Some(t) = self.thread.take() else {
+        if self.threads.is_empty() {
             return;
-        };
-        let _ = t.join();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
         let mut state = lock(&self.state);
         for i in 0..state.slots.len() {
+            // The slots' links are void now; their files stay listed for the last export.
             if let Err(e) = state.points.detach(i) {
                 tracing::warn!(probe = %state.slots[i].spec.text, error = %e, "detaching a probe");
             }
@@ -324,11 +453,14 @@ impl ProbeRunner {
         let state = lock(&self.state);
         let mut out = String::new();
         for slot in &state.slots {
-            match slot.status {
+            match &slot.status {
                 Status::Pending => out.push_str(&format!(
                     "probe {}: never attached (its file was not found)\n",
                     slot.spec.text
                 )),
+                Status::Failed(e) => {
+                    out.push_str(&format!("probe {}: not attached: {e}\n", slot.spec.text))
+                }
                 Status::Detached { hits, seconds } => out.push_str(&format!(
                     "probe {}: detached by the rate guard ({hits} hits in {seconds:.2} s, over --probe-max-rate {}/s)\n",
                     slot.spec.text, state.max_rate
@@ -346,26 +478,28 @@ impl Drop for ProbeRunner {
     }
 }
 
-fn run(state: &Mutex<State>, stop: &AtomicBool) {
-    let mut last_scan = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(TICK);
-        let mut s = lock(state);
-        s.guard();
-        if last_scan.elapsed() >= RESCAN {
-            last_scan = Instant::now();
-            let wanted = s.slots.iter().any(|slot| {
-                slot.spec.path().is_some() && !matches!(slot.status, Status::Detached { .. })
-            });
-            // One /proc scan for every probe, made without holding the state.
-            drop(s);
-            let roots = if wanted { files::roots() } else { Vec::new() };
-            let mut s = lock(state);
-            for i in 0..s.slots.len() {
-                if let Err(e) = s.attach(i, &roots, false, true) {
-                    tracing::warn!(error = %format!("{e:#}"), "attaching a probe");
-                }
-            }
+/// Sleeps `d` in short steps, false when asked to stop meanwhile.
+fn nap(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+fn guard(state: &Mutex<State>, stop: &AtomicBool) {
+    while nap(TICK, stop) {
+        lock(state).guard();
+    }
+}
+
+fn attacher(state: &Mutex<State>, stop: &AtomicBool) {
+    while nap(RESCAN, stop) {
+        if let Err(e) = scan(state, false, true) {
+            tracing::warn!(error = %format!("{e:#}"), "attaching a probe");
         }
     }
 }
