@@ -340,8 +340,10 @@ fn summary(run: &Run) -> anyhow::Result<(String, serde_json::Value)> {
         ProfileKind::Probe => {
             json["hits"] = serde_json::json!(c.total);
             format!(
-                "emberprof: {} probe hits with stacks from {} processes, {} unique stacks",
+                "emberprof: {} probe hits with stacks ({} dropped, {} stacks lost) from {} processes, {} unique stacks",
                 c.total,
+                n("dropped"),
+                n("stacks_lost"),
                 c.pids.len(),
                 c.stacks.len()
             )

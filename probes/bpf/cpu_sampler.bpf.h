@@ -78,10 +78,12 @@ static __always_inline __u64 ep_stack_hash(const struct ep_stack *s, __u32 frame
 
 /*
  * Captures one stack and stores it under its hash: *id is the hash, or 0 with *err set to
- * why there is none.
+ * why there is none. What goes wrong is counted in `counters` (indexes enum ep_counter):
+ * the CPU sampler's, or the probe profile's.
  */
-static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 flags,
-				     __u32 full_counter, __u64 *id, __s32 *err)
+static __always_inline void ep_stack_counted(void *ctx, __u32 tgid, void *stacks, __u64 flags,
+					     void *counters, __u32 full_counter, __u64 *id,
+					     __s32 *err)
 {
 	__u32 zero = 0;
 	struct ep_stack *buf = bpf_map_lookup_elem(&ep_stack_scratch, &zero);
@@ -91,7 +93,7 @@ static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 
 	if (!buf) {
 		/* Cannot happen with a one-entry per-CPU array; counted, never silent. */
 		*err = -EP_ENOENT;
-		ep_count(EP_CNT_STACK_ERROR);
+		ep_percpu_inc(counters, EP_CNT_STACK_ERROR);
 		return;
 	}
 	long bytes = 0;
@@ -100,7 +102,7 @@ static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 
 		__u32 end = 0;
 		long n = ep_unwind_user(buf, tgid, &end, NULL);
 		if (end)
-			ep_count(EP_CNT_UNWIND_NO_RULE + end - EP_WALK_NO_RULE);
+			ep_percpu_inc(counters, EP_CNT_UNWIND_NO_RULE + end - EP_WALK_NO_RULE);
 		bytes = n > 0 ? n * (long)sizeof(__u64) : n;
 	}
 	/* Zero-fills past the last frame, so equal stacks are equal values. */
@@ -109,17 +111,24 @@ static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 
 	if (bytes <= 0) {
 		*err = bytes ? (__s32)bytes : EP_STACK_ERR_NONE;
 		if (bytes && bytes != -EP_EFAULT)
-			ep_count(EP_CNT_STACK_ERROR);
+			ep_percpu_inc(counters, EP_CNT_STACK_ERROR);
 		return;
 	}
 	__u64 h = ep_stack_hash(buf, (__u32)(bytes / sizeof(__u64)));
 	long r = bpf_map_update_elem(stacks, &h, buf, BPF_NOEXIST);
 	if (r && r != -EP_EEXIST) {
 		*err = (__s32)r;
-		ep_count(r == -EP_E2BIG ? full_counter : EP_CNT_STACK_ERROR);
+		ep_percpu_inc(counters, r == -EP_E2BIG ? full_counter : EP_CNT_STACK_ERROR);
 		return;
 	}
 	*id = h;
+}
+
+/* ep_stack_counted with the CPU sampler's counters. */
+static __always_inline void ep_stack(void *ctx, __u32 tgid, void *stacks, __u64 flags,
+				     __u32 full_counter, __u64 *id, __s32 *err)
+{
+	ep_stack_counted(ctx, tgid, stacks, flags, &ep_counters, full_counter, id, err);
 }
 
 /* Walks and stores the thread's Python stack, if its process runs Python (python.bpf.h). */

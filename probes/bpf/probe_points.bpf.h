@@ -66,6 +66,14 @@ struct {
 	__uint(max_entries, 16384);
 } ep_tcp_syn SEC(".maps");
 
+/* What the probe profile lost, by enum ep_counter (the CPU sampler's indexes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, EP_CNT_MAX);
+} ep_probe_counters SEC(".maps");
+
 /* Which slots record the stacks of their hits (EP_PROBE_STACKS_ON), set by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -147,7 +155,8 @@ static __always_inline void ep_probe_stack(void *ctx, __u32 slot, __u32 tgid, __
 	if (!active)
 		return;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	ep_announce(task, tgid, &ep_counters, EP_CNT_ANNOUNCE_LOST);
+	ep_announce(task, tgid, &ep_probe_counters, EP_CNT_ANNOUNCE_LOST);
+	ep_percpu_inc(&ep_probe_counters, EP_CNT_SAMPLES);
 	struct ep_probe_sample_key key = {};
 	key.sample.tgid = tgid;
 	key.sample.tid = tid;
@@ -156,10 +165,10 @@ static __always_inline void ep_probe_stack(void *ctx, __u32 slot, __u32 tgid, __
 	ep_task_image(task, &key.sample.exec_id, &key.sample.flags);
 	void *stacks = (*active & 1) ? (void *)&ep_probe_stacks_1 : (void *)&ep_probe_stacks_0;
 	void *samples = (*active & 1) ? (void *)&ep_probe_samples_1 : (void *)&ep_probe_samples_0;
-	ep_stack(ctx, tgid, stacks, BPF_F_USER_STACK, EP_CNT_USER_STACK_MAP_FULL,
-		 &key.sample.user_stack, &key.sample.user_err);
-	ep_stack(ctx, tgid, stacks, 0, EP_CNT_KERNEL_STACK_MAP_FULL, &key.sample.kernel_stack,
-		 &key.sample.kernel_err);
+	ep_stack_counted(ctx, tgid, stacks, BPF_F_USER_STACK, &ep_probe_counters,
+			 EP_CNT_USER_STACK_MAP_FULL, &key.sample.user_stack, &key.sample.user_err);
+	ep_stack_counted(ctx, tgid, stacks, 0, &ep_probe_counters, EP_CNT_KERNEL_STACK_MAP_FULL,
+			 &key.sample.kernel_stack, &key.sample.kernel_err);
 	struct ep_probe_sample_value *v = bpf_map_lookup_elem(samples, &key);
 	if (v) {
 		__sync_fetch_and_add(&v->hits, 1);
@@ -177,7 +186,7 @@ static __always_inline void ep_probe_stack(void *ctx, __u32 slot, __u32 tgid, __
 		}
 	}
 	if (err)
-		ep_hist_count(EP_HIST_EVENTS_FULL);
+		ep_percpu_inc(&ep_probe_counters, EP_CNT_COUNT_MAP_FULL);
 }
 
 /* A hit of probe `slot`: counted; a function's entry (`timed`) also starts its clock. */

@@ -326,6 +326,15 @@ fn usdt_hits_are_counted_exactly() {
         .sum();
     assert_eq!(under, n, "{lines:?}");
     assert_eq!(total_under(&lines, "usdt_loop"), n, "{lines:?}");
+    // Nothing lost on the way, by the probe profile's own counters.
+    assert_eq!(rec.summary_of("probe", "hits"), n, "{:#}", rec.summary);
+    assert_eq!(rec.summary_of("probe", "dropped"), 0, "{:#}", rec.summary);
+    assert_eq!(
+        rec.summary_of("probe", "stacks_lost"),
+        0,
+        "{:#}",
+        rec.summary
+    );
 }
 
 fn tracepoint_hits_are_counted_per_process() {
