@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/sdt.h>
 #include <sys/syscall.h>
 
@@ -71,6 +72,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	long a = atol(argv[2]);
+	/* Sleeps end when asked, not up to 50 us later (the default timer slack). */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
 	wait_for_go();
 	if (strcmp(argv[1], "timed") == 0 && argc > 3) {
 		long b = atol(argv[3]);
