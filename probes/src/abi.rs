@@ -116,6 +116,30 @@ impl StackTrace {
 // SAFETY: plain old data with no padding (checked by the layout test).
 unsafe impl aya::Pod for SampleKey {}
 
+impl SampleKey {
+    /// The sample this key and `value` make, its stacks looked up in `stacks` (drained from
+    /// the stack map of the same buffer).
+    pub(crate) fn sample(
+        &self,
+        stacks: &std::collections::HashMap<u64, emberprof_model::CapturedStack>,
+        value: u64,
+        probe: Option<emberprof_model::ProbeHit>,
+    ) -> emberprof_model::KernelSample {
+        emberprof_model::KernelSample {
+            pid: self.tgid,
+            tid: self.tid,
+            thread_name: self.comm_str(),
+            exec_id: self.exec_id,
+            kernel_thread: self.flags & KEY_KTHREAD != 0,
+            user: stack_of(stacks, self.user_stack, self.user_err),
+            kernel: stack_of(stacks, self.kernel_stack, self.kernel_err),
+            interpreted: stack_of(stacks, self.py_stack, 0),
+            value,
+            probe,
+        }
+    }
+}
+
 /// Key of the probe profile's counts (`struct ep_probe_sample_key`): the thread's sample key
 /// and the probe slot it hit.
 #[repr(C)]

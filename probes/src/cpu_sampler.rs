@@ -1,7 +1,6 @@
 //! Loads the perf-event CPU sampler on every online CPU and drains its in-kernel
 //! aggregates without losing or double-counting samples.
 
-use std::collections::HashMap;
 use std::os::fd::AsFd;
 
 use aya::maps::MapData;
@@ -13,19 +12,18 @@ use aya::programs::PerfEvent;
 use aya::Ebpf;
 
 use crate::abi::{
-    captured_stack, stack_of, Counter, SampleKey, StackTrace, DEFAULT_COUNT_MAP_ENTRIES,
-    DEFAULT_STACK_MAP_ENTRIES, KEY_KTHREAD, UNWIND_ENTRIES,
+    Counter, SampleKey, DEFAULT_COUNT_MAP_ENTRIES, DEFAULT_STACK_MAP_ENTRIES, UNWIND_ENTRIES,
 };
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
-use crate::maps::{drain_hash, drain_hash_each, take_hash, PerCpuCounters};
+use crate::maps::{drain_hash, drain_stacks, take_hash, PerCpuCounters};
 use crate::new_processes::{self, NewProcesses};
 use crate::pid_filter;
 use crate::profiler::{announce_lost, health_of, unwind_cut, Drained, HealthRow, Profiler};
 use crate::shared_ebpf::SharedEbpf;
 #[cfg(test)]
 use emberprof_model::StackCut;
-use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProfileKind};
+use emberprof_model::{HealthCounter, KernelSample, ProfileKind};
 
 // The limits a sampler's configuration is checked against, where its users look for them.
 pub use crate::abi::MAX_FILTER_PIDS;
@@ -317,26 +315,12 @@ impl Buffer for SampleBuffer {
             drain_hash(self.counts.fd().as_fd(), self.counts_name)?;
         // Emptied with the counts that reference it, so the next round of this buffer has
         // the whole map.
-        let mut stacks: HashMap<u64, CapturedStack> = HashMap::new();
-        drain_hash_each(
-            self.stacks.fd().as_fd(),
-            self.stacks_name,
-            |hash: u64, trace: StackTrace| {
-                stacks.insert(hash, captured_stack(trace.frames()));
-            },
-        )?;
-        out.extend(entries.into_iter().map(|(key, count)| KernelSample {
-            pid: key.tgid,
-            tid: key.tid,
-            thread_name: key.comm_str(),
-            exec_id: key.exec_id,
-            kernel_thread: key.flags & KEY_KTHREAD != 0,
-            user: stack_of(&stacks, key.user_stack, key.user_err),
-            kernel: stack_of(&stacks, key.kernel_stack, key.kernel_err),
-            interpreted: stack_of(&stacks, key.py_stack, 0),
-            value: count,
-            probe: None,
-        }));
+        let stacks = drain_stacks(self.stacks.fd().as_fd(), self.stacks_name)?;
+        out.extend(
+            entries
+                .into_iter()
+                .map(|(key, count)| key.sample(&stacks, count, None)),
+        );
         Ok(())
     }
 }
@@ -459,8 +443,9 @@ impl Profiler for CpuSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::{STACK_ERR_MAP_FULL, STACK_ERR_NONE};
-    use emberprof_model::StackLoss;
+    use crate::abi::{captured_stack, stack_of, STACK_ERR_MAP_FULL, STACK_ERR_NONE};
+    use emberprof_model::{CapturedStack, StackLoss};
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     #[test]

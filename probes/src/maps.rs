@@ -114,3 +114,15 @@ pub(crate) fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration
     // SAFETY: one valid pollfd, living across the call.
     unsafe { libc::poll(&mut pfd, 1, millis) };
 }
+
+/// Reads and empties a stack map (hash -> `struct ep_stack`): each stack by its hash.
+pub(crate) fn drain_stacks(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+) -> Result<std::collections::HashMap<u64, emberprof_model::CapturedStack>, ProbeError> {
+    let mut stacks = std::collections::HashMap::new();
+    drain_hash_each(fd, name, |hash: u64, trace: crate::abi::StackTrace| {
+        stacks.insert(hash, crate::abi::captured_stack(trace.frames()));
+    })?;
+    Ok(stacks)
+}

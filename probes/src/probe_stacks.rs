@@ -2,24 +2,20 @@
 //! counted per probe, drained like the CPU profile. The probe points' programs record them
 //! (see `probe_points`); this loader holds the buffers and says which slots take stacks.
 
-use std::collections::HashMap;
 use std::os::fd::AsFd;
 
 use aya::maps::{Array, MapData};
 use aya::Ebpf;
 
-use crate::abi::{
-    captured_stack, stack_of, Counter, ProbeSampleKey, ProbeSampleValue, StackTrace, KEY_KTHREAD,
-    PROBE_SLOTS,
-};
+use crate::abi::{Counter, ProbeSampleKey, ProbeSampleValue, PROBE_SLOTS};
 use crate::double_buffer::{Buffer, DoubleBuffer};
 use crate::error::ProbeError;
-use crate::maps::{drain_hash, drain_hash_each, take_as, take_hash, PerCpuCounters};
+use crate::maps::{drain_hash, drain_stacks, take_as, take_hash, PerCpuCounters};
 use crate::new_processes::NewProcesses;
 use crate::pid_filter;
 use crate::profiler::{announce_lost, health_of, unwind_cut, Drained, HealthRow, Profiler};
 use crate::shared_ebpf::SharedEbpf;
-use emberprof_model::{CapturedStack, HealthCounter, KernelSample, ProbeHit, ProfileKind};
+use emberprof_model::{HealthCounter, KernelSample, ProbeHit, ProfileKind};
 
 pub(crate) const SAMPLE_MAPS: [&str; 2] = ["ep_probe_samples_0", "ep_probe_samples_1"];
 pub(crate) const STACK_MAPS: [&str; 2] = ["ep_probe_stacks_0", "ep_probe_stacks_1"];
@@ -211,31 +207,13 @@ impl Buffer for StackBuffer {
     fn drain_into(&mut self, out: &mut Vec<KernelSample>) -> Result<(), ProbeError> {
         let entries: Vec<(ProbeSampleKey, ProbeSampleValue)> =
             drain_hash(self.samples.fd().as_fd(), self.samples_name)?;
-        let mut stacks: HashMap<u64, CapturedStack> = HashMap::new();
-        drain_hash_each(
-            self.stacks.fd().as_fd(),
-            self.stacks_name,
-            |hash: u64, trace: StackTrace| {
-                stacks.insert(hash, captured_stack(trace.frames()));
-            },
-        )?;
+        let stacks = drain_stacks(self.stacks.fd().as_fd(), self.stacks_name)?;
         out.extend(entries.into_iter().map(|(key, value)| {
-            let k = &key.sample;
-            KernelSample {
-                pid: k.tgid,
-                tid: k.tid,
-                thread_name: k.comm_str(),
-                exec_id: k.exec_id,
-                kernel_thread: k.flags & KEY_KTHREAD != 0,
-                user: stack_of(&stacks, k.user_stack, k.user_err),
-                kernel: stack_of(&stacks, k.kernel_stack, k.kernel_err),
-                interpreted: CapturedStack::None,
-                value: value.hits,
-                probe: Some(ProbeHit {
-                    slot: key.slot,
-                    ns: value.ns,
-                }),
-            }
+            let hit = ProbeHit {
+                slot: key.slot,
+                ns: value.ns,
+            };
+            key.sample.sample(&stacks, value.hits, Some(hit))
         }));
         Ok(())
     }

@@ -221,18 +221,12 @@ fn health(collector: &TestCollector, name: &str, attribute: Option<&str>) -> Opt
             })
         })
     };
-    received
-        .metrics
-        .iter()
-        .flat_map(|r| &r.resource_metrics)
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .filter(|m| m.name == name)
-        .find_map(|m| match &m.data {
-            Some(metric::Data::Sum(s)) => s.data_points.iter().find(labelled).and_then(value),
-            Some(metric::Data::Gauge(g)) => g.data_points.iter().find(labelled).and_then(value),
-            _ => None,
-        })
+    let found = crate::support::otlp_metrics(&received.metrics, name).find_map(|m| match &m.data {
+        Some(metric::Data::Sum(s)) => s.data_points.iter().find(labelled).and_then(value),
+        Some(metric::Data::Gauge(g)) => g.data_points.iter().find(labelled).and_then(value),
+        _ => None,
+    });
+    found
 }
 
 /// Samples whose user leaf (the last frame before kernel ones, which end in `_[k]`) is

@@ -12,8 +12,8 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, ExponentialHistogramDataPo
 
 use crate::collector::TestCollector;
 use crate::support::{
-    bpf_test, decode_gz_pprof, parse_histograms, read_folded, record_around, sections, spawn_until,
-    terminate, total_under, EMBERPROF,
+    bpf_test, decode_gz_pprof, otlp_metrics, parse_histograms, read_folded, record_around,
+    sections, spawn_until, terminate, total_under, EMBERPROF,
 };
 use emberprof_test_support::workload::probe_work_binary;
 
@@ -99,13 +99,7 @@ fn counter(
     probe: &str,
 ) -> Option<i64> {
     let mut last = None;
-    for m in requests
-        .iter()
-        .flat_map(|r| &r.resource_metrics)
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .filter(|m| m.name == metric_name)
-    {
+    for m in otlp_metrics(requests, metric_name) {
         let Some(metric::Data::Sum(sum)) = &m.data else {
             panic!("{metric_name} is not a sum");
         };
@@ -140,13 +134,7 @@ fn duration_point(
     probe: &str,
 ) -> Option<ExponentialHistogramDataPoint> {
     let mut last = None;
-    for m in requests
-        .iter()
-        .flat_map(|r| &r.resource_metrics)
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .filter(|m| m.name == "emberprof.probe.duration")
-    {
+    for m in otlp_metrics(requests, "emberprof.probe.duration") {
         assert_eq!(m.unit, "ns");
         let Some(metric::Data::ExponentialHistogram(h)) = &m.data else {
             panic!("emberprof.probe.duration is not an exponential histogram");
@@ -466,13 +454,7 @@ fn the_agent_waits_for_a_file_and_probes_processes_started_later() {
     );
     // It was counted as pending before, and attached to one file after.
     let levels = |name: &str| -> Vec<f64> {
-        received
-            .metrics
-            .iter()
-            .flat_map(|r| &r.resource_metrics)
-            .flat_map(|rm| &rm.scope_metrics)
-            .flat_map(|sm| &sm.metrics)
-            .filter(|m| m.name == name)
+        otlp_metrics(&received.metrics, name)
             .filter_map(|m| match &m.data {
                 Some(metric::Data::Gauge(g)) => Some(&g.data_points),
                 _ => None,

@@ -465,6 +465,19 @@ pub fn cgroup2_root() -> PathBuf {
         .expect("a cgroup2 mount")
 }
 
+/// Every metric named `name` in `requests`, in the order they arrived.
+pub fn otlp_metrics<'a>(
+    requests: &'a [opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest],
+    name: &'a str,
+) -> impl Iterator<Item = &'a opentelemetry_proto::tonic::metrics::v1::Metric> {
+    requests
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(move |m| m.name == name)
+}
+
 /// The exponential-histogram points of one OTLP metrics request.
 pub fn histogram_points(
     req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,

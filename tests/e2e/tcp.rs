@@ -4,12 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 
 use crate::collector::TestCollector;
-use crate::support::{bpf_test, parse_histograms, record_around, sections};
+use crate::support::{bpf_test, otlp_metrics, parse_histograms, record_around, sections};
 
 crate::harness::tests![dropped_syns_land_in_the_one_second_bucket_and_are_counted,];
 
@@ -90,18 +89,6 @@ fn has_port(attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue], port: u1
     })
 }
 
-fn metrics_named<'a>(
-    requests: &'a [ExportMetricsServiceRequest],
-    name: &'a str,
-) -> impl Iterator<Item = &'a opentelemetry_proto::tonic::metrics::v1::Metric> {
-    requests
-        .iter()
-        .flat_map(|r| &r.resource_metrics)
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .filter(move |m| m.name == name)
-}
-
 fn dropped_syns_land_in_the_one_second_bucket_and_are_counted() {
     let Some(_serial) = bpf_test() else { return };
     let ns = Netns::new();
@@ -176,7 +163,7 @@ fn dropped_syns_land_in_the_one_second_bucket_and_are_counted() {
 
     // The same through OTLP.
     let received = collector.received();
-    let last_histogram = metrics_named(&received.metrics, "emberprof.tcp.connect.duration")
+    let last_histogram = otlp_metrics(&received.metrics, "emberprof.tcp.connect.duration")
         .filter_map(|m| match &m.data {
             Some(metric::Data::ExponentialHistogram(h)) => Some(&h.data_points),
             _ => None,
@@ -199,7 +186,7 @@ fn dropped_syns_land_in_the_one_second_bucket_and_are_counted() {
         })
         .sum();
     assert_eq!(in_bucket, n_slow, "{slow_points:?}");
-    let last_retransmits = metrics_named(&received.metrics, "emberprof.tcp.retransmits")
+    let last_retransmits = otlp_metrics(&received.metrics, "emberprof.tcp.retransmits")
         .filter_map(|m| match &m.data {
             Some(metric::Data::Sum(s)) => Some(&s.data_points),
             _ => None,
