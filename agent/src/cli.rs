@@ -310,10 +310,9 @@ impl WaitArgs {
     /// Whether a probe records its hits' stacks (USDT probes, tracepoints, functions with
     /// +stacks): the probe profile.
     pub fn probe_profile(&self) -> bool {
-        self.probes.iter().any(|p| {
-            let p = p.trim();
-            p.starts_with("usdt:") || p.starts_with("tracepoint:") || p.ends_with("+stacks")
-        })
+        // A spec that does not parse records nothing: `probe_config` says why.
+        crate::probe_points::spec::parse_all(&self.probes)
+            .is_ok_and(|specs| specs.iter().any(|s| s.takes_stacks()))
     }
 
     /// The histograms' configuration (`None` if none are asked for), for `pids`.

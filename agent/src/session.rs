@@ -193,7 +193,7 @@ impl Session {
                     probes: config
                         .probe_points
                         .iter()
-                        .flat_map(|p| p.specs.iter().map(|s| s.text.clone()))
+                        .flat_map(|p| p.specs.iter().cloned())
                         .collect(),
                     tcp: c.tcp,
                 };

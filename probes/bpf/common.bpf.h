@@ -49,4 +49,27 @@ static __always_inline void ep_percpu_inc(void *counters, __u32 idx)
 		__sync_fetch_and_add(v, 1);
 }
 
+/*
+ * Adds `n` to the __u64 under `key` in hash map `map`, creating it: 0, or the error of the
+ * insert (the map full) for the caller to count. Another CPU may insert the same key
+ * between the lookup and the insert: then the entry is found again.
+ */
+static __always_inline long ep_map_add(void *map, void *key, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(map, key);
+	if (v) {
+		__sync_fetch_and_add(v, n);
+		return 0;
+	}
+	long err = bpf_map_update_elem(map, key, &n, BPF_NOEXIST);
+	if (err == -EP_EEXIST) {
+		v = bpf_map_lookup_elem(map, key);
+		if (v) {
+			__sync_fetch_and_add(v, n);
+			return 0;
+		}
+	}
+	return err;
+}
+
 #endif

@@ -170,22 +170,7 @@ static __always_inline void ep_record(void *ctx, struct ep_sample_key *key, void
 		 &key->kernel_err);
 	ep_py_stack(key->tgid, stacks, &key->py_stack);
 
-	__u64 *count = bpf_map_lookup_elem(counts, key);
-	if (count) {
-		__sync_fetch_and_add(count, 1);
-		return;
-	}
-	__u64 one = 1;
-	long err = bpf_map_update_elem(counts, key, &one, BPF_NOEXIST);
-	if (err == -EP_EEXIST) {
-		/* Another CPU inserted the same key between our lookup and update. */
-		count = bpf_map_lookup_elem(counts, key);
-		if (count) {
-			__sync_fetch_and_add(count, 1);
-			return;
-		}
-	}
-	if (err)
+	if (ep_map_add(counts, key, 1))
 		ep_count(EP_CNT_COUNT_MAP_FULL);
 }
 

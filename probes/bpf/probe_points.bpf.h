@@ -122,21 +122,7 @@ static __always_inline void ep_event_count(struct ep_hist_key *key)
 	if (!active)
 		return;
 	void *events = (*active & 1) ? (void *)&ep_events_1 : (void *)&ep_events_0;
-	__u64 *n = bpf_map_lookup_elem(events, key);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return;
-	}
-	__u64 one = 1;
-	long err = bpf_map_update_elem(events, key, &one, BPF_NOEXIST);
-	if (err == -EP_EEXIST) {
-		n = bpf_map_lookup_elem(events, key);
-		if (n) {
-			__sync_fetch_and_add(n, 1);
-			return;
-		}
-	}
-	if (err)
+	if (ep_map_add(events, key, 1))
 		ep_hist_count(EP_HIST_EVENTS_FULL);
 }
 

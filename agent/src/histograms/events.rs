@@ -8,6 +8,7 @@ use emberprof_probes::EventSeries;
 
 use super::series::SeriesTable;
 use super::Recorded;
+use crate::probe_points::spec::ProbeSpec;
 
 /// An event count's metric.
 pub struct Metric {
@@ -44,11 +45,15 @@ pub fn metric(series: EventSeries) -> Metric {
 
 /// A probe's attributes: its spec as given and what kind of point it is.
 pub fn probe_attributes(slot: u32, recorded: &Recorded) -> Attributes {
-    let spec = recorded.probe(slot);
-    let kind = spec.split(':').next().unwrap_or_default().to_string();
+    let kind = recorded
+        .probe_spec(slot)
+        .map_or("unknown", ProbeSpec::kind_name);
     vec![
-        ("emberprof.probe".into(), AttrValue::Str(spec)),
-        ("emberprof.probe.type".into(), AttrValue::Str(kind)),
+        (
+            "emberprof.probe".into(),
+            AttrValue::Str(recorded.probe(slot)),
+        ),
+        ("emberprof.probe.type".into(), AttrValue::Str(kind.into())),
     ]
 }
 
@@ -83,13 +88,11 @@ pub fn attributes(series: EventSeries, recorded: &Recorded) -> Attributes {
 fn title(series: EventSeries, recorded: &Recorded) -> String {
     match series {
         EventSeries::ProbeHits { slot, .. } => {
-            let spec = recorded.probe(slot);
-            let what = if spec.starts_with(crate::probe_points::spec::FUNCTION_PREFIX) {
-                "calls"
-            } else {
-                "hits"
-            };
-            format!("probe {spec} {what}")
+            let function = recorded
+                .probe_spec(slot)
+                .is_some_and(ProbeSpec::is_function);
+            let what = if function { "calls" } else { "hits" };
+            format!("probe {} {what}", recorded.probe(slot))
         }
         EventSeries::TcpRetransmits { port, local, .. } => {
             format!("TCP retransmits, {}", ports(port, local))
@@ -137,7 +140,7 @@ pub fn report(
             |(s, _)| matches!(s, EventSeries::ProbeHits { slot: s, .. } if *s as usize == slot),
         );
         if !hit {
-            let _ = writeln!(out, "probe {spec}: no hits");
+            let _ = writeln!(out, "probe {}: no hits", spec.text);
         }
     }
     if recorded.tcp
@@ -158,4 +161,41 @@ pub fn report(
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe_points::spec::parse;
+
+    #[test]
+    fn probe_series_are_named_by_their_spec_and_kind() {
+        let recorded = Recorded {
+            probes: vec![
+                parse("uprobe:/bin/app:handle").unwrap(),
+                parse("usdt:/bin/app:p:n").unwrap(),
+            ],
+            ..Recorded::default()
+        };
+        let calls = EventSeries::ProbeHits { slot: 0, cgroup: 1 };
+        let hits = EventSeries::ProbeHits { slot: 1, cgroup: 1 };
+        assert_eq!(
+            title(calls, &recorded),
+            "probe uprobe:/bin/app:handle calls"
+        );
+        assert_eq!(title(hits, &recorded), "probe usdt:/bin/app:p:n hits");
+        assert_eq!(
+            attributes(hits, &recorded),
+            vec![
+                (
+                    "emberprof.probe".into(),
+                    AttrValue::Str("usdt:/bin/app:p:n".into())
+                ),
+                ("emberprof.probe.type".into(), AttrValue::Str("usdt".into())),
+            ]
+        );
+        // A slot no spec names (a kernel/user-space mismatch) still has a name.
+        let stray = EventSeries::ProbeHits { slot: 7, cgroup: 1 };
+        assert_eq!(title(stray, &recorded), "probe probe 7 hits");
+    }
 }

@@ -13,6 +13,7 @@ use emberprof_probes::{syscalls, EventSeries, HistSeries, HistogramDrain};
 
 use crate::metadata::cgroups::CgroupNames;
 use crate::metadata::disks::DiskNames;
+use crate::probe_points::spec::ProbeSpec;
 use series::SeriesTable;
 
 /// Series printed per kind, busiest first; the rest are summarised in one line.
@@ -24,8 +25,8 @@ pub struct Recorded {
     /// Run queue, off-CPU, block I/O.
     pub core: bool,
     pub syscalls: bool,
-    /// Each probe's spec as given (`uprobe:/usr/bin/app:handle`), by slot.
-    pub probes: Vec<String>,
+    /// Each probe, by slot.
+    pub probes: Vec<ProbeSpec>,
     pub tcp: bool,
 }
 
@@ -34,20 +35,19 @@ impl Recorded {
         match kind {
             HistKind::RunQueue | HistKind::OffCpu | HistKind::BlockIo => self.core,
             HistKind::Syscall => self.syscalls,
-            HistKind::Probe => self
-                .probes
-                .iter()
-                .any(|p| p.starts_with(crate::probe_points::spec::FUNCTION_PREFIX)),
+            HistKind::Probe => self.probes.iter().any(ProbeSpec::is_function),
             HistKind::TcpConnect => self.tcp,
         }
     }
 
-    /// The spec of probe `slot`.
+    /// Probe `slot`'s spec as given (`uprobe:/usr/bin/app:handle`), the name of its series.
     fn probe(&self, slot: u32) -> String {
-        self.probes
-            .get(slot as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("probe {slot}"))
+        self.probe_spec(slot)
+            .map_or_else(|| format!("probe {slot}"), |p| p.text.clone())
+    }
+
+    fn probe_spec(&self, slot: u32) -> Option<&ProbeSpec> {
+        self.probes.get(slot as usize)
     }
 }
 

@@ -4,9 +4,6 @@ use std::path::PathBuf;
 
 use emberprof_probes::abi::PROBE_SLOTS;
 
-/// How a function probe's spec starts.
-pub const FUNCTION_PREFIX: &str = "uprobe:";
-
 /// What to probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -36,6 +33,20 @@ pub struct ProbeSpec {
 }
 
 impl ProbeSpec {
+    /// A function's entry and return (whose hits are calls, and timed).
+    pub fn is_function(&self) -> bool {
+        matches!(self.target, Target::Function { .. })
+    }
+
+    /// Its kind as the spec names it: `uprobe`, `usdt` or `tracepoint`.
+    pub fn kind_name(&self) -> &'static str {
+        match self.target {
+            Target::Function { .. } => "uprobe",
+            Target::Usdt { .. } => "usdt",
+            Target::Tracepoint { .. } => "tracepoint",
+        }
+    }
+
     /// Whether its hits' stacks are recorded (the probe profile): USDT probes and
     /// tracepoints.
     pub fn takes_stacks(&self) -> bool {
